@@ -1,0 +1,1 @@
+//! relay-release: see the crate's README or module docs (work in progress).
