@@ -1,1 +1,36 @@
-//! wireleap-relay
+//! wireleap-relay: a relay for the Wireleap network, wire-compatible with the reference Go relay
+//! 0.6.x, with durable sharetokens and supervised hot upgrades.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cli`] | the command line (clap), Go-style flags |
+//! | [`home`] | the home directory and the environment |
+//! | [`config`] | `config.json`: parsing, validation, the typed [`config::Config`] |
+//! | [`identity`] | `key.seed`, `key.pub` and the TLS certificate |
+//! | [`lifecycle`] | pid file, readiness, control commands, signals, shutdown order |
+//! | [`daemon`] | `start --fg`: startup, the actor system, shutdown |
+//! | [`transport`] | actor: TLS 1.3 + HTTP/2 listener, connection tasks, drain |
+//! | [`directory`] | actor: enrollment and heartbeat per contract |
+//! | [`ledger`] | actor: sharetokens, replay protection, submission |
+//! | [`upgrader`] | actor: upgrade notices → verified, staged releases |
+//! | [`telemetry`] | the tracing subscriber |
+//! | [`exit`] | process exit codes |
+//! | [`version`] | the software and interface versions |
+//!
+//! Actors are the control plane; stream bytes never pass through a mailbox.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod directory;
+pub mod exit;
+pub mod home;
+pub mod identity;
+pub mod ledger;
+pub mod lifecycle;
+pub mod telemetry;
+pub mod transport;
+pub mod upgrader;
+pub mod version;

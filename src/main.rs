@@ -1,1 +1,108 @@
-fn main() {}
+//! `wireleap-relay`: parse the command line, dispatch, map errors to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use wireleap_relay::cli::{self, Cli, Command};
+use wireleap_relay::home::{self, Environment as _, ProcessEnv};
+use wireleap_relay::identity::Identity;
+use wireleap_relay::lifecycle::control;
+use wireleap_relay::{config, daemon, exit, telemetry, version};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(cli::normalize(std::env::args())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let env = ProcessEnv;
+    telemetry::init(&env);
+    let Ok(version) = version::software() else {
+        eprintln!("this build's version {:?} is not semver", version::SOFTWARE);
+        return ExitCode::from(exit::FAILURE);
+    };
+    let home = match home::resolve(&env) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let _ = env.var(home::HOME_ENV);
+    ExitCode::from(dispatch(cli.command, &home, &version))
+}
+
+fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
+    match command {
+        Command::Version { verbose } => {
+            println!("{version}");
+            if verbose {
+                for (name, v) in version::INTERFACES {
+                    println!("{name} interface version {v}");
+                }
+            }
+            exit::OK
+        }
+        Command::Init { force } => match Identity::generate().write_all(home, force) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("wrote {}", p.display());
+                }
+                exit::OK
+            }
+            Err(e) => fail(&e, exit::FAILURE),
+        },
+        Command::CheckConfig => check_config(home),
+        Command::Start { fg: true } => match daemon::run(home, &ProcessEnv, version) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e}");
+                e.exit_code()
+            }
+        },
+        Command::Start { fg: false } => control_result(control::start(home, &own_exe())),
+        Command::Restart => control_result(control::restart(home, &own_exe())),
+        Command::Stop => control_result(control::stop(home)),
+        Command::Reload => {
+            // Refuse a config the daemon would refuse, and say why here rather than in its log.
+            if let Err(e) = config::load(&home.join(home::files::CONFIG)) {
+                return fail(&e, exit::CONFIG);
+            }
+            control_result(control::reload(home))
+        }
+        Command::Status => control::status(home),
+    }
+}
+
+fn check_config(home: &Path) -> u8 {
+    match config::load(&home.join(home::files::CONFIG)) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("OK");
+            exit::OK
+        }
+        Err(e) => fail(&e, exit::CONFIG),
+    }
+}
+
+fn control_result<T>(r: Result<T, control::Error>) -> u8 {
+    match r {
+        Ok(_) => exit::OK,
+        Err(e) => fail(&e, exit::FAILURE),
+    }
+}
+
+fn fail(e: &dyn std::error::Error, code: u8) -> u8 {
+    eprintln!("error: {e}");
+    code
+}
+
+/// The path to run for the background daemon: this executable, as invoked.
+fn own_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("wireleap-relay"))
+}

@@ -1,0 +1,88 @@
+//! The command line, shaped like the reference relay's (spec §1.2).
+//!
+//! Go's `flag` package accepts `-fg` as well as `--fg`; [`normalize`] rewrites single-dash long
+//! flags so scripts written for the Go relay keep working. Usage errors exit 2, as there.
+
+use clap::{Parser, Subcommand};
+
+/// wireleap-relay: a relay for the Wireleap network.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wireleap-relay",
+    disable_version_flag = true,
+    after_help = "The home directory is the folder of the executable (symlinks resolved), or $WIRELEAP_RELAY_HOME."
+)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the relay's identity: key.seed, key.pub, relay-cert.pem, relay-key.pem.
+    Init {
+        /// Replace an existing identity (its earnings stay bound to the old key).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start the relay daemon in the background (or in the foreground with --fg).
+    Start {
+        /// Run in the foreground.
+        #[arg(long)]
+        fg: bool,
+    },
+    /// Stop the running daemon (SIGTERM, then SIGKILL after 3 s).
+    Stop,
+    /// Stop the daemon if it runs, then start it.
+    Restart,
+    /// Make the daemon re-read config.json (SIGUSR1).
+    Reload,
+    /// Report whether the daemon runs (exit 0 running, 1 not running, 2 unknown).
+    Status,
+    /// Validate config.json; print OK or every problem.
+    CheckConfig,
+    /// Print the software version (with -v, the interface versions too).
+    Version {
+        /// Also print the interface versions.
+        #[arg(short = 'v')]
+        verbose: bool,
+    },
+}
+
+/// Rewrites Go-style single-dash long flags (`-fg`) to the double-dash form clap expects.
+pub fn normalize<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let single_long = i > 0
+                && a.len() > 2
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a[1..].starts_with(|c: char| c.is_ascii_alphabetic());
+            if single_long { format!("-{a}") } else { a }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_shape_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn go_style_flags_are_accepted() {
+        let args = normalize(["wireleap-relay", "start", "-fg"].map(String::from));
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert!(matches!(cli.command, Command::Start { fg: true }));
+        let args = normalize(["wireleap-relay", "version", "-v"].map(String::from));
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert!(matches!(cli.command, Command::Version { verbose: true }));
+    }
+}

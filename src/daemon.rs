@@ -1,0 +1,268 @@
+//! The daemon itself (`start --fg`, spec §1.4): load everything, start the actors, serve until a
+//! signal, then shut down in a fixed, logged order under a deadline.
+//!
+//! Startup validates the config and loads the keys and TLS material before binding anything, and
+//! tells the parent (`start`) or systemd `READY=1` only once the listener is bound and the actors
+//! run. Shutdown phases (see [`Phase`]): stop accepting → disenroll → drain → flush the ledger →
+//! stop the actors, all under [`SHUTDOWN_GRACE`]; a second terminating signal exits at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config};
+use crate::directory::{self, Enrollment};
+use crate::exit;
+use crate::home::{Environment, files};
+use crate::identity::{self, Identity};
+use crate::ledger::{self, Ledger};
+use crate::lifecycle::notify;
+use crate::lifecycle::phase::Phase;
+use crate::lifecycle::pidfile;
+use crate::lifecycle::signals::{SignalEvent, Signals};
+use crate::transport::{self, Transport};
+use crate::upgrader::{self, Upgrader};
+
+/// The whole shutdown, from the signal to exit, fits in this (less than `stop`'s 3 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2500);
+/// Disenrollment is best effort and gets at most this much of the grace period.
+const DEREGISTER_BUDGET: Duration = Duration::from_millis(1000);
+/// Every request to an actor has a timeout.
+const ACTOR_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The key could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    /// The listener or TLS could not be set up.
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
+    /// The pid file could not be written.
+    #[error("could not write {}: {source}", path.display())]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The runtime could not be built or signals could not be installed.
+    #[error("could not start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Identity(identity::Error::BadSeed { .. }) => exit::CONFIG,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// Which config file the daemon reads: `config.json.next` if it exists and loads, else
+/// `config.json` (spec §2.4).
+///
+/// # Errors
+/// The error of `config.json` when neither loads.
+pub fn load_config(home: &Path) -> Result<config::Loaded, config::Error> {
+    let next = home.join(files::CONFIG_NEXT);
+    if next.exists() {
+        match config::load(&next) {
+            Ok(loaded) => {
+                info!(file = %next.display(), "using the migrated config");
+                return Ok(loaded);
+            }
+            Err(e) => warn!(error = %e, "ignoring config.json.next"),
+        }
+    }
+    config::load(&home.join(files::CONFIG))
+}
+
+/// Runs the daemon until a signal stops it; returns the exit code (128 + signal on a graceful
+/// stop, as the reference does).
+///
+/// # Errors
+/// Any startup failure; the caller prints it and exits with [`Error::exit_code`].
+pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Result<u8, Error> {
+    let loaded = load_config(home)?;
+    for w in &loaded.warnings {
+        warn!(key = %w.path, "config: {}", w.message);
+    }
+    let config = loaded.config;
+    let identity = Identity::load(home)?;
+    let tls = transport::tls::server_config(home).map_err(transport::Error::from)?;
+    let pid_path = home.join(files::PID);
+    pidfile::write_own(&pid_path).map_err(|source| Error::PidFile {
+        path: pid_path.clone(),
+        source,
+    })?;
+    let own_pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    info!(version = %version, pid = own_pid, relay = %identity.public_key_b64(), home = %home.display(), "wireleap-relay starting");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("relay-worker")
+        .build()
+        .map_err(Error::Runtime)?;
+    let system = actix_rt::System::with_tokio_rt(move || runtime);
+    let notify_socket = env.var(notify::NOTIFY_SOCKET);
+    let daemon = Daemon {
+        home: home.to_owned(),
+        config,
+        version: version.clone(),
+        notify_socket,
+    };
+    let result = system.block_on(daemon.serve(tls));
+    pidfile::remove_if_own(&pid_path, own_pid);
+    result
+}
+
+struct Daemon {
+    home: PathBuf,
+    config: Config,
+    version: semver::Version,
+    notify_socket: Option<String>,
+}
+
+struct Actors {
+    transport: Addr<Transport>,
+    enrollment: Addr<Enrollment>,
+    ledger: Addr<Ledger>,
+    upgrader: Addr<Upgrader>,
+}
+
+impl Daemon {
+    async fn serve(self, tls: std::sync::Arc<rustls::ServerConfig>) -> Result<u8, Error> {
+        let mut signals = Signals::install().map_err(Error::Runtime)?;
+        let transport = Transport::bind(&self.config, tls).await?;
+        let bound = transport.local_addr();
+        info!(address = %bound, "listening for H/2 requests on https://{bound}");
+        let actors = Actors {
+            ledger: Ledger::new().start(),
+            upgrader: Upgrader::new(self.config.auto_upgrade, self.version.clone()).start(),
+            enrollment: Enrollment::new(&self.config).start(),
+            transport: transport.start(),
+        };
+        info!(phase = %Phase::Serving, "ready");
+        notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
+
+        let signal = loop {
+            match signals.next().await {
+                SignalEvent::Reload => self.reload(&actors).await,
+                SignalEvent::DumpStatus => self.dump_status(&actors).await,
+                SignalEvent::Terminate(sig) => break sig,
+            }
+        };
+        info!(signal, "shutting down");
+        notify::send(self.notify_socket.as_deref(), "STOPPING=1");
+        // A second terminating signal means "now".
+        tokio::spawn(async move {
+            loop {
+                if let SignalEvent::Terminate(sig) = signals.next().await {
+                    warn!(signal = sig, "second signal: exiting without finishing the shutdown");
+                    std::process::exit(128 + sig);
+                }
+            }
+        });
+        if tokio::time::timeout(SHUTDOWN_GRACE, shutdown(&actors)).await.is_err() {
+            warn!(grace = ?SHUTDOWN_GRACE, "shutdown did not finish in time; exiting anyway");
+        }
+        System::current().stop();
+        info!(phase = %Phase::Stopped, "stopped");
+        Ok(u8::try_from(128 + signal).unwrap_or(exit::FAILURE))
+    }
+
+    /// SIGUSR1: re-read `config.json` (never `.next`), validate, apply. Errors are logged and the
+    /// daemon keeps its current config.
+    async fn reload(&self, actors: &Actors) {
+        let path = self.home.join(files::CONFIG);
+        let config = match config::load(&path) {
+            Ok(loaded) => loaded.config,
+            Err(e) => {
+                error!("reload refused, keeping the running config: {e}");
+                return;
+            }
+        };
+        if config.address != self.config.address {
+            warn!(old = %self.config.address, new = %config.address, "reload: a new listen address needs a restart");
+        }
+        match actors
+            .enrollment
+            .send(directory::ApplyConfig(config))
+            .timeout(ACTOR_TIMEOUT)
+            .await
+        {
+            Ok(s) => info!(added = ?s.added, updated = ?s.updated, removed = ?s.removed, refused = ?s.refused, "config reloaded"),
+            Err(e) => error!(error = %e, "reload: enrollment did not answer"),
+        }
+    }
+
+    /// SIGUSR2: the status JSON (the REST `/api/status` shape, spec §2.6) on stdout.
+    async fn dump_status(&self, actors: &Actors) {
+        let contracts = actors
+            .enrollment
+            .send(directory::ContractStatuses)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .unwrap_or_default();
+        let transport = actors.transport.send(transport::TransportStatus).timeout(ACTOR_TIMEOUT).await.ok();
+        let tokens = actors.ledger.send(ledger::LedgerCounts).timeout(ACTOR_TIMEOUT).await.ok();
+        let upgrade = actors.upgrader.send(upgrader::UpgraderStatus).timeout(ACTOR_TIMEOUT).await.ok();
+        let relay_status: Vec<_> = contracts
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id, "address": c.address, "role": c.role,
+                    "status": {"enrolled": c.enrolled, "network_cap_reached": false},
+                    "network_cap": c.network_cap, "network_usage": null,
+                })
+            })
+            .collect();
+        let status = serde_json::json!({
+            "controller_started": true,
+            "network_usage": null,
+            "relay_status": relay_status,
+            "version": self.version.to_string(),
+            "transport": transport,
+            "sharetokens": tokens,
+            "upgrade": upgrade,
+        });
+        println!("{status}");
+    }
+}
+
+/// The shutdown phases, in order, each logged.
+async fn shutdown(actors: &Actors) {
+    info!(phase = %Phase::StopAccepting, "shutdown phase");
+    let _ = actors.transport.send(transport::StopAccepting).timeout(ACTOR_TIMEOUT).await;
+
+    info!(phase = %Phase::Deregister, "shutdown phase");
+    match actors.enrollment.send(directory::DisenrollAll).timeout(DEREGISTER_BUDGET).await {
+        Ok(n) => info!(directories = n, "deregistered"),
+        Err(e) => warn!(error = %e, "deregistration incomplete"),
+    }
+
+    info!(phase = %Phase::Drain, "shutdown phase");
+    let deadline = SHUTDOWN_GRACE.saturating_sub(DEREGISTER_BUDGET + Duration::from_millis(500));
+    match actors.transport.send(transport::Drain { deadline }).timeout(deadline + ACTOR_TIMEOUT).await {
+        Ok(r) if r.remaining == 0 => info!("drained"),
+        Ok(r) => warn!(remaining = r.remaining, "drain deadline passed; closing remaining connections"),
+        Err(e) => warn!(error = %e, "transport did not answer the drain"),
+    }
+
+    info!(phase = %Phase::FlushLedger, "shutdown phase");
+    if let Err(e) = actors.ledger.send(ledger::Flush).timeout(ACTOR_TIMEOUT).await {
+        error!(error = %e, "ledger flush failed");
+    }
+
+    info!(phase = %Phase::StopActors, "shutdown phase");
+}

@@ -1,0 +1,273 @@
+//! The commands that control a daemon from outside: `start` (background), `stop`, `status`,
+//! `reload` and `restart` (spec §1.2). Messages and exit codes are the reference's, so scripts
+//! written for the Go relay keep working; `start` is stricter: it reports success only once the
+//! daemon said it is ready, and otherwise prints why it is not.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::notify::{self, Event};
+use super::pidfile::{self, State};
+use crate::home::files;
+
+/// How long `start` waits for the daemon to report ready before giving up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// `stop`: poll interval and count after SIGTERM before SIGKILL (3 s, spec §1.2).
+const STOP_POLL: Duration = Duration::from_millis(100);
+const STOP_POLLS: u32 = 30;
+/// `restart`: how long to wait for the old daemon to vanish (5 s, spec §1.2).
+const RESTART_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a control command failed. The message is what the operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `start` while a daemon runs.
+    #[error("wireleap-relay daemon is already running! (pid {0})")]
+    AlreadyRunning(i32),
+    /// The daemon exited before it was ready; the log tail says why.
+    #[error("wireleap-relay is not running, {} follows:\n{log}", path.display())]
+    DiedAtStart {
+        /// The log file.
+        path: PathBuf,
+        /// What the daemon wrote during this start.
+        log: String,
+    },
+    /// The daemon did not report ready in time; it was stopped.
+    #[error("wireleap-relay did not become ready within {0:?} and was stopped; see {1}")]
+    NotReady(Duration, String),
+    /// No pid file or an unreadable one.
+    #[error("could not read {}: {source}", path.display())]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The pid file names no live process.
+    #[error("wireleap-relay is not running (pid {0} from the pid file is gone)")]
+    NotRunning(i32),
+    /// A signal could not be delivered.
+    #[error("could not signal pid {pid}: {source}")]
+    Signal {
+        /// The daemon.
+        pid: i32,
+        /// Why.
+        source: nix::Error,
+    },
+    /// The daemon survived SIGKILL.
+    #[error("wireleap-relay (pid {0}) is still running after SIGKILL")]
+    Unkillable(i32),
+    /// `restart` waited for the old daemon in vain.
+    #[error("timed out waiting for wireleap-relay to stop")]
+    StopTimeout,
+    /// Spawning or log handling failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// `status`: prints one line; returns the exit code (0 running, 1 not running, 2 unreadable).
+pub fn status(home: &Path) -> u8 {
+    match pidfile::state(&home.join(files::PID)) {
+        State::Running(pid) => {
+            println!("wireleap-relay is running, pid {pid}");
+            0
+        }
+        State::Absent => {
+            println!("wireleap-relay is not running");
+            1
+        }
+        State::Stale(_) => {
+            println!("wireleap-relay is not running (might have crashed, see {})", files::LOG);
+            1
+        }
+        State::Unreadable(e) => {
+            println!("could not read wireleap-relay status");
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
+/// `start` without `--fg`: spawns `<exe> start --fg` with its output appended to the log, and
+/// waits until it reports ready, exits, or [`START_TIMEOUT`] passes.
+///
+/// # Errors
+/// [`Error::AlreadyRunning`], [`Error::DiedAtStart`] with the log of this attempt,
+/// [`Error::NotReady`], or [`Error::Io`].
+pub fn start(home: &Path, exe: &Path) -> Result<i32, Error> {
+    if let State::Running(pid) = pidfile::state(&home.join(files::PID)) {
+        return Err(Error::AlreadyRunning(pid));
+    }
+    let log_path = home.join(files::LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(&log_path)
+        .map_err(io_err(format!("could not open {}", log_path.display())))?;
+    let offset = log
+        .metadata()
+        .map_err(io_err("could not stat the log"))?
+        .len();
+    let listener = notify::Listener::bind().map_err(io_err("could not create the readiness socket"))?;
+    let mut child = Command::new(exe)
+        .args(["start", "--fg"])
+        .current_dir(home)
+        .env(notify::NOTIFY_SOCKET, listener.name())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io_err("could not duplicate the log handle"))?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in the terminal that ran `start` must not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(io_err(format!("could not run {}", exe.display())))?;
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    println!(
+        "starting wireleap-relay with pid {pid}, writing to {}...",
+        log_path.display()
+    );
+    wait_ready(&listener, &mut child, &log_path, offset)?;
+    println!("successfully spawned wireleap-relay daemon (pid {pid})");
+    Ok(pid)
+}
+
+fn wait_ready(
+    listener: &notify::Listener,
+    child: &mut Child,
+    log_path: &Path,
+    offset: u64,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let events = listener
+            .recv(Duration::from_millis(100))
+            .map_err(io_err("could not read the readiness socket"))?;
+        if events.contains(&Event::Ready) {
+            return Ok(());
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(Error::DiedAtStart {
+                path: log_path.to_owned(),
+                log: read_from(log_path, offset),
+            });
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::NotReady(START_TIMEOUT, log_path.display().to_string()));
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_string(&mut text);
+        }
+    }
+    text
+}
+
+/// `stop`: SIGTERM, wait up to 3 s, then SIGKILL. Returns the pid that was stopped.
+///
+/// # Errors
+/// [`Error::PidFile`], [`Error::NotRunning`] (the stale pid file is removed),
+/// [`Error::Signal`] or [`Error::Unkillable`].
+pub fn stop(home: &Path) -> Result<i32, Error> {
+    let path = home.join(files::PID);
+    let pid = running_pid(&path)?;
+    signal(pid, Signal::SIGTERM)?;
+    for _ in 0..STOP_POLLS {
+        std::thread::sleep(STOP_POLL);
+        if !pidfile::is_alive(pid) {
+            pidfile::remove_if_own(&path, pid);
+            println!("stopped wireleap-relay daemon (was pid {pid})");
+            return Ok(pid);
+        }
+    }
+    signal(pid, Signal::SIGKILL)?;
+    // SIGKILL is asynchronous; give the kernel a moment to tear the process down.
+    for _ in 0..10 {
+        std::thread::sleep(STOP_POLL);
+        if !pidfile::is_alive(pid) {
+            pidfile::remove_if_own(&path, pid);
+            println!("stopped wireleap-relay daemon (was pid {pid}, killed after 3s)");
+            return Ok(pid);
+        }
+    }
+    Err(Error::Unkillable(pid))
+}
+
+/// `reload`: SIGUSR1 to the daemon.
+///
+/// # Errors
+/// As [`stop`] for a missing daemon, or [`Error::Signal`].
+pub fn reload(home: &Path) -> Result<i32, Error> {
+    let pid = running_pid(&home.join(files::PID))?;
+    signal(pid, Signal::SIGUSR1)?;
+    println!("reloaded wireleap-relay daemon (pid {pid})");
+    Ok(pid)
+}
+
+/// `restart`: `stop` if running, wait for the pid to vanish, then `start`.
+///
+/// # Errors
+/// Any error of [`stop`] other than "not running", [`Error::StopTimeout`], or any of [`start`].
+pub fn restart(home: &Path, exe: &Path) -> Result<i32, Error> {
+    match stop(home) {
+        Ok(pid) => {
+            let deadline = Instant::now() + RESTART_WAIT;
+            while pidfile::is_alive(pid) {
+                if Instant::now() >= deadline {
+                    return Err(Error::StopTimeout);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Err(Error::NotRunning(_)) => {}
+        Err(Error::PidFile { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    start(home, exe)
+}
+
+fn running_pid(path: &Path) -> Result<i32, Error> {
+    match pidfile::state(path) {
+        State::Running(pid) => Ok(pid),
+        State::Stale(pid) => {
+            let _ = std::fs::remove_file(path);
+            Err(Error::NotRunning(pid))
+        }
+        State::Absent => Err(Error::PidFile {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (is the relay running?)"),
+        }),
+        State::Unreadable(source) => Err(Error::PidFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn signal(pid: i32, sig: Signal) -> Result<(), Error> {
+    kill(Pid::from_raw(pid), sig).map_err(|source| Error::Signal { pid, source })
+}

@@ -1,0 +1,10 @@
+//! Process lifecycle: the pid file, readiness notification, the control commands that act on a
+//! running daemon (`start`, `stop`, `status`, `reload`, `restart`), signals, and the shutdown
+//! coordinator with its fixed, logged order of phases.
+
+pub mod control;
+pub mod notify;
+pub mod phase;
+pub mod pidfile;
+pub mod shutdown;
+pub mod signals;
