@@ -1,0 +1,508 @@
+//! The init payload of a relay stream: the `wl-payload` request header (spec §6.2, §6.3).
+//!
+//! [`InitPayload`] is the wire form (compact JSON, key order `command`, `protocol`, `remote`,
+//! `token`, `version`). [`Request::parse`] turns header bytes into a validated request:
+//! PING, or CONNECT with a known protocol, a `wireleap`/`https`/`target` remote with host and
+//! port, a sharetoken and a client-relay version of minor 2 (spec §10 #3, #13). The loopback
+//! guard of §6.3 step 9 is [`Remote::check_loopback`]; the relay decides when to call it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::sharetoken::Sharetoken;
+use crate::version;
+
+/// Name of the request header carrying the init payload.
+pub const WL_PAYLOAD: &str = "wl-payload";
+
+/// `command` of a stream that relays bytes.
+pub const COMMAND_CONNECT: &str = "CONNECT";
+/// `command` of a health check.
+pub const COMMAND_PING: &str = "PING";
+
+/// The init payload as it is on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitPayload {
+    /// `CONNECT` or `PING`.
+    #[serde(default)]
+    pub command: String,
+    /// Go network name: `tcp`, `tcp4`, `tcp6`, `udp`, `udp4`, `udp6`.
+    #[serde(default)]
+    pub protocol: String,
+    /// `wireleap://host:port[/path]`, `https://…` or `target://host:port`.
+    #[serde(default)]
+    pub remote: String,
+    /// Sharetoken for the relay receiving this payload (`null` when absent).
+    #[serde(default)]
+    pub token: Option<Sharetoken>,
+    /// client-relay interface version, `0.2.0`.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// Why a payload is refused. Every variant becomes a 400 status whose description is the
+/// `Display` text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The header is missing.
+    #[error("could not parse payload header: no wl-payload header")]
+    Missing,
+    /// The header is not JSON of the payload shape.
+    #[error("could not parse payload header: {0}")]
+    Parse(String),
+    /// A CONNECT without `token` (spec §10 #3).
+    #[error("no sharetoken in payload")]
+    MissingToken,
+    /// `command` is neither CONNECT nor PING.
+    #[error("unknown command in payload: {0}")]
+    UnknownCommand(String),
+    /// `protocol` is not `tcp*`/`udp*`.
+    #[error("unknown protocol in payload: {0}")]
+    UnknownProtocol(String),
+    /// `version` is not a client-relay version with our minor number.
+    #[error("invalid client-relay version in payload: expecting version 0.2.x, got {0}")]
+    Version(String),
+    /// `remote` is not a URL.
+    #[error("invalid remote URL in payload: {0}")]
+    RemoteUrl(String),
+    /// `remote` has a scheme other than `wireleap`, `https`, `target`.
+    #[error("unknown URL scheme in payload: {0}")]
+    UnknownScheme(String),
+    /// `remote` has no host.
+    #[error("missing host in remote address: {0}")]
+    MissingHost(String),
+    /// `remote` has no port.
+    #[error("missing port in remote address: {0}")]
+    MissingPort(String),
+    /// The loopback guard refused the remote (spec §6.3 step 9).
+    #[error("loopback address '{0}' requested, refusing to dial")]
+    Loopback(String),
+}
+
+/// Outgoing network of a CONNECT (the `protocol` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// `tcp`
+    Tcp,
+    /// `tcp4`
+    Tcp4,
+    /// `tcp6`
+    Tcp6,
+    /// `udp`
+    Udp,
+    /// `udp4`
+    Udp4,
+    /// `udp6`
+    Udp6,
+}
+
+impl Network {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Tcp4 => "tcp4",
+            Self::Tcp6 => "tcp6",
+            Self::Udp => "udp",
+            Self::Udp4 => "udp4",
+            Self::Udp6 => "udp6",
+        }
+    }
+
+    /// Whether this is one of the UDP networks.
+    pub const fn is_udp(self) -> bool {
+        matches!(self, Self::Udp | Self::Udp4 | Self::Udp6)
+    }
+}
+
+impl FromStr for Network {
+    type Err = PayloadError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "tcp" => Self::Tcp,
+            "tcp4" => Self::Tcp4,
+            "tcp6" => Self::Tcp6,
+            "udp" => Self::Udp,
+            "udp4" => Self::Udp4,
+            "udp6" => Self::Udp6,
+            other => return Err(PayloadError::UnknownProtocol(other.to_owned())),
+        })
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Scheme of a remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteKind {
+    /// `wireleap://`: the next relay.
+    Wireleap,
+    /// `https://`: the next relay, deprecated form.
+    Https,
+    /// `target://`: the final destination; errors then have origin `"target"`.
+    Target,
+}
+
+/// A parsed `remote`: scheme, host and port (port required).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Which kind of remote.
+    pub kind: RemoteKind,
+    /// Host name or IP literal, without IPv6 brackets.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The full URL as sent.
+    pub url: Url,
+}
+
+impl Remote {
+    /// Parses a remote URL.
+    ///
+    /// # Errors
+    /// [`PayloadError::RemoteUrl`], [`PayloadError::UnknownScheme`],
+    /// [`PayloadError::MissingHost`] or [`PayloadError::MissingPort`].
+    pub fn parse(text: &str) -> Result<Self, PayloadError> {
+        let url = Url::parse(text).map_err(|e| PayloadError::RemoteUrl(format!("{text}: {e}")))?;
+        let kind = match url.scheme() {
+            "wireleap" => RemoteKind::Wireleap,
+            "https" => RemoteKind::Https,
+            "target" => RemoteKind::Target,
+            other => return Err(PayloadError::UnknownScheme(other.to_owned())),
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err(PayloadError::MissingHost(text.to_owned())),
+        };
+        // For `https` the url crate hides an explicit `:443`; accept the known default there.
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| PayloadError::MissingPort(text.to_owned()))?;
+        Ok(Self {
+            kind,
+            host,
+            port,
+            url,
+        })
+    }
+
+    /// A `target://host:port` remote.
+    ///
+    /// # Errors
+    /// As [`Remote::parse`].
+    pub fn target(host: &str, port: u16) -> Result<Self, PayloadError> {
+        Self::parse(&format!("target://{}", join_host_port(host, port)))
+    }
+
+    /// The dial address `host:port` (IPv6 in brackets).
+    pub fn host_port(&self) -> String {
+        join_host_port(&self.host, self.port)
+    }
+
+    /// The host as an IP address, when it is an IP literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// Whether the host is `localhost`, a loopback IP or the unspecified address (names that
+    /// merely resolve to loopback are not detected, as in the reference).
+    pub fn is_loopback(&self) -> bool {
+        is_loopback_host(&self.host)
+    }
+
+    /// The loopback guard of spec §6.3 step 9.
+    ///
+    /// # Errors
+    /// [`PayloadError::Loopback`] naming the host.
+    pub fn check_loopback(&self) -> Result<(), PayloadError> {
+        if self.is_loopback() {
+            Err(PayloadError::Loopback(self.host.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether errors for this remote carry origin `"target"`.
+    pub fn is_target(&self) -> bool {
+        self.kind == RemoteKind::Target
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+/// `localhost`, a loopback IP (incl. IPv4-mapped IPv6) or an unspecified address.
+pub fn is_loopback_host(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+        Err(_) => false,
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A validated CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// Outgoing network.
+    pub network: Network,
+    /// Where to dial.
+    pub remote: Remote,
+    /// The sharetoken for this relay (not yet accepted: see [`Sharetoken::accept`]).
+    pub token: Sharetoken,
+    /// The client-relay version the client sent.
+    pub version: semver::Version,
+}
+
+/// A validated stream request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Health check: answer [`crate::status::Status::pong`] in the body.
+    Ping,
+    /// Relay bytes to `remote`.
+    Connect(Box<Connect>),
+}
+
+impl Request {
+    /// Parses and validates a `wl-payload` header value.
+    ///
+    /// Order: JSON shape; PING (no further checks, as in the reference); command; token
+    /// present; version minor; protocol; remote scheme, host and port.
+    ///
+    /// # Errors
+    /// The first failing check as a [`PayloadError`].
+    pub fn parse(header: &[u8]) -> Result<Self, PayloadError> {
+        InitPayload::from_header(header)?.validate()
+    }
+}
+
+impl InitPayload {
+    /// A CONNECT payload (client side).
+    pub fn connect(network: Network, remote: &str, token: Sharetoken) -> Self {
+        Self {
+            command: COMMAND_CONNECT.to_owned(),
+            protocol: network.as_str().to_owned(),
+            remote: remote.to_owned(),
+            token: Some(token),
+            version: version::CLIENT_RELAY.to_string(),
+        }
+    }
+
+    /// A PING payload (client side).
+    pub fn ping() -> Self {
+        Self {
+            command: COMMAND_PING.to_owned(),
+            protocol: String::new(),
+            remote: String::new(),
+            token: None,
+            version: version::CLIENT_RELAY.to_string(),
+        }
+    }
+
+    /// Decodes header bytes, without validation.
+    ///
+    /// # Errors
+    /// [`PayloadError::Parse`] with the JSON error.
+    pub fn from_header(header: &[u8]) -> Result<Self, PayloadError> {
+        serde_json::from_slice(header).map_err(|e| PayloadError::Parse(e.to_string()))
+    }
+
+    /// Compact JSON for the `wl-payload` header (no newline; valid header value).
+    pub fn to_header_value(&self) -> String {
+        // Strings, integers and base64 text only: serialization into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Validates into a [`Request`] (see [`Request::parse`] for the order).
+    ///
+    /// # Errors
+    /// The first failing check as a [`PayloadError`].
+    pub fn validate(self) -> Result<Request, PayloadError> {
+        match self.command.as_str() {
+            COMMAND_PING => return Ok(Request::Ping),
+            COMMAND_CONNECT => {}
+            other => return Err(PayloadError::UnknownCommand(other.to_owned())),
+        }
+        let token = self.token.ok_or(PayloadError::MissingToken)?;
+        let version = semver::Version::parse(self.version.trim())
+            .ok()
+            .filter(|v| v.minor == version::CLIENT_RELAY.minor)
+            .ok_or_else(|| PayloadError::Version(self.version.clone()))?;
+        let network = self.protocol.parse()?;
+        let remote = Remote::parse(&self.remote)?;
+        Ok(Request::Connect(Box::new(Connect {
+            network,
+            remote,
+            token,
+            version,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{PublicKey, SigningKey};
+    use crate::servicekey::{Contract, Servicekey};
+
+    fn token() -> Sharetoken {
+        let c = Contract::sign(&SigningKey::from_bytes(&[1; 32]), 100, 200);
+        let sk = Servicekey::from_signing_key(SigningKey::from_bytes(&[2; 32]), Some(c));
+        Sharetoken::new(&sk, PublicKey::from(&SigningKey::from_bytes(&[3; 32])), 50).unwrap()
+    }
+
+    #[test]
+    fn connect_round_trip_and_key_order() {
+        let p = InitPayload::connect(Network::Tcp, "target://example.org:443", token());
+        let h = p.to_header_value();
+        assert!(h.starts_with(
+            r#"{"command":"CONNECT","protocol":"tcp","remote":"target://example.org:443","token":{"version":0,"#
+        ));
+        assert!(h.ends_with(r#"},"version":"0.2.0"}"#));
+        let Request::Connect(c) = Request::parse(h.as_bytes()).unwrap() else {
+            panic!("not connect")
+        };
+        assert_eq!(c.network, Network::Tcp);
+        assert_eq!(c.remote.kind, RemoteKind::Target);
+        assert_eq!(c.remote.host_port(), "example.org:443");
+        assert!(c.remote.is_target());
+    }
+
+    #[test]
+    fn ping_needs_nothing_else() {
+        assert_eq!(
+            Request::parse(br#"{"command":"PING"}"#).unwrap(),
+            Request::Ping
+        );
+        assert_eq!(
+            Request::parse(InitPayload::ping().to_header_value().as_bytes()).unwrap(),
+            Request::Ping
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let ok = InitPayload::connect(Network::Udp, "wireleap://relay.example:13499/x", token());
+        assert!(ok.clone().validate().is_ok());
+
+        assert!(matches!(
+            Request::parse(b"{not json"),
+            Err(PayloadError::Parse(_))
+        ));
+        assert!(
+            Request::parse(b"42")
+                .unwrap_err()
+                .to_string()
+                .starts_with("could not parse payload header: ")
+        );
+        let mut p = ok.clone();
+        p.token = None;
+        assert_eq!(p.validate(), Err(PayloadError::MissingToken));
+        let mut p = ok.clone();
+        p.command = "BIND".into();
+        assert_eq!(
+            p.validate(),
+            Err(PayloadError::UnknownCommand("BIND".into()))
+        );
+        let mut p = ok.clone();
+        p.version = "0.3.0".into();
+        assert_eq!(p.validate(), Err(PayloadError::Version("0.3.0".into())));
+        let mut p = ok.clone();
+        p.version = "x".into();
+        assert!(matches!(p.validate(), Err(PayloadError::Version(_))));
+        let mut p = ok.clone();
+        p.protocol = "sctp".into();
+        assert_eq!(
+            p.validate(),
+            Err(PayloadError::UnknownProtocol("sctp".into()))
+        );
+        let mut p = ok.clone();
+        p.remote = "ftp://x:1".into();
+        assert_eq!(p.validate(), Err(PayloadError::UnknownScheme("ftp".into())));
+        let mut p = ok.clone();
+        p.remote = "target://example.org".into();
+        assert!(matches!(p.validate(), Err(PayloadError::MissingPort(_))));
+        let mut p = ok;
+        p.remote = "target://:80".into();
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn loopback_guard() {
+        for h in [
+            "target://127.0.0.1:80",
+            "target://127.8.9.1:80",
+            "target://localhost:80",
+            "target://LOCALHOST:80",
+            "target://[::1]:80",
+            "target://0.0.0.0:80",
+            "target://[::]:80",
+            "target://[::ffff:127.0.0.1]:80",
+        ] {
+            let r = Remote::parse(h).unwrap();
+            assert!(r.is_loopback(), "{h}");
+            let e = r.check_loopback().unwrap_err();
+            assert!(e.to_string().starts_with("loopback address '"), "{e}");
+        }
+        for h in [
+            "target://10.0.0.1:80",
+            "target://example.org:80",
+            "wireleap://192.168.1.1:13499",
+        ] {
+            assert!(!Remote::parse(h).unwrap().is_loopback(), "{h}");
+        }
+        let r = Remote::parse("target://[::1]:80").unwrap();
+        assert_eq!(r.host_port(), "[::1]:80");
+        assert_eq!(
+            Remote::parse("target://127.0.0.1:80")
+                .unwrap()
+                .check_loopback(),
+            Err(PayloadError::Loopback("127.0.0.1".into()))
+        );
+    }
+
+    #[test]
+    fn hostile_headers_never_panic() {
+        for h in [
+            &b""[..],
+            b"null",
+            b"{}",
+            br#"{"command":"CONNECT","token":null}"#,
+            br#"{"command":"CONNECT","token":{}}"#,
+            br#"{"command":"CONNECT","token":{"version":0,"public_key":"AA"}}"#,
+            b"\xff\xfe",
+        ] {
+            let _ = Request::parse(h);
+        }
+    }
+}
