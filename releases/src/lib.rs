@@ -1,1 +1,43 @@
-//! relay-release: see the crate's README or module docs (work in progress).
+//! Signed releases of the Wireleap relay: the release format, its signing and verification,
+//! the downloader, and the `release-tool` binary.
+//!
+//! The format and the numbered verification steps are specified in `releases/SPEC.md`; code
+//! that implements a step cites it ("SPEC step N"). The relay's Upgrader downloads and stages
+//! releases with [`fetch::Fetcher`]; the supervisor verifies the staged files again, offline,
+//! with [`verify::verify_release_files`] (it can depend on this crate with
+//! `default-features = false` to leave out the HTTP stack and the tools).
+//!
+//! # Layout
+//!
+//! - [`error`]: the crate's [`Error`], one variant per failure, with `is_retryable()`.
+//! - [`version`]: safe version parsing and the version floor (rollback protection).
+//! - [`layout`]: product, target, asset names, release URLs and paths, `channels.json`.
+//! - [`manifest`]: the signed statement's text: render and parse.
+//! - [`keys`]: trusted keys (the embedded project key plus extra ones) and signing keys.
+//! - [`sign`]: clear-signing a statement (release tool and tests only).
+//! - [`verify`]: steps 1-11, offline.
+//! - [`durable`]: temp file + fsync + rename (step 12).
+//! - [`fetch`] (feature `fetch`): download with caps, timeouts and retries, then stage.
+//!
+//! This crate never runs, installs or swaps a binary: it only says whether a release is
+//! genuine and puts verified bytes where it is told.
+
+pub mod durable;
+pub mod error;
+#[cfg(feature = "fetch")]
+pub mod fetch;
+pub mod keys;
+pub mod layout;
+pub mod manifest;
+pub mod sign;
+pub mod verify;
+pub mod version;
+
+pub use error::Error;
+pub use keys::{SigningKey, TrustedKeys};
+pub use layout::{Channels, Layout, Product, ReleaseDir, Target};
+pub use manifest::{FileEntry, Statement};
+pub use verify::{
+    Expected, ExpiryCheck, VerifiedStatement, verify_release_files, verify_statement,
+};
+pub use version::{VersionFloor, parse_version};

@@ -1,0 +1,328 @@
+//! The one error type of the crate.
+//!
+//! Every failure of the verification steps of `releases/SPEC.md` has its own variant, so that
+//! callers (and the attack tests) can tell them apart. One enum for the whole crate rather than
+//! one per module: the download path and the offline path fail in the same ways (a truncated
+//! file is truncated whether it came from disk or from the network), and the Upgrader and the
+//! supervisor handle both. Errors never carry key material or file contents.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A failure to sign, verify, lay out or download a release.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // === step 1: bounded read ===
+    /// The statement is larger than the cap (SPEC step 1).
+    #[error("release statement is larger than {limit} bytes")]
+    StatementTooLarge {
+        /// The cap in bytes.
+        limit: u64,
+    },
+
+    // === step 2: framing ===
+    /// The statement holds no complete OpenPGP clear-signed block (SPEC step 2).
+    #[error("release statement holds no complete clear-signed block")]
+    NoSignedBlock,
+    /// The statement has text outside its clear-signed block (SPEC step 2); such text is
+    /// where the reference relay's digest-injection bypass hides.
+    #[error("release statement has unsigned text outside its signed block (line {line})")]
+    UnsignedText {
+        /// The 1-based line number of the first offending line.
+        line: usize,
+    },
+
+    // === step 3: signature ===
+    /// No signature was made by a trusted key (SPEC step 3).
+    #[error("release statement is not signed by a trusted key (issuers: {issuers:?})")]
+    UnknownKey {
+        /// The issuer key ids or fingerprints named by the signatures, in hex.
+        issuers: Vec<String>,
+    },
+    /// A signature by a trusted key does not match the signed text (SPEC step 3).
+    #[error("bad signature on the release statement: {reason}")]
+    BadSignature {
+        /// Why the OpenPGP library rejected it.
+        reason: String,
+    },
+    /// A signature by a trusted key cannot be used: malformed, made by an expired, revoked
+    /// or unbound key, or refused by the policy (SPEC step 3).
+    #[error("unusable signature on the release statement: {reason}")]
+    InvalidSignature {
+        /// Why the OpenPGP library rejected it.
+        reason: String,
+    },
+
+    // === step 4: parse the signed text ===
+    /// A line of the signed text is not part of the format (SPEC step 4).
+    #[error("malformed release statement, signed line {line}: {reason}")]
+    MalformedStatement {
+        /// The 1-based line number within the signed text (0: the text as a whole).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A required field is missing from the signed text (SPEC step 4).
+    #[error("release statement lacks the `{field}` field")]
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The signed text declares a format this verifier does not know (SPEC step 4).
+    #[error("unsupported release statement format {found:?}")]
+    UnsupportedFormat {
+        /// The declared format.
+        found: String,
+    },
+    /// A version is not a plain semantic version (SPEC step 4, and before any path or URL
+    /// is built from it).
+    #[error("unsafe or invalid version {text:?}")]
+    UnsafeVersion {
+        /// The offending text (truncated to 64 characters).
+        text: String,
+    },
+    /// A product, target, channel or file name is not a plain file name (SPEC step 4, and
+    /// before any path or URL is built from it).
+    #[error("unsafe name {name:?}")]
+    UnsafeName {
+        /// The offending text (truncated to 64 characters).
+        name: String,
+    },
+
+    // === steps 5-10: what was asked for ===
+    /// The statement is for another product (SPEC step 5).
+    #[error("release is for product {signed:?}, not {asked:?}")]
+    ProductMismatch {
+        /// The product asked for.
+        asked: String,
+        /// The product named by the signed text.
+        signed: String,
+    },
+    /// The statement is for another OS/architecture (SPEC step 6).
+    #[error("release is for target {signed:?}, not {asked:?}")]
+    TargetMismatch {
+        /// The target asked for.
+        asked: String,
+        /// The target named by the signed text.
+        signed: String,
+    },
+    /// The statement is for another version than the one asked for: a replay of another
+    /// release (SPEC step 7).
+    #[error("release statement is for version {signed}, not the requested {asked}")]
+    VersionMismatch {
+        /// The version asked for.
+        asked: semver::Version,
+        /// The version named by the signed text.
+        signed: semver::Version,
+    },
+    /// The offered version is not above the running one: a downgrade (SPEC step 8).
+    #[error("version {offered} is not above the running version {running}")]
+    NotAboveRunning {
+        /// The version offered.
+        offered: semver::Version,
+        /// The running version.
+        running: semver::Version,
+    },
+    /// The offered version is not above the highest version ever committed (SPEC step 8).
+    #[error("version {offered} is not above the highest committed version {committed}")]
+    NotAboveCommitted {
+        /// The version offered.
+        offered: semver::Version,
+        /// The highest committed version.
+        committed: semver::Version,
+    },
+    /// The statement has expired: a frozen or stale release (SPEC step 9).
+    #[error("release statement expired at {expires} (now {now})")]
+    Expired {
+        /// The signed expiry, RFC 3339.
+        expires: String,
+        /// The time of the check, RFC 3339.
+        now: String,
+    },
+    /// The statement does not list the asset asked for (SPEC step 10).
+    #[error("release statement does not list {asset:?}")]
+    AssetNotListed {
+        /// The asset name.
+        asset: String,
+    },
+
+    // === step 11: the file ===
+    /// The file is longer than its signed size: endless data (SPEC step 11).
+    #[error("{asset:?} is longer than its signed size of {limit} bytes")]
+    Oversized {
+        /// The asset name.
+        asset: String,
+        /// The signed size.
+        limit: u64,
+    },
+    /// The file is shorter than its signed size (SPEC step 11).
+    #[error("{asset:?} is truncated: {got} of {expected} bytes")]
+    Truncated {
+        /// The asset name.
+        asset: String,
+        /// The signed size.
+        expected: u64,
+        /// The bytes received or found.
+        got: u64,
+    },
+    /// The file's SHA-512 is not the signed one (SPEC step 11).
+    #[error("{asset:?} SHA-512 mismatch: signed {expected}, got {actual}")]
+    DigestMismatch {
+        /// The asset name.
+        asset: String,
+        /// The signed digest, hex.
+        expected: String,
+        /// The computed digest, hex.
+        actual: String,
+    },
+
+    // === keys and signing ===
+    /// A key file or key text could not be used.
+    #[error("key {origin}: {reason}")]
+    Key {
+        /// Where the key came from (a path or "embedded").
+        origin: String,
+        /// What is wrong with it (never the key material).
+        reason: String,
+    },
+    /// Signing failed.
+    #[error("signing failed: {reason}")]
+    Sign {
+        /// Why.
+        reason: String,
+    },
+
+    // === local I/O ===
+    /// A local file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `channels.json` is not `{"<product>": {"<channel>": "<version>"}}`.
+    #[error("bad channels file: {reason}")]
+    Channels {
+        /// What is wrong.
+        reason: String,
+    },
+
+    // === download ===
+    /// A URL could not be built from the base URL.
+    #[error("bad release URL: {reason}")]
+    Url {
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {reason}")]
+    Client {
+        /// Why.
+        reason: String,
+    },
+    /// Connecting to the release server failed or timed out.
+    #[error("cannot reach {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with a status other than 200.
+    #[error("{url} answered HTTP {status}")]
+    HttpStatus {
+        /// The URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The server sent nothing for longer than the read-gap timeout: slow retrieval.
+    #[error("{url} sent nothing for {gap:?}")]
+    Stalled {
+        /// The URL.
+        url: String,
+        /// The read-gap timeout.
+        gap: Duration,
+    },
+    /// The whole download took longer than its deadline.
+    #[error("release download exceeded its deadline of {deadline:?}")]
+    DeadlineExceeded {
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// The transfer broke off with a protocol or network error.
+    #[error("transfer of {url} failed: {reason}")]
+    Transfer {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+// === impl Error ===
+
+impl Error {
+    /// Whether trying the same download again later may succeed (network trouble, a server
+    /// error). Verification failures are never retryable: the same bytes fail the same way.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect { .. }
+            | Self::Stalled { .. }
+            | Self::Transfer { .. }
+            | Self::Truncated { .. } => true,
+            Self::HttpStatus { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure is the fault of what the release server or the directory sent
+    /// (bad, forged, stale or unsafe data), as opposed to a local problem (disk, config,
+    /// keys). The Upgrader skips a version for a peer fault; a local fault is reported to the
+    /// operator.
+    #[must_use]
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(
+            self,
+            Self::Key { .. }
+                | Self::Sign { .. }
+                | Self::Io { .. }
+                | Self::Url { .. }
+                | Self::Client { .. }
+                | Self::Channels { .. }
+        )
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn malformed(line: usize, reason: impl Into<String>) -> Self {
+        Self::MalformedStatement {
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Shortens untrusted text before it goes into an error message.
+pub(crate) fn clip(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(MAX).collect();
+        s.push('…');
+        s
+    }
+}

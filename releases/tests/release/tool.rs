@@ -1,0 +1,133 @@
+//! The `release-tool` CLI end to end: keygen, publish, channel set, verify.
+
+use std::path::Path;
+use std::process::Command;
+
+use relay_release::{Channels, Product, parse_version};
+
+use crate::support::tools::{run, text};
+
+fn tool() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_release-tool"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn keygen_publish_channel_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = d.join("k");
+    ok(tool().arg("keygen").arg("--out").arg(&prefix));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(d.join("k.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // keygen never overwrites a secret key.
+    let out = run(tool().arg("keygen").arg("--out").arg(&prefix));
+    assert!(!out.status.success());
+
+    std::fs::write(d.join("bin"), b"#!/bin/sh\necho relay\n").unwrap();
+    std::fs::write(d.join("notes.md"), b"# 1.2.3\n").unwrap();
+    let root = d.join("root");
+    ok(tool()
+        .arg("publish")
+        .arg("--root")
+        .arg(&root)
+        .arg("--key")
+        .arg(d.join("k.key"))
+        .args(["--version", "1.2.3", "--target", "linux-x86_64"])
+        .arg("--binary")
+        .arg(d.join("bin"))
+        .arg("--changelog")
+        .arg(d.join("notes.md")));
+    let vdir = root.join("v1.2.3");
+    for f in [
+        "wireleap-relay_linux-x86_64",
+        "wireleap-relay_linux-x86_64.hash",
+        "changelog.md",
+    ] {
+        assert!(vdir.join(f).is_file(), "{f}");
+    }
+    // A second target of the same version reuses the changelog.
+    ok(tool()
+        .arg("publish")
+        .arg("--root")
+        .arg(&root)
+        .arg("--key")
+        .arg(d.join("k.key"))
+        .args(["--version", "1.2.3", "--target", "linux-aarch64"])
+        .arg("--binary")
+        .arg(d.join("bin")));
+    assert!(vdir.join("wireleap-relay_linux-aarch64.hash").is_file());
+
+    ok(tool()
+        .args(["channel", "set", "--root"])
+        .arg(&root)
+        .args(["default", "1.2.3"]));
+    let channels = Channels::parse(&std::fs::read(root.join("channels.json")).unwrap()).unwrap();
+    assert_eq!(
+        channels.version(&Product::relay(), "default"),
+        Some(&parse_version("1.2.3").unwrap())
+    );
+    assert!(ok(tool().args(["channel", "show", "--root"]).arg(&root)).contains("\"relay\""));
+
+    let verify = |version: &str, extra: &[&str]| {
+        let mut cmd = tool();
+        cmd.arg("verify")
+            .arg("--statement")
+            .arg(vdir.join("wireleap-relay_linux-x86_64.hash"))
+            .arg("--binary")
+            .arg(vdir.join("wireleap-relay_linux-x86_64"))
+            .args(["--version", version, "--target", "linux-x86_64"])
+            .arg("--no-project-key")
+            .arg("--trust")
+            .arg(d.join("k.pub"))
+            .args(extra);
+        run(&mut cmd)
+    };
+    let out = verify("1.2.3", &["--running", "1.2.2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK wireleap-relay 1.2.3"));
+    // Bad release data exits 65.
+    let out = verify("1.2.4", &[]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let out = verify("1.2.3", &["--running", "1.2.3"]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    // The project key alone does not trust this new key.
+    let out = run(tool()
+        .arg("verify")
+        .arg("--statement")
+        .arg(vdir.join("wireleap-relay_linux-x86_64.hash"))
+        .args(["--version", "1.2.3", "--target", "linux-x86_64"]));
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+}
+
+#[test]
+fn import_accepts_a_secret_key_and_refuses_a_public_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(tool()
+        .arg("import")
+        .arg("--secret")
+        .arg(crate::support::key_path("rotated", "key"))
+        .arg("--out")
+        .arg(d.join("imported")));
+    assert!(Path::new(&d.join("imported.key")).is_file());
+    let out = run(tool()
+        .arg("import")
+        .arg("--secret")
+        .arg(crate::support::key_path("rotated", "pub"))
+        .arg("--out")
+        .arg(d.join("nope")));
+    assert!(!out.status.success(), "{}", text(&out));
+}
