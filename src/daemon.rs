@@ -168,12 +168,18 @@ impl Daemon {
         tokio::spawn(async move {
             loop {
                 if let SignalEvent::Terminate(sig) = signals.next().await {
-                    warn!(signal = sig, "second signal: exiting without finishing the shutdown");
+                    warn!(
+                        signal = sig,
+                        "second signal: exiting without finishing the shutdown"
+                    );
                     std::process::exit(128 + sig);
                 }
             }
         });
-        if tokio::time::timeout(SHUTDOWN_GRACE, shutdown(&actors)).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, shutdown(&actors))
+            .await
+            .is_err()
+        {
             warn!(grace = ?SHUTDOWN_GRACE, "shutdown did not finish in time; exiting anyway");
         }
         System::current().stop();
@@ -201,7 +207,9 @@ impl Daemon {
             .timeout(ACTOR_TIMEOUT)
             .await
         {
-            Ok(s) => info!(added = ?s.added, updated = ?s.updated, removed = ?s.removed, refused = ?s.refused, "config reloaded"),
+            Ok(s) => {
+                info!(added = ?s.added, updated = ?s.updated, removed = ?s.removed, refused = ?s.refused, "config reloaded")
+            }
             Err(e) => error!(error = %e, "reload: enrollment did not answer"),
         }
     }
@@ -214,9 +222,24 @@ impl Daemon {
             .timeout(ACTOR_TIMEOUT)
             .await
             .unwrap_or_default();
-        let transport = actors.transport.send(transport::TransportStatus).timeout(ACTOR_TIMEOUT).await.ok();
-        let tokens = actors.ledger.send(ledger::LedgerCounts).timeout(ACTOR_TIMEOUT).await.ok();
-        let upgrade = actors.upgrader.send(upgrader::UpgraderStatus).timeout(ACTOR_TIMEOUT).await.ok();
+        let transport = actors
+            .transport
+            .send(transport::TransportStatus)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .ok();
+        let tokens = actors
+            .ledger
+            .send(ledger::LedgerCounts)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .ok();
+        let upgrade = actors
+            .upgrader
+            .send(upgrader::UpgraderStatus)
+            .timeout(ACTOR_TIMEOUT)
+            .await
+            .ok();
         let relay_status: Vec<_> = contracts
             .iter()
             .map(|c| {
@@ -243,24 +266,46 @@ impl Daemon {
 /// The shutdown phases, in order, each logged.
 async fn shutdown(actors: &Actors) {
     info!(phase = %Phase::StopAccepting, "shutdown phase");
-    let _ = actors.transport.send(transport::StopAccepting).timeout(ACTOR_TIMEOUT).await;
+    let _ = actors
+        .transport
+        .send(transport::StopAccepting)
+        .timeout(ACTOR_TIMEOUT)
+        .await;
 
     info!(phase = %Phase::Deregister, "shutdown phase");
-    match actors.enrollment.send(directory::DisenrollAll).timeout(DEREGISTER_BUDGET).await {
+    match actors
+        .enrollment
+        .send(directory::DisenrollAll)
+        .timeout(DEREGISTER_BUDGET)
+        .await
+    {
         Ok(n) => info!(directories = n, "deregistered"),
         Err(e) => warn!(error = %e, "deregistration incomplete"),
     }
 
     info!(phase = %Phase::Drain, "shutdown phase");
     let deadline = SHUTDOWN_GRACE.saturating_sub(DEREGISTER_BUDGET + Duration::from_millis(500));
-    match actors.transport.send(transport::Drain { deadline }).timeout(deadline + ACTOR_TIMEOUT).await {
+    match actors
+        .transport
+        .send(transport::Drain { deadline })
+        .timeout(deadline + ACTOR_TIMEOUT)
+        .await
+    {
         Ok(r) if r.remaining == 0 => info!("drained"),
-        Ok(r) => warn!(remaining = r.remaining, "drain deadline passed; closing remaining connections"),
+        Ok(r) => warn!(
+            remaining = r.remaining,
+            "drain deadline passed; closing remaining connections"
+        ),
         Err(e) => warn!(error = %e, "transport did not answer the drain"),
     }
 
     info!(phase = %Phase::FlushLedger, "shutdown phase");
-    if let Err(e) = actors.ledger.send(ledger::Flush).timeout(ACTOR_TIMEOUT).await {
+    if let Err(e) = actors
+        .ledger
+        .send(ledger::Flush)
+        .timeout(ACTOR_TIMEOUT)
+        .await
+    {
         error!(error = %e, "ledger flush failed");
     }
 

@@ -52,7 +52,9 @@ pub fn resolve(env: &dyn Environment) -> Result<PathBuf, Error> {
         None => {
             let exe = std::env::current_exe().map_err(Error::Executable)?;
             let real = std::fs::canonicalize(&exe).map_err(Error::Executable)?;
-            real.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/"))
+            real.parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from("/"))
         }
     };
     std::fs::create_dir_all(&dir).map_err(|source| Error::Create {

@@ -170,8 +170,8 @@ impl Identity {
     /// encipherment, server auth, not a CA. Returns (certificate PEM, PKCS#8 key PEM).
     fn certificate(&self) -> Result<(String, String), Error> {
         use rcgen::{
-            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
+            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose, SerialNumber,
         };
         let cert_err = |e: rcgen::Error| Error::Certificate(e.to_string());
         let der = self
@@ -179,7 +179,8 @@ impl Identity {
             .to_pkcs8_der()
             .map_err(|e| Error::Certificate(e.to_string()))?;
         let key_pair = KeyPair::try_from(der.as_bytes()).map_err(cert_err)?;
-        let mut params = CertificateParams::new(vec!["wireleap.com".to_owned()]).map_err(cert_err)?;
+        let mut params =
+            CertificateParams::new(vec!["wireleap.com".to_owned()]).map_err(cert_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Wireleap");
         params.distinguished_name = dn;
@@ -221,14 +222,15 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
         .open(&tmp)
         .map_err(io)?;
     // The mode given at creation is filtered by the umask; set it exactly.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io)?;
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = path.parent()
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use wireleap_relay::cli::{self, Cli, Command};
-use wireleap_relay::home::{self, Environment as _, ProcessEnv};
+use wireleap_relay::home::{self, ProcessEnv};
 use wireleap_relay::identity::Identity;
 use wireleap_relay::lifecycle::control;
 use wireleap_relay::{config, daemon, exit, telemetry, version};
@@ -15,7 +15,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let env = ProcessEnv;
@@ -31,7 +35,6 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let _ = env.var(home::HOME_ENV);
     ExitCode::from(dispatch(cli.command, &home, &version))
 }
 

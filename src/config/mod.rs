@@ -424,13 +424,21 @@ impl Walker {
                 self.problem("address", "has to be set (the host:port to listen on)");
                 None
             }
-            Some(v) => self.string("address", v).and_then(|s| self.listen_address(s)),
+            Some(v) => self
+                .string("address", v)
+                .and_then(|s| self.listen_address(s)),
         };
         let auto_submit_interval = self
-            .duration_or("auto_submit_interval", get("auto_submit_interval"), DEFAULT_AUTO_SUBMIT_INTERVAL)
+            .duration_or(
+                "auto_submit_interval",
+                get("auto_submit_interval"),
+                DEFAULT_AUTO_SUBMIT_INTERVAL,
+            )
             .map(nonzero);
         let archive_dir = get("archive_dir").and_then(|v| self.home_path("archive_dir", v));
-        let maxtime = self.duration_or("maxtime", get("maxtime"), Duration::ZERO).map(nonzero);
+        let maxtime = self
+            .duration_or("maxtime", get("maxtime"), Duration::ZERO)
+            .map(nonzero);
         let timeout = self.duration_or("timeout", get("timeout"), DEFAULT_TIMEOUT);
         let bufsize = match get("bufsize") {
             None => NonZeroUsize::new(DEFAULT_BUFSIZE),
@@ -441,7 +449,10 @@ impl Walker {
                 _ => {
                     self.problem(
                         "bufsize",
-                        format!("expected a whole number of bytes from 1 to 16777216, found {}", show(v)),
+                        format!(
+                            "expected a whole number of bytes from 1 to 16777216, found {}",
+                            show(v)
+                        ),
                     );
                     None
                 }
@@ -453,7 +464,10 @@ impl Walker {
         };
         let contracts = match get("contracts") {
             None => {
-                self.problem("contracts", "have to be set (at least one service contract)");
+                self.problem(
+                    "contracts",
+                    "have to be set (at least one service contract)",
+                );
                 None
             }
             Some(v) => self.contracts(v),
@@ -468,15 +482,17 @@ impl Walker {
         };
         let danger_zone = match get("danger_zone") {
             None => Some(DangerZone::default()),
-            Some(v) => self.object("danger_zone", v, DANGER_ZONE_KEYS).and_then(|m| {
-                let allow_loopback = match m.get("allow_loopback").filter(|v| !v.is_null()) {
-                    None => Some(false),
-                    Some(v) => self.boolean("danger_zone.allow_loopback", v),
-                };
-                Some(DangerZone {
-                    allow_loopback: allow_loopback?,
-                })
-            }),
+            Some(v) => self
+                .object("danger_zone", v, DANGER_ZONE_KEYS)
+                .and_then(|m| {
+                    let allow_loopback = match m.get("allow_loopback").filter(|v| !v.is_null()) {
+                        None => Some(false),
+                        Some(v) => self.boolean("danger_zone.allow_loopback", v),
+                    };
+                    Some(DangerZone {
+                        allow_loopback: allow_loopback?,
+                    })
+                }),
         };
 
         Some(Config {
@@ -495,7 +511,8 @@ impl Walker {
     }
 
     fn listen_address(&mut self, text: &str) -> Option<ListenAddress> {
-        let bad = |why: &str| format!("{why}: {text:?} (expected host:port, e.g. \"0.0.0.0:13499\")");
+        let bad =
+            |why: &str| format!("{why}: {text:?} (expected host:port, e.g. \"0.0.0.0:13499\")");
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             match rest.split_once("]:") {
                 Some((h, p)) => (h, p),
@@ -532,15 +549,18 @@ impl Walker {
     fn network_usage(&mut self, v: &Value) -> Option<Option<NetworkUsage>> {
         let m = self.object("network_usage", v, NETWORK_USAGE_KEYS)?;
         let get = |k: &str| m.get(k).filter(|v| !v.is_null());
-        let timeframe = self.duration_or("network_usage.timeframe", get("timeframe"), Duration::ZERO);
+        let timeframe =
+            self.duration_or("network_usage.timeframe", get("timeframe"), Duration::ZERO);
         let global_limit = self.datasize_or("network_usage.global_limit", get("global_limit"));
         let write_interval = self.duration_or(
             "network_usage.write_interval",
             get("write_interval"),
             DEFAULT_WRITE_INTERVAL,
         );
-        let archive_dir = get("archive_dir").and_then(|v| self.home_path("network_usage.archive_dir", v));
-        let (timeframe, global_limit, write_interval) = (timeframe?, global_limit?, write_interval?);
+        let archive_dir =
+            get("archive_dir").and_then(|v| self.home_path("network_usage.archive_dir", v));
+        let (timeframe, global_limit, write_interval) =
+            (timeframe?, global_limit?, write_interval?);
         if timeframe.is_zero() {
             return Some(None);
         }
@@ -597,30 +617,48 @@ impl Walker {
         let url = match Url::parse(text) {
             Ok(url) => url,
             Err(e) => {
-                self.problem(key, format!("invalid URL {text:?}: {e} (expected http://host:port or file:///path)"));
+                self.problem(
+                    key,
+                    format!(
+                        "invalid URL {text:?}: {e} (expected http://host:port or file:///path)"
+                    ),
+                );
                 return None;
             }
         };
         match url.scheme() {
             "file" => {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
-                    self.problem(key, "file path must start with \"file:///\" (an absolute path)");
+                    self.problem(
+                        key,
+                        "file path must start with \"file:///\" (an absolute path)",
+                    );
                     return None;
                 }
                 Some(RestAddress::Unix(PathBuf::from(url.path())))
             }
             "http" => match (url.host_str(), url.port_or_known_default()) {
                 (Some(host), Some(port)) if url.path() == "/" || url.path().is_empty() => {
-                    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.to_owned()
+                    };
                     Some(RestAddress::Http(format!("{host}:{port}")))
                 }
                 _ => {
-                    self.problem(key, format!("expected http://host:port with no path, found {text:?}"));
+                    self.problem(
+                        key,
+                        format!("expected http://host:port with no path, found {text:?}"),
+                    );
                     None
                 }
             },
             other => {
-                self.problem(key, format!("unsupported scheme {other:?} (use http://host:port or file:///path)"));
+                self.problem(
+                    key,
+                    format!("unsupported scheme {other:?} (use http://host:port or file:///path)"),
+                );
                 None
             }
         }
@@ -628,11 +666,20 @@ impl Walker {
 
     fn contracts(&mut self, v: &Value) -> Option<BTreeMap<ContractUrl, Contract>> {
         let Value::Object(map) = v else {
-            self.problem("contracts", format!("expected an object of contract URL to entry, found {}", kind(v)));
+            self.problem(
+                "contracts",
+                format!(
+                    "expected an object of contract URL to entry, found {}",
+                    kind(v)
+                ),
+            );
             return None;
         };
         if map.is_empty() {
-            self.problem("contracts", "have to be set (at least one service contract)");
+            self.problem(
+                "contracts",
+                "have to be set (at least one service contract)",
+            );
             return None;
         }
         let mut out = BTreeMap::new();
@@ -653,15 +700,23 @@ impl Walker {
                 None => complete = false,
             }
         }
-        // Spec §2.3 rules 3 and 4: which contract names the upgrade channel.
-        let with_channel: Vec<&ContractUrl> = out
+        // Spec §2.3 rules 3 and 4: which contract names the upgrade channel. Counted from the
+        // file, so an entry with another mistake still counts.
+        let with_channel: Vec<&String> = map
             .iter()
-            .filter(|(_, c)| c.upgrade_channel.is_some())
+            .filter(|(_, e)| {
+                e.get("upgrade_channel")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            })
             .map(|(u, _)| u)
             .collect();
         if map.len() > 1 {
             if with_channel.len() > 1 {
-                let names = with_channel.iter().map(|u| format!("{:?}", u.0)).collect::<Vec<_>>();
+                let names = with_channel
+                    .iter()
+                    .map(|u| format!("{u:?}"))
+                    .collect::<Vec<_>>();
                 self.problem(
                     "contracts",
                     format!(
@@ -671,7 +726,7 @@ impl Walker {
                     ),
                 );
                 complete = false;
-            } else if with_channel.is_empty() && complete {
+            } else if with_channel.is_empty() {
                 self.problem(
                     "contracts",
                     "no contract has an 'upgrade_channel' field set to watch for upgrades (set it on exactly one)",
@@ -679,7 +734,8 @@ impl Walker {
                 complete = false;
             }
         } else if let Some(c) = out.values_mut().next() {
-            c.upgrade_channel.get_or_insert_with(|| DEFAULT_CHANNEL.to_owned());
+            c.upgrade_channel
+                .get_or_insert_with(|| DEFAULT_CHANNEL.to_owned());
         }
         complete.then_some(out)
     }
@@ -689,7 +745,10 @@ impl Walker {
         let get = |k: &str| m.get(k).filter(|v| !v.is_null());
         let role = match get("role") {
             None => {
-                self.problem(&join(path, "role"), "has to be set (fronting, entropic or backing)");
+                self.problem(
+                    &join(path, "role"),
+                    "has to be set (fronting, entropic or backing)",
+                );
                 None
             }
             Some(v) => self.string(&join(path, "role"), v).and_then(|s| match s {
@@ -699,7 +758,9 @@ impl Walker {
                 other => {
                     self.problem(
                         &join(path, "role"),
-                        format!("invalid relay role {other:?} (expected fronting, entropic or backing)"),
+                        format!(
+                            "invalid relay role {other:?} (expected fronting, entropic or backing)"
+                        ),
                     );
                     None
                 }
@@ -740,13 +801,18 @@ impl Walker {
             Some(Value::String(s)) => Some(Some(EnrollmentKey(s.clone()))),
             // Never echo the value: it is a secret.
             Some(other) => {
-                self.problem(&join(path, "key"), format!("expected a string, found {}", kind(other)));
+                self.problem(
+                    &join(path, "key"),
+                    format!("expected a string, found {}", kind(other)),
+                );
                 None
             }
         };
         let channel = |w: &mut Self, k: &str| match get(k) {
             None => Some(None),
-            Some(v) => w.string(&join(path, k), v).map(|s| (!s.is_empty()).then(|| s.to_owned())),
+            Some(v) => w
+                .string(&join(path, k), v)
+                .map(|s| (!s.is_empty()).then(|| s.to_owned())),
         };
         let upgrade_channel = channel(self, "upgrade_channel");
         let update_channel = channel(self, "update_channel");
@@ -757,7 +823,10 @@ impl Walker {
             );
         }
         let network_usage_limit = self
-            .datasize_or(&join(path, "network_usage_limit"), get("network_usage_limit"))
+            .datasize_or(
+                &join(path, "network_usage_limit"),
+                get("network_usage_limit"),
+            )
             .map(|n| (n > 0).then_some(n));
         Some(Contract {
             address: address?,
@@ -782,13 +851,21 @@ impl Walker {
         match v {
             Value::Bool(b) => Some(*b),
             other => {
-                self.problem(path, format!("expected true or false, found {}", show(other)));
+                self.problem(
+                    path,
+                    format!("expected true or false, found {}", show(other)),
+                );
                 None
             }
         }
     }
 
-    fn duration_or(&mut self, path: &str, v: Option<&Value>, default: Duration) -> Option<Duration> {
+    fn duration_or(
+        &mut self,
+        path: &str,
+        v: Option<&Value>,
+        default: Duration,
+    ) -> Option<Duration> {
         let Some(v) = v else { return Some(default) };
         let text = self.string(path, v)?;
         match parse_duration(text) {
@@ -803,7 +880,10 @@ impl Walker {
     fn datasize_or(&mut self, path: &str, v: Option<&Value>) -> Option<u64> {
         let Some(v) = v else { return Some(0) };
         let Value::String(text) = v else {
-            self.problem(path, format!("expected a string such as \"50MB\", found {}", show(v)));
+            self.problem(
+                path,
+                format!("expected a string such as \"50MB\", found {}", show(v)),
+            );
             return None;
         };
         match parse_datasize(text) {
@@ -825,8 +905,14 @@ impl Walker {
             .components()
             .filter(|c| matches!(c, std::path::Component::Normal(_)))
             .collect();
-        if Path::new(text).components().any(|c| c == std::path::Component::ParentDir) {
-            self.problem(path, format!("{text:?} must stay inside the home directory (no \"..\")"));
+        if Path::new(text)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            self.problem(
+                path,
+                format!("{text:?} must stay inside the home directory (no \"..\")"),
+            );
             return None;
         }
         Some(rel)

@@ -45,7 +45,10 @@ fn spec_example_loads_with_every_value() {
     assert_eq!(nu.timeframe, Duration::from_secs(30 * 86_400));
     assert_eq!(c.contracts.len(), 2);
     let (url, channel) = c.upgrade_channel().unwrap();
-    assert_eq!((url.as_str(), channel), ("https://contract2.example.com", "default"));
+    assert_eq!(
+        (url.as_str(), channel),
+        ("https://contract2.example.com", "default")
+    );
     assert_eq!(
         c.rest_api,
         Some(RestApi {
@@ -61,8 +64,10 @@ fn spec_example_loads_with_every_value() {
 
 #[test]
 fn single_contract_follows_the_default_channel() {
-    let c = ok(r#"{"address":"127.0.0.1:0","contracts":{"http://127.0.0.1:1":
-        {"address":"wireleap://127.0.0.1:13499","role":"fronting"}}}"#);
+    let c = ok(
+        r#"{"address":"127.0.0.1:0","contracts":{"http://127.0.0.1:1":
+        {"address":"wireleap://127.0.0.1:13499","role":"fronting"}}}"#,
+    );
     assert_eq!(c.upgrade_channel().unwrap().1, "default");
 }
 
@@ -169,15 +174,19 @@ fn secrets_are_never_echoed() {
     );
     let text = format!("{found:?}");
     assert!(!text.contains("12345678"), "{text}");
-    let c = ok(r#"{"address":"127.0.0.1:1","contracts":{"https://a.example":
-        {"address":"wireleap://r:1","role":"backing","key":"user:hunter2"}}}"#);
+    let c = ok(
+        r#"{"address":"127.0.0.1:1","contracts":{"https://a.example":
+        {"address":"wireleap://r:1","role":"backing","key":"user:hunter2"}}}"#,
+    );
     assert!(!format!("{c:?}").contains("hunter2"));
 }
 
 #[test]
 fn syntax_errors_give_line_and_column() {
     let err = parse(b"{\n  \"address\": \"x\",\n  }").unwrap_err();
-    let Error::Syntax { line, .. } = err else { panic!("{err:?}") };
+    let Error::Syntax { line, .. } = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(line, 3);
 }
 
@@ -190,7 +199,10 @@ fn rest_api_forms() {
         )
     };
     let c = ok(&base(r#"{"address":"http://127.0.0.1:8080"}"#));
-    assert_eq!(c.rest_api.unwrap().address, RestAddress::Http("127.0.0.1:8080".into()));
+    assert_eq!(
+        c.rest_api.unwrap().address,
+        RestAddress::Http("127.0.0.1:8080".into())
+    );
     let found = problems(&base(r#"{"address":"file://host/x"}"#));
     assert_eq!(found[0].path, "rest_api.address");
     let found = problems(&base(r#"{"address":"ftp://x","socket_umask":"999"}"#));
@@ -199,11 +211,15 @@ fn rest_api_forms() {
 
 #[test]
 fn archive_paths_stay_under_home() {
-    let c = ok(r#"{"address":"127.0.0.1:1","archive_dir":"/var/archive","contracts":{
-        "https://a.example":{"address":"wireleap://r:1","role":"backing"}}}"#);
+    let c = ok(
+        r#"{"address":"127.0.0.1:1","archive_dir":"/var/archive","contracts":{
+        "https://a.example":{"address":"wireleap://r:1","role":"backing"}}}"#,
+    );
     assert_eq!(c.archive_dir, Some(PathBuf::from("var/archive")));
-    let found = problems(r#"{"address":"127.0.0.1:1","archive_dir":"../x","contracts":{
-        "https://a.example":{"address":"wireleap://r:1","role":"backing"}}}"#);
+    let found = problems(
+        r#"{"address":"127.0.0.1:1","archive_dir":"../x","contracts":{
+        "https://a.example":{"address":"wireleap://r:1","role":"backing"}}}"#,
+    );
     assert_eq!(found[0].path, "archive_dir");
 }
 
@@ -211,6 +227,9 @@ fn archive_paths_stay_under_home() {
 fn nearest_key_suggestions() {
     assert_eq!(nearest("adress", TOP_KEYS), Some("address"));
     assert_eq!(nearest("maxtimeout", TOP_KEYS), None);
-    assert_eq!(nearest("upgrade_chanel", CONTRACT_KEYS), Some("upgrade_channel"));
+    assert_eq!(
+        nearest("upgrade_chanel", CONTRACT_KEYS),
+        Some("upgrade_channel")
+    );
     assert_eq!(nearest("zzzzzz", TOP_KEYS), None);
 }

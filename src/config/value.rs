@@ -172,7 +172,10 @@ pub fn parse_datasize(text: &str) -> Result<u64, FormatError> {
     let unit = unit.trim_start();
     if unit.len() == 2 && unit.ends_with('b') && unit.starts_with(|c: char| c.is_ascii_uppercase())
     {
-        return Err(bad(&format!("{unit:?} means bits; write {}", unit.to_uppercase())));
+        return Err(bad(&format!(
+            "{unit:?} means bits; write {}",
+            unit.to_uppercase()
+        )));
     }
     let lower = unit.to_ascii_lowercase();
     let shift = DATA_UNITS
@@ -192,7 +195,7 @@ pub fn format_datasize(bytes: u64) -> String {
     }
     let mut idx = 0;
     let mut n = bytes;
-    while idx + 1 < NAMES.len() && n % 1024 == 0 {
+    while idx + 1 < NAMES.len() && n.is_multiple_of(1024) {
         n /= 1024;
         idx += 1;
     }
@@ -224,18 +227,34 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(parse_duration("1500us").unwrap(), Duration::from_micros(1500));
+        assert_eq!(
+            parse_duration("1500us").unwrap(),
+            Duration::from_micros(1500)
+        );
         assert_eq!(parse_duration("7ns").unwrap(), Duration::from_nanos(7));
     }
 
     #[test]
     fn bad_durations_are_errors_that_quote_the_value() {
-        for text in ["", "30", "-5m", "5 minutes", "m5", "1..5h", "5mm", "abc", "1.h2"] {
+        for text in [
+            "",
+            "30",
+            "-5m",
+            "5 minutes",
+            "m5",
+            "1..5h",
+            "5mm",
+            "abc",
+            "1.h2",
+        ] {
             let err = parse_duration(text);
             assert!(err.is_err(), "{text:?} parsed as {err:?}");
         }
         let msg = parse_duration("30").unwrap_err().to_string();
-        assert!(msg.contains("\"30\"") && msg.contains("without a unit"), "{msg}");
+        assert!(
+            msg.contains("\"30\"") && msg.contains("without a unit"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -256,7 +275,15 @@ mod tests {
         assert_eq!(parse_datasize("1024").unwrap(), 1024);
         assert_eq!(parse_datasize("0B").unwrap(), 0);
         assert_eq!(parse_datasize("3 kilobytes").unwrap(), 3072);
-        for text in ["", "MB", "1.5GB", "5Mb", "-1KB", "5XB", "99999999999999999999"] {
+        for text in [
+            "",
+            "MB",
+            "1.5GB",
+            "5Mb",
+            "-1KB",
+            "5XB",
+            "99999999999999999999",
+        ] {
             assert!(parse_datasize(text).is_err(), "{text:?}");
         }
         assert_eq!(format_datasize(50 << 20), "50MB");

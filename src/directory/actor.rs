@@ -85,7 +85,11 @@ pub struct ReloadSummary {
 impl Handler<ApplyConfig> for Enrollment {
     type Result = ReloadSummary;
 
-    fn handle(&mut self, ApplyConfig(config): ApplyConfig, _ctx: &mut Self::Context) -> ReloadSummary {
+    fn handle(
+        &mut self,
+        ApplyConfig(config): ApplyConfig,
+        _ctx: &mut Self::Context,
+    ) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
         self.contracts.retain(|url, _| {
             let keep = config.contracts.contains_key(url);

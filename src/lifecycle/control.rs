@@ -95,7 +95,10 @@ pub fn status(home: &Path) -> u8 {
             1
         }
         State::Stale(_) => {
-            println!("wireleap-relay is not running (might have crashed, see {})", files::LOG);
+            println!(
+                "wireleap-relay is not running (might have crashed, see {})",
+                files::LOG
+            );
             1
         }
         State::Unreadable(e) => {
@@ -127,13 +130,17 @@ pub fn start(home: &Path, exe: &Path) -> Result<i32, Error> {
         .metadata()
         .map_err(io_err("could not stat the log"))?
         .len();
-    let listener = notify::Listener::bind().map_err(io_err("could not create the readiness socket"))?;
+    let listener =
+        notify::Listener::bind().map_err(io_err("could not create the readiness socket"))?;
     let mut child = Command::new(exe)
         .args(["start", "--fg"])
         .current_dir(home)
         .env(notify::NOTIFY_SOCKET, listener.name())
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io_err("could not duplicate the log handle"))?)
+        .stdout(
+            log.try_clone()
+                .map_err(io_err("could not duplicate the log handle"))?,
+        )
         .stderr(log)
         // Its own process group: a Ctrl-C in the terminal that ran `start` must not reach it.
         .process_group(0)
@@ -172,17 +179,20 @@ fn wait_ready(
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::NotReady(START_TIMEOUT, log_path.display().to_string()));
+            return Err(Error::NotReady(
+                START_TIMEOUT,
+                log_path.display().to_string(),
+            ));
         }
     }
 }
 
 fn read_from(path: &Path, offset: u64) -> String {
     let mut text = String::new();
-    if let Ok(mut f) = File::open(path) {
-        if f.seek(SeekFrom::Start(offset)).is_ok() {
-            let _ = f.read_to_string(&mut text);
-        }
+    if let Ok(mut f) = File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.read_to_string(&mut text);
     }
     text
 }
@@ -259,7 +269,10 @@ fn running_pid(path: &Path) -> Result<i32, Error> {
         }
         State::Absent => Err(Error::PidFile {
             path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (is the relay running?)"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file (is the relay running?)",
+            ),
         }),
         State::Unreadable(source) => Err(Error::PidFile {
             path: path.to_owned(),

@@ -87,7 +87,12 @@ impl Listener {
         let mut buf = [0u8; 4096];
         match self.sock.recv(&mut buf) {
             Ok(n) => Ok(parse(&buf[..n])),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Ok(Vec::new())
             }
             Err(e) => Err(e),

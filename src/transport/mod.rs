@@ -8,7 +8,9 @@
 mod actor;
 pub mod tls;
 
-pub use actor::{Drain, DrainReport, StopAccepting, Transport, TransportStatus, TransportStatusReply};
+pub use actor::{
+    Drain, DrainReport, StopAccepting, Transport, TransportStatus, TransportStatusReply,
+};
 
 /// Errors setting up the transport.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,119 @@
+//! `init`: the four identity files, their modes and formats; never overwritten without --force.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::support::Home;
+
+const FILES: [&str; 4] = ["key.seed", "key.pub", "relay-cert.pem", "relay-key.pem"];
+
+fn mode(home: &Home, name: &str) -> u32 {
+    std::fs::metadata(home.file(name))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn json_b64(home: &Home, name: &str) -> Vec<u8> {
+    let text = home.read(name);
+    assert!(
+        !text.ends_with('\n'),
+        "{name} must have no trailing newline"
+    );
+    let s: String =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not a JSON string: {e}"));
+    assert!(!s.contains('='), "{name} must be base64url without padding");
+    URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+#[test]
+fn init_writes_the_four_files_with_modes_and_formats() {
+    let home = Home::new();
+    let run = home.ok(&["init"]);
+    for f in FILES {
+        assert!(run.stdout.contains(f), "init did not report {f}:\n{run}");
+    }
+    assert_eq!(mode(&home, "key.seed"), 0o600);
+    assert_eq!(mode(&home, "relay-key.pem"), 0o600);
+    assert_eq!(mode(&home, "key.pub"), 0o644);
+    assert_eq!(mode(&home, "relay-cert.pem"), 0o644);
+
+    let seed: [u8; 32] = json_b64(&home, "key.seed").try_into().unwrap();
+    let public = json_b64(&home, "key.pub");
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    assert_eq!(key.verifying_key().as_bytes().as_slice(), public.as_slice());
+
+    // The certificate: self-signed ed25519 with the same key, as spec §6.1 describes.
+    let pem = home.read("relay-cert.pem");
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(cert.subject().to_string(), "O=Wireleap");
+    assert_eq!(cert.issuer().to_string(), "O=Wireleap");
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        public.as_slice()
+    );
+    let years = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
+        / (365 * 86_400);
+    assert!((99..=100).contains(&years), "validity {years} years");
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        format!("{:?}", san.value.general_names),
+        "[DNSName(\"wireleap.com\")]"
+    );
+    assert!(
+        !cert
+            .basic_constraints()
+            .unwrap()
+            .is_some_and(|bc| bc.value.ca)
+    );
+    assert!(
+        cert.extended_key_usage()
+            .unwrap()
+            .unwrap()
+            .value
+            .server_auth
+    );
+    assert_eq!(cert.raw_serial().len(), 16);
+
+    let key_pem = home.read("relay-key.pem");
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "{key_pem}"
+    );
+}
+
+#[test]
+fn second_init_refuses_and_changes_nothing_force_replaces() {
+    let home = Home::new();
+    home.ok(&["init"]);
+    let before: Vec<String> = FILES.iter().map(|f| home.read(f)).collect();
+
+    let again = home.run(&["init"]);
+    assert_ne!(again.code, 0, "{again}");
+    assert!(
+        again.stderr.contains("key.seed already exists") && again.stderr.contains("--force"),
+        "{again}"
+    );
+    let after: Vec<String> = FILES.iter().map(|f| home.read(f)).collect();
+    assert_eq!(before, after, "a refused init changed files");
+
+    home.ok(&["init", "--force"]);
+    for (f, old) in FILES.iter().zip(&before) {
+        assert_ne!(&home.read(f), old, "{f} was not replaced");
+    }
+    assert_eq!(mode(&home, "key.seed"), 0o600);
+}
+
+#[test]
+fn legacy_go_style_flag_is_accepted() {
+    let home = Home::new();
+    home.ok(&["init"]);
+    home.ok(&["init", "-force"]);
+}

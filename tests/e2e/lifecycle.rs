@@ -1,0 +1,253 @@
+//! `start`, `status`, `reload`, `stop`, `restart` as spec §1.2 says, with no process left behind.
+
+use std::time::Duration;
+
+use crate::support::{Home, eventually, process::is_alive, tls};
+
+fn config(address: &str) -> String {
+    format!(
+        r#"{{"address": "{address}",
+            "contracts": {{"http://127.0.0.1:9": {{"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}}}}"#
+    )
+}
+
+#[test]
+fn start_status_reload_stop() {
+    let home = Home::with_config(&config("127.0.0.1:0"));
+    assert_eq!(home.run(&["status"]).code, 1);
+
+    let start = home.ok(&["start"]);
+    assert!(start.stdout.contains("successfully spawned"), "{start}");
+    let pid = home.pid().expect("start wrote no pid file");
+    assert!(is_alive(pid));
+
+    let status = home.run(&["status"]);
+    assert_eq!(
+        (status.code, status.stdout.trim()),
+        (0, format!("wireleap-relay is running, pid {pid}").as_str())
+    );
+
+    // A second start refuses.
+    let again = home.run(&["start"]);
+    assert_eq!(again.code, 1, "{again}");
+    assert!(again.stderr.contains("already running"), "{again}");
+
+    let reload = home.ok(&["reload"]);
+    assert!(
+        reload
+            .stdout
+            .contains(&format!("reloaded wireleap-relay daemon (pid {pid})")),
+        "{reload}"
+    );
+    eventually(Duration::from_secs(10), "the reload in the log", || {
+        home.read("wireleap-relay.log").contains("config reloaded")
+    });
+
+    let stop = home.ok(&["stop"]);
+    assert!(
+        stop.stdout
+            .contains(&format!("stopped wireleap-relay daemon (was pid {pid})")),
+        "{stop}"
+    );
+    assert!(!is_alive(pid), "the daemon survived stop");
+    assert!(!home.file("wireleap-relay.pid").exists());
+    let status = home.run(&["status"]);
+    assert_eq!(
+        (status.code, status.stdout.trim()),
+        (1, "wireleap-relay is not running")
+    );
+
+    // The shutdown ran its phases in order.
+    let log = home.read("wireleap-relay.log");
+    let order = [
+        "stop-accepting",
+        "deregister",
+        "drain",
+        "flush-ledger",
+        "stop-actors",
+        "phase=stopped",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|p| {
+            log.find(p)
+                .unwrap_or_else(|| panic!("phase {p} not logged:\n{log}"))
+        })
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "phases out of order:\n{log}"
+    );
+}
+
+#[test]
+fn restart_replaces_the_daemon() {
+    let home = Home::with_config(&config("127.0.0.1:0"));
+    home.ok(&["start"]);
+    let first = home.pid().unwrap();
+    let run = home.ok(&["restart"]);
+    assert!(
+        run.stdout.contains("stopped") && run.stdout.contains("successfully spawned"),
+        "{run}"
+    );
+    let second = home.pid().unwrap();
+    assert_ne!(first, second);
+    assert!(!is_alive(first) && is_alive(second));
+    home.ok(&["stop"]);
+    assert!(!is_alive(second));
+
+    // restart with nothing running just starts.
+    home.ok(&["restart"]);
+    let third = home.pid().unwrap();
+    assert!(is_alive(third));
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn start_fails_with_the_reason_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let home = Home::with_config(&config(&addr));
+    let run = home.run(&["start"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(!run.stdout.contains("successfully"), "{run}");
+    assert!(run.all().contains("wireleap-relay is not running"), "{run}");
+    assert!(
+        run.all().contains(&format!("could not listen on {addr}"))
+            && run.all().contains("Address already in use"),
+        "the reason is missing:\n{run}"
+    );
+    assert_eq!(home.run(&["status"]).code, 1);
+    assert!(home.pid().is_none(), "a pid file was left behind");
+}
+
+#[test]
+fn start_with_a_bad_config_fails_with_every_problem() {
+    let home = Home::with_config(r#"{"address": "127.0.0.1:0", "timeout": "soon"}"#);
+    let run = home.run(&["start"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.all().contains("timeout: invalid duration \"soon\""),
+        "{run}"
+    );
+    assert!(run.all().contains("contracts: have to be set"), "{run}");
+}
+
+#[test]
+fn status_exit_codes_for_stale_and_unreadable_pid_files() {
+    let home = Home::new();
+    // A pid that certainly is not running: a child we started and reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    home.write("wireleap-relay.pid", &dead.to_string());
+    let run = home.run(&["status"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains("might have crashed"), "{run}");
+
+    home.write("wireleap-relay.pid", "not a pid");
+    let run = home.run(&["status"]);
+    assert_eq!(
+        (run.code, run.stdout.trim()),
+        (2, "could not read wireleap-relay status"),
+        "{run}"
+    );
+
+    let run = home.run(&["stop"]);
+    assert_eq!(run.code, 1, "{run}");
+}
+
+#[test]
+fn foreground_daemon_writes_pid_serves_tls13_h2_and_exits_128_plus_signal() {
+    let home = Home::with_config(&config("127.0.0.1:0"));
+    let log = std::fs::File::create(home.file("wireleap-relay.log")).unwrap();
+    let mut child = home
+        .command(&["start", "--fg"])
+        .stderr(log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    eventually(Duration::from_secs(20), "the daemon to listen", || {
+        home.read("wireleap-relay.log")
+            .contains("listening for H/2")
+    });
+    assert_eq!(home.pid(), Some(pid));
+
+    let hs = tls::handshake(home.listen_addr()).unwrap();
+    assert_eq!(hs.version, rustls::ProtocolVersion::TLSv1_3);
+    assert_eq!(hs.alpn.as_deref(), Some(&b"h2"[..]));
+    let pem = home.read("relay-cert.pem");
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hs.peer_cert,
+        der.to_vec(),
+        "the relay served another certificate than init's"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    assert!(home.pid().is_none(), "pid file left behind");
+}
+
+#[test]
+fn sigusr2_dumps_status_json() {
+    let home = Home::with_config(&config("127.0.0.1:0"));
+    home.ok(&["start"]);
+    let pid = home.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let mut dump = None;
+    eventually(Duration::from_secs(10), "the status dump", || {
+        dump = home
+            .read("wireleap-relay.log")
+            .lines()
+            .find(|l| l.starts_with("{\"controller_started\""))
+            .map(str::to_owned);
+        dump.is_some()
+    });
+    let v: serde_json::Value = serde_json::from_str(&dump.unwrap()).unwrap();
+    assert_eq!(v["relay_status"][0]["role"], "fronting");
+    assert_eq!(v["relay_status"][0]["status"]["enrolled"], false);
+    assert!(v["network_usage"].is_null());
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn version_and_usage() {
+    let home = Home::new();
+    let run = home.ok(&["version", "-v"]);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(semver::Version::parse(lines[0]).is_ok(), "{run}");
+    assert_eq!(
+        &lines[1..],
+        [
+            "relay-contract interface version 0.1.0",
+            "relay-dir interface version 0.2.0",
+            "relay-relay interface version 0.2.0",
+            "client-relay interface version 0.2.0",
+        ]
+    );
+    assert_eq!(home.run(&["no-such-command"]).code, 2);
+    assert_eq!(home.run(&[]).code, 2);
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let mut status = None;
+    eventually(within, "the daemon to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real binaries, in temp home directories, on loopback.
+//!
+//! One test binary for the package (modules below). Every test starts its own processes on port
+//! 0, waits on readiness instead of sleeping, bounds every loop, and leaves no process behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod support;
+
+mod config;
+mod identity;
+mod lifecycle;

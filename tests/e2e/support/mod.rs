@@ -1,0 +1,6 @@
+//! Helpers shared by the e2e tests.
+
+pub mod process;
+pub mod tls;
+
+pub use process::{Home, eventually};
