@@ -14,7 +14,7 @@ use crate::keys::PublicKey;
 use crate::version;
 
 /// A relay's role in circuits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// First hop, the one clients talk to.
