@@ -119,6 +119,7 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         home: home.to_owned(),
         config,
         version: version.clone(),
+        relay_pubkey: identity.public_key_b64(),
         notify_socket,
     };
     let result = system.block_on(daemon.serve(tls));
@@ -130,6 +131,7 @@ struct Daemon {
     home: PathBuf,
     config: Config,
     version: semver::Version,
+    relay_pubkey: String,
     notify_socket: Option<String>,
 }
 
@@ -143,13 +145,20 @@ struct Actors {
 impl Daemon {
     async fn serve(self, tls: std::sync::Arc<rustls::ServerConfig>) -> Result<u8, Error> {
         let mut signals = Signals::install().map_err(Error::Runtime)?;
-        let transport = Transport::bind(&self.config, tls).await?;
+        let admission = directory::Admission::new();
+        let ledger = Ledger::new().start();
+        let deps = transport::Deps {
+            relay_pubkey: self.relay_pubkey.clone(),
+            admission: admission.clone(),
+            ledger: ledger.clone().recipient(),
+        };
+        let transport = Transport::bind(&self.config, tls, deps).await?;
         let bound = transport.local_addr();
         info!(address = %bound, "listening for H/2 requests on https://{bound}");
         let actors = Actors {
-            ledger: Ledger::new().start(),
+            ledger,
             upgrader: Upgrader::new(self.config.auto_upgrade, self.version.clone()).start(),
-            enrollment: Enrollment::new(&self.config).start(),
+            enrollment: Enrollment::new(&self.config, admission).start(),
             transport: transport.start(),
         };
         info!(phase = %Phase::Serving, "ready");

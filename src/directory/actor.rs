@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use actix::prelude::*;
 use tracing::info;
 
+use super::Admission;
 use crate::config::{Config, Contract, ContractUrl};
 
 /// Per-contract enrollment state.
@@ -15,6 +16,8 @@ use crate::config::{Config, Contract, ContractUrl};
 pub struct Enrollment {
     /// One entry per configured contract.
     contracts: BTreeMap<ContractUrl, ContractState>,
+    /// The transport's view of which contracts it may admit; kept in step with `contracts`.
+    admission: Admission,
 }
 
 /// What the relay knows about one contract.
@@ -49,8 +52,9 @@ impl ContractState {
 
 impl Enrollment {
     /// Builds the state from the config (nothing is enrolled yet).
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, admission: Admission) -> Self {
         Self {
+            admission,
             contracts: config
                 .contracts
                 .iter()
@@ -148,6 +152,9 @@ impl Handler<DisenrollAll> for Enrollment {
         let enrolled = self.contracts.values().filter(|c| c.enrolled).count();
         for c in self.contracts.values_mut() {
             c.enrolled = false;
+            if let Some(id) = &c.id {
+                self.admission.set_enrolled(id, false);
+            }
         }
         info!(enrolled, "disenrolled from every contract");
         enrolled

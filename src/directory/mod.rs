@@ -7,7 +7,9 @@
 //! forwards upgrade notices to the Upgrader.
 
 mod actor;
+pub mod admission;
 
 pub use actor::{
     ApplyConfig, ContractState, ContractStatuses, DisenrollAll, Enrollment, ReloadSummary,
 };
+pub use admission::{Admission, AdmissionError};

@@ -7,4 +7,4 @@
 
 mod actor;
 
-pub use actor::{Flush, Ledger, LedgerCounts, TokenCounts};
+pub use actor::{AdmitError, AdmitToken, Flush, Ledger, LedgerCounts, TokenCounts};

@@ -17,6 +17,29 @@ use tracing::{Instrument as _, debug, info, info_span};
 
 use super::Error;
 use crate::config::Config;
+use crate::directory::Admission;
+use crate::ledger::AdmitToken;
+
+/// What the transport needs from the rest of the relay, built before it starts.
+#[derive(Clone)]
+pub struct Deps {
+    /// The relay's public key (base64url): tokens must be bound to it, and errors name it as
+    /// their `origin`.
+    pub relay_pubkey: String,
+    /// Which contracts are admitted (kept current by the Enrollment actor).
+    pub admission: Admission,
+    /// Where sharetokens are admitted (the Ledger actor): replay check and durable storage.
+    pub ledger: Recipient<AdmitToken>,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("relay_pubkey", &self.relay_pubkey)
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +58,8 @@ pub struct Transport {
     connections: TaskTracker,
     /// Connections currently open.
     open: Arc<AtomicUsize>,
+    /// Shared with every connection task.
+    deps: Deps,
 }
 
 impl std::fmt::Debug for Transport {
@@ -53,7 +78,11 @@ impl Transport {
     ///
     /// # Errors
     /// [`Error::Bind`] or [`Error::Tls`].
-    pub async fn bind(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Self, Error> {
+    pub async fn bind(
+        config: &Config,
+        tls: Arc<rustls::ServerConfig>,
+        deps: Deps,
+    ) -> Result<Self, Error> {
         let address = config.address.to_string();
         let bind_err = |source| Error::Bind {
             address: address.clone(),
@@ -70,6 +99,7 @@ impl Transport {
             accepting: CancellationToken::new(),
             connections: TaskTracker::new(),
             open: Arc::new(AtomicUsize::new(0)),
+            deps,
         })
     }
 
@@ -92,6 +122,7 @@ impl Actor for Transport {
             accepting: self.accepting.clone(),
             connections: self.connections.clone(),
             open: Arc::clone(&self.open),
+            deps: self.deps.clone(),
         };
         tokio::spawn(accept.run());
     }
@@ -103,6 +134,7 @@ struct AcceptLoop {
     accepting: CancellationToken,
     connections: TaskTracker,
     open: Arc<AtomicUsize>,
+    deps: Deps,
 }
 
 impl AcceptLoop {
@@ -115,11 +147,12 @@ impl AcceptLoop {
             match accepted {
                 Ok((tcp, peer)) => {
                     let acceptor = self.acceptor.clone();
+                    let deps = self.deps.clone();
                     let open = Arc::clone(&self.open);
                     open.fetch_add(1, Ordering::Relaxed);
                     self.connections.spawn(
                         async move {
-                            serve_connection(acceptor, tcp).await;
+                            serve_connection(acceptor, tcp, deps).await;
                             open.fetch_sub(1, Ordering::Relaxed);
                         }
                         .instrument(info_span!("conn", %peer)),
@@ -140,7 +173,7 @@ impl AcceptLoop {
 
 /// Completes the TLS handshake. Serving HTTP/2 streams on the connection is the stream handler's
 /// job (issue #3); until it lands the connection is closed after the handshake.
-async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream) {
+async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, _deps: Deps) {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(_tls)) => debug!("tls handshake complete"),
         Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),

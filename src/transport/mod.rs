@@ -9,7 +9,7 @@ mod actor;
 pub mod tls;
 
 pub use actor::{
-    Drain, DrainReport, StopAccepting, Transport, TransportStatus, TransportStatusReply,
+    Deps, Drain, DrainReport, StopAccepting, Transport, TransportStatus, TransportStatusReply,
 };
 
 /// Errors setting up the transport.
