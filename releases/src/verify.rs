@@ -620,4 +620,26 @@ mod tests {
         assert_eq!(c.done(), c.size());
         c.finish().unwrap();
     }
+
+    proptest::proptest! {
+        #[test]
+        fn untrusted_statements_never_panic(
+            prefix in ".{0,40}",
+            body in "[ -~\n]{0,400}",
+            suffix in ".{0,40}",
+        ) {
+            let text = format!("{prefix}\n{}", block(&body)) + &suffix;
+            let keys = TrustedKeys::empty();
+            let expected = Expected {
+                product: Product::relay(),
+                version: Version::new(1, 0, 0),
+                target: Target::try_new("linux", "x86_64").unwrap(),
+                floor: VersionFloor::UnsafeAllowAny,
+                expiry: ExpiryCheck::UnsafeIgnore,
+            };
+            // Never verifies (no key, junk signature), never panics.
+            proptest::prop_assert!(verify_statement(text.as_bytes(), &keys, &expected).is_err());
+            let _ = Statement::parse(&body);
+        }
+    }
 }

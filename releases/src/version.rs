@@ -147,4 +147,27 @@ mod tests {
                 .is_ok()
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_round_trips_and_orders(
+            a in (0u64..50, 0u64..50, 0u64..50),
+            b in (0u64..50, 0u64..50, 0u64..50),
+        ) {
+            let va = Version::new(a.0, a.1, a.2);
+            let vb = Version::new(b.0, b.1, b.2);
+            proptest::prop_assert_eq!(parse_version(&va.to_string()).unwrap(), va.clone());
+            let floor = VersionFloor::Above { running: va.clone(), highest_committed: None };
+            proptest::prop_assert_eq!(floor.check(&vb).is_ok(), vb > va);
+        }
+
+        #[test]
+        fn parse_never_panics(text in ".{0,80}") {
+            if let Ok(v) = parse_version(&text) {
+                // Whatever parses is path-safe.
+                let s = v.to_string();
+                proptest::prop_assert!(!s.contains('/') && !s.contains("..") && !s.starts_with('.'));
+            }
+        }
+    }
 }

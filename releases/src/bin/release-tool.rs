@@ -2,8 +2,8 @@
 //! channels at versions, and verifies releases. The CLI is documented in `releases/SPEC.md`
 //! ("Release tool"); the demo network and the tests of other crates drive it.
 //!
-//! Exit codes: 0 success, 64 usage (clap's own errors exit 2), 65 a release failed to
-//! verify (bad release data), 1 anything else.
+//! Exit codes: 0 success, 2 usage (clap), 65 a release failed to verify (bad release data),
+//! 1 anything else.
 
 use std::fs;
 use std::path::{Path, PathBuf};
