@@ -115,11 +115,16 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         .map_err(Error::Runtime)?;
     let system = actix_rt::System::with_tokio_rt(move || runtime);
     let notify_socket = env.var(notify::NOTIFY_SOCKET);
+    let api =
+        directory::client::Client::try_new(identity.signing_key().clone(), &version.to_string())
+            .map_err(|e| Error::Runtime(std::io::Error::other(e)))?;
     let daemon = Daemon {
         home: home.to_owned(),
         config,
         version: version.clone(),
         relay_pubkey: identity.public_key_b64(),
+        identity_pubkey: wireleap_protocol::PublicKey::from(identity.signing_key()),
+        api,
         notify_socket,
     };
     let result = system.block_on(daemon.serve(tls));
@@ -132,6 +137,8 @@ struct Daemon {
     config: Config,
     version: semver::Version,
     relay_pubkey: String,
+    identity_pubkey: wireleap_protocol::PublicKey,
+    api: directory::client::Client,
     notify_socket: Option<String>,
 }
 
@@ -155,10 +162,20 @@ impl Daemon {
         let transport = Transport::bind(&self.config, tls, deps).await?;
         let bound = transport.local_addr();
         info!(address = %bound, "listening for H/2 requests on https://{bound}");
+        let upgrader = Upgrader::new(self.config.auto_upgrade, self.version.clone()).start();
+        let enrollment = Enrollment::new(
+            &self.config,
+            admission,
+            self.api.clone(),
+            self.identity_pubkey,
+            &self.version.to_string(),
+            upgrader.clone().recipient(),
+        )
+        .start();
         let actors = Actors {
             ledger,
-            upgrader: Upgrader::new(self.config.auto_upgrade, self.version.clone()).start(),
-            enrollment: Enrollment::new(&self.config, admission).start(),
+            upgrader,
+            enrollment,
             transport: transport.start(),
         };
         info!(phase = %Phase::Serving, "ready");
@@ -256,6 +273,7 @@ impl Daemon {
                     "id": c.id, "address": c.address, "role": c.role,
                     "status": {"enrolled": c.enrolled, "network_cap_reached": false},
                     "network_cap": c.network_cap, "network_usage": null,
+                    "contract": c.url, "last_error": c.last_error, "last_heartbeat": c.last_heartbeat,
                 })
             })
             .collect();

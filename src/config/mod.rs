@@ -34,6 +34,8 @@ pub const DEFAULT_BUFSIZE: usize = 4096;
 pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// Default mode of the REST API unix socket (reference `"600"`).
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// Default heartbeat interval (the reference's fixed 5 minutes, spec §4.5).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
 /// The channel a single contract follows when it names none (spec §2.3 rule 4).
 pub const DEFAULT_CHANNEL: &str = "default";
 
@@ -62,6 +64,9 @@ pub struct Config {
     pub auto_upgrade: bool,
     /// Expert settings.
     pub danger_zone: DangerZone,
+    /// How often each enrolled contract gets a heartbeat (our extension; the reference fixes
+    /// 5 minutes).
+    pub heartbeat_interval: Duration,
 }
 
 impl Config {
@@ -353,6 +358,8 @@ const TOP_KEYS: &[&str] = &[
     "contracts",
     "auto_upgrade",
     "danger_zone",
+    // Our extensions (ignored by a reference relay, which ignores unknown keys).
+    "heartbeat_interval",
 ];
 const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interval", "archive_dir"];
 const REST_API_KEYS: &[&str] = &["address", "addr", "socket_umask"];
@@ -440,6 +447,20 @@ impl Walker {
             .duration_or("maxtime", get("maxtime"), Duration::ZERO)
             .map(nonzero);
         let timeout = self.duration_or("timeout", get("timeout"), DEFAULT_TIMEOUT);
+        let heartbeat_interval = self
+            .duration_or(
+                "heartbeat_interval",
+                get("heartbeat_interval"),
+                DEFAULT_HEARTBEAT_INTERVAL,
+            )
+            .and_then(|d| {
+                if d < Duration::from_millis(100) {
+                    self.problem("heartbeat_interval", "must be at least 100ms");
+                    None
+                } else {
+                    Some(d)
+                }
+            });
         let bufsize = match get("bufsize") {
             None => NonZeroUsize::new(DEFAULT_BUFSIZE),
             Some(v) => match v.as_u64().map(usize::try_from) {
@@ -507,6 +528,7 @@ impl Walker {
             rest_api: rest_api?,
             auto_upgrade: auto_upgrade?,
             danger_zone: danger_zone?,
+            heartbeat_interval: heartbeat_interval?,
         })
     }
 

@@ -1,26 +1,67 @@
 //! The [`Enrollment`] actor and its messages.
 //!
+//! Each configured contract gets one task that learns the contract's id and directory from
+//! `<contract>/info`, enrolls (answering the proof-of-work challenge), then sends a heartbeat
+//! every `heartbeat_interval`. A contract or directory that is down is retried with capped
+//! backoff; the relay keeps running and serves nothing for that contract until it is enrolled
+//! (the reference exits instead). Tasks report back by message, so the actor's state only
+//! changes inside its handlers.
+//!
 //! Restart: not supervised; its state is rebuilt from the config. Shutdown: [`DisenrollAll`]
 //! before the drain, so the directory stops sending clients while streams finish.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use actix::prelude::*;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use wireleap_protocol::status;
+use wireleap_protocol::{PublicKey, RelayEntry, Versions};
 
 use super::Admission;
-use crate::config::{Config, Contract, ContractUrl};
+use super::client::{Client, Retry};
+use super::schedule::{BACKOFF_BASE, BACKOFF_CAP, backoff};
+use crate::config::{Config, Contract, ContractUrl, Role, format_datasize};
+use crate::upgrader::UpgradeNotice;
 
 /// Per-contract enrollment state.
-#[derive(Debug)]
 pub struct Enrollment {
-    /// One entry per configured contract.
-    contracts: BTreeMap<ContractUrl, ContractState>,
+    /// One slot per configured contract.
+    contracts: BTreeMap<ContractUrl, Slot>,
     /// The transport's view of which contracts it may admit; kept in step with `contracts`.
     admission: Admission,
+    /// Signs every directory and contract call.
+    client: Client,
+    /// The relay's public key (the entry's `pubkey`).
+    pubkey: PublicKey,
+    /// The running software version (the entry's `versions.software`).
+    software: String,
+    /// Heartbeat period.
+    heartbeat: Duration,
+    /// Where upgrade notices go.
+    upgrader: Recipient<UpgradeNotice>,
 }
 
-/// What the relay knows about one contract.
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("contracts", &self.contracts.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One contract: its config, what we know, and its task.
+struct Slot {
+    config: Contract,
+    state: ContractState,
+    /// Cancels this contract's task (reload, shutdown).
+    task: CancellationToken,
+    /// `<directory>/relays`, once known.
+    relays_url: Option<String>,
+}
+
+/// What the relay knows about one contract (shown by `status` and the REST API).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ContractState {
     /// The contract URL from the config.
@@ -35,40 +76,311 @@ pub struct ContractState {
     pub enrolled: bool,
     /// Per-contract usage cap, bytes.
     pub network_cap: Option<u64>,
-}
-
-impl ContractState {
-    fn from_config(url: &ContractUrl, c: &Contract) -> Self {
-        Self {
-            url: url.to_string(),
-            id: None,
-            address: c.address.to_string(),
-            role: c.role.as_str(),
-            enrolled: false,
-            network_cap: c.network_usage_limit,
-        }
-    }
+    /// The last error talking to this contract or its directory, if the last call failed.
+    pub last_error: Option<String>,
+    /// Unix time of the last successful heartbeat.
+    pub last_heartbeat: Option<i64>,
 }
 
 impl Enrollment {
-    /// Builds the state from the config (nothing is enrolled yet).
-    pub fn new(config: &Config, admission: Admission) -> Self {
+    /// Builds the state from the config (nothing is enrolled yet; tasks start with the actor).
+    pub fn new(
+        config: &Config,
+        admission: Admission,
+        client: Client,
+        pubkey: PublicKey,
+        software: &str,
+        upgrader: Recipient<UpgradeNotice>,
+    ) -> Self {
+        let contracts = config
+            .contracts
+            .iter()
+            .map(|(url, c)| (url.clone(), Slot::new(url, c)))
+            .collect();
         Self {
+            contracts,
             admission,
-            contracts: config
-                .contracts
-                .iter()
-                .map(|(url, c)| (url.clone(), ContractState::from_config(url, c)))
-                .collect(),
+            client,
+            pubkey,
+            software: software.to_owned(),
+            heartbeat: config.heartbeat_interval,
+            upgrader,
+        }
+    }
+
+    fn entry(&self, c: &Contract) -> RelayEntry {
+        RelayEntry {
+            role: match c.role {
+                Role::Fronting => wireleap_protocol::Role::Fronting,
+                Role::Entropic => wireleap_protocol::Role::Entropic,
+                Role::Backing => wireleap_protocol::Role::Backing,
+            },
+            address: c.address.to_string(),
+            pubkey: self.pubkey,
+            versions: Versions::relay(&self.software),
+            key: c
+                .key
+                .as_ref()
+                .map(|k| k.expose().to_owned())
+                .unwrap_or_default(),
+            update_channel: String::new(),
+            upgrade_channel: c.upgrade_channel.clone().unwrap_or_default(),
+            network_usage_limit: c
+                .network_usage_limit
+                .map(format_datasize)
+                .unwrap_or_default(),
+        }
+    }
+
+    fn spawn_task(&mut self, url: &ContractUrl, ctx: &mut Context<Self>) {
+        let Some(slot) = self.contracts.get(url) else {
+            return;
+        };
+        let task = ContractTask {
+            url: url.clone(),
+            entry: self.entry(&slot.config),
+            client: self.client.clone(),
+            heartbeat: self.heartbeat,
+            cancel: slot.task.clone(),
+            me: ctx.address(),
+            upgrader: self.upgrader.clone(),
+        };
+        tokio::spawn(task.run());
+    }
+}
+
+impl Slot {
+    fn new(url: &ContractUrl, c: &Contract) -> Self {
+        Self {
+            config: c.clone(),
+            state: ContractState {
+                url: url.to_string(),
+                id: None,
+                address: c.address.to_string(),
+                role: c.role.as_str(),
+                enrolled: false,
+                network_cap: c.network_usage_limit,
+                last_error: None,
+                last_heartbeat: None,
+            },
+            task: CancellationToken::new(),
+            relays_url: None,
         }
     }
 }
 
 impl Actor for Enrollment {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let urls: Vec<ContractUrl> = self.contracts.keys().cloned().collect();
+        for url in &urls {
+            self.spawn_task(url, ctx);
+        }
+        self.admission.set_started();
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for slot in self.contracts.values() {
+            slot.task.cancel();
+        }
+    }
 }
 
-/// Apply a reloaded config: add new contracts, update changed ones, drop removed ones.
+// === the per-contract task ===
+
+struct ContractTask {
+    url: ContractUrl,
+    entry: RelayEntry,
+    client: Client,
+    heartbeat: Duration,
+    cancel: CancellationToken,
+    me: Addr<Enrollment>,
+    upgrader: Recipient<UpgradeNotice>,
+}
+
+impl ContractTask {
+    async fn run(self) {
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = self.lifecycle() => {}
+        }
+    }
+
+    async fn lifecycle(&self) {
+        let url = self.url.as_str();
+        // 1. Discovery: the contract id and its directory (spec §4.1).
+        let mut attempt = 0;
+        let (id, relays_url) = loop {
+            attempt += 1;
+            match self.client.contract_info(url, Retry::ONCE).await {
+                Ok(info) => break (info.pubkey.to_b64(), info.relays_url()),
+                Err(e) => self.failed(attempt, format!("contract info: {e}")).await,
+            }
+        };
+        self.me.do_send(Discovered {
+            url: self.url.clone(),
+            id,
+            relays_url: relays_url.clone(),
+        });
+        // 2. Enrollment with the proof-of-work handshake (spec §4.4). An upgrade notice in this
+        //    reply is ignored, as in the reference.
+        attempt = 0;
+        loop {
+            attempt += 1;
+            match self.client.post_entry(&relays_url, &self.entry, true).await {
+                Ok(_) => break,
+                Err(e) => self.failed(attempt, format!("enrollment: {e}")).await,
+            }
+        }
+        self.me.do_send(Enrolled {
+            url: self.url.clone(),
+        });
+        // 3. Heartbeats (spec §4.5), the first one a full interval after enrolling.
+        let start = tokio::time::Instant::now() + self.heartbeat;
+        let mut ticker = tokio::time::interval_at(start, self.heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let result = self
+                .client
+                .post_entry(&relays_url, &self.entry, false)
+                .await;
+            match &result {
+                Ok(st) if st.is(status::UPGRADE) => self.upgrade_notice(&st.cause),
+                Ok(_) => debug!(contract = url, "heartbeat ok"),
+                Err(e) => {
+                    warn!(contract = url, error = %e, "could not send heartbeat to directory")
+                }
+            }
+            self.me.do_send(HeartbeatDone {
+                url: self.url.clone(),
+                error: result.err().map(|e| e.to_string()),
+            });
+        }
+    }
+
+    /// Reports a failure and sleeps the backoff for `attempt`.
+    async fn failed(&self, attempt: u32, error: String) {
+        let jitter = f64::from(rand::random::<u8>()) / 255.0;
+        let delay = backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, jitter);
+        warn!(contract = %self.url, error = %error, retry_in = ?delay, "not enrolled yet");
+        self.me.do_send(Failed {
+            url: self.url.clone(),
+            error,
+        });
+        tokio::time::sleep(delay).await;
+    }
+
+    fn upgrade_notice(&self, cause: &str) {
+        match semver::Version::parse(cause.trim()) {
+            Ok(version) => {
+                let notice = UpgradeNotice {
+                    version,
+                    contract: self.url.to_string(),
+                };
+                if let Err(e) = self.upgrader.try_send(notice) {
+                    warn!(error = %e, "upgrade notice dropped: the upgrader is busy");
+                }
+            }
+            Err(e) => {
+                warn!(cause, error = %e, "ignoring an upgrade notice with an unparsable version")
+            }
+        }
+    }
+}
+
+// === messages from the tasks ===
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Discovered {
+    url: ContractUrl,
+    id: String,
+    relays_url: String,
+}
+
+impl Handler<Discovered> for Enrollment {
+    type Result = ();
+
+    fn handle(&mut self, msg: Discovered, _ctx: &mut Self::Context) {
+        if let Some(slot) = self.contracts.get_mut(&msg.url) {
+            self.admission.register(&msg.id, msg.url.as_str());
+            if slot.state.enrolled {
+                // Re-enrolling after a reload: keep serving meanwhile.
+                self.admission.set_enrolled(&msg.id, true);
+            }
+            slot.state.id = Some(msg.id);
+            slot.relays_url = Some(msg.relays_url);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Enrolled {
+    url: ContractUrl,
+}
+
+impl Handler<Enrolled> for Enrollment {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enrolled, _ctx: &mut Self::Context) {
+        if let Some(slot) = self.contracts.get_mut(&msg.url) {
+            if let Some(id) = &slot.state.id {
+                self.admission.set_enrolled(id, true);
+            }
+            if !slot.state.enrolled {
+                info!(contract = %msg.url, role = slot.state.role, "enrolled");
+            }
+            slot.state.enrolled = true;
+            slot.state.last_error = None;
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Failed {
+    url: ContractUrl,
+    error: String,
+}
+
+impl Handler<Failed> for Enrollment {
+    type Result = ();
+
+    fn handle(&mut self, msg: Failed, _ctx: &mut Self::Context) {
+        if let Some(slot) = self.contracts.get_mut(&msg.url) {
+            slot.state.last_error = Some(msg.error);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct HeartbeatDone {
+    url: ContractUrl,
+    error: Option<String>,
+}
+
+impl Handler<HeartbeatDone> for Enrollment {
+    type Result = ();
+
+    fn handle(&mut self, msg: HeartbeatDone, _ctx: &mut Self::Context) {
+        if let Some(slot) = self.contracts.get_mut(&msg.url) {
+            if msg.error.is_none() {
+                slot.state.last_heartbeat = Some(wireleap_protocol::unix_now());
+            }
+            slot.state.last_error = msg.error;
+        }
+    }
+}
+
+// === public messages ===
+
+/// Apply a reloaded config (spec §1.4 with §10 #12): new contracts are enrolled, changed ones
+/// re-enrolled with their new entry, removed ones disenrolled. A role change is refused.
 #[derive(Debug, Message)]
 #[rtype(result = "ReloadSummary")]
 pub struct ApplyConfig(pub Config);
@@ -92,36 +404,69 @@ impl Handler<ApplyConfig> for Enrollment {
     fn handle(
         &mut self,
         ApplyConfig(config): ApplyConfig,
-        _ctx: &mut Self::Context,
+        ctx: &mut Self::Context,
     ) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
-        self.contracts.retain(|url, _| {
-            let keep = config.contracts.contains_key(url);
-            if !keep {
+        let removed: Vec<ContractUrl> = self
+            .contracts
+            .keys()
+            .filter(|u| !config.contracts.contains_key(*u))
+            .cloned()
+            .collect();
+        for url in removed {
+            if let Some(slot) = self.contracts.remove(&url) {
+                slot.task.cancel();
+                if let Some(id) = &slot.state.id {
+                    self.admission.remove(id);
+                }
+                if let Some(relays) = slot.relays_url {
+                    let client = self.client.clone();
+                    let entry = self.entry(&slot.config);
+                    let contract = url.clone();
+                    tokio::spawn(async move {
+                        match client.delete_entry(&relays, &entry).await {
+                            Ok(()) => {
+                                info!(contract = %contract, "disenrolled (removed from config)")
+                            }
+                            Err(e) => {
+                                warn!(contract = %contract, error = %e, "could not disenroll")
+                            }
+                        }
+                    });
+                }
                 summary.removed.push(url.to_string());
             }
-            keep
-        });
+        }
         for (url, c) in &config.contracts {
-            let fresh = ContractState::from_config(url, c);
-            match self.contracts.get_mut(url) {
+            let restart = match self.contracts.get_mut(url) {
                 None => {
+                    self.contracts.insert(url.clone(), Slot::new(url, c));
                     summary.added.push(url.to_string());
-                    self.contracts.insert(url.clone(), fresh);
+                    true
                 }
-                Some(old) if old.role != fresh.role => summary.refused.push(format!(
-                    "{url}: role change from {} to {} needs a restart",
-                    old.role, fresh.role
-                )),
-                Some(old) => {
-                    if old.address != fresh.address || old.network_cap != fresh.network_cap {
-                        summary.updated.push(url.to_string());
-                        old.address = fresh.address;
-                        old.network_cap = fresh.network_cap;
-                    }
+                Some(slot) if slot.config.role != c.role => {
+                    summary.refused.push(format!(
+                        "{url}: role change from {} to {} needs a restart",
+                        slot.config.role, c.role
+                    ));
+                    false
                 }
+                Some(slot) if slot.config != *c => {
+                    slot.task.cancel();
+                    slot.task = CancellationToken::new();
+                    slot.config = c.clone();
+                    slot.state.address = c.address.to_string();
+                    slot.state.network_cap = c.network_usage_limit;
+                    summary.updated.push(url.to_string());
+                    true
+                }
+                Some(_) => false,
+            };
+            if restart {
+                self.spawn_task(url, ctx);
             }
         }
+        self.heartbeat = config.heartbeat_interval;
         summary
     }
 }
@@ -135,28 +480,57 @@ impl Handler<ContractStatuses> for Enrollment {
     type Result = MessageResult<ContractStatuses>;
 
     fn handle(&mut self, _msg: ContractStatuses, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.contracts.values().cloned().collect())
+        MessageResult(self.contracts.values().map(|s| s.state.clone()).collect())
     }
 }
 
-/// Disenroll from every contract's directory (graceful shutdown). Replies with how many
-/// directories were told.
+/// Disenroll from every contract's directory (graceful shutdown): stop the tasks, close the
+/// gates, and send `DELETE` to every directory we know (spec §4.6). Replies with how many
+/// directories confirmed.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct DisenrollAll;
 
 impl Handler<DisenrollAll> for Enrollment {
-    type Result = usize;
+    type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, _msg: DisenrollAll, _ctx: &mut Self::Context) -> usize {
-        let enrolled = self.contracts.values().filter(|c| c.enrolled).count();
-        for c in self.contracts.values_mut() {
-            c.enrolled = false;
-            if let Some(id) = &c.id {
+    fn handle(&mut self, _msg: DisenrollAll, _ctx: &mut Self::Context) -> Self::Result {
+        let mut calls = Vec::new();
+        for (url, slot) in &mut self.contracts {
+            slot.task.cancel();
+            slot.state.enrolled = false;
+            if let Some(id) = &slot.state.id {
                 self.admission.set_enrolled(id, false);
             }
+            if let Some(relays) = slot.relays_url.clone() {
+                calls.push((url.clone(), relays, slot.config.clone()));
+            }
         }
-        info!(enrolled, "disenrolled from every contract");
-        enrolled
+        let requests: Vec<_> = calls
+            .into_iter()
+            .map(|(url, relays, config)| {
+                let client = self.client.clone();
+                let entry = self.entry(&config);
+                async move {
+                    match client.delete_entry(&relays, &entry).await {
+                        Ok(()) => {
+                            info!(contract = %url, "disenrolled");
+                            true
+                        }
+                        Err(e) => {
+                            warn!(contract = %url, error = %e, "could not disenroll");
+                            false
+                        }
+                    }
+                }
+            })
+            .collect();
+        Box::pin(async move {
+            futures::future::join_all(requests)
+                .await
+                .into_iter()
+                .filter(|ok| *ok)
+                .count()
+        })
     }
 }

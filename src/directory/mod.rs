@@ -1,13 +1,15 @@
-//! Enrollment: the relay's standing with each contract's directory.
+//! Enrollment: the relay's standing with each contract's directory (spec §4).
 //!
-//! The [`Enrollment`] actor owns, per configured contract, whether the relay is enrolled, and
-//! applies config reloads (contracts added, updated, removed). Enrolling, heartbeats and the
-//! signed API client come with issue #4; until then every contract reports "not enrolled" and
-//! disenrollment has nothing to undo. Who calls it: the daemon (reload, status, shutdown). It
-//! forwards upgrade notices to the Upgrader.
+//! The [`Enrollment`] actor owns, per configured contract, the discovery of the contract's id
+//! and directory, enrollment with the proof-of-work challenge, heartbeats, and disenrollment;
+//! it keeps the transport's [`Admission`] gates in step and forwards upgrade notices to the
+//! Upgrader. [`client`] is the signed API client, [`schedule`] the retry backoff. Who calls it:
+//! the daemon (start, reload, status, shutdown).
 
 mod actor;
 pub mod admission;
+pub mod client;
+pub mod schedule;
 
 pub use actor::{
     ApplyConfig, ContractState, ContractStatuses, DisenrollAll, Enrollment, ReloadSummary,

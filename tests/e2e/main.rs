@@ -8,5 +8,6 @@
 mod support;
 
 mod config;
+mod enrollment;
 mod identity;
 mod lifecycle;

@@ -1,6 +1,7 @@
 //! Helpers shared by the e2e tests.
 
 pub mod process;
+pub mod standin;
 pub mod tls;
 
 pub use process::{Home, eventually};

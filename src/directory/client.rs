@@ -1,0 +1,339 @@
+//! The signed API client for contract and directory calls (spec §4.2).
+//!
+//! Every request is signed with the relay key over the exact body bytes (GET bodies are the four
+//! bytes `null`), carries the interface version headers it was asked for and the software
+//! version, and every POST carries an `Idempotency-Key`. Replies are checked for a compatible
+//! minor version; errors are the server's status object when it sent one. Unlike the reference,
+//! every call is bounded in time and every reply in size.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use wireleap_protocol::signed::{self, Interface, RequestOptions};
+use wireleap_protocol::status::{self, Status};
+use wireleap_protocol::{ContractInfo, RelayEntry, SigningKey};
+
+/// Connect timeout for API calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whole-request timeout for API calls (the reference has none; a hung directory must not hang
+/// the relay).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest reply body accepted.
+const MAX_REPLY: usize = 1 << 20;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached or the connection broke.
+    #[error("{url}: {source}")]
+    Network {
+        /// The URL called.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{url}: {status}")]
+    Status {
+        /// The URL called.
+        url: String,
+        /// The status object (or one made from the HTTP status when the body was not one).
+        status: Status,
+    },
+    /// The server speaks another minor version of the interface.
+    #[error("{url}: {source}")]
+    Version {
+        /// The URL called.
+        url: String,
+        /// Both versions.
+        source: wireleap_protocol::version::VersionError,
+    },
+    /// The reply was not the JSON expected.
+    #[error("{url}: could not decode the reply: {why}")]
+    Decode {
+        /// The URL called.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The reply was larger than [`MAX_REPLY`].
+    #[error("{url}: reply larger than {MAX_REPLY} bytes")]
+    TooLarge {
+        /// The URL called.
+        url: String,
+    },
+    /// The proof-of-work challenge could not be answered.
+    #[error("could not perform challenge-response proof of work for {url}: {why}")]
+    Challenge {
+        /// The URL called.
+        url: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl Error {
+    /// Whether the same call may succeed later (network trouble, 500, 502, 503).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Network { .. } | Error::Decode { .. } => true,
+            Error::Status { status, .. } => status.is_retryable() || status.code == 503,
+            _ => false,
+        }
+    }
+
+    /// The server's status, if it sent one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Error::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// How a call is retried (spec §4.2 `Perform`: 3 attempts, 5 s apart, on retryable errors).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Pause between attempts.
+    pub delay: Duration,
+}
+
+impl Retry {
+    /// A single attempt (enrollment, heartbeat, disenrollment).
+    pub const ONCE: Retry = Retry {
+        attempts: 1,
+        delay: Duration::ZERO,
+    };
+    /// The reference's retry rule.
+    pub const PERFORM: Retry = Retry {
+        attempts: 3,
+        delay: Duration::from_secs(5),
+    };
+}
+
+/// The relay's API client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    key: SigningKey,
+    software: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("software", &self.software)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful reply: the body and the status it decoded to, if any.
+#[derive(Debug)]
+struct Reply {
+    headers: reqwest::header::HeaderMap,
+    body: Bytes,
+}
+
+impl Client {
+    /// A client signing with `key` and announcing `software` as `Wireleap-Relay-Version`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (no TLS roots).
+    pub fn try_new(key: SigningKey, software: &str) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(format!("wireleap-relay/{software}"))
+            .build()?;
+        Ok(Self {
+            http,
+            key,
+            software: software.to_owned(),
+        })
+    }
+
+    /// `GET <contract>/info` (spec §4.1), retried as the reference does.
+    ///
+    /// # Errors
+    /// Any [`Error`].
+    pub async fn contract_info(&self, contract: &str, retry: Retry) -> Result<ContractInfo, Error> {
+        let url = format!("{contract}/info");
+        let reply = self
+            .call_retrying(
+                Method::GET,
+                &url,
+                signed::GET_BODY,
+                &[Interface::RelayContract],
+                retry,
+            )
+            .await?;
+        decode(&url, &reply.body)
+    }
+
+    /// Enroll (`with_dir_version`) or heartbeat (without it): `POST <dir>/relays` with the
+    /// proof-of-work handshake of spec §4.4. Returns the final 2xx status (plain OK or an
+    /// upgrade notice).
+    ///
+    /// # Errors
+    /// Any [`Error`].
+    pub async fn post_entry(
+        &self,
+        relays_url: &str,
+        entry: &RelayEntry,
+        with_dir_version: bool,
+    ) -> Result<Status, Error> {
+        let body = entry.to_json().into_bytes();
+        let interfaces: &[Interface] = if with_dir_version {
+            &[Interface::RelayDir, Interface::RelayContract]
+        } else {
+            &[Interface::RelayContract]
+        };
+        let first = self
+            .call(Method::POST, relays_url, &body, interfaces, &[])
+            .await?;
+        let first_status: Status = decode(relays_url, &first.body)?;
+        if !first_status.is(status::CHALLENGE) {
+            return Ok(first_status);
+        }
+        let challenge = first
+            .headers
+            .get(signed::HEADER_DIRECTORY_CHALLENGE)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::Challenge {
+                url: relays_url.to_owned(),
+                why: format!(
+                    "the reply has no {} header",
+                    signed::HEADER_DIRECTORY_CHALLENGE
+                ),
+            })?
+            .to_owned();
+        // bcrypt is CPU work of a few milliseconds to seconds: keep it off the async threads.
+        let answer_for = challenge.clone();
+        let response = tokio::task::spawn_blocking(move || signed::answer_challenge(&answer_for))
+            .await
+            .map_err(|e| Error::Challenge {
+                url: relays_url.to_owned(),
+                why: e.to_string(),
+            })?
+            .map_err(|e| Error::Challenge {
+                url: relays_url.to_owned(),
+                why: e.to_string(),
+            })?;
+        let extra = [
+            (signed::HEADER_DIRECTORY_CHALLENGE, challenge),
+            (signed::HEADER_DIRECTORY_RESPONSE, response),
+        ];
+        let second = self
+            .call(Method::POST, relays_url, &body, interfaces, &extra)
+            .await?;
+        decode(relays_url, &second.body)
+    }
+
+    /// Disenroll: `DELETE <dir>/relays` with the entry, single attempt, body not decoded.
+    ///
+    /// # Errors
+    /// Any [`Error`].
+    pub async fn delete_entry(&self, relays_url: &str, entry: &RelayEntry) -> Result<(), Error> {
+        let body = entry.to_json().into_bytes();
+        self.call(
+            Method::DELETE,
+            relays_url,
+            &body,
+            &[Interface::RelayContract],
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn call_retrying(
+        &self,
+        method: Method,
+        url: &str,
+        body: &[u8],
+        interfaces: &[Interface],
+        retry: Retry,
+    ) -> Result<Reply, Error> {
+        let mut attempt = 1;
+        loop {
+            match self.call(method.clone(), url, body, interfaces, &[]).await {
+                Err(e) if e.is_retryable() && attempt < retry.attempts => {
+                    tracing::debug!(error = %e, attempt, "retrying");
+                    attempt += 1;
+                    tokio::time::sleep(retry.delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: &[u8],
+        interfaces: &[Interface],
+        extra: &[(&str, String)],
+    ) -> Result<Reply, Error> {
+        let opts = RequestOptions {
+            software_version: Some(self.software.clone()),
+            interfaces: interfaces.to_vec(),
+            idempotency_key: (method == Method::POST).then(signed::idempotency_key),
+        };
+        let mut req = self.http.request(method, url).body(body.to_vec());
+        for (name, value) in signed::request_headers(&self.key, body, &opts)
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .chain(extra.iter().map(|(n, v)| (*n, v.as_str())))
+        {
+            req = req.header(name, value);
+        }
+        let network = |source| Error::Network {
+            url: url.to_owned(),
+            source,
+        };
+        let mut resp = req.send().await.map_err(network)?;
+        for i in interfaces {
+            let header = resp.headers().get(i.header()).and_then(|v| v.to_str().ok());
+            signed::check_reply_version(*i, header).map_err(|source| Error::Version {
+                url: url.to_owned(),
+                source,
+            })?;
+        }
+        let code = resp.status();
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(network)? {
+            if body.len() + chunk.len() > MAX_REPLY {
+                return Err(Error::TooLarge {
+                    url: url.to_owned(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if code.is_success() {
+            return Ok(Reply {
+                headers,
+                body: body.into(),
+            });
+        }
+        let status = serde_json::from_slice::<Status>(&body).unwrap_or_else(|_| {
+            Status::new(code.as_u16(), code.canonical_reason().unwrap_or("error"))
+        });
+        Err(Error::Status {
+            url: url.to_owned(),
+            status,
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Decode {
+        url: url.to_owned(),
+        why: e.to_string(),
+    })
+}

@@ -1,0 +1,259 @@
+//! Enrollment, heartbeat and disenrollment against the stand-in directory (spec §4).
+
+use std::time::Duration;
+
+use wireleap_devnet::{Down, RecordedRequest, Server};
+use wireleap_protocol::signed;
+
+use crate::support::standin::Standin;
+use crate::support::{Home, eventually};
+
+fn config(contracts: &[(&str, Option<&str>)]) -> String {
+    let entries: Vec<String> = contracts
+        .iter()
+        .map(|(url, channel)| {
+            let channel = channel.map(|c| format!(r#", "upgrade_channel": "{c}""#)).unwrap_or_default();
+            format!(r#""{url}": {{"address": "wireleap://127.0.0.1:13499", "role": "fronting"{channel}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "300ms", "contracts": {{{}}}}}"#,
+        entries.join(", ")
+    )
+}
+
+fn pubkey(home: &Home) -> String {
+    serde_json::from_str(&home.read("key.pub")).unwrap()
+}
+
+fn assert_signed_by(r: &RecordedRequest, key: &str) {
+    assert_eq!(r.header("wireleap-relay-pubkey"), Some(key), "{r:?}");
+    signed::verify_relay_request(
+        r.header("wireleap-relay-pubkey"),
+        r.header("wireleap-relay-signature"),
+        r.body.as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("bad signature on {} {}: {e}", r.method, r.path));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+fn is_idempotency_key(v: Option<&str>) -> bool {
+    v.is_some_and(|k| {
+        k.len() == 32
+            && k.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[test]
+fn enrolls_with_the_challenge_heartbeats_and_disenrolls_as_the_transcript_shows() {
+    let s = Standin::start();
+    s.net.set_challenge(true, 4);
+    let home = Home::with_config(&config(&[(s.net.contract_url(), None)]));
+    let key = pubkey(&home);
+    home.ok(&["start"]);
+    s.wait_enrolled(&key, Duration::from_secs(30));
+    eventually(Duration::from_secs(30), "two heartbeats", || {
+        s.relays_requests("POST")
+            .iter()
+            .filter(|r| r.header("wireleap-relay-dir-version").is_none())
+            .count()
+            >= 2
+    });
+
+    // Contract discovery: a signed GET with the body `null` (spec §4.1, §4.2).
+    let info = s
+        .net
+        .requests_to(Server::Contract)
+        .into_iter()
+        .find(|r| r.path == "/info")
+        .unwrap();
+    assert_eq!(info.method, "GET");
+    assert_eq!(info.body, "null");
+    assert_signed_by(&info, &key);
+    assert_eq!(
+        info.header("wireleap-relay-contract-version"),
+        Some("0.1.0")
+    );
+
+    // Enrollment: first POST is challenged, the second answers it (spec §4.4, §4.9).
+    let posts = s.relays_requests("POST");
+    let (first, second) = (&posts[0], &posts[1]);
+    for r in [first, second] {
+        assert_signed_by(r, &key);
+        assert_eq!(r.header("wireleap-relay-dir-version"), Some("0.2.0"));
+        assert_eq!(r.header("wireleap-relay-contract-version"), Some("0.1.0"));
+        assert!(is_idempotency_key(r.header("idempotency-key")), "{r:?}");
+        assert!(semver::Version::parse(r.header("wireleap-relay-version").unwrap()).is_ok());
+    }
+    assert_eq!(
+        first.body, second.body,
+        "the challenge answer must resend the same body"
+    );
+    assert_ne!(
+        first.header("idempotency-key"),
+        second.header("idempotency-key")
+    );
+    assert!(first.header("wireleap-directory-response").is_none());
+    let challenge = second.header("wireleap-directory-challenge").unwrap();
+    assert!(challenge.starts_with("4~"), "{challenge}");
+    assert!(
+        second
+            .header("wireleap-directory-response")
+            .unwrap()
+            .starts_with("$2")
+    );
+
+    // The body, key order as the reference writes it, plus upgrade_channel (spec §10 #5).
+    let body: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["role", "address", "pubkey", "versions", "upgrade_channel"],
+        "{}",
+        first.body
+    );
+    assert_eq!(body["role"], "fronting");
+    assert_eq!(body["address"], "wireleap://127.0.0.1:13499");
+    assert_eq!(body["pubkey"], key.as_str());
+    assert_eq!(body["versions"]["client-relay"], "0.2.0");
+    assert_eq!(body["upgrade_channel"], "default");
+
+    // Heartbeats: the same body, no relay-dir version header, fresh idempotency keys (§4.5).
+    let beats: Vec<RecordedRequest> = posts.iter().skip(2).cloned().collect();
+    assert!(beats.len() >= 2);
+    for b in &beats {
+        assert_signed_by(b, &key);
+        assert!(b.header("wireleap-relay-dir-version").is_none(), "{b:?}");
+        assert_eq!(b.body, first.body);
+    }
+    assert_ne!(
+        beats[0].header("idempotency-key"),
+        beats[1].header("idempotency-key")
+    );
+    let gap = beats[1].time_ms - beats[0].time_ms;
+    assert!(
+        (200..3000).contains(&gap),
+        "heartbeats {gap} ms apart with a 300ms interval"
+    );
+
+    // Graceful stop disenrolls: DELETE, no relay-dir header, no idempotency key (§4.6).
+    home.ok(&["stop"]);
+    let deletes = s.relays_requests("DELETE");
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_signed_by(&deletes[0], &key);
+    assert!(deletes[0].header("wireleap-relay-dir-version").is_none());
+    assert!(deletes[0].header("idempotency-key").is_none());
+    assert!(!s.is_enrolled(&key));
+}
+
+#[test]
+fn directory_down_at_start_the_relay_keeps_retrying_and_enrolls_when_it_returns() {
+    let s = Standin::start();
+    s.net.set_down(Server::Directory, Down::Unavailable);
+    let home = Home::with_config(&config(&[(s.net.contract_url(), None)]));
+    let key = pubkey(&home);
+    home.ok(&["start"]);
+    eventually(
+        Duration::from_secs(20),
+        "a failed enrollment in the log",
+        || home.read("wireleap-relay.log").contains("not enrolled yet"),
+    );
+    assert_eq!(
+        home.run(&["status"]).code,
+        0,
+        "the relay exited while the directory was down"
+    );
+
+    // The status dump says it is not enrolled, and why.
+    let pid = home.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "the status dump", || {
+        home.read("wireleap-relay.log")
+            .contains("\"enrolled\":false")
+    });
+    assert!(
+        home.read("wireleap-relay.log")
+            .contains("\"last_error\":\"enrollment:")
+    );
+
+    s.net.set_down(Server::Directory, Down::Up);
+    s.wait_enrolled(&key, Duration::from_secs(40));
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn another_minor_version_is_a_clear_error_naming_both() {
+    let s = Standin::start();
+    s.net.set_version(Server::Directory, Some("0.3.0"));
+    let home = Home::with_config(&config(&[(s.net.contract_url(), None)]));
+    home.ok(&["start"]);
+    eventually(
+        Duration::from_secs(20),
+        "the version error in the log",
+        || {
+            home.read("wireleap-relay.log")
+                .contains("expecting version 0.2.x, got 0.3.0")
+        },
+    );
+    assert!(!s.is_enrolled(&pubkey(&home)));
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn reload_enrolls_an_added_contract_and_disenrolls_a_removed_one() {
+    let (a, b) = (Standin::start(), Standin::start());
+    let home = Home::with_config(&config(&[(a.net.contract_url(), None)]));
+    let key = pubkey(&home);
+    home.ok(&["start"]);
+    a.wait_enrolled(&key, Duration::from_secs(30));
+
+    home.write(
+        "config.json",
+        &config(&[
+            (a.net.contract_url(), Some("default")),
+            (b.net.contract_url(), None),
+        ]),
+    );
+    home.ok(&["reload"]);
+    b.wait_enrolled(&key, Duration::from_secs(30));
+    assert!(a.is_enrolled(&key));
+
+    home.write("config.json", &config(&[(b.net.contract_url(), None)]));
+    home.ok(&["reload"]);
+    eventually(
+        Duration::from_secs(20),
+        "the removed contract's DELETE",
+        || !a.relays_requests("DELETE").is_empty(),
+    );
+    assert!(!a.is_enrolled(&key) && b.is_enrolled(&key));
+
+    home.ok(&["stop"]);
+    assert_eq!(b.relays_requests("DELETE").len(), 1);
+}
+
+#[test]
+fn a_heartbeat_upgrade_notice_reaches_the_upgrader() {
+    let s = Standin::start();
+    s.net.force_upgrade("default", Some("9.9.9"));
+    let home = Home::with_config(&config(&[(s.net.contract_url(), None)]));
+    home.ok(&["start"]);
+    eventually(
+        Duration::from_secs(30),
+        "the upgrade notice in the log",
+        || {
+            let log = home.read("wireleap-relay.log");
+            log.contains("received upgrade notice") && log.contains("9.9.9")
+        },
+    );
+    home.ok(&["stop"]);
+}
