@@ -131,3 +131,69 @@ fn import_accepts_a_secret_key_and_refuses_a_public_one() {
         .arg(d.join("nope")));
     assert!(!out.status.success(), "{}", text(&out));
 }
+
+/// `release-tool publish` output, served as-is, is what the downloader stages for this host.
+#[tokio::test]
+async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
+    use relay_release::fetch::{Destination, Fetcher, Limits};
+    use relay_release::{Expected, Layout};
+
+    use crate::support::server::Server;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("bin"), crate::support::fake_binary(9, 100_000)).unwrap();
+    std::fs::write(d.join("notes.md"), b"# 0.7.5\n").unwrap();
+    let root = d.join("root");
+    // No --target: the host's OS and architecture.
+    ok(tool()
+        .arg("publish")
+        .arg("--root")
+        .arg(&root)
+        .arg("--key")
+        .arg(crate::support::key_path("project", "key"))
+        .args(["--version", "0.7.5", "--valid-for", "1h"])
+        .arg("--binary")
+        .arg(d.join("bin"))
+        .arg("--changelog")
+        .arg(d.join("notes.md")));
+
+    let server = Server::start().await;
+    server.serve_dir("0.7.5", &root.join("v0.7.5"));
+    let fetcher = Fetcher::try_new(
+        Layout::try_new(&server.base_url()).unwrap(),
+        Limits::default(),
+    )
+    .unwrap();
+    let expected = Expected::for_host(
+        Product::relay(),
+        parse_version("0.7.5").unwrap(),
+        parse_version("0.7.0").unwrap(),
+        Some(parse_version("0.7.4").unwrap()),
+    )
+    .unwrap();
+    let staging = d.join("home");
+    std::fs::create_dir(&staging).unwrap();
+    let dest = Destination {
+        binary: staging.join("wireleap-relay.next"),
+        statement: staging.join("wireleap-relay.next.hash"),
+    };
+    let staged = fetcher
+        .stage_release(&crate::support::project_keys(), &expected, &dest, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        staged.verified.asset,
+        format!(
+            "wireleap-relay_{}-{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )
+    );
+    assert_eq!(
+        std::fs::read(&dest.binary).unwrap(),
+        std::fs::read(d.join("bin")).unwrap()
+    );
+    let notes = fetcher.fetch_changelog(&staged.verified).await.unwrap();
+    assert_eq!(notes, "# 0.7.5\n");
+}
