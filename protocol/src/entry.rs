@@ -235,4 +235,41 @@ mod tests {
         );
         assert!(serde_json::from_str::<Role>(r#""nope""#).is_err());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn role() -> impl Strategy<Value = Role> {
+            prop_oneof![
+                Just(Role::Fronting),
+                Just(Role::Entropic),
+                Just(Role::Backing)
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn entry_round_trip(
+                role in role(), port in 1u16.., seed in any::<[u8; 32]>(),
+                software in proptest::option::of("[0-9]\\.[0-9]\\.[0-9]"),
+                key in "[a-z:]{0,12}", channel in "[a-z]{0,8}", limit in "([0-9]{1,4}(MB|GB))?",
+            ) {
+                let e = RelayEntry {
+                    role,
+                    address: format!("wireleap://relay.example:{port}"),
+                    pubkey: PublicKey::from(&SigningKey::from_bytes(&seed)),
+                    versions: software.map(|s| Versions::relay(&s)).unwrap_or_default(),
+                    key,
+                    update_channel: String::new(),
+                    upgrade_channel: channel,
+                    network_usage_limit: limit,
+                };
+                let j = e.to_json();
+                let back: RelayEntry = serde_json::from_str(&j).unwrap();
+                prop_assert_eq!(&back, &e);
+                prop_assert_eq!(back.to_json(), j);
+            }
+        }
+    }
 }

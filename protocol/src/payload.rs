@@ -505,4 +505,28 @@ mod tests {
             let _ = Request::parse(h);
         }
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_headers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = Request::parse(&bytes);
+            }
+
+            #[test]
+            fn target_remote_round_trip(host in "[a-z]{1,10}(\\.[a-z]{2,5})?", port in 1u16..) {
+                let r = Remote::target(&host, port).unwrap();
+                prop_assert_eq!(r.host_port(), format!("{host}:{port}"));
+                prop_assert_eq!(r.kind, RemoteKind::Target);
+                let p = InitPayload::connect(Network::Tcp, r.url.as_str(), token());
+                let Request::Connect(c) = Request::parse(p.to_header_value().as_bytes()).unwrap() else {
+                    panic!("not connect")
+                };
+                prop_assert_eq!(c.remote, r);
+            }
+        }
+    }
 }

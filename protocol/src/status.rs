@@ -278,4 +278,22 @@ mod tests {
         assert!(CHALLENGE.status().is(CHALLENGE));
         assert!(!UPGRADE.status().is(CHALLENGE));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn status_round_trip_is_a_header_value(
+                code in 100u16..600, description in ".*", origin in ".*", cause in ".*",
+            ) {
+                let s = Status { code, description, origin, cause };
+                let j = s.to_json();
+                // Control characters are escaped: always a valid single-line header value.
+                prop_assert!(!j.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0));
+                prop_assert_eq!(Status::from_json(j.as_bytes()).unwrap(), s);
+            }
+        }
+    }
 }

@@ -55,3 +55,50 @@ async fn serve_reports_ready_line_and_file() {
     assert!(dir.path().join("state/contract.seed").exists());
     drop(guard);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pipes_stdin_through_a_relay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let net = wireleap_devnet::Devnet::start(wireleap_devnet::Config::default())
+        .await
+        .unwrap();
+    let peer = crate::support::start_peer(net.ready().contract_pubkey).await;
+    let echo = crate::support::tcp_echo().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wireleap-devnet"))
+        .args(["client", "--contract", net.contract_url(), "--relay"])
+        .arg(peer.address())
+        .arg("--relay-pubkey")
+        .arg(peer.pubkey.to_b64())
+        .arg("--target")
+        .arg(echo.to_string())
+        .args(["--idle-ms", "300"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello through the relay\n").await.unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().unwrap();
+    tokio::time::timeout(
+        crate::support::TEST_TIMEOUT,
+        stdout.read_to_string(&mut out),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = tokio::time::timeout(crate::support::TEST_TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "hello through the relay\n");
+    assert!(status.success());
+    assert_eq!(
+        peer.stats
+            .admitted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
