@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a new signing key: <OUT>.key (secret, mode 0600) and <OUT>.pub (public).
+    /// Create a new signing key: OUT.key (secret, mode 0600) and OUT.pub (public).
     Keygen {
         /// Path prefix of the two files.
         #[arg(long)]
@@ -42,7 +42,7 @@ enum Command {
         user_id: String,
     },
     /// Import an existing unencrypted OpenPGP secret key (e.g. from `sq key generate`, or
-    /// `gpg --export-secret-keys` of a key without passphrase) as <OUT>.key and <OUT>.pub.
+    /// `gpg --export-secret-keys` of a key without passphrase) as OUT.key and OUT.pub.
     Import {
         /// The secret key file (armoured or binary).
         #[arg(long)]
@@ -51,8 +51,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Publish one binary: copy it and the changelog into <ROOT>/v<VERSION>/ and write the
-    /// signed statement <asset>.hash beside them.
+    /// Publish one binary: copy it and the changelog into ROOT/vVERSION/ and write the
+    /// signed statement ASSET.hash beside them.
     Publish {
         /// The release tree's root (served as the base URL).
         #[arg(long)]
@@ -93,14 +93,14 @@ enum Command {
         /// Where to write the signed text.
         output: PathBuf,
     },
-    /// Channels in <ROOT>/channels.json.
+    /// Channels in ROOT/channels.json.
     Channel {
         #[command(subcommand)]
         command: ChannelCommand,
     },
     /// Verify a release statement and binary, as the upgrader would.
     Verify {
-        /// The statement (`<asset>.hash`).
+        /// The statement (`ASSET.hash`).
         #[arg(long)]
         statement: PathBuf,
         /// The binary; without it only the statement is checked.
