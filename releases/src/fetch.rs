@@ -213,13 +213,21 @@ impl Fetcher {
             // path always has its statement beside it.
             durable::write_file(&dest.statement, &verified.raw, 0o644)?;
             let binary = dest.binary.clone();
-            tokio::task::spawn_blocking(move || durable::persist(temp, &binary, 0o755))
-                .await
-                .map_err(|e| Error::Io {
-                    op: "stage",
-                    path: dest.binary.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+            let persisted =
+                tokio::task::spawn_blocking(move || durable::persist(temp, &binary, 0o755))
+                    .await
+                    .map_err(|e| Error::Io {
+                        op: "stage",
+                        path: dest.binary.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                    .and_then(|r| r);
+            if let Err(e) = persisted {
+                // Best effort: no statement without its binary. The error that matters is
+                // the one returned.
+                let _ = std::fs::remove_file(&dest.statement);
+                return Err(e);
+            }
             Ok(StagedRelease {
                 binary: dest.binary.clone(),
                 statement_path: dest.statement.clone(),
