@@ -38,6 +38,13 @@ enum Command {
         #[arg(long)]
         contract: String,
     },
+    /// Run a TCP and UDP echo target (a demo destination) until SIGINT/SIGTERM; prints
+    /// `{"tcp":"127.0.0.1:P","udp":"127.0.0.1:P"}`.
+    Echo {
+        /// Listen address for both (port 0 = any).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,7 +92,8 @@ struct ClientArgs {
     /// Relay address, `wireleap://host:port`; repeat for each hop, first hop first.
     #[arg(long = "relay", required = true)]
     relays: Vec<String>,
-    /// Relay public key (base64url); one per --relay, same order.
+    /// Relay public key (base64url, quotes allowed, or `@FILE` such as a relay's key.pub);
+    /// one per --relay, same order.
     #[arg(long = "relay-pubkey", required = true)]
     relay_pubkeys: Vec<String>,
     /// Target `host:port`.
@@ -122,6 +130,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve(a).await,
             Command::Client(a) => run_client(a).await,
+            Command::Echo { listen } => echo(listen).await,
             Command::Mint { contract } => {
                 let sk = client::activate_servicekey(&contract).await?;
                 println!("{}", serde_json::to_string(&sk)?);
@@ -175,6 +184,38 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn echo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let tcp = tokio::net::TcpListener::bind(listen).await?;
+    let udp = tokio::net::UdpSocket::bind(listen).await?;
+    println!(
+        "{}",
+        serde_json::json!({"tcp": tcp.local_addr()?.to_string(), "udp": udp.local_addr()?.to_string()})
+    );
+    std::io::stdout().flush()?;
+    let tcp_task = async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    };
+    let udp_task = async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&buf[..n], from).await;
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tcp_task => {}
+        _ = udp_task => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     if a.relays.len() != a.relay_pubkeys.len() {
         bail!("give one --relay-pubkey per --relay");
@@ -184,8 +225,12 @@ async fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .zip(&a.relay_pubkeys)
         .map(|(addr, pk)| {
-            let pk =
-                PublicKey::try_from_b64(pk.trim()).with_context(|| format!("relay pubkey {pk}"))?;
+            let text = match pk.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file).with_context(|| file.to_owned())?,
+                None => pk.clone(),
+            };
+            let pk = PublicKey::try_from_b64(text.trim().trim_matches('"'))
+                .with_context(|| format!("relay pubkey {pk}"))?;
             Ok(Hop::new(addr.clone(), pk))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -5,7 +5,9 @@
 //! is called. Keys come from `--state-dir` (`contract.seed`, `directory.seed`, JSON strings
 //! in the `key.seed` form) or are generated.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -111,7 +113,15 @@ fn load_or_create_key(dir: &Path, name: &str) -> Result<SigningKey, Error> {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
             let seed = Seed::generate();
             let text = serde_json::to_string(&seed).map_err(|e| err(e.to_string()))?;
-            std::fs::write(&path, text).map_err(|e| err(e.to_string()))?;
+            // The seed is a secret: owner-only from creation on.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| err(e.to_string()))?;
+            f.write_all(text.as_bytes())
+                .map_err(|e| err(e.to_string()))?;
             Ok(seed.signing_key())
         }
         Err(e) => Err(err(e.to_string())),

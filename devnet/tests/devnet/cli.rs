@@ -68,7 +68,8 @@ async fn client_pipes_stdin_through_a_relay() {
         .args(["client", "--contract", net.contract_url(), "--relay"])
         .arg(peer.address())
         .arg("--relay-pubkey")
-        .arg(peer.pubkey.to_b64())
+        // Quoted, as in a relay's key.pub.
+        .arg(format!("\"{}\"", peer.pubkey.to_b64()))
         .arg("--target")
         .arg(echo.to_string())
         .args(["--idle-ms", "300"])
@@ -101,4 +102,38 @@ async fn client_pipes_stdin_through_a_relay() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+}
+
+#[tokio::test]
+async fn echo_target_for_demos() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wireleap-devnet"))
+        .arg("echo")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(crate::support::TEST_TIMEOUT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let mut s = tokio::net::TcpStream::connect(v["tcp"].as_str().unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    u.connect(v["udp"].as_str().unwrap()).await.unwrap();
+    u.send(b"dgram").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(crate::support::TEST_TIMEOUT, u.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"dgram");
 }
