@@ -22,8 +22,10 @@ use crate::lifecycle::notify;
 use crate::lifecycle::phase::Phase;
 use crate::lifecycle::pidfile;
 use crate::lifecycle::signals::{SignalEvent, Signals};
+use crate::restapi;
+use crate::status::StatusSource;
 use crate::transport::{self, Transport};
-use crate::upgrader::{self, Upgrader};
+use crate::upgrader::Upgrader;
 
 /// The whole shutdown, from the signal to exit, fits in this (less than `stop`'s 3 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2500);
@@ -52,6 +54,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The REST API could not start.
+    #[error(transparent)]
+    RestApi(#[from] restapi::Error),
     /// The runtime could not be built or signals could not be installed.
     #[error("could not start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -146,7 +151,7 @@ struct Actors {
     transport: Addr<Transport>,
     enrollment: Addr<Enrollment>,
     ledger: Addr<Ledger>,
-    upgrader: Addr<Upgrader>,
+    status: StatusSource,
 }
 
 impl Daemon {
@@ -172,11 +177,23 @@ impl Daemon {
             upgrader.clone().recipient(),
         )
         .start();
+        let transport = transport.start();
+        let status = StatusSource {
+            version: self.version.to_string(),
+            enrollment: enrollment.clone(),
+            transport: transport.clone(),
+            ledger: ledger.clone(),
+            upgrader,
+        };
+        let rest = match &self.config.rest_api {
+            Some(api) => Some(restapi::start(api, status.clone()).await?),
+            None => None,
+        };
         let actors = Actors {
             ledger,
-            upgrader,
             enrollment,
-            transport: transport.start(),
+            transport,
+            status,
         };
         info!(phase = %Phase::Serving, "ready");
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
@@ -207,6 +224,9 @@ impl Daemon {
             .is_err()
         {
             warn!(grace = ?SHUTDOWN_GRACE, "shutdown did not finish in time; exiting anyway");
+        }
+        if let Some(rest) = &rest {
+            rest.stop();
         }
         System::current().stop();
         info!(phase = %Phase::Stopped, "stopped");
@@ -242,51 +262,7 @@ impl Daemon {
 
     /// SIGUSR2: the status JSON (the REST `/api/status` shape, spec §2.6) on stdout.
     async fn dump_status(&self, actors: &Actors) {
-        let contracts = actors
-            .enrollment
-            .send(directory::ContractStatuses)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .unwrap_or_default();
-        let transport = actors
-            .transport
-            .send(transport::TransportStatus)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .ok();
-        let tokens = actors
-            .ledger
-            .send(ledger::LedgerCounts)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .ok();
-        let upgrade = actors
-            .upgrader
-            .send(upgrader::UpgraderStatus)
-            .timeout(ACTOR_TIMEOUT)
-            .await
-            .ok();
-        let relay_status: Vec<_> = contracts
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "id": c.id, "address": c.address, "role": c.role,
-                    "status": {"enrolled": c.enrolled, "network_cap_reached": false},
-                    "network_cap": c.network_cap, "network_usage": null,
-                    "contract": c.url, "last_error": c.last_error, "last_heartbeat": c.last_heartbeat,
-                })
-            })
-            .collect();
-        let status = serde_json::json!({
-            "controller_started": true,
-            "network_usage": null,
-            "relay_status": relay_status,
-            "version": self.version.to_string(),
-            "transport": transport,
-            "sharetokens": tokens,
-            "upgrade": upgrade,
-        });
-        println!("{status}");
+        println!("{}", actors.status.json().await);
     }
 }
 

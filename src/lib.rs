@@ -15,6 +15,8 @@
 //! | [`directory`] | actor: enrollment and heartbeat per contract |
 //! | [`ledger`] | actor: sharetokens, replay protection, submission |
 //! | [`upgrader`] | actor: upgrade notices → verified, staged releases |
+//! | [`restapi`] | the REST status API (`GET /api/status`) |
+//! | [`status`] | the status object shared by SIGUSR2 and the REST API |
 //! | [`telemetry`] | the tracing subscriber |
 //! | [`exit`] | process exit codes |
 //! | [`version`] | the software and interface versions |
@@ -30,6 +32,8 @@ pub mod home;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
+pub mod restapi;
+pub mod status;
 pub mod telemetry;
 pub mod transport;
 pub mod upgrader;

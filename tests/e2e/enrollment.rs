@@ -257,3 +257,102 @@ fn a_heartbeat_upgrade_notice_reaches_the_upgrader() {
     );
     home.ok(&["stop"]);
 }
+
+/// One HTTP/1.1 exchange on a connected stream; returns (status code, body).
+fn http_exchange(mut s: impl std::io::Read + std::io::Write, method: &str) -> (u16, String) {
+    write!(
+        s,
+        "{method} /api/status HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn the_rest_api_shows_the_relay_enrolled_on_a_unix_socket_and_over_http() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Standin::start();
+    let home = Home::new();
+    home.ok(&["init"]);
+    let socket = home.file("api.sock");
+    let with_api = config(&[(s.net.contract_url(), None)]).replacen(
+        "{",
+        &format!(
+            r#"{{"rest_api": {{"address": "file://{}", "socket_umask": "600"}}, "#,
+            socket.display()
+        ),
+        1,
+    );
+    home.write("config.json", &with_api);
+    home.ok(&["start"]);
+    s.wait_enrolled(&pubkey(&home), Duration::from_secs(30));
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let mut status = serde_json::Value::Null;
+    eventually(
+        Duration::from_secs(10),
+        "the API to report enrolled",
+        || {
+            let conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            let (code, body) = http_exchange(conn, "GET");
+            assert_eq!(code, 200, "{body}");
+            status = serde_json::from_str(&body).unwrap();
+            status["relay_status"][0]["status"]["enrolled"] == true
+        },
+    );
+    assert_eq!(status["controller_started"], true);
+    assert_eq!(
+        status["relay_status"][0]["id"],
+        s.net.ready().contract_pubkey.to_b64()
+    );
+    assert!(status["network_usage"].is_null());
+
+    let conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let (code, body) = http_exchange(conn, "POST");
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            405,
+            r#"{"code":405,"description":"HTTP method not allowed"}"#
+        )
+    );
+
+    home.ok(&["stop"]);
+    assert!(!socket.exists(), "the socket file was left behind");
+
+    // The same over http://host:port.
+    let with_http = config(&[(s.net.contract_url(), None)]).replacen(
+        "{",
+        r#"{"rest_api": {"address": "http://127.0.0.1:0"}, "#,
+        1,
+    );
+    home.write("config.json", &with_http);
+    home.ok(&["start"]);
+    let mut addr = None;
+    eventually(
+        Duration::from_secs(10),
+        "the REST API address in the log",
+        || {
+            addr = home.read("wireleap-relay.log").lines().rev().find_map(|l| {
+                l.split("address=http://")
+                    .nth(1)
+                    .map(|a| a.split_whitespace().next().unwrap().to_owned())
+            });
+            addr.is_some()
+        },
+    );
+    let conn = std::net::TcpStream::connect(addr.unwrap()).unwrap();
+    let (code, body) = http_exchange(conn, "GET");
+    assert_eq!(code, 200, "{body}");
+    home.ok(&["stop"]);
+}

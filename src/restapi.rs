@@ -1,0 +1,170 @@
+//! The REST status API (spec §2.6): `GET /api/status` over plain HTTP/1.1, on a unix socket
+//! (`file:///path`, chmod to `socket_umask`) or on `http://host:port`. Other methods get 405 with
+//! a JSON status body, other paths 404. The reply is the same object SIGUSR2 prints.
+//!
+//! Off unless `rest_api.address` is set. The unix socket file is replaced at start and removed
+//! at shutdown. Who calls it: the daemon, once, after the actors run.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::config::{RestAddress, RestApi};
+use crate::status::StatusSource;
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address could not be bound, or the socket file not replaced or chmod-ed.
+    #[error("could not start the REST API on {address}: {source}")]
+    Bind {
+        /// The configured address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+/// A running REST API. Dropping it does not stop it; call [`RestApiHandle::stop`].
+#[derive(Debug)]
+pub struct RestApiHandle {
+    stop: CancellationToken,
+    socket: Option<PathBuf>,
+    /// Where it listens, for the log.
+    pub address: String,
+}
+
+impl RestApiHandle {
+    /// Stops accepting and removes the unix socket file.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Binds the configured address and serves in the background.
+///
+/// # Errors
+/// [`Error::Bind`].
+pub async fn start(config: &RestApi, source: StatusSource) -> Result<RestApiHandle, Error> {
+    let (listener, address) = match &config.address {
+        RestAddress::Unix(path) => {
+            let address = format!("file://{}", path.display());
+            let bind_err = |source| Error::Bind {
+                address: address.clone(),
+                source,
+            };
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(bind_err(e)),
+            }
+            let l = UnixListener::bind(path).map_err(bind_err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
+                .map_err(bind_err)?;
+            (Listener::Unix(l, path.clone()), address)
+        }
+        RestAddress::Http(hostport) => {
+            let l = TcpListener::bind(hostport.as_str())
+                .await
+                .map_err(|source| Error::Bind {
+                    address: hostport.clone(),
+                    source,
+                })?;
+            let bound = l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| hostport.clone());
+            (Listener::Tcp(l), format!("http://{bound}"))
+        }
+    };
+    info!(address = %address, "REST API listening");
+    let stop = CancellationToken::new();
+    let socket = match &listener {
+        Listener::Unix(_, p) => Some(p.clone()),
+        Listener::Tcp(_) => None,
+    };
+    tokio::spawn(serve(listener, Arc::new(source), stop.clone()));
+    Ok(RestApiHandle {
+        stop,
+        socket,
+        address,
+    })
+}
+
+async fn serve(listener: Listener, source: Arc<StatusSource>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = accept(&listener) => a,
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => {
+                debug!(error = %e, "REST API accept failed");
+                continue;
+            }
+        };
+        let source = Arc::clone(&source);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let source = Arc::clone(&source);
+                async move { Ok::<_, Infallible>(respond(req, &source).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            if let Err(e) = conn.await {
+                debug!(error = %e, "REST API connection ended");
+            }
+        });
+    }
+}
+
+type Io = TokioIo<Box<dyn IoStream>>;
+
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoStream for T {}
+
+async fn accept(listener: &Listener) -> std::io::Result<Io> {
+    Ok(match listener {
+        Listener::Unix(l, _) => TokioIo::new(Box::new(l.accept().await?.0) as Box<dyn IoStream>),
+        Listener::Tcp(l) => TokioIo::new(Box::new(l.accept().await?.0) as Box<dyn IoStream>),
+    })
+}
+
+async fn respond(req: Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes>> {
+    let (code, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/api/status") => (StatusCode::OK, source.json().await.to_string()),
+        (_, "/api/status") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"code":405,"description":"HTTP method not allowed"}"#.to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            r#"{"code":404,"description":"resource not found"}"#.to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
