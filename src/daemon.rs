@@ -46,6 +46,9 @@ pub enum Error {
     /// The listener or TLS could not be set up.
     #[error(transparent)]
     Transport(#[from] transport::Error),
+    /// The sharetoken ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] ledger::Error),
     /// The pid file could not be written.
     #[error("could not write {}: {source}", path.display())]
     PidFile {
@@ -158,7 +161,13 @@ impl Daemon {
     async fn serve(self, tls: std::sync::Arc<rustls::ServerConfig>) -> Result<u8, Error> {
         let mut signals = Signals::install().map_err(Error::Runtime)?;
         let admission = directory::Admission::new();
-        let ledger = Ledger::new().start();
+        let ledger = Ledger::try_open(
+            &self.home,
+            &self.config,
+            self.api.clone(),
+            admission.clone(),
+        )?
+        .start();
         let deps = transport::Deps {
             relay_pubkey: self.relay_pubkey.clone(),
             admission: admission.clone(),

@@ -78,6 +78,12 @@ impl Admission {
         gates.keys().cloned().collect()
     }
 
+    /// The configured URL of a contract, by its id (the ledger submits tokens there).
+    pub fn url_of(&self, contract_id: &str) -> Option<String> {
+        let gates = self.gates.read().unwrap_or_else(PoisonError::into_inner);
+        gates.get(contract_id).map(|g| g.url.clone())
+    }
+
     /// Registers a contract (not enrolled) or updates its URL.
     pub fn register(&self, contract_id: &str, url: &str) {
         let mut gates = self.gates.write().unwrap_or_else(PoisonError::into_inner);

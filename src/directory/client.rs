@@ -250,6 +250,93 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Submits a sharetoken: `POST <contract>/submit` with the token JSON exactly as stored,
+    /// signed with both interface headers as the daemon's client does (spec §5.6). Any 2xx reply
+    /// whose body is valid JSON means accepted.
+    ///
+    /// # Errors
+    /// Any [`Error`]; a reply that is not JSON is [`Error::Decode`].
+    pub async fn submit(
+        &self,
+        contract: &str,
+        token_json: &[u8],
+        retry: Retry,
+    ) -> Result<(), Error> {
+        let url = format!("{contract}/submit");
+        let reply = self
+            .call_retrying(
+                Method::POST,
+                &url,
+                token_json,
+                &[Interface::RelayDir, Interface::RelayContract],
+                retry,
+            )
+            .await?;
+        decode::<serde_json::Value>(&url, &reply.body).map(|_| ())
+    }
+
+    /// `GET <contract>/payout/balance`, `/payout/tokens` and `/payout/withdrawals`, signed with
+    /// the relay-contract header only (spec §5.7). The replies are passed through unparsed
+    /// beyond JSON.
+    ///
+    /// # Errors
+    /// The first failing call's [`Error`].
+    pub async fn balance(&self, contract: &str, retry: Retry) -> Result<Balance, Error> {
+        let mut parts = Vec::with_capacity(3);
+        for path in ["balance", "tokens", "withdrawals"] {
+            let url = format!("{contract}/payout/{path}");
+            let reply = self
+                .call_retrying(
+                    Method::GET,
+                    &url,
+                    signed::GET_BODY,
+                    &[Interface::RelayContract],
+                    retry,
+                )
+                .await?;
+            parts.push(decode::<serde_json::Value>(&url, &reply.body)?);
+        }
+        let mut parts = parts.into_iter();
+        let mut next = || parts.next().unwrap_or(serde_json::Value::Null);
+        Ok(Balance {
+            contract: contract.to_owned(),
+            balance: next(),
+            tokens: next(),
+            withdrawal: next(),
+        })
+    }
+
+    /// `POST <contract>/payout/withdrawals` with `{"amount","type","destination"}` (spec §5.7;
+    /// `type` is `"TODO"` as in the reference), relay-contract header only. Returns the reply.
+    ///
+    /// # Errors
+    /// Any [`Error`].
+    pub async fn withdraw(
+        &self,
+        contract: &str,
+        amount: u64,
+        destination: &str,
+        retry: Retry,
+    ) -> Result<serde_json::Value, Error> {
+        let url = format!("{contract}/payout/withdrawals");
+        let body =
+            serde_json::json!({"amount": amount, "type": "TODO", "destination": destination});
+        let body = serde_json::to_vec(&body).map_err(|e| Error::Decode {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
+        let reply = self
+            .call_retrying(
+                Method::POST,
+                &url,
+                &body,
+                &[Interface::RelayContract],
+                retry,
+            )
+            .await?;
+        decode(&url, &reply.body)
+    }
+
     async fn call_retrying(
         &self,
         method: Method,
@@ -329,6 +416,19 @@ impl Client {
             status,
         })
     }
+}
+
+/// One contract's payout state as `balance` prints it (spec §5.7: the reference's keys).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Balance {
+    /// The contract URL.
+    pub contract: String,
+    /// `GET /payout/balance`, as sent.
+    pub balance: serde_json::Value,
+    /// `GET /payout/tokens`, as sent.
+    pub tokens: serde_json::Value,
+    /// `GET /payout/withdrawals`, as sent.
+    pub withdrawal: serde_json::Value,
 }
 
 fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, Error> {

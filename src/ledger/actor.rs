@@ -1,34 +1,119 @@
 //! The [`Ledger`] actor and its messages.
 //!
-//! Restart: would rebuild from disk. Shutdown: [`Flush`] after the drain, so every token of a
-//! finished stream is durable before the process exits.
+//! The actor is the control plane of the ledger: it turns [`AdmitToken`] into a job for the
+//! writer thread and answers once the token is committed, and it runs a submission round every
+//! `auto_submit_interval`. It never touches the disk itself.
 //!
-//! Until the durable store lands (issue #5), admitted tokens are kept in memory: replay
-//! protection holds for the life of the process, and tokens are lost at exit.
+//! Restart: rebuilds from the database, losing nothing (every admitted token is committed before
+//! its `Ok`). Shutdown: [`Flush`] after the drain waits for the writer's queue and checkpoints
+//! the WAL.
 
-use std::collections::HashSet;
+use std::path::Path;
 
 use actix::prelude::*;
+use tracing::{info, warn};
 use wireleap_protocol::Sharetoken;
 
+use super::Error;
+use super::store::{self, Inserted, Row, Store};
+use super::submit::Submitter;
+use super::writer::Writer;
+use crate::config::Config;
+use crate::directory::Admission;
+use crate::directory::client::Client;
+
 /// The sharetoken ledger.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
-    /// (contract key, servicekey, signature) of every admitted token: the replay key of spec §5.4.
-    seen: HashSet<(String, String, String)>,
-    /// Counts shown by `status`.
-    counts: TokenCounts,
+    /// The writer thread (owns the database connection).
+    writer: Writer,
+    /// Submission settings; `None` when `auto_submit_interval` is 0 (tokens accumulate).
+    submitter: Option<Submitter>,
+    /// A submission round is in progress (rounds never overlap).
+    submitting: bool,
 }
 
 impl Ledger {
-    /// An empty ledger.
+    /// A ledger in memory without submission: replay protection for the life of the process
+    /// only. For tests of other actors; the daemon uses [`Ledger::try_open`].
     pub fn new() -> Self {
-        Self::default()
+        let writer = match Store::in_memory()
+            .map_err(|e| e.to_string())
+            .and_then(|s| Writer::spawn(s).map_err(|e| e.to_string()))
+        {
+            Ok(w) => w,
+            Err(e) => Writer::failed(e),
+        };
+        Self {
+            writer,
+            submitter: None,
+            submitting: false,
+        }
+    }
+
+    /// Opens the ledger database in `home` and prepares submission per `config`
+    /// (`auto_submit_interval`, `archive_dir`); contract URLs come from `admission`.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the database cannot be opened, [`Error::Thread`] if the writer
+    /// thread cannot start.
+    pub fn try_open(
+        home: &Path,
+        config: &Config,
+        client: Client,
+        admission: Admission,
+    ) -> Result<Self, Error> {
+        let store = Store::open(&home.join(store::DB_FILE))?;
+        let writer = Writer::spawn(store).map_err(Error::Thread)?;
+        let submitter = config.auto_submit_interval.map(|interval| Submitter {
+            client,
+            admission,
+            interval,
+            archive_dir: config.archive_dir.as_ref().map(|d| home.join(d)),
+        });
+        Ok(Self {
+            writer,
+            submitter,
+            submitting: false,
+        })
+    }
+
+    fn start_round(&mut self, ctx: &mut Context<Self>) {
+        let Some(sub) = self.submitter.clone() else {
+            return;
+        };
+        if self.submitting {
+            return;
+        }
+        self.submitting = true;
+        let writer = self.writer.clone();
+        ctx.spawn(
+            async move { sub.round(&writer).await }
+                .into_actor(self)
+                .map(|_, act, _| act.submitting = false),
+        );
+    }
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl Actor for Ledger {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(sub) = &self.submitter {
+            info!(interval = ?sub.interval, archive = ?sub.archive_dir, "sharetoken submission on");
+            // Tokens left from before (a restart) go at the first tick, as in the reference.
+            ctx.run_interval(sub.interval, |act, ctx| act.start_round(ctx));
+            ctx.run_later(std::time::Duration::ZERO, |act, ctx| act.start_round(ctx));
+        } else {
+            info!("sharetoken submission off (auto_submit_interval is 0)");
+        }
+    }
 }
 
 /// Why a token was not admitted.
@@ -49,31 +134,25 @@ impl AdmitError {
     }
 }
 
-/// Store a verified sharetoken, refusing a replay. Replies once the token is stored: the
-/// transport admits the stream only after `Ok`.
+/// Store a verified sharetoken, refusing a replay. Replies once the token is committed to disk:
+/// the transport admits the stream only after `Ok`.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), AdmitError>")]
 pub struct AdmitToken(pub Sharetoken);
 
 impl Handler<AdmitToken> for Ledger {
-    type Result = Result<(), AdmitError>;
+    type Result = ResponseFuture<Result<(), AdmitError>>;
 
     fn handle(&mut self, AdmitToken(token): AdmitToken, _ctx: &mut Self::Context) -> Self::Result {
-        let key = (
-            token
-                .contract
-                .public_key
-                .as_ref()
-                .map(|k| k.to_b64())
-                .unwrap_or_default(),
-            token.public_key.to_b64(),
-            token.signature.to_b64(),
-        );
-        if !self.seen.insert(key) {
-            return Err(AdmitError::Duplicate);
-        }
-        self.counts.pending += 1;
-        Ok(())
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            let row = Row::try_from_token(&token).map_err(|e| AdmitError::Store(e.to_string()))?;
+            match writer.admit(row).await {
+                Ok(Inserted::New) => Ok(()),
+                Ok(Inserted::Duplicate) => Err(AdmitError::Duplicate),
+                Err(e) => Err(AdmitError::Store(e)),
+            }
+        })
     }
 }
 
@@ -82,11 +161,11 @@ impl Handler<AdmitToken> for Ledger {
 pub struct TokenCounts {
     /// Admitted, not yet submitted.
     pub pending: u64,
-    /// Accepted by the contract.
+    /// Accepted by the contract (no archive configured).
     pub submitted: u64,
     /// Settlement window closed before acceptance; kept.
     pub expired: u64,
-    /// Moved to the archive.
+    /// Accepted by the contract and written to the archive.
     pub archived: u64,
 }
 
@@ -96,9 +175,17 @@ pub struct TokenCounts {
 pub struct Flush;
 
 impl Handler<Flush> for Ledger {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _msg: Flush, _ctx: &mut Self::Context) {}
+    fn handle(&mut self, _msg: Flush, _ctx: &mut Self::Context) -> Self::Result {
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            // Every admitted token is already committed; this drains the queue and folds the WAL.
+            if let Err(e) = writer.flush().await {
+                warn!(error = %e, "ledger flush failed");
+            }
+        })
+    }
 }
 
 /// Ask for the token counts.
@@ -107,9 +194,61 @@ impl Handler<Flush> for Ledger {
 pub struct LedgerCounts;
 
 impl Handler<LedgerCounts> for Ledger {
-    type Result = TokenCounts;
+    type Result = ResponseFuture<TokenCounts>;
 
-    fn handle(&mut self, _msg: LedgerCounts, _ctx: &mut Self::Context) -> TokenCounts {
-        self.counts
+    fn handle(&mut self, _msg: LedgerCounts, _ctx: &mut Self::Context) -> Self::Result {
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            match writer.counts().await {
+                Ok(c) => TokenCounts {
+                    pending: c.pending,
+                    submitted: c.submitted,
+                    expired: c.expired,
+                    archived: c.archived,
+                },
+                Err(e) => {
+                    warn!(error = %e, "ledger counts unavailable");
+                    TokenCounts::default()
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wireleap_protocol::{Contract, Servicekey, keys};
+
+    fn token(contract: &keys::SigningKey, relay: wireleap_protocol::PublicKey) -> Sharetoken {
+        let now = wireleap_protocol::unix_now();
+        let c = Contract::sign(contract, now + 60, now + 120);
+        let sk = Servicekey::from_signing_key(keys::generate_signing_key(), Some(c));
+        Sharetoken::new(&sk, relay, now).unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn ledger_actor_admits_once_and_counts() {
+        let contract = keys::generate_signing_key();
+        let relay = wireleap_protocol::PublicKey::from(&keys::generate_signing_key());
+        let ledger = Ledger::new().start();
+        let tokens: Vec<_> = (0..50).map(|_| token(&contract, relay)).collect();
+        // Every token twice, all at once: each is admitted exactly once.
+        let replies = futures::future::join_all(
+            tokens
+                .iter()
+                .chain(tokens.iter())
+                .map(|t| ledger.send(AdmitToken(t.clone()))),
+        )
+        .await;
+        let ok = replies.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+        let dup = replies
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(AdmitError::Duplicate))))
+            .count();
+        assert_eq!((ok, dup), (50, 50));
+        let counts = ledger.send(LedgerCounts).await.unwrap();
+        assert_eq!(counts.pending, 50);
+        ledger.send(Flush).await.unwrap();
     }
 }

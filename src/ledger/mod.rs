@@ -1,10 +1,36 @@
 //! Ledger: the relay's sharetokens, its income.
 //!
-//! The [`Ledger`] actor is the one place tokens are admitted, stored and submitted. The durable
-//! store, replay protection and submission come with issue #5; the transport (issue #3) talks to
-//! it through the messages defined here. Who calls it: the transport (admit), the daemon (flush
-//! at shutdown, counts for status).
+//! The [`Ledger`] actor is the one place tokens are admitted, stored and submitted: a token is
+//! committed to the SQLite database in the home directory (`ledger.db`) before its stream is
+//! admitted, a uniqueness constraint is the replay protection (shared safely by two relay
+//! processes during a hot upgrade), and pending tokens are submitted to their contracts until
+//! their settlement window closes (spec §5.4–§5.6, §10 #4).
+//!
+//! # Layout
+//! - [`actor`](Ledger): the actor and its messages (transport: [`AdmitToken`]; daemon:
+//!   [`Flush`], [`LedgerCounts`]).
+//! - [`store`]: the database (schema, group-commit insert, claims, outcomes, counts).
+//! - [`writer`]: the thread that owns the connection; async callers never block on disk.
+//! - [`submit`]: submission rounds and the archive.
+//!
+//! Who calls it: the transport (admit), the daemon (open, flush at shutdown, counts), the
+//! migrations (import, schema).
 
 mod actor;
+pub mod store;
+pub mod submit;
+pub mod writer;
 
 pub use actor::{AdmitError, AdmitToken, Flush, Ledger, LedgerCounts, TokenCounts};
+pub use store::{DB_FILE, Store};
+
+/// Why the ledger could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The writer thread could not start.
+    #[error("could not start the ledger thread: {0}")]
+    Thread(std::io::Error),
+}

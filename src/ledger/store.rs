@@ -1,0 +1,632 @@
+//! The ledger's persistence: one SQLite database in the home directory, written by one
+//! connection at a time.
+//!
+//! # Durability
+//! The database runs in WAL mode with `synchronous=FULL`: every committed transaction is fsynced
+//! before `COMMIT` returns, so a token survives `kill -9` *and* power loss once its admission is
+//! answered. (`NORMAL` would survive a process crash but may lose the last transactions on power
+//! loss; with group commit the fsync is paid once per batch, so `FULL` costs little.)
+//!
+//! # Replay protection
+//! `UNIQUE (contract, servicekey, signature)` (spec §5.4 rule 5). Inserts run inside
+//! `BEGIN IMMEDIATE`, so two processes sharing the file (hot upgrade) serialize on SQLite's write
+//! lock and the second one sees the first one's row: a token is admitted by exactly one of them.
+//!
+//! # States
+//! `pending` (admitted, not yet accepted by the contract) → `submitted` (accepted; no archive
+//! configured) or `archived` (accepted and written to `archive_dir`), or `expired` (the
+//! settlement window closed first; kept, never deleted, spec §10 #4).
+//!
+//! Who calls it: the ledger's writer thread ([`super::writer`]), the import migration, tests.
+//! It never runs on an async thread.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use wireleap_protocol::Sharetoken;
+
+/// File name of the ledger database in the home directory.
+pub const DB_FILE: &str = "ledger.db";
+/// How long a writer waits for another process holding the write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The schema version this code reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The schema, version 1. Kept in step with the ledger-schema migration.
+pub const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS sharetokens (
+    id               INTEGER PRIMARY KEY,
+    contract         TEXT    NOT NULL,
+    servicekey       TEXT    NOT NULL,
+    signature        TEXT    NOT NULL,
+    settlement_open  INTEGER NOT NULL,
+    settlement_close INTEGER NOT NULL,
+    body             TEXT    NOT NULL,
+    state            TEXT    NOT NULL DEFAULT 'pending',
+    admitted_at      INTEGER NOT NULL,
+    next_attempt     INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    settled_at       INTEGER,
+    UNIQUE (contract, servicekey, signature)
+);
+CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
+";
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened or set up.
+    #[error("could not open the ledger {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer relay.
+    #[error("the ledger {} has schema version {found}, this relay knows up to {SCHEMA_VERSION}", path.display())]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+    },
+    /// A statement failed.
+    #[error("ledger database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A token could not be encoded.
+    #[error("could not encode a sharetoken: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Whether another process holds the database locked for longer than [`BUSY_TIMEOUT`].
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Sql(e) | Error::Open { source: e, .. }
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
+    }
+}
+
+/// A token's state in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Admitted, not yet accepted by the contract.
+    Pending,
+    /// Accepted by the contract, no archive configured.
+    Submitted,
+    /// Accepted and written to the archive.
+    Archived,
+    /// Settlement window closed before acceptance.
+    Expired,
+}
+
+impl State {
+    /// The text stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Submitted => "submitted",
+            State::Archived => "archived",
+            State::Expired => "expired",
+        }
+    }
+}
+
+/// A token ready to be written: the replay key, the window, and the JSON body.
+#[derive(Clone)]
+pub struct Row {
+    /// Contract id, base64url.
+    pub contract: String,
+    /// Servicekey public key, base64url.
+    pub servicekey: String,
+    /// Token signature, base64url (the token's id).
+    pub signature: String,
+    /// Unix seconds.
+    pub settlement_open: i64,
+    /// Unix seconds.
+    pub settlement_close: i64,
+    /// The token JSON as it is submitted.
+    pub body: String,
+}
+
+impl std::fmt::Debug for Row {
+    // The body is a bearer proof of payment: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("contract", &self.contract)
+            .field("signature", &self.signature)
+            .field("body", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Row {
+    /// The row of a verified token (its JSON as the reference writes it).
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the token does not serialize (never for a parsed token).
+    pub fn try_from_token(token: &Sharetoken) -> Result<Self, Error> {
+        Ok(Self::with_body(token, serde_json::to_string(token)?))
+    }
+
+    /// The row of a token with its body as found on disk (import keeps the bytes).
+    pub fn with_body(token: &Sharetoken, body: String) -> Self {
+        Self {
+            contract: token
+                .contract
+                .public_key
+                .map(|k| k.to_b64())
+                .unwrap_or_default(),
+            servicekey: token.public_key.to_b64(),
+            signature: token.signature.to_b64(),
+            settlement_open: token.contract.settlement_open,
+            settlement_close: token.contract.settlement_close,
+            body,
+        }
+    }
+}
+
+/// A pending token handed to submission.
+#[derive(Clone)]
+pub struct Due {
+    /// Row id.
+    pub id: i64,
+    /// Contract id, base64url.
+    pub contract: String,
+    /// Token id (signature, base64url).
+    pub signature: String,
+    /// Unix seconds.
+    pub settlement_close: i64,
+    /// The JSON to POST.
+    pub body: String,
+}
+
+impl std::fmt::Debug for Due {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Due")
+            .field("id", &self.id)
+            .field("contract", &self.contract)
+            .field("body", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of one submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted; `archived` when the archive file was written.
+    Accepted {
+        /// Whether it went to the archive.
+        archived: bool,
+    },
+    /// Failed; try again at `next_attempt` (unix seconds).
+    Retry {
+        /// When.
+        next_attempt: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Final: the window closed.
+    Expire {
+        /// Why.
+        error: String,
+    },
+    /// Not attempted (e.g. contract URL unknown yet): due again at `next_attempt`, no attempt
+    /// counted.
+    Postpone {
+        /// When.
+        next_attempt: i64,
+    },
+}
+
+/// Token counts by state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Pending.
+    pub pending: u64,
+    /// Submitted (not archived).
+    pub submitted: u64,
+    /// Expired.
+    pub expired: u64,
+    /// Archived.
+    pub archived: u64,
+}
+
+/// The result of inserting one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// New token.
+    New,
+    /// Its (contract, servicekey, signature) is already in the ledger.
+    Duplicate,
+}
+
+/// An open ledger database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the ledger at `path` and brings its schema to
+    /// [`SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    /// [`Error::Open`], or [`Error::NewerSchema`] when a newer relay wrote it.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let open = |source| Error::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open)?;
+        let store = Self::setup(conn).map_err(open)?;
+        let found = store.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(Error::NewerSchema {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        store.migrate_schema()?;
+        Ok(store)
+    }
+
+    /// A private in-memory ledger (tests, and a relay without a home).
+    ///
+    /// # Errors
+    /// [`Error::Sql`] if SQLite cannot allocate it.
+    pub fn in_memory() -> Result<Self, Error> {
+        let store = Self::setup(Connection::open_in_memory()?)?;
+        store.migrate_schema()?;
+        Ok(store)
+    }
+
+    fn setup(conn: Connection) -> Result<Self, rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // `journal_mode` returns a row; read it rather than `pragma_update`, which rejects rows.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(Self { conn })
+    }
+
+    /// `PRAGMA user_version`.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn schema_version(&self) -> Result<i64, Error> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Creates the schema if it is missing (idempotent; the migrations crate owns the steps,
+    /// this keeps a fresh relay usable without a supervisor).
+    fn migrate_schema(&self) -> Result<(), Error> {
+        if self.schema_version()? >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V1)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Inserts a batch of tokens in one transaction (group commit): one fsync for all of them.
+    /// Each token's result is in the same order as `rows`; a token already present, or twice in
+    /// the batch, is [`Inserted::Duplicate`].
+    ///
+    /// # Errors
+    /// [`Error::Sql`] if the transaction fails; then none of the batch is stored.
+    pub fn insert_batch(&mut self, rows: &[Row], now: i64) -> Result<Vec<Inserted>, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(rows.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
+                     settlement_close, body, admitted_at, next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (contract, servicekey, signature) DO NOTHING",
+            )?;
+            for r in rows {
+                let n = stmt.execute(params![
+                    r.contract,
+                    r.servicekey,
+                    r.signature,
+                    r.settlement_open,
+                    r.settlement_close,
+                    r.body,
+                    now,
+                    r.settlement_open.saturating_add(1),
+                ])?;
+                out.push(if n == 1 {
+                    Inserted::New
+                } else {
+                    Inserted::Duplicate
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Expires every pending token whose window closed by `now`, then claims up to `limit`
+    /// pending tokens due by `now`: their next attempt moves to `now + lease`, so another
+    /// process sharing the ledger does not submit them at the same time, and a process killed
+    /// mid-submission leaves them due again once the lease runs out.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn claim_due(&mut self, now: i64, lease: i64, limit: usize) -> Result<Vec<Due>, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE sharetokens SET state = 'expired', settled_at = ?1,
+                 last_error = coalesce(last_error, 'settlement window closed before submission')
+             WHERE state = 'pending' AND settlement_close <= ?1",
+            params![now],
+        )?;
+        let due = {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE sharetokens SET next_attempt = ?2
+                 WHERE id IN (SELECT id FROM sharetokens
+                              WHERE state = 'pending' AND next_attempt <= ?1
+                              ORDER BY next_attempt LIMIT ?3)
+                 RETURNING id, contract, signature, settlement_close, body",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![now, now.saturating_add(lease), limit], |r| {
+                Ok(Due {
+                    id: r.get(0)?,
+                    contract: r.get(1)?,
+                    signature: r.get(2)?,
+                    settlement_close: r.get(3)?,
+                    body: r.get(4)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(due)
+    }
+
+    /// Records the outcomes of submissions, in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn record(&mut self, outcomes: &[(i64, Outcome)], now: i64) -> Result<(), Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (id, outcome) in outcomes {
+            // Only a pending token changes: another process may have settled it meanwhile.
+            match outcome {
+                Outcome::Accepted { archived } => {
+                    let state = if *archived {
+                        State::Archived
+                    } else {
+                        State::Submitted
+                    };
+                    tx.execute(
+                        "UPDATE sharetokens SET state = ?2, settled_at = ?3,
+                             attempts = attempts + 1, last_error = NULL
+                         WHERE id = ?1 AND state = 'pending'",
+                        params![id, state.as_str(), now],
+                    )?;
+                }
+                Outcome::Retry {
+                    next_attempt,
+                    error,
+                } => {
+                    tx.execute(
+                        "UPDATE sharetokens SET next_attempt = ?2, attempts = attempts + 1,
+                             last_error = ?3
+                         WHERE id = ?1 AND state = 'pending'",
+                        params![id, next_attempt, error],
+                    )?;
+                }
+                Outcome::Expire { error } => {
+                    tx.execute(
+                        "UPDATE sharetokens SET state = 'expired', settled_at = ?2,
+                             attempts = attempts + 1, last_error = ?3
+                         WHERE id = ?1 AND state = 'pending'",
+                        params![id, now, error],
+                    )?;
+                }
+                Outcome::Postpone { next_attempt } => {
+                    tx.execute(
+                        "UPDATE sharetokens SET next_attempt = ?2
+                         WHERE id = ?1 AND state = 'pending'",
+                        params![id, next_attempt],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counts by state.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn counts(&self) -> Result<Counts, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, count(*) FROM sharetokens GROUP BY state")?;
+        let mut counts = Counts::default();
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (state, n) = row?;
+            let n = u64::try_from(n).unwrap_or(0);
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "submitted" => counts.submitted = n,
+                "expired" => counts.expired = n,
+                "archived" => counts.archived = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The state of one token, by its replay key.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn state_of(
+        &self,
+        contract: &str,
+        servicekey: &str,
+        signature: &str,
+    ) -> Result<Option<String>, Error> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT state FROM sharetokens
+                 WHERE contract = ?1 AND servicekey = ?2 AND signature = ?3",
+                params![contract, servicekey, signature],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Folds the WAL into the main file (best effort; used at shutdown so the file is
+    /// self-contained for backups).
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// The connection (import and migrations run their own statements).
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(sig: &str, open: i64, close: i64) -> Row {
+        Row {
+            contract: "c".into(),
+            servicekey: "sk".into(),
+            signature: sig.into(),
+            settlement_open: open,
+            settlement_close: close,
+            body: format!("{{\"sig\":\"{sig}\"}}"),
+        }
+    }
+
+    #[test]
+    fn ledger_store_rejects_replays_within_and_across_batches() {
+        let mut s = Store::in_memory().unwrap();
+        let r = s
+            .insert_batch(&[row("a", 10, 20), row("b", 10, 20), row("a", 10, 20)], 1)
+            .unwrap();
+        assert_eq!(r, [Inserted::New, Inserted::New, Inserted::Duplicate]);
+        let r = s.insert_batch(&[row("b", 10, 20)], 2).unwrap();
+        assert_eq!(r, [Inserted::Duplicate]);
+        assert_eq!(s.counts().unwrap().pending, 2);
+    }
+
+    #[test]
+    fn ledger_store_claims_due_tokens_once_per_lease_and_expires_closed_windows() {
+        let mut s = Store::in_memory().unwrap();
+        s.insert_batch(&[row("a", 10, 100), row("b", 50, 100), row("c", 5, 8)], 1)
+            .unwrap();
+        // At 11: a is due (open + 1), c's window closed, b not yet due.
+        let due = s.claim_due(11, 30, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].signature, "a");
+        assert_eq!(s.counts().unwrap().expired, 1);
+        // Claimed: not handed out again within the lease.
+        assert!(s.claim_due(12, 30, 10).unwrap().is_empty());
+        // After the lease it is due again (a process died mid-submission).
+        assert_eq!(s.claim_due(41, 30, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ledger_store_records_outcomes() {
+        let mut s = Store::in_memory().unwrap();
+        s.insert_batch(
+            &[
+                row("a", 10, 100),
+                row("b", 10, 100),
+                row("c", 10, 100),
+                row("d", 10, 100),
+            ],
+            1,
+        )
+        .unwrap();
+        let due = s.claim_due(20, 5, 10).unwrap();
+        let id = |sig: &str| due.iter().find(|d| d.signature == sig).unwrap().id;
+        s.record(
+            &[
+                (id("a"), Outcome::Accepted { archived: false }),
+                (id("b"), Outcome::Accepted { archived: true }),
+                (
+                    id("c"),
+                    Outcome::Expire {
+                        error: "closed".into(),
+                    },
+                ),
+                (
+                    id("d"),
+                    Outcome::Retry {
+                        next_attempt: 30,
+                        error: "500".into(),
+                    },
+                ),
+            ],
+            21,
+        )
+        .unwrap();
+        assert_eq!(
+            s.counts().unwrap(),
+            Counts {
+                pending: 1,
+                submitted: 1,
+                expired: 1,
+                archived: 1
+            }
+        );
+        assert!(s.claim_due(29, 5, 10).unwrap().is_empty());
+        assert_eq!(s.claim_due(30, 5, 10).unwrap()[0].signature, "d");
+        // A settled token never goes back.
+        s.record(&[(id("a"), Outcome::Expire { error: "x".into() })], 40)
+            .unwrap();
+        assert_eq!(
+            s.state_of("c", "sk", "a").unwrap().as_deref(),
+            Some("submitted")
+        );
+    }
+
+    #[test]
+    fn ledger_store_persists_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.insert_batch(&[row("a", 10, 20)], 1).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.counts().unwrap().pending, 1);
+        s.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        assert!(matches!(
+            Store::open(&path),
+            Err(Error::NewerSchema { found: 99, .. })
+        ));
+    }
+}

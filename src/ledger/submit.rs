@@ -1,0 +1,280 @@
+//! Submission of pending sharetokens to their contracts (spec §5.6 with §10 #4).
+//!
+//! A round claims the tokens that are due (`settlement_open + 1` for a new token, later for a
+//! retry), POSTs each to `<contract URL>/submit` with a few in flight at once, and records every
+//! outcome in one transaction:
+//! - accepted (2xx with a JSON body, or 409 "already submitted" after a crash between the
+//!   contract's answer and our commit): `archived` when `archive_dir` is set and the file was
+//!   written in the reference layout `<archive_dir>/<contract>/<signature>.json`, else
+//!   `submitted`;
+//! - "settlement window already closed": `expired`, final;
+//! - any other failure: retried one `auto_submit_interval` later, until `settlement_close`,
+//!   when the token is expired (and kept).
+//!
+//! The round makes one attempt per token: the ledger's own schedule is the retry, so a contract
+//! that is down does not hold a round for the reference's 3 × 5 s. Who calls it: the
+//! [`super::Ledger`] actor, once per `auto_submit_interval`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tracing::{debug, info, warn};
+use wireleap_protocol::status;
+use wireleap_protocol::unix_now;
+
+use super::store::{Due, Outcome};
+use super::writer::Writer;
+use crate::directory::Admission;
+use crate::directory::client::{self, Client, Retry};
+
+/// Tokens claimed per batch of a round.
+const CLAIM_LIMIT: usize = 256;
+/// Batches per round at most (the next tick picks up the rest).
+const MAX_BATCHES: usize = 64;
+/// Submissions in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// What a submission round needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    /// The signed API client.
+    pub client: Client,
+    /// Contract id → URL.
+    pub admission: Admission,
+    /// The tick; a failed token is retried one interval later.
+    pub interval: Duration,
+    /// `<home>/<archive_dir>`, if configured.
+    pub archive_dir: Option<PathBuf>,
+}
+
+impl Submitter {
+    /// How long a claimed token stays invisible to other rounds (and to another process
+    /// sharing the ledger): long enough for one submission, short enough that a token whose
+    /// process died mid-submission is retried soon.
+    fn lease(&self) -> i64 {
+        let secs = i64::try_from(self.interval.as_secs()).unwrap_or(i64::MAX);
+        secs.saturating_mul(2).clamp(2, 60)
+    }
+
+    fn interval_secs(&self) -> i64 {
+        i64::try_from(self.interval.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+
+    /// One round: submit every due token. Returns how many were accepted.
+    pub async fn round(&self, writer: &Writer) -> usize {
+        let mut accepted = 0;
+        for _ in 0..MAX_BATCHES {
+            let due = match writer.claim(unix_now(), self.lease(), CLAIM_LIMIT).await {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "ledger: could not read due sharetokens");
+                    return accepted;
+                }
+            };
+            if due.is_empty() {
+                break;
+            }
+            let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(due)
+                .map(|d| async move { (d.id, self.submit_one(&d).await) })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            accepted += outcomes
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Accepted { .. }))
+                .count();
+            if let Err(e) = writer.record(outcomes).await {
+                // The contract has them; a resubmission after the lease gets 409 = accepted.
+                warn!(error = %e, "ledger: could not record submission outcomes");
+                return accepted;
+            }
+        }
+        if accepted > 0 {
+            info!(tokens = accepted, "sharetokens submitted");
+        }
+        accepted
+    }
+
+    async fn submit_one(&self, due: &Due) -> Outcome {
+        let now = unix_now();
+        let Some(url) = self.admission.url_of(&due.contract) else {
+            // The contract's id is not known yet (discovery pending) or it was removed.
+            return Outcome::Postpone {
+                next_attempt: now.saturating_add(self.interval_secs()),
+            };
+        };
+        let result = self
+            .client
+            .submit(&url, due.body.as_bytes(), Retry::ONCE)
+            .await;
+        let outcome = classify(result, now, due.settlement_close, self.interval_secs());
+        match &outcome {
+            Outcome::Accepted { .. } => self.archive(due).await,
+            Outcome::Retry { error, .. } => {
+                debug!(id = %short(&due.signature), error = %error, "sharetoken submission failed; will retry");
+                outcome
+            }
+            Outcome::Expire { error } => {
+                warn!(id = %short(&due.signature), error = %error, "sharetoken expired unsubmitted");
+                outcome
+            }
+            Outcome::Postpone { .. } => outcome,
+        }
+    }
+
+    /// Writes the archive file if configured; the outcome says whether it was.
+    async fn archive(&self, due: &Due) -> Outcome {
+        let Some(dir) = self.archive_dir.clone() else {
+            return Outcome::Accepted { archived: false };
+        };
+        let (contract, signature, body) = (
+            due.contract.clone(),
+            due.signature.clone(),
+            due.body.clone(),
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            write_archive(&dir, &contract, &signature, body.as_bytes())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Outcome::Accepted { archived: true },
+            Ok(Err(e)) => {
+                warn!(error = %e, id = %short(&due.signature), "could not archive a submitted sharetoken");
+                Outcome::Accepted { archived: false }
+            }
+            Err(e) => {
+                warn!(error = %e, "archive task failed");
+                Outcome::Accepted { archived: false }
+            }
+        }
+    }
+}
+
+/// Maps a submission result to the token's next state.
+pub fn classify(
+    result: Result<(), client::Error>,
+    now: i64,
+    settlement_close: i64,
+    interval_secs: i64,
+) -> Outcome {
+    let e = match result {
+        Ok(()) => return Outcome::Accepted { archived: false },
+        Err(e) => e,
+    };
+    if let Some(s) = e.status() {
+        if s.cause == status::cause::SETTLEMENT_CLOSED
+            || s.description == status::cause::SETTLEMENT_CLOSED
+        {
+            return Outcome::Expire {
+                error: e.to_string(),
+            };
+        }
+        if s.code == status::CONFLICT.code {
+            // Already accepted (we crashed, or lost the reply, after an earlier submission).
+            return Outcome::Accepted { archived: false };
+        }
+    }
+    if now >= settlement_close {
+        return Outcome::Expire {
+            error: e.to_string(),
+        };
+    }
+    Outcome::Retry {
+        next_attempt: now.saturating_add(interval_secs),
+        error: e.to_string(),
+    }
+}
+
+/// `<dir>/<contract>/<signature>.json` (spec §5.5 layout), written to a temp file, fsynced and
+/// renamed into place so a crash never leaves half a file.
+///
+/// # Errors
+/// The I/O error.
+pub fn write_archive(
+    dir: &Path,
+    contract: &str,
+    signature: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    if !is_safe_name(contract) || !is_safe_name(signature) {
+        return Err(std::io::Error::other("unsafe file name"));
+    }
+    let sub = dir.join(contract);
+    std::fs::create_dir_all(&sub)?;
+    let path = sub.join(format!("{signature}.json"));
+    let tmp = sub.join(format!(".{signature}.json.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&sub)?.sync_all()
+}
+
+/// base64url text only: no path separators or dots.
+fn is_safe_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The first characters of a token id, for logs (never the whole token).
+pub fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wireleap_protocol::Status;
+
+    fn status_err(s: Status) -> Result<(), client::Error> {
+        Err(client::Error::Status {
+            url: "u".into(),
+            status: s,
+        })
+    }
+
+    #[test]
+    fn ledger_classify_follows_the_settlement_rules() {
+        assert_eq!(
+            classify(Ok(()), 10, 20, 5),
+            Outcome::Accepted { archived: false }
+        );
+        let closed = status::BAD_REQUEST.with_cause(status::cause::SETTLEMENT_CLOSED);
+        assert!(matches!(
+            classify(status_err(closed), 10, 20, 5),
+            Outcome::Expire { .. }
+        ));
+        assert!(matches!(
+            classify(status_err(status::INTERNAL.status()), 10, 20, 5),
+            Outcome::Retry {
+                next_attempt: 15,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(status_err(status::INTERNAL.status()), 20, 20, 5),
+            Outcome::Expire { .. }
+        ));
+        assert_eq!(
+            classify(status_err(status::CONFLICT.status()), 10, 20, 5),
+            Outcome::Accepted { archived: false }
+        );
+    }
+
+    #[test]
+    fn ledger_archive_uses_the_reference_layout_and_refuses_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        write_archive(dir.path(), "ctr", "sig_1-x", b"{}").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("ctr/sig_1-x.json")).unwrap(),
+            b"{}"
+        );
+        assert!(write_archive(dir.path(), "..", "s", b"{}").is_err());
+        assert!(write_archive(dir.path(), "c", "a/b", b"{}").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! The ledger's writer thread: the only user of the database connection of this process.
+//!
+//! The actor hands it jobs over a channel and awaits the reply on a oneshot, so disk I/O never
+//! runs on an async thread. Admissions are grouped: the thread takes every job that queued up
+//! while the previous transaction was committing (up to [`MAX_BATCH`]) and inserts all their
+//! tokens in one transaction, so one fsync covers the whole group (group commit). Each
+//! admission is answered only after that transaction committed.
+//!
+//! If the thread is gone (it panicked, or the database failed to open), every job fails with a
+//! storage error: streams are then refused rather than relayed unpaid.
+
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+use wireleap_protocol::unix_now;
+
+use super::store::{self, Counts, Due, Inserted, Outcome, Row, Store};
+
+/// Largest number of admissions committed in one transaction.
+pub const MAX_BATCH: usize = 4096;
+
+/// A reply channel.
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+/// Work for the writer thread.
+#[derive(Debug)]
+enum Job {
+    Admit(Row, Reply<Inserted>),
+    Claim {
+        now: i64,
+        lease: i64,
+        limit: usize,
+        reply: Reply<Vec<Due>>,
+    },
+    Record(Vec<(i64, Outcome)>, Reply<()>),
+    Counts(Reply<Counts>),
+    Flush(Reply<()>),
+}
+
+/// A handle to the writer thread. Cheap to clone; the thread ends when the last handle drops.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the thread over `store`.
+    ///
+    /// # Errors
+    /// When the OS refuses a thread.
+    pub fn spawn(store: Store) -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || run(store, rx))?;
+        Ok(Self { jobs })
+    }
+
+    /// A writer whose every job fails with `why` (the database could not be opened).
+    pub fn failed(why: String) -> Self {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        // Answer jobs with the error; the thread ends with the last handle.
+        let spawned = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    fail(job, &why);
+                }
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "could not start the ledger thread");
+        }
+        Self { jobs }
+    }
+
+    /// Stores a token; resolves once it is committed (or found to be a replay).
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn admit(&self, row: Row) -> Result<Inserted, String> {
+        self.ask(|tx| Job::Admit(row, tx)).await
+    }
+
+    /// See [`Store::claim_due`].
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn claim(&self, now: i64, lease: i64, limit: usize) -> Result<Vec<Due>, String> {
+        self.ask(|reply| Job::Claim {
+            now,
+            lease,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// See [`Store::record`].
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn record(&self, outcomes: Vec<(i64, Outcome)>) -> Result<(), String> {
+        self.ask(|tx| Job::Record(outcomes, tx)).await
+    }
+
+    /// See [`Store::counts`].
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn counts(&self) -> Result<Counts, String> {
+        self.ask(Job::Counts).await
+    }
+
+    /// Resolves once every job sent before it is done, and the WAL is checkpointed.
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.ask(Job::Flush).await
+    }
+
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(job(tx))
+            .map_err(|_| "the ledger thread has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the ledger thread has stopped".to_owned())?
+    }
+}
+
+fn fail(job: Job, why: &str) {
+    let why = why.to_owned();
+    match job {
+        Job::Admit(_, r) => drop(r.send(Err(why))),
+        Job::Claim { reply, .. } => drop(reply.send(Err(why))),
+        Job::Record(_, r) | Job::Flush(r) => drop(r.send(Err(why))),
+        Job::Counts(r) => drop(r.send(Err(why))),
+    }
+}
+
+/// The thread's loop: block for one job, take whatever else queued, admit the group in one
+/// transaction, then run the other jobs in order.
+fn run(mut store: Store, rx: mpsc::Receiver<Job>) {
+    let mut admits: Vec<(Row, Reply<Inserted>)> = Vec::new();
+    let mut others: Vec<Job> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Admit(row, reply) => admits.push((row, reply)),
+                other => others.push(other),
+            }
+            if admits.len() + others.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !admits.is_empty() {
+            commit_admits(&mut store, &mut admits);
+        }
+        for job in others.drain(..) {
+            serve(&mut store, job);
+        }
+    }
+}
+
+fn commit_admits(store: &mut Store, admits: &mut Vec<(Row, Reply<Inserted>)>) {
+    let rows: Vec<Row> = admits.iter().map(|(r, _)| r.clone()).collect();
+    match store.insert_batch(&rows, unix_now()) {
+        Ok(results) => {
+            for ((_, reply), result) in admits.drain(..).zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(e) => {
+            // Nothing of the batch is stored: refuse every stream of it.
+            warn!(error = %e, tokens = rows.len(), "ledger: could not store sharetokens");
+            let why = e.to_string();
+            for (_, reply) in admits.drain(..) {
+                let _ = reply.send(Err(why.clone()));
+            }
+        }
+    }
+}
+
+fn serve(store: &mut Store, job: Job) {
+    let text = |e: store::Error| e.to_string();
+    match job {
+        Job::Admit(row, reply) => {
+            let mut one = vec![(row, reply)];
+            commit_admits(store, &mut one);
+        }
+        Job::Claim {
+            now,
+            lease,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(store.claim_due(now, lease, limit).map_err(text));
+        }
+        Job::Record(outcomes, reply) => {
+            let _ = reply.send(store.record(&outcomes, unix_now()).map_err(text));
+        }
+        Job::Counts(reply) => {
+            let _ = reply.send(store.counts().map_err(text));
+        }
+        Job::Flush(reply) => {
+            let _ = reply.send(store.checkpoint().map_err(text));
+        }
+    }
+}
