@@ -1,21 +1,25 @@
 //! The [`Transport`] actor and its messages.
 //!
 //! Restart: not supervised; a lost listener is a fatal daemon error. Shutdown: drain (stop
-//! accepting, then wait for in-flight connections up to a deadline).
+//! accepting, GOAWAY on every connection, then wait for in-flight streams and connections up to a
+//! deadline).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span};
 
+use wireleap_protocol::PublicKey;
+
 use super::Error;
+use super::conn::{self, Counters, Limits, MAX_SEND_BUFFER, Shared, Slot};
 use crate::config::Config;
 use crate::directory::Admission;
 use crate::ledger::AdmitToken;
@@ -41,10 +45,7 @@ impl std::fmt::Debug for Deps {
     }
 }
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Owns the listener and tracks every connection task.
+/// Owns the listener and tracks every connection and stream task.
 pub struct Transport {
     /// The bound address (the real port when the config says port 0).
     local_addr: SocketAddr,
@@ -54,12 +55,8 @@ pub struct Transport {
     acceptor: TlsAcceptor,
     /// Cancelled to stop accepting; in-flight connections are not affected.
     accepting: CancellationToken,
-    /// Connection tasks; a drain waits on it.
-    connections: TaskTracker,
-    /// Connections currently open.
-    open: Arc<AtomicUsize>,
-    /// Shared with every connection task.
-    deps: Deps,
+    /// Shared with every connection and stream task (deps, limits, drain token, counters).
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -67,22 +64,25 @@ impl std::fmt::Debug for Transport {
         f.debug_struct("Transport")
             .field("local_addr", &self.local_addr)
             .field("accepting", &!self.accepting.is_cancelled())
-            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("counters", &self.shared.counters)
             .finish_non_exhaustive()
     }
 }
 
 impl Transport {
     /// Binds the configured address. Called before the actor starts, so a bind failure stops
-    /// the daemon before it reports ready.
+    /// the daemon before it reports ready. The stream settings (`timeout`, `maxtime`,
+    /// `bufsize`, `danger_zone.allow_loopback`) are read from `config` here.
     ///
     /// # Errors
-    /// [`Error::Bind`] or [`Error::Tls`].
+    /// [`Error::Bind`], [`Error::Tls`] or [`Error::RelayKey`].
     pub async fn bind(
         config: &Config,
         tls: Arc<rustls::ServerConfig>,
         deps: Deps,
     ) -> Result<Self, Error> {
+        let relay = PublicKey::try_from_b64(&deps.relay_pubkey)
+            .map_err(|e| Error::RelayKey(e.to_string()))?;
         let address = config.address.to_string();
         let bind_err = |source| Error::Bind {
             address: address.clone(),
@@ -92,14 +92,25 @@ impl Transport {
             .await
             .map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
+        let limits = Limits {
+            dial_timeout: config.timeout,
+            maxtime: config.maxtime.filter(|d| !d.is_zero()),
+            allow_loopback: config.danger_zone.allow_loopback,
+            chunk: config.bufsize.get().clamp(MIN_CHUNK, MAX_CHUNK),
+        };
         Ok(Self {
             local_addr,
             listener: Some(listener),
             acceptor: TlsAcceptor::from(tls),
             accepting: CancellationToken::new(),
-            connections: TaskTracker::new(),
-            open: Arc::new(AtomicUsize::new(0)),
-            deps,
+            shared: Arc::new(Shared {
+                deps,
+                relay,
+                limits,
+                draining: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                counters: Counters::default(),
+            }),
         })
     }
 
@@ -108,6 +119,11 @@ impl Transport {
         self.local_addr
     }
 }
+
+/// Bytes read from a remote at a time, at least (`bufsize` below it is raised to it).
+const MIN_CHUNK: usize = 64 << 10;
+/// Bytes read from a remote at a time, at most (the per-stream send buffer).
+const MAX_CHUNK: usize = MAX_SEND_BUFFER;
 
 impl Actor for Transport {
     type Context = Context<Self>;
@@ -120,11 +136,9 @@ impl Actor for Transport {
             listener,
             acceptor: self.acceptor.clone(),
             accepting: self.accepting.clone(),
-            connections: self.connections.clone(),
-            open: Arc::clone(&self.open),
-            deps: self.deps.clone(),
+            shared: Arc::clone(&self.shared),
         };
-        tokio::spawn(accept.run());
+        self.shared.tasks.spawn(accept.run());
     }
 }
 
@@ -132,9 +146,7 @@ struct AcceptLoop {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     accepting: CancellationToken,
-    connections: TaskTracker,
-    open: Arc<AtomicUsize>,
-    deps: Deps,
+    shared: Arc<Shared>,
 }
 
 impl AcceptLoop {
@@ -146,16 +158,10 @@ impl AcceptLoop {
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    let slot = Slot::connection(Arc::clone(&self.shared));
                     let acceptor = self.acceptor.clone();
-                    let deps = self.deps.clone();
-                    let open = Arc::clone(&self.open);
-                    open.fetch_add(1, Ordering::Relaxed);
-                    self.connections.spawn(
-                        async move {
-                            serve_connection(acceptor, tcp, deps).await;
-                            open.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        .instrument(info_span!("conn", %peer)),
+                    self.shared.tasks.spawn(
+                        conn::serve(slot, acceptor, tcp).instrument(info_span!("conn", %peer)),
                     );
                 }
                 // Per-connection errors (e.g. the peer reset before accept) are not fatal; a
@@ -168,16 +174,6 @@ impl AcceptLoop {
         }
         info!("stopped accepting connections");
         // Dropping the listener here closes the socket.
-    }
-}
-
-/// Completes the TLS handshake. Serving HTTP/2 streams on the connection is the stream handler's
-/// job (issue #3); until it lands the connection is closed after the handshake.
-async fn serve_connection(acceptor: TlsAcceptor, tcp: TcpStream, _deps: Deps) {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(_tls)) => debug!("tls handshake complete"),
-        Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
-        Err(_) => debug!("tls handshake timed out"),
     }
 }
 
@@ -194,7 +190,9 @@ impl Handler<StopAccepting> for Transport {
     }
 }
 
-/// Wait for in-flight connections to finish, up to `deadline`.
+/// Stop accepting, send GOAWAY on every connection (no new streams), and wait for in-flight
+/// streams and connections to finish, up to `deadline`. Streams still running at the deadline
+/// are left running; the caller decides (the daemon exits, which closes them).
 #[derive(Debug, Message)]
 #[rtype(result = "DrainReport")]
 pub struct Drain {
@@ -207,6 +205,8 @@ pub struct Drain {
 pub struct DrainReport {
     /// Connections still open when the deadline passed (0 = fully drained).
     pub remaining: usize,
+    /// Streams still in flight when the deadline passed.
+    pub streams: usize,
 }
 
 impl Handler<Drain> for Transport {
@@ -214,13 +214,14 @@ impl Handler<Drain> for Transport {
 
     fn handle(&mut self, msg: Drain, _ctx: &mut Self::Context) -> Self::Result {
         self.accepting.cancel();
-        let connections = self.connections.clone();
-        let open = Arc::clone(&self.open);
+        self.shared.draining.cancel();
+        let shared = Arc::clone(&self.shared);
         Box::pin(async move {
-            connections.close();
-            let _ = tokio::time::timeout(msg.deadline, connections.wait()).await;
+            shared.tasks.close();
+            let _ = tokio::time::timeout(msg.deadline, shared.tasks.wait()).await;
             DrainReport {
-                remaining: open.load(Ordering::Relaxed),
+                remaining: shared.counters.open_connections.load(Ordering::Relaxed),
+                streams: shared.counters.open_streams.load(Ordering::Relaxed),
             }
         })
     }
@@ -240,16 +241,26 @@ pub struct TransportStatusReply {
     pub accepting: bool,
     /// Connections open now.
     pub open_connections: usize,
+    /// Streams in flight now.
+    pub open_streams: usize,
+    /// Streams admitted (sharetoken stored) since start.
+    pub streams_admitted: u64,
+    /// Streams refused with a status (or 405) since start.
+    pub streams_refused: u64,
 }
 
 impl Handler<TransportStatus> for Transport {
     type Result = TransportStatusReply;
 
     fn handle(&mut self, _msg: TransportStatus, _ctx: &mut Self::Context) -> Self::Result {
+        let c = &self.shared.counters;
         TransportStatusReply {
             local_addr: self.local_addr,
             accepting: !self.accepting.is_cancelled(),
-            open_connections: self.open.load(Ordering::Relaxed),
+            open_connections: c.open_connections.load(Ordering::Relaxed),
+            open_streams: c.open_streams.load(Ordering::Relaxed),
+            streams_admitted: c.admitted.load(Ordering::Relaxed),
+            streams_refused: c.refused.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,0 +1,334 @@
+//! The outgoing dial and the full-duplex splice between a stream and its remote (spec §6.5,
+//! §6.6).
+//!
+//! Backpressure both ways: request DATA is written to the remote before its flow-control
+//! capacity is released back to the client, and the relay reads from the remote only once it
+//! holds send capacity for what it reads. So a slow side stalls the other instead of filling
+//! memory. The first direction to end (EOF, error, client END_STREAM) ends both: there is no
+//! half-close (§10 #14).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use wireleap_protocol::{Network, Remote};
+
+use super::conn::Limits;
+
+/// Reads smaller than this are copied into an exact-size buffer, so a trickle of small reads does
+/// not pin a whole read buffer each until it is written out.
+const COPY_BELOW: usize = 4096;
+/// The largest UDP datagram.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// A dialed remote.
+#[derive(Debug)]
+pub(crate) enum RemoteConn {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A connected UDP socket.
+    Udp(UdpSocket),
+}
+
+/// Why a dial failed; the text follows Go's `dial <network> <addr>: <reason>`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DialError {
+    /// The dial did not finish within `timeout`.
+    #[error("dial {network} {addr}: i/o timeout")]
+    Timeout {
+        /// Network name.
+        network: Network,
+        /// `host:port`.
+        addr: String,
+    },
+    /// Name resolution found no address of the wanted family.
+    #[error("dial {network} {addr}: no suitable address found")]
+    NoAddress {
+        /// Network name.
+        network: Network,
+        /// `host:port`.
+        addr: String,
+    },
+    /// Resolution or connection failed.
+    #[error("dial {network} {addr}: {source}")]
+    Io {
+        /// Network name.
+        network: Network,
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl DialError {
+    /// Whether it is a timeout (status 408) rather than another failure (502).
+    pub(crate) fn is_timeout(&self) -> bool {
+        match self {
+            DialError::Timeout { .. } => true,
+            DialError::Io { source, .. } => source.kind() == io::ErrorKind::TimedOut,
+            DialError::NoAddress { .. } => false,
+        }
+    }
+}
+
+/// Dials `remote` over `network` within `timeout` (every resolved address in turn).
+pub(crate) async fn dial(
+    network: Network,
+    remote: &Remote,
+    timeout: Duration,
+) -> Result<RemoteConn, DialError> {
+    let addr = remote.host_port();
+    match tokio::time::timeout(timeout, dial_inner(network, &addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Timeout { network, addr }),
+    }
+}
+
+async fn dial_inner(network: Network, addr: &str) -> Result<RemoteConn, DialError> {
+    let io_err = |source| DialError::Io {
+        network,
+        addr: addr.to_owned(),
+        source,
+    };
+    let wanted = |a: &SocketAddr| match network {
+        Network::Tcp4 | Network::Udp4 => a.is_ipv4(),
+        Network::Tcp6 | Network::Udp6 => a.is_ipv6(),
+        Network::Tcp | Network::Udp => true,
+    };
+    let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(io_err)?
+        .filter(wanted)
+        .collect();
+    let mut last = None;
+    for a in candidates {
+        let attempt = if network.is_udp() {
+            dial_udp(a).await.map(RemoteConn::Udp)
+        } else {
+            TcpStream::connect(a).await.map(|t| {
+                let _ = t.set_nodelay(true);
+                RemoteConn::Tcp(t)
+            })
+        };
+        match attempt {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => io_err(e),
+        None => DialError::NoAddress {
+            network,
+            addr: addr.to_owned(),
+        },
+    })
+}
+
+async fn dial_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local).await?;
+    sock.connect(addr).await?;
+    Ok(sock)
+}
+
+/// How a splice ended.
+#[derive(Debug)]
+pub(crate) enum SpliceEnd {
+    /// A normal end: the client ended its body, the remote reached EOF, or the contract was cut.
+    Done,
+    /// The client reset the stream or its connection is gone: nothing more can be sent.
+    ClientGone,
+    /// The remote failed, or `maxtime` passed: status 408 (timeout) or 410.
+    Failed {
+        /// Whether it was a timeout.
+        timeout: bool,
+        /// The error text.
+        why: String,
+    },
+}
+
+/// Where one direction ended.
+enum Half {
+    /// Clean end (EOF or client END_STREAM).
+    Ended,
+    /// The client side failed (reset, connection lost, send side closed).
+    Client,
+    /// The remote failed.
+    Remote(io::Error),
+}
+
+/// Splices `body` (client → remote) and `send` (remote → client) until the first direction ends,
+/// `maxtime` passes or `cancel` fires. Both sides are closed when it returns.
+pub(crate) async fn run(
+    remote: RemoteConn,
+    mut body: RecvStream,
+    send: &mut SendStream<Bytes>,
+    limits: &Limits,
+    cancel: &CancellationToken,
+) -> SpliceEnd {
+    let maxtime = async {
+        match limits.maxtime {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let halves = async {
+        match remote {
+            RemoteConn::Tcp(tcp) => {
+                let (r, mut w) = tcp.into_split();
+                tokio::select! {
+                    h = upload_tcp(&mut body, &mut w) => h,
+                    h = download_tcp(&r, send, limits.chunk) => h,
+                }
+                // Dropping both halves here closes the remote.
+            }
+            RemoteConn::Udp(udp) => {
+                tokio::select! {
+                    h = upload_udp(&mut body, &udp) => h,
+                    h = download_udp(&udp, send) => h,
+                }
+            }
+        }
+    };
+    tokio::select! {
+        h = halves => match h {
+            Half::Ended => SpliceEnd::Done,
+            Half::Client => SpliceEnd::ClientGone,
+            Half::Remote(e) => SpliceEnd::Failed {
+                timeout: e.kind() == io::ErrorKind::TimedOut,
+                why: e.to_string(),
+            },
+        },
+        // A cut contract ends its streams without an error (spec §6.5).
+        () = cancel.cancelled() => SpliceEnd::Done,
+        () = maxtime => SpliceEnd::Failed {
+            timeout: true,
+            why: "stream reached maxtime: i/o timeout".to_owned(),
+        },
+    }
+}
+
+/// Client → remote over TCP: each DATA chunk is written, then its capacity released.
+async fn upload_tcp(body: &mut RecvStream, w: &mut OwnedWriteHalf) -> Half {
+    loop {
+        match body.data().await {
+            Some(Ok(chunk)) => {
+                let n = chunk.len();
+                if let Err(e) = w.write_all(&chunk).await {
+                    return Half::Remote(e);
+                }
+                let _ = body.flow_control().release_capacity(n);
+            }
+            Some(Err(_)) => return Half::Client,
+            // END_STREAM: no half-close, the remote is closed too (§10 #14).
+            None => return Half::Ended,
+        }
+    }
+}
+
+/// Client → remote over UDP: one DATA frame is one datagram (spec §6.6).
+async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket) -> Half {
+    loop {
+        match body.data().await {
+            Some(Ok(chunk)) => {
+                let n = chunk.len();
+                if n > 0
+                    && let Err(e) = sock.send(&chunk).await
+                {
+                    return Half::Remote(e);
+                }
+                let _ = body.flow_control().release_capacity(n);
+            }
+            Some(Err(_)) => return Half::Client,
+            None => return Half::Ended,
+        }
+    }
+}
+
+/// Waits until the stream may send at least `min` bytes; returns how many (≤ `want`).
+async fn capacity(send: &mut SendStream<Bytes>, min: usize, want: usize) -> Option<usize> {
+    send.reserve_capacity(want);
+    loop {
+        let cap = send.capacity();
+        if cap >= min {
+            return Some(cap.min(want));
+        }
+        match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Only small reads are copied (see [`COPY_BELOW`]).
+fn freeze(buf: BytesMut) -> Bytes {
+    if buf.len() < COPY_BELOW && buf.capacity() > 2 * COPY_BELOW {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
+}
+
+/// Remote → client over TCP. A read buffer exists only while the remote is readable and the
+/// client has window for it.
+async fn download_tcp(r: &OwnedReadHalf, send: &mut SendStream<Bytes>, chunk: usize) -> Half {
+    loop {
+        if let Err(e) = r.readable().await {
+            return Half::Remote(e);
+        }
+        let Some(cap) = capacity(send, 1, chunk).await else {
+            return Half::Client;
+        };
+        let mut buf = BytesMut::with_capacity(cap);
+        match r.try_read_buf(&mut buf) {
+            Ok(0) => return Half::Ended,
+            Ok(_) => {
+                if send.send_data(freeze(buf), false).is_err() {
+                    return Half::Client;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Spurious readiness: give the unused capacity back to the connection.
+                send.reserve_capacity(0);
+            }
+            Err(e) => return Half::Remote(e),
+        }
+    }
+}
+
+/// Remote → client over UDP: one datagram is one DATA frame (spec §6.6).
+async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Bytes>) -> Half {
+    loop {
+        if let Err(e) = sock.readable().await {
+            return Half::Remote(e);
+        }
+        let mut buf = BytesMut::with_capacity(MAX_DATAGRAM);
+        match sock.try_recv_buf(&mut buf) {
+            Ok(n) => {
+                if n == 0 {
+                    continue;
+                }
+                // The whole datagram must fit the window, so that it goes out as one frame.
+                if capacity(send, n, n).await.is_none() {
+                    return Half::Client;
+                }
+                if send.send_data(freeze(buf), false).is_err() {
+                    return Half::Client;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Half::Remote(e),
+        }
+    }
+}
