@@ -79,7 +79,7 @@ fn state_reply(ctx: &Ctx) -> Response {
 }
 
 fn edit(ctx: &Ctx, f: impl FnOnce(&mut Switches)) -> Response {
-    f(&mut ctx.shared.lock().switches);
+    ctx.shared.edit_switches(f);
     state_reply(ctx)
 }
 

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wireleap_protocol::{Contract, PublicKey, RelayEntry, Seed, Servicekey, SigningKey};
 
@@ -142,6 +145,78 @@ fn url_of(l: &TcpListener) -> String {
         .unwrap_or_default()
 }
 
+fn refuses(server: Server, m: &BTreeMap<Server, Down>) -> bool {
+    m.get(&server) == Some(&Down::Refuse)
+}
+
+/// Serves `server`, closing its listener while it is set to [`Down::Refuse`] and rebinding
+/// the same address when it is set back. Connections already open drain on their own tasks.
+async fn listen_loop(
+    server: Server,
+    listener: TcpListener,
+    router: axum::Router,
+    mut rx: watch::Receiver<BTreeMap<Server, Down>>,
+) {
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(server = server.as_str(), error = %e, "devnet: no local address");
+            return;
+        }
+    };
+    let mut listener = Some(listener);
+    let mut serving = tokio::task::JoinSet::new();
+    loop {
+        if refuses(server, &rx.borrow_and_update()) {
+            drop(listener.take());
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    // The previous listener may not be closed yet: retry shortly.
+                    tracing::debug!(server = server.as_str(), error = %e, "devnet: rebind");
+                    tokio::time::sleep(REBIND_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let mut stop_rx = rx.clone();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            loop {
+                if refuses(server, &stop_rx.borrow_and_update()) {
+                    break;
+                }
+                if stop_rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            let _ = stopped_tx.send(());
+        };
+        let app = router.clone();
+        serving.spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                tracing::error!(server = server.as_str(), error = %e, "devnet: server stopped");
+            }
+        });
+        // Wait until this listener is told to stop, then loop to wait for `up`.
+        if stopped_rx.await.is_err() {
+            return;
+        }
+        // Reap finished servers; the one just stopped finishes once its connections drain.
+        while serving.try_join_next().is_some() {}
+    }
+}
+
+/// Pause between attempts to rebind a listener that comes back up.
+const REBIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Devnet {
     /// Binds and starts the contract, directory and release servers.
     ///
@@ -175,6 +250,7 @@ impl Devnet {
                 switches: cfg.switches.clone(),
                 ..State::default()
             }),
+            down_tx: tokio::sync::watch::Sender::new(cfg.switches.down.clone()),
         });
         let _ = shared.urls.set(urls.clone());
         let ready = Ready {
@@ -191,11 +267,8 @@ impl Devnet {
             (Server::Releases, lr),
         ] {
             let router = crate::router(server, shared.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(server = server.as_str(), error = %e, "devnet: server stopped");
-                }
-            }));
+            let rx = shared.down_tx.subscribe();
+            tasks.push(tokio::spawn(listen_loop(server, listener, router, rx)));
         }
         Ok(Self {
             shared,
@@ -283,7 +356,7 @@ impl Devnet {
 
     /// Reads and edits the switches atomically.
     pub fn with_switches<T>(&self, f: impl FnOnce(&mut Switches) -> T) -> T {
-        f(&mut self.shared.lock().switches)
+        self.shared.edit_switches(f)
     }
 
     /// Require (or not) the bcrypt challenge on first enrollment.

@@ -46,6 +46,9 @@ pub enum Down {
     Unavailable,
     /// Sends response headers, then drops the connection before the body completes.
     Close,
+    /// Closes the listener: new connections are refused until the server is set `up`
+    /// again (it rebinds the same port). Requests on connections already open get 503.
+    Refuse,
 }
 
 /// One request a server saw (admin requests under `/_devnet/` are not recorded).
@@ -182,6 +185,8 @@ pub(crate) struct Inner {
     pub(crate) releases_root: Option<PathBuf>,
     pub(crate) urls: OnceLock<Urls>,
     pub(crate) state: Mutex<State>,
+    /// Publishes the down modes to the listener loops (for [`Down::Refuse`]).
+    pub(crate) down_tx: tokio::sync::watch::Sender<BTreeMap<Server, Down>>,
 }
 
 /// The bound base URLs of the three servers.
@@ -210,6 +215,21 @@ impl Inner {
     /// every mutation is a single assignment or push.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Edits the switches and publishes the down modes to the listener loops.
+    pub(crate) fn edit_switches<T>(&self, f: impl FnOnce(&mut Switches) -> T) -> T {
+        let (out, down) = {
+            let mut st = self.lock();
+            let out = f(&mut st.switches);
+            (out, st.switches.down.clone())
+        };
+        self.down_tx.send_if_modified(|d| {
+            let changed = *d != down;
+            *d = down;
+            changed
+        });
+        out
     }
 
     pub(crate) fn urls(&self) -> Urls {

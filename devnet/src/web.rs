@@ -124,7 +124,7 @@ pub(crate) async fn gate(State(ctx): State<Ctx>, req: Request, next: Next) -> Re
     };
     match down {
         Down::Up => {}
-        Down::Unavailable => {
+        Down::Unavailable | Down::Refuse => {
             return status_reply(&Status::new(503, "service unavailable"));
         }
         Down::Close => {

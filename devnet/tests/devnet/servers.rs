@@ -481,6 +481,28 @@ async fn down_modes_and_admin_api() {
         let snap: wireleap_devnet::Snapshot = r.json().await.unwrap();
         assert!(snap.switches.require_challenge);
         assert_eq!(snap.switches.challenge_cost, 5);
+        // Refuse: the listener closes (connection refused), then comes back on the same port.
+        net.set_down(Server::Directory, Down::Refuse);
+        let addr = net.directory_url().trim_start_matches("http://").to_owned();
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(refused, "listener still accepting");
+        net.set_down(Server::Directory, Down::Up);
+        let mut back = false;
+        for _ in 0..100 {
+            if let Ok(r) = reqwest::Client::new().get(&info).send().await {
+                back = r.status().as_u16() == 200;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(back, "listener did not come back");
         // Recorded requests over HTTP, filtered per server; admin calls are not recorded.
         let log: Vec<RecordedRequest> = client
             .get(format!(
@@ -493,7 +515,7 @@ async fn down_modes_and_admin_api() {
             .json()
             .await
             .unwrap();
-        assert_eq!(log.len(), 3);
+        assert_eq!(log.len(), 4);
         assert!(
             log.iter()
                 .all(|r| r.path == "/info" && r.server == Server::Directory)
