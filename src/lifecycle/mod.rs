@@ -3,6 +3,7 @@
 //! coordinator with its fixed, logged order of phases.
 
 pub mod control;
+pub mod listenfds;
 pub mod notify;
 pub mod phase;
 pub mod pidfile;
