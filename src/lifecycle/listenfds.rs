@@ -19,7 +19,7 @@ static STASH: Mutex<Option<TcpListener>> = Mutex::new(None);
 /// When `LISTEN_FDS` names a descriptor that is not a TCP listening socket.
 pub fn take_from_env() -> std::io::Result<bool> {
     let mut fds = listenfd::ListenFd::from_env();
-    if fds.is_empty() {
+    if fds.len() == 0 {
         return Ok(false);
     }
     let Some(listener) = fds.take_tcp_listener(0)? else {
