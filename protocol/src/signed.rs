@@ -396,6 +396,13 @@ mod tests {
     }
 
     #[test]
+    fn pow_long_challenge_uses_first_72_bytes_like_go() {
+        let c = format!("4~{}", "ab".repeat(60));
+        let r = answer_challenge(&c).unwrap();
+        assert!(verify_challenge_response(&c, &r));
+    }
+
+    #[test]
     fn pow_malformed() {
         assert!(matches!(
             answer_challenge("nocost"),

@@ -89,6 +89,26 @@ pub enum ClientError {
     Ping(String),
 }
 
+impl ClientError {
+    /// The relay's status, when a hop reported one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Self::Status { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The Go client's rule (spec §6.8): rebuild the circuit when a relay (not the target)
+    /// reported an error other than 400, or when the circuit could not be reached at all.
+    pub fn is_circuit_error(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => status.is_circuit_error(),
+            Self::Connect { .. } | Self::Timeout(_) | Self::Tls { .. } | Self::H2 { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// One relay of a circuit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {

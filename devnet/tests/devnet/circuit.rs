@@ -118,6 +118,44 @@ async fn two_hops_nested() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hops_tcp_and_udp() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let ck = contract_key();
+        let (a, b, c) = (
+            start_peer(PublicKey::from(&ck)).await,
+            start_peer(PublicKey::from(&ck)).await,
+            start_peer(PublicKey::from(&ck)).await,
+        );
+        let echo = tcp_echo().await;
+        let uecho = udp_echo().await;
+        let sk = servicekey_signed_by(&ck, unix_now() + 600, unix_now() + 4200);
+        let client = CircuitClient::new(
+            sk,
+            vec![
+                Hop::new(a.address(), a.pubkey),
+                Hop::new(b.address(), b.pubkey),
+                Hop::new(c.address(), c.pubkey),
+            ],
+            ClientConfig::default(),
+        )
+        .unwrap();
+        let mut s = client.open(&echo.to_string(), Network::Tcp).await.unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        assert_eq!(round_trip(&mut s, &data).await, data);
+        s.finish();
+        let mut u = client.open(&uecho.to_string(), Network::Udp).await.unwrap();
+        u.send_chunk(Bytes::from_static(b"datagram")).await.unwrap();
+        assert_eq!(u.recv_chunk().await.unwrap().unwrap(), &b"datagram"[..]);
+        u.finish();
+        for p in [&a, &b, &c] {
+            assert_eq!(p.stats.admitted.load(Ordering::SeqCst), 2);
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let ck = contract_key();
@@ -204,7 +242,11 @@ async fn status_trailer_is_a_typed_error() {
         )
         .unwrap();
         match c2.open("127.0.0.1:9", Network::Tcp).await {
-            Err(ClientError::Status { hop, status }) => {
+            Err(e @ ClientError::Status { .. }) => {
+                assert!(e.is_circuit_error());
+                let ClientError::Status { hop, status } = e else {
+                    unreachable!()
+                };
                 assert_eq!(hop, 0);
                 assert_eq!(status.code, 502);
                 assert_eq!(status.origin, a.pubkey.to_b64());
