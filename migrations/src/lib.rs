@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use semver::Version;
 
 mod fs;
+pub mod ledger;
 mod m0001_upgrade_channel;
+mod m0002_ledger_schema;
+mod m0003_import_sharetokens;
 
 pub use fs::write_atomic;
 
@@ -121,7 +124,11 @@ impl std::fmt::Debug for dyn Migration {
 
 /// Every migration, in id order.
 pub fn registry() -> Vec<Box<dyn Migration>> {
-    vec![Box::new(m0001_upgrade_channel::UpgradeChannel)]
+    vec![
+        Box::new(m0001_upgrade_channel::UpgradeChannel),
+        Box::new(m0002_ledger_schema::LedgerSchema),
+        Box::new(m0003_import_sharetokens::ImportSharetokens),
+    ]
 }
 
 /// Which way a plan goes.

@@ -1,0 +1,474 @@
+//! The sharetoken ledger's database (`<home>/ledger.db`): its schema, and the conversion from
+//! and to a reference relay's `sharetokens/` store (spec §5.5).
+//!
+//! The relay's ledger ([`open`] + [`ensure_schema`]) and the migrations m0002 (schema) and m0003
+//! (import) share this code, so the schema is written in one place. Import and export never
+//! delete a token file: a rollback to the reference relay finds its store as it left it, plus
+//! every token admitted since (export).
+//!
+//! Who calls it: the relay at startup (schema, import), the supervisor and `migrate` through the
+//! registry. It must never log a token's content.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde_json::Value;
+
+use crate::{Error, write_atomic};
+
+/// File name of the ledger database in the home directory.
+pub const DB_FILE: &str = "ledger.db";
+/// Where m0002's `down` moves the database (and its `up` takes it back from).
+pub const DB_FILE_DOWN: &str = "ledger.db.down";
+/// The reference relay's store directory in the home directory.
+pub const STORE_DIR: &str = "sharetokens";
+/// Where malformed store files are moved (v0.3.8 layout), below [`STORE_DIR`].
+pub const MALFORMED_DIR: &str = "malformed";
+/// The schema version of [`SCHEMA_V1`] (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a statement waits for another process holding the write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A store file larger than this is not a sharetoken.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// The schema, version 1. `UNIQUE (contract, servicekey, signature)` is the replay protection
+/// (spec §5.4 rule 5); `state` is `pending`, `submitted`, `archived` or `expired`.
+pub const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS sharetokens (
+    id               INTEGER PRIMARY KEY,
+    contract         TEXT    NOT NULL,
+    servicekey       TEXT    NOT NULL,
+    signature        TEXT    NOT NULL,
+    settlement_open  INTEGER NOT NULL,
+    settlement_close INTEGER NOT NULL,
+    body             TEXT    NOT NULL,
+    state            TEXT    NOT NULL DEFAULT 'pending',
+    admitted_at      INTEGER NOT NULL,
+    next_attempt     INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    settled_at       INTEGER,
+    UNIQUE (contract, servicekey, signature)
+);
+CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
+";
+
+/// Opens (creating) a ledger database with the ledger's settings: WAL, `synchronous=FULL`
+/// (every commit is fsynced: a token survives power loss once admitted), a busy timeout.
+///
+/// # Errors
+/// The SQLite error.
+pub fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // `journal_mode` answers with a row, so it is read rather than set with `pragma_update`.
+    let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// `PRAGMA user_version`.
+///
+/// # Errors
+/// The SQLite error.
+pub fn schema_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Brings a database to [`SCHEMA_VERSION`] (idempotent; safe while another process uses it).
+///
+/// # Errors
+/// The SQLite error.
+pub fn ensure_schema(conn: &Connection) -> Result<(), rusqlite::Error> {
+    if schema_version(conn)? >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(SCHEMA_V1)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
+
+/// What an import found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Tokens added to the ledger.
+    pub imported: usize,
+    /// Tokens the ledger already had (an earlier import, or admitted since).
+    pub already_present: usize,
+    /// Files that are not sharetokens, moved below `sharetokens/malformed/` (new locations).
+    pub malformed: Vec<PathBuf>,
+}
+
+/// The fields of a store file the ledger needs.
+struct Parsed {
+    contract: String,
+    servicekey: String,
+    signature: String,
+    settlement_open: i64,
+    settlement_close: i64,
+    body: String,
+}
+
+/// Imports `<home>/sharetokens/` into `<home>/ledger.db` (spec §5.5, both layouts: every
+/// `*.json` below the root, so `<contract>/<id>.json` and older nestings alike, and the v0.3.8
+/// `expired/` subtree; `malformed/` is skipped). Files that are not sharetokens are moved to
+/// `sharetokens/malformed/<same relative path>` and reported. Token files stay where they are;
+/// a second import adds nothing.
+///
+/// # Errors
+/// [`Error::Io`] reading the tree, [`Error::Content`] from the database.
+pub fn import_store(home: &Path) -> Result<ImportReport, Error> {
+    let root = home.join(STORE_DIR);
+    let mut report = ImportReport::default();
+    if !root.is_dir() {
+        return Ok(report);
+    }
+    let mut files = Vec::new();
+    walk(&root, &root, &mut files)?;
+    let mut tokens = Vec::new();
+    for rel in files {
+        let path = root.join(&rel);
+        match read_token(&path) {
+            Some(t) => tokens.push(t),
+            None => report.malformed.push(move_aside(&root, &rel)?),
+        }
+    }
+    let db = home.join(DB_FILE);
+    let sql = |source: rusqlite::Error| Error::Content {
+        path: db.clone(),
+        why: source.to_string(),
+    };
+    let mut conn = open(&db).map_err(sql)?;
+    ensure_schema(&conn).map_err(sql)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    {
+        let mut stmt = tx
+            .prepare(
+                "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
+                     settlement_close, body, admitted_at, next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (contract, servicekey, signature) DO NOTHING",
+            )
+            .map_err(sql)?;
+        let now = unix_now();
+        for t in &tokens {
+            let n = stmt
+                .execute(params![
+                    t.contract,
+                    t.servicekey,
+                    t.signature,
+                    t.settlement_open,
+                    t.settlement_close,
+                    t.body,
+                    now,
+                    t.settlement_open.saturating_add(1),
+                ])
+                .map_err(sql)?;
+            if n == 1 {
+                report.imported += 1;
+            } else {
+                report.already_present += 1;
+            }
+        }
+    }
+    tx.commit().map_err(sql)?;
+    Ok(report)
+}
+
+/// Writes every pending token of `<home>/ledger.db` that has no file yet to
+/// `<home>/sharetokens/<contract>/<signature>.json` (the reference layout), so a reference relay
+/// run after a rollback submits them. Returns how many files were written. No database: 0.
+///
+/// # Errors
+/// [`Error::Io`] or [`Error::Content`].
+pub fn export_pending(home: &Path) -> Result<usize, Error> {
+    let db = home.join(DB_FILE);
+    if !db.exists() {
+        return Ok(0);
+    }
+    let sql = |source: rusqlite::Error| Error::Content {
+        path: db.clone(),
+        why: source.to_string(),
+    };
+    let conn = open(&db).map_err(sql)?;
+    if schema_version(&conn).map_err(sql)? < 1 {
+        return Ok(0);
+    }
+    let mut stmt = conn
+        .prepare("SELECT contract, signature, body FROM sharetokens WHERE state = 'pending'")
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(sql)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql)?;
+    let root = home.join(STORE_DIR);
+    let mut written = 0;
+    for (contract, signature, body) in rows {
+        if !is_b64url(&contract) || !is_b64url(&signature) {
+            continue;
+        }
+        let dir = root.join(&contract);
+        let path = dir.join(format!("{signature}.json"));
+        if path.exists() {
+            continue;
+        }
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        write_atomic(&path, body.as_bytes(), 0o644).map_err(io)?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// Relative paths of every `*.json` file below `dir`, skipping `<root>/malformed`.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io)?;
+        if kind.is_dir() {
+            if dir == root && entry.file_name() == MALFORMED_DIR {
+                continue;
+            }
+            walk(root, &path, out)?;
+        } else if kind.is_file()
+            && path.extension().is_some_and(|e| e == "json")
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            out.push(rel.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one store file; `None` if it is not a sharetoken the ledger can submit.
+fn read_token(path: &Path) -> Option<Parsed> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.len() > MAX_TOKEN_FILE {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let key = |v: &Value, name: &str, len: usize| {
+        v.get(name)
+            .and_then(Value::as_str)
+            .filter(|s| s.len() == len && is_b64url(s))
+            .map(str::to_owned)
+    };
+    let contract = v.get("contract")?;
+    Some(Parsed {
+        // base64url without padding: 32-byte keys are 43 characters, 64-byte signatures 86.
+        contract: key(contract, "public_key", 43)?,
+        servicekey: key(&v, "public_key", 43)?,
+        signature: key(&v, "signature", 86)?,
+        settlement_open: contract.get("settlement_open").and_then(Value::as_i64)?,
+        settlement_close: contract.get("settlement_close").and_then(Value::as_i64)?,
+        body: text.trim_end().to_owned(),
+    })
+}
+
+/// Moves `<root>/<rel>` to `<root>/malformed/<rel>` (a free name if taken); returns the new path.
+fn move_aside(root: &Path, rel: &Path) -> Result<PathBuf, Error> {
+    let from = root.join(rel);
+    let mut to = root.join(MALFORMED_DIR).join(rel);
+    let mut n = 1;
+    while to.exists() {
+        to = root
+            .join(MALFORMED_DIR)
+            .join(format!("{}.{n}", rel.display()));
+        n += 1;
+    }
+    let io = |source| Error::Io {
+        path: from.clone(),
+        source,
+    };
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::rename(&from, &to).map_err(io)?;
+    Ok(to)
+}
+
+fn is_b64url(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(seed: u64, len: usize) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                A[(x % 64) as usize] as char
+            })
+            .collect()
+    }
+
+    fn token(contract: &str, n: u64) -> (String, String) {
+        let sig = b64(n + 1000, 86);
+        let json = format!(
+            r#"{{"version":0,"public_key":"{}","timestamp":1795312780,"relay_pubkey":"{}","share_key":"","signature":"{sig}","nonce":"00112233445566778899aabbccddeeff","contract":{{"settlement_open":1795312840,"settlement_close":1795316380,"public_key":"{contract}","signature":"{}"}}}}"#,
+            b64(n + 2000, 43),
+            b64(7, 43),
+            b64(9, 86)
+        );
+        (sig, json)
+    }
+
+    fn count(home: &Path) -> i64 {
+        let conn = open(&home.join(DB_FILE)).unwrap();
+        conn.query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A store in both layouts: `<contract>/<sig>.json` (v0.3.8), deeper nesting (v0.3.7 loads
+    /// every `*.json`), the v0.3.8 `expired/` subtree, and malformed files.
+    fn reference_store(home: &Path) -> Vec<String> {
+        let root = home.join(STORE_DIR);
+        let (c1, c2) = (b64(1, 43), b64(2, 43));
+        let mut sigs = Vec::new();
+        for n in 0..20 {
+            let c = if n % 2 == 0 { &c1 } else { &c2 };
+            let (sig, json) = token(c, n);
+            let dir = match n % 5 {
+                3 => root.join("old").join(c),
+                4 => root.join("expired").join(c),
+                _ => root.join(c),
+            };
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{sig}.json")), json).unwrap();
+            sigs.push(sig);
+        }
+        std::fs::write(root.join(&c1).join("broken.json"), "{not json").unwrap();
+        std::fs::write(root.join(&c2).join("nokey.json"), r#"{"version":0}"#).unwrap();
+        std::fs::write(root.join(&c2).join("notes.txt"), "ignored").unwrap();
+        sigs
+    }
+
+    #[test]
+    fn ledger_import_keeps_every_token_moves_malformed_aside_and_is_idempotent() {
+        let home = tempfile::tempdir().unwrap();
+        let sigs = reference_store(home.path());
+        let r = import_store(home.path()).unwrap();
+        assert_eq!((r.imported, r.already_present), (20, 0));
+        assert_eq!(r.malformed.len(), 2, "{r:?}");
+        for m in &r.malformed {
+            assert!(
+                m.starts_with(home.path().join("sharetokens/malformed")),
+                "{m:?}"
+            );
+            assert!(m.exists());
+        }
+        assert_eq!(count(home.path()), 20);
+        let conn = open(&home.path().join(DB_FILE)).unwrap();
+        for sig in &sigs {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sharetokens WHERE signature = ?1 AND state = 'pending'",
+                    [sig],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{sig}");
+        }
+        // The body is the file, byte for byte.
+        let (_, json) = token(&b64(1, 43), 0);
+        let body: String = conn
+            .query_row(
+                "SELECT body FROM sharetokens WHERE signature = ?1",
+                [&sigs[0]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(body, json);
+        drop(conn);
+
+        let again = import_store(home.path()).unwrap();
+        assert_eq!(
+            again,
+            ImportReport {
+                imported: 0,
+                already_present: 20,
+                malformed: vec![]
+            }
+        );
+        assert_eq!(count(home.path()), 20);
+    }
+
+    #[test]
+    fn ledger_export_writes_pending_tokens_in_the_reference_layout() {
+        let home = tempfile::tempdir().unwrap();
+        reference_store(home.path());
+        import_store(home.path()).unwrap();
+        std::fs::remove_dir_all(home.path().join(STORE_DIR)).unwrap();
+        assert_eq!(export_pending(home.path()).unwrap(), 20);
+        assert_eq!(export_pending(home.path()).unwrap(), 0);
+        // Re-importing the export finds everything present.
+        let r = import_store(home.path()).unwrap();
+        assert_eq!((r.imported, r.already_present), (0, 20));
+        let (sig, json) = token(&b64(1, 43), 0);
+        let file = home
+            .path()
+            .join(STORE_DIR)
+            .join(b64(1, 43))
+            .join(format!("{sig}.json"));
+        assert_eq!(std::fs::read_to_string(file).unwrap(), json);
+    }
+
+    #[test]
+    fn ledger_schema_down_moves_the_database_aside_and_up_takes_it_back() {
+        use crate::{Context, Migration as _};
+        let home = tempfile::tempdir().unwrap();
+        let ctx = Context::new(home.path(), "config.json");
+        let m = crate::m0002_ledger_schema::LedgerSchema;
+        m.up(&ctx).unwrap();
+        reference_store(home.path());
+        import_store(home.path()).unwrap();
+        m.down(&ctx).unwrap();
+        m.down(&ctx).unwrap();
+        assert!(!home.path().join(DB_FILE).exists());
+        assert!(home.path().join(DB_FILE_DOWN).exists());
+        m.up(&ctx).unwrap();
+        m.up(&ctx).unwrap();
+        assert_eq!(count(home.path()), 20);
+    }
+}
