@@ -64,6 +64,7 @@ impl Ledger {
         admission: Admission,
     ) -> Result<Self, Error> {
         let store = Store::open(&home.join(store::DB_FILE))?;
+        import_reference_store(home);
         let writer = Writer::spawn(store).map_err(Error::Thread)?;
         let submitter = config.auto_submit_interval.map(|interval| Submitter {
             client,
@@ -92,6 +93,27 @@ impl Ledger {
                 .into_actor(self)
                 .map(|_, act, _| act.submitting = false),
         );
+    }
+}
+
+/// Imports a reference relay's `sharetokens/` store (migration m0003's `up`, run at every start
+/// so a store copied in later is picked up). A failure is logged, not fatal: the files stay.
+fn import_reference_store(home: &Path) {
+    match relay_migrations::ledger::import_store(home) {
+        Ok(r) => {
+            for path in &r.malformed {
+                warn!(moved_to = %path.display(), "malformed sharetoken file moved aside");
+            }
+            if r.imported > 0 || !r.malformed.is_empty() {
+                info!(
+                    imported = r.imported,
+                    already_present = r.already_present,
+                    malformed = r.malformed.len(),
+                    "imported the sharetokens/ store"
+                );
+            }
+        }
+        Err(e) => warn!(error = %e, "could not import the sharetokens/ store; its files are kept"),
     }
 }
 

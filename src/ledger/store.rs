@@ -1,6 +1,9 @@
 //! The ledger's persistence: one SQLite database in the home directory, written by one
 //! connection at a time.
 //!
+//! The schema and the connection settings live in `relay_migrations::ledger` (shared with the
+//! schema and import migrations).
+//!
 //! # Durability
 //! The database runs in WAL mode with `synchronous=FULL`: every committed transaction is fsynced
 //! before `COMMIT` returns, so a token survives `kill -9` *and* power loss once its admission is
@@ -21,38 +24,11 @@
 //! It never runs on an async thread.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use wireleap_protocol::Sharetoken;
 
-/// File name of the ledger database in the home directory.
-pub const DB_FILE: &str = "ledger.db";
-/// How long a writer waits for another process holding the write lock.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The schema version this code reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
-
-/// The schema, version 1. Kept in step with the ledger-schema migration.
-pub const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS sharetokens (
-    id               INTEGER PRIMARY KEY,
-    contract         TEXT    NOT NULL,
-    servicekey       TEXT    NOT NULL,
-    signature        TEXT    NOT NULL,
-    settlement_open  INTEGER NOT NULL,
-    settlement_close INTEGER NOT NULL,
-    body             TEXT    NOT NULL,
-    state            TEXT    NOT NULL DEFAULT 'pending',
-    admitted_at      INTEGER NOT NULL,
-    next_attempt     INTEGER NOT NULL,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    last_error       TEXT,
-    settled_at       INTEGER,
-    UNIQUE (contract, servicekey, signature)
-);
-CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
-";
+pub use relay_migrations::ledger::{BUSY_TIMEOUT, DB_FILE, SCHEMA_VERSION};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -260,8 +236,8 @@ impl Store {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(open)?;
-        let store = Self::setup(conn).map_err(open)?;
+        let conn = relay_migrations::ledger::open(path).map_err(open)?;
+        let store = Self { conn };
         let found = store.schema_version()?;
         if found > SCHEMA_VERSION {
             return Err(Error::NewerSchema {
@@ -269,7 +245,7 @@ impl Store {
                 found,
             });
         }
-        store.migrate_schema()?;
+        relay_migrations::ledger::ensure_schema(&store.conn)?;
         Ok(store)
     }
 
@@ -278,16 +254,8 @@ impl Store {
     /// # Errors
     /// [`Error::Sql`] if SQLite cannot allocate it.
     pub fn in_memory() -> Result<Self, Error> {
-        let store = Self::setup(Connection::open_in_memory()?)?;
-        store.migrate_schema()?;
-        Ok(store)
-    }
-
-    fn setup(conn: Connection) -> Result<Self, rusqlite::Error> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // `journal_mode` returns a row; read it rather than `pragma_update`, which rejects rows.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let conn = Connection::open_in_memory()?;
+        relay_migrations::ledger::ensure_schema(&conn)?;
         Ok(Self { conn })
     }
 
@@ -299,19 +267,6 @@ impl Store {
         Ok(self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
-    }
-
-    /// Creates the schema if it is missing (idempotent; the migrations crate owns the steps,
-    /// this keeps a fresh relay usable without a supervisor).
-    fn migrate_schema(&self) -> Result<(), Error> {
-        if self.schema_version()? >= SCHEMA_VERSION {
-            return Ok(());
-        }
-        let tx = self.conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA_V1)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
-        Ok(())
     }
 
     /// Inserts a batch of tokens in one transaction (group commit): one fsync for all of them.
