@@ -101,6 +101,8 @@ pub fn load_config(home: &Path) -> Result<config::Loaded, config::Error> {
 /// # Errors
 /// Any startup failure; the caller prints it and exits with [`Error::exit_code`].
 pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Result<u8, Error> {
+    // First, while the process has one thread: the environment is read (and cleared) here.
+    let inherited = crate::lifecycle::listenfds::take_from_env().map_err(Error::Runtime)?;
     let loaded = load_config(home)?;
     for w in &loaded.warnings {
         warn!(key = %w.path, "config: {}", w.message);
@@ -114,6 +116,9 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         source,
     })?;
     let own_pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    if inherited {
+        info!("using the listening socket inherited from the parent (LISTEN_FDS)");
+    }
     info!(version = %version, pid = own_pid, relay = %identity.public_key_b64(), home = %home.display(), "wireleap-relay starting");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

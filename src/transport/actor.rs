@@ -88,9 +88,14 @@ impl Transport {
             address: address.clone(),
             source,
         };
-        let listener = TcpListener::bind((config.address.host.as_str(), config.address.port))
-            .await
-            .map_err(bind_err)?;
+        // A listener inherited from the supervisor (or systemd) stays the same socket across
+        // restarts and upgrades; otherwise bind the configured address.
+        let listener = match crate::lifecycle::listenfds::take_stashed() {
+            Some(inherited) => TcpListener::from_std(inherited).map_err(bind_err)?,
+            None => TcpListener::bind((config.address.host.as_str(), config.address.port))
+                .await
+                .map_err(bind_err)?,
+        };
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let limits = Limits {
             dial_timeout: config.timeout,

@@ -11,3 +11,4 @@ mod config;
 mod enrollment;
 mod identity;
 mod lifecycle;
+mod supervisor;

@@ -1,0 +1,291 @@
+//! The supervision loop: one relay generation at a time on the supervisor's listener.
+
+use std::net::TcpListener;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt as _, FdMapping};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+
+use crate::budget::{Budget, Verdict};
+use crate::exit;
+use crate::notify::{self, ReadySocket};
+
+/// The variable that names the relay's home directory.
+pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
+/// How long a new relay generation has to report ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping relay gets before SIGKILL (its own shutdown grace is shorter).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exit codes of a relay stopped gracefully by a signal (128 + SIGINT, SIGQUIT, SIGTERM): an
+/// operator's `wireleap-relay stop`, not a crash.
+const GRACEFUL: [i32; 3] = [130, 131, 143];
+
+/// What the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The relay's home directory.
+    pub home: PathBuf,
+    /// The relay binary.
+    pub relay: PathBuf,
+    /// systemd's `NOTIFY_SOCKET`, if set.
+    pub notify_socket: Option<String>,
+}
+
+/// Why supervision could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The relay refused its config.
+    #[error("the relay's check-config failed (exit {0}); fix config.json and start again")]
+    Config(i32),
+    /// config.json has no usable `address`.
+    #[error("{path}: {why}")]
+    Address {
+        /// The config file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An OS call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Logs one line on stderr (the unit's journal, or the log file).
+pub fn log(message: &str) {
+    eprintln!("wireleap-relay-supervisor: {message}");
+}
+
+/// Supervises until stopped; returns the exit code.
+///
+/// # Errors
+/// Startup failures ([`Error`]); once the first relay runs, failures become exit codes.
+pub fn run(opts: &Options) -> Result<u8, Error> {
+    check_config(opts)?;
+    let listener = listener(opts)?;
+    let local = listener.local_addr().map_err(io("listener address"))?;
+    log(&format!("listening on {local}"));
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP]).map_err(io("signal handlers"))?;
+    let ready = ReadySocket::bind().map_err(io("readiness socket"))?;
+    let mut budget = Budget::default();
+    let mut told_systemd = false;
+    loop {
+        let mut child = spawn(opts, &listener, ready.name())?;
+        let pid = child.id();
+        log(&format!("started relay (pid {pid})"));
+        let started = Instant::now();
+        let mut is_ready = false;
+        let outcome = loop {
+            for sig in signals.pending() {
+                match sig {
+                    SIGUSR1 => forward(pid, Signal::SIGUSR1),
+                    SIGHUP => {}
+                    _ => {
+                        log("stopping");
+                        notify::to_systemd(opts.notify_socket.as_deref(), "STOPPING=1");
+                        stop(&mut child);
+                        return Ok(exit::OK);
+                    }
+                }
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => log(&format!("could not check the relay: {e}")),
+            }
+            if !is_ready {
+                if ready
+                    .ready_within(Duration::from_millis(100))
+                    .unwrap_or(false)
+                {
+                    is_ready = true;
+                    log(&format!(
+                        "relay ready (pid {pid}) after {:?}",
+                        started.elapsed()
+                    ));
+                    if !told_systemd {
+                        notify::to_systemd(
+                            opts.notify_socket.as_deref(),
+                            &format!(
+                                "READY=1\nSTATUS=relay pid {pid}\nMAINPID={}",
+                                std::process::id()
+                            ),
+                        );
+                        told_systemd = true;
+                    }
+                } else if started.elapsed() > READY_TIMEOUT {
+                    log(&format!(
+                        "relay (pid {pid}) not ready after {READY_TIMEOUT:?}; stopping it"
+                    ));
+                    stop(&mut child);
+                    break child.wait().unwrap_or_else(|_| ExitStatus::default());
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        if outcome.code().is_some_and(|c| GRACEFUL.contains(&c)) {
+            log(&format!(
+                "relay (pid {pid}) was stopped ({outcome}); stopping too"
+            ));
+            return Ok(exit::OK);
+        }
+        match budget.crash(Instant::now()) {
+            Verdict::RestartAfter(delay) => {
+                log(&format!(
+                    "relay (pid {pid}) exited ({outcome}); restarting in {delay:?}"
+                ));
+                std::thread::sleep(delay);
+            }
+            Verdict::GiveUp => {
+                log(&format!(
+                    "relay (pid {pid}) exited ({outcome}); more than {} crashes in {:?}, giving up",
+                    crate::budget::MAX_CRASHES,
+                    crate::budget::WINDOW
+                ));
+                return Ok(exit::CRASH_BUDGET);
+            }
+        }
+    }
+}
+
+fn check_config(opts: &Options) -> Result<(), Error> {
+    let status = Command::new(&opts.relay)
+        .arg("check-config")
+        .env(HOME_ENV, &opts.home)
+        .status()
+        .map_err(io(format!("could not run {}", opts.relay.display())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Config(status.code().unwrap_or(-1)))
+    }
+}
+
+/// The listener: from systemd socket activation if given, else bound to config.json's address.
+fn listener(opts: &Options) -> Result<TcpListener, Error> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0
+        && let Some(l) = fds.take_tcp_listener(0).map_err(io("inherited socket"))?
+    {
+        log("using the socket passed by systemd");
+        return Ok(l);
+    }
+    let address = address(&opts.home.join("config.json"))?;
+    TcpListener::bind(address.as_str()).map_err(io(format!("could not listen on {address}")))
+}
+
+fn address(path: &Path) -> Result<String, Error> {
+    let err = |why: String| Error::Address {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+    value
+        .get("address")
+        .and_then(serde_json::Value::as_str)
+        .map(|s| s.trim_start_matches('[').replacen("]:", ":", 1).to_owned())
+        .map(|s| {
+            if s.matches(':').count() > 1 {
+                bracket(&s)
+            } else {
+                s
+            }
+        })
+        .ok_or_else(|| err("no \"address\"".into()))
+}
+
+/// `::1:443` → `[::1]:443`.
+fn bracket(host_port: &str) -> String {
+    match host_port.rsplit_once(':') {
+        Some((h, p)) => format!("[{h}]:{p}"),
+        None => host_port.to_owned(),
+    }
+}
+
+fn spawn(opts: &Options, listener: &TcpListener, ready: &str) -> Result<Child, Error> {
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io("duplicating the listener"))?;
+    let mut cmd = Command::new(&opts.relay);
+    cmd.args(["start", "--fg"])
+        .current_dir(&opts.home)
+        .env(HOME_ENV, &opts.home)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env("NOTIFY_SOCKET", ready);
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: fd,
+        child_fd: 3,
+    }])
+    .map_err(|e| Error::Io {
+        what: "passing the listener".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    cmd.spawn()
+        .map_err(io(format!("could not start {}", opts.relay.display())))
+}
+
+fn forward(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; reaps the child.
+fn stop(child: &mut Child) {
+    forward(child.id(), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log(&format!(
+        "relay (pid {}) did not stop in {STOP_TIMEOUT:?}; killing it",
+        child.id()
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_from_config() {
+        let dir = std::env::temp_dir().join(format!("wlrs-addr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        for (text, want) in [
+            (r#"{"address":"127.0.0.1:0"}"#, "127.0.0.1:0"),
+            (r#"{"address":"[::1]:13499"}"#, "[::1]:13499"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(address(&path).unwrap(), want);
+        }
+        std::fs::write(&path, "{}").unwrap();
+        assert!(address(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,100 @@
+//! The supervisor owns the listening socket: a relay killed with SIGKILL is restarted on the same
+//! socket, and connections made meanwhile wait in its backlog instead of being refused.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::process::{is_alive, relay_bin};
+use crate::support::{Home, eventually, tls};
+
+fn supervisor_bin() -> PathBuf {
+    let path = relay_bin().with_file_name("wireleap-relay-supervisor");
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// Kills the supervisor if a test fails before stopping it.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap();
+}
+
+#[test]
+fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0",
+            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
+    );
+    let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
+    let child = Command::new(supervisor_bin())
+        .args(["--relay".as_ref(), relay_bin().as_os_str()])
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut sup = Guard(child);
+    let read_log = || home.read("supervisor.log");
+    eventually(Duration::from_secs(30), "the first relay to be ready", || read_log().contains("relay ready"));
+    let addr: SocketAddr = read_log()
+        .lines()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(read_log().contains("inherited from the parent"), "the relay bound its own socket:\n{}", read_log());
+    tls::handshake(addr).unwrap();
+    let first = home.pid().unwrap();
+
+    signal(first, Signal::SIGKILL);
+    eventually(Duration::from_secs(5), "the relay to die", || !is_alive(first));
+    // The socket never closed: a connection is accepted into the backlog at once.
+    let t0 = Instant::now();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connection refused while the relay restarted");
+    eventually(Duration::from_secs(30), "a TLS handshake with the restarted relay", || tls::handshake(addr).is_ok());
+    let gap = t0.elapsed();
+    let second = home.pid().unwrap();
+    assert_ne!(first, second);
+    assert!(read_log().contains("restarting in"), "{}", read_log());
+    println!("relay restarted on the same socket; first handshake after {gap:?}");
+
+    // SIGTERM stops the relay, then the supervisor, cleanly.
+    signal(sup.0.id() as i32, Signal::SIGTERM);
+    let mut status = None;
+    eventually(Duration::from_secs(15), "the supervisor to exit", || {
+        status = sup.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0), "{}", read_log());
+    assert!(!is_alive(second), "the relay outlived its supervisor");
+    assert!(!home.file("wireleap-relay-supervisor.pid").exists());
+}
+
+#[test]
+fn the_supervisor_refuses_a_bad_config_with_the_relays_reason() {
+    let home = Home::with_config(r#"{"address": "127.0.0.1:0", "timeout": "soon"}"#);
+    let out = Command::new(supervisor_bin())
+        .args(["--relay".as_ref(), relay_bin().as_os_str()])
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("timeout: invalid duration") && stderr.contains("check-config failed"), "{stderr}");
+}
