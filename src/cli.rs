@@ -43,6 +43,30 @@ pub enum Command {
     Status,
     /// Validate config.json; print OK or every problem.
     CheckConfig,
+    /// Show the relay's balance, accepted tokens and withdrawals at its contract(s).
+    Balance {
+        /// Only this contract (default: every contract in config.json).
+        #[arg(long, value_name = "URL")]
+        contract: Option<String>,
+        /// Print the contracts' replies as indented JSON (the reference's output).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw earnings from a contract.
+    Withdraw {
+        /// The contract (default: the only contract in config.json).
+        #[arg(long, value_name = "URL")]
+        contract: Option<String>,
+        /// Where the payout goes (see the contract's payout info).
+        #[arg(long)]
+        destination: String,
+        /// How much, in the contract's smallest unit (> 0).
+        #[arg(long, allow_negative_numbers = true)]
+        amount: i64,
+        /// Print the contract's reply as indented JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the software version (with -v, the interface versions too).
     Version {
         /// Also print the interface versions.

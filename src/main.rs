@@ -8,7 +8,7 @@ use wireleap_relay::cli::{self, Cli, Command};
 use wireleap_relay::home::{self, ProcessEnv};
 use wireleap_relay::identity::Identity;
 use wireleap_relay::lifecycle::control;
-use wireleap_relay::{config, daemon, exit, telemetry, version};
+use wireleap_relay::{config, daemon, exit, ledger, telemetry, version};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(cli::normalize(std::env::args())) {
@@ -77,6 +77,25 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             control_result(control::reload(home))
         }
         Command::Status => control::status(home),
+        Command::Balance { contract, json } => payout_result(ledger::payout::balance(
+            home,
+            contract.as_deref(),
+            json,
+            &version.to_string(),
+        )),
+        Command::Withdraw {
+            contract,
+            destination,
+            amount,
+            json,
+        } => payout_result(ledger::payout::withdraw(
+            home,
+            contract.as_deref(),
+            &destination,
+            amount,
+            json,
+            &version.to_string(),
+        )),
     }
 }
 
@@ -90,6 +109,17 @@ fn check_config(home: &Path) -> u8 {
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),
+    }
+}
+
+fn payout_result(r: Result<String, ledger::payout::Error>) -> u8 {
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            exit::OK
+        }
+        Err(e @ ledger::payout::Error::Config(_)) => fail(&e, exit::CONFIG),
+        Err(e) => fail(&e, exit::FAILURE),
     }
 }
 

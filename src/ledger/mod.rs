@@ -12,11 +12,13 @@
 //! - [`store`]: the database (schema, group-commit insert, claims, outcomes, counts).
 //! - [`writer`]: the thread that owns the connection; async callers never block on disk.
 //! - [`submit`]: submission rounds and the archive.
+//! - [`payout`]: the `balance` and `withdraw` commands.
 //!
 //! Who calls it: the transport (admit), the daemon (open, flush at shutdown, counts), the
 //! migrations (import, schema).
 
 mod actor;
+pub mod payout;
 pub mod store;
 pub mod submit;
 pub mod writer;

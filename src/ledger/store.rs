@@ -249,6 +249,21 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens `<home>/ledger.db` only if it exists (commands that read it must not create it).
+    ///
+    /// # Errors
+    /// [`Error::Open`] when it is missing or unreadable.
+    pub fn open_existing(home: &Path) -> Result<Self, Error> {
+        let path = home.join(DB_FILE);
+        if !path.exists() {
+            return Err(Error::Open {
+                path,
+                source: rusqlite::Error::InvalidPath(home.join(DB_FILE)),
+            });
+        }
+        Self::open(&path)
+    }
+
     /// A private in-memory ledger (tests, and a relay without a home).
     ///
     /// # Errors
