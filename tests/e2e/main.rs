@@ -12,3 +12,4 @@ mod enrollment;
 mod identity;
 mod lifecycle;
 mod supervisor;
+mod units;
