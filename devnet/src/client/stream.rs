@@ -6,6 +6,7 @@
 //! DATA frame boundaries (one frame ↔ one UDP datagram, spec §6.6). It does not wait for the
 //! response headers before sending (relays answer only when they first write, §6.2).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -35,6 +36,9 @@ pub enum StreamEnd {
     Reset(String),
 }
 
+/// Most chunks read ahead while settling a failed write.
+const SETTLE_LIMIT: usize = 256;
+
 /// Slot shared with whoever needs to know how the stream ended (the outer hops of a circuit).
 pub(crate) type EndSlot = Arc<Mutex<StreamEnd>>;
 
@@ -60,6 +64,8 @@ pub struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvState,
     buffered: Bytes,
+    /// Chunks read ahead while settling a failed write (served before new ones).
+    early: VecDeque<Bytes>,
     end: EndSlot,
     finished: bool,
     /// Streams and connection drivers this stream runs inside of (kept alive with it).
@@ -81,6 +87,7 @@ impl H2Stream {
             send,
             recv: RecvState::Waiting(response),
             buffered: Bytes::new(),
+            early: VecDeque::new(),
             end: Arc::new(Mutex::new(StreamEnd::Open)),
             finished: false,
             keep: Vec::new(),
@@ -110,6 +117,33 @@ impl H2Stream {
         if !self.buffered.is_empty() {
             return Poll::Ready(Ok(Some(std::mem::take(&mut self.buffered))));
         }
+        if let Some(c) = self.early.pop_front() {
+            return Poll::Ready(Ok(Some(c)));
+        }
+        self.poll_next_chunk(cx)
+    }
+
+    /// After a failed write (the relay ended or reset the stream), reads whatever of the
+    /// response is already buffered, so that a `wl-status` trailer that came before the reset
+    /// is recorded in [`H2Stream::end`]. Data read here is kept for later reads.
+    fn settle(&mut self, cx: &mut Context<'_>) {
+        for _ in 0..SETTLE_LIMIT {
+            match self.poll_next_chunk(cx) {
+                Poll::Ready(Ok(Some(c))) => self.early.push_back(c),
+                Poll::Ready(_) | Poll::Pending => return,
+            }
+        }
+    }
+
+    fn write_error(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
+        self.settle(cx);
+        match self.end() {
+            StreamEnd::Status(s) => io::Error::other(s),
+            _ => e,
+        }
+    }
+
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         loop {
             match &mut self.recv {
                 RecvState::Waiting(fut) => match ready!(Pin::new(fut).poll(cx)) {
@@ -199,11 +233,28 @@ impl H2Stream {
             match std::future::poll_fn(|cx| self.send.poll_capacity(cx)).await {
                 Some(Ok(n)) if n >= want => break,
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")),
+                Some(Err(e)) => return Err(self.settle_now(io::Error::other(e)).await),
+                None => {
+                    let e = io::Error::new(io::ErrorKind::BrokenPipe, "stream closed");
+                    return Err(self.settle_now(e).await);
+                }
             }
         }
-        self.send.send_data(data, false).map_err(io::Error::other)
+        match self.send.send_data(data, false) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.settle_now(io::Error::other(e)).await),
+        }
+    }
+
+    async fn settle_now(&mut self, e: io::Error) -> io::Error {
+        let mut e = Some(e);
+        std::future::poll_fn(|cx| {
+            let err = e
+                .take()
+                .unwrap_or_else(|| io::Error::other("stream closed"));
+            Poll::Ready(self.write_error(cx, err))
+        })
+        .await
     }
 
     /// Ends our side (END_STREAM). The relay then closes the remote (no half-close, §6.5).
@@ -271,19 +322,20 @@ impl AsyncWrite for H2Stream {
         while cap == 0 {
             cap = match ready!(this.send.poll_capacity(cx)) {
                 Some(Ok(n)) => n,
-                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Some(Err(e)) => return Poll::Ready(Err(this.write_error(cx, io::Error::other(e)))),
                 None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "stream closed",
-                    )));
+                    let e = io::Error::new(io::ErrorKind::BrokenPipe, "stream closed");
+                    return Poll::Ready(Err(this.write_error(cx, e)));
                 }
             };
         }
         let n = cap.min(buf.len());
-        this.send
+        if let Err(e) = this
+            .send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(io::Error::other)?;
+        {
+            return Poll::Ready(Err(this.write_error(cx, io::Error::other(e))));
+        }
         Poll::Ready(Ok(n))
     }
 

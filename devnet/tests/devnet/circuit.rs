@@ -49,6 +49,51 @@ async fn one_hop_tcp_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_full_duplex_through_two_hops() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let ck = contract_key();
+        let a = start_peer(PublicKey::from(&ck)).await;
+        let b = start_peer(PublicKey::from(&ck)).await;
+        let echo = tcp_echo().await;
+        let sk = servicekey_signed_by(&ck, unix_now() + 600, unix_now() + 4200);
+        let c = CircuitClient::new(
+            sk,
+            vec![
+                Hop::new(a.address(), a.pubkey),
+                Hop::new(b.address(), b.pubkey),
+            ],
+            ClientConfig::default(),
+        )
+        .unwrap();
+        let s = c.open(&echo.to_string(), Network::Tcp).await.unwrap();
+        let (mut rd, mut wr) = tokio::io::split(s);
+        const TOTAL: usize = 16 << 20;
+        let started = std::time::Instant::now();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0x5au8; 64 * 1024];
+            for _ in 0..TOTAL / chunk.len() {
+                wr.write_all(&chunk).await.unwrap();
+            }
+            wr
+        });
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        while got < TOTAL {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "early end after {got} bytes");
+            assert!(buf[..n].iter().all(|&x| x == 0x5a));
+            got += n;
+        }
+        let wr = writer.await.unwrap();
+        let mut s = rd.unsplit(wr);
+        s.finish();
+        eprintln!("16 MiB echoed through 2 hops in {:?}", started.elapsed());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_streams_share_one_connection() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let ck = contract_key();

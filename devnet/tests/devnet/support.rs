@@ -79,6 +79,7 @@ pub(crate) async fn tcp_echo() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
@@ -163,6 +164,7 @@ pub(crate) async fn start_peer(contract: PublicKey) -> Peer {
     let st = stats.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
+            let _ = tcp.set_nodelay(true);
             st.connections.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let st = st.clone();
@@ -170,11 +172,8 @@ pub(crate) async fn start_peer(contract: PublicKey) -> Peer {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut b = h2::server::Builder::new();
-                b.initial_window_size(4 << 20)
-                    .initial_connection_window_size(16 << 20)
-                    .max_frame_size(1 << 20);
-                let Ok(mut conn) = b.handshake::<_, Bytes>(tls).await else {
+                // Default (64 KiB) windows on purpose: the client's flow control is exercised.
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };
                 while let Some(Ok((req, respond))) = conn.accept().await {
@@ -294,7 +293,10 @@ async fn handle(
     )
     .await
     {
-        Ok(Ok(t)) => t,
+        Ok(Ok(t)) => {
+            let _ = t.set_nodelay(true);
+            t
+        }
         Ok(Err(e)) => {
             return finish(
                 &mut send,
