@@ -10,6 +10,7 @@ mod support;
 mod config;
 mod enrollment;
 mod identity;
+mod ledger;
 mod lifecycle;
 mod supervisor;
 mod units;

@@ -1,0 +1,566 @@
+//! The sharetoken ledger of the real relay binary against the stand-in contract (issue #5):
+//! submission through a contract outage, expiry when the window closes first, import of a
+//! reference store, `balance`/`withdraw`, two relays on one ledger, and `kill -9` during intake.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rusqlite::Connection;
+use wireleap_devnet::Server;
+use wireleap_devnet::client;
+use wireleap_protocol::{
+    InitPayload, Network, PublicKey, Servicekey, Sharetoken, Status, unix_now,
+};
+
+use crate::support::standin::Standin;
+use crate::support::{Home, eventually};
+
+/// Every wait is bounded by this.
+const WAIT: Duration = Duration::from_secs(40);
+
+fn config(contract: &str, auto_submit: &str) -> String {
+    format!(
+        r#"{{"address": "127.0.0.1:0", "auto_submit_interval": "{auto_submit}", "archive_dir": "archive",
+            "heartbeat_interval": "1s", "danger_zone": {{"allow_loopback": true}},
+            "contracts": {{"{contract}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#
+    )
+}
+
+fn relay_key(home: &Home) -> PublicKey {
+    let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
+    PublicKey::try_from_b64(&key).unwrap()
+}
+
+/// `(signature, state)` of every row of the relay's ledger (read-only, beside the daemon).
+fn ledger_rows(home: &Path) -> Vec<(String, String)> {
+    let path = home.join("ledger.db");
+    if !path.exists() {
+        return Vec::new();
+    }
+    let conn =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT signature, state FROM sharetokens ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn states(home: &Path) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (_, s) in ledger_rows(home) {
+        *m.entry(s).or_default() += 1;
+    }
+    m
+}
+
+fn tokens(sks: &[Servicekey], relay: PublicKey, n: usize) -> Vec<Sharetoken> {
+    (0..n)
+        .map(|i| Sharetoken::new(&sks[i % sks.len()], relay, unix_now()).unwrap())
+        .collect()
+}
+
+/// Writes tokens as a reference relay does: `sharetokens/<contract>/<signature>.json`.
+fn write_store(home: &Path, tokens: &[Sharetoken]) {
+    for t in tokens {
+        let dir = home
+            .join("sharetokens")
+            .join(t.contract.public_key.unwrap().to_b64());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("{}.json", t.signature.to_b64())),
+            serde_json::to_string(t).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+fn submits(s: &Standin) -> usize {
+    s.net
+        .requests_to(Server::Contract)
+        .iter()
+        .filter(|r| r.path == "/submit")
+        .count()
+}
+
+#[test]
+fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_once() {
+    let s = Standin::start();
+    s.net.with_switches(|w| {
+        w.servicekey_duration_secs = 5;
+        w.submission_window_secs = 300;
+    });
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let relay = relay_key(&home);
+    let sks: Vec<_> = (0..3).map(|_| s.net.mint_servicekey()).collect();
+    let toks = tokens(&sks, relay, 30);
+    write_store(home.path(), &toks);
+    home.ok(&["start"]);
+    s.wait_enrolled(&relay.to_b64(), WAIT);
+    s.net.set_contract_500(u64::MAX);
+    eventually(WAIT, "imported tokens", || {
+        states(home.path()).get("pending") == Some(&30)
+    });
+
+    // Due at settlement_open + 1; every token is tried, fails, and is tried again.
+    eventually(WAIT, "two failed attempts per token", || submits(&s) >= 60);
+    assert_eq!(s.net.balance(&relay), 0);
+    assert_eq!(states(home.path()).get("pending"), Some(&30));
+
+    s.net.set_contract_500(0);
+    eventually(WAIT, "every token archived", || {
+        states(home.path()).get("archived") == Some(&30)
+    });
+    assert_eq!(s.net.balance(&relay), 30, "each token paid exactly once");
+    for t in &toks {
+        let file = home
+            .path()
+            .join("archive")
+            .join(t.contract.public_key.unwrap().to_b64())
+            .join(format!("{}.json", t.signature.to_b64()));
+        let body = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(body, serde_json::to_string(t).unwrap());
+    }
+    // Nothing more is submitted once every token is settled.
+    let settled = submits(&s);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(submits(&s), settled);
+
+    // The submissions are signed by the relay with both interface headers (spec §5.6).
+    let sub = s
+        .net
+        .requests_to(Server::Contract)
+        .into_iter()
+        .rfind(|r| r.path == "/submit")
+        .unwrap();
+    assert_eq!(
+        sub.header("wireleap-relay-pubkey"),
+        Some(relay.to_b64().as_str())
+    );
+    assert_eq!(sub.header("wireleap-relay-dir-version"), Some("0.2.0"));
+    assert!(sub.header("idempotency-key").is_some());
+
+    // `balance` and `withdraw` (spec §5.7): relay-contract header only.
+    let run = home.ok(&["balance", "--json"]);
+    let b: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(b["contract"], s.net.contract_url());
+    assert_eq!(b["balance"]["available"], 30);
+    assert_eq!(b["tokens"].as_array().unwrap().len(), 30);
+    let run = home.ok(&["balance"]);
+    assert!(run.stdout.contains("available:   30 usd"), "{run}");
+    assert!(
+        run.stdout
+            .contains("0 pending, 0 submitted, 30 archived, 0 expired"),
+        "{run}"
+    );
+    let run = home.ok(&[
+        "withdraw",
+        "-destination",
+        "acct_x",
+        "-amount",
+        "12",
+        "--json",
+    ]);
+    let w: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (w["amount"].as_i64(), w["state"].as_str()),
+        (Some(12), Some("complete"))
+    );
+    assert_eq!(s.net.balance(&relay), 18);
+    let run = home.run(&["withdraw", "--destination", "acct_x", "--amount", "0"]);
+    assert_eq!(run.code, 1, "{run}");
+    for r in s.net.requests_to(Server::Contract) {
+        if r.path.starts_with("/payout/") {
+            assert_eq!(r.header("wireleap-relay-contract-version"), Some("0.1.0"));
+            assert_eq!(r.header("wireleap-relay-dir-version"), None, "{r:?}");
+        }
+    }
+    let w = s
+        .net
+        .requests_to(Server::Contract)
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == "/payout/withdrawals")
+        .unwrap();
+    assert_eq!(
+        w.body,
+        r#"{"amount":12,"type":"TODO","destination":"acct_x"}"#
+    );
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn ledger_expires_tokens_whose_window_closes_during_an_outage_keeps_them_and_stops_retrying() {
+    let s = Standin::start();
+    s.net.with_switches(|w| {
+        w.servicekey_duration_secs = 3;
+        w.submission_window_secs = 3;
+    });
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let relay = relay_key(&home);
+    let toks = tokens(&[s.net.mint_servicekey()], relay, 10);
+    write_store(home.path(), &toks);
+    home.ok(&["start"]);
+    s.wait_enrolled(&relay.to_b64(), WAIT);
+    s.net.set_contract_500(u64::MAX);
+    eventually(WAIT, "failed attempts", || submits(&s) >= 10);
+    eventually(WAIT, "every token expired", || {
+        states(home.path()).get("expired") == Some(&10)
+    });
+    s.net.set_contract_500(0);
+    let tried = submits(&s);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(submits(&s), tried, "an expired token is never retried");
+    assert_eq!(s.net.balance(&relay), 0);
+    assert_eq!(
+        ledger_rows(home.path()).len(),
+        10,
+        "expired tokens are kept"
+    );
+    home.ok(&["stop"]);
+}
+
+/// Every file below `dir`, relative, with its content.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn ledger_imports_a_reference_store_in_both_layouts_and_a_second_import_changes_nothing() {
+    let s = Standin::start();
+    let home = Home::with_config(&config(s.net.contract_url(), "0"));
+    let relay = relay_key(&home);
+    let sks: Vec<_> = (0..4).map(|_| s.net.mint_servicekey()).collect();
+    let toks = tokens(&sks, relay, 40);
+    // v0.3.8 layout for most, older nesting and the `expired/` subtree for some.
+    write_store(home.path(), &toks[..30]);
+    let contract = toks[0].contract.public_key.unwrap().to_b64();
+    for (i, t) in toks[30..].iter().enumerate() {
+        let sub = if i % 2 == 0 { "expired" } else { "old/nested" };
+        let dir = home.path().join("sharetokens").join(sub).join(&contract);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("{}.json", t.signature.to_b64())),
+            serde_json::to_string(t).unwrap(),
+        )
+        .unwrap();
+    }
+    let store = home.path().join("sharetokens");
+    std::fs::write(store.join(&contract).join("garbage.json"), "{\"version\":").unwrap();
+
+    home.ok(&["start"]);
+    eventually(WAIT, "the import", || ledger_rows(home.path()).len() == 40);
+    home.ok(&["stop"]);
+    let want: BTreeSet<String> = toks.iter().map(|t| t.signature.to_b64()).collect();
+    let got: BTreeSet<String> = ledger_rows(home.path()).into_iter().map(|r| r.0).collect();
+    assert_eq!(got, want, "nothing lost");
+    assert!(
+        store
+            .join("malformed")
+            .join(&contract)
+            .join("garbage.json")
+            .exists()
+    );
+    assert!(!store.join(&contract).join("garbage.json").exists());
+    assert!(
+        home.read("wireleap-relay.log")
+            .contains("malformed sharetoken file moved aside")
+    );
+
+    let rows = ledger_rows(home.path());
+    let files = tree(&store);
+    home.ok(&["start"]);
+    eventually(WAIT, "the second start", || {
+        home.read("wireleap-relay.log")
+            .matches("listening for H/2 requests")
+            .count()
+            >= 2
+    });
+    home.ok(&["stop"]);
+    assert_eq!(
+        ledger_rows(home.path()),
+        rows,
+        "the second import changed the ledger"
+    );
+    assert_eq!(tree(&store), files, "the second import changed the store");
+}
+
+// === streams through the real transport ===
+
+/// A relay started with `start --fg` by the test (so it can be `kill -9`ed); killed on drop.
+struct FgRelay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl FgRelay {
+    fn start(home: &Home, log: &str, s: &Standin) -> Self {
+        let log_path = home.file(log);
+        let _ = std::fs::remove_file(&log_path);
+        let err = std::fs::File::create(&log_path).unwrap();
+        let child = home
+            .command(&["start", "--fg"])
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut addr = None;
+        eventually(WAIT, "the listen address", || {
+            addr = std::fs::read_to_string(&log_path).ok().and_then(|l| {
+                l.split("listening for H/2 requests on https://")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse().ok())
+            });
+            addr.is_some()
+        });
+        s.wait_enrolled(&relay_key(home).to_b64(), WAIT);
+        Self {
+            child,
+            addr: addr.unwrap(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FgRelay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn h2_conn(addr: SocketAddr) -> Option<h2::client::SendRequest<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let tls = tokio_rustls::TlsConnector::from(client::tls::client_config().unwrap())
+        .connect(client::tls::server_name("wireleap.com").unwrap(), tcp)
+        .await
+        .ok()?;
+    let (send, conn) = h2::client::handshake(tls).await.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(send)
+}
+
+/// Opens one stream with `token` to a closed local port. `Some(true)`: admitted (the relay
+/// stored the token, then the dial failed: 502); `Some(false)`: refused (400/500);
+/// `None`: no answer (the relay died).
+async fn open_stream(
+    conn: &h2::client::SendRequest<Bytes>,
+    token: Sharetoken,
+    closed: SocketAddr,
+) -> Option<bool> {
+    let payload = InitPayload::connect(Network::Tcp, &format!("target://{closed}"), token);
+    let req = http::Request::builder()
+        .method(http::Method::PUT)
+        .uri("https://wireleap.com/")
+        .header("wl-payload", payload.to_header_value())
+        .body(())
+        .ok()?;
+    let fut = async {
+        let mut ready = conn.clone().ready().await.ok()?;
+        let (resp, _send) = ready.send_request(req, false).ok()?;
+        let mut body = resp.await.ok()?.into_body();
+        while let Some(c) = body.data().await {
+            let c = c.ok()?;
+            let _ = body.flow_control().release_capacity(c.len());
+        }
+        let trailers = body.trailers().await.ok()??;
+        let status = Status::from_json(trailers.get("wl-status")?.as_bytes()).ok()?;
+        Some(status.code == 502)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn ledger_two_relays_on_one_ledger_admit_each_token_exactly_once() {
+    let s = Standin::start();
+    let home = Home::with_config(&config(s.net.contract_url(), "0"));
+    let relay = relay_key(&home);
+    let a = FgRelay::start(&home, "a.log", &s);
+    let b = FgRelay::start(&home, "b.log", &s);
+    let closed = closed_port();
+    let sk = s.net.mint_servicekey();
+    let rt = runtime();
+    rt.block_on(async {
+        let (ca, cb) = (
+            h2_conn(a.addr).await.unwrap(),
+            h2_conn(b.addr).await.unwrap(),
+        );
+        // Both admit fresh tokens (both are serving).
+        for c in [&ca, &cb] {
+            let t = Sharetoken::new(&sk, relay, unix_now()).unwrap();
+            let deadline = Instant::now() + WAIT;
+            while open_stream(c, t.clone(), closed).await != Some(true) {
+                assert!(Instant::now() < deadline, "a relay never admitted a stream");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // The same token to both at the same instant, 300 times.
+        let mut wins = Vec::new();
+        for _ in 0..300 {
+            let t = Sharetoken::new(&sk, relay, unix_now()).unwrap();
+            let (x, y) = tokio::join!(
+                open_stream(&ca, t.clone(), closed),
+                open_stream(&cb, t.clone(), closed)
+            );
+            wins.push((x, y));
+        }
+        for (i, (x, y)) in wins.iter().enumerate() {
+            assert!(
+                matches!(
+                    (x, y),
+                    (Some(true), Some(false)) | (Some(false), Some(true))
+                ),
+                "token {i}: {x:?} {y:?}"
+            );
+        }
+        let both_won = wins.iter().filter(|(x, _)| *x == Some(true)).count();
+        eprintln!("relay a won {both_won} of 300, relay b {}", 300 - both_won);
+    });
+    assert_eq!(ledger_rows(home.path()).len(), 302);
+    drop((a, b));
+}
+
+#[test]
+fn ledger_kill_9_during_intake_loses_no_admitted_token_and_submission_resumes() {
+    let s = Standin::start();
+    s.net.with_switches(|w| {
+        w.servicekey_duration_secs = 6;
+        w.submission_window_secs = 300;
+    });
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let relay = relay_key(&home);
+    let closed = closed_port();
+    let rt = runtime();
+    let mut seen_admitted: Vec<String> = Vec::new();
+    let mut attempted = 0usize;
+    let mut rng_state: u64 = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rand_ms = |lo: u64, hi: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        lo + rng_state % (hi - lo)
+    };
+    const KILLS: usize = 22;
+    for round in 0..KILLS {
+        let mut r = FgRelay::start(&home, "fg.log", &s);
+        // A fresh servicekey each round: usable until its settlement_open, 6 s from now.
+        let sk = s.net.mint_servicekey();
+        let run_for = Duration::from_millis(rand_ms(300, 1500));
+        let admitted = rt.block_on(async {
+            let conn = h2_conn(r.addr).await.unwrap();
+            let deadline = Instant::now() + run_for;
+            let mut out = Vec::new();
+            let mut sent = 0;
+            // As fast as it can: 16 streams at a time, until the kill lands mid-batch.
+            let killer = {
+                let pid = r.child.id();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline.into()).await;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                })
+            };
+            loop {
+                let batch: Vec<Sharetoken> = (0..16)
+                    .map(|_| Sharetoken::new(&sk, relay, unix_now()).unwrap())
+                    .collect();
+                sent += batch.len();
+                let answers = futures::future::join_all(
+                    batch.iter().map(|t| open_stream(&conn, t.clone(), closed)),
+                )
+                .await;
+                let mut dead = false;
+                for (t, a) in batch.iter().zip(answers) {
+                    match a {
+                        Some(true) => out.push(t.signature.to_b64()),
+                        Some(false) => panic!("a fresh token was refused in round {round}"),
+                        None => dead = true,
+                    }
+                }
+                if dead || Instant::now() > deadline + Duration::from_secs(5) {
+                    break;
+                }
+            }
+            let _ = killer.await;
+            (out, sent)
+        });
+        r.kill9();
+        attempted += admitted.1;
+        seen_admitted.extend(admitted.0);
+    }
+    // One more start: the ledger must hold every token the client saw admitted, each once.
+    let _r = FgRelay::start(&home, "fg.log", &s);
+    let rows = ledger_rows(home.path());
+    let in_ledger: BTreeSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(
+        in_ledger.len(),
+        rows.len(),
+        "a token is in the ledger twice"
+    );
+    let missing: Vec<_> = seen_admitted
+        .iter()
+        .filter(|s| !in_ledger.contains(*s))
+        .collect();
+    eprintln!(
+        "{KILLS} kills: {attempted} streams tried, {} seen admitted, {} in the ledger",
+        seen_admitted.len(),
+        rows.len()
+    );
+    assert!(missing.is_empty(), "{} admitted tokens lost", missing.len());
+    assert!(
+        seen_admitted.len() > 100,
+        "too few streams admitted to mean anything"
+    );
+    // Submission resumes: every token in the ledger is paid, once.
+    eventually(Duration::from_secs(60), "every token archived", || {
+        states(home.path()).get("archived") == Some(&rows.len())
+    });
+    assert_eq!(s.net.balance(&relay), i64::try_from(rows.len()).unwrap());
+}
