@@ -89,13 +89,17 @@ struct ClientArgs {
     /// A servicekey JSON file (as printed by `mint`) instead of activating one.
     #[arg(long)]
     servicekey: Option<PathBuf>,
-    /// Relay address, `wireleap://host:port`; repeat for each hop, first hop first.
-    #[arg(long = "relay", required = true)]
+    /// Relay address, `wireleap://host:port`; repeat for each hop, first hop first. Without
+    /// any, the circuit is chosen from the contract's directory (see --hops).
+    #[arg(long = "relay")]
     relays: Vec<String>,
     /// Relay public key (base64url, quotes allowed, or `@FILE` such as a relay's key.pub);
     /// one per --relay, same order.
-    #[arg(long = "relay-pubkey", required = true)]
+    #[arg(long = "relay-pubkey")]
     relay_pubkeys: Vec<String>,
+    /// Circuit length when relays come from the directory.
+    #[arg(long, default_value_t = 1)]
+    hops: usize,
     /// Target `host:port`.
     #[arg(long, required_unless_present = "ping")]
     target: Option<String>,
@@ -216,12 +220,8 @@ async fn echo(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
-    if a.relays.len() != a.relay_pubkeys.len() {
-        bail!("give one --relay-pubkey per --relay");
-    }
-    let hops = a
-        .relays
+fn explicit_hops(a: &ClientArgs) -> anyhow::Result<Vec<Hop>> {
+    a.relays
         .iter()
         .zip(&a.relay_pubkeys)
         .map(|(addr, pk)| {
@@ -233,7 +233,21 @@ async fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("relay pubkey {pk}"))?;
             Ok(Hop::new(addr.clone(), pk))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()
+}
+
+async fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
+    if a.relays.len() != a.relay_pubkeys.len() {
+        bail!("give one --relay-pubkey per --relay");
+    }
+    let hops = if a.relays.is_empty() {
+        let Some(c) = &a.contract else {
+            bail!("give --relay/--relay-pubkey, or --contract to pick relays from its directory");
+        };
+        client::discover_circuit(c, a.hops).await?
+    } else {
+        explicit_hops(&a)?
+    };
     let sk: Servicekey = match (&a.servicekey, &a.contract) {
         (Some(f), _) => serde_json::from_slice(&std::fs::read(f)?)?,
         (None, Some(c)) => client::activate_servicekey(c).await?,

@@ -494,6 +494,93 @@ pub async fn activate_servicekey(contract_url: &str) -> Result<Servicekey, Clien
     Ok(sk)
 }
 
+/// Finds a circuit through the relays a contract's directory lists (spec §4.1, §4.8).
+///
+/// Fetches `<contract>/info`, then the directory's signed `GET /relays` (the signature must
+/// be by `directory.public_key`), keeps relays whose `client-relay` minor matches ours, and
+/// builds a circuit of `len` hops: 1 = a backing relay; 2 = fronting + backing; more =
+/// fronting, entropic…, backing (first suitable relays by address order). When no relay has
+/// the wanted role, any relay not yet used is taken, so a one-relay devnet still works.
+///
+/// # Errors
+/// [`ClientError::Activate`] (used for any discovery failure, with the URL) when a request,
+/// the signature or the list fails, or the list has fewer than `len` relays.
+pub async fn discover_circuit(contract_url: &str, len: usize) -> Result<Vec<Hop>, ClientError> {
+    use wireleap_protocol::signed;
+    use wireleap_protocol::{ContractInfo, RelayList, Role};
+    let base = contract_url.trim_end_matches('/');
+    let err = |url: &str, reason: String| ClientError::Activate {
+        url: url.to_owned(),
+        reason,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| err(base, e.to_string()))?;
+    let info_url = format!("{base}/info");
+    let info: ContractInfo = http
+        .get(&info_url)
+        .send()
+        .await
+        .map_err(|e| err(&info_url, e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| err(&info_url, e.to_string()))?;
+    let list_url = info.relays_url();
+    let resp = http
+        .get(&list_url)
+        .send()
+        .await
+        .map_err(|e| err(&list_url, e.to_string()))?;
+    let h = resp.headers().clone();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| err(&list_url, e.to_string()))?;
+    signed::verify_directory_reply(
+        h.get(signed::HEADER_DIRECTORY_PUBKEY)
+            .and_then(|v| v.to_str().ok()),
+        h.get(signed::HEADER_DIRECTORY_SIGNATURE)
+            .and_then(|v| v.to_str().ok()),
+        &body,
+        Some(&info.directory.public_key),
+    )
+    .map_err(|e| err(&list_url, e.to_string()))?;
+    let list: RelayList =
+        serde_json::from_slice(&body).map_err(|e| err(&list_url, e.to_string()))?;
+    let mut pool: Vec<_> = list
+        .into_values()
+        .filter(|e| {
+            e.versions.client_relay.as_deref().is_some_and(|v| {
+                wireleap_protocol::version::is_compatible(
+                    &wireleap_protocol::version::CLIENT_RELAY,
+                    v,
+                )
+            })
+        })
+        .collect();
+    if len == 0 || pool.len() < len {
+        return Err(err(
+            &list_url,
+            format!("{} usable relays listed, {len} needed", pool.len()),
+        ));
+    }
+    let roles: Vec<Role> = match len {
+        1 => vec![Role::Backing],
+        n => std::iter::once(Role::Fronting)
+            .chain(std::iter::repeat_n(Role::Entropic, n - 2))
+            .chain(std::iter::once(Role::Backing))
+            .collect(),
+    };
+    let mut hops = Vec::with_capacity(len);
+    for role in roles {
+        let i = pool.iter().position(|e| e.role == role).unwrap_or(0);
+        let e = pool.remove(i);
+        hops.push(Hop::new(e.address, e.pubkey));
+    }
+    Ok(hops)
+}
+
 /// A servicekey signed directly with a contract key (in-process; no HTTP).
 pub fn servicekey_signed_by(
     contract_key: &wireleap_protocol::SigningKey,

@@ -201,6 +201,76 @@ async fn three_hops_tcp_and_udp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_discovered_from_the_directory() {
+    use wireleap_protocol::signed::{Interface, idempotency_key};
+    use wireleap_protocol::{RelayEntry, Role, Versions};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let net = Devnet::start(Config::default()).await.unwrap();
+        let contract = net.ready().contract_pubkey;
+        let front = start_peer(contract).await;
+        let back = start_peer(contract).await;
+        for (p, role) in [(&back, Role::Backing), (&front, Role::Fronting)] {
+            let e = RelayEntry {
+                role,
+                address: p.address(),
+                pubkey: p.pubkey,
+                versions: Versions::relay("0.7.0"),
+                key: String::new(),
+                update_channel: String::new(),
+                upgrade_channel: String::new(),
+                network_usage_limit: String::new(),
+            };
+            let body = e.to_json();
+            let opts = wireleap_protocol::signed::RequestOptions {
+                software_version: Some("0.7.0".into()),
+                interfaces: vec![Interface::RelayDir],
+                idempotency_key: Some(idempotency_key()),
+            };
+            let mut req = reqwest::Client::new()
+                .post(format!("{}/relays", net.directory_url()))
+                .body(body.clone());
+            for (k, v) in wireleap_protocol::signed::request_headers(&p.key, body.as_bytes(), &opts)
+            {
+                req = req.header(k, v);
+            }
+            assert_eq!(req.send().await.unwrap().status().as_u16(), 200);
+        }
+        let hops = client::discover_circuit(net.contract_url(), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            hops,
+            vec![
+                Hop::new(front.address(), front.pubkey),
+                Hop::new(back.address(), back.pubkey)
+            ]
+        );
+        let one = client::discover_circuit(net.contract_url(), 1)
+            .await
+            .unwrap();
+        assert_eq!(one, vec![Hop::new(back.address(), back.pubkey)]);
+        assert!(
+            client::discover_circuit(net.contract_url(), 3)
+                .await
+                .is_err()
+        );
+        let echo = tcp_echo().await;
+        let sk = client::activate_servicekey(net.contract_url())
+            .await
+            .unwrap();
+        let c = CircuitClient::new(sk, hops, ClientConfig::default()).unwrap();
+        let mut s = c.open(&echo.to_string(), Network::Tcp).await.unwrap();
+        assert_eq!(
+            round_trip(&mut s, b"via the directory").await,
+            b"via the directory"
+        );
+        s.finish();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let ck = contract_key();

@@ -129,6 +129,7 @@ pub(crate) struct PeerStats {
 pub(crate) struct Peer {
     pub(crate) addr: SocketAddr,
     pub(crate) pubkey: PublicKey,
+    pub(crate) key: SigningKey,
     pub(crate) stats: Arc<PeerStats>,
 }
 
@@ -186,6 +187,7 @@ pub(crate) async fn start_peer(contract: PublicKey) -> Peer {
     Peer {
         addr,
         pubkey,
+        key,
         stats,
     }
 }
