@@ -320,7 +320,7 @@ impl Devnet {
 
     /// Every request recorded so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.lock().log.clone()
+        self.shared.lock().log.iter().cloned().collect()
     }
 
     /// Requests seen by one server.

@@ -174,7 +174,7 @@ pub(crate) struct State {
     /// Idempotency cache of successful POST replies: (path, key) → (code, body).
     pub(crate) idempotency: HashMap<(String, String), (u16, String)>,
     /// Recorded requests.
-    pub(crate) log: Vec<RecordedRequest>,
+    pub(crate) log: std::collections::VecDeque<RecordedRequest>,
 }
 
 /// Shared by every server of one devnet.
@@ -243,8 +243,8 @@ impl Inner {
     pub(crate) fn record(&self, r: RecordedRequest) {
         let mut st = self.lock();
         if st.log.len() >= MAX_RECORDED {
-            st.log.remove(0);
+            st.log.pop_front();
         }
-        st.log.push(r);
+        st.log.push_back(r);
     }
 }
