@@ -161,7 +161,9 @@ pub(crate) async fn gate(State(ctx): State<Ctx>, req: Request, next: Next) -> Re
     } else {
         next.run(req).await
     };
-    if let Ok(v) = HeaderValue::from_str(&ours.to_string()) {
+    // An override that is not semver is still sent as is (to test the caller's parse error).
+    let text = override_version.unwrap_or_else(|| ours.to_string());
+    if let Ok(v) = HeaderValue::from_str(&text) {
         resp.headers_mut().insert(hname, v);
     }
     resp
