@@ -52,7 +52,7 @@ pub(crate) fn contract_info(ctx: &Ctx) -> ContractInfo {
         }),
         directory: DirectoryRef {
             endpoint: urls.directory,
-            public_key: PublicKey::from(&ctx.shared.directory_key),
+            public_key: Some(PublicKey::from(&ctx.shared.directory_key)),
         },
         metadata: serde_json::json!({"operator": "wireleap-devnet", "name": "devnet contract"}),
     }

@@ -19,8 +19,24 @@ fn is_null(v: &serde_json::Value) -> bool {
 pub struct DirectoryRef {
     /// Directory base URL; `/relays` is path-joined onto it, `/info` string-appended.
     pub endpoint: String,
-    /// The directory's public key (signs the relay list).
-    pub public_key: PublicKey,
+    /// The directory's public key (signs the relay list). The relay never uses it, so an
+    /// absent, `null` or empty value is accepted as `None` (only clients need it).
+    #[serde(
+        default,
+        deserialize_with = "lenient_key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_key: Option<PublicKey>,
+}
+
+fn lenient_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PublicKey>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => PublicKey::try_from_b64(t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 /// A contract's `/info` (spec §5.1).
@@ -166,6 +182,12 @@ mod tests {
         assert_eq!(ci.relays_url(), "http://dir:8081/relays");
         assert_eq!(ci.directory_info_url(), "http://dir:8081//info");
         assert_eq!(ci.servicekey["value"], "1000");
+        assert_eq!(ci.directory.public_key, Some(pk));
+        let no_key: ContractInfo = serde_json::from_str(&format!(
+            r#"{{"pubkey":"{pk}","directory":{{"endpoint":"http://d","public_key":""}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(no_key.directory.public_key, None);
         let out = serde_json::to_string(&ci).unwrap();
         assert!(!out.contains("payout"));
     }

@@ -543,7 +543,12 @@ pub async fn discover_circuit(contract_url: &str, len: usize) -> Result<Vec<Hop>
         h.get(signed::HEADER_DIRECTORY_SIGNATURE)
             .and_then(|v| v.to_str().ok()),
         &body,
-        Some(&info.directory.public_key),
+        Some(
+            &info
+                .directory
+                .public_key
+                .ok_or_else(|| err(&info_url, "contract names no directory key".into()))?,
+        ),
     )
     .map_err(|e| err(&list_url, e.to_string()))?;
     let list: RelayList =

@@ -339,7 +339,7 @@ async fn signed_relay_list_and_contract_info() {
             h.get(signed::HEADER_DIRECTORY_SIGNATURE)
                 .and_then(|v| v.to_str().ok()),
             &body,
-            Some(&ci.directory.public_key),
+            ci.directory.public_key.as_ref(),
         )
         .unwrap();
         assert_eq!(signer, net.ready().directory_pubkey);
