@@ -29,6 +29,10 @@ use crate::upgrader::Upgrader;
 
 /// The whole shutdown, from the signal to exit, fits in this (less than `stop`'s 3 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2500);
+/// How long startup waits for the first enrollment round before accepting anyway.
+const FIRST_ROUND_BUDGET: Duration = Duration::from_secs(15);
+/// How long the old generation lets its in-flight streams finish after a handover.
+pub const HANDOVER_DRAIN: Duration = Duration::from_secs(120);
 /// Disenrollment is best effort and gets at most this much of the grace period.
 const DEREGISTER_BUDGET: Duration = Duration::from_millis(1000);
 /// Every request to an actor has a timeout.
@@ -191,6 +195,19 @@ impl Daemon {
             upgrader.clone().recipient(),
         )
         .start();
+        // Accept only once every contract had its first enrollment attempt: a generation that
+        // takes over a shared listener must not refuse streams as "not available" meanwhile.
+        // Connections made until then wait in the listener's backlog.
+        match enrollment
+            .send(directory::WaitFirstRound)
+            .timeout(FIRST_ROUND_BUDGET)
+            .await
+        {
+            Ok(()) => info!("first enrollment round done"),
+            Err(_) => {
+                warn!(budget = ?FIRST_ROUND_BUDGET, "first enrollment round still running; accepting anyway")
+            }
+        }
         let transport = transport.start();
         let status = StatusSource {
             version: self.version.to_string(),
@@ -212,14 +229,24 @@ impl Daemon {
         info!(phase = %Phase::Serving, "ready");
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
 
-        let signal = loop {
+        let stop = loop {
             match signals.next().await {
                 SignalEvent::Reload => self.reload(&actors).await,
                 SignalEvent::DumpStatus => self.dump_status(&actors).await,
-                SignalEvent::Terminate(sig) => break sig,
+                stop @ (SignalEvent::Terminate(_) | SignalEvent::HandOver) => break stop,
             }
         };
-        info!(signal, "shutting down");
+        let (handover, code, grace) = match stop {
+            SignalEvent::Terminate(sig) => {
+                info!(signal = sig, "shutting down");
+                let code = u8::try_from(128 + sig).unwrap_or(exit::FAILURE);
+                (false, code, SHUTDOWN_GRACE)
+            }
+            _ => {
+                info!("handing over to the new generation: draining without disenrolling");
+                (true, exit::OK, HANDOVER_DRAIN + Duration::from_secs(5))
+            }
+        };
         notify::send(self.notify_socket.as_deref(), "STOPPING=1");
         // A second terminating signal means "now".
         tokio::spawn(async move {
@@ -233,18 +260,18 @@ impl Daemon {
                 }
             }
         });
-        if tokio::time::timeout(SHUTDOWN_GRACE, shutdown(&actors))
+        if tokio::time::timeout(grace, shutdown(&actors, handover))
             .await
             .is_err()
         {
-            warn!(grace = ?SHUTDOWN_GRACE, "shutdown did not finish in time; exiting anyway");
+            warn!(?grace, "shutdown did not finish in time; exiting anyway");
         }
         if let Some(rest) = &rest {
             rest.stop();
         }
         System::current().stop();
         info!(phase = %Phase::Stopped, "stopped");
-        Ok(u8::try_from(128 + signal).unwrap_or(exit::FAILURE))
+        Ok(code)
     }
 
     /// SIGUSR1: re-read `config.json` (never `.next`), validate, apply. Errors are logged and the
@@ -280,8 +307,9 @@ impl Daemon {
     }
 }
 
-/// The shutdown phases, in order, each logged.
-async fn shutdown(actors: &Actors) {
+/// The shutdown phases, in order, each logged. A handover skips deregistration (the new
+/// generation keeps the enrollment) and drains for [`HANDOVER_DRAIN`] instead of the short grace.
+async fn shutdown(actors: &Actors, handover: bool) {
     info!(phase = %Phase::StopAccepting, "shutdown phase");
     let _ = actors
         .transport
@@ -289,19 +317,25 @@ async fn shutdown(actors: &Actors) {
         .timeout(ACTOR_TIMEOUT)
         .await;
 
-    info!(phase = %Phase::Deregister, "shutdown phase");
-    match actors
-        .enrollment
-        .send(directory::DisenrollAll)
-        .timeout(DEREGISTER_BUDGET)
-        .await
-    {
-        Ok(n) => info!(directories = n, "deregistered"),
-        Err(e) => warn!(error = %e, "deregistration incomplete"),
+    if !handover {
+        info!(phase = %Phase::Deregister, "shutdown phase");
+        match actors
+            .enrollment
+            .send(directory::DisenrollAll)
+            .timeout(DEREGISTER_BUDGET)
+            .await
+        {
+            Ok(n) => info!(directories = n, "deregistered"),
+            Err(e) => warn!(error = %e, "deregistration incomplete"),
+        }
     }
 
     info!(phase = %Phase::Drain, "shutdown phase");
-    let deadline = SHUTDOWN_GRACE.saturating_sub(DEREGISTER_BUDGET + Duration::from_millis(500));
+    let deadline = if handover {
+        HANDOVER_DRAIN
+    } else {
+        SHUTDOWN_GRACE.saturating_sub(DEREGISTER_BUDGET + Duration::from_millis(500))
+    };
     match actors
         .transport
         .send(transport::Drain { deadline })

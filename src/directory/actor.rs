@@ -41,6 +41,10 @@ pub struct Enrollment {
     heartbeat: Duration,
     /// Where upgrade notices go.
     upgrader: Recipient<UpgradeNotice>,
+    /// Contracts whose first enrollment attempt has not finished yet (started with all of them).
+    first_round: std::collections::BTreeSet<ContractUrl>,
+    /// Becomes true when every contract had its first attempt: the daemon starts accepting then.
+    first_round_done: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -97,6 +101,7 @@ impl Enrollment {
             .iter()
             .map(|(url, c)| (url.clone(), Slot::new(url, c)))
             .collect();
+        let first_round = config.contracts.keys().cloned().collect();
         Self {
             contracts,
             admission,
@@ -105,6 +110,16 @@ impl Enrollment {
             software: software.to_owned(),
             heartbeat: config.heartbeat_interval,
             upgrader,
+            first_round,
+            first_round_done: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Marks `url`'s first attempt done; opens the gates when every contract had one.
+    fn attempted(&mut self, url: &ContractUrl) {
+        if self.first_round.remove(url) && self.first_round.is_empty() {
+            self.admission.set_started();
+            self.first_round_done.send_replace(true);
         }
     }
 
@@ -177,7 +192,10 @@ impl Actor for Enrollment {
         for url in &urls {
             self.spawn_task(url, ctx);
         }
-        self.admission.set_started();
+        if urls.is_empty() {
+            self.admission.set_started();
+            self.first_round_done.send_replace(true);
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -337,6 +355,7 @@ impl Handler<Enrolled> for Enrollment {
             slot.state.enrolled = true;
             slot.state.last_error = None;
         }
+        self.attempted(&msg.url);
     }
 }
 
@@ -354,6 +373,7 @@ impl Handler<Failed> for Enrollment {
         if let Some(slot) = self.contracts.get_mut(&msg.url) {
             slot.state.last_error = Some(msg.error);
         }
+        self.attempted(&msg.url);
     }
 }
 
@@ -468,6 +488,23 @@ impl Handler<ApplyConfig> for Enrollment {
         }
         self.heartbeat = config.heartbeat_interval;
         summary
+    }
+}
+
+/// Wait until every contract had its first enrollment attempt (enrolled or failed once), so a
+/// new generation does not accept streams it would refuse as "not available".
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WaitFirstRound;
+
+impl Handler<WaitFirstRound> for Enrollment {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: WaitFirstRound, _ctx: &mut Self::Context) -> Self::Result {
+        let mut done = self.first_round_done.subscribe();
+        Box::pin(async move {
+            let _ = done.wait_for(|d| *d).await;
+        })
     }
 }
 

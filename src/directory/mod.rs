@@ -13,5 +13,6 @@ pub mod schedule;
 
 pub use actor::{
     ApplyConfig, ContractState, ContractStatuses, DisenrollAll, Enrollment, ReloadSummary,
+    WaitFirstRound,
 };
 pub use admission::{Admission, AdmissionError};

@@ -5,6 +5,7 @@
 //! | SIGUSR1 | [`SignalEvent::Reload`] |
 //! | SIGUSR2 | [`SignalEvent::DumpStatus`] |
 //! | SIGTERM, SIGINT, SIGQUIT | [`SignalEvent::Terminate`] (a second one forces exit) |
+//! | SIGHUP | [`SignalEvent::HandOver`]: sent by the supervisor once a new generation is ready |
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -17,6 +18,9 @@ pub enum SignalEvent {
     DumpStatus,
     /// Shut down gracefully; carries the signal number for the exit code (128 + n).
     Terminate(i32),
+    /// A new generation serves the same listener: stop accepting, drain the streams in flight,
+    /// exit 0, and stay enrolled (the new generation carries the enrollment on).
+    HandOver,
 }
 
 /// The daemon's signal handlers, installed once.
@@ -27,6 +31,7 @@ pub struct Signals {
     term: Signal,
     int: Signal,
     quit: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -41,6 +46,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -52,6 +58,7 @@ impl Signals {
             _ = self.term.recv() => SignalEvent::Terminate(libc_signal::SIGTERM),
             _ = self.int.recv() => SignalEvent::Terminate(libc_signal::SIGINT),
             _ = self.quit.recv() => SignalEvent::Terminate(libc_signal::SIGQUIT),
+            _ = self.hup.recv() => SignalEvent::HandOver,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt as _, FdMapping};
@@ -71,7 +71,26 @@ pub fn log(message: &str) {
     eprintln!("wireleap-relay-supervisor: {message}");
 }
 
+/// One relay process the supervisor started.
+struct Generation {
+    child: Child,
+    started: Instant,
+    /// Stopped by the supervisor for not getting ready: its exit is a failure, whatever its code.
+    abandoned: bool,
+}
+
+impl Generation {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// Supervises until stopped; returns the exit code.
+///
+/// SIGHUP hands over: a new generation starts on the same socket, and only once it reports ready
+/// is the old one told (SIGHUP) to stop accepting and drain its streams; it stays enrolled, the
+/// new one carries on. If the new generation fails to get ready, it is stopped and the old one
+/// keeps serving.
 ///
 /// # Errors
 /// Startup failures ([`Error`]); once the first relay runs, failures become exit codes.
@@ -85,62 +104,117 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let ready = ReadySocket::bind().map_err(io("readiness socket"))?;
     let mut budget = Budget::default();
     let mut told_systemd = false;
+    let mut current = start(opts, &listener, ready.name())?;
+    let mut current_ready = false;
+    let mut pending: Option<Generation> = None;
+    let mut draining: Vec<Generation> = Vec::new();
     loop {
-        let mut child = spawn(opts, &listener, ready.name())?;
-        let pid = child.id();
-        log(&format!("started relay (pid {pid})"));
-        let started = Instant::now();
-        let mut is_ready = false;
-        let outcome = loop {
-            for sig in signals.pending() {
-                match sig {
-                    SIGUSR1 => forward(pid, Signal::SIGUSR1),
-                    SIGHUP => {}
-                    _ => {
-                        log("stopping");
-                        notify::to_systemd(opts.notify_socket.as_deref(), "STOPPING=1");
-                        stop(&mut child);
-                        return Ok(exit::OK);
+        for sig in signals.pending() {
+            match sig {
+                SIGUSR1 => forward(current.pid(), Signal::SIGUSR1),
+                SIGHUP if pending.is_none() && current_ready => {
+                    let next = start(opts, &listener, ready.name())?;
+                    log(&format!(
+                        "handover: started a new generation (pid {})",
+                        next.pid()
+                    ));
+                    pending = Some(next);
+                }
+                SIGHUP => log("handover: one is already in progress or the relay is not ready yet"),
+                _ => {
+                    log("stopping");
+                    notify::to_systemd(opts.notify_socket.as_deref(), "STOPPING=1");
+                    for g in pending
+                        .iter_mut()
+                        .chain(std::iter::once(&mut current))
+                        .chain(draining.iter_mut())
+                    {
+                        stop(&mut g.child);
                     }
+                    return Ok(exit::OK);
                 }
             }
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => log(&format!("could not check the relay: {e}")),
-            }
-            if !is_ready {
-                if ready
-                    .ready_within(Duration::from_millis(100))
-                    .unwrap_or(false)
-                {
-                    is_ready = true;
-                    log(&format!(
-                        "relay ready (pid {pid}) after {:?}",
-                        started.elapsed()
-                    ));
-                    if !told_systemd {
-                        notify::to_systemd(
-                            opts.notify_socket.as_deref(),
-                            &format!(
-                                "READY=1\nSTATUS=relay pid {pid}\nMAINPID={}",
-                                std::process::id()
-                            ),
-                        );
-                        told_systemd = true;
-                    }
-                } else if started.elapsed() > READY_TIMEOUT {
-                    log(&format!(
-                        "relay (pid {pid}) not ready after {READY_TIMEOUT:?}; stopping it"
-                    ));
-                    stop(&mut child);
-                    break child.wait().unwrap_or_else(|_| ExitStatus::default());
-                }
+        }
+
+        // Readiness: of the pending generation during a handover, else of the current one.
+        if (pending.is_some() || !current_ready)
+            && ready
+                .ready_within(Duration::from_millis(100))
+                .unwrap_or(false)
+        {
+            if let Some(next) = pending.take() {
+                log(&format!(
+                    "handover: pid {} ready after {:?}; pid {} stops accepting and drains",
+                    next.pid(),
+                    next.started.elapsed(),
+                    current.pid()
+                ));
+                forward(current.pid(), Signal::SIGHUP);
+                draining.push(std::mem::replace(&mut current, next));
             } else {
-                std::thread::sleep(Duration::from_millis(100));
+                current_ready = true;
+                log(&format!(
+                    "relay ready (pid {}) after {:?}",
+                    current.pid(),
+                    current.started.elapsed()
+                ));
+                if !told_systemd {
+                    notify::to_systemd(
+                        opts.notify_socket.as_deref(),
+                        &format!(
+                            "READY=1\nSTATUS=relay pid {}\nMAINPID={}",
+                            current.pid(),
+                            std::process::id()
+                        ),
+                    );
+                    told_systemd = true;
+                }
             }
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // A pending generation that dies or never gets ready is abandoned; the old one serves on.
+        if let Some(next) = pending.as_mut() {
+            let failed = match next.child.try_wait() {
+                Ok(Some(status)) => Some(format!("exited ({status})")),
+                _ if next.started.elapsed() > READY_TIMEOUT => {
+                    Some(format!("not ready after {READY_TIMEOUT:?}"))
+                }
+                _ => None,
+            };
+            if let Some(why) = failed {
+                log(&format!(
+                    "handover failed: the new generation (pid {}) {why}; pid {} keeps serving",
+                    next.pid(),
+                    current.pid()
+                ));
+                stop(&mut next.child);
+                pending = None;
+            }
+        }
+
+        draining.retain_mut(|g| match g.child.try_wait() {
+            Ok(Some(status)) => {
+                log(&format!("pid {} drained and exited ({status})", g.pid()));
+                false
+            }
+            _ => true,
+        });
+
+        if !current_ready && current.started.elapsed() > READY_TIMEOUT {
+            log(&format!(
+                "relay (pid {}) not ready after {READY_TIMEOUT:?}; stopping it",
+                current.pid()
+            ));
+            stop(&mut current.child);
+            current.abandoned = true;
+        }
+        let Ok(Some(outcome)) = current.child.try_wait() else {
+            continue;
         };
-        if outcome.code().is_some_and(|c| GRACEFUL.contains(&c)) {
+        let pid = current.pid();
+        if !current.abandoned && outcome.code().is_some_and(|c| GRACEFUL.contains(&c)) {
             log(&format!(
                 "relay (pid {pid}) was stopped ({outcome}); stopping too"
             ));
@@ -152,6 +226,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     "relay (pid {pid}) exited ({outcome}); restarting in {delay:?}"
                 ));
                 std::thread::sleep(delay);
+                current = start(opts, &listener, ready.name())?;
+                current_ready = false;
             }
             Verdict::GiveUp => {
                 log(&format!(
@@ -163,6 +239,16 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             }
         }
     }
+}
+
+fn start(opts: &Options, listener: &TcpListener, ready: &str) -> Result<Generation, Error> {
+    let child = spawn(opts, listener, ready)?;
+    log(&format!("started relay (pid {})", child.id()));
+    Ok(Generation {
+        child,
+        started: Instant::now(),
+        abandoned: false,
+    })
 }
 
 fn check_config(opts: &Options) -> Result<(), Error> {

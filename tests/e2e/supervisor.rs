@@ -14,7 +14,11 @@ use crate::support::{Home, eventually, tls};
 
 fn supervisor_bin() -> PathBuf {
     let path = relay_bin().with_file_name("wireleap-relay-supervisor");
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -50,7 +54,11 @@ fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
         .unwrap();
     let mut sup = Guard(child);
     let read_log = || home.read("supervisor.log");
-    eventually(Duration::from_secs(30), "the first relay to be ready", || read_log().contains("relay ready"));
+    eventually(
+        Duration::from_secs(30),
+        "the first relay to be ready",
+        || read_log().contains("relay ready"),
+    );
     let addr: SocketAddr = read_log()
         .lines()
         .find_map(|l| l.split("listening on ").nth(1))
@@ -58,16 +66,27 @@ fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
         .trim()
         .parse()
         .unwrap();
-    assert!(read_log().contains("inherited from the parent"), "the relay bound its own socket:\n{}", read_log());
+    assert!(
+        read_log().contains("inherited from the parent"),
+        "the relay bound its own socket:\n{}",
+        read_log()
+    );
     tls::handshake(addr).unwrap();
     let first = home.pid().unwrap();
 
     signal(first, Signal::SIGKILL);
-    eventually(Duration::from_secs(5), "the relay to die", || !is_alive(first));
+    eventually(Duration::from_secs(5), "the relay to die", || {
+        !is_alive(first)
+    });
     // The socket never closed: a connection is accepted into the backlog at once.
     let t0 = Instant::now();
-    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connection refused while the relay restarted");
-    eventually(Duration::from_secs(30), "a TLS handshake with the restarted relay", || tls::handshake(addr).is_ok());
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .expect("connection refused while the relay restarted");
+    eventually(
+        Duration::from_secs(30),
+        "a TLS handshake with the restarted relay",
+        || tls::handshake(addr).is_ok(),
+    );
     let gap = t0.elapsed();
     let second = home.pid().unwrap();
     assert_ne!(first, second);
@@ -96,5 +115,242 @@ fn the_supervisor_refuses_a_bad_config_with_the_relays_reason() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("timeout: invalid duration") && stderr.contains("check-config failed"), "{stderr}");
+    assert!(
+        stderr.contains("timeout: invalid duration") && stderr.contains("check-config failed"),
+        "{stderr}"
+    );
+}
+
+mod handover {
+    //! A hot handover under load: a new stream every 10 ms and 50 long-lived streams moving data
+    //! while the supervisor replaces the relay generation (SIGHUP).
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use wireleap_devnet::client::{
+        CircuitClient, ClientConfig, Hop, StreamEnd, activate_servicekey,
+    };
+    use wireleap_protocol::{Network, PublicKey};
+
+    use super::*;
+    use crate::support::standin::Standin;
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    async fn echo() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// One short stream on a fresh connection: 16 bytes there and back.
+    async fn short_stream(
+        sk: &wireleap_protocol::Servicekey,
+        hop: &Hop,
+        target: SocketAddr,
+    ) -> Result<(), String> {
+        let c = CircuitClient::new(sk.clone(), vec![hop.clone()], ClientConfig::default())
+            .map_err(|e| e.to_string())?;
+        let mut s = c
+            .open(&target.to_string(), Network::Tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"0123456789abcdef")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut back = [0u8; 16];
+        s.read_exact(&mut back).await.map_err(|e| e.to_string())?;
+        s.finish();
+        match s.wait_end().await {
+            StreamEnd::Clean => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn a_handover_under_load_fails_no_open_cuts_no_stream_and_keeps_enrollment() {
+        let standin = Standin::start();
+        let home = Home::with_config(&format!(
+            r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}},
+                "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
+            standin.net.contract_url()
+        ));
+        let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
+        let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
+        let child = Command::new(supervisor_bin())
+            .args(["--relay".as_ref(), relay_bin().as_os_str()])
+            .env("WIRELEAP_RELAY_HOME", home.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut sup = Guard(child);
+        let read_log = || home.read("supervisor.log");
+        eventually(WAIT, "the relay to be ready", || {
+            read_log().contains("relay ready")
+        });
+        standin.wait_enrolled(&key, WAIT);
+        let addr: SocketAddr = read_log()
+            .lines()
+            .find_map(|l| l.split("listening on ").nth(1))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let hop = Hop::new(
+            format!("wireleap://{addr}"),
+            PublicKey::try_from_b64(&key).unwrap(),
+        );
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let target = rt.block_on(echo());
+        let sk = rt
+            .block_on(activate_servicekey(standin.net.contract_url()))
+            .unwrap();
+        // Admission follows enrollment closely; wait until a stream gets through.
+        eventually(WAIT, "a first admitted stream", || {
+            rt.block_on(short_stream(&sk, &hop, target)).is_ok()
+        });
+        let old_pid = home.pid().unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (opened, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        // 50 long-lived streams, 10 per connection, echoing 1 KiB every 20 ms.
+        let mut long = Vec::new();
+        for conn in 0..5 {
+            let client = Arc::new(
+                CircuitClient::new(sk.clone(), vec![hop.clone()], ClientConfig::default()).unwrap(),
+            );
+            for i in 0..10 {
+                let (client, stop) = (Arc::clone(&client), Arc::clone(&stop));
+                long.push(rt.spawn(async move {
+                    let mut s = client
+                        .open(&target.to_string(), Network::Tcp)
+                        .await
+                        .map_err(|e| format!("open: {e}"))?;
+                    let chunk = vec![(conn * 10 + i) as u8; 1024];
+                    let mut back = vec![0u8; 1024];
+                    let mut rounds = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        s.write_all(&chunk)
+                            .await
+                            .map_err(|e| format!("write after {rounds} rounds: {e}"))?;
+                        s.read_exact(&mut back)
+                            .await
+                            .map_err(|e| format!("read after {rounds} rounds: {e}"))?;
+                        if back != chunk {
+                            return Err("bytes differ".to_owned());
+                        }
+                        rounds += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    s.finish();
+                    match tokio::time::timeout(WAIT, s.wait_end()).await {
+                        Ok(StreamEnd::Clean) => Ok(rounds),
+                        other => Err(format!("end after {rounds} rounds: {other:?}")),
+                    }
+                }));
+            }
+        }
+        // A new stream every 10 ms.
+        let opener = {
+            let (stop, opened, failed, failures, sk, hop) = (
+                Arc::clone(&stop),
+                Arc::clone(&opened),
+                Arc::clone(&failed),
+                Arc::clone(&failures),
+                sk.clone(),
+                hop.clone(),
+            );
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut tasks = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let (opened, failed, failures, sk, hop) = (
+                        Arc::clone(&opened),
+                        Arc::clone(&failed),
+                        Arc::clone(&failures),
+                        sk.clone(),
+                        hop.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        match tokio::time::timeout(WAIT, short_stream(&sk, &hop, target)).await {
+                            Ok(Ok(())) => opened.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                failures.lock().unwrap().push(format!("{other:?}"));
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+        };
+
+        std::thread::sleep(Duration::from_millis(1000));
+        let deletes_before = standin.relays_requests("DELETE").len();
+        signal(sup.0.id() as i32, Signal::SIGHUP);
+        eventually(WAIT, "the handover", || {
+            read_log().contains("stops accepting and drains")
+        });
+        let new_pid = home.pid().unwrap();
+        assert_ne!(new_pid, old_pid);
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, Ordering::Relaxed);
+        rt.block_on(opener).unwrap();
+        let mut cut = Vec::new();
+        for t in long {
+            if let Err(e) = rt.block_on(t).unwrap() {
+                cut.push(e);
+            }
+        }
+        eventually(WAIT, "the old generation to exit", || {
+            read_log().contains(&format!("pid {old_pid} drained and exited"))
+        });
+        let (opened, failed) = (
+            opened.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+        );
+        println!(
+            "handover under load: {opened} stream opens ok, {failed} failed, {} of 50 long-lived streams cut",
+            cut.len()
+        );
+        assert_eq!(failed, 0, "failed opens: {:?}", failures.lock().unwrap());
+        assert!(cut.is_empty(), "cut long-lived streams: {cut:?}");
+        assert!(opened > 50, "too little load to mean anything: {opened}");
+        assert_eq!(
+            standin.relays_requests("DELETE").len(),
+            deletes_before,
+            "the handover disenrolled"
+        );
+        assert!(standin.is_enrolled(&key));
+        assert!(is_alive(new_pid) && !is_alive(old_pid));
+
+        signal(sup.0.id() as i32, Signal::SIGTERM);
+        eventually(Duration::from_secs(15), "the supervisor to exit", || {
+            sup.0.try_wait().unwrap().is_some()
+        });
+    }
 }

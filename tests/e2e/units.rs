@@ -10,10 +10,16 @@ fn the_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the supervisor this run built.
     let supervisor = relay_bin().with_file_name("wireleap-relay-supervisor");
-    assert!(supervisor.exists(), "run `cargo build --workspace --bins` first");
+    assert!(
+        supervisor.exists(),
+        "run `cargo build --workspace --bins` first"
+    );
     for name in ["wireleap-relay.service", "wireleap-relay.socket"] {
         let text = std::fs::read_to_string(units.join(name)).unwrap();
-        let text = text.replace("/opt/wireleap-relay/wireleap-relay-supervisor", supervisor.to_str().unwrap());
+        let text = text.replace(
+            "/opt/wireleap-relay/wireleap-relay-supervisor",
+            supervisor.to_str().unwrap(),
+        );
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
@@ -23,6 +29,12 @@ fn the_units_verify() {
         .output()
         .expect("systemd-analyze is missing: apt-get install systemd");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
-    assert!(!stderr.contains("wireleap-relay"), "warnings about our units:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("wireleap-relay"),
+        "warnings about our units:\n{stderr}"
+    );
 }
