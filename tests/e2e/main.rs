@@ -13,4 +13,5 @@ mod identity;
 mod ledger;
 mod lifecycle;
 mod supervisor;
+mod transport;
 mod units;
