@@ -185,7 +185,12 @@ impl Daemon {
         let transport = Transport::bind(&self.config, tls, deps).await?;
         let bound = transport.local_addr();
         info!(address = %bound, "listening for H/2 requests on https://{bound}");
-        let upgrader = Upgrader::new(self.config.auto_upgrade, self.version.clone()).start();
+        let upgrader = Upgrader::new(
+            self.home.clone(),
+            self.config.auto_upgrade,
+            self.version.clone(),
+        )
+        .start();
         let enrollment = Enrollment::new(
             &self.config,
             admission,

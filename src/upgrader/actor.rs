@@ -1,29 +1,55 @@
 //! The [`Upgrader`] actor and its messages.
 //!
-//! Restart: stateless between notices. Shutdown: stop (an upgrade in progress is the
-//! supervisor's to finish or roll back).
+//! Restart: stateless between notices (the skip list is re-read for each). Shutdown: stop (an
+//! upgrade in progress is the supervisor's to finish or roll back).
+
+use std::path::PathBuf;
 
 use actix::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
-/// Receives upgrade notices.
+use super::policy::{Decision, decide};
+use super::skip::SkipList;
+
+/// Receives upgrade notices and decides on them.
 #[derive(Debug)]
 pub struct Upgrader {
+    /// The home directory (for `.skip-upgrade-version`).
+    home: PathBuf,
     /// Act on notices (config `auto_upgrade`).
     auto_upgrade: bool,
     /// The running version.
     running: semver::Version,
     /// The newest version announced so far.
     announced: Option<semver::Version>,
+    /// What was decided on the last notice, for `status`.
+    last_decision: Option<String>,
 }
 
 impl Upgrader {
     /// A fresh upgrader.
-    pub fn new(auto_upgrade: bool, running: semver::Version) -> Self {
+    pub fn new(home: PathBuf, auto_upgrade: bool, running: semver::Version) -> Self {
         Self {
+            home,
             auto_upgrade,
             running,
             announced: None,
+            last_decision: None,
+        }
+    }
+
+    fn skip_list(&self) -> SkipList {
+        match SkipList::load(&self.home) {
+            Ok(list) => {
+                for (line, text) in &list.unreadable {
+                    warn!(line, text = %text, "ignoring an unreadable line of .skip-upgrade-version");
+                }
+                list
+            }
+            Err(e) => {
+                warn!(error = %e, "could not read .skip-upgrade-version");
+                SkipList::default()
+            }
         }
     }
 }
@@ -48,8 +74,28 @@ impl Handler<UpgradeNotice> for Upgrader {
     fn handle(&mut self, msg: UpgradeNotice, _ctx: &mut Self::Context) {
         info!(version = %msg.version, contract = %msg.contract, "received upgrade notice");
         if self.announced.as_ref().is_none_or(|v| msg.version > *v) {
-            self.announced = Some(msg.version);
+            self.announced = Some(msg.version.clone());
         }
+        let skipped = self.skip_list().versions;
+        // TODO(#7): the floor also includes the highest committed version from the supervisor's
+        // journal, and an accepted notice is downloaded, verified and staged.
+        let decision = decide(
+            &msg.version,
+            self.auto_upgrade,
+            &skipped,
+            &self.running,
+            None,
+        );
+        match &decision {
+            Decision::Upgrade(v) => info!(version = %v, "upgrade accepted"),
+            Decision::Ignore(why) => {
+                info!(version = %msg.version, reason = %why, "upgrade notice ignored")
+            }
+        }
+        self.last_decision = Some(match decision {
+            Decision::Upgrade(v) => format!("upgrade to {v}"),
+            Decision::Ignore(why) => format!("ignored {}: {why}", msg.version),
+        });
     }
 }
 
@@ -67,6 +113,10 @@ pub struct UpgraderState {
     pub auto_upgrade: bool,
     /// The newest version a directory announced.
     pub announced: Option<String>,
+    /// What was decided on the last notice.
+    pub last_decision: Option<String>,
+    /// Versions in `.skip-upgrade-version`.
+    pub skipped: Vec<String>,
 }
 
 impl Handler<UpgraderStatus> for Upgrader {
@@ -77,6 +127,13 @@ impl Handler<UpgraderStatus> for Upgrader {
             running: self.running.to_string(),
             auto_upgrade: self.auto_upgrade,
             announced: self.announced.as_ref().map(ToString::to_string),
+            last_decision: self.last_decision.clone(),
+            skipped: self
+                .skip_list()
+                .versions
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }

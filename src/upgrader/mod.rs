@@ -1,10 +1,13 @@
 //! Upgrader: turns a directory's upgrade notice into a staged, verified release and a request to
 //! the supervisor.
 //!
-//! Download, verification and staging come with issues #6 and #7. Here the [`Upgrader`] actor
-//! receives notices and records the newest one for `status`. Who calls it: the Enrollment actor
+//! The [`Upgrader`] actor decides on each notice ([`policy`]: auto-upgrade, the skip list of
+//! [`skip`], the version floor) and shows the outcome in `status`. Download, verification
+//! (the `relay-release` crate) and staging come with issue #7. Who calls it: the Enrollment actor
 //! (heartbeat replies) and the daemon (status).
 
 mod actor;
+pub mod policy;
+pub mod skip;
 
 pub use actor::{UpgradeNotice, Upgrader, UpgraderState, UpgraderStatus};

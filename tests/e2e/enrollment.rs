@@ -249,11 +249,27 @@ fn a_heartbeat_upgrade_notice_reaches_the_upgrader() {
     home.ok(&["start"]);
     eventually(
         Duration::from_secs(30),
-        "the upgrade notice in the log",
+        "the upgrade notice accepted",
         || {
             let log = home.read("wireleap-relay.log");
-            log.contains("received upgrade notice") && log.contains("9.9.9")
+            log.contains("received upgrade notice") && log.contains("upgrade accepted")
         },
+    );
+    home.ok(&["stop"]);
+
+    // Skipped by hand, as the reference's README tells operators (bare, spec §10 #15), next to a
+    // line that is not a version: the notice is ignored and the bad line reported.
+    home.write(".skip-upgrade-version", "9.9.9\nnine\n");
+    home.ok(&["start"]);
+    eventually(Duration::from_secs(30), "the notice ignored", || {
+        let log = home.read("wireleap-relay.log");
+        log.contains("upgrade notice ignored")
+            && log.contains("version 9.9.9 is in .skip-upgrade-version")
+    });
+    let log = home.read("wireleap-relay.log");
+    assert!(
+        log.contains("unreadable line of .skip-upgrade-version") && log.contains("line=2"),
+        "{log}"
     );
     home.ok(&["stop"]);
 }

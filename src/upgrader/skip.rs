@@ -1,0 +1,82 @@
+//! `.skip-upgrade-version`: versions that automatic upgrades ignore (spec §3.8 with §10 #15).
+//!
+//! One version per line, bare (`1.2.3`, as the reference's README tells operators to write it)
+//! or JSON-quoted (`"1.2.3"`, as the reference writes it). Blank lines and `#` comments are
+//! ignored. A line that is not a version is reported with its number, never silently dropped.
+
+use std::path::Path;
+
+use semver::Version;
+
+/// The skip list, and the lines that could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkipList {
+    /// Versions to skip, in file order.
+    pub versions: Vec<Version>,
+    /// `(line number, text)` of every line that is not a version.
+    pub unreadable: Vec<(usize, String)>,
+}
+
+impl SkipList {
+    /// Parses the file's text.
+    pub fn parse(text: &str) -> Self {
+        let mut list = Self::default();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bare = line
+                .strip_prefix('"')
+                .and_then(|l| l.strip_suffix('"'))
+                .unwrap_or(line);
+            match Version::parse(bare.trim().trim_start_matches('v')) {
+                Ok(v) => list.versions.push(v),
+                Err(_) => list.unreadable.push((i + 1, line.to_owned())),
+            }
+        }
+        list
+    }
+
+    /// Reads the file in `home`; a missing file is an empty list.
+    ///
+    /// # Errors
+    /// An I/O error other than "not found".
+    pub fn load(home: &Path) -> std::io::Result<Self> {
+        match std::fs::read_to_string(home.join(crate::home::files::SKIP_VERSION)) {
+            Ok(text) => Ok(Self::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `v` is skipped.
+    pub fn contains(&self, v: &Version) -> bool {
+        self.versions.contains(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_quoted_and_several_versions() {
+        let list = SkipList::parse("\"1.2.3\"\n1.3.0\n\n# operator note\nv2.0.0\nnot-a-version\n");
+        let want: Vec<Version> = ["1.2.3", "1.3.0", "2.0.0"]
+            .iter()
+            .map(|v| Version::parse(v).unwrap())
+            .collect();
+        assert_eq!(list.versions, want);
+        assert_eq!(list.unreadable, vec![(6, "not-a-version".to_owned())]);
+    }
+
+    #[test]
+    fn the_references_own_form_reads() {
+        // What the reference writes: a JSON string, no newline.
+        assert_eq!(
+            SkipList::parse("\"0.6.2\"").versions,
+            vec![Version::new(0, 6, 2)]
+        );
+    }
+}
