@@ -174,6 +174,9 @@ fn foreground_daemon_writes_pid_serves_tls13_h2_and_exits_128_plus_signal() {
     });
     assert_eq!(home.pid(), Some(pid));
 
+    // TLS 1.3 only (spec §6.1): a client limited to TLS 1.2 is refused.
+    let tls12 = tls::handshake_with(home.listen_addr(), &[&rustls::version::TLS12]);
+    assert!(tls12.is_err(), "the relay accepted TLS 1.2");
     let hs = tls::handshake(home.listen_addr()).unwrap();
     assert_eq!(hs.version, rustls::ProtocolVersion::TLSv1_3);
     assert_eq!(hs.alpn.as_deref(), Some(&b"h2"[..]));

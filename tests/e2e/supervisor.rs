@@ -32,16 +32,8 @@ impl Drop for Guard {
     }
 }
 
-fn signal(pid: i32, sig: Signal) {
-    kill(Pid::from_raw(pid), sig).unwrap();
-}
-
-#[test]
-fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
-    let home = Home::with_config(
-        r#"{"address": "127.0.0.1:0",
-            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
-    );
+/// Starts the supervisor for `home`, its output in `supervisor.log`.
+fn start_supervisor(home: &Home) -> Guard {
     let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
     let child = Command::new(supervisor_bin())
         .args(["--relay".as_ref(), relay_bin().as_os_str()])
@@ -52,7 +44,20 @@ fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut sup = Guard(child);
+    Guard(child)
+}
+
+fn signal(pid: i32, sig: Signal) {
+    kill(Pid::from_raw(pid), sig).unwrap();
+}
+
+#[test]
+fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0",
+            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
+    );
+    let mut sup = start_supervisor(&home);
     let read_log = || home.read("supervisor.log");
     eventually(
         Duration::from_secs(30),
@@ -138,22 +143,9 @@ mod handover {
 
     use super::*;
     use crate::support::standin::Standin;
+    use crate::support::target::tcp_echo;
 
     const WAIT: Duration = Duration::from_secs(30);
-
-    async fn echo() -> SocketAddr {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.into_split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        addr
-    }
 
     /// One short stream on a fresh connection: 16 bytes there and back.
     async fn short_stream(
@@ -188,17 +180,7 @@ mod handover {
             standin.net.contract_url()
         ));
         let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
-        let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
-        let child = Command::new(supervisor_bin())
-            .args(["--relay".as_ref(), relay_bin().as_os_str()])
-            .env("WIRELEAP_RELAY_HOME", home.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut sup = Guard(child);
+        let mut sup = start_supervisor(&home);
         let read_log = || home.read("supervisor.log");
         eventually(WAIT, "the relay to be ready", || {
             read_log().contains("relay ready")
@@ -221,7 +203,7 @@ mod handover {
             .enable_all()
             .build()
             .unwrap();
-        let target = rt.block_on(echo());
+        let target = rt.block_on(tcp_echo());
         let sk = rt
             .block_on(activate_servicekey(standin.net.contract_url()))
             .unwrap();

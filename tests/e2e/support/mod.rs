@@ -2,6 +2,7 @@
 
 pub mod process;
 pub mod standin;
+pub mod target;
 pub mod tls;
 
 pub use process::{Home, eventually};

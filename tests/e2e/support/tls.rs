@@ -1,54 +1,15 @@
-//! A TLS client that accepts any certificate, as Wireleap clients do (spec §6.1).
-//! Named for what it is: it must never be used outside tests.
+//! A blocking TLS client that accepts any certificate, as Wireleap clients do (spec §6.1), with
+//! the protocol versions chosen by the test (the devnet's verifier; it checks handshake
+//! signatures but no certificate chain). For tests only.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+use rustls::SupportedProtocolVersion;
+use rustls::pki_types::ServerName;
+use wireleap_devnet::client::tls::AcceptAnyServerCertificate;
 
 /// What a handshake negotiated.
 pub struct Handshake {
@@ -57,14 +18,22 @@ pub struct Handshake {
     pub peer_cert: Vec<u8>,
 }
 
-/// Connects to `addr`, offering `h2`, and completes a handshake.
+/// Connects to `addr` offering TLS 1.2 and 1.3 and ALPN `h2`, and completes a handshake.
 pub fn handshake(addr: SocketAddr) -> Result<Handshake, String> {
+    handshake_with(addr, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`handshake`], offering only `versions`.
+pub fn handshake_with(
+    addr: SocketAddr,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Result<Handshake, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCertificate::new()))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let name = ServerName::try_from("wireleap.com").unwrap();
