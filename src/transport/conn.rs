@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,7 @@ use tracing::{Instrument as _, debug, debug_span};
 use wireleap_protocol::PublicKey;
 
 use super::actor::Deps;
+use super::splice::{Budget, Chunk};
 use super::stream;
 
 /// How long a client has to finish the TLS handshake and the HTTP/2 preface together.
@@ -35,6 +35,9 @@ pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 256;
 pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 32 << 10;
 /// Unsent bytes buffered per stream at most.
 pub(crate) const MAX_SEND_BUFFER: usize = 128 << 10;
+/// Bytes a connection may have read from its remotes and not yet handed to TLS, across its
+/// streams (so 256 streams cannot each park a full send buffer).
+pub(crate) const CONNECTION_SEND_BUDGET: usize = 4 << 20;
 /// Streams the peer may reset before we accept them (rapid-reset guard).
 const MAX_PENDING_ACCEPT_RESETS: usize = 64;
 
@@ -139,7 +142,7 @@ pub(crate) async fn serve(slot: Slot, acceptor: TlsAcceptor, tcp: TcpStream) {
             .await
             .map_err(|e| format!("tls handshake failed: {e}"))?;
         h2_builder()
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Chunk>(tls)
             .await
             .map_err(|e| format!("http/2 handshake failed: {e}"))
     };
@@ -155,6 +158,7 @@ pub(crate) async fn serve(slot: Slot, acceptor: TlsAcceptor, tcp: TcpStream) {
         }
     };
     debug!("connection ready");
+    let budget: Budget = Arc::new(tokio::sync::Semaphore::new(CONNECTION_SEND_BUDGET));
     let mut going_away = false;
     loop {
         let next = tokio::select! {
@@ -172,9 +176,10 @@ pub(crate) async fn serve(slot: Slot, acceptor: TlsAcceptor, tcp: TcpStream) {
                 let span = debug_span!("stream", id = respond.stream_id().as_u32());
                 // Counted before the spawn, so a drain never misses a stream about to start.
                 let slot = Slot::stream(Arc::clone(shared));
+                let budget = Arc::clone(&budget);
                 shared.tasks.spawn(
                     async move {
-                        stream::handle(slot.shared(), request, respond).await;
+                        stream::handle(slot.shared(), &budget, request, respond).await;
                         drop(slot);
                     }
                     .instrument(span),

@@ -11,8 +11,10 @@
 //! # Decisions (where the spec is silent)
 //! - HTTP/2 windows: 16 MiB per connection, 4 MiB per stream, frames up to 128 KiB (a UDP
 //!   datagram of 65 535 bytes fits one DATA frame). At most 256 concurrent streams per connection
-//!   (Go's default is 250) and at most 128 KiB of unsent data buffered per stream, so a peer that
-//!   opens every stream and then stops reading pins at most 32 MiB of send buffers; receive
+//!   (Go's default is 250) and at most 128 KiB of unsent data buffered per stream. Across its
+//!   streams a connection holds at most 4 MiB read from remotes and not yet handed to TLS (a
+//!   byte budget the DATA chunks carry until `h2` drops them), so a peer that opens every stream
+//!   and grants huge windows but stops reading pins at most 4 MiB of send data; receive
 //!   buffering is bounded by the 16 MiB connection window.
 //! - `bufsize` is honoured as a floor: the relay reads up to 64 KiB at a time from a remote (the
 //!   reference's 4096-byte default would cost throughput for nothing), and allocates a read

@@ -11,11 +11,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use wireleap_protocol::{Network, Remote};
 
@@ -26,6 +29,47 @@ use super::conn::Limits;
 const COPY_BELOW: usize = 4096;
 /// The largest UDP datagram.
 const MAX_DATAGRAM: usize = 65_535;
+
+/// A DATA payload on its way to the client. Bytes read from a remote hold their share of the
+/// connection's send budget until `h2` has handed them to TLS and dropped them, so the data a
+/// connection has read but not yet written stays bounded whatever windows the peer grants.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Bytes> for Chunk {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            _budget: None,
+        }
+    }
+}
+
+impl Buf for Chunk {
+    fn remaining(&self) -> usize {
+        self.bytes.remaining()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.bytes.chunk()
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        self.bytes.advance(cnt);
+    }
+}
+
+/// The send budget of one connection: bytes read from remotes and not yet handed to TLS.
+pub(crate) type Budget = Arc<Semaphore>;
+
+/// Takes `n` bytes of `budget` (waits while the connection's budget is spent).
+async fn take_budget(budget: &Budget, n: usize) -> Option<OwnedSemaphorePermit> {
+    let n = u32::try_from(n).ok()?;
+    Arc::clone(budget).acquire_many_owned(n).await.ok()
+}
 
 /// A dialed remote.
 #[derive(Debug)]
@@ -173,8 +217,9 @@ enum Half {
 pub(crate) async fn run(
     remote: RemoteConn,
     mut body: RecvStream,
-    send: &mut SendStream<Bytes>,
+    send: &mut SendStream<Chunk>,
     limits: &Limits,
+    budget: &Budget,
     cancel: &CancellationToken,
 ) -> SpliceEnd {
     let maxtime = async {
@@ -189,14 +234,14 @@ pub(crate) async fn run(
                 let (r, mut w) = tcp.into_split();
                 tokio::select! {
                     h = upload_tcp(&mut body, &mut w) => h,
-                    h = download_tcp(&r, send, limits.chunk) => h,
+                    h = download_tcp(&r, send, limits.chunk, budget) => h,
                 }
                 // Dropping both halves here closes the remote.
             }
             RemoteConn::Udp(udp) => {
                 tokio::select! {
                     h = upload_udp(&mut body, &udp) => h,
-                    h = download_udp(&udp, send) => h,
+                    h = download_udp(&udp, send, budget) => h,
                 }
             }
         }
@@ -257,7 +302,7 @@ async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket) -> Half {
 }
 
 /// Waits until the stream may send at least `min` bytes; returns how many (≤ `want`).
-async fn capacity(send: &mut SendStream<Bytes>, min: usize, want: usize) -> Option<usize> {
+async fn capacity(send: &mut SendStream<Chunk>, min: usize, want: usize) -> Option<usize> {
     send.reserve_capacity(want);
     loop {
         let cap = send.capacity();
@@ -271,18 +316,30 @@ async fn capacity(send: &mut SendStream<Bytes>, min: usize, want: usize) -> Opti
     }
 }
 
-/// Only small reads are copied (see [`COPY_BELOW`]).
-fn freeze(buf: BytesMut) -> Bytes {
-    if buf.len() < COPY_BELOW && buf.capacity() > 2 * COPY_BELOW {
+/// The chunk to send: small reads are copied (see [`COPY_BELOW`]); the budget shrinks to what
+/// was read.
+fn freeze(buf: BytesMut, mut permit: OwnedSemaphorePermit) -> Chunk {
+    let bytes = if buf.len() < COPY_BELOW && buf.capacity() > 2 * COPY_BELOW {
         Bytes::copy_from_slice(&buf)
     } else {
         buf.freeze()
+    };
+    // The rest of the permit goes back to the connection now.
+    let kept = permit.split(bytes.len());
+    Chunk {
+        bytes,
+        _budget: kept,
     }
 }
 
 /// Remote → client over TCP. A read buffer exists only while the remote is readable and the
 /// client has window for it.
-async fn download_tcp(r: &OwnedReadHalf, send: &mut SendStream<Bytes>, chunk: usize) -> Half {
+async fn download_tcp(
+    r: &OwnedReadHalf,
+    send: &mut SendStream<Chunk>,
+    chunk: usize,
+    budget: &Budget,
+) -> Half {
     loop {
         if let Err(e) = r.readable().await {
             return Half::Remote(e);
@@ -290,11 +347,14 @@ async fn download_tcp(r: &OwnedReadHalf, send: &mut SendStream<Bytes>, chunk: us
         let Some(cap) = capacity(send, 1, chunk).await else {
             return Half::Client;
         };
+        let Some(permit) = take_budget(budget, cap).await else {
+            return Half::Client;
+        };
         let mut buf = BytesMut::with_capacity(cap);
         match r.try_read_buf(&mut buf) {
             Ok(0) => return Half::Ended,
             Ok(_) => {
-                if send.send_data(freeze(buf), false).is_err() {
+                if send.send_data(freeze(buf, permit), false).is_err() {
                     return Half::Client;
                 }
             }
@@ -308,11 +368,14 @@ async fn download_tcp(r: &OwnedReadHalf, send: &mut SendStream<Bytes>, chunk: us
 }
 
 /// Remote → client over UDP: one datagram is one DATA frame (spec §6.6).
-async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Bytes>) -> Half {
+async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Chunk>, budget: &Budget) -> Half {
     loop {
         if let Err(e) = sock.readable().await {
             return Half::Remote(e);
         }
+        let Some(permit) = take_budget(budget, MAX_DATAGRAM).await else {
+            return Half::Client;
+        };
         let mut buf = BytesMut::with_capacity(MAX_DATAGRAM);
         match sock.try_recv_buf(&mut buf) {
             Ok(n) => {
@@ -323,7 +386,7 @@ async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Bytes>) -> Half {
                 if capacity(send, n, n).await.is_none() {
                     return Half::Client;
                 }
-                if send.send_data(freeze(buf), false).is_err() {
+                if send.send_data(freeze(buf, permit), false).is_err() {
                     return Half::Client;
                 }
             }

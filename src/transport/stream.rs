@@ -20,7 +20,7 @@ use wireleap_protocol::status::{self, ORIGIN_TARGET, WL_STATUS};
 use wireleap_protocol::{PublicKey, Status, unix_now};
 
 use super::conn::Shared;
-use super::splice::{self, SpliceEnd};
+use super::splice::{self, Budget, Chunk, SpliceEnd};
 use crate::ledger::{AdmitError, AdmitToken};
 
 /// How long the ledger has to store a token before the stream is refused.
@@ -29,8 +29,9 @@ const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Answers one stream. Returns when the stream has ended (cleanly, as far as the peer allows).
 pub(crate) async fn handle(
     shared: &Arc<Shared>,
+    budget: &Budget,
     request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse<Chunk>,
 ) {
     // §6.3 step 1: the method.
     if request.method() != Method::PUT {
@@ -152,11 +153,19 @@ pub(crate) async fn handle(
         return;
     };
     // §6.3 step 12.
-    let end = splice::run(remote_conn, body, &mut send, &shared.limits, &cancel).await;
+    let end = splice::run(
+        remote_conn,
+        body,
+        &mut send,
+        &shared.limits,
+        budget,
+        &cancel,
+    )
+    .await;
     debug!(end = ?end, "stream ended");
     match end {
         SpliceEnd::Done => {
-            let _ = send.send_data(Bytes::new(), true);
+            let _ = send.send_data(Chunk::from(Bytes::new()), true);
         }
         SpliceEnd::ClientGone => {}
         SpliceEnd::Failed { timeout, why } => {
@@ -192,7 +201,7 @@ fn status_trailer(status: &Status) -> HeaderMap {
 /// Refuses a stream: the 200 head, then the status in the trailer (spec §6.7).
 fn refuse(
     shared: &Shared,
-    respond: &mut SendResponse<Bytes>,
+    respond: &mut SendResponse<Chunk>,
     code: u16,
     description: String,
     origin: &str,
@@ -206,16 +215,16 @@ fn refuse(
 }
 
 /// PING: the PONG status plus a newline as the body, then a clean end (spec §6.3 step 4).
-fn pong(respond: &mut SendResponse<Bytes>, relay: &str) {
+fn pong(respond: &mut SendResponse<Chunk>, relay: &str) {
     let mut body = Status::pong(relay).to_json();
     body.push('\n');
     if let Ok(mut send) = respond.send_response(ok_head(), false) {
-        let _ = send.send_data(Bytes::from(body), true);
+        let _ = send.send_data(Chunk::from(Bytes::from(body)), true);
     }
 }
 
 /// HTTP 405 with the reference's JSON body (spec §6.2).
-fn method_not_allowed(respond: &mut SendResponse<Bytes>) {
+fn method_not_allowed(respond: &mut SendResponse<Chunk>) {
     let mut r = Response::new(());
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     r.headers_mut().insert(
@@ -225,6 +234,6 @@ fn method_not_allowed(respond: &mut SendResponse<Bytes>) {
     let mut body = status::METHOD_NOT_ALLOWED.status().to_json();
     body.push('\n');
     if let Ok(mut send) = respond.send_response(r, false) {
-        let _ = send.send_data(Bytes::from(body), true);
+        let _ = send.send_data(Chunk::from(Bytes::from(body)), true);
     }
 }
