@@ -54,18 +54,44 @@ CREATE TABLE IF NOT EXISTS sharetokens (
 CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
 ";
 
+/// Page cache per connection, KiB (negative `cache_size`): the replay index of a busy relay
+/// stays in memory, so random inserts do not read pages back from the file.
+pub const CACHE_KIB: i64 = 16 * 1024;
+/// Pages of a new database. 2 KiB halves what a random insert into the replay index writes to
+/// the WAL compared with the default 4 KiB, and a sharetoken row (about 1 KiB) still fits in a
+/// page. Only takes effect when the file is created.
+pub const PAGE_SIZE: i64 = 2048;
+/// WAL size (pages) at which a commit checkpoints by itself. High, because the relay's ledger
+/// checkpoints from a thread of its own ([`checkpoint`]) and a commit that checkpoints delays
+/// every admission of its group; this is the bound if that thread falls behind.
+pub const WAL_AUTOCHECKPOINT: i64 = 32_000;
+
 /// Opens (creating) a ledger database with the ledger's settings: WAL, `synchronous=FULL`
-/// (every commit is fsynced: a token survives power loss once admitted), a busy timeout.
+/// (every commit is fsynced: a token survives power loss once admitted), a busy timeout, a
+/// large page cache and a high auto-checkpoint bound (measured: 2.5× the intake of the
+/// defaults, see `benches/ledger.rs`).
 ///
 /// # Errors
 /// The SQLite error.
 pub fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     // `journal_mode` answers with a row, so it is read rather than set with `pragma_update`.
     let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
     Ok(conn)
+}
+
+/// One passive checkpoint: copies committed WAL frames into the database file without
+/// blocking writers or readers.
+///
+/// # Errors
+/// The SQLite error.
+pub fn checkpoint(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// `PRAGMA user_version`.

@@ -477,6 +477,14 @@ impl Store {
         Ok(())
     }
 
+    /// The database file, `None` in memory.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+
     /// The connection (import and migrations run their own statements).
     pub fn connection(&mut self) -> &mut Connection {
         &mut self.conn

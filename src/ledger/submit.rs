@@ -266,6 +266,121 @@ mod tests {
         );
     }
 
+    /// A contract stub on loopback: answers every request with `answer` (status line + JSON
+    /// body) and counts the requests.
+    async fn stub(
+        answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+        hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head, then as much body as Content-Length says.
+                let body_len = loop {
+                    let n = c.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break Some((end + 4, len));
+                    }
+                };
+                let Some((start, len)) = body_len else {
+                    continue;
+                };
+                while buf.len() < start + len {
+                    let n = c.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (code, body) = answer.lock().unwrap().clone();
+                let reply = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(reply.as_bytes()).await;
+                let _ = c.shutdown().await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn ledger_submission_retries_a_500_and_treats_settlement_closed_as_final() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        use crate::ledger::store::{Row, Store};
+
+        let answer = Arc::new(Mutex::new((500, status::INTERNAL.status().to_json())));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = stub(answer.clone(), hits.clone()).await;
+        let now = unix_now();
+        let mut store = Store::in_memory().unwrap();
+        let row = Row {
+            contract: "ctr".into(),
+            servicekey: "sk".into(),
+            signature: "sig".into(),
+            settlement_open: now - 10,
+            settlement_close: now + 100,
+            body: "{}".into(),
+        };
+        store.insert_batch(&[row], now).unwrap();
+        let writer = Writer::spawn(store).unwrap();
+        let admission = Admission::new();
+        admission.register("ctr", &url);
+        let key = wireleap_protocol::keys::generate_signing_key();
+        let sub = Submitter {
+            client: Client::try_new(key, "test").unwrap(),
+            admission,
+            interval: Duration::from_secs(1),
+            archive_dir: None,
+        };
+
+        // 500: a failure that is retried one interval later; the token stays pending.
+        assert_eq!(sub.round(&writer).await, 0);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(writer.counts().await.unwrap().pending, 1);
+        // Not due again before the interval passed.
+        assert_eq!(sub.round(&writer).await, 0);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+
+        // "settlement window already closed": expired, final.
+        *answer.lock().unwrap() = (
+            400,
+            status::BAD_REQUEST
+                .with_cause(status::cause::SETTLEMENT_CLOSED)
+                .to_json(),
+        );
+        sub.round(&writer).await;
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        let c = writer.counts().await.unwrap();
+        assert_eq!((c.pending, c.expired), (0, 1));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        *answer.lock().unwrap() = (200, status::OK.status().to_json());
+        sub.round(&writer).await;
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "an expired token is never retried"
+        );
+    }
+
     #[test]
     fn ledger_archive_uses_the_reference_layout_and_refuses_paths() {
         let dir = tempfile::tempdir().unwrap();

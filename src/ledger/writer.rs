@@ -12,13 +12,15 @@
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 use wireleap_protocol::unix_now;
 
 use super::store::{self, Counts, Due, Inserted, Outcome, Row, Store};
 
 /// Largest number of admissions committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
+/// Period of the background checkpoint.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A reply channel.
 type Reply<T> = oneshot::Sender<Result<T, String>>;
@@ -51,9 +53,19 @@ impl Writer {
     /// When the OS refuses a thread.
     pub fn spawn(store: Store) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel();
+        // The checkpointer lives as long as the writer thread: it stops when `alive` drops.
+        let (alive, stopped) = mpsc::channel::<()>();
+        if let Some(path) = store.path() {
+            std::thread::Builder::new()
+                .name("ledger-checkpoint".into())
+                .spawn(move || checkpointer(&path, &stopped))?;
+        }
         std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(store, rx))?;
+            .spawn(move || {
+                run(store, rx);
+                drop(alive);
+            })?;
         Ok(Self { jobs })
     }
 
@@ -127,6 +139,24 @@ impl Writer {
             .map_err(|_| "the ledger thread has stopped".to_owned())?;
         rx.await
             .map_err(|_| "the ledger thread has stopped".to_owned())?
+    }
+}
+
+/// Folds the WAL into the database file every [`CHECKPOINT_EVERY`] on a connection of its own,
+/// so the writer's commits never pay for a checkpoint (which would delay a whole group of
+/// admissions). Passive: it never blocks the writer.
+fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>) {
+    let conn = match relay_migrations::ledger::open(path) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "ledger: no background checkpoints; commits will checkpoint");
+            return;
+        }
+    };
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = relay_migrations::ledger::checkpoint(&conn) {
+            debug!(error = %e, "ledger: checkpoint skipped");
+        }
     }
 }
 

@@ -1,0 +1,307 @@
+//! Durable sharetoken intake (issue #5): tokens/s through the real `Ledger` actor over a real
+//! SQLite file (WAL, `synchronous=FULL`, group commit), and the admission delay it adds, each
+//! against baselines measured in the same run:
+//! - `memory`: the previous ledger, an in-memory replay set behind the same actor round trip;
+//! - `raw INSERT`: one fsynced transaction per token, no grouping (what group commit buys).
+//!
+//! Run: `cargo bench --bench ledger` (release). The temp dir is on the disk the tests use.
+//! Target (issue #5): ≥ 20 000 tokens/s, p99 added delay < 5 ms.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use wireleap_protocol::keys::{Signature, generate_signing_key};
+use wireleap_protocol::{Contract, PublicKey, Servicekey, Sharetoken, unix_now};
+use wireleap_relay::config;
+use wireleap_relay::directory::Admission;
+use wireleap_relay::directory::client::Client;
+use wireleap_relay::ledger::{AdmitError, AdmitToken, Flush, Ledger};
+
+/// Tokens per saturation run.
+const N: usize = 100_000;
+/// Admissions in flight at saturation (streams being opened at once).
+const CONCURRENCY: usize = 256;
+/// Offered load of the latency run, tokens per second.
+const PACED_RATE: usize = 20_000;
+/// Length of the latency run.
+const PACED_FOR: Duration = Duration::from_secs(3);
+
+/// The old ledger: a replay set in memory, same message, same actor hop.
+struct MemoryLedger(HashSet<(String, String, String)>);
+
+impl Actor for MemoryLedger {
+    type Context = Context<Self>;
+}
+
+impl Handler<AdmitToken> for MemoryLedger {
+    type Result = Result<(), AdmitError>;
+    fn handle(&mut self, AdmitToken(t): AdmitToken, _: &mut Self::Context) -> Self::Result {
+        let key = (
+            t.contract
+                .public_key
+                .map(|k| k.to_b64())
+                .unwrap_or_default(),
+            t.public_key.to_b64(),
+            t.signature.to_b64(),
+        );
+        if self.0.insert(key) {
+            Ok(())
+        } else {
+            Err(AdmitError::Duplicate)
+        }
+    }
+}
+
+/// `n` distinct tokens (distinct signatures; the ledger does not verify, the transport did).
+fn tokens(n: usize) -> Vec<Sharetoken> {
+    let now = unix_now();
+    let contract = Contract::sign(&generate_signing_key(), now + 600, now + 3600);
+    let sk = Servicekey::from_signing_key(generate_signing_key(), Some(contract));
+    let relay = PublicKey::from(&generate_signing_key());
+    let base = Sharetoken::new(&sk, relay, now).unwrap();
+    (0..n)
+        .map(|_| {
+            let mut t = base.clone();
+            t.signature = Signature::from_bytes(rand_sig());
+            t
+        })
+        .collect()
+}
+
+fn rand_sig() -> [u8; 64] {
+    let a: [u8; 32] = rand::random();
+    let b: [u8; 32] = rand::random();
+    let mut s = [0u8; 64];
+    s[..32].copy_from_slice(&a);
+    s[32..].copy_from_slice(&b);
+    s
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    /// Tokens per second of this process's CPU time (user + system): what the code costs,
+    /// whatever else the machine runs.
+    per_cpu_s: f64,
+}
+
+/// CPU time of this process so far (`/proc/self/stat` utime + stime).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields after the command: state is index 0, utime 11, stime 12 (clock ticks, 100 Hz).
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Saturation: `CONCURRENCY` tasks admit `tokens` as fast as the ledger answers.
+async fn saturate(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>) -> Run {
+    let chunks: Vec<Vec<Sharetoken>> = tokens
+        .chunks(tokens.len().div_ceil(CONCURRENCY))
+        .map(<[Sharetoken]>::to_vec)
+        .collect();
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let r = r.clone();
+            actix_rt::spawn(async move {
+                let mut lat = Vec::with_capacity(chunk.len());
+                for t in chunk {
+                    let t0 = Instant::now();
+                    r.send(AdmitToken(t)).await.unwrap().unwrap();
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
+}
+
+/// Open loop at `PACED_RATE`: a batch every millisecond, each admission its own task, as the
+/// transport's stream tasks do.
+async fn paced(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>, rate: usize) -> Run {
+    let per_ms = rate / 1000;
+    let mut it = tokens.into_iter();
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut tasks = Vec::new();
+    while start.elapsed() < PACED_FOR {
+        tick.tick().await;
+        for _ in 0..per_ms {
+            let Some(t) = it.next() else { break };
+            let r = r.clone();
+            tasks.push(actix_rt::spawn(async move {
+                let t0 = Instant::now();
+                r.send(AdmitToken(t)).await.unwrap().unwrap();
+                t0.elapsed()
+            }));
+        }
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
+}
+
+fn summarize(mut lat: Vec<Duration>, elapsed: Duration, cpu: Duration) -> Run {
+    lat.sort_unstable();
+    Run {
+        per_cpu_s: lat.len() as f64 / cpu.as_secs_f64().max(0.001),
+        rate: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or_default(),
+    }
+}
+
+fn durable_ledger(home: &std::path::Path) -> Ledger {
+    let cfg = config::parse(
+        br#"{"address": "127.0.0.1:0", "auto_submit_interval": "0",
+             "contracts": {"https://contract.invalid": {"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}"#,
+    )
+    .unwrap()
+    .config;
+    let client = Client::try_new(generate_signing_key(), "bench").unwrap();
+    Ledger::try_open(home, &cfg, client, Admission::new()).unwrap()
+}
+
+/// One fsynced transaction per token (no grouping), for `budget`.
+fn raw_insert(home: &std::path::Path, tokens: &[Sharetoken], budget: Duration) -> f64 {
+    let conn = relay_migrations::ledger::open(&home.join("raw.db")).unwrap();
+    relay_migrations::ledger::ensure_schema(&conn).unwrap();
+    let start = Instant::now();
+    let mut n = 0;
+    for t in tokens {
+        if start.elapsed() > budget {
+            break;
+        }
+        conn.execute(
+            "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
+                 settlement_close, body, admitted_at, next_attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                t.contract
+                    .public_key
+                    .map(|k| k.to_b64())
+                    .unwrap_or_default(),
+                t.public_key.to_b64(),
+                t.signature.to_b64(),
+                t.contract.settlement_open,
+                t.contract.settlement_close,
+                serde_json::to_string(t).unwrap(),
+                unix_now(),
+                t.contract.settlement_open + 1,
+            ],
+        )
+        .unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn line(name: &str, r: &Run) {
+    println!(
+        "{name:<28} {:>9.0} tokens/s ({:>7.0}/CPU-s)   p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
+        r.rate,
+        r.per_cpu_s,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.max.as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    let dir = tempfile::Builder::new()
+        .prefix("ledger-bench")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let paced_n = PACED_RATE * (PACED_FOR.as_secs() as usize + 1);
+    let raw_rate = raw_insert(dir.path(), &tokens(20_000), Duration::from_secs(2));
+
+    let sys = actix_rt::System::new();
+    let half = PACED_RATE / 2;
+    let (mem_sat, mem_paced, mem_half, dur_sat, dur_paced, dur_half) = sys.block_on(async {
+        let mem = MemoryLedger(HashSet::new()).start();
+        let mem_sat = saturate(mem.clone().recipient(), tokens(N)).await;
+        let mem_paced = paced(mem.clone().recipient(), tokens(paced_n), PACED_RATE).await;
+        let mem_half = paced(mem.recipient(), tokens(paced_n), half).await;
+        let ledger = durable_ledger(dir.path()).start();
+        let dur_sat = saturate(ledger.clone().recipient(), tokens(N)).await;
+        let dur_paced = paced(ledger.clone().recipient(), tokens(paced_n), PACED_RATE).await;
+        let dur_half = paced(ledger.clone().recipient(), tokens(paced_n), half).await;
+        ledger.send(Flush).await.unwrap();
+        (mem_sat, mem_paced, mem_half, dur_sat, dur_paced, dur_half)
+    });
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "machine: {} cores, load average {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("ledger intake, {N} tokens at {CONCURRENCY} in flight (saturation):");
+    line("  memory set (baseline)", &mem_sat);
+    line("  durable ledger", &dur_sat);
+    println!("  raw INSERT, 1 fsync/token  {raw_rate:>9.0} tokens/s");
+    println!(
+        "  durable / raw INSERT: {:.1}x   durable / memory: {:.3}x",
+        dur_sat.rate / raw_rate,
+        dur_sat.rate / mem_sat.rate
+    );
+    for (rate, mem, dur) in [
+        (PACED_RATE, &mem_paced, &dur_paced),
+        (half, &mem_half, &dur_half),
+    ] {
+        println!("admission delay at an offered {rate} tokens/s for {PACED_FOR:?}:");
+        line("  memory set (baseline)", mem);
+        line("  durable ledger", dur);
+        let added = dur.p99.saturating_sub(mem.p99);
+        println!(
+            "  p99 delay added by durability: {:.3} ms (target < 5 ms)",
+            added.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "throughput target 20000/s: {}",
+        if dur_sat.rate >= 20_000.0 {
+            "met"
+        } else {
+            "NOT met on this run"
+        }
+    );
+}
