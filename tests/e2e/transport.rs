@@ -457,6 +457,28 @@ fn transport_10000_hostile_streams_leave_the_relay_serving_with_flat_memory() {
             let mut b = [0u8; 64];
             let _ = tokio::time::timeout(WAIT, t.read(&mut b)).await.unwrap();
         }
+        // A peer that stops reading: a target that sends forever, a client that never reads.
+        // Flow control stalls it at the client's window; it must not grow the relay meanwhile.
+        let hose = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut t, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let chunk = vec![9u8; 64 << 10];
+                        while t.write_all(&chunk).await.is_ok() {}
+                    });
+                }
+            });
+            addr
+        };
+        let stuck_client =
+            CircuitClient::new(sk.clone(), vec![relay.hop()], ClientConfig::default()).unwrap();
+        let stuck = stuck_client
+            .open(&hose.to_string(), Network::Tcp)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let before = vm_rss_kib(relay.pid());
         let started = Instant::now();
         run(0, 10_000).await;
@@ -469,8 +491,9 @@ fn transport_10000_hostile_streams_leave_the_relay_serving_with_flat_memory() {
             after < before + 8 * 1024,
             "relay memory grew from {before} KiB to {after} KiB"
         );
-        // Still serving.
+        // Still serving, with the stuck stream held open by its client.
         tcp_round_trip(&good, echo, &pattern(1 << 20, 2)).await;
+        drop(stuck);
         let c = CircuitClient::new(sk.clone(), vec![relay.hop()], ClientConfig::default()).unwrap();
         assert_eq!(c.ping().await.unwrap().code, 200);
     });
