@@ -128,6 +128,16 @@ fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_o
         let body = std::fs::read_to_string(&file).unwrap();
         assert_eq!(body, serde_json::to_string(t).unwrap());
     }
+    // `status` counts (the SIGUSR2 dump, the REST API's shape).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(home.pid().unwrap()),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    eventually(WAIT, "the status dump with the counts", || {
+        home.read("wireleap-relay.log")
+            .contains(r#""sharetokens":{"pending":0,"submitted":0,"expired":0,"archived":30}"#)
+    });
     // Nothing more is submitted once every token is settled.
     let settled = submits(&s);
     std::thread::sleep(Duration::from_millis(2500));
