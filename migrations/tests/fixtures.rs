@@ -40,7 +40,7 @@ fn check(m: &dyn Migration) {
 fn every_migration_matches_its_fixtures() {
     let all = registry();
     assert!(!all.is_empty());
-    let mut ids: Vec<u32> = all.iter().map(|m| m.id()).collect();
+    let ids: Vec<u32> = all.iter().map(|m| m.id()).collect();
     let sorted = {
         let mut s = ids.clone();
         s.sort_unstable();
