@@ -198,7 +198,22 @@ impl Identity {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.is_ca = IsCa::ExplicitNoCa;
         let cert = params.self_signed(&key_pair).map_err(cert_err)?;
-        Ok((cert.pem(), key_pair.serialize_pem()))
+        Ok((cert.pem(), self.pkcs8_v1_pem()))
+    }
+
+    /// The key as PKCS#8 v1 (`PrivateKeyInfo`: algorithm id-Ed25519 and the 32-byte seed, no
+    /// public key), exactly as Go's `x509.MarshalPKCS8PrivateKey` writes it, so OpenSSL, nginx
+    /// and the reference relay all read it.
+    fn pkcs8_v1_pem(&self) -> String {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.key.to_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
     }
 }
 

@@ -16,9 +16,13 @@
 //! | [`exit`] | exit codes (the systemd unit uses them) |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
 //! | [`budget`] | the crash budget and restart backoff (pure) |
+//! | [`control`] | the control socket (`status`, `upgrade`) |
+//! | [`upgrade`] | verify a staged release, journal, commit or roll back |
 //! | [`run`] | the supervision loop |
 
 pub mod budget;
+pub mod control;
 pub mod exit;
 pub mod notify;
 pub mod run;
+pub mod upgrade;

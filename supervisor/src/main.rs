@@ -13,9 +13,48 @@ use wireleap_relay_supervisor::run::{self, HOME_ENV, Options};
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut relay = None;
+    let mut health_window = run::HEALTH_WINDOW;
+    let mut ready_timeout = run::READY_TIMEOUT;
+    let mut ctl: Option<Vec<String>> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--relay" | "-relay" => relay = args.next().map(PathBuf::from),
+            "--health-window" | "-health-window" => {
+                match args
+                    .next()
+                    .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
+                {
+                    Some(secs) if secs >= 0.0 => {
+                        health_window = std::time::Duration::from_secs_f64(secs)
+                    }
+                    _ => {
+                        eprintln!(
+                            "wireleap-relay-supervisor: --health-window takes seconds, e.g. 30"
+                        );
+                        return ExitCode::from(exit::USAGE);
+                    }
+                }
+            }
+            "--ready-timeout" | "-ready-timeout" => {
+                match args
+                    .next()
+                    .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
+                {
+                    Some(secs) if secs > 0.0 => {
+                        ready_timeout = std::time::Duration::from_secs_f64(secs)
+                    }
+                    _ => {
+                        eprintln!(
+                            "wireleap-relay-supervisor: --ready-timeout takes seconds, e.g. 30"
+                        );
+                        return ExitCode::from(exit::USAGE);
+                    }
+                }
+            }
+            "ctl" => {
+                ctl = Some(args.by_ref().collect());
+                break;
+            }
             "--version" => {
                 println!("{}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
@@ -45,9 +84,14 @@ fn main() -> ExitCode {
             }
         },
     };
+    if let Some(words) = ctl {
+        return ctl_command(&home, &words);
+    }
     let opts = Options {
         relay: relay.unwrap_or_else(|| home.join("wireleap-relay")),
         notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
+        health_window,
+        ready_timeout,
         home,
     };
     let pid_file = opts.home.join("wireleap-relay-supervisor.pid");
@@ -64,4 +108,35 @@ fn main() -> ExitCode {
     };
     let _ = std::fs::remove_file(&pid_file);
     ExitCode::from(code)
+}
+
+/// `ctl status` / `ctl upgrade VERSION`: asks the running supervisor and prints its reply.
+fn ctl_command(home: &std::path::Path, words: &[String]) -> ExitCode {
+    let request = match words {
+        [w] if w == "status" => serde_json::json!({"cmd": "status"}),
+        [w, v] if w == "upgrade" => serde_json::json!({"cmd": "upgrade", "version": v}),
+        _ => {
+            eprintln!("usage: wireleap-relay-supervisor ctl status | ctl upgrade VERSION");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    // An upgrade answers after the new version's start and health window.
+    let wait = std::time::Duration::from_secs(600);
+    match wireleap_relay_supervisor::control::call(home, &request, wait) {
+        Ok(reply) => {
+            println!("{reply}");
+            if reply.get("ok").and_then(serde_json::Value::as_bool) == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "wireleap-relay-supervisor: no answer from the supervisor in {}: {e}",
+                home.display()
+            );
+            ExitCode::from(exit::FAILURE)
+        }
+    }
 }

@@ -13,8 +13,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::budget::{Budget, Verdict};
+use crate::control::{Control, Request};
 use crate::exit;
 use crate::notify::{self, ReadySocket};
+use crate::upgrade;
 
 /// The variable that names the relay's home directory.
 pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
@@ -35,6 +37,34 @@ pub struct Options {
     pub relay: PathBuf,
     /// systemd's `NOTIFY_SOCKET`, if set.
     pub notify_socket: Option<String>,
+    /// How long a new version must run without crashing before it is committed.
+    pub health_window: Duration,
+    /// How long a new generation has to report ready.
+    pub ready_timeout: Duration,
+}
+
+/// Default health window (the anchors: ChromeOS 45 s, Cribl 30 s).
+pub const HEALTH_WINDOW: Duration = Duration::from_secs(30);
+
+/// An upgrade in progress.
+struct Upgrading {
+    version: semver::Version,
+    request: Request,
+    /// `None` while the new generation starts; then when it took over.
+    took_over: Option<Instant>,
+}
+
+impl Upgrading {
+    fn fail(self, home: &Path, why: &str) {
+        let v = self.version.to_string();
+        log(&format!(
+            "upgrade to {v} rolled back: {why}; {v} will be skipped"
+        ));
+        upgrade::journal(home, &v, "rolled-back", why);
+        upgrade::roll_back(home, &v);
+        self.request
+            .reply(&serde_json::json!({"ok": false, "version": v, "error": why}));
+    }
 }
 
 /// Why supervision could not start.
@@ -104,16 +134,55 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let ready = ReadySocket::bind().map_err(io("readiness socket"))?;
     let mut budget = Budget::default();
     let mut told_systemd = false;
-    let mut current = start(opts, &listener, ready.name())?;
+    let control = Control::bind(&opts.home).map_err(io("control socket"))?;
+    let mut current = start(opts, &opts.relay, &listener, ready.name())?;
     let mut current_ready = false;
     let mut pending: Option<Generation> = None;
     let mut draining: Vec<Generation> = Vec::new();
+    let mut upgrading: Option<Upgrading> = None;
     loop {
+        if let Some(req) = control.poll() {
+            let cmd = req.cmd().to_owned();
+            match cmd.as_str() {
+                "status" => {
+                    let state = if upgrading.is_some() { "upgrading" } else if current_ready { "serving" } else { "starting" };
+                    req.reply(&serde_json::json!({
+                        "ok": true, "pid": current.pid(), "state": state,
+                        "draining": draining.iter().map(Generation::pid).collect::<Vec<_>>(),
+                        "highest_committed": upgrade::highest_committed(&opts.home).map(|v| v.to_string()),
+                    }));
+                }
+                "upgrade" if upgrading.is_some() || pending.is_some() || !current_ready => {
+                    req.reply(&serde_json::json!({"ok": false, "error": "busy: the relay is starting or another change is in progress"}));
+                }
+                "upgrade" => {
+                    let asked = req.body.get("version").and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+                    let verified = relay_version(&opts.relay)
+                        .and_then(|running| upgrade::verify_staged(&opts.home, &asked, &running).map_err(|e| e.to_string()));
+                    match verified {
+                        Err(why) => {
+                            log(&format!("upgrade to {asked:?} refused: {why}"));
+                            upgrade::journal(&opts.home, &asked, "verify-failed", &why);
+                            upgrade::roll_back(&opts.home, &asked);
+                            req.reply(&serde_json::json!({"ok": false, "version": asked, "error": why}));
+                        }
+                        Ok(version) => {
+                            upgrade::journal(&opts.home, &asked, "verified", "");
+                            let next = start(opts, &opts.home.join(upgrade::NEXT), &listener, ready.name())?;
+                            log(&format!("upgrade to {version}: verified; new generation pid {}", next.pid()));
+                            pending = Some(next);
+                            upgrading = Some(Upgrading { version, request: req, took_over: None });
+                        }
+                    }
+                }
+                other => req.reply(&serde_json::json!({"ok": false, "error": format!("unknown command {other:?}")})),
+            }
+        }
         for sig in signals.pending() {
             match sig {
                 SIGUSR1 => forward(current.pid(), Signal::SIGUSR1),
-                SIGHUP if pending.is_none() && current_ready => {
-                    let next = start(opts, &listener, ready.name())?;
+                SIGHUP if pending.is_none() && upgrading.is_none() && current_ready => {
+                    let next = start(opts, &opts.relay, &listener, ready.name())?;
                     log(&format!(
                         "handover: started a new generation (pid {})",
                         next.pid()
@@ -151,6 +220,10 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 ));
                 forward(current.pid(), Signal::SIGHUP);
                 draining.push(std::mem::replace(&mut current, next));
+                if let Some(u) = upgrading.as_mut() {
+                    u.took_over = Some(Instant::now());
+                    upgrade::journal(&opts.home, &u.version.to_string(), "swapped", "");
+                }
             } else {
                 current_ready = true;
                 log(&format!(
@@ -178,8 +251,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         if let Some(next) = pending.as_mut() {
             let failed = match next.child.try_wait() {
                 Ok(Some(status)) => Some(format!("exited ({status})")),
-                _ if next.started.elapsed() > READY_TIMEOUT => {
-                    Some(format!("not ready after {READY_TIMEOUT:?}"))
+                _ if next.started.elapsed() > opts.ready_timeout => {
+                    Some(format!("was not ready after {:?}", opts.ready_timeout))
                 }
                 _ => None,
             };
@@ -191,6 +264,9 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 ));
                 stop(&mut next.child);
                 pending = None;
+                if let Some(u) = upgrading.take() {
+                    u.fail(&opts.home, &format!("the new version {why} at start"));
+                }
             }
         }
 
@@ -202,18 +278,55 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             _ => true,
         });
 
-        if !current_ready && current.started.elapsed() > READY_TIMEOUT {
+        if !current_ready && current.started.elapsed() > opts.ready_timeout {
             log(&format!(
-                "relay (pid {}) not ready after {READY_TIMEOUT:?}; stopping it",
-                current.pid()
+                "relay (pid {}) not ready after {:?}; stopping it",
+                current.pid(),
+                opts.ready_timeout
             ));
             stop(&mut current.child);
             current.abandoned = true;
+        }
+        // The health window passed: commit.
+        if upgrading
+            .as_ref()
+            .and_then(|u| u.took_over)
+            .is_some_and(|t| t.elapsed() >= opts.health_window)
+            && let Some(u) = upgrading.take()
+        {
+            let v = u.version.to_string();
+            match upgrade::commit(&opts.home, &u.version) {
+                Ok(()) => {
+                    log(&format!("upgrade to {v} committed"));
+                    upgrade::journal(&opts.home, &v, "committed", "");
+                    u.request
+                        .reply(&serde_json::json!({"ok": true, "version": v}));
+                }
+                Err(e) => {
+                    log(&format!("upgrade to {v}: commit failed: {e}"));
+                    upgrade::journal(&opts.home, &v, "commit-failed", &e.to_string());
+                    u.request.reply(
+                        &serde_json::json!({"ok": false, "version": v, "error": e.to_string()}),
+                    );
+                }
+            }
         }
         let Ok(Some(outcome)) = current.child.try_wait() else {
             continue;
         };
         let pid = current.pid();
+        // The new version died inside its health window: the old binary serves again.
+        if upgrading.as_ref().is_some_and(|u| u.took_over.is_some()) {
+            if let Some(u) = upgrading.take() {
+                u.fail(
+                    &opts.home,
+                    &format!("the new version exited ({outcome}) inside the health window"),
+                );
+            }
+            current = start(opts, &opts.relay, &listener, ready.name())?;
+            current_ready = false;
+            continue;
+        }
         if !current.abandoned && outcome.code().is_some_and(|c| GRACEFUL.contains(&c)) {
             log(&format!(
                 "relay (pid {pid}) was stopped ({outcome}); stopping too"
@@ -226,7 +339,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     "relay (pid {pid}) exited ({outcome}); restarting in {delay:?}"
                 ));
                 std::thread::sleep(delay);
-                current = start(opts, &listener, ready.name())?;
+                current = start(opts, &opts.relay, &listener, ready.name())?;
                 current_ready = false;
             }
             Verdict::GiveUp => {
@@ -241,8 +354,13 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     }
 }
 
-fn start(opts: &Options, listener: &TcpListener, ready: &str) -> Result<Generation, Error> {
-    let child = spawn(opts, listener, ready)?;
+fn start(
+    opts: &Options,
+    binary: &Path,
+    listener: &TcpListener,
+    ready: &str,
+) -> Result<Generation, Error> {
+    let child = spawn(opts, binary, listener, ready)?;
     log(&format!("started relay (pid {})", child.id()));
     Ok(Generation {
         child,
@@ -306,12 +424,17 @@ fn bracket(host_port: &str) -> String {
     }
 }
 
-fn spawn(opts: &Options, listener: &TcpListener, ready: &str) -> Result<Child, Error> {
+fn spawn(
+    opts: &Options,
+    binary: &Path,
+    listener: &TcpListener,
+    ready: &str,
+) -> Result<Child, Error> {
     let fd = listener
         .as_fd()
         .try_clone_to_owned()
         .map_err(io("duplicating the listener"))?;
-    let mut cmd = Command::new(&opts.relay);
+    let mut cmd = Command::new(binary);
     cmd.args(["start", "--fg"])
         .current_dir(&opts.home)
         .env(HOME_ENV, &opts.home)
@@ -328,6 +451,17 @@ fn spawn(opts: &Options, listener: &TcpListener, ready: &str) -> Result<Child, E
     })?;
     cmd.spawn()
         .map_err(io(format!("could not start {}", opts.relay.display())))
+}
+
+/// The version a relay binary reports (`version`, first line).
+fn relay_version(binary: &Path) -> Result<semver::Version, String> {
+    let out = Command::new(binary)
+        .arg("version")
+        .output()
+        .map_err(|e| format!("could not run {} version: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    semver::Version::parse(text.lines().next().unwrap_or("").trim())
+        .map_err(|e| format!("{} version said {:?}: {e}", binary.display(), text.trim()))
 }
 
 fn forward(pid: u32, sig: Signal) {

@@ -87,6 +87,25 @@ fn init_writes_the_four_files_with_modes_and_formats() {
         key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
         "{key_pem}"
     );
+
+    // Other tools read both files (nginx and Apache use OpenSSL): the key's public half is key.pub.
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(home.file("relay-key.pem"))
+        .output()
+        .expect("openssl is missing: apt-get install openssl");
+    assert!(
+        out.status.success(),
+        "openssl cannot read relay-key.pem: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&out.stdout[out.stdout.len() - 32..], public.as_slice());
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-in"])
+        .arg(home.file("relay-cert.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl cannot read relay-cert.pem");
 }
 
 #[test]

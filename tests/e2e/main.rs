@@ -15,3 +15,4 @@ mod lifecycle;
 mod supervisor;
 mod transport;
 mod units;
+mod upgrade;

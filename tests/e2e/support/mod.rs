@@ -1,5 +1,6 @@
 //! Helpers shared by the e2e tests.
 
+pub mod load;
 pub mod process;
 pub mod standin;
 pub mod target;

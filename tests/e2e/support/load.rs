@@ -1,0 +1,167 @@
+//! Traffic through a relay while something happens to it: a new short stream every 10 ms (each
+//! on a fresh connection, as inner hops arrive) and long-lived streams echoing data throughout.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::task::JoinHandle;
+use wireleap_devnet::client::{CircuitClient, ClientConfig, Hop, StreamEnd};
+use wireleap_protocol::{Network, Servicekey};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One short stream on a fresh connection: 16 bytes there and back, then a clean end.
+pub async fn short_stream(sk: &Servicekey, hop: &Hop, target: SocketAddr) -> Result<(), String> {
+    let c = CircuitClient::new(sk.clone(), vec![hop.clone()], ClientConfig::default())
+        .map_err(|e| e.to_string())?;
+    let mut s = c
+        .open(&target.to_string(), Network::Tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"0123456789abcdef")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut back = [0u8; 16];
+    s.read_exact(&mut back).await.map_err(|e| e.to_string())?;
+    s.finish();
+    match s.wait_end().await {
+        StreamEnd::Clean => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Running load; [`Load::finish`] stops it and returns the counts.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    opener: JoinHandle<()>,
+    long: Vec<JoinHandle<Result<u64, String>>>,
+}
+
+/// What the load saw.
+#[derive(Debug)]
+pub struct Counts {
+    /// Short streams that round-tripped.
+    pub opened: u64,
+    /// Short streams that failed, with why.
+    pub failed: Vec<String>,
+    /// Long-lived streams that were cut, with why.
+    pub cut: Vec<String>,
+    /// Long-lived streams in all.
+    pub long: usize,
+}
+
+impl Load {
+    /// Starts `long` long-lived streams (10 per connection) and the 10 ms opener on `rt`.
+    pub fn start(
+        rt: &tokio::runtime::Runtime,
+        sk: &Servicekey,
+        hop: &Hop,
+        target: SocketAddr,
+        long: usize,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        let mut client = None;
+        for i in 0..long {
+            if i % 10 == 0 {
+                client = Some(Arc::new(
+                    CircuitClient::new(sk.clone(), vec![hop.clone()], ClientConfig::default())
+                        .unwrap(),
+                ));
+            }
+            let (client, stop) = (Arc::clone(client.as_ref().unwrap()), Arc::clone(&stop));
+            handles.push(rt.spawn(async move {
+                let mut s = client
+                    .open(&target.to_string(), Network::Tcp)
+                    .await
+                    .map_err(|e| format!("open: {e}"))?;
+                let chunk = vec![i as u8; 1024];
+                let mut back = vec![0u8; 1024];
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    s.write_all(&chunk)
+                        .await
+                        .map_err(|e| format!("write after {rounds} rounds: {e}"))?;
+                    s.read_exact(&mut back)
+                        .await
+                        .map_err(|e| format!("read after {rounds} rounds: {e}"))?;
+                    if back != chunk {
+                        return Err("bytes differ".to_owned());
+                    }
+                    rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                s.finish();
+                match tokio::time::timeout(WAIT, s.wait_end()).await {
+                    Ok(StreamEnd::Clean) => Ok(rounds),
+                    other => Err(format!("end after {rounds} rounds: {other:?}")),
+                }
+            }));
+        }
+        let opener = {
+            let (stop, opened, failures, sk, hop) = (
+                Arc::clone(&stop),
+                Arc::clone(&opened),
+                Arc::clone(&failures),
+                sk.clone(),
+                hop.clone(),
+            );
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut tasks = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let (opened, failures, sk, hop) = (
+                        Arc::clone(&opened),
+                        Arc::clone(&failures),
+                        sk.clone(),
+                        hop.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        match tokio::time::timeout(WAIT, short_stream(&sk, &hop, target)).await {
+                            Ok(Ok(())) => {
+                                opened.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => failures.lock().unwrap().push(format!("{other:?}")),
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+        };
+        Self {
+            stop,
+            opened,
+            failures,
+            opener,
+            long: handles,
+        }
+    }
+
+    /// Stops the load and waits for every stream to end.
+    pub fn finish(self, rt: &tokio::runtime::Runtime) -> Counts {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(self.opener).unwrap();
+        let long = self.long.len();
+        let cut = self
+            .long
+            .into_iter()
+            .filter_map(|t| rt.block_on(t).unwrap().err())
+            .collect();
+        Counts {
+            opened: self.opened.load(Ordering::Relaxed),
+            failed: self.failures.lock().unwrap().clone(),
+            cut,
+            long,
+        }
+    }
+}

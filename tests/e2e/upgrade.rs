@@ -1,0 +1,284 @@
+//! Supervised upgrades from releases built and signed by the real `release-tool`, under load:
+//! a good release commits; a tampered one, one that crashes at start, one that never gets ready
+//! and one that crashes inside the health window are each rolled back while the old version
+//! keeps serving, and skipped from then on.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wireleap_devnet::client::{Hop, activate_servicekey};
+use wireleap_protocol::PublicKey;
+
+use crate::support::load::{Load, short_stream};
+use crate::support::process::relay_bin;
+use crate::support::standin::Standin;
+use crate::support::target::tcp_echo;
+use crate::support::{Home, eventually};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sibling(name: &str) -> PathBuf {
+    let path = relay_bin().with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// The test-only release key whose public half the relay embeds (releases/testdata/keys).
+fn release_key() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("releases/testdata/keys/test-only-project.key")
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Publishes `binary` as `version` with the real release tool and stages it in `home`, as the
+/// Upgrader does: `wireleap-relay.next` and its statement `wireleap-relay.next.hash`.
+fn publish_and_stage(root: &Path, home: &Home, version: &str, binary: &Path) {
+    let changelog = root.join("changelog.md");
+    std::fs::write(&changelog, format!("# {version}\n")).unwrap();
+    let out = Command::new(sibling("release-tool"))
+        .args(["publish", "--root"])
+        .arg(root)
+        .arg("--key")
+        .arg(release_key())
+        .args(["--version", version, "--binary"])
+        .arg(binary)
+        .arg("--changelog")
+        .arg(&changelog)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "release-tool publish: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = root.join(format!("v{version}"));
+    let asset = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_none_or(|x| x != "hash" && x != "md"))
+        .unwrap();
+    let statement = PathBuf::from(format!("{}.hash", asset.display()));
+    std::fs::copy(&asset, home.file("wireleap-relay.next")).unwrap();
+    std::fs::copy(&statement, home.file("wireleap-relay.next.hash")).unwrap();
+    std::fs::set_permissions(
+        home.file("wireleap-relay.next"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// One request to the supervisor's control socket (what `wireleap-relay-supervisor ctl` sends);
+/// returns (exit code `ctl` would give, reply).
+fn ctl(home: &Home, args: &[&str]) -> (i32, serde_json::Value) {
+    use std::io::{BufRead as _, Write as _};
+    let request = match args {
+        ["status"] => serde_json::json!({"cmd": "status"}),
+        ["upgrade", v] => serde_json::json!({"cmd": "upgrade", "version": v}),
+        _ => panic!("unknown ctl {args:?}"),
+    };
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(home.file("wireleap-relay-supervisor.sock"))
+            .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    writeln!(conn, "{request}").unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(conn).read_line(&mut line);
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+    let code = if reply["ok"] == true { 0 } else { 1 };
+    (code, reply)
+}
+
+fn wait_serving(home: &Home) {
+    eventually(WAIT, "the supervisor to serve", || {
+        ctl(home, &["status"]).1["state"] == "serving"
+    });
+}
+
+#[test]
+fn upgrades_commit_and_bad_releases_roll_back_under_load() {
+    let standin = Standin::start();
+    let home = Home::with_config(&format!(
+        r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}},
+            "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
+        standin.net.contract_url()
+    ));
+    std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
+    let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
+    let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
+    let _sup = Guard(
+        Command::new(sibling("wireleap-relay-supervisor"))
+            .args(["--health-window", "2", "--ready-timeout", "3"])
+            .env("WIRELEAP_RELAY_HOME", home.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || home.read("supervisor.log");
+    eventually(WAIT, "the relay to be ready", || {
+        read_log().contains("relay ready")
+    });
+    standin.wait_enrolled(&key, WAIT);
+    let addr: std::net::SocketAddr = read_log()
+        .lines()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let hop = Hop::new(
+        format!("wireleap://{addr}"),
+        PublicKey::try_from_b64(&key).unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let target = rt.block_on(tcp_echo());
+    let sk = rt
+        .block_on(activate_servicekey(standin.net.contract_url()))
+        .unwrap();
+    eventually(WAIT, "a first admitted stream", || {
+        rt.block_on(short_stream(&sk, &hop, target)).is_ok()
+    });
+
+    let releases = tempfile::tempdir().unwrap();
+    let scripts = tempfile::tempdir().unwrap();
+    let load = Load::start(&rt, &sk, &hop, target, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    let deletes_before = standin.relays_requests("DELETE").len();
+    let mut table = Vec::new();
+
+    // A good release: verified, handed over, healthy, committed.
+    let before = std::fs::read(home.file("wireleap-relay")).unwrap();
+    publish_and_stage(releases.path(), &home, "9.0.0", &relay_bin());
+    let first = home.pid().unwrap();
+    let (code, reply) = ctl(&home, &["upgrade", "9.0.0"]);
+    assert_eq!(
+        (code, &reply["ok"]),
+        (0, &serde_json::json!(true)),
+        "{reply}\n{}",
+        read_log()
+    );
+    assert_ne!(home.pid().unwrap(), first, "no new generation serves");
+    assert_eq!(
+        std::fs::read(home.file("wireleap-relay.prev")).unwrap(),
+        before
+    );
+    assert!(!home.file("wireleap-relay.next").exists());
+    assert!(home.read("upgrade-state.json").contains("\"9.0.0\""));
+    let journal = home.read("upgrade-journal.jsonl");
+    for step in ["verified", "swapped", "committed"] {
+        assert!(
+            journal.contains(&format!("\"step\":\"{step}\"")),
+            "{journal}"
+        );
+    }
+    table.push(("9.0.0 good release", "committed".to_owned()));
+
+    // Bad releases: each refused or rolled back, old version serving, version skipped.
+    let tampered = |home: &Home| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(home.file("wireleap-relay.next"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+    };
+    let crash_at_start = script(scripts.path(), "crash", "exit 3");
+    let never_ready = script(scripts.path(), "hang", "exec sleep 60");
+    let crash_later = script(
+        scripts.path(),
+        "crash-later",
+        &format!(
+            "\"{}\" \"$@\" &\nchild=$!\nsleep 1\nkill -9 $child\nexit 4",
+            relay_bin().display()
+        ),
+    );
+    let cases: [(&str, &Path, &str); 4] = [
+        ("9.1.0", &relay_bin(), "did not verify"),
+        ("9.2.0", &crash_at_start, "at start"),
+        ("9.3.0", &never_ready, "was not ready"),
+        ("9.4.0", &crash_later, "inside the health window"),
+    ];
+    for (version, binary, why) in cases {
+        wait_serving(&home);
+        publish_and_stage(releases.path(), &home, version, binary);
+        if version == "9.1.0" {
+            tampered(&home);
+        }
+        let (code, reply) = ctl(&home, &["upgrade", version]);
+        assert_eq!(code, 1, "{version}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            error.contains(why),
+            "{version}: expected {why:?} in {error:?}; reply {reply}\n{}",
+            read_log()
+        );
+        assert!(
+            home.read(".skip-upgrade-version")
+                .lines()
+                .any(|l| l == version),
+            "{version} not skipped"
+        );
+        assert!(
+            !home.file("wireleap-relay.next").exists(),
+            "{version}: .next left behind"
+        );
+        table.push((version, format!("rolled back: {error}")));
+    }
+    wait_serving(&home);
+    std::thread::sleep(Duration::from_millis(300));
+    let counts = load.finish(&rt);
+
+    println!("{:<22} outcome", "release");
+    for (release, outcome) in &table {
+        println!("{release:<22} {outcome}");
+    }
+    println!(
+        "load: {} stream opens ok, {} failed; {} of {} long-lived streams cut",
+        counts.opened,
+        counts.failed.len(),
+        counts.cut.len(),
+        counts.long
+    );
+    assert!(
+        counts.failed.is_empty(),
+        "failed opens: {:?}",
+        counts.failed
+    );
+    assert!(counts.cut.is_empty(), "cut streams: {:?}", counts.cut);
+    assert!(counts.opened > 100, "too little load: {}", counts.opened);
+    assert_eq!(
+        standin.relays_requests("DELETE").len(),
+        deletes_before,
+        "an upgrade disenrolled"
+    );
+    assert!(
+        home.read("upgrade-state.json").contains("\"9.0.0\""),
+        "a failed version raised the floor"
+    );
+}
