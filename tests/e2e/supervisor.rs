@@ -131,45 +131,17 @@ mod handover {
     //! while the supervisor replaces the relay generation (SIGHUP).
 
     use std::net::SocketAddr;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use wireleap_devnet::client::{
-        CircuitClient, ClientConfig, Hop, StreamEnd, activate_servicekey,
-    };
-    use wireleap_protocol::{Network, PublicKey};
+    use wireleap_devnet::client::{Hop, activate_servicekey};
+    use wireleap_protocol::PublicKey;
 
     use super::*;
+    use crate::support::load::{Load, short_stream};
     use crate::support::standin::Standin;
     use crate::support::target::tcp_echo;
 
     const WAIT: Duration = Duration::from_secs(30);
-
-    /// One short stream on a fresh connection: 16 bytes there and back.
-    async fn short_stream(
-        sk: &wireleap_protocol::Servicekey,
-        hop: &Hop,
-        target: SocketAddr,
-    ) -> Result<(), String> {
-        let c = CircuitClient::new(sk.clone(), vec![hop.clone()], ClientConfig::default())
-            .map_err(|e| e.to_string())?;
-        let mut s = c
-            .open(&target.to_string(), Network::Tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(b"0123456789abcdef")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut back = [0u8; 16];
-        s.read_exact(&mut back).await.map_err(|e| e.to_string())?;
-        s.finish();
-        match s.wait_end().await {
-            StreamEnd::Clean => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    }
 
     #[test]
     fn a_handover_under_load_fails_no_open_cuts_no_stream_and_keeps_enrollment() {
@@ -197,7 +169,6 @@ mod handover {
             format!("wireleap://{addr}"),
             PublicKey::try_from_b64(&key).unwrap(),
         );
-
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -213,84 +184,7 @@ mod handover {
         });
         let old_pid = home.pid().unwrap();
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let (opened, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        // 50 long-lived streams, 10 per connection, echoing 1 KiB every 20 ms.
-        let mut long = Vec::new();
-        for conn in 0..5 {
-            let client = Arc::new(
-                CircuitClient::new(sk.clone(), vec![hop.clone()], ClientConfig::default()).unwrap(),
-            );
-            for i in 0..10 {
-                let (client, stop) = (Arc::clone(&client), Arc::clone(&stop));
-                long.push(rt.spawn(async move {
-                    let mut s = client
-                        .open(&target.to_string(), Network::Tcp)
-                        .await
-                        .map_err(|e| format!("open: {e}"))?;
-                    let chunk = vec![(conn * 10 + i) as u8; 1024];
-                    let mut back = vec![0u8; 1024];
-                    let mut rounds = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        s.write_all(&chunk)
-                            .await
-                            .map_err(|e| format!("write after {rounds} rounds: {e}"))?;
-                        s.read_exact(&mut back)
-                            .await
-                            .map_err(|e| format!("read after {rounds} rounds: {e}"))?;
-                        if back != chunk {
-                            return Err("bytes differ".to_owned());
-                        }
-                        rounds += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    s.finish();
-                    match tokio::time::timeout(WAIT, s.wait_end()).await {
-                        Ok(StreamEnd::Clean) => Ok(rounds),
-                        other => Err(format!("end after {rounds} rounds: {other:?}")),
-                    }
-                }));
-            }
-        }
-        // A new stream every 10 ms.
-        let opener = {
-            let (stop, opened, failed, failures, sk, hop) = (
-                Arc::clone(&stop),
-                Arc::clone(&opened),
-                Arc::clone(&failed),
-                Arc::clone(&failures),
-                sk.clone(),
-                hop.clone(),
-            );
-            rt.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(10));
-                let mut tasks = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    let (opened, failed, failures, sk, hop) = (
-                        Arc::clone(&opened),
-                        Arc::clone(&failed),
-                        Arc::clone(&failures),
-                        sk.clone(),
-                        hop.clone(),
-                    );
-                    tasks.push(tokio::spawn(async move {
-                        match tokio::time::timeout(WAIT, short_stream(&sk, &hop, target)).await {
-                            Ok(Ok(())) => opened.fetch_add(1, Ordering::Relaxed),
-                            other => {
-                                failures.lock().unwrap().push(format!("{other:?}"));
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }));
-                }
-                for t in tasks {
-                    let _ = t.await;
-                }
-            })
-        };
-
+        let load = Load::start(&rt, &sk, &hop, target, 50);
         std::thread::sleep(Duration::from_millis(1000));
         let deletes_before = standin.relays_requests("DELETE").len();
         signal(sup.0.id() as i32, Signal::SIGHUP);
@@ -300,28 +194,32 @@ mod handover {
         let new_pid = home.pid().unwrap();
         assert_ne!(new_pid, old_pid);
         std::thread::sleep(Duration::from_millis(1000));
-        stop.store(true, Ordering::Relaxed);
-        rt.block_on(opener).unwrap();
-        let mut cut = Vec::new();
-        for t in long {
-            if let Err(e) = rt.block_on(t).unwrap() {
-                cut.push(e);
-            }
-        }
+        let counts = load.finish(&rt);
         eventually(WAIT, "the old generation to exit", || {
             read_log().contains(&format!("pid {old_pid} drained and exited"))
         });
-        let (opened, failed) = (
-            opened.load(Ordering::Relaxed),
-            failed.load(Ordering::Relaxed),
-        );
         println!(
-            "handover under load: {opened} stream opens ok, {failed} failed, {} of 50 long-lived streams cut",
-            cut.len()
+            "handover under load: {} stream opens ok, {} failed, {} of {} long-lived streams cut",
+            counts.opened,
+            counts.failed.len(),
+            counts.cut.len(),
+            counts.long
         );
-        assert_eq!(failed, 0, "failed opens: {:?}", failures.lock().unwrap());
-        assert!(cut.is_empty(), "cut long-lived streams: {cut:?}");
-        assert!(opened > 50, "too little load to mean anything: {opened}");
+        assert!(
+            counts.failed.is_empty(),
+            "failed opens: {:?}",
+            counts.failed
+        );
+        assert!(
+            counts.cut.is_empty(),
+            "cut long-lived streams: {:?}",
+            counts.cut
+        );
+        assert!(
+            counts.opened > 50,
+            "too little load to mean anything: {}",
+            counts.opened
+        );
         assert_eq!(
             standin.relays_requests("DELETE").len(),
             deletes_before,
