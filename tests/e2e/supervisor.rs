@@ -9,17 +9,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::process::{is_alive, relay_bin};
+use crate::support::process::{is_alive, relay_bin, sibling_bin};
 use crate::support::{Home, eventually, tls};
 
 fn supervisor_bin() -> PathBuf {
-    let path = relay_bin().with_file_name("wireleap-relay-supervisor");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
+    sibling_bin("wireleap-relay-supervisor")
 }
 
 /// Kills the supervisor if a test fails before stopping it.
@@ -130,73 +124,32 @@ mod handover {
     //! A hot handover under load: a new stream every 10 ms and 50 long-lived streams moving data
     //! while the supervisor replaces the relay generation (SIGHUP).
 
-    use std::net::SocketAddr;
     use std::time::Duration;
 
-    use wireleap_devnet::client::{Hop, activate_servicekey};
-    use wireleap_protocol::PublicKey;
-
     use super::*;
-    use crate::support::load::{Load, short_stream};
-    use crate::support::standin::Standin;
-    use crate::support::target::tcp_echo;
+    use crate::support::load::Load;
+    use crate::support::supervised::Supervised;
 
     const WAIT: Duration = Duration::from_secs(30);
 
     #[test]
     fn a_handover_under_load_fails_no_open_cuts_no_stream_and_keeps_enrollment() {
-        let standin = Standin::start();
-        let home = Home::with_config(&format!(
-            r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}},
-                "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
-            standin.net.contract_url()
-        ));
-        let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
-        let mut sup = start_supervisor(&home);
-        let read_log = || home.read("supervisor.log");
-        eventually(WAIT, "the relay to be ready", || {
-            read_log().contains("relay ready")
-        });
-        standin.wait_enrolled(&key, WAIT);
-        let addr: SocketAddr = read_log()
-            .lines()
-            .find_map(|l| l.split("listening on ").nth(1))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let hop = Hop::new(
-            format!("wireleap://{addr}"),
-            PublicKey::try_from_b64(&key).unwrap(),
-        );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let target = rt.block_on(tcp_echo());
-        let sk = rt
-            .block_on(activate_servicekey(standin.net.contract_url()))
-            .unwrap();
-        // Admission follows enrollment closely; wait until a stream gets through.
-        eventually(WAIT, "a first admitted stream", || {
-            rt.block_on(short_stream(&sk, &hop, target)).is_ok()
-        });
-        let old_pid = home.pid().unwrap();
-
-        let load = Load::start(&rt, &sk, &hop, target, 50);
+        let mut s = Supervised::start(&[]);
+        let old_pid = s.home.pid().unwrap();
+        let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 50);
         std::thread::sleep(Duration::from_millis(1000));
-        let deletes_before = standin.relays_requests("DELETE").len();
-        signal(sup.0.id() as i32, Signal::SIGHUP);
+        let deletes_before = s.standin.relays_requests("DELETE").len();
+        s.signal(Signal::SIGHUP);
         eventually(WAIT, "the handover", || {
-            read_log().contains("stops accepting and drains")
+            s.log().contains("stops accepting and drains")
         });
-        let new_pid = home.pid().unwrap();
+        let new_pid = s.home.pid().unwrap();
         assert_ne!(new_pid, old_pid);
         std::thread::sleep(Duration::from_millis(1000));
-        let counts = load.finish(&rt);
+        let counts = load.finish(&s.rt);
         eventually(WAIT, "the old generation to exit", || {
-            read_log().contains(&format!("pid {old_pid} drained and exited"))
+            s.log()
+                .contains(&format!("pid {old_pid} drained and exited"))
         });
         println!(
             "handover under load: {} stream opens ok, {} failed, {} of {} long-lived streams cut",
@@ -221,16 +174,14 @@ mod handover {
             counts.opened
         );
         assert_eq!(
-            standin.relays_requests("DELETE").len(),
+            s.standin.relays_requests("DELETE").len(),
             deletes_before,
             "the handover disenrolled"
         );
-        assert!(standin.is_enrolled(&key));
+        assert!(s.standin.is_enrolled(&s.key));
         assert!(is_alive(new_pid) && !is_alive(old_pid));
 
-        signal(sup.0.id() as i32, Signal::SIGTERM);
-        eventually(Duration::from_secs(15), "the supervisor to exit", || {
-            sup.0.try_wait().unwrap().is_some()
-        });
+        s.signal(Signal::SIGTERM);
+        assert_eq!(s.wait_exit(Duration::from_secs(15)).code(), Some(0));
     }
 }

@@ -5,42 +5,19 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use wireleap_devnet::client::{Hop, activate_servicekey};
-use wireleap_protocol::PublicKey;
-
-use crate::support::load::{Load, short_stream};
-use crate::support::process::relay_bin;
-use crate::support::standin::Standin;
-use crate::support::target::tcp_echo;
+use crate::support::load::Load;
+use crate::support::process::{relay_bin, sibling_bin};
+use crate::support::supervised::Supervised;
 use crate::support::{Home, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn sibling(name: &str) -> PathBuf {
-    let path = relay_bin().with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
 /// The test-only release key whose public half the relay embeds (releases/testdata/keys).
 fn release_key() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("releases/testdata/keys/test-only-project.key")
-}
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Publishes `binary` as `version` with the real release tool and stages it in `home`, as the
@@ -48,7 +25,7 @@ impl Drop for Guard {
 fn publish_and_stage(root: &Path, home: &Home, version: &str, binary: &Path) {
     let changelog = root.join("changelog.md");
     std::fs::write(&changelog, format!("# {version}\n")).unwrap();
-    let out = Command::new(sibling("release-tool"))
+    let out = Command::new(sibling_bin("release-tool"))
         .args(["publish", "--root"])
         .arg(root)
         .arg("--key")
@@ -117,67 +94,22 @@ fn wait_serving(home: &Home) {
 
 #[test]
 fn upgrades_commit_and_bad_releases_roll_back_under_load() {
-    let standin = Standin::start();
-    let home = Home::with_config(&format!(
-        r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}},
-            "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
-        standin.net.contract_url()
-    ));
-    std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
-    let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
-    let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
-    let _sup = Guard(
-        Command::new(sibling("wireleap-relay-supervisor"))
-            .args(["--health-window", "2", "--ready-timeout", "3"])
-            .env("WIRELEAP_RELAY_HOME", home.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let read_log = || home.read("supervisor.log");
-    eventually(WAIT, "the relay to be ready", || {
-        read_log().contains("relay ready")
-    });
-    standin.wait_enrolled(&key, WAIT);
-    let addr: std::net::SocketAddr = read_log()
-        .lines()
-        .find_map(|l| l.split("listening on ").nth(1))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let hop = Hop::new(
-        format!("wireleap://{addr}"),
-        PublicKey::try_from_b64(&key).unwrap(),
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let target = rt.block_on(tcp_echo());
-    let sk = rt
-        .block_on(activate_servicekey(standin.net.contract_url()))
-        .unwrap();
-    eventually(WAIT, "a first admitted stream", || {
-        rt.block_on(short_stream(&sk, &hop, target)).is_ok()
-    });
-
+    let s = Supervised::start(&["--health-window", "2", "--ready-timeout", "3"]);
+    let (standin, home, rt) = (&s.standin, &s.home, &s.rt);
+    let (sk, hop, target) = (&s.sk, &s.hop, s.target);
+    let read_log = || s.log();
     let releases = tempfile::tempdir().unwrap();
     let scripts = tempfile::tempdir().unwrap();
-    let load = Load::start(&rt, &sk, &hop, target, 50);
+    let load = Load::start(rt, sk, hop, target, 50);
     std::thread::sleep(Duration::from_millis(500));
     let deletes_before = standin.relays_requests("DELETE").len();
     let mut table = Vec::new();
 
     // A good release: verified, handed over, healthy, committed.
     let before = std::fs::read(home.file("wireleap-relay")).unwrap();
-    publish_and_stage(releases.path(), &home, "9.0.0", &relay_bin());
+    publish_and_stage(releases.path(), home, "9.0.0", &relay_bin());
     let first = home.pid().unwrap();
-    let (code, reply) = ctl(&home, &["upgrade", "9.0.0"]);
+    let (code, reply) = ctl(home, &["upgrade", "9.0.0"]);
     assert_eq!(
         (code, &reply["ok"]),
         (0, &serde_json::json!(true)),
@@ -227,19 +159,19 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
     let mut load = Some(load);
     let mut counts = None;
     for (version, binary, why) in cases {
-        wait_serving(&home);
+        wait_serving(home);
         if version == "9.4.0" {
             // The releases so far never carried a stream: nothing may have failed. The next one
             // serves for a second and is then killed, so it gets a load of its own.
-            counts = load.take().map(|l| l.finish(&rt));
-            load = Some(Load::start(&rt, &sk, &hop, target, 20));
+            counts = load.take().map(|l| l.finish(rt));
+            load = Some(Load::start(rt, sk, hop, target, 20));
             std::thread::sleep(Duration::from_millis(300));
         }
-        publish_and_stage(releases.path(), &home, version, binary);
+        publish_and_stage(releases.path(), home, version, binary);
         if version == "9.1.0" {
-            tampered(&home);
+            tampered(home);
         }
-        let (code, reply) = ctl(&home, &["upgrade", version]);
+        let (code, reply) = ctl(home, &["upgrade", version]);
         assert_eq!(code, 1, "{version}: {reply}");
         let error = reply["error"].as_str().unwrap_or_default().to_owned();
         assert!(
@@ -259,9 +191,9 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
         );
         table.push((version, format!("rolled back: {error}")));
     }
-    wait_serving(&home);
+    wait_serving(home);
     std::thread::sleep(Duration::from_millis(300));
-    let crash = load.take().unwrap().finish(&rt);
+    let crash = load.take().unwrap().finish(rt);
     let counts = counts.unwrap();
 
     println!("{:<22} outcome", "release");

@@ -3,6 +3,7 @@
 pub mod load;
 pub mod process;
 pub mod standin;
+pub mod supervised;
 pub mod target;
 pub mod tls;
 

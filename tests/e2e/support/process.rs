@@ -18,6 +18,17 @@ pub fn relay_bin() -> PathBuf {
     path
 }
 
+/// Another binary of this workspace, built next to the relay.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let path = relay_bin().with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
 /// A home directory for one test. Dropping it kills any daemon whose pid it recorded.
 pub struct Home {
     dir: tempfile::TempDir,
