@@ -142,7 +142,7 @@ pub struct Withdrawal {
     pub state_changed: i64,
     /// Amount.
     pub amount: i64,
-    /// Type (the relay sends `TODO`).
+    /// Type (the relay sends `wireleap_protocol::signed::WITHDRAWAL_TYPE`).
     #[serde(rename = "type")]
     pub kind: String,
     /// Destination.

@@ -135,6 +135,10 @@ pub fn directory_signature_headers(key: &SigningKey, body: &[u8]) -> [(&'static 
     ]
 }
 
+/// The `type` the reference relay puts in every withdrawal request (`POST /payout/withdrawals`,
+/// spec §5.7): a placeholder in the reference code, sent verbatim on the wire, so we send it too.
+pub const WITHDRAWAL_TYPE: &str = "TODO";
+
 /// What a signed relay request carries besides the signature.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestOptions {

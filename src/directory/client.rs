@@ -307,7 +307,7 @@ impl Client {
     }
 
     /// `POST <contract>/payout/withdrawals` with `{"amount","type","destination"}` (spec §5.7;
-    /// `type` is `"TODO"` as in the reference), relay-contract header only. Returns the reply.
+    /// `type` is [`signed::WITHDRAWAL_TYPE`] as in the reference), relay-contract header only. Returns the reply.
     ///
     /// # Errors
     /// Any [`Error`].
@@ -319,8 +319,7 @@ impl Client {
         retry: Retry,
     ) -> Result<serde_json::Value, Error> {
         let url = format!("{contract}/payout/withdrawals");
-        let body =
-            serde_json::json!({"amount": amount, "type": "TODO", "destination": destination});
+        let body = serde_json::json!({"amount": amount, "type": signed::WITHDRAWAL_TYPE, "destination": destination});
         let body = serde_json::to_vec(&body).map_err(|e| Error::Decode {
             url: url.clone(),
             why: e.to_string(),

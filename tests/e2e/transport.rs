@@ -18,6 +18,7 @@ use wireleap_protocol::{
 };
 
 use crate::support::standin::Standin;
+use crate::support::target::tcp_echo;
 use crate::support::{Home, eventually};
 
 /// Every wait is bounded by this.
@@ -70,20 +71,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn tcp_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
 }
 
 async fn udp_echo() -> SocketAddr {
