@@ -11,6 +11,7 @@
 //! | `POST /_devnet/version` | `{"server":"directory","version":"0.3.0"\|null}` | answer (and gate on) another interface version |
 //! | `POST /_devnet/challenge` | `{"enabled":true,"cost":4}` | require the PoW challenge on first enrollment |
 //! | `POST /_devnet/contract-500` | `{"count":N}` or `{"enabled":bool}` | contract answers 500 to the next N requests, or until disabled |
+//! | `POST /_devnet/settlement-closed` | `{"enabled":bool}` | contract answers every `/submit` with 400 "settlement window already closed", or not |
 //! | `POST /_devnet/settlement` | `{"servicekey_duration_secs":N,"submission_window_secs":M}` | window of new activations |
 //! | `POST /_devnet/enrollment-keys` | `{"role":"backing","keys":["u:p"]}` | restrict a role |
 //! | `POST /_devnet/releases` | `{"stall_after_bytes":N\|null,"endless":bool}` | release server test modes |
@@ -39,6 +40,7 @@ pub(crate) fn routes() -> Router<Ctx> {
         .route("/_devnet/challenge", post(challenge))
         .route("/_devnet/contract-500", post(contract_500))
         .route("/_devnet/settlement", post(settlement))
+        .route("/_devnet/settlement-closed", post(settlement_closed))
         .route("/_devnet/enrollment-keys", post(enrollment_keys))
         .route("/_devnet/releases", post(releases))
         .route("/_devnet/sign-contract", post(sign_contract))
@@ -203,6 +205,18 @@ async fn contract_500(State(ctx): State<Ctx>, axum::Json(b): axum::Json<Fail500B
             _ => 0,
         };
     })
+}
+
+#[derive(Deserialize)]
+struct EnabledBody {
+    enabled: bool,
+}
+
+async fn settlement_closed(
+    State(ctx): State<Ctx>,
+    axum::Json(b): axum::Json<EnabledBody>,
+) -> Response {
+    edit(&ctx, |s| s.settlement_closed = b.enabled)
 }
 
 #[derive(Deserialize)]

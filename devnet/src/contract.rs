@@ -153,6 +153,10 @@ async fn submit(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Resp
             format!("{}: {e}", status::cause::ST_REJECTED),
         );
     }
+    if ctx.shared.lock().switches.settlement_closed {
+        // As the reference contract answers a token whose window has closed (spec §4.2).
+        return fail(status::BAD_REQUEST, status::cause::SETTLEMENT_CLOSED);
+    }
     let now = unix_now();
     if now < st.contract.settlement_open {
         return fail(status::BAD_REQUEST, status::cause::SETTLEMENT_NOT_OPEN);

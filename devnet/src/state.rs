@@ -97,6 +97,11 @@ pub struct Switches {
     /// The contract answers 500 to this many further non-admin requests (`u64::MAX` = until
     /// switched off).
     pub contract_fail_500: u64,
+    /// The contract answers every `/submit` with 400 "settlement window already closed" (the
+    /// reference contract's answer once a token's window has closed), whatever the token's
+    /// window says.
+    #[serde(default)]
+    pub settlement_closed: bool,
     /// `settlement_open` of new activations = now + this many seconds.
     pub servicekey_duration_secs: u64,
     /// `settlement_close` = `settlement_open` + this many seconds.
@@ -121,6 +126,7 @@ impl Default for Switches {
             down: BTreeMap::new(),
             version_override: BTreeMap::new(),
             contract_fail_500: 0,
+            settlement_closed: false,
             servicekey_duration_secs: 600,
             submission_window_secs: 3600,
             credit_per_token: 1,

@@ -54,6 +54,19 @@ CREATE TABLE IF NOT EXISTS sharetokens (
 CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
 ";
 
+/// The index that finds settled tokens whose settlement window has closed, so the ledger can
+/// delete them in small batches without scanning every settled row (migration m0004).
+///
+/// Additive: `user_version` stays [`SCHEMA_VERSION`], because a relay that knows only
+/// [`SCHEMA_V1`] works unchanged with it (it just never prunes). That matters during a hot
+/// upgrade, when the old generation still writes the ledger the new one opened, and after a
+/// rollback that did not run `down`.
+pub const PRUNE_INDEX: &str = "
+CREATE INDEX IF NOT EXISTS sharetokens_settled ON sharetokens (state, settlement_close);
+";
+/// The name of [`PRUNE_INDEX`].
+pub const PRUNE_INDEX_NAME: &str = "sharetokens_settled";
+
 /// Page cache per connection, KiB (negative `cache_size`): the replay index of a busy relay
 /// stays in memory, so random inserts do not read pages back from the file.
 pub const CACHE_KIB: i64 = 16 * 1024;
@@ -102,11 +115,21 @@ pub fn schema_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
 
-/// Brings a database to [`SCHEMA_VERSION`] (idempotent; safe while another process uses it).
+/// Brings a database to [`SCHEMA_VERSION`] with every additive index (what the relay runs at
+/// start; idempotent; safe while another process uses it).
 ///
 /// # Errors
 /// The SQLite error.
 pub fn ensure_schema(conn: &Connection) -> Result<(), rusqlite::Error> {
+    ensure_schema_v1(conn)?;
+    ensure_prune_index(conn)
+}
+
+/// [`SCHEMA_V1`] (migration m0002): creates the table if `user_version` is below 1.
+///
+/// # Errors
+/// The SQLite error.
+pub fn ensure_schema_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
     if schema_version(conn)? >= SCHEMA_VERSION {
         return Ok(());
     }
@@ -114,6 +137,23 @@ pub fn ensure_schema(conn: &Connection) -> Result<(), rusqlite::Error> {
     tx.execute_batch(SCHEMA_V1)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
+}
+
+/// [`PRUNE_INDEX`] (migration m0004's `up`). Building it over a large existing ledger holds the
+/// write lock once for as long as that takes.
+///
+/// # Errors
+/// The SQLite error.
+pub fn ensure_prune_index(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(PRUNE_INDEX)
+}
+
+/// Drops [`PRUNE_INDEX`] (migration m0004's `down`); rows are untouched.
+///
+/// # Errors
+/// The SQLite error.
+pub fn drop_prune_index(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(&format!("DROP INDEX IF EXISTS {PRUNE_INDEX_NAME};"))
 }
 
 /// What an import found.
@@ -478,6 +518,45 @@ mod tests {
             .join(b64(1, 43))
             .join(format!("{sig}.json"));
         assert_eq!(std::fs::read_to_string(file).unwrap(), json);
+    }
+
+    #[test]
+    fn ledger_prune_index_up_creates_it_down_drops_it_and_rows_stay() {
+        use crate::{Context, Migration as _};
+        let home = tempfile::tempdir().unwrap();
+        let ctx = Context::new(home.path(), "config.json");
+        let m = crate::m0004_ledger_prune_index::LedgerPruneIndex;
+        // No ledger yet: nothing to do, nothing created.
+        m.up(&ctx).unwrap();
+        m.down(&ctx).unwrap();
+        assert!(!home.path().join(DB_FILE).exists());
+        crate::m0002_ledger_schema::LedgerSchema.up(&ctx).unwrap();
+        reference_store(home.path());
+        import_store(home.path()).unwrap();
+        let has_index = || {
+            let conn = open(&home.path().join(DB_FILE)).unwrap();
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                    [PRUNE_INDEX_NAME],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            n == 1
+        };
+        // The relay's own start (import) already indexes; down drops it, up restores it.
+        assert!(has_index());
+        m.down(&ctx).unwrap();
+        m.down(&ctx).unwrap();
+        assert!(!has_index());
+        assert_eq!(count(home.path()), 20);
+        let conn = open(&home.path().join(DB_FILE)).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);
+        drop(conn);
+        m.up(&ctx).unwrap();
+        m.up(&ctx).unwrap();
+        assert!(has_index());
+        assert_eq!(count(home.path()), 20);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod ledger;
 mod m0001_upgrade_channel;
 mod m0002_ledger_schema;
 mod m0003_import_sharetokens;
+mod m0004_ledger_prune_index;
 
 pub use fs::write_atomic;
 
@@ -128,6 +129,7 @@ pub fn registry() -> Vec<Box<dyn Migration>> {
         Box::new(m0001_upgrade_channel::UpgradeChannel),
         Box::new(m0002_ledger_schema::LedgerSchema),
         Box::new(m0003_import_sharetokens::ImportSharetokens),
+        Box::new(m0004_ledger_prune_index::LedgerPruneIndex),
     ]
 }
 

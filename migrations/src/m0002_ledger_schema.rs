@@ -38,7 +38,7 @@ impl Migration for LedgerSchema {
             why: e.to_string(),
         };
         let conn = ledger::open(&db).map_err(sql)?;
-        ledger::ensure_schema(&conn).map_err(sql)
+        ledger::ensure_schema_v1(&conn).map_err(sql)
     }
     fn down(&self, ctx: &Context) -> Result<(), Error> {
         let db = ctx.home.join(DB_FILE);

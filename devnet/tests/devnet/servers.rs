@@ -400,6 +400,31 @@ async fn submit_window_rules_and_500_mode() {
         assert_eq!(submit(t.clone()).await.code, 500);
         assert_eq!(submit(t).await.code, 200);
         assert_eq!(net.balance(&PublicKey::from(&relay)), 2);
+        // The admin switch: every submission answers as the reference does once a window has
+        // closed, however open the token's window is; switched off, the same token is paid.
+        let admin = |enabled: bool| {
+            let url = format!("{}/_devnet/settlement-closed", net.contract_url());
+            async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(&serde_json::json!({ "enabled": enabled }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                r.json::<wireleap_devnet::Snapshot>().await.unwrap()
+            }
+        };
+        assert!(admin(true).await.switches.settlement_closed);
+        let t = token_for(&net, &relay, now - 10, now + 1000);
+        let r = submit(t.clone()).await;
+        assert_eq!(r.code, 400);
+        assert_eq!(r.status().description, "bad request");
+        assert_eq!(r.status().cause, status::cause::SETTLEMENT_CLOSED);
+        assert_eq!(net.balance(&PublicKey::from(&relay)), 2);
+        assert!(!admin(false).await.switches.settlement_closed);
+        assert_eq!(submit(t).await.code, 200);
+        assert_eq!(net.balance(&PublicKey::from(&relay)), 3);
 
         // Payout endpoints (signed GETs with body `null`).
         let get = |path: &str| {
@@ -418,9 +443,9 @@ async fn submit_window_rules_and_500_mode() {
         };
         let b: serde_json::Value =
             serde_json::from_str(&get("/payout/balance").await.body).unwrap();
-        assert_eq!(b, serde_json::json!({"currency": "usd", "available": 2}));
+        assert_eq!(b, serde_json::json!({"currency": "usd", "available": 3}));
         let t: Vec<Sharetoken> = serde_json::from_str(&get("/payout/tokens").await.body).unwrap();
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 3);
         let w =
             serde_json::json!({"amount": 2, "type": "TODO", "destination": "acct_x"}).to_string();
         let r = signed_call(
@@ -436,7 +461,7 @@ async fn submit_window_rules_and_500_mode() {
         let list: serde_json::Value =
             serde_json::from_str(&get("/payout/withdrawals").await.body).unwrap();
         assert_eq!(list[0]["amount"], 2);
-        assert_eq!(net.balance(&PublicKey::from(&relay)), 0);
+        assert_eq!(net.balance(&PublicKey::from(&relay)), 1);
     })
     .await
     .unwrap();
