@@ -22,6 +22,7 @@ use crate::lifecycle::notify;
 use crate::lifecycle::phase::Phase;
 use crate::lifecycle::pidfile;
 use crate::lifecycle::signals::{SignalEvent, Signals};
+use crate::metrics;
 use crate::restapi;
 use crate::status::StatusSource;
 use crate::transport::{self, Transport};
@@ -64,6 +65,9 @@ pub enum Error {
     /// The REST API could not start.
     #[error(transparent)]
     RestApi(#[from] restapi::Error),
+    /// The metrics server could not start.
+    #[error(transparent)]
+    Metrics(#[from] metrics::Error),
     /// The runtime could not be built or signals could not be installed.
     #[error("could not start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -132,6 +136,8 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         .map_err(Error::Runtime)?;
     let system = actix_rt::System::with_tokio_rt(move || runtime);
     let notify_socket = env.var(notify::NOTIFY_SOCKET);
+    let restarts = env.var(metrics::SUPERVISOR_RESTARTS_ENV);
+    let metrics_facts = metrics::Facts::new(&version.to_string(), restarts.as_deref());
     let api =
         directory::client::Client::try_new(identity.signing_key().clone(), &version.to_string())
             .map_err(|e| Error::Runtime(std::io::Error::other(e)))?;
@@ -143,6 +149,7 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         identity_pubkey: wireleap_protocol::PublicKey::from(identity.signing_key()),
         api,
         notify_socket,
+        metrics_facts,
     };
     let result = system.block_on(daemon.serve(tls));
     pidfile::remove_if_own(&pid_path, own_pid);
@@ -157,6 +164,8 @@ struct Daemon {
     identity_pubkey: wireleap_protocol::PublicKey,
     api: directory::client::Client,
     notify_socket: Option<String>,
+    /// Version and supervisor restarts, for `/metrics`.
+    metrics_facts: metrics::Facts,
 }
 
 struct Actors {
@@ -225,6 +234,13 @@ impl Daemon {
             Some(api) => Some(restapi::start(api, status.clone()).await?),
             None => None,
         };
+        let metrics = match &self.config.metrics {
+            Some(m) => {
+                let facts = self.metrics_facts.clone();
+                Some(metrics::start(m.address, facts, status.clone()).await?)
+            }
+            None => None,
+        };
         let actors = Actors {
             ledger,
             enrollment,
@@ -273,6 +289,9 @@ impl Daemon {
         }
         if let Some(rest) = &rest {
             rest.stop();
+        }
+        if let Some(metrics) = &metrics {
+            metrics.stop();
         }
         System::current().stop();
         info!(phase = %Phase::Stopped, "stopped");

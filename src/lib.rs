@@ -16,6 +16,7 @@
 //! | [`ledger`] | actor: sharetokens, replay protection, submission |
 //! | [`upgrader`] | actor: upgrade notices → verified, staged releases |
 //! | [`restapi`] | the REST status API (`GET /api/status`) |
+//! | [`metrics`] | Prometheus counters (atomics) and `GET /metrics` |
 //! | [`status`] | the status object shared by SIGUSR2 and the REST API |
 //! | [`telemetry`] | the tracing subscriber |
 //! | [`exit`] | process exit codes |
@@ -32,6 +33,7 @@ pub mod home;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
+pub mod metrics;
 pub mod restapi;
 pub mod status;
 pub mod telemetry;

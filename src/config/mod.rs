@@ -38,6 +38,8 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
 /// The channel a single contract follows when it names none (spec §2.3 rule 4).
 pub const DEFAULT_CHANNEL: &str = "default";
+/// An example `metrics.address` for error messages and docs (Prometheus's exporter port range).
+pub const EXAMPLE_METRICS_ADDRESS: &str = "127.0.0.1:9101";
 
 /// A validated relay configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +69,8 @@ pub struct Config {
     /// How often each enrolled contract gets a heartbeat (our extension; the reference fixes
     /// 5 minutes).
     pub heartbeat_interval: Duration,
+    /// The Prometheus metrics endpoint (our extension); `None` when off (the default).
+    pub metrics: Option<Metrics>,
 }
 
 impl Config {
@@ -211,6 +215,13 @@ pub struct RestApi {
     pub address: RestAddress,
     /// Mode given to the unix socket file (`socket_umask`, despite the name).
     pub socket_mode: u32,
+}
+
+/// `metrics` when on: where `GET /metrics` is served (plain HTTP; see `src/metrics.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// The IP address and port to listen on (port 0 = any free port, for tests).
+    pub address: SocketAddr,
 }
 
 /// `danger_zone`: settings for tests and experts.
@@ -360,10 +371,12 @@ const TOP_KEYS: &[&str] = &[
     "danger_zone",
     // Our extensions (ignored by a reference relay, which ignores unknown keys).
     "heartbeat_interval",
+    "metrics",
 ];
 const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interval", "archive_dir"];
 const REST_API_KEYS: &[&str] = &["address", "addr", "socket_umask"];
 const DANGER_ZONE_KEYS: &[&str] = &["allow_loopback"];
+const METRICS_KEYS: &[&str] = &["address"];
 const CONTRACT_KEYS: &[&str] = &[
     "role",
     "address",
@@ -501,6 +514,10 @@ impl Walker {
             None => Some(true),
             Some(v) => self.boolean("auto_upgrade", v),
         };
+        let metrics = match get("metrics") {
+            None => Some(None),
+            Some(v) => self.metrics(v),
+        };
         let danger_zone = match get("danger_zone") {
             None => Some(DangerZone::default()),
             Some(v) => self
@@ -529,6 +546,7 @@ impl Walker {
             auto_upgrade: auto_upgrade?,
             danger_zone: danger_zone?,
             heartbeat_interval: heartbeat_interval?,
+            metrics: metrics?,
         })
     }
 
@@ -599,6 +617,27 @@ impl Walker {
             write_interval,
             archive_dir,
         }))
+    }
+
+    /// `metrics`: off unless `metrics.address` is set to an IP literal and port.
+    fn metrics(&mut self, v: &Value) -> Option<Option<Metrics>> {
+        let m = self.object("metrics", v, METRICS_KEYS)?;
+        let Some(raw) = m.get("address").filter(|v| !v.is_null()) else {
+            return Some(None);
+        };
+        let text = self.string("metrics.address", raw)?;
+        match text.parse::<SocketAddr>() {
+            Ok(address) => Some(Some(Metrics { address })),
+            Err(_) => {
+                self.problem(
+                    "metrics.address",
+                    format!(
+                        "expected an IP address and port such as \"{EXAMPLE_METRICS_ADDRESS}\" or \"[::1]:9101\", found {text:?}"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn rest_api(&mut self, v: &Value) -> Option<Option<RestApi>> {

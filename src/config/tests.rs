@@ -233,3 +233,35 @@ fn nearest_key_suggestions() {
     );
     assert_eq!(nearest("zzzzzz", TOP_KEYS), None);
 }
+
+#[test]
+fn metrics_forms() {
+    let base = |metrics: &str| {
+        format!(
+            r#"{{"address":"127.0.0.1:1","metrics":{metrics},"contracts":{{"https://a.example":
+            {{"address":"wireleap://r:1","role":"backing"}}}}}}"#
+        )
+    };
+    let c = ok(&base(r#"{"address":"127.0.0.1:9101"}"#));
+    assert_eq!(
+        c.metrics.unwrap().address,
+        "127.0.0.1:9101".parse().unwrap()
+    );
+    let c = ok(&base(r#"{"address":"[::1]:0"}"#));
+    assert_eq!(c.metrics.unwrap().address.port(), 0);
+    assert_eq!(ok(&base("{}")).metrics, None);
+    assert_eq!(ok(&base("null")).metrics, None);
+    let found = problems(&base(r#"{"address":"localhost:9101"}"#));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "metrics.address");
+    assert!(found[0].message.contains("\"localhost:9101\""), "{found:?}");
+    let found = problems(&base(r#"{"address":9101}"#));
+    assert_eq!(found[0].path, "metrics.address");
+    let found = problems(&base(r#"{"adress":"127.0.0.1:9101"}"#));
+    assert_eq!(
+        found[0].to_string(),
+        r#"metrics.adress: unknown key (did you mean "address"?)"#
+    );
+    let found = problems(&base(r#""127.0.0.1:9101""#));
+    assert_eq!(found[0].path, "metrics");
+}

@@ -261,10 +261,8 @@ impl ContractTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let result = self
-                .client
-                .post_entry(&relays_url, &self.entry, false)
-                .await;
+            let heartbeat = self.client.post_entry(&relays_url, &self.entry, false);
+            let result = crate::metrics::timed_heartbeat(heartbeat).await;
             match &result {
                 Ok(st) if st.is(status::UPGRADE) => self.upgrade_notice(&st.cause),
                 Ok(_) => debug!(contract = url, "heartbeat ok"),

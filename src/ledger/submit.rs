@@ -91,6 +91,7 @@ impl Submitter {
                 return accepted;
             }
         }
+        crate::metrics::tokens_submitted(accepted);
         if accepted > 0 {
             info!(tokens = accepted, "sharetokens submitted");
         }
@@ -117,6 +118,7 @@ impl Submitter {
                 outcome
             }
             Outcome::Expire { error } => {
+                crate::metrics::token_expired();
                 warn!(id = %short(&due.signature), error = %error, "sharetoken expired unsubmitted");
                 outcome
             }

@@ -273,6 +273,7 @@ async fn upload_tcp(body: &mut RecvStream, w: &mut OwnedWriteHalf) -> Half {
                 if let Err(e) = w.write_all(&chunk).await {
                     return Half::Remote(e);
                 }
+                crate::metrics::bytes_to_remote(n);
                 let _ = body.flow_control().release_capacity(n);
             }
             Some(Err(_)) => return Half::Client,
@@ -293,6 +294,7 @@ async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket) -> Half {
                 {
                     return Half::Remote(e);
                 }
+                crate::metrics::bytes_to_remote(n);
                 let _ = body.flow_control().release_capacity(n);
             }
             Some(Err(_)) => return Half::Client,
@@ -353,10 +355,11 @@ async fn download_tcp(
         let mut buf = BytesMut::with_capacity(cap);
         match r.try_read_buf(&mut buf) {
             Ok(0) => return Half::Ended,
-            Ok(_) => {
+            Ok(n) => {
                 if send.send_data(freeze(buf, permit), false).is_err() {
                     return Half::Client;
                 }
+                crate::metrics::bytes_to_client(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Spurious readiness: give the unused capacity back to the connection.
@@ -389,6 +392,7 @@ async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Chunk>, budget: &B
                 if send.send_data(freeze(buf, permit), false).is_err() {
                     return Half::Client;
                 }
+                crate::metrics::bytes_to_client(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Half::Remote(e),

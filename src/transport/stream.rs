@@ -33,10 +33,12 @@ pub(crate) async fn handle(
     request: Request<RecvStream>,
     mut respond: SendResponse<Chunk>,
 ) {
+    let mut stream_metrics = crate::metrics::stream_started();
     // §6.3 step 1: the method.
     if request.method() != Method::PUT {
         debug!(method = %request.method(), "method not allowed");
         shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::stream_failed(405);
         method_not_allowed(&mut respond);
         return;
     }
@@ -119,6 +121,7 @@ pub(crate) async fn handle(
         }
     }
     shared.counters.admitted.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::token_admitted();
     // §6.3 step 8: errors about the target name the target.
     let origin = if remote.is_target() {
         ORIGIN_TARGET
@@ -138,7 +141,9 @@ pub(crate) async fn handle(
     } else {
         debug!(protocol = %network, remote = %remote, "dialing {network} connection to {remote}");
     }
-    let dialed = splice::dial(network, &remote, shared.limits.dial_timeout).await;
+    let dialed =
+        crate::metrics::timed_dial(splice::dial(network, &remote, shared.limits.dial_timeout))
+            .await;
     let remote_conn = match dialed {
         Ok(r) => r,
         Err(e) => {
@@ -153,6 +158,7 @@ pub(crate) async fn handle(
         return;
     };
     // §6.3 step 12.
+    stream_metrics.relaying();
     let end = splice::run(
         remote_conn,
         body,
@@ -170,6 +176,7 @@ pub(crate) async fn handle(
         SpliceEnd::ClientGone => {}
         SpliceEnd::Failed { timeout, why } => {
             let code = if timeout { 408 } else { 410 };
+            crate::metrics::stream_failed(code);
             let _ = send.send_trailers(status_trailer(&Status::new(code, why).with_origin(origin)));
         }
     }
@@ -207,6 +214,7 @@ fn refuse(
     origin: &str,
 ) {
     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::stream_failed(code);
     debug!(code, description = %description, "stream refused");
     let status = Status::new(code, description).with_origin(origin);
     if let Ok(mut send) = respond.send_response(ok_head(), false) {

@@ -335,6 +335,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         }
         match budget.crash(Instant::now()) {
             Verdict::RestartAfter(delay) => {
+                RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log(&format!(
                     "relay (pid {pid}) exited ({outcome}); restarting in {delay:?}"
                 ));
@@ -424,6 +425,12 @@ fn bracket(host_port: &str) -> String {
     }
 }
 
+/// Crashed relays restarted so far; each generation gets it in [`RESTARTS_ENV`] (for its
+/// `/metrics`).
+static RESTARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The environment variable that carries [`RESTARTS`] to the relay.
+pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
+
 fn spawn(
     opts: &Options,
     binary: &Path,
@@ -440,7 +447,13 @@ fn spawn(
         .env(HOME_ENV, &opts.home)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID")
-        .env("NOTIFY_SOCKET", ready);
+        .env("NOTIFY_SOCKET", ready)
+        .env(
+            RESTARTS_ENV,
+            RESTARTS
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        );
     cmd.fd_mappings(vec![FdMapping {
         parent_fd: fd,
         child_fd: 3,

@@ -7,11 +7,13 @@
 
 mod support;
 
+mod apache;
 mod config;
 mod enrollment;
 mod identity;
 mod ledger;
 mod lifecycle;
+mod metrics;
 mod supervisor;
 mod transport;
 mod units;

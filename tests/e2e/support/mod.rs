@@ -2,6 +2,7 @@
 
 pub mod load;
 pub mod process;
+pub mod relay;
 pub mod standin;
 pub mod supervised;
 pub mod target;
