@@ -13,8 +13,8 @@
 //! trailer.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -26,26 +26,13 @@ use crate::support::load::short_stream;
 use crate::support::relay::{self, round_trip};
 use crate::support::standin::Standin;
 use crate::support::target::tcp_echo;
+use crate::support::webserver::WebServer;
 
 /// Every wait is bounded by this.
 const WAIT: Duration = Duration::from_secs(30);
 /// Where Debian installs the server and its modules.
 const APACHE: &str = "/usr/sbin/apache2";
 const MODULES: &str = "/usr/lib/apache2/modules";
-
-/// An Apache httpd started by the test in its own directory; killed on drop.
-struct Apache {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Apache {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The configuration (the shape `docs/fronting.md` shows): `d` is the server's directory.
 fn config(d: &Path, port: u16, relay: SocketAddr) -> String {
@@ -85,64 +72,18 @@ Listen 127.0.0.1:{port}
     )
 }
 
-impl Apache {
-    /// Starts apache2 in the foreground on a free loopback port; `None` if it is not installed.
-    fn start(relay: SocketAddr) -> Option<Self> {
-        if !Path::new(APACHE).exists() {
-            return None;
-        }
-        for _attempt in 0..5 {
-            let dir = tempfile::Builder::new()
-                .prefix("wlr-apache")
-                .tempdir()
-                .unwrap();
-            let port = free_port();
-            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-            std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
-            std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
-            let conf: PathBuf = dir.path().join("httpd.conf");
-            std::fs::write(&conf, config(dir.path(), port, relay)).unwrap();
-            let child = Command::new(APACHE)
-                .arg("-f")
-                .arg(&conf)
-                .arg("-DFOREGROUND")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut a = Apache { child, port, dir };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = a.child.try_wait() {
-                    break; // exited: the port was taken meanwhile, or a config error
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(a);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = a.child.kill();
-            let mut err = String::new();
-            if let Some(mut e) = a.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            eprintln!("apache2 did not start on {port}: {err}{}", a.log());
-        }
-        panic!("apache2 did not start");
+/// Starts apache2 in the foreground with [`config`]; `None` if it is not installed.
+fn start_apache(relay: SocketAddr) -> Option<WebServer> {
+    if !Path::new(APACHE).exists() {
+        return None;
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    Some(WebServer::start("apache2", "error.log", |dir, port| {
+        let conf = dir.join("httpd.conf");
+        std::fs::write(&conf, config(dir, port, relay)).unwrap();
+        let mut c = Command::new(APACHE);
+        c.arg("-f").arg(&conf).arg("-DFOREGROUND");
+        c
+    }))
 }
 
 /// A target that sends a few bytes, then resets the connection (the relay's splice fails after
@@ -216,7 +157,7 @@ fn transport_fronting_behind_apache_carries_streams_but_moves_a_refusals_trailer
     let s = Standin::start();
     let relay = relay::start(&s, "fronting", "");
     let relay_addr = relay.home.listen_addr();
-    let Some(apache) = Apache::start(relay_addr) else {
+    let Some(apache) = start_apache(relay_addr) else {
         panic!("apache2 is not installed (apt-get install apache2; .ci/run installs it)");
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

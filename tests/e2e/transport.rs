@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use wireleap_protocol::{
 
 use crate::support::standin::Standin;
 use crate::support::target::tcp_echo;
+use crate::support::webserver::WebServer;
 use crate::support::{Home, eventually};
 
 /// Every wait is bounded by this.
@@ -488,50 +489,16 @@ fn transport_10000_hostile_streams_leave_the_relay_serving_with_flat_memory() {
 
 // === nginx fronting (spec §6.1) ===
 
-/// A `nginx` started by the test, in its own directory; killed on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Nginx {
-    /// Starts nginx with TLS + HTTP/2 on a free loopback port, proxying `/wireleap` to the
-    /// relay with `grpc_pass grpcs://` as the reference's README shows.
-    fn start(relay: SocketAddr) -> Option<Self> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())?;
-        for _attempt in 0..5 {
-            let dir = tempfile::Builder::new()
-                .prefix("wlr-nginx")
-                .tempdir()
-                .unwrap();
-            let d = dir.path().display();
-            let port = free_port();
-            // A throwaway certificate for nginx's own TLS (ECDSA P-256; clients do not verify).
-            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-            let cert = dir.path().join("cert.pem");
-            let key = dir.path().join("key.pem");
-            std::fs::write(&cert, ck.cert.pem()).unwrap();
-            std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-            let conf = format!(
-                r#"worker_processes 1;
+/// Starts nginx with TLS + HTTP/2 on a free loopback port, proxying `/wireleap` to the relay
+/// with `grpc_pass grpcs://` as the reference's README shows; `None` if it is not installed.
+fn start_nginx(relay: SocketAddr) -> Option<WebServer> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    Some(WebServer::start("nginx", "error.log", |dir, port| {
+        let d = dir.display();
+        let conf = format!(
+            r#"worker_processes 1;
 error_log {d}/error.log info;
 pid {d}/nginx.pid;
 events {{ worker_connections 512; }}
@@ -544,8 +511,8 @@ http {{
     scgi_temp_path {d}/scgi;
     server {{
         listen 127.0.0.1:{port} ssl http2;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
         ssl_protocols TLSv1.3;
         location /wireleap {{
             grpc_pass grpcs://{relay};
@@ -558,50 +525,24 @@ http {{
         }}
     }}
 }}
-"#,
-                cert = cert.display(),
-                key = key.display(),
-            );
-            std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-            let child = Command::new(bin)
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-c")
-                .arg(dir.path().join("nginx.conf"))
-                .args(["-g", "daemon off;"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut n = Nginx { child, port, dir };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = n.child.try_wait() {
-                    break; // exited: the port was taken meanwhile, or a config error
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(n);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = n.child.kill();
-            let mut err = String::new();
-            if let Some(mut e) = n.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            let log = std::fs::read_to_string(n.dir.path().join("error.log")).unwrap_or_default();
-            eprintln!("nginx did not start on {port}: {err}{log}");
-        }
-        panic!("nginx did not start");
-    }
+"#
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut c = Command::new(bin);
+        c.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"]);
+        c
+    }))
 }
 
 #[test]
 fn transport_fronting_behind_nginx_grpc_pass() {
     let s = Standin::start();
     let relay = Relay::start(&s, "fronting", true);
-    let Some(nginx) = Nginx::start(relay.addr) else {
+    let Some(nginx) = start_nginx(relay.addr) else {
         panic!("nginx is not installed (apt-get install nginx; .ci/run installs it)");
     };
     let rt = runtime();
@@ -630,9 +571,10 @@ fn transport_fronting_behind_nginx_grpc_pass() {
             Ok::<_, ClientError>(())
         };
         if let Err(e) = tokio::time::timeout(WAIT, first).await.unwrap() {
-            let log =
-                std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
-            panic!("no stream through nginx: {e}\nnginx error.log:\n{log}");
+            panic!(
+                "no stream through nginx: {e}\nnginx error.log:\n{}",
+                nginx.log()
+            );
         }
         tcp_round_trip(&c, echo, &pattern(4 << 20, 7)).await;
         tcp_round_trip(&c, echo, b"through nginx").await;

@@ -7,5 +7,6 @@ pub mod standin;
 pub mod supervised;
 pub mod target;
 pub mod tls;
+pub mod webserver;
 
 pub use process::{Home, eventually};
