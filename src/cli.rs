@@ -67,6 +67,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply this version's migrations to the home directory: `migrate FROM` copies config.json
+    /// to config.json.next and migrates it (and the ledger) up from FROM; `migrate --down TO`
+    /// undoes them back to TO. Run by the supervisor during upgrades and rollbacks.
+    #[command(hide = true)]
+    Migrate {
+        /// The version migrated from (up), or back to (with --down).
+        version: String,
+        /// Undo this version's migrations down to VERSION.
+        #[arg(long)]
+        down: bool,
+    },
     /// Print the software version (with -v, the interface versions too).
     Version {
         /// Also print the interface versions.

@@ -198,6 +198,7 @@ impl Daemon {
             self.home.clone(),
             self.config.auto_upgrade,
             self.version.clone(),
+            self.config.release_url.clone(),
         )
         .start();
         let enrollment = Enrollment::new(

@@ -15,6 +15,7 @@
 //! | [`directory`] | actor: enrollment and heartbeat per contract |
 //! | [`ledger`] | actor: sharetokens, replay protection, submission |
 //! | [`upgrader`] | actor: upgrade notices → verified, staged releases |
+//! | [`migrate`] | the hidden `migrate` command the supervisor runs during upgrades |
 //! | [`restapi`] | the REST status API (`GET /api/status`) |
 //! | [`metrics`] | Prometheus counters (atomics) and `GET /metrics` |
 //! | [`status`] | the status object shared by SIGUSR2 and the REST API |
@@ -33,6 +34,7 @@ pub mod home;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
+pub mod migrate;
 pub mod metrics;
 pub mod restapi;
 pub mod status;

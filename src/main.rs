@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let env = ProcessEnv;
     telemetry::init(&env);
     let Ok(version) = version::software() else {
-        eprintln!("this build's version {:?} is not semver", version::SOFTWARE);
+        eprintln!("this build's version {:?} is not semver", version::software_str());
         return ExitCode::from(exit::FAILURE);
     };
     let home = match home::resolve(&env) {
@@ -59,6 +59,10 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             Err(e) => fail(&e, exit::FAILURE),
         },
         Command::CheckConfig => check_config(home),
+        Command::Migrate {
+            version: other,
+            down,
+        } => wireleap_relay::migrate::command(home, version, &other, down),
         Command::Start { fg: true } => match daemon::run(home, &ProcessEnv, version) {
             Ok(code) => code,
             Err(e) => {

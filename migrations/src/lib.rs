@@ -214,6 +214,17 @@ pub fn run(all: &[Box<dyn Migration>], plan: &Plan, ctx: &Context) -> Result<Vec
     Ok(done.iter().map(|m| m.id()).collect())
 }
 
+/// Migrates the home directory of `ctx` from version `from` to version `to` (up or down) with
+/// every migration of the [`registry`]. Returns the ids applied.
+///
+/// # Errors
+/// As [`run`].
+pub fn migrate(ctx: &Context, from: &Version, to: &Version) -> Result<Vec<u32>, Error> {
+    let all = registry();
+    let versions: Vec<(u32, Version)> = all.iter().map(|m| (m.id(), m.version())).collect();
+    run(&all, &plan(&versions, from, to), ctx)
+}
+
 /// Reads `config` as JSON, keeping key order.
 ///
 /// # Errors

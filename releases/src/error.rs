@@ -186,6 +186,12 @@ pub enum Error {
         /// What is wrong with it (never the key material).
         reason: String,
     },
+    /// A binary's version slot could not be stamped.
+    #[error("version slot: {reason}")]
+    Stamp {
+        /// Why.
+        reason: String,
+    },
     /// Signing failed.
     #[error("signing failed: {reason}")]
     Sign {
@@ -292,6 +298,7 @@ impl Error {
             self,
             Self::Key { .. }
                 | Self::Sign { .. }
+                | Self::Stamp { .. }
                 | Self::Io { .. }
                 | Self::Url { .. }
                 | Self::Client { .. }

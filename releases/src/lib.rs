@@ -30,6 +30,7 @@ pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod sign;
+pub mod stamp;
 pub mod verify;
 pub mod version;
 

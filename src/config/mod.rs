@@ -71,6 +71,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// The Prometheus metrics endpoint (our extension); `None` when off (the default).
     pub metrics: Option<Metrics>,
+    /// Base URL of the signed releases the Upgrader downloads (our extension, spec §10 #11;
+    /// layout in `releases/SPEC.md`); `None` = automatic upgrades cannot download.
+    pub release_url: Option<url::Url>,
 }
 
 impl Config {
@@ -372,6 +375,7 @@ const TOP_KEYS: &[&str] = &[
     // Our extensions (ignored by a reference relay, which ignores unknown keys).
     "heartbeat_interval",
     "metrics",
+    "release_url",
 ];
 const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interval", "archive_dir"];
 const REST_API_KEYS: &[&str] = &["address", "addr", "socket_umask"];
@@ -474,6 +478,18 @@ impl Walker {
                     Some(d)
                 }
             });
+        let release_url = match get("release_url") {
+            None => Some(None),
+            Some(v) => self.string("release_url", v).and_then(|s| {
+                match relay_release::Layout::try_new(s) {
+                    Ok(layout) => Some(Some(layout.base().clone())),
+                    Err(e) => {
+                        self.problem("release_url", e.to_string());
+                        None
+                    }
+                }
+            }),
+        };
         let bufsize = match get("bufsize") {
             None => NonZeroUsize::new(DEFAULT_BUFSIZE),
             Some(v) => match v.as_u64().map(usize::try_from) {
@@ -547,6 +563,7 @@ impl Walker {
             danger_zone: danger_zone?,
             heartbeat_interval: heartbeat_interval?,
             metrics: metrics?,
+            release_url: release_url?,
         })
     }
 

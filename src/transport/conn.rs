@@ -40,6 +40,11 @@ pub(crate) const MAX_SEND_BUFFER: usize = 128 << 10;
 pub(crate) const CONNECTION_SEND_BUDGET: usize = 4 << 20;
 /// Streams the peer may reset before we accept them (rapid-reset guard).
 const MAX_PENDING_ACCEPT_RESETS: usize = 64;
+/// How long a drain lets a connection that has not yet carried a stream bring its first one
+/// before GOAWAY. A client opens a connection for a stream and sends it at once; without this, a
+/// connection accepted just before a handover would be told to go away before its first stream,
+/// and that stream would fail.
+pub(crate) const DRAIN_FIRST_STREAM_GRACE: Duration = Duration::from_secs(2);
 
 /// The stream settings taken from the config.
 #[derive(Debug, Clone)]
@@ -160,10 +165,22 @@ pub(crate) async fn serve(slot: Slot, acceptor: TlsAcceptor, tcp: TcpStream) {
     debug!("connection ready");
     let budget: Budget = Arc::new(tokio::sync::Semaphore::new(CONNECTION_SEND_BUDGET));
     let mut going_away = false;
+    let mut streams_seen = false;
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
+        let drain_now = async {
+            match grace.as_mut() {
+                Some(sleep) => sleep.await,
+                None => shared.draining.cancelled().await,
+            }
+        };
         let next = tokio::select! {
             biased;
-            () = shared.draining.cancelled(), if !going_away => {
+            () = drain_now, if !going_away => {
+                if !streams_seen && grace.is_none() {
+                    grace = Some(Box::pin(tokio::time::sleep(DRAIN_FIRST_STREAM_GRACE)));
+                    continue;
+                }
                 // GOAWAY: no new streams; the open ones finish, then `accept` ends.
                 conn.graceful_shutdown();
                 going_away = true;
@@ -173,6 +190,13 @@ pub(crate) async fn serve(slot: Slot, acceptor: TlsAcceptor, tcp: TcpStream) {
         };
         match next {
             Some(Ok((request, respond))) => {
+                streams_seen = true;
+                if grace.is_some() && !going_away {
+                    // The first stream of a connection accepted just before the drain: it is
+                    // served; nothing after it.
+                    conn.graceful_shutdown();
+                    going_away = true;
+                }
                 let span = debug_span!("stream", id = respond.stream_id().as_u32());
                 // Counted before the spawn, so a drain never misses a stream about to start.
                 let slot = Slot::stream(Arc::clone(shared));

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use actix::prelude::*;
 use tracing::{info, warn};
 
+use super::job::{self, Outcome};
 use super::policy::{Decision, decide};
 use super::skip::SkipList;
+use wireleap_relay_supervisor::upgrade::highest_committed;
 
 /// Receives upgrade notices and decides on them.
 #[derive(Debug)]
@@ -24,17 +26,31 @@ pub struct Upgrader {
     announced: Option<semver::Version>,
     /// What was decided on the last notice, for `status`.
     last_decision: Option<String>,
+    /// Where releases are downloaded from (config `release_url`).
+    release_url: Option<url::Url>,
+    /// The version an upgrade job is working on.
+    in_progress: Option<semver::Version>,
+    /// How the last upgrade job ended.
+    last_outcome: Option<String>,
 }
 
 impl Upgrader {
     /// A fresh upgrader.
-    pub fn new(home: PathBuf, auto_upgrade: bool, running: semver::Version) -> Self {
+    pub fn new(
+        home: PathBuf,
+        auto_upgrade: bool,
+        running: semver::Version,
+        release_url: Option<url::Url>,
+    ) -> Self {
         Self {
             home,
             auto_upgrade,
             running,
             announced: None,
             last_decision: None,
+            release_url,
+            in_progress: None,
+            last_outcome: None,
         }
     }
 
@@ -71,20 +87,23 @@ pub struct UpgradeNotice {
 impl Handler<UpgradeNotice> for Upgrader {
     type Result = ();
 
-    fn handle(&mut self, msg: UpgradeNotice, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: UpgradeNotice, ctx: &mut Self::Context) {
         info!(version = %msg.version, contract = %msg.contract, "received upgrade notice");
         if self.announced.as_ref().is_none_or(|v| msg.version > *v) {
             self.announced = Some(msg.version.clone());
         }
+        if let Some(v) = &self.in_progress {
+            info!(version = %msg.version, busy = %v, "upgrade notice dropped: an upgrade is in progress");
+            return;
+        }
         let skipped = self.skip_list().versions;
-        // TODO(#7): the floor also includes the highest committed version from the supervisor's
-        // journal, and an accepted notice is downloaded, verified and staged.
+        let committed = highest_committed(&self.home);
         let decision = decide(
             &msg.version,
             self.auto_upgrade,
             &skipped,
             &self.running,
-            None,
+            committed.as_ref(),
         );
         match &decision {
             Decision::Upgrade(v) => info!(version = %v, "upgrade accepted"),
@@ -92,10 +111,27 @@ impl Handler<UpgradeNotice> for Upgrader {
                 info!(version = %msg.version, reason = %why, "upgrade notice ignored")
             }
         }
-        self.last_decision = Some(match decision {
+        self.last_decision = Some(match &decision {
             Decision::Upgrade(v) => format!("upgrade to {v}"),
             Decision::Ignore(why) => format!("ignored {}: {why}", msg.version),
         });
+        if let Decision::Upgrade(version) = decision {
+            self.in_progress = Some(version.clone());
+            let job = job::run(
+                self.home.clone(),
+                self.release_url.clone(),
+                self.running.clone(),
+                version,
+            );
+            ctx.spawn(job.into_actor(self).map(|outcome, act, _| {
+                match &outcome {
+                    Outcome::Committed(_) => info!("{outcome}"),
+                    _ => warn!("{outcome}"),
+                }
+                act.in_progress = None;
+                act.last_outcome = Some(outcome.to_string());
+            }));
+        }
     }
 }
 
@@ -117,6 +153,12 @@ pub struct UpgraderState {
     pub last_decision: Option<String>,
     /// Versions in `.skip-upgrade-version`.
     pub skipped: Vec<String>,
+    /// The highest version the supervisor committed (the floor for automatic upgrades).
+    pub highest_committed: Option<String>,
+    /// The version an upgrade is working on.
+    pub in_progress: Option<String>,
+    /// How the last upgrade ended.
+    pub last_outcome: Option<String>,
 }
 
 impl Handler<UpgraderStatus> for Upgrader {
@@ -134,6 +176,9 @@ impl Handler<UpgraderStatus> for Upgrader {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            highest_committed: highest_committed(&self.home).map(|v| v.to_string()),
+            in_progress: self.in_progress.as_ref().map(ToString::to_string),
+            last_outcome: self.last_outcome.clone(),
         }
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! The [`Upgrader`] actor decides on each notice ([`policy`]: auto-upgrade, the skip list of
 //! [`skip`], the version floor) and shows the outcome in `status`. Download, verification
-//! (the `relay-release` crate) and staging come with issue #7. Who calls it: the Enrollment actor
+//! (the `relay-release` crate), staging and the request to the supervisor are one [`job`] at a
+//! time. Who calls it: the Enrollment actor
 //! (heartbeat replies) and the daemon (status).
 
 mod actor;
+pub mod job;
 pub mod policy;
 pub mod skip;
 

@@ -3,8 +3,9 @@
 //!
 //! | request | reply |
 //! | --- | --- |
-//! | `{"cmd":"status"}` | `{"ok":true,"pid":N,"state":"serving"\|"upgrading",...}` |
-//! | `{"cmd":"upgrade","version":"V"}` | when the upgrade is committed or rolled back: `{"ok":bool,...}` |
+//! | `{"cmd":"status"}` | `{"ok":true,"pid":N,"state":"serving"\|"starting"\|"upgrading"\|"rolling-back","version":V,"prev_version":A,"highest_committed":H,"skipped":[..],"last":{"version","step","detail"},"draining":[pids]}` |
+//! | `{"cmd":"upgrade","version":"V"}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}` |
+//! | `{"cmd":"rollback"}` | when `wireleap-relay.prev` serves again (or could not): `{"ok":bool,"version":A,"from":B,"error"?}` |
 //!
 //! The supervision loop polls it without blocking; a request that needs time (an upgrade) keeps
 //! its connection until the reply.

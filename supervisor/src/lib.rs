@@ -16,13 +16,15 @@
 //! | [`exit`] | exit codes (the systemd unit uses them) |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
 //! | [`budget`] | the crash budget and restart backoff (pure) |
-//! | [`control`] | the control socket (`status`, `upgrade`) |
-//! | [`upgrade`] | verify a staged release, journal, commit or roll back |
+//! | [`control`] | the control socket (`status`, `upgrade`, `rollback`) |
+//! | [`upgrade`] | verify a staged release, journal, migrate, commit or roll back |
+//! | [`recover`] | crash recovery from the journal; taking over a predecessor's generations |
 //! | [`run`] | the supervision loop |
 
 pub mod budget;
 pub mod control;
 pub mod exit;
 pub mod notify;
+pub mod recover;
 pub mod run;
 pub mod upgrade;

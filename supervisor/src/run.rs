@@ -16,6 +16,7 @@ use crate::budget::{Budget, Verdict};
 use crate::control::{Control, Request};
 use crate::exit;
 use crate::notify::{self, ReadySocket};
+use crate::recover;
 use crate::upgrade;
 
 /// The variable that names the relay's home directory.
@@ -46,9 +47,22 @@ pub struct Options {
 /// Default health window (the anchors: ChromeOS 45 s, Cribl 30 s).
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(30);
 
-/// An upgrade in progress.
+/// What a change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// To a staged, verified release.
+    Upgrade,
+    /// The operator's rollback to `wireleap-relay.prev`.
+    Rollback,
+}
+
+/// An upgrade or rollback in progress.
 struct Upgrading {
+    change: Change,
+    /// The version being installed.
     version: semver::Version,
+    /// The version that ran before.
+    from: semver::Version,
     request: Request,
     /// `None` while the new generation starts; then when it took over.
     took_over: Option<Instant>,
@@ -57,14 +71,44 @@ struct Upgrading {
 impl Upgrading {
     fn fail(self, home: &Path, why: &str) {
         let v = self.version.to_string();
-        log(&format!(
-            "upgrade to {v} rolled back: {why}; {v} will be skipped"
-        ));
-        upgrade::journal(home, &v, "rolled-back", why);
-        upgrade::roll_back(home, &v);
+        let from = self.from.to_string();
+        match self.change {
+            Change::Upgrade => {
+                log(&format!(
+                    "upgrade to {v} rolled back: {why}; {v} will be skipped"
+                ));
+                upgrade::roll_back(home, &v, Some(&from), true);
+                upgrade::journal(home, &v, "rolled-back", why);
+            }
+            Change::Rollback => {
+                log(&format!("rollback to {v} failed: {why}; {from} serves on"));
+                // Redo what `migrate --down` undid; `config.json.next` goes.
+                if let Err(e) = upgrade::migrate(home, &home.join(upgrade::CURRENT), &v, false) {
+                    log(&format!("redoing the migrations of {from}: {e}"));
+                }
+                let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
+                upgrade::journal(home, &v, "rollback-failed", why);
+            }
+        }
         self.request
-            .reply(&serde_json::json!({"ok": false, "version": v, "error": why}));
+            .reply(&serde_json::json!({"ok": false, "version": v, "from": from, "error": why}));
     }
+}
+
+/// A test hook (fault injection for the crash-recovery tests): with
+/// `WIRELEAP_SUPERVISOR_FAILPOINT=<step>`, the supervisor kills itself with SIGKILL right after
+/// journaling that step.
+fn failpoint(step: &str) {
+    if std::env::var("WIRELEAP_SUPERVISOR_FAILPOINT").is_ok_and(|f| f == step) {
+        log(&format!("failpoint {step}: killing myself"));
+        let _ = nix::sys::signal::raise(Signal::SIGKILL);
+    }
+}
+
+/// Journals a step and passes its failpoint.
+fn step(home: &Path, version: &str, name: &str, detail: &str) {
+    upgrade::journal(home, version, name, detail);
+    failpoint(name);
 }
 
 /// Why supervision could not start.
@@ -126,7 +170,11 @@ impl Generation {
 /// Startup failures ([`Error`]); once the first relay runs, failures become exit codes.
 pub fn run(opts: &Options) -> Result<u8, Error> {
     check_config(opts)?;
-    let listener = listener(opts)?;
+    if let Some(done) = recover::journal_steps(&opts.home) {
+        log(&format!("recovered: {done}"));
+    }
+    let mut orphans = recover::orphans(&opts.home);
+    let listener = listener(opts, &orphans)?;
     let local = listener.local_addr().map_err(io("listener address"))?;
     log(&format!("listening on {local}"));
     let mut signals =
@@ -140,41 +188,71 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let mut pending: Option<Generation> = None;
     let mut draining: Vec<Generation> = Vec::new();
     let mut upgrading: Option<Upgrading> = None;
+    let mut versions = Versions::read(&opts.home, &opts.relay);
+    let mut recorded: Vec<u32> = Vec::new();
     loop {
+        // The generations' pids, for a successor after a crash (orphans are not ours to list).
+        let pids: Vec<u32> = std::iter::once(current.pid())
+            .chain(pending.iter().map(Generation::pid))
+            .chain(draining.iter().map(Generation::pid))
+            .collect();
+        if pids != recorded {
+            recover::record_children(&opts.home, &pids);
+            recorded = pids;
+        }
         if let Some(req) = control.poll() {
             let cmd = req.cmd().to_owned();
+            let busy = upgrading.is_some() || pending.is_some() || !current_ready;
             match cmd.as_str() {
                 "status" => {
-                    let state = if upgrading.is_some() { "upgrading" } else if current_ready { "serving" } else { "starting" };
+                    let state = match &upgrading {
+                        Some(u) if u.change == Change::Rollback => "rolling-back",
+                        Some(_) => "upgrading",
+                        None if current_ready => "serving",
+                        None => "starting",
+                    };
+                    let last = recover::last_entry(&opts.home).map(|e| {
+                        serde_json::json!({"version": e.version, "step": e.step, "detail": e.detail})
+                    });
                     req.reply(&serde_json::json!({
                         "ok": true, "pid": current.pid(), "state": state,
+                        "version": versions.current, "prev_version": versions.prev,
                         "draining": draining.iter().map(Generation::pid).collect::<Vec<_>>(),
                         "highest_committed": upgrade::highest_committed(&opts.home).map(|v| v.to_string()),
+                        "skipped": upgrade::skipped(&opts.home),
+                        "last": last,
                     }));
                 }
-                "upgrade" if upgrading.is_some() || pending.is_some() || !current_ready => {
+                "upgrade" | "rollback" if busy => {
                     req.reply(&serde_json::json!({"ok": false, "error": "busy: the relay is starting or another change is in progress"}));
                 }
                 "upgrade" => {
                     let asked = req.body.get("version").and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
-                    let verified = relay_version(&opts.relay)
-                        .and_then(|running| upgrade::verify_staged(&opts.home, &asked, &running).map_err(|e| e.to_string()));
-                    match verified {
+                    match begin_upgrade(opts, &asked) {
                         Err(why) => {
                             log(&format!("upgrade to {asked:?} refused: {why}"));
-                            upgrade::journal(&opts.home, &asked, "verify-failed", &why);
-                            upgrade::roll_back(&opts.home, &asked);
                             req.reply(&serde_json::json!({"ok": false, "version": asked, "error": why}));
                         }
-                        Ok(version) => {
-                            upgrade::journal(&opts.home, &asked, "verified", "");
+                        Ok((version, from)) => {
                             let next = start(opts, &opts.home.join(upgrade::NEXT), &listener, ready.name())?;
-                            log(&format!("upgrade to {version}: verified; new generation pid {}", next.pid()));
+                            log(&format!("upgrade to {version}: verified and migrated; new generation pid {}", next.pid()));
                             pending = Some(next);
-                            upgrading = Some(Upgrading { version, request: req, took_over: None });
+                            upgrading = Some(Upgrading { change: Change::Upgrade, version, from, request: req, took_over: None });
                         }
                     }
                 }
+                "rollback" => match begin_rollback(opts) {
+                    Err(why) => {
+                        log(&format!("rollback refused: {why}"));
+                        req.reply(&serde_json::json!({"ok": false, "error": why}));
+                    }
+                    Ok((version, from)) => {
+                        let prev = start(opts, &opts.home.join(upgrade::PREV), &listener, ready.name())?;
+                        log(&format!("rollback to {version}: new generation pid {}", prev.pid()));
+                        pending = Some(prev);
+                        upgrading = Some(Upgrading { change: Change::Rollback, version, from, request: req, took_over: None });
+                    }
+                },
                 other => req.reply(&serde_json::json!({"ok": false, "error": format!("unknown command {other:?}")})),
             }
         }
@@ -200,6 +278,10 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     {
                         stop(&mut g.child);
                     }
+                    for pid in orphans.drain(..) {
+                        forward(pid, Signal::SIGTERM);
+                    }
+                    let _ = std::fs::remove_file(opts.home.join(recover::CHILDREN));
                     return Ok(exit::OK);
                 }
             }
@@ -222,7 +304,11 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 draining.push(std::mem::replace(&mut current, next));
                 if let Some(u) = upgrading.as_mut() {
                     u.took_over = Some(Instant::now());
-                    upgrade::journal(&opts.home, &u.version.to_string(), "swapped", "");
+                    let name = match u.change {
+                        Change::Upgrade => "swapped",
+                        Change::Rollback => "rollback-swapped",
+                    };
+                    step(&opts.home, &u.version.to_string(), name, "");
                 }
             } else {
                 current_ready = true;
@@ -231,6 +317,13 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     current.pid(),
                     current.started.elapsed()
                 ));
+                // Generations a crashed predecessor left behind drain and exit now.
+                for pid in &orphans {
+                    log(&format!(
+                        "pid {pid} (left by a previous supervisor) stops accepting and drains"
+                    ));
+                    forward(*pid, Signal::SIGHUP);
+                }
                 if !told_systemd {
                     notify::to_systemd(
                         opts.notify_socket.as_deref(),
@@ -245,6 +338,15 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             }
         } else {
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if current_ready {
+            orphans.retain(|&pid| {
+                let alive = recover::alive(pid);
+                if !alive {
+                    log(&format!("pid {pid} (left by a previous supervisor) exited"));
+                }
+                alive
+            });
         }
 
         // A pending generation that dies or never gets ready is abandoned; the old one serves on.
@@ -287,29 +389,18 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             stop(&mut current.child);
             current.abandoned = true;
         }
-        // The health window passed: commit.
+        // The health window passed (a rollback returns to a version that ran before: it commits
+        // once ready): commit.
         if upgrading
             .as_ref()
-            .and_then(|u| u.took_over)
-            .is_some_and(|t| t.elapsed() >= opts.health_window)
+            .and_then(|u| u.took_over.map(|t| (t, u.change)))
+            .is_some_and(|(t, change)| {
+                change == Change::Rollback || t.elapsed() >= opts.health_window
+            })
             && let Some(u) = upgrading.take()
         {
-            let v = u.version.to_string();
-            match upgrade::commit(&opts.home, &u.version) {
-                Ok(()) => {
-                    log(&format!("upgrade to {v} committed"));
-                    upgrade::journal(&opts.home, &v, "committed", "");
-                    u.request
-                        .reply(&serde_json::json!({"ok": true, "version": v}));
-                }
-                Err(e) => {
-                    log(&format!("upgrade to {v}: commit failed: {e}"));
-                    upgrade::journal(&opts.home, &v, "commit-failed", &e.to_string());
-                    u.request.reply(
-                        &serde_json::json!({"ok": false, "version": v, "error": e.to_string()}),
-                    );
-                }
-            }
+            finish(&opts.home, u);
+            versions = Versions::read(&opts.home, &opts.relay);
         }
         let Ok(Some(outcome)) = current.child.try_wait() else {
             continue;
@@ -331,6 +422,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             log(&format!(
                 "relay (pid {pid}) was stopped ({outcome}); stopping too"
             ));
+            let _ = std::fs::remove_file(opts.home.join(recover::CHILDREN));
             return Ok(exit::OK);
         }
         match budget.crash(Instant::now()) {
@@ -351,6 +443,112 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 ));
                 return Ok(exit::CRASH_BUDGET);
             }
+        }
+    }
+}
+
+/// The versions of the installed binaries, for `status`.
+struct Versions {
+    current: Option<String>,
+    prev: Option<String>,
+}
+
+impl Versions {
+    fn read(home: &Path, relay: &Path) -> Self {
+        let prev = home.join(upgrade::PREV);
+        Self {
+            current: relay_version(relay).ok().map(|v| v.to_string()),
+            prev: prev
+                .exists()
+                .then(|| relay_version(&prev).ok().map(|v| v.to_string()))
+                .flatten(),
+        }
+    }
+}
+
+/// Upgrade steps 1 (verify) and the migrations; on failure the staged files go and the version
+/// is skipped. Returns the version and the running one.
+fn begin_upgrade(
+    opts: &Options,
+    asked: &str,
+) -> Result<(semver::Version, semver::Version), String> {
+    let home = &opts.home;
+    let running = relay_version(&opts.relay)?;
+    let from = running.to_string();
+    let version = match upgrade::verify_staged(home, asked, &running) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = e.to_string();
+            upgrade::journal(home, asked, "verify-failed", &why);
+            upgrade::roll_back(home, asked, None, true);
+            return Err(why);
+        }
+    };
+    let v = version.to_string();
+    step(home, &v, "verified", &format!("from {from}"));
+    if let Err(e) = upgrade::migrate(home, &home.join(upgrade::NEXT), &from, false) {
+        let why = format!("migration failed: {e}");
+        log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
+        // A failed `migrate` undid its own steps.
+        upgrade::roll_back(home, &v, None, true);
+        upgrade::journal(home, &v, "rolled-back", &why);
+        return Err(why);
+    }
+    step(home, &v, "migrated", "");
+    Ok((version, running))
+}
+
+/// The operator's rollback, up to starting the previous binary: its config is the current one
+/// migrated down by the current binary (`config.json.next`, which the new generation reads).
+fn begin_rollback(opts: &Options) -> Result<(semver::Version, semver::Version), String> {
+    let home = &opts.home;
+    let prev = home.join(upgrade::PREV);
+    if !prev.exists() {
+        return Err("there is no wireleap-relay.prev to roll back to".into());
+    }
+    let to = relay_version(&prev)?;
+    let from = relay_version(&opts.relay)?;
+    let v = to.to_string();
+    step(home, &v, "rollback-started", &format!("from {from}"));
+    let copied = std::fs::read(home.join(upgrade::CONFIG)).and_then(|bytes| {
+        relay_migrations::write_atomic(&home.join(upgrade::CONFIG_NEXT), &bytes, 0o644)
+    });
+    let migrated = copied
+        .map_err(|e| format!("could not copy config.json: {e}"))
+        .and_then(|()| upgrade::migrate(home, &opts.relay, &v, true));
+    if let Err(e) = migrated {
+        let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
+        upgrade::journal(home, &v, "rollback-failed", &e);
+        return Err(e);
+    }
+    step(home, &v, "rollback-migrated", "");
+    Ok((to, from))
+}
+
+/// Commits an upgrade or a rollback whose new generation serves.
+fn finish(home: &Path, u: Upgrading) {
+    let v = u.version.to_string();
+    let (committing, committed, result) = match u.change {
+        Change::Upgrade => ("committing", "committed", None),
+        Change::Rollback => ("rollback-committing", "rollback-committed", Some(())),
+    };
+    step(home, &v, committing, "");
+    let done = match result {
+        None => upgrade::commit(home, &u.version),
+        Some(()) => upgrade::commit_rollback(home),
+    };
+    match done {
+        Ok(()) => {
+            log(&format!("{committed} {v} (was {})", u.from));
+            step(home, &v, committed, "");
+            u.request
+                .reply(&serde_json::json!({"ok": true, "version": v, "from": u.from.to_string()}));
+        }
+        Err(e) => {
+            log(&format!("{v}: {committing} failed: {e}"));
+            upgrade::journal(home, &v, "commit-failed", &e.to_string());
+            u.request
+                .reply(&serde_json::json!({"ok": false, "version": v, "error": e.to_string()}));
         }
     }
 }
@@ -383,8 +581,10 @@ fn check_config(opts: &Options) -> Result<(), Error> {
     }
 }
 
-/// The listener: from systemd socket activation if given, else bound to config.json's address.
-fn listener(opts: &Options) -> Result<TcpListener, Error> {
+/// The listener: from systemd socket activation if given; else the socket of a generation a
+/// crashed predecessor left serving; else bound to config.json's address (with `SO_REUSEPORT`,
+/// so that a successor can bind beside generations it could not take the socket from).
+fn listener(opts: &Options, orphans: &[u32]) -> Result<TcpListener, Error> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0
         && let Some(l) = fds.take_tcp_listener(0).map_err(io("inherited socket"))?
@@ -392,8 +592,30 @@ fn listener(opts: &Options) -> Result<TcpListener, Error> {
         log("using the socket passed by systemd");
         return Ok(l);
     }
+    if let Some((pid, fd)) = recover::adopt_listener(orphans) {
+        log(&format!("took over the listening socket of pid {pid}"));
+        return Ok(TcpListener::from(fd));
+    }
     let address = address(&opts.home.join("config.json"))?;
-    TcpListener::bind(address.as_str()).map_err(io(format!("could not listen on {address}")))
+    bind_reuseport(&address).map_err(io(format!("could not listen on {address}")))
+}
+
+fn bind_reuseport(address: &str) -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket(family, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    bind(&fd, &addr)?;
+    listen(&fd, 1024)?;
+    Ok(TcpListener::from(fd))
 }
 
 fn address(path: &Path) -> Result<String, Error> {

@@ -9,8 +9,9 @@
 //!    durable renames, and raise the highest committed version; or roll back: the old binary
 //!    serves, the staged files go, the version joins `.skip-upgrade-version`.
 //!
-//! Migrations between the two versions (the `relay-migrations` crate) and crash recovery from
-//! the journal come with the rest of issue #7.
+//! Between steps 1 and 2 the new binary migrates the home directory (`migrate FROM`: its own
+//! migrations, since only it knows them; config changes go to `config.json.next`, which the new
+//! generation reads and the old one ignores). A rollback undoes them with `migrate --down`.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -35,6 +36,18 @@ pub const JOURNAL: &str = "upgrade-journal.jsonl";
 pub const STATE: &str = "upgrade-state.json";
 /// Versions automatic upgrades skip.
 pub const SKIP: &str = ".skip-upgrade-version";
+/// The config file.
+pub const CONFIG: &str = "config.json";
+/// The migrated config the new generation reads until the commit.
+pub const CONFIG_NEXT: &str = "config.json.next";
+/// The config before the last commit.
+pub const CONFIG_PREV: &str = "config.json.prev";
+/// The statement of the running binary, kept after a commit.
+pub const CURRENT_STATEMENT: &str = "wireleap-relay.hash";
+/// The statement of the previous binary.
+pub const PREV_STATEMENT: &str = "wireleap-relay.prev.hash";
+/// How long one `migrate` run may take.
+pub const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Why an upgrade did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +76,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// Appends one step to the journal and fsyncs it.
 pub fn journal(home: &Path, version: &str, step: &str, detail: &str) {
     let line = serde_json::json!({
-        "time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "time_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
         "version": version, "step": step, "detail": detail,
     });
     let result = std::fs::OpenOptions::new()
@@ -128,32 +141,141 @@ pub fn verify_staged(home: &Path, version: &str, running: &Version) -> Result<Ve
     Ok(version)
 }
 
-/// Step 4, success: the durable renames and the new highest committed version.
+/// Runs `<binary> migrate <version>` (up from `version`) or `migrate --down <version>` in
+/// `home`, bounded by [`MIGRATE_TIMEOUT`].
+///
+/// # Errors
+/// What the command printed on stderr when it fails, exits non-zero or times out.
+pub fn migrate(home: &Path, binary: &Path, version: &str, down: bool) -> Result<(), String> {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("migrate");
+    if down {
+        cmd.arg("--down");
+    }
+    cmd.arg(version)
+        .current_dir(home)
+        .env(crate::run::HOME_ENV, home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("could not run {} migrate: {e}", binary.display()))?;
+    let deadline = std::time::Instant::now() + MIGRATE_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("migrate did not finish in {MIGRATE_TIMEOUT:?}"));
+            }
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut pipe, 4096), &mut err);
+    }
+    Err(format!("migrate exited ({status}): {}", err.trim()))
+}
+
+/// Step 4, success: the durable renames and the new highest committed version. Idempotent, so
+/// a supervisor that died halfway finishes it on restart.
 ///
 /// # Errors
 /// [`Error::Io`]; the journal says how far it got.
 pub fn commit(home: &Path, version: &Version) -> Result<(), Error> {
     let (current, prev, next) = (home.join(CURRENT), home.join(PREV), home.join(NEXT));
-    if current.exists() {
-        std::fs::rename(&current, &prev)
-            .map_err(io("keeping the old binary as wireleap-relay.prev"))?;
+    if next.exists() {
+        if current.exists() {
+            std::fs::rename(&current, &prev)
+                .map_err(io("keeping the old binary as wireleap-relay.prev"))?;
+            let _ = std::fs::rename(home.join(CURRENT_STATEMENT), home.join(PREV_STATEMENT));
+        }
+        std::fs::rename(&next, &current).map_err(io("putting the new binary in place"))?;
     }
-    std::fs::rename(&next, &current).map_err(io("putting the new binary in place"))?;
-    let _ = std::fs::rename(home.join(NEXT_STATEMENT), home.join("wireleap-relay.hash"));
-    let state = serde_json::json!({"highest_committed": version.to_string()}).to_string();
-    relay_migrations::write_atomic(&home.join(STATE), state.as_bytes(), 0o644)
-        .map_err(io("recording the committed version"))?;
+    if home.join(NEXT_STATEMENT).exists() {
+        let _ = std::fs::rename(home.join(NEXT_STATEMENT), home.join(CURRENT_STATEMENT));
+    }
+    if home.join(CONFIG_NEXT).exists() {
+        if home.join(CONFIG).exists() {
+            std::fs::rename(home.join(CONFIG), home.join(CONFIG_PREV))
+                .map_err(io("keeping the old config as config.json.prev"))?;
+        }
+        std::fs::rename(home.join(CONFIG_NEXT), home.join(CONFIG))
+            .map_err(io("putting the migrated config in place"))?;
+    }
+    let raise = highest_committed(home).is_none_or(|h| *version > h);
+    if raise {
+        let state = serde_json::json!({"highest_committed": version.to_string()}).to_string();
+        relay_migrations::write_atomic(&home.join(STATE), state.as_bytes(), 0o644)
+            .map_err(io("recording the committed version"))?;
+    }
     sync_dir(home);
     Ok(())
 }
 
-/// Step 4, failure: the staged files go (no `.next` is left behind, spec §10 #8) and the version
-/// joins the skip list.
-pub fn roll_back(home: &Path, version: &str) {
+/// Step 4, failure: the migrations are undone by the new binary (if it got that far), the staged
+/// files go (no `.next` is left behind, spec §10 #8), and `skip` joins the skip list.
+pub fn roll_back(home: &Path, version: &str, migrated_from: Option<&str>, skip_it: bool) {
+    if let Some(from) = migrated_from
+        && home.join(NEXT).exists()
+        && let Err(e) = migrate(home, &home.join(NEXT), from, true)
+    {
+        crate::run::log(&format!(
+            "undoing the migrations of {version} failed: {e}; the home directory needs a look"
+        ));
+        journal(home, version, "migrate-down-failed", &e);
+    }
+    let _ = std::fs::remove_file(home.join(CONFIG_NEXT));
     let _ = std::fs::remove_file(home.join(NEXT));
     let _ = std::fs::remove_file(home.join(NEXT_STATEMENT));
-    skip(home, version);
+    if skip_it {
+        skip(home, version);
+    }
     sync_dir(home);
+}
+
+/// The operator's rollback, committed once the previous binary serves: it replaces the current
+/// one (which is not kept), with its statement, and the down-migrated `config.json.next` becomes
+/// `config.json`. The highest committed version stays: automatic upgrades do not bring the
+/// rolled-back version back (DESIGN.md invariant 7). Idempotent.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn commit_rollback(home: &Path) -> Result<(), Error> {
+    if home.join(PREV).exists() {
+        std::fs::rename(home.join(PREV), home.join(CURRENT))
+            .map_err(io("putting wireleap-relay.prev back in place"))?;
+        if home.join(PREV_STATEMENT).exists() {
+            let _ = std::fs::rename(home.join(PREV_STATEMENT), home.join(CURRENT_STATEMENT));
+        } else {
+            let _ = std::fs::remove_file(home.join(CURRENT_STATEMENT));
+        }
+    }
+    if home.join(CONFIG_NEXT).exists() {
+        std::fs::rename(home.join(CONFIG_NEXT), home.join(CONFIG))
+            .map_err(io("putting the rolled-back config in place"))?;
+        let _ = std::fs::remove_file(home.join(CONFIG_PREV));
+    }
+    sync_dir(home);
+    Ok(())
+}
+
+/// The versions in `.skip-upgrade-version` (bare or JSON-quoted, one per line).
+pub fn skipped(home: &Path) -> Vec<String> {
+    std::fs::read_to_string(home.join(SKIP))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().trim_matches('"').to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Adds `version` to `.skip-upgrade-version` (one per line, spec §10 #15), once.

@@ -1,14 +1,14 @@
 //! Supervised upgrades from releases built and signed by the real `release-tool`, under load:
-//! a good release commits; a tampered one, one that crashes at start, one that never gets ready
-//! and one that crashes inside the health window are each rolled back while the old version
-//! keeps serving, and skipped from then on.
+//! a good release commits; a tampered one, one that crashes at start, one that never gets ready,
+//! one whose migration fails and one that crashes inside the health window are each rolled back
+//! while the old version keeps serving, and skipped from then on.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::load::Load;
+use crate::support::load::{Load, short_stream};
 use crate::support::process::{relay_bin, sibling_bin};
 use crate::support::supervised::Supervised;
 use crate::support::{Home, eventually};
@@ -55,6 +55,19 @@ fn publish_and_stage(root: &Path, home: &Home, version: &str, binary: &Path) {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
+}
+
+/// A release that migrates and starts as `relay` does, serves for a second, and is then killed
+/// with SIGKILL (inside any health window the tests use).
+fn crash_later(dir: &Path, relay: &Path) -> PathBuf {
+    let relay = relay.display();
+    script(
+        dir,
+        "crash-later",
+        &format!(
+            "[ \"$1\" = migrate ] && exec \"{relay}\" \"$@\"\n\"{relay}\" \"$@\" &\nchild=$!\nsleep 1\nkill -9 $child\nexit 4"
+        ),
+    )
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -122,9 +135,14 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
         before
     );
     assert!(!home.file("wireleap-relay.next").exists());
+    assert!(!home.file("config.json.next").exists());
+    assert!(
+        home.file("config.json.prev").exists(),
+        "the migrated config was not committed"
+    );
     assert!(home.read("upgrade-state.json").contains("\"9.0.0\""));
     let journal = home.read("upgrade-journal.jsonl");
-    for step in ["verified", "swapped", "committed"] {
+    for step in ["verified", "migrated", "swapped", "committing", "committed"] {
         assert!(
             journal.contains(&format!("\"step\":\"{step}\"")),
             "{journal}"
@@ -140,20 +158,32 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
             .unwrap();
         std::io::Write::write_all(&mut f, b"x").unwrap();
     };
-    let crash_at_start = script(scripts.path(), "crash", "exit 3");
-    let never_ready = script(scripts.path(), "hang", "exec sleep 60");
-    let crash_later = script(
+    // Each bad release migrates as the real binary does, and fails where its name says.
+    let relay = relay_bin();
+    let relay = relay.display();
+    let crash_at_start = script(
         scripts.path(),
-        "crash-later",
+        "crash",
+        &format!("[ \"$1\" = migrate ] && exec \"{relay}\" \"$@\"\nexit 3"),
+    );
+    let never_ready = script(
+        scripts.path(),
+        "hang",
+        &format!("[ \"$1\" = migrate ] && exec \"{relay}\" \"$@\"\nexec sleep 60"),
+    );
+    let bad_migration = script(
+        scripts.path(),
+        "bad-migration",
         &format!(
-            "\"{}\" \"$@\" &\nchild=$!\nsleep 1\nkill -9 $child\nexit 4",
-            relay_bin().display()
+            "[ \"$1\" = migrate ] && {{ echo 'migration 9999 (demo): refused on purpose' >&2; exit 1; }}\nexec \"{relay}\" \"$@\""
         ),
     );
-    let cases: [(&str, &Path, &str); 4] = [
+    let crash_later = crash_later(scripts.path(), &relay_bin());
+    let cases: [(&str, &Path, &str); 5] = [
         ("9.1.0", &relay_bin(), "did not verify"),
         ("9.2.0", &crash_at_start, "at start"),
         ("9.3.0", &never_ready, "was not ready"),
+        ("9.3.5", &bad_migration, "migration failed"),
         ("9.4.0", &crash_later, "inside the health window"),
     ];
     let mut load = Some(load);
@@ -185,10 +215,12 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
                 .any(|l| l == version),
             "{version} not skipped"
         );
-        assert!(
-            !home.file("wireleap-relay.next").exists(),
-            "{version}: .next left behind"
-        );
+        for leftover in ["wireleap-relay.next", "config.json.next"] {
+            assert!(
+                !home.file(leftover).exists(),
+                "{version}: {leftover} left behind"
+            );
+        }
         table.push((version, format!("rolled back: {error}")));
     }
     wait_serving(home);
@@ -249,5 +281,176 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
     assert!(
         home.read("upgrade-state.json").contains("\"9.0.0\""),
         "a failed version raised the floor"
+    );
+}
+
+/// `release-tool stamp`: a copy of `binary` that reports `version`.
+fn stamped(dir: &Path, binary: &Path, version: &str) -> PathBuf {
+    let out = dir.join(format!("wireleap-relay-{version}"));
+    let run = Command::new(sibling_bin("release-tool"))
+        .args(["stamp", "--version", version])
+        .arg(binary)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "release-tool stamp: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// Publishes `binary` as `version` in the release tree `root` and points the default channel at
+/// it: from the next heartbeat on, the stand-in directory announces it.
+fn publish_on_channel(root: &Path, version: &str, binary: &Path) {
+    let changelog = root.join("changelog.md");
+    std::fs::write(&changelog, format!("# {version}\n\n- what changed\n")).unwrap();
+    for args in [
+        vec![
+            "publish".into(),
+            "--root".into(),
+            root.display().to_string(),
+            "--key".into(),
+            release_key().display().to_string(),
+            "--version".into(),
+            version.into(),
+            "--binary".into(),
+            binary.display().to_string(),
+            "--changelog".into(),
+            changelog.display().to_string(),
+        ],
+        vec![
+            "channel".into(),
+            "set".into(),
+            "--root".into(),
+            root.display().to_string(),
+            "default".into(),
+            version.into(),
+        ],
+    ] {
+        let out = Command::new(sibling_bin("release-tool"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "release-tool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn journal_steps(home: &Home, version: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(home.file("upgrade-journal.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["version"] == version)
+        .filter_map(|v| v["step"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// DESIGN.md upgrade steps 1-4 from a heartbeat notice: the relay downloads the release the
+/// stand-in directory announces, verifies and stages it, and asks its supervisor, which commits
+/// it under load with nothing failed or cut and no disenroll. Then a release that crashes inside
+/// its health window is announced: rolled back, skipped, and not tried again on later notices.
+#[test]
+fn heartbeat_notice_upgrades_under_load() {
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let standin = crate::support::standin::Standin::start_with(wireleap_devnet::Config {
+        releases_root: Some(root.path().to_path_buf()),
+        ..wireleap_devnet::Config::default()
+    });
+    let extra = format!(r#""release_url": "{}","#, standin.net.releases_url());
+    let s = Supervised::start_with(standin, &extra, &["--health-window", "2"]);
+    let (standin, home, rt) = (&s.standin, &s.home, &s.rt);
+    let load = Load::start(rt, &s.sk, &s.hop, s.target, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    let deletes_before = standin.relays_requests("DELETE").len();
+    let first = home.pid().unwrap();
+
+    let next = stamped(work.path(), &relay_bin(), "9.0.0");
+    let announced = std::time::Instant::now();
+    publish_on_channel(root.path(), "9.0.0", &next);
+    eventually(
+        Duration::from_secs(60),
+        "the upgrade to be handed over",
+        || journal_steps(home, "9.0.0").iter().any(|s| s == "swapped"),
+    );
+    let to_ready = announced.elapsed();
+    eventually(Duration::from_secs(30), "the upgrade to commit", || {
+        journal_steps(home, "9.0.0")
+            .iter()
+            .any(|s| s == "committed")
+    });
+    assert_eq!(
+        std::fs::read(home.file("wireleap-relay")).unwrap(),
+        std::fs::read(&next).unwrap(),
+        "the committed binary is not the release"
+    );
+    assert_ne!(home.pid().unwrap(), first);
+    // The new generation says so to the directory; notices for 9.0.0 stop.
+    eventually(WAIT, "a heartbeat from 9.0.0", || {
+        standin.relays_requests("POST").iter().any(|r| {
+            r.headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("wireleap-relay-version") && v == "9.0.0")
+        })
+    });
+    let counts = load.finish(rt);
+    println!(
+        "notice-driven upgrade 0.7.0 -> 9.0.0: channel set to handover {to_ready:?}; {} opens ok, {} failed; {} of {} long-lived streams cut",
+        counts.opened,
+        counts.failed.len(),
+        counts.cut.len(),
+        counts.long
+    );
+    assert!(
+        counts.failed.is_empty(),
+        "failed opens: {:?}",
+        counts.failed
+    );
+    assert!(counts.cut.is_empty(), "cut streams: {:?}", counts.cut);
+    assert!(counts.opened > 50, "too little load: {}", counts.opened);
+    assert_eq!(
+        standin.relays_requests("DELETE").len(),
+        deletes_before,
+        "the upgrade disenrolled"
+    );
+
+    // A release that dies inside its health window: rolled back, skipped, never retried.
+    let crash_later = crash_later(work.path(), &next);
+    publish_on_channel(root.path(), "9.1.0", &crash_later);
+    eventually(Duration::from_secs(60), "9.1.0 to be rolled back", || {
+        journal_steps(home, "9.1.0")
+            .iter()
+            .any(|s| s == "rolled-back")
+    });
+    assert!(
+        home.read(".skip-upgrade-version")
+            .lines()
+            .any(|l| l == "9.1.0"),
+        "9.1.0 not skipped"
+    );
+    wait_serving(home);
+    // Several more heartbeats announce 9.1.0; the relay ignores them.
+    let posts = standin.relays_requests("POST").len();
+    eventually(WAIT, "more heartbeats", || {
+        standin.relays_requests("POST").len() >= posts + 4
+    });
+    assert_eq!(
+        journal_steps(home, "9.1.0")
+            .iter()
+            .filter(|s| *s == "verified")
+            .count(),
+        1,
+        "a skipped version was tried again: {:?}",
+        journal_steps(home, "9.1.0")
+    );
+    assert!(home.read("upgrade-state.json").contains("\"9.0.0\""));
+    assert!(
+        rt.block_on(short_stream(&s.sk, &s.hop, s.target)).is_ok(),
+        "9.0.0 does not serve after the rollback"
     );
 }

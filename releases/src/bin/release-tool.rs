@@ -83,6 +83,17 @@ enum Command {
         #[arg(long)]
         issued: Option<String>,
     },
+    /// Write VERSION into the version slot of a relay binary (before `publish`), so that one
+    /// build can be released as that version; OUTPUT gets the stamped copy (mode 0755).
+    Stamp {
+        /// The version to write (plain semver).
+        #[arg(long)]
+        version: String,
+        /// The built binary.
+        input: PathBuf,
+        /// Where the stamped copy goes (may be INPUT itself).
+        output: PathBuf,
+    },
     /// Clear-sign an arbitrary text file (for hand-made fixtures).
     Clearsign {
         /// The secret signing key file.
@@ -199,6 +210,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             valid_for,
             issued,
         }),
+        Command::Stamp {
+            version,
+            input,
+            output,
+        } => {
+            let version = parse_version(&version)?;
+            let mut bytes =
+                fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            relay_release::stamp::stamp(&mut bytes, &version)
+                .with_context(|| format!("stamping {}", input.display()))?;
+            durable::write_file(&output, &bytes, 0o755)?;
+            println!("{}: {version}", output.display());
+            Ok(())
+        }
         Command::Clearsign { key, input, output } => {
             let key = SigningKey::from_file(&key)?;
             let text = fs::read_to_string(&input)

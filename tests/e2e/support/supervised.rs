@@ -35,9 +35,13 @@ impl Supervised {
     /// Copies the relay binary into a fresh home (so upgrades can replace it), starts the
     /// supervisor with `args`, and waits until a stream gets through.
     pub fn start(args: &[&str]) -> Self {
-        let standin = Standin::start();
+        Self::start_with(Standin::start(), "", args)
+    }
+
+    /// As [`Self::start`], at `standin`, with `extra` top-level config.json fields (`"k": v,`).
+    pub fn start_with(standin: Standin, extra: &str, args: &[&str]) -> Self {
         let home = Home::with_config(&format!(
-            r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}},
+            r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}}, {extra}
                 "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
             standin.net.contract_url()
         ));

@@ -1,0 +1,198 @@
+//! One automatic upgrade (DESIGN.md steps 2-3 on the relay's side): download with limits, verify,
+//! stage as `wireleap-relay.next` + `wireleap-relay.next.hash`, then ask the supervisor, which
+//! verifies again and swaps generations.
+//!
+//! Outcomes and what they leave behind (spec §3.10, with our differences):
+//! - the release does not verify or the server has no such release: the version is skipped,
+//!   nothing is staged;
+//! - the server cannot be reached (after the fetcher's retries): nothing is skipped, the next
+//!   notice tries again;
+//! - no supervisor runs this relay: the staged files are removed (no `.next` is left behind) and
+//!   the log says how to run one;
+//! - the supervisor answers: its outcome (committed, or rolled back and skipped by it).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use relay_release::fetch::{Destination, Fetcher, Limits};
+use relay_release::{Expected, Layout, Product};
+use semver::Version;
+use tracing::{info, warn};
+use wireleap_relay_supervisor::{control, upgrade as sv};
+
+/// How long the supervisor may take to answer an upgrade request: its readiness timeout, the
+/// health window and the drain all fit in this.
+const SUPERVISOR_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// What became of one upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The supervisor committed the new version.
+    Committed(Version),
+    /// The supervisor refused or rolled back the new version (and skipped it).
+    RolledBack(Version, String),
+    /// Download or verification failed; `skipped` says whether the version was skipped.
+    Failed {
+        /// The version.
+        version: Version,
+        /// Why.
+        why: String,
+        /// Whether the version went into `.skip-upgrade-version`.
+        skipped: bool,
+    },
+    /// The release verified but no supervisor runs this relay.
+    Unsupervised(Version),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Committed(v) => write!(f, "upgraded to {v}"),
+            Self::RolledBack(v, why) => write!(f, "upgrade to {v} rolled back: {why}"),
+            Self::Failed {
+                version,
+                why,
+                skipped,
+            } => {
+                let then = if *skipped {
+                    "; skipped from now on"
+                } else {
+                    "; will try again"
+                };
+                write!(f, "could not upgrade to {version}: {why}{then}")
+            }
+            Self::Unsupervised(v) => write!(
+                f,
+                "{v} verified, but no supervisor runs this relay; start it with `wireleap-relay start` to upgrade"
+            ),
+        }
+    }
+}
+
+/// Runs one upgrade to `version`.
+pub async fn run(
+    home: PathBuf,
+    release_url: Option<url::Url>,
+    running: Version,
+    version: Version,
+) -> Outcome {
+    let fail = |why: String, skipped: bool| Outcome::Failed {
+        version: version.clone(),
+        why,
+        skipped,
+    };
+    let Some(base) = release_url else {
+        return fail(
+            "config.json has no \"release_url\" to download releases from".into(),
+            false,
+        );
+    };
+    match stage(&home, &base, &running, &version).await {
+        Ok(()) => {}
+        Err(e) => {
+            let skip = e.is_peer_fault() && !e.is_retryable();
+            if skip {
+                sv::skip(&home, &version.to_string());
+            }
+            return fail(e.to_string(), skip);
+        }
+    }
+    ask_supervisor(home, version).await
+}
+
+/// Downloads, verifies and stages the release.
+async fn stage(
+    home: &Path,
+    base: &url::Url,
+    running: &Version,
+    version: &Version,
+) -> Result<(), relay_release::Error> {
+    let keys = sv::trusted_keys(home).map_err(|e| match e {
+        sv::Error::Verify(e) => e,
+        other => relay_release::Error::Key {
+            origin: sv::TRUSTED_KEYS_DIR.to_owned(),
+            reason: other.to_string(),
+        },
+    })?;
+    let expected = Expected::for_host(
+        Product::relay(),
+        version.clone(),
+        running.clone(),
+        sv::highest_committed(home),
+    )?;
+    let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
+    let dest = Destination {
+        binary: home.join(sv::NEXT),
+        statement: home.join(sv::NEXT_STATEMENT),
+    };
+    let mut last_tenth = 0;
+    let staged = fetcher
+        .stage_release(&keys, &expected, &dest, |p| {
+            let tenth = (p.done * 10).checked_div(p.total).unwrap_or(10);
+            if tenth > last_tenth {
+                last_tenth = tenth;
+                info!(version = %version, done = p.done, total = p.total, "downloading");
+            }
+        })
+        .await?;
+    info!(
+        version = %version,
+        signer = %staged.verified.signer,
+        "release verified and staged as {}",
+        sv::NEXT
+    );
+    match fetcher.fetch_changelog(&staged.verified).await {
+        Ok(text) => {
+            let shown: Vec<&str> = text.lines().take(20).collect();
+            info!(version = %version, "changelog:\n{}", shown.join("\n"));
+        }
+        Err(e) => warn!(version = %version, error = %e, "no changelog"),
+    }
+    Ok(())
+}
+
+async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
+    let request = serde_json::json!({"cmd": "upgrade", "version": version.to_string()});
+    let asked = home.clone();
+    let reply =
+        tokio::task::spawn_blocking(move || control::call(&asked, &request, SUPERVISOR_WAIT)).await;
+    let reply = match reply {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            let _ = std::fs::remove_file(home.join(sv::NEXT));
+            let _ = std::fs::remove_file(home.join(sv::NEXT_STATEMENT));
+            return Outcome::Unsupervised(version);
+        }
+        Ok(Err(e)) => {
+            // The supervisor took the request; its answer may not reach a generation it has
+            // already replaced. Its journal has the outcome.
+            return Outcome::Failed {
+                version,
+                why: format!("no answer from the supervisor: {e}"),
+                skipped: false,
+            };
+        }
+        Err(e) => {
+            return Outcome::Failed {
+                version,
+                why: e.to_string(),
+                skipped: false,
+            };
+        }
+    };
+    if reply.get("ok").and_then(serde_json::Value::as_bool) == Some(true) {
+        Outcome::Committed(version)
+    } else {
+        let why = reply
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("the supervisor refused")
+            .to_owned();
+        Outcome::RolledBack(version, why)
+    }
+}

@@ -1,0 +1,182 @@
+//! Crash recovery (DESIGN.md invariant 5): a supervisor that starts after its predecessor died
+//! finishes or undoes what the journal says was in progress, and takes over the relay
+//! generations that outlived it.
+//!
+//! The journal's last line decides:
+//!
+//! | last step | meaning | recovery |
+//! | --- | --- | --- |
+//! | `verified`, `migrated`, `swapped` | an upgrade before its health window passed | undo it: migrations down, staged files removed (the version is not skipped: it did not fail) |
+//! | `committing` | the health window passed, the renames were under way | finish the commit |
+//! | `rollback-started`, `rollback-migrated`, `rollback-swapped` | an operator's rollback before its commit | undo it: migrations up again, `config.json.next` removed |
+//! | `rollback-committing` | the rollback's renames were under way | finish them |
+//! | anything else | nothing in progress | nothing |
+//!
+//! Every step of both tables is idempotent, so a supervisor killed during recovery recovers
+//! again. Surviving generations are listed in [`CHILDREN`]; the new supervisor takes their
+//! listening socket (`pidfd_getfd`, so not one connection waits on a closed socket), starts its
+//! own generation from the committed binary and, once that is ready, has them drain and exit.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use crate::run::log;
+use crate::upgrade::{self, journal};
+
+/// The pids of the supervisor's relay generations, rewritten whenever they change.
+pub const CHILDREN: &str = "wireleap-relay-supervisor.children";
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The version the step is about.
+    pub version: String,
+    /// The step.
+    pub step: String,
+    /// Free text; `from <version>` on the first step of a change.
+    pub detail: String,
+}
+
+/// The journal's last readable line.
+pub fn last_entry(home: &Path) -> Option<Entry> {
+    let text = std::fs::read_to_string(home.join(upgrade::JOURNAL)).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        Some(Entry {
+            version: v.get("version")?.as_str()?.to_owned(),
+            step: v.get("step")?.as_str()?.to_owned(),
+            detail: v
+                .get("detail")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        })
+    })
+}
+
+/// The version a change started from, as journaled by its first step (`from <version>`).
+fn started_from(home: &Path, version: &str, first_step: &str) -> Option<String> {
+    let text = std::fs::read_to_string(home.join(upgrade::JOURNAL)).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v.get("version")?.as_str()? != version || v.get("step")?.as_str()? != first_step {
+            return None;
+        }
+        v.get("detail")?
+            .as_str()?
+            .strip_prefix("from ")
+            .map(str::to_owned)
+    })
+}
+
+/// Finishes or undoes what the journal says was in progress; returns what was done.
+pub fn journal_steps(home: &Path) -> Option<String> {
+    let last = last_entry(home)?;
+    let v = last.version.as_str();
+    let done = match last.step.as_str() {
+        "verified" | "migrated" | "swapped" => {
+            let from = started_from(home, v, "verified");
+            let migrated = last.step != "verified";
+            upgrade::roll_back(home, v, from.as_deref().filter(|_| migrated), false);
+            journal(home, v, "recovered", "unfinished upgrade undone");
+            format!("the upgrade to {v} was unfinished ({}): undone", last.step)
+        }
+        "committing" => {
+            let version = semver::Version::parse(v).ok()?;
+            match upgrade::commit(home, &version) {
+                Ok(()) => {
+                    journal(home, v, "committed", "finished after a restart");
+                    format!("the commit of {v} was under way: finished")
+                }
+                Err(e) => format!("the commit of {v} was under way and could not be finished: {e}"),
+            }
+        }
+        "rollback-started" | "rollback-migrated" | "rollback-swapped" => {
+            if last.step != "rollback-started"
+                && let Err(e) = upgrade::migrate(home, &home.join(upgrade::CURRENT), v, false)
+            {
+                log(&format!(
+                    "redoing the migrations after an unfinished rollback: {e}"
+                ));
+            }
+            let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
+            journal(home, v, "recovered", "unfinished rollback undone");
+            format!("the rollback to {v} was unfinished ({}): undone", last.step)
+        }
+        "rollback-committing" => match upgrade::commit_rollback(home) {
+            Ok(()) => {
+                journal(home, v, "rollback-committed", "finished after a restart");
+                format!("the rollback to {v} was under way: finished")
+            }
+            Err(e) => format!("the rollback to {v} was under way and could not be finished: {e}"),
+        },
+        _ => return None,
+    };
+    Some(done)
+}
+
+/// Writes the generations' pids (atomically; a failure is only logged).
+pub fn record_children(home: &Path, pids: &[u32]) {
+    let text = serde_json::json!(pids).to_string();
+    if let Err(e) = relay_migrations::write_atomic(&home.join(CHILDREN), text.as_bytes(), 0o644) {
+        log(&format!("could not write {CHILDREN}: {e}"));
+    }
+}
+
+/// Relay generations a previous supervisor left running in `home`: listed in [`CHILDREN`], alive,
+/// and still a `start --fg` of a relay in `home` (so a reused pid is not mistaken for one).
+pub fn orphans(home: &Path) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(home.join(CHILDREN)) else {
+        return Vec::new();
+    };
+    let pids: Vec<u32> = serde_json::from_str(&text).unwrap_or_default();
+    let own = std::process::id();
+    pids.into_iter()
+        .filter(|&pid| pid != own && is_relay_in(pid, home))
+        .collect()
+}
+
+fn is_relay_in(pid: u32, home: &Path) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let cwd_ok = std::fs::read_link(proc.join("cwd"))
+        .ok()
+        .zip(std::fs::canonicalize(home).ok())
+        .is_some_and(|(a, b)| a == b);
+    let args = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = args.split(|&b| b == 0).collect();
+    let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'));
+    cwd_ok && !zombie && args.get(1..3) == Some(&[b"start".as_slice(), b"--fg".as_slice()][..])
+}
+
+/// Whether `pid` still runs (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty()
+        && !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+}
+
+/// The listening socket of a surviving generation: its descriptor 3 (the `LISTEN_FDS` socket),
+/// copied with `pidfd_getfd`, if it is still a listening socket.
+pub fn adopt_listener(pids: &[u32]) -> Option<(u32, OwnedFd)> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    for &pid in pids {
+        let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            continue;
+        };
+        let fd = pidfd_open(p, PidfdFlags::empty())
+            .and_then(|pidfd| pidfd_getfd(&pidfd, 3, PidfdGetfdFlags::empty()));
+        match fd {
+            Ok(fd) if rustix::net::sockopt::socket_acceptconn(&fd).unwrap_or(false) => {
+                return Some((pid, fd));
+            }
+            Ok(_) => log(&format!("pid {pid}: descriptor 3 is no longer listening")),
+            Err(e) => log(&format!("could not take the listener of pid {pid}: {e}")),
+        }
+    }
+    None
+}
