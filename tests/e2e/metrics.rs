@@ -242,6 +242,24 @@ fn metrics_count_streams_bytes_errors_tokens_and_pass_promtool() {
                 && last.get("wireleap_relay_heartbeat_duration_seconds_count") > 0.0
         },
     );
+
+    // A contract whose settlement window has closed: the next token expires unsubmitted.
+    s.net.with_switches(|w| w.settlement_closed = true);
+    let submitted = last.get("wireleap_relay_sharetokens_submitted_total");
+    rt.block_on(async {
+        // A fresh servicekey: the first one's window is open by now, its tokens refused.
+        let sk = client::activate_servicekey(&contract).await.unwrap();
+        let c = CircuitClient::new(sk, vec![hop.clone()], ClientConfig::default()).unwrap();
+        relay::round_trip(&c, target, 10).await;
+    });
+    eventually(WAIT, "the token to expire", || {
+        last = scrape(metrics);
+        last.get("wireleap_relay_sharetokens_expired_total") == 1.0
+    });
+    assert_eq!(
+        last.get("wireleap_relay_sharetokens_submitted_total"),
+        submitted
+    );
     promtool_check(&last.text);
 
     // Anything but GET /metrics is refused.
