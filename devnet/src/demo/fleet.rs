@@ -1,0 +1,407 @@
+//! The demo's processes and relay homes: the workspace binaries next to the demo's own
+//! executable, one home directory per relay, its supervisor in a process group of its own, and
+//! what the supervisor journals.
+//!
+//! [`Fleet`] owns every process the demo starts. It stops them all (SIGTERM to each process
+//! group, SIGKILL to what is left after [`STOP_WAIT`]) when told to and again when dropped, so
+//! nothing outlives the demo: not on an error, not on Ctrl-C, not on a panic.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// How long the supervisors get to stop their relays before everything left is killed.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// Bound on a relay getting ready and enrolled.
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// The supervisor's upgrade journal, one JSON object per line.
+const JOURNAL: &str = "upgrade-journal.jsonl";
+/// Versions the supervisor will not install again.
+const SKIP: &str = ".skip-upgrade-version";
+/// The supervisor's stderr (with its relays').
+pub(crate) const LOG: &str = "supervisor.log";
+
+/// The workspace binaries the demo runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Bins {
+    /// `wireleap-relay`.
+    pub(crate) relay: PathBuf,
+    /// `wireleap-relay-supervisor`.
+    pub(crate) supervisor: PathBuf,
+    /// `release-tool`.
+    pub(crate) release_tool: PathBuf,
+}
+
+impl Bins {
+    /// The binaries next to the demo's own executable (cargo builds them all into one folder).
+    ///
+    /// # Errors
+    /// Which binaries are missing and the cargo command that builds them.
+    pub(crate) fn find() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the demo's own executable")?;
+        let dir = exe
+            .parent()
+            .context("the demo's executable has no folder")?
+            .to_path_buf();
+        let bins = Self {
+            relay: dir.join("wireleap-relay"),
+            supervisor: dir.join("wireleap-relay-supervisor"),
+            release_tool: dir.join("release-tool"),
+        };
+        let missing: Vec<String> = [&bins.relay, &bins.supervisor, &bins.release_tool]
+            .into_iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            let profile = if dir.ends_with("release") {
+                " --release"
+            } else {
+                ""
+            };
+            bail!(
+                "missing {}: build them first with `cargo build{profile} --workspace --bins`",
+                missing.join(", ")
+            );
+        }
+        Ok(bins)
+    }
+}
+
+/// Every process group the demo started.
+#[derive(Debug, Default)]
+pub(crate) struct Fleet {
+    children: Mutex<Vec<Child>>,
+}
+
+impl Fleet {
+    /// Spawns `cmd` as the leader of a new process group (so its relays can be stopped with it).
+    ///
+    /// # Errors
+    /// The spawn error.
+    pub(crate) fn spawn(&self, mut cmd: Command) -> std::io::Result<u32> {
+        let child = cmd.process_group(0).spawn()?;
+        let pid = child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(child);
+        Ok(pid)
+    }
+
+    /// Whether the process `pid` started has exited (its exit status, if so).
+    pub(crate) fn exited(&self, pid: u32) -> Option<std::process::ExitStatus> {
+        let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Stops every process group: SIGTERM (a supervisor then stops its relays), a bounded wait,
+    /// SIGKILL to whatever is left in the groups. Returns how many had to be killed.
+    pub(crate) fn stop(&self) -> usize {
+        let mut children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(PoisonError::into_inner));
+        for c in &children {
+            signal_group(c.id(), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        while Instant::now() < deadline
+            && children
+                .iter_mut()
+                .any(|c| matches!(c.try_wait(), Ok(None)))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut killed = 0;
+        for c in &mut children {
+            if matches!(c.try_wait(), Ok(None)) {
+                killed += 1;
+            }
+            // Relays a supervisor left behind are in its group too.
+            signal_group(c.id(), Signal::SIGKILL);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        killed
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn signal_group(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), sig);
+    }
+}
+
+/// One relay: its home, its role and how to reach it.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    /// `fronting`, `entropic` or `backing`.
+    pub(crate) role: &'static str,
+    /// Its home directory.
+    pub(crate) home: PathBuf,
+    /// Its public key, base64url (as in `key.pub`).
+    pub(crate) pubkey: String,
+    /// The supervisor's pid.
+    pub(crate) supervisor: u32,
+    /// Where it listens (the supervisor's socket, kept across upgrades).
+    pub(crate) addr: SocketAddr,
+    /// Journal lines already shown.
+    seen: usize,
+}
+
+/// One step of the supervisor's upgrade journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// The version the step is about.
+    pub(crate) version: String,
+    /// `verified`, `swapped`, `committed`, `rolled-back`, …
+    pub(crate) step: String,
+    /// Why, for failures.
+    pub(crate) detail: String,
+}
+
+impl Relay {
+    /// Makes a home for `role` in `dir`: a copy of the relay binary, `wireleap-relay init`, and a
+    /// config.json for the stand-in network at `contract_url` that downloads announced releases
+    /// from `releases_url`.
+    ///
+    /// # Errors
+    /// What failed, with the relay's own message.
+    pub(crate) fn init(
+        bins: &Bins,
+        dir: &Path,
+        role: &'static str,
+        contract_url: &str,
+        releases_url: &str,
+    ) -> anyhow::Result<(PathBuf, String)> {
+        let home = dir.join(role);
+        std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+        std::fs::copy(&bins.relay, home.join("wireleap-relay"))
+            .with_context(|| format!("copying the relay binary into {}", home.display()))?;
+        let out = Command::new(home.join("wireleap-relay"))
+            .arg("init")
+            .env("WIRELEAP_RELAY_HOME", &home)
+            .stdin(Stdio::null())
+            .output()
+            .context("running wireleap-relay init")?;
+        if !out.status.success() {
+            bail!(
+                "wireleap-relay init in {} failed: {}",
+                home.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let config = serde_json::json!({
+            "address": "127.0.0.1:0",
+            "heartbeat_interval": "500ms",
+            "release_url": releases_url,
+            "danger_zone": {"allow_loopback": true},
+            "contracts": {contract_url: {"address": "wireleap://127.0.0.1:13499", "role": role}},
+        });
+        std::fs::write(home.join("config.json"), format!("{config:#}\n"))
+            .context("writing config.json")?;
+        let pubkey: String = std::fs::read_to_string(home.join("key.pub"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .with_context(|| format!("reading {}/key.pub", home.display()))?;
+        Ok((home, pubkey))
+    }
+
+    /// Starts the supervisor of the relay in `home` (its stderr to [`LOG`]) and waits until the
+    /// relay is ready and listening.
+    ///
+    /// # Errors
+    /// The supervisor exited, or did not get ready within [`START_WAIT`]: with its log's tail.
+    pub(crate) fn start(
+        fleet: &Fleet,
+        bins: &Bins,
+        role: &'static str,
+        home: PathBuf,
+        pubkey: String,
+        health_window: Duration,
+    ) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(home.join(LOG)).context("creating the supervisor log")?;
+        let mut cmd = Command::new(&bins.supervisor);
+        cmd.arg("--health-window")
+            .arg(format!("{}", health_window.as_secs_f64()))
+            .env("WIRELEAP_RELAY_HOME", &home)
+            .env("RELAY_LOG", "info")
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let supervisor = fleet
+            .spawn(cmd)
+            .with_context(|| format!("starting {}", bins.supervisor.display()))?;
+        let deadline = Instant::now() + START_WAIT;
+        let addr = loop {
+            let text = std::fs::read_to_string(home.join(LOG)).unwrap_or_default();
+            let addr = text
+                .lines()
+                .find_map(|l| l.split("listening on ").nth(1))
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+            if let (Some(addr), true) = (addr, text.contains("relay ready")) {
+                break addr;
+            }
+            if let Some(status) = fleet.exited(supervisor) {
+                bail!(
+                    "the {role} relay's supervisor exited ({status}):\n{}",
+                    tail(&text, 15)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out after {START_WAIT:?} waiting for the {role} relay to be ready:\n{}",
+                    tail(&text, 15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(Self {
+            role,
+            home,
+            pubkey,
+            supervisor,
+            addr,
+            seen: 0,
+        })
+    }
+
+    /// Every step journaled so far.
+    pub(crate) fn journal(&self) -> Vec<Step> {
+        std::fs::read_to_string(self.home.join(JOURNAL))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                Step {
+                    version: field("version"),
+                    step: field("step"),
+                    detail: field("detail"),
+                }
+            })
+            .collect()
+    }
+
+    /// Journal steps not returned before.
+    pub(crate) fn new_steps(&mut self) -> Vec<Step> {
+        let all = self.journal();
+        let new = all.get(self.seen..).unwrap_or_default().to_vec();
+        self.seen = all.len();
+        new
+    }
+
+    /// Whether `version` reached `step`.
+    pub(crate) fn reached(&self, version: &str, step: &str) -> bool {
+        self.journal()
+            .iter()
+            .any(|s| s.version == version && s.step == step)
+    }
+
+    /// Versions listed in `.skip-upgrade-version`.
+    pub(crate) fn skipped(&self) -> Vec<String> {
+        std::fs::read_to_string(self.home.join(SKIP))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().trim_matches('"').to_owned())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The version the installed binary reports (`wireleap-relay version`).
+    pub(crate) fn installed_version(&self) -> String {
+        installed_version(&self.home.join("wireleap-relay"))
+    }
+
+    /// The supervisor's state from its control socket (`serving`, `upgrading`, `starting`).
+    pub(crate) fn state(&self) -> Option<String> {
+        use std::io::{BufRead as _, Write as _};
+        let mut conn = std::os::unix::net::UnixStream::connect(
+            self.home.join("wireleap-relay-supervisor.sock"),
+        )
+        .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        writeln!(conn, r#"{{"cmd":"status"}}"#).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(conn).read_line(&mut line).ok()?;
+        let reply: serde_json::Value = serde_json::from_str(&line).ok()?;
+        reply["state"].as_str().map(str::to_owned)
+    }
+
+    /// Whether the relay logged that it accepted the notice for `version` (and so downloads it).
+    pub(crate) fn accepted(&self, version: &str) -> bool {
+        let needle = format!("upgrade accepted version={version}");
+        std::fs::read_to_string(self.home.join(LOG))
+            .is_ok_and(|text| text.lines().any(|l| l.trim_end().ends_with(&needle)))
+    }
+
+    /// The last lines of the log about upgrades (without the repeated notices), and warnings.
+    pub(crate) fn upgrade_log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.home.join(LOG)).unwrap_or_default();
+        let relevant: String = text
+            .lines()
+            .filter(|l| {
+                (l.contains("upgrad") || l.contains("download") || l.contains("WARN"))
+                    && !l.contains("notice dropped")
+                    && !l.contains("received upgrade notice")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        tail(&relevant, lines)
+    }
+
+    /// The last lines of the supervisor's log.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        tail(
+            &std::fs::read_to_string(self.home.join(LOG)).unwrap_or_default(),
+            lines,
+        )
+    }
+}
+
+/// The version `binary version` prints, or `?`.
+pub(crate) fn installed_version(binary: &Path) -> String {
+    Command::new(binary)
+        .arg("version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect()
+}

@@ -1,0 +1,139 @@
+//! Releasing with the real `release-tool`: stamp a copy of the relay with a new version, publish
+//! it signed into the release tree the stand-in network serves, and point the default channel at
+//! it, after which the directory announces it in its heartbeat replies.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// The test-only project signing key (releases/testdata/keys), whose public half the relay and
+/// the supervisor trust. Only for demos and tests: anyone can sign with it.
+const TEST_ONLY_KEY: &str = include_str!("../../../releases/testdata/keys/test-only-project.key");
+
+/// The release tree and the tool that writes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Releaser {
+    tool: PathBuf,
+    root: PathBuf,
+    work: PathBuf,
+    key: PathBuf,
+}
+
+impl Releaser {
+    /// A releaser writing into `root`, keeping its inputs in `work` (both exist).
+    ///
+    /// # Errors
+    /// Writing the key file.
+    pub(crate) fn new(tool: &Path, root: &Path, work: &Path) -> anyhow::Result<Self> {
+        let key = work.join("test-only-project.key");
+        std::fs::write(&key, TEST_ONLY_KEY).context("writing the test-only signing key")?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .context("restricting the signing key's mode")?;
+        Ok(Self {
+            tool: tool.to_path_buf(),
+            root: root.to_path_buf(),
+            work: work.to_path_buf(),
+            key,
+        })
+    }
+
+    /// `release-tool stamp`: a copy of `binary` that reports `version`.
+    ///
+    /// # Errors
+    /// The tool's message.
+    pub(crate) fn stamp(&self, binary: &Path, version: &str) -> anyhow::Result<PathBuf> {
+        let out = self.work.join(format!("wireleap-relay-{version}"));
+        self.run(&[
+            "stamp".as_ref(),
+            "--version".as_ref(),
+            version.as_ref(),
+            binary.as_os_str(),
+            out.as_os_str(),
+        ])?;
+        Ok(out)
+    }
+
+    /// A release that is broken on purpose: it answers `version` as `version`, starts the relay
+    /// `good` for real, and kills it one second later (inside the supervisor's health window).
+    ///
+    /// # Errors
+    /// Writing the script.
+    pub(crate) fn broken(&self, good: &Path, version: &str) -> anyhow::Result<PathBuf> {
+        let path = self.work.join(format!("wireleap-relay-{version}-broken"));
+        let good = good.display();
+        let text = format!(
+            "#!/bin/sh\n\
+             # {version}: broken on purpose. It gets ready, then dies a second later.\n\
+             case \"$1\" in\n\
+             \x20 version) echo {version}; exit 0 ;;\n\
+             \x20 start) ;;\n\
+             \x20 *) exec \"{good}\" \"$@\" ;;\n\
+             esac\n\
+             \"{good}\" \"$@\" &\n\
+             child=$!\n\
+             sleep 1\n\
+             kill -9 $child\n\
+             exit 4\n"
+        );
+        std::fs::write(&path, text).context("writing the broken release")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .context("making the broken release executable")?;
+        Ok(path)
+    }
+
+    /// `release-tool publish` of `binary` as `version`, then `channel set default version`.
+    ///
+    /// # Errors
+    /// The tool's message.
+    pub(crate) fn publish(
+        &self,
+        version: &str,
+        binary: &Path,
+        changelog: &str,
+    ) -> anyhow::Result<()> {
+        let notes = self.work.join(format!("changelog-{version}.md"));
+        std::fs::write(&notes, format!("# {version}\n\n- {changelog}\n"))
+            .context("writing the changelog")?;
+        self.run(&[
+            "publish".as_ref(),
+            "--root".as_ref(),
+            self.root.as_os_str(),
+            "--key".as_ref(),
+            self.key.as_os_str(),
+            "--version".as_ref(),
+            version.as_ref(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+            "--changelog".as_ref(),
+            notes.as_os_str(),
+        ])?;
+        self.run(&[
+            "channel".as_ref(),
+            "set".as_ref(),
+            "--root".as_ref(),
+            self.root.as_os_str(),
+            "default".as_ref(),
+            version.as_ref(),
+        ])
+    }
+
+    fn run(&self, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+        let out = Command::new(&self.tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.tool.display()))?;
+        if !out.status.success() {
+            bail!(
+                "release-tool {} failed: {}",
+                args.first()
+                    .map(|a| a.to_string_lossy())
+                    .unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
