@@ -270,6 +270,10 @@ impl Daemon {
             }
         };
         notify::send(self.notify_socket.as_deref(), "STOPPING=1");
+        // Scrapes go to the next generation (it shares the port) while this one drains.
+        if let Some(metrics) = &metrics {
+            metrics.stop();
+        }
         // A second terminating signal means "now".
         tokio::spawn(async move {
             loop {
@@ -290,9 +294,6 @@ impl Daemon {
         }
         if let Some(rest) = &rest {
             rest.stop();
-        }
-        if let Some(metrics) = &metrics {
-            metrics.stop();
         }
         System::current().stop();
         info!(phase = %Phase::Stopped, "stopped");

@@ -28,7 +28,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -514,7 +514,8 @@ impl MetricsHandle {
     }
 }
 
-/// Binds `address` and serves `GET /metrics` in the background.
+/// Binds `address` (shared with the next generation, see [`bind`]) and serves `GET /metrics` in
+/// the background.
 ///
 /// # Errors
 /// [`Error::Bind`].
@@ -524,7 +525,7 @@ pub async fn start(
     source: StatusSource,
 ) -> Result<MetricsHandle, Error> {
     let bind_err = |source| Error::Bind { address, source };
-    let listener = TcpListener::bind(address).await.map_err(bind_err)?;
+    let listener = bind(address).map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
     info!(address = %bound, "metrics on http://{bound}/metrics");
     let stop = CancellationToken::new();
@@ -534,6 +535,21 @@ pub async fn start(
         stop,
         address: bound,
     })
+}
+
+/// Binds with `SO_REUSEPORT`: during a handover the next relay generation binds the same port
+/// while this one still runs (the kernel spreads scrapes over both until the old one stops its
+/// server at the start of its drain). Only processes of the same user can share the port.
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(128)
 }
 
 async fn serve(listener: TcpListener, state: Arc<(Facts, StatusSource)>, stop: CancellationToken) {

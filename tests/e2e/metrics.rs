@@ -18,6 +18,7 @@ use crate::support::relay::{self, StartedRelay};
 use crate::support::standin::Standin;
 use crate::support::supervised::Supervised;
 use crate::support::target::tcp_echo;
+use crate::support::webserver::free_port;
 use crate::support::{Home, eventually};
 
 /// Every wait is bounded by this.
@@ -308,27 +309,29 @@ fn metrics_off_by_default_and_a_bad_address_is_a_config_error_with_its_key() {
 }
 
 #[test]
-fn metrics_publish_the_supervisors_restart_count() {
+fn metrics_publish_the_supervisors_restart_count_and_survive_a_handover() {
     let sup = Supervised::start(&[]);
-    // The next generation reads a config with metrics on.
+    // The next generation reads a config with metrics on a fixed port.
+    let port = free_port();
     let config = sup.home.read("config.json");
     let with_metrics = config.replacen(
         r#""heartbeat_interval""#,
-        r#""metrics": {"address": "127.0.0.1:0"}, "heartbeat_interval""#,
+        &format!(r#""metrics": {{"address": "127.0.0.1:{port}"}}, "heartbeat_interval""#),
         1,
     );
     assert_ne!(config, with_metrics);
     sup.home.write("config.json", &with_metrics);
+    let line = format!("metrics on http://127.0.0.1:{port}/metrics");
     let pid = sup.home.pid().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    eventually(WAIT, "the restarted relay's metrics address", || {
-        metrics_addr(&sup.log()).is_some()
+    eventually(WAIT, "the restarted relay's metrics", || {
+        sup.log().contains(&line)
     });
-    let metrics = metrics_addr(&sup.log()).unwrap();
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
     let scraped = scrape(metrics);
     assert_eq!(
         scraped.get("wireleap_relay_supervised"),
@@ -338,4 +341,21 @@ fn metrics_publish_the_supervisors_restart_count() {
     );
     assert_eq!(scraped.get("wireleap_relay_supervisor_restarts"), 1.0);
     promtool_check(&scraped.text);
+
+    // A handover: the next generation binds the same metrics port while this one still runs.
+    let restarted = sup.home.pid().unwrap();
+    sup.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(WAIT, "the next generation's metrics", || {
+        sup.log().matches(&line).count() == 2
+    });
+    eventually(WAIT, "the old generation to exit", || {
+        !crate::support::process::is_alive(restarted)
+    });
+    assert!(
+        !sup.log().contains("could not start the metrics server"),
+        "{}",
+        sup.log()
+    );
+    let scraped = scrape(metrics);
+    assert_eq!(scraped.get("wireleap_relay_supervisor_restarts"), 1.0);
 }
