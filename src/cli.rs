@@ -78,6 +78,26 @@ pub enum Command {
         #[arg(long)]
         down: bool,
     },
+    /// Upgrade to the newest version of the update channel, or to VERSION: shows the changelog,
+    /// asks, downloads and verifies the signed release, and has the supervisor hand over to it.
+    Upgrade {
+        /// Do not ask (for scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// The version to install (default: the newest of the contract's upgrade_channel).
+        version: Option<String>,
+    },
+    /// Go back to the previous version (wireleap-relay.prev and config.json.prev), through the
+    /// supervisor when it runs.
+    Rollback,
+    /// Internal, run by `start`: leave the terminal's session, then become the supervisor.
+    #[command(hide = true)]
+    DetachSupervisor {
+        /// The supervisor binary.
+        supervisor: std::path::PathBuf,
+        /// The relay binary it runs.
+        relay: std::path::PathBuf,
+    },
     /// Print the software version (with -v, the interface versions too).
     Version {
         /// Also print the interface versions.
@@ -119,5 +139,31 @@ mod tests {
         let args = normalize(["wireleap-relay", "version", "-v"].map(String::from));
         let cli = Cli::try_parse_from(args).unwrap();
         assert!(matches!(cli.command, Command::Version { verbose: true }));
+    }
+
+    #[test]
+    fn upgrade_takes_yes_and_an_optional_version() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(normalize(args.iter().map(|a| (*a).to_owned()))).map(|c| c.command)
+        };
+        assert!(matches!(
+            parse(&["wireleap-relay", "upgrade"]),
+            Ok(Command::Upgrade {
+                yes: false,
+                version: None
+            })
+        ));
+        assert!(matches!(
+            parse(&["wireleap-relay", "upgrade", "-yes", "1.2.3"]),
+            Ok(Command::Upgrade { yes: true, version: Some(v) }) if v == "1.2.3"
+        ));
+        assert!(matches!(
+            parse(&["wireleap-relay", "upgrade", "-y"]),
+            Ok(Command::Upgrade {
+                yes: true,
+                version: None
+            })
+        ));
+        assert!(parse(&["wireleap-relay", "rollback", "1.2.3"]).is_err());
     }
 }

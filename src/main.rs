@@ -7,7 +7,7 @@ use clap::Parser as _;
 use wireleap_relay::cli::{self, Cli, Command};
 use wireleap_relay::home::{self, ProcessEnv};
 use wireleap_relay::identity::Identity;
-use wireleap_relay::lifecycle::control;
+use wireleap_relay::lifecycle::{control, rollback, supervised, upgrade};
 use wireleap_relay::{config, daemon, exit, ledger, telemetry, version};
 
 fn main() -> ExitCode {
@@ -81,6 +81,13 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             control_result(control::reload(home))
         }
         Command::Status => control::status(home),
+        Command::Upgrade { yes, version: to } => upgrade::run(home, version, yes, to.as_deref()),
+        Command::Rollback => rollback::run(home),
+        Command::DetachSupervisor { supervisor, relay } => {
+            let e = supervised::detach_and_exec(&supervisor, &relay);
+            eprintln!("error: could not run {}: {e}", supervisor.display());
+            exit::FAILURE
+        }
         Command::Balance { contract, json } => payout_result(ledger::payout::balance(
             home,
             contract.as_deref(),

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use wireleap_protocol::signed::{self, Interface, RequestOptions};
 use wireleap_protocol::status::{self, Status};
-use wireleap_protocol::{ContractInfo, RelayEntry, SigningKey};
+use wireleap_protocol::{ContractInfo, DirectoryInfo, RelayEntry, SigningKey};
 
 /// Connect timeout for API calls.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,6 +172,29 @@ impl Client {
             )
             .await?;
         decode(&url, &reply.body)
+    }
+
+    /// `GET <dir>/info` (spec §4.7) at `info_url` (from
+    /// [`ContractInfo::directory_info_url`]), retried as the reference does. Only the `upgrade`
+    /// command calls it, for the newest version of the relay's channel (spec §3.9).
+    ///
+    /// # Errors
+    /// Any [`Error`].
+    pub async fn directory_info(
+        &self,
+        info_url: &str,
+        retry: Retry,
+    ) -> Result<DirectoryInfo, Error> {
+        let reply = self
+            .call_retrying(
+                Method::GET,
+                info_url,
+                signed::GET_BODY,
+                &[Interface::RelayDir],
+                retry,
+            )
+            .await?;
+        decode(info_url, &reply.body)
     }
 
     /// Enroll (`with_dir_version`) or heartbeat (without it): `POST <dir>/relays` with the

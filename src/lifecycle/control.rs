@@ -2,6 +2,11 @@
 //! `reload` and `restart` (spec §1.2). Messages and exit codes are the reference's, so scripts
 //! written for the Go relay keep working; `start` is stricter: it reports success only once the
 //! daemon said it is ready, and otherwise prints why it is not.
+//!
+//! Two ways to run: when `wireleap-relay-supervisor` sits beside the executable, `start` runs it
+//! in the background and the other commands act on it ([`super::supervised`]); without it, the
+//! relay daemonizes itself as the reference does. `stop`, `reload`, `status` and `restart` pick
+//! the supervised path whenever the supervisor's pid file names a live process.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -16,6 +21,7 @@ use nix::unistd::Pid;
 
 use super::notify::{self, Event};
 use super::pidfile::{self, State};
+use super::supervised;
 use crate::home::files;
 
 /// How long `start` waits for the daemon to report ready before giving up.
@@ -78,14 +84,27 @@ pub enum Error {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }
 
-/// `status`: prints one line; returns the exit code (0 running, 1 not running, 2 unreadable).
+/// `status`: prints one line (a supervised relay: the details below it); returns the exit code
+/// (0 running, 1 not running, 2 unreadable).
 pub fn status(home: &Path) -> u8 {
+    let supervisor = supervised::supervisor_state(home);
+    if let State::Running(spid) = supervisor {
+        return supervised::status(home, spid);
+    }
     match pidfile::state(&home.join(files::PID)) {
+        // The supervisor died without cleaning up (killed) and took no relay with it to report.
+        State::Absent if matches!(supervisor, State::Stale(_)) => {
+            println!(
+                "wireleap-relay is not running (might have crashed, see {})",
+                files::LOG
+            );
+            1
+        }
         State::Running(pid) => {
             println!("wireleap-relay is running, pid {pid}");
             0
@@ -109,27 +128,22 @@ pub fn status(home: &Path) -> u8 {
     }
 }
 
-/// `start` without `--fg`: spawns `<exe> start --fg` with its output appended to the log, and
-/// waits until it reports ready, exits, or [`START_TIMEOUT`] passes.
+/// `start` without `--fg`: with `wireleap-relay-supervisor` beside `exe`, runs it in the
+/// background ([`supervised::start`]); otherwise spawns `<exe> start --fg` with its output
+/// appended to the log. Either way it waits until the relay reports ready, exits, or a timeout
+/// passes. Returns the relay's pid.
 ///
 /// # Errors
 /// [`Error::AlreadyRunning`], [`Error::DiedAtStart`] with the log of this attempt,
 /// [`Error::NotReady`], or [`Error::Io`].
 pub fn start(home: &Path, exe: &Path) -> Result<i32, Error> {
+    if let Some(supervisor) = supervised::supervisor_beside(exe) {
+        return supervised::start(home, exe, &supervisor);
+    }
     if let State::Running(pid) = pidfile::state(&home.join(files::PID)) {
         return Err(Error::AlreadyRunning(pid));
     }
-    let log_path = home.join(files::LOG);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .open(&log_path)
-        .map_err(io_err(format!("could not open {}", log_path.display())))?;
-    let offset = log
-        .metadata()
-        .map_err(io_err("could not stat the log"))?
-        .len();
+    let (log, log_path, offset) = open_log(home)?;
     let listener =
         notify::Listener::bind().map_err(io_err("could not create the readiness socket"))?;
     let mut child = Command::new(exe)
@@ -187,7 +201,24 @@ fn wait_ready(
     }
 }
 
-fn read_from(path: &Path, offset: u64) -> String {
+/// Opens `wireleap-relay.log` for appending (created 0644, as the reference does); returns it,
+/// its path, and its length now, from where [`read_from`] reads what a start logged.
+pub(super) fn open_log(home: &Path) -> Result<(File, PathBuf, u64), Error> {
+    let path = home.join(files::LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err(format!("could not open {}", path.display())))?;
+    let offset = log
+        .metadata()
+        .map_err(io_err("could not stat the log"))?
+        .len();
+    Ok((log, path, offset))
+}
+
+pub(super) fn read_from(path: &Path, offset: u64) -> String {
     let mut text = String::new();
     if let Ok(mut f) = File::open(path)
         && f.seek(SeekFrom::Start(offset)).is_ok()
@@ -197,12 +228,18 @@ fn read_from(path: &Path, offset: u64) -> String {
     text
 }
 
-/// `stop`: SIGTERM, wait up to 3 s, then SIGKILL. Returns the pid that was stopped.
+/// `stop`: SIGTERM, wait up to 3 s, then SIGKILL. Returns the pid that was stopped. A
+/// supervised relay is stopped through its supervisor ([`supervised::stop`]).
 ///
 /// # Errors
 /// [`Error::PidFile`], [`Error::NotRunning`] (the stale pid file is removed),
 /// [`Error::Signal`] or [`Error::Unkillable`].
 pub fn stop(home: &Path) -> Result<i32, Error> {
+    match supervised::supervisor_state(home) {
+        State::Running(spid) => return supervised::stop(home, spid),
+        State::Stale(spid) => pidfile::remove_if_own(&home.join(supervised::SUPERVISOR_PID), spid),
+        State::Absent | State::Unreadable(_) => {}
+    }
     let path = home.join(files::PID);
     let pid = running_pid(&path)?;
     signal(pid, Signal::SIGTERM)?;
@@ -227,11 +264,14 @@ pub fn stop(home: &Path) -> Result<i32, Error> {
     Err(Error::Unkillable(pid))
 }
 
-/// `reload`: SIGUSR1 to the daemon.
+/// `reload`: SIGUSR1 to the daemon (to the supervisor of a supervised one, which passes it on).
 ///
 /// # Errors
 /// As [`stop`] for a missing daemon, or [`Error::Signal`].
 pub fn reload(home: &Path) -> Result<i32, Error> {
+    if let State::Running(spid) = supervised::supervisor_state(home) {
+        return supervised::reload(home, spid);
+    }
     let pid = running_pid(&home.join(files::PID))?;
     signal(pid, Signal::SIGUSR1)?;
     println!("reloaded wireleap-relay daemon (pid {pid})");
@@ -281,6 +321,6 @@ fn running_pid(path: &Path) -> Result<i32, Error> {
     }
 }
 
-fn signal(pid: i32, sig: Signal) -> Result<(), Error> {
+pub(super) fn signal(pid: i32, sig: Signal) -> Result<(), Error> {
     kill(Pid::from_raw(pid), sig).map_err(|source| Error::Signal { pid, source })
 }

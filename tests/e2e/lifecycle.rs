@@ -1,4 +1,8 @@
 //! `start`, `status`, `reload`, `stop`, `restart` as spec §1.2 says, with no process left behind.
+//!
+//! The relay binary under test has `wireleap-relay-supervisor` beside it (both in target/), so
+//! `start` runs the supervisor in the background and the other commands act through it; the
+//! reference's messages still come first, with the relay's own pid.
 
 use std::time::Duration;
 
@@ -23,9 +27,30 @@ fn start_status_reload_stop() {
 
     let status = home.run(&["status"]);
     assert_eq!(
-        (status.code, status.stdout.trim()),
-        (0, format!("wireleap-relay is running, pid {pid}").as_str())
+        (
+            status.code,
+            status.stdout.lines().next().unwrap_or_default()
+        ),
+        (0, format!("wireleap-relay is running, pid {pid}").as_str()),
+        "{status}"
     );
+    // Supervised: the details follow the reference's line.
+    let supervisor: i32 = home
+        .read("wireleap-relay-supervisor.pid")
+        .trim()
+        .parse()
+        .expect("start wrote no supervisor pid file");
+    assert!(is_alive(supervisor));
+    for want in [
+        "  state:             serving".to_owned(),
+        format!("  supervisor:        wireleap-relay-supervisor, pid {supervisor}"),
+        "  channel:           default (from contract http://127.0.0.1:9)".to_owned(),
+    ] {
+        assert!(
+            status.stdout.lines().any(|l| l == want),
+            "{want:?} missing:\n{status}"
+        );
+    }
 
     // A second start refuses.
     let again = home.run(&["start"]);
@@ -50,7 +75,9 @@ fn start_status_reload_stop() {
         "{stop}"
     );
     assert!(!is_alive(pid), "the daemon survived stop");
+    assert!(!is_alive(supervisor), "the supervisor survived stop");
     assert!(!home.file("wireleap-relay.pid").exists());
+    assert!(!home.file("wireleap-relay-supervisor.pid").exists());
     let status = home.run(&["status"]);
     assert_eq!(
         (status.code, status.stdout.trim()),

@@ -8,6 +8,7 @@
 mod support;
 
 mod apache;
+mod cli_upgrade;
 mod config;
 mod enrollment;
 mod identity;

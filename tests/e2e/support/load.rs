@@ -55,6 +55,23 @@ pub struct Counts {
     pub long: usize,
 }
 
+impl Counts {
+    /// Prints the counts after `what`, then asserts that no open failed, no long-lived stream
+    /// was cut, and more than `min_opened` opens went through.
+    pub fn assert_clean(&self, what: &str, min_opened: u64) {
+        println!(
+            "{what}: {} opens ok, {} failed; {} of {} long-lived streams cut",
+            self.opened,
+            self.failed.len(),
+            self.cut.len(),
+            self.long
+        );
+        assert!(self.failed.is_empty(), "failed opens: {:?}", self.failed);
+        assert!(self.cut.is_empty(), "cut streams: {:?}", self.cut);
+        assert!(self.opened > min_opened, "too little load: {}", self.opened);
+    }
+}
+
 impl Load {
     /// Starts `long` long-lived streams (10 per connection) and the 10 ms opener on `rt`.
     pub fn start(

@@ -118,7 +118,17 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
-        for pid in self.pids.borrow().iter().copied().chain(self.pid()) {
+        // The supervisor that `start` ran goes first, so that it restarts no relay killed here.
+        let supervisor = self
+            .read("wireleap-relay-supervisor.pid")
+            .trim()
+            .parse()
+            .ok();
+        for pid in supervisor
+            .into_iter()
+            .chain(self.pids.borrow().iter().copied())
+            .chain(self.pid())
+        {
             if is_alive(pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
