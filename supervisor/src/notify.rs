@@ -2,6 +2,7 @@
 //! sends its own state to systemd when `NOTIFY_SOCKET` is set.
 
 use std::io;
+use std::os::fd::AsRawFd as _;
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
@@ -25,6 +26,7 @@ impl ReadySocket {
             rand::random::<u64>()
         );
         let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
         Ok(Self {
             sock,
             name: format!("@{name}"),
@@ -36,28 +38,46 @@ impl ReadySocket {
         &self.name
     }
 
-    /// Waits up to `wait` for a datagram; true if it says `READY=1`.
+    /// Waits up to `wait` for a datagram; `Some(pid)` if it says `READY=1`, with the sender's
+    /// pid as the kernel reports it (`SO_PASSCRED`; 0 if unknown), so that a READY is never
+    /// credited to the wrong generation.
     ///
     /// # Errors
     /// An I/O error other than a timeout.
-    pub fn ready_within(&self, wait: Duration) -> io::Result<bool> {
+    pub fn ready_within(&self, wait: Duration) -> io::Result<Option<u32>> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
         self.sock
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         let mut buf = [0u8; 4096];
-        match self.sock.recv(&mut buf) {
-            Ok(n) => Ok(String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(false)
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let received = recvmsg::<UnixAddr>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        );
+        let (n, pid) = match received {
+            Ok(msg) => {
+                let pid = msg
+                    .cmsgs()
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::ScmCredentials(cred) => u32::try_from(cred.pid()).ok(),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                (msg.bytes, pid)
             }
-            Err(e) => Err(e),
-        }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let ready = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1");
+        Ok(ready.then_some(pid))
     }
 }
 

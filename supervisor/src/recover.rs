@@ -123,6 +123,19 @@ pub fn record_children(home: &Path, pids: &[u32]) {
     }
 }
 
+/// Adds one pid to [`CHILDREN`] at once (a generation just started: if the supervisor dies before
+/// its loop rewrites the list, the successor must still find it).
+pub fn add_child(home: &Path, pid: u32) {
+    let mut pids: Vec<u32> = std::fs::read_to_string(home.join(CHILDREN))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if !pids.contains(&pid) {
+        pids.push(pid);
+        record_children(home, &pids);
+    }
+}
+
 /// Relay generations a previous supervisor left running in `home`: listed in [`CHILDREN`], alive,
 /// and still a `start --fg` of a relay in `home` (so a reused pid is not mistaken for one).
 pub fn orphans(home: &Path) -> Vec<u32> {

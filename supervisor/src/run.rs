@@ -95,14 +95,42 @@ impl Upgrading {
     }
 }
 
+/// The fault-injection variable of the crash-recovery tests (see [`failpoint`]).
+pub const FAILPOINT_ENV: &str = "WIRELEAP_SUPERVISOR_FAILPOINT";
+
+/// A generation a failpoint is to kill on the next turn of the loop: "old" or "new".
+static KILL: std::sync::Mutex<Option<&'static str>> = std::sync::Mutex::new(None);
+
 /// A test hook (fault injection for the crash-recovery tests): with
-/// `WIRELEAP_SUPERVISOR_FAILPOINT=<step>`, the supervisor kills itself with SIGKILL right after
-/// journaling that step.
+/// `WIRELEAP_SUPERVISOR_FAILPOINT=<step>[:<victim>]`, right after journaling `<step>` the
+/// supervisor kills with SIGKILL itself (victim `supervisor`, the default), the generation that
+/// served before the change (`old`) or the one the change starts (`new`).
 fn failpoint(step: &str) {
-    if std::env::var("WIRELEAP_SUPERVISOR_FAILPOINT").is_ok_and(|f| f == step) {
-        log(&format!("failpoint {step}: killing myself"));
-        let _ = nix::sys::signal::raise(Signal::SIGKILL);
+    let Ok(spec) = std::env::var(FAILPOINT_ENV) else {
+        return;
+    };
+    let (at, victim) = spec
+        .split_once(':')
+        .unwrap_or((spec.as_str(), "supervisor"));
+    if at != step {
+        return;
     }
+    match victim {
+        "supervisor" => {
+            log(&format!("failpoint {step}: killing myself"));
+            let _ = nix::sys::signal::raise(Signal::SIGKILL);
+        }
+        "old" | "new" => {
+            if let Ok(mut kill) = KILL.lock() {
+                *kill = Some(if victim == "old" { "old" } else { "new" });
+            }
+        }
+        other => log(&format!("failpoint {step}: unknown victim {other:?}")),
+    }
+}
+
+fn take_kill() -> Option<&'static str> {
+    KILL.lock().ok().and_then(|mut k| k.take())
 }
 
 /// Journals a step and passes its failpoint.
@@ -190,7 +218,23 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let mut upgrading: Option<Upgrading> = None;
     let mut versions = Versions::read(&opts.home, &opts.relay);
     let mut recorded: Vec<u32> = Vec::new();
+    // The serving generation died while a new one was starting: the new one takes over.
+    let mut current_gone = false;
     loop {
+        if let Some(victim) = take_kill() {
+            let pid = match (victim, pending.as_ref()) {
+                ("new", Some(p)) => Some(p.pid()),
+                ("new", None) => Some(current.pid()),
+                (_, Some(_)) => Some(current.pid()),
+                (_, None) => draining.last().map(Generation::pid),
+            };
+            if let Some(pid) = pid {
+                log(&format!(
+                    "failpoint: killing the {victim} generation (pid {pid})"
+                ));
+                forward(pid, Signal::SIGKILL);
+            }
+        }
         // The generations' pids, for a successor after a crash (orphans are not ours to list).
         let pids: Vec<u32> = std::iter::once(current.pid())
             .chain(pending.iter().map(Generation::pid))
@@ -288,20 +332,38 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         }
 
         // Readiness: of the pending generation during a handover, else of the current one.
-        if (pending.is_some() || !current_ready)
-            && ready
+        let readiness = if pending.is_some() || !current_ready {
+            ready
                 .ready_within(Duration::from_millis(100))
-                .unwrap_or(false)
-        {
-            if let Some(next) = pending.take() {
+                .unwrap_or(None)
+        } else {
+            None
+        };
+        let from_pending =
+            readiness.is_some_and(|pid| pending.as_ref().is_some_and(|p| sent_by(pid, p.pid())));
+        let from_current =
+            readiness.is_some_and(|pid| !current_ready && sent_by(pid, current.pid()));
+        if let Some(pid) = readiness.filter(|_| !from_pending && !from_current) {
+            log(&format!(
+                "READY from pid {pid}, which is not a starting generation: ignored"
+            ));
+        }
+        if from_pending || from_current {
+            if from_pending && let Some(next) = pending.take() {
                 log(&format!(
                     "handover: pid {} ready after {:?}; pid {} stops accepting and drains",
                     next.pid(),
                     next.started.elapsed(),
                     current.pid()
                 ));
-                forward(current.pid(), Signal::SIGHUP);
-                draining.push(std::mem::replace(&mut current, next));
+                if current_gone {
+                    current = next;
+                    current_gone = false;
+                } else {
+                    forward(current.pid(), Signal::SIGHUP);
+                    draining.push(std::mem::replace(&mut current, next));
+                }
+                current_ready = true;
                 if let Some(u) = upgrading.as_mut() {
                     u.took_over = Some(Instant::now());
                     let name = match u.change {
@@ -336,7 +398,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     told_systemd = true;
                 }
             }
-        } else {
+        } else if readiness.is_none() && pending.is_none() && current_ready {
             std::thread::sleep(Duration::from_millis(100));
         }
         if current_ready {
@@ -368,6 +430,11 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 pending = None;
                 if let Some(u) = upgrading.take() {
                     u.fail(&opts.home, &format!("the new version {why} at start"));
+                }
+                if current_gone {
+                    current = start(opts, &opts.relay, &listener, ready.name())?;
+                    current_ready = false;
+                    current_gone = false;
                 }
             }
         }
@@ -402,10 +469,20 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             finish(&opts.home, u);
             versions = Versions::read(&opts.home, &opts.relay);
         }
+        if current_gone {
+            continue;
+        }
         let Ok(Some(outcome)) = current.child.try_wait() else {
             continue;
         };
         let pid = current.pid();
+        if pending.is_some() && upgrading.as_ref().is_none_or(|u| u.took_over.is_none()) {
+            log(&format!(
+                "relay (pid {pid}) exited ({outcome}) while a new generation starts; it takes over once ready"
+            ));
+            current_gone = true;
+            continue;
+        }
         // The new version died inside its health window: the old binary serves again.
         if upgrading.as_ref().is_some_and(|u| u.took_over.is_some()) {
             if let Some(u) = upgrading.take() {
@@ -445,6 +522,28 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             }
         }
     }
+}
+
+/// Whether a READY from `sender` counts for the generation `pid`: it is that process or one of its
+/// descendants (a release may be a wrapper that starts the relay), within a few generations.
+fn sent_by(sender: u32, pid: u32) -> bool {
+    let mut at = sender;
+    for _ in 0..4 {
+        if at == pid {
+            return true;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{at}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            return false;
+        };
+        at = ppid;
+    }
+    false
 }
 
 /// The versions of the installed binaries, for `status`.
@@ -561,6 +660,7 @@ fn start(
 ) -> Result<Generation, Error> {
     let child = spawn(opts, binary, listener, ready)?;
     log(&format!("started relay (pid {})", child.id()));
+    recover::add_child(&opts.home, child.id());
     Ok(Generation {
         child,
         started: Instant::now(),

@@ -14,6 +14,7 @@ mod enrollment;
 mod identity;
 mod ledger;
 mod lifecycle;
+mod recovery;
 mod metrics;
 mod supervisor;
 mod transport;

@@ -40,6 +40,11 @@ impl Supervised {
 
     /// As [`Self::start`], at `standin`, with `extra` top-level config.json fields (`"k": v,`).
     pub fn start_with(standin: Standin, extra: &str, args: &[&str]) -> Self {
+        Self::start_full(standin, extra, args, &[])
+    }
+
+    /// As [`Self::start_with`], with extra environment variables for the supervisor.
+    pub fn start_full(standin: Standin, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let home = Home::with_config(&format!(
             r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}}, {extra}
                 "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
@@ -47,16 +52,7 @@ impl Supervised {
         ));
         std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
         let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
-        let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
-        let supervisor = Command::new(sibling_bin("wireleap-relay-supervisor"))
-            .args(args)
-            .env("WIRELEAP_RELAY_HOME", home.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let supervisor = spawn_supervisor(&home, args, env);
         let read_log = || home.read("supervisor.log");
         eventually(WAIT, "the relay to be ready", || {
             read_log().contains("relay ready")
@@ -98,6 +94,14 @@ impl Supervised {
         }
     }
 
+    /// Starts a new supervisor in the same home (after the last one died), without extra
+    /// environment; it logs to the same file.
+    pub fn restart_supervisor(&mut self, args: &[&str]) {
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+        self.supervisor = spawn_supervisor(&self.home, args, &[]);
+    }
+
     /// What the supervisor (and its relays) logged.
     pub fn log(&self) -> String {
         self.home.read("supervisor.log")
@@ -122,7 +126,64 @@ impl Supervised {
 
 impl Drop for Supervised {
     fn drop(&mut self) {
+        // A clean stop first (the supervisor stops its relays), then nothing may stay behind.
+        let pid = nix::unistd::Pid::from_raw(self.supervisor.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..250 {
+            if !matches!(self.supervisor.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.supervisor.kill();
         let _ = self.supervisor.wait();
+        for pid in relay_pids_in(self.home.path()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
+}
+
+/// Relay processes (`start --fg`) running in `home`, whoever started them.
+pub fn relay_pids_in(home: &std::path::Path) -> Vec<u32> {
+    let Ok(home) = std::fs::canonicalize(home) else {
+        return Vec::new();
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+            let cwd = std::fs::read_link(proc.join("cwd")).ok();
+            let args = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
+            cwd.as_deref() == Some(home.as_path())
+                && !zombie
+                && args.split(|&b| b == 0).nth(1) == Some(b"start".as_slice())
+        })
+        .collect()
+}
+
+fn spawn_supervisor(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.file("supervisor.log"))
+        .unwrap();
+    Command::new(sibling_bin("wireleap-relay-supervisor"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
