@@ -4,6 +4,10 @@
 //! - `memory`: the previous ledger, an in-memory replay set behind the same actor round trip;
 //! - `raw INSERT`: one fsynced transaction per token, no grouping (what group commit buys).
 //!
+//! - `disk floor`: the p50/p99 of a bare `fdatasync` on the same disk, in the same run. A token
+//!   must be on disk before its stream is admitted, so no durable ledger can add less than this
+//!   to the p99 on this disk; on a shared machine it moves with everyone else's I/O.
+//!
 //! Run: `cargo bench --bench ledger` (release). The temp dir is on the disk the tests use.
 //! Target (issue #5): ≥ 20 000 tokens/s, p99 added delay < 5 ms.
 
@@ -231,6 +235,28 @@ fn raw_insert(home: &std::path::Path, tokens: &[Sharetoken], budget: Duration) -
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The disk's own floor, measured in the same run: `fdatasync` after a 4 KiB overwrite (what a
+/// commit must at least wait for), `n` times, 1 ms apart. Returns the sorted latencies.
+fn fdatasync_floor(home: &std::path::Path, n: usize) -> Vec<Duration> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let path = home.join("floor.bin");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&vec![0u8; 1 << 20]).unwrap();
+    f.sync_all().unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        f.seek(SeekFrom::Start(((i * 4096) % (1 << 20)) as u64))
+            .unwrap();
+        f.write_all(&[0x5a; 4096]).unwrap();
+        let t0 = Instant::now();
+        f.sync_data().unwrap();
+        lat.push(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    lat.sort_unstable();
+    lat
+}
+
 fn line(name: &str, r: &Run) {
     println!(
         "{name:<28} {:>9.0} tokens/s ({:>7.0}/CPU-s)   p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
@@ -249,6 +275,7 @@ fn main() {
         .unwrap();
     let paced_n = PACED_RATE * (PACED_FOR.as_secs() as usize + 1);
     let raw_rate = raw_insert(dir.path(), &tokens(20_000), Duration::from_secs(2));
+    let floor = fdatasync_floor(dir.path(), 500);
 
     let sys = actix_rt::System::new();
     let half = PACED_RATE / 2;
@@ -273,6 +300,12 @@ fn main() {
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
+    );
+    println!(
+        "disk floor: fdatasync of a 4 KiB overwrite, 500 times: p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
+        percentile(&floor, 0.50).as_secs_f64() * 1e3,
+        percentile(&floor, 0.99).as_secs_f64() * 1e3,
+        floor.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     println!("ledger intake, {N} tokens at {CONCURRENCY} in flight (saturation):");
     line("  memory set (baseline)", &mem_sat);

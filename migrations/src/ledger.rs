@@ -55,15 +55,20 @@ CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
 ";
 
 /// The index that finds settled tokens whose settlement window has closed, so the ledger can
-/// delete them in small batches without scanning every settled row (migration m0004).
+/// delete them in small batches without scanning every settled row (migration m0004). Partial:
+/// a token enters it only when it is accepted, so admission (an insert as `pending`) does not
+/// pay for it. [`PRUNE_WHERE`] is its condition; a query uses the index only if it repeats it.
 ///
 /// Additive: `user_version` stays [`SCHEMA_VERSION`], because a relay that knows only
 /// [`SCHEMA_V1`] works unchanged with it (it just never prunes). That matters during a hot
 /// upgrade, when the old generation still writes the ledger the new one opened, and after a
 /// rollback that did not run `down`.
 pub const PRUNE_INDEX: &str = "
-CREATE INDEX IF NOT EXISTS sharetokens_settled ON sharetokens (state, settlement_close);
+CREATE INDEX IF NOT EXISTS sharetokens_settled ON sharetokens (settlement_close)
+    WHERE state IN ('submitted', 'archived');
 ";
+/// The condition of [`PRUNE_INDEX`], verbatim.
+pub const PRUNE_WHERE: &str = "state IN ('submitted', 'archived')";
 /// The name of [`PRUNE_INDEX`].
 pub const PRUNE_INDEX_NAME: &str = "sharetokens_settled";
 

@@ -1,7 +1,8 @@
 //! m0004 (0.7.0): the ledger index that lets the relay delete settled sharetokens once their
 //! settlement window has closed (so the ledger does not grow forever).
 //!
-//! `up` creates the index `sharetokens_settled (state, settlement_close)`; `down` drops it. Rows
+//! `up` creates the partial index `sharetokens_settled (settlement_close)` over accepted tokens;
+//! `down` drops it. Rows
 //! are never touched, and `user_version` stays 1: a relay without pruning works with or without
 //! the index. Both steps are idempotent, and a home without a ledger is left alone.
 

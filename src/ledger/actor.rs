@@ -2,7 +2,8 @@
 //!
 //! The actor is the control plane of the ledger: it turns [`AdmitToken`] into a job for the
 //! writer thread and answers once the token is committed, and it runs a submission round every
-//! `auto_submit_interval`. It never touches the disk itself.
+//! `auto_submit_interval`, each followed by pruning settled tokens whose window has closed
+//! (every [`PRUNE_EVERY`] when submission is off). It never touches the disk itself.
 //!
 //! Restart: rebuilds from the database, losing nothing (every admitted token is committed before
 //! its `Ok`). Shutdown: [`Flush`] after the drain waits for the writer's queue and checkpoints
@@ -21,6 +22,14 @@ use super::writer::Writer;
 use crate::config::Config;
 use crate::directory::Admission;
 use crate::directory::client::Client;
+
+/// How often settled rows are pruned when submission is off (with submission on, after every
+/// round).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+/// Rows deleted per transaction: short, so admissions queued behind it wait little.
+const PRUNE_BATCH: usize = 1000;
+/// Prune transactions per pass at most (the next pass takes the rest).
+const PRUNE_BATCHES: usize = 100;
 
 /// The sharetoken ledger.
 #[derive(Debug)]
@@ -89,11 +98,44 @@ impl Ledger {
         self.submitting = true;
         let writer = self.writer.clone();
         ctx.spawn(
-            async move { sub.round(&writer).await }
-                .into_actor(self)
-                .map(|_, act, _| act.submitting = false),
+            async move {
+                sub.round(&writer).await;
+                prune(&writer).await;
+            }
+            .into_actor(self)
+            .map(|_, act, _| act.submitting = false),
         );
     }
+}
+
+/// Deletes settled tokens whose settlement window has closed (see `store`'s "Retention"), in
+/// batches of [`PRUNE_BATCH`]. Returns how many went.
+async fn prune(writer: &Writer) -> usize {
+    let mut pruned = 0;
+    for _ in 0..PRUNE_BATCHES {
+        match writer
+            .prune(wireleap_protocol::unix_now(), PRUNE_BATCH)
+            .await
+        {
+            Ok(n) => {
+                pruned += n;
+                if n < PRUNE_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "ledger: could not prune settled sharetokens");
+                break;
+            }
+        }
+    }
+    if pruned > 0 {
+        info!(
+            tokens = pruned,
+            "pruned settled sharetokens whose window closed"
+        );
+    }
+    pruned
 }
 
 /// Imports a reference relay's `sharetokens/` store (migration m0003's `up`, run at every start
@@ -134,6 +176,16 @@ impl Actor for Ledger {
             ctx.run_later(std::time::Duration::ZERO, |act, ctx| act.start_round(ctx));
         } else {
             info!("sharetoken submission off (auto_submit_interval is 0)");
+            // Rows settled while submission was on still leave once their window closed.
+            ctx.run_interval(PRUNE_EVERY, |act, ctx| {
+                let writer = act.writer.clone();
+                ctx.spawn(
+                    async move {
+                        prune(&writer).await;
+                    }
+                    .into_actor(act),
+                );
+            });
         }
     }
 }
@@ -183,11 +235,13 @@ impl Handler<AdmitToken> for Ledger {
 pub struct TokenCounts {
     /// Admitted, not yet submitted.
     pub pending: u64,
-    /// Accepted by the contract (no archive configured).
+    /// Accepted by the contract (no archive configured), window still open (pruned once it
+    /// closes).
     pub submitted: u64,
     /// Settlement window closed before acceptance; kept.
     pub expired: u64,
-    /// Accepted by the contract and written to the archive.
+    /// Accepted by the contract and written to the archive, window still open (the row is
+    /// pruned once it closes; the archive file stays).
     pub archived: u64,
 }
 

@@ -11,6 +11,8 @@
 //!   [`Flush`], [`LedgerCounts`]).
 //! - [`store`]: the database (schema, group-commit insert, claims, outcomes, counts).
 //! - [`writer`]: the thread that owns the connection; async callers never block on disk.
+//! - `durable`: the threads that flush the WAL, so an admission is answered only once its token
+//!   is on disk while the writer goes on committing.
 //! - [`submit`]: submission rounds and the archive.
 //! - [`payout`]: the `balance` and `withdraw` commands.
 //!
@@ -18,6 +20,7 @@
 //! migrations (import, schema).
 
 mod actor;
+mod durable;
 pub mod payout;
 pub mod store;
 pub mod submit;

@@ -7,8 +7,10 @@
 //! # Durability
 //! The database runs in WAL mode with `synchronous=FULL`: every committed transaction is fsynced
 //! before `COMMIT` returns, so a token survives `kill -9` *and* power loss once its admission is
-//! answered. (`NORMAL` would survive a process crash but may lose the last transactions on power
-//! loss; with group commit the fsync is paid once per batch, so `FULL` costs little.)
+//! answered. The relay's writer thread switches its own connection to `NORMAL`
+//! ([`Store::defer_wal_sync`]) and flushes the WAL itself after each commit, on other threads,
+//! answering admissions only after that flush (`super::durable`): the same guarantee, without
+//! the next group waiting for this one's flush.
 //!
 //! # Replay protection
 //! `UNIQUE (contract, servicekey, signature)` (spec §5.4 rule 5). Inserts run inside
@@ -20,6 +22,15 @@
 //! configured) or `archived` (accepted and written to `archive_dir`), or `expired` (the
 //! settlement window closed first; kept, never deleted, spec §10 #4).
 //!
+//! # Retention
+//! A `submitted` or `archived` row is deleted ([`Store::prune_settled`]) once its settlement
+//! window has closed: the contract has it, `archive_dir` keeps the file if configured, and the
+//! row's replay key is no longer needed. Replay protection only needs the key while the token
+//! can still be *accepted*, i.e. while its servicekey is usable (`now < settlement_open`, spec
+//! §5.4 rule 2); `settlement_close` is later than that, and the delete also checks
+//! `settlement_open <= now` itself, so a key never leaves while its token could be presented
+//! again. `pending` and `expired` rows are never pruned.
+//!
 //! Who calls it: the ledger's writer thread ([`super::writer`]), the import migration, tests.
 //! It never runs on an async thread.
 
@@ -29,6 +40,15 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use wireleap_protocol::Sharetoken;
 
 pub use relay_migrations::ledger::{BUSY_TIMEOUT, DB_FILE, SCHEMA_VERSION};
+
+/// [`Store::prune_settled`]'s statement. Its condition repeats the prune index's
+/// (`relay_migrations::ledger::PRUNE_WHERE`) word for word, which SQLite requires to use that
+/// partial index, and it names the index: the planner would otherwise pick `sharetokens_due`
+/// (by state) and walk every settled row, window open or not.
+const PRUNE_SQL: &str = "DELETE FROM sharetokens WHERE id IN (
+    SELECT id FROM sharetokens INDEXED BY sharetokens_settled
+    WHERE state IN ('submitted', 'archived') AND settlement_close <= ?1 AND settlement_open <= ?1
+    LIMIT ?2)";
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -421,6 +441,23 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `limit` `submitted`/`archived` rows whose settlement window has closed by
+    /// `now` (see the module's "Retention"). Returns how many were deleted; fewer than `limit`
+    /// means none is left. Small batches keep the writer free for admissions in between.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn prune_settled(&mut self, now: i64, limit: usize) -> Result<usize, Error> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx
+            .prepare_cached(PRUNE_SQL)?
+            .execute(params![now, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Counts by state.
     ///
     /// # Errors
@@ -474,6 +511,17 @@ impl Store {
     pub fn checkpoint(&self) -> Result<(), Error> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Commits stop syncing the WAL (`synchronous=NORMAL`): the caller takes over, and must
+    /// `fdatasync` the `-wal` file after a commit before it treats that commit as durable.
+    /// Checkpoints still sync the WAL before and the database after copying.
+    ///
+    /// # Errors
+    /// [`Error::Sql`].
+    pub fn defer_wal_sync(&self) -> Result<(), Error> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(())
     }
 
@@ -588,6 +636,103 @@ mod tests {
             s.state_of("c", "sk", "a").unwrap().as_deref(),
             Some("submitted")
         );
+    }
+
+    /// One row in `state` with its window, inserted and settled as the ledger does.
+    fn settled(s: &mut Store, sig: &str, open: i64, close: i64, state: State) {
+        s.insert_batch(&[row(sig, open, close)], 0).unwrap();
+        s.conn
+            .execute(
+                "UPDATE sharetokens SET state = ?2 WHERE signature = ?1",
+                params![sig, state.as_str()],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn ledger_store_prunes_settled_rows_once_their_window_closed_and_keeps_the_rest() {
+        let mut s = Store::in_memory().unwrap();
+        settled(&mut s, "sub-closed", 10, 20, State::Submitted);
+        settled(&mut s, "arch-closed", 10, 20, State::Archived);
+        settled(&mut s, "sub-open", 10, 200, State::Submitted);
+        settled(&mut s, "exp-closed", 10, 20, State::Expired);
+        settled(&mut s, "pend-closed", 10, 20, State::Pending);
+        // A (nonsensical) window that closes before it opens: its token is still acceptable
+        // until 500, so its replay key must stay.
+        settled(&mut s, "sub-weird", 500, 20, State::Submitted);
+        assert_eq!(s.prune_settled(19, 100).unwrap(), 0, "windows still open");
+        assert_eq!(s.prune_settled(20, 100).unwrap(), 2);
+        let left: Vec<String> = {
+            let mut stmt = s
+                .conn
+                .prepare("SELECT signature FROM sharetokens ORDER BY signature")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(left, ["exp-closed", "pend-closed", "sub-open", "sub-weird"]);
+        // Batches: the limit holds, and the rest goes in the next call.
+        for i in 0..5 {
+            settled(&mut s, &format!("b{i}"), 10, 30, State::Archived);
+        }
+        assert_eq!(s.prune_settled(30, 3).unwrap(), 3);
+        assert_eq!(s.prune_settled(30, 3).unwrap(), 2);
+        assert_eq!(s.prune_settled(30, 3).unwrap(), 0);
+        // Once pruned, the same token can be inserted again only because step 2 of §5.4 (not
+        // the ledger) refuses it: the ledger itself no longer knows it.
+        assert_eq!(
+            s.insert_batch(&[row("b0", 10, 30)], 31).unwrap(),
+            [Inserted::New]
+        );
+    }
+
+    #[test]
+    fn ledger_prune_uses_the_partial_index() {
+        let s = Store::in_memory().unwrap();
+        assert!(PRUNE_SQL.contains(relay_migrations::ledger::PRUNE_WHERE));
+        let plan: Vec<String> = {
+            let mut stmt = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_SQL}"))
+                .unwrap();
+            stmt.query_map(params![0, 10], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert!(
+            plan.iter().any(|d| d.contains("sharetokens_settled")),
+            "{plan:?}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the rows and the clock: pruning never removes a pending or expired row, nor
+        /// a replay key whose token could still be accepted (`now < settlement_open`), and it
+        /// removes every settled row whose window closed.
+        #[test]
+        fn ledger_prune_never_reopens_a_replay_window(
+            rows in proptest::collection::vec((0i64..100, 0i64..100, 0usize..4), 0..40),
+            now in 0i64..120,
+        ) {
+            let mut s = Store::in_memory().unwrap();
+            let states = [State::Pending, State::Submitted, State::Archived, State::Expired];
+            for (i, (open, close, st)) in rows.iter().enumerate() {
+                settled(&mut s, &format!("t{i}"), *open, *close, states[*st]);
+            }
+            while s.prune_settled(now, 7).unwrap() == 7 {}
+            for (i, (open, close, st)) in rows.iter().enumerate() {
+                let kept = s.state_of("c", "sk", &format!("t{i}")).unwrap().is_some();
+                let settled_state = matches!(states[*st], State::Submitted | State::Archived);
+                let should_go = settled_state && *close <= now && *open <= now;
+                proptest::prop_assert_eq!(kept, !should_go, "row {} {:?}", i, (open, close, st));
+                if now < *open {
+                    proptest::prop_assert!(kept, "replay key of an acceptable token removed");
+                }
+            }
+        }
     }
 
     #[test]

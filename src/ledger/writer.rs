@@ -2,9 +2,10 @@
 //!
 //! The actor hands it jobs over a channel and awaits the reply on a oneshot, so disk I/O never
 //! runs on an async thread. Admissions are grouped: the thread takes every job that queued up
-//! while the previous transaction was committing (up to [`MAX_BATCH`]) and inserts all their
-//! tokens in one transaction, so one fsync covers the whole group (group commit). Each
-//! admission is answered only after that transaction committed.
+//! while it was busy (up to [`MAX_BATCH`]) and inserts all their tokens in one transaction
+//! (group commit). Each admission is answered only after that transaction committed *and* the
+//! WAL holding it was flushed to disk; the flush runs on threads of its own
+//! ([`super::durable`]), so the writer commits the next group meanwhile.
 //!
 //! If the thread is gone (it panicked, or the database failed to open), every job fails with a
 //! storage error: streams are then refused rather than relayed unpaid.
@@ -15,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use wireleap_protocol::unix_now;
 
+use super::durable::Durable;
 use super::store::{self, Counts, Due, Inserted, Outcome, Row, Store};
 
 /// Largest number of admissions committed in one transaction.
@@ -23,7 +25,7 @@ pub const MAX_BATCH: usize = 4096;
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A reply channel.
-type Reply<T> = oneshot::Sender<Result<T, String>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 /// Work for the writer thread.
 #[derive(Debug)]
@@ -36,6 +38,11 @@ enum Job {
         reply: Reply<Vec<Due>>,
     },
     Record(Vec<(i64, Outcome)>, Reply<()>),
+    Prune {
+        now: i64,
+        limit: usize,
+        reply: Reply<usize>,
+    },
     Counts(Reply<Counts>),
     Flush(Reply<()>),
 }
@@ -55,7 +62,17 @@ impl Writer {
         let (jobs, rx) = mpsc::channel();
         // The checkpointer lives as long as the writer thread: it stops when `alive` drops.
         let (alive, stopped) = mpsc::channel::<()>();
+        let mut durable = None;
         if let Some(path) = store.path() {
+            // The flushers take over the WAL syncs; without them, commits stay fsynced.
+            let flushers = Durable::spawn(&path)?;
+            match store.defer_wal_sync() {
+                Ok(()) => durable = Some(flushers),
+                Err(e) => {
+                    flushers.close();
+                    warn!(error = %e, "ledger: commits flush the WAL themselves");
+                }
+            }
             std::thread::Builder::new()
                 .name("ledger-checkpoint".into())
                 .spawn(move || checkpointer(&path, &stopped))?;
@@ -63,7 +80,10 @@ impl Writer {
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
-                run(store, rx);
+                run(store, rx, durable.as_deref());
+                if let Some(d) = durable {
+                    d.close();
+                }
                 drop(alive);
             })?;
         Ok(Self { jobs })
@@ -114,6 +134,14 @@ impl Writer {
     /// The storage error as text.
     pub async fn record(&self, outcomes: Vec<(i64, Outcome)>) -> Result<(), String> {
         self.ask(|tx| Job::Record(outcomes, tx)).await
+    }
+
+    /// See [`Store::prune_settled`].
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn prune(&self, now: i64, limit: usize) -> Result<usize, String> {
+        self.ask(|reply| Job::Prune { now, limit, reply }).await
     }
 
     /// See [`Store::counts`].
@@ -167,15 +195,20 @@ fn fail(job: Job, why: &str) {
         Job::Claim { reply, .. } => drop(reply.send(Err(why))),
         Job::Record(_, r) | Job::Flush(r) => drop(r.send(Err(why))),
         Job::Counts(r) => drop(r.send(Err(why))),
+        Job::Prune { reply, .. } => drop(reply.send(Err(why))),
     }
 }
 
 /// The thread's loop: block for one job, take whatever else queued, admit the group in one
-/// transaction, then run the other jobs in order.
-fn run(mut store: Store, rx: mpsc::Receiver<Job>) {
+/// transaction, then run the other jobs in order. With `durable`, admissions are answered by the
+/// flushers once the WAL is on disk; without (a database in memory), at commit.
+fn run(mut store: Store, rx: mpsc::Receiver<Job>, durable: Option<&Durable>) {
     let mut admits: Vec<(Row, Reply<Inserted>)> = Vec::new();
     let mut others: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
+        if let Some(d) = durable {
+            d.wait_for_flusher();
+        }
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
@@ -187,20 +220,30 @@ fn run(mut store: Store, rx: mpsc::Receiver<Job>) {
             }
         }
         if !admits.is_empty() {
-            commit_admits(&mut store, &mut admits);
+            commit_admits(&mut store, &mut admits, durable);
         }
         for job in others.drain(..) {
-            serve(&mut store, job);
+            serve(&mut store, job, durable);
         }
     }
 }
 
-fn commit_admits(store: &mut Store, admits: &mut Vec<(Row, Reply<Inserted>)>) {
+fn commit_admits(
+    store: &mut Store,
+    admits: &mut Vec<(Row, Reply<Inserted>)>,
+    durable: Option<&Durable>,
+) {
     let rows: Vec<Row> = admits.iter().map(|(r, _)| r.clone()).collect();
     match store.insert_batch(&rows, unix_now()) {
         Ok(results) => {
-            for ((_, reply), result) in admits.drain(..).zip(results) {
-                let _ = reply.send(Ok(result));
+            let acks = admits.drain(..).map(|(_, reply)| reply).zip(results);
+            match durable {
+                Some(d) => d.committed(acks.collect()),
+                None => {
+                    for (reply, result) in acks {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
             }
         }
         Err(e) => {
@@ -214,12 +257,12 @@ fn commit_admits(store: &mut Store, admits: &mut Vec<(Row, Reply<Inserted>)>) {
     }
 }
 
-fn serve(store: &mut Store, job: Job) {
+fn serve(store: &mut Store, job: Job, durable: Option<&Durable>) {
     let text = |e: store::Error| e.to_string();
     match job {
         Job::Admit(row, reply) => {
             let mut one = vec![(row, reply)];
-            commit_admits(store, &mut one);
+            commit_admits(store, &mut one, durable);
         }
         Job::Claim {
             now,
@@ -234,6 +277,9 @@ fn serve(store: &mut Store, job: Job) {
         }
         Job::Counts(reply) => {
             let _ = reply.send(store.counts().map_err(text));
+        }
+        Job::Prune { now, limit, reply } => {
+            let _ = reply.send(store.prune_settled(now, limit).map_err(text));
         }
         Job::Flush(reply) => {
             let _ = reply.send(store.checkpoint().map_err(text));

@@ -53,6 +53,23 @@ fn ledger_rows(home: &Path) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// `last_error` of every row (read-only, beside the daemon).
+fn last_errors(home: &Path) -> Vec<Option<String>> {
+    let conn = Connection::open_with_flags(
+        home.join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT last_error FROM sharetokens ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 fn states(home: &Path) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (_, s) in ledger_rows(home) {
@@ -80,6 +97,18 @@ fn write_store(home: &Path, tokens: &[Sharetoken]) {
         )
         .unwrap();
     }
+}
+
+/// Asks the daemon for its status dump (SIGUSR2) and waits until its log shows `counts`.
+fn status_dump_shows(home: &Home, counts: &str) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(home.pid().unwrap()),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    eventually(WAIT, "the status dump with the counts", || {
+        home.read("wireleap-relay.log").contains(counts)
+    });
 }
 
 fn submits(s: &Standin) -> usize {
@@ -129,15 +158,10 @@ fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_o
         assert_eq!(body, serde_json::to_string(t).unwrap());
     }
     // `status` counts (the SIGUSR2 dump, the REST API's shape).
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(home.pid().unwrap()),
-        nix::sys::signal::Signal::SIGUSR2,
-    )
-    .unwrap();
-    eventually(WAIT, "the status dump with the counts", || {
-        home.read("wireleap-relay.log")
-            .contains(r#""sharetokens":{"pending":0,"submitted":0,"expired":0,"archived":30}"#)
-    });
+    status_dump_shows(
+        &home,
+        r#""sharetokens":{"pending":0,"submitted":0,"expired":0,"archived":30}"#,
+    );
     // Nothing more is submitted once every token is settled.
     let settled = submits(&s);
     std::thread::sleep(Duration::from_millis(2500));
@@ -232,6 +256,59 @@ fn ledger_expires_tokens_whose_window_closes_during_an_outage_keeps_them_and_sto
         ledger_rows(home.path()).len(),
         10,
         "expired tokens are kept"
+    );
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn ledger_settlement_window_already_closed_marks_tokens_expired_and_they_are_never_retried() {
+    let s = Standin::start();
+    // Windows that stay open for the whole test: expiry can only come from the contract's answer.
+    s.net.with_switches(|w| {
+        w.servicekey_duration_secs = 3;
+        w.submission_window_secs = 600;
+    });
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let relay = relay_key(&home);
+    let toks = tokens(
+        &[s.net.mint_servicekey(), s.net.mint_servicekey()],
+        relay,
+        12,
+    );
+    write_store(home.path(), &toks);
+    home.ok(&["start"]);
+    s.wait_enrolled(&relay.to_b64(), WAIT);
+    // First an outage: every token is tried and retried.
+    s.net.set_contract_500(u64::MAX);
+    eventually(WAIT, "two failed attempts per token", || submits(&s) >= 24);
+    assert_eq!(states(home.path()).get("pending"), Some(&12));
+
+    // Then the contract answers as the reference does once a window has closed.
+    s.net.with_switches(|w| {
+        w.settlement_closed = true;
+        w.contract_fail_500 = 0;
+    });
+    eventually(WAIT, "every token expired", || {
+        states(home.path()).get("expired") == Some(&12)
+    });
+    for e in last_errors(home.path()) {
+        let e = e.unwrap_or_default();
+        assert!(e.contains("settlement window already closed"), "{e}");
+    }
+    // Final: the contract would accept them now, but they are never tried again.
+    s.net.with_switches(|w| w.settlement_closed = false);
+    let tried = submits(&s);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(submits(&s), tried, "an expired token was retried");
+    assert_eq!(s.net.balance(&relay), 0);
+    assert_eq!(
+        ledger_rows(home.path()).len(),
+        12,
+        "expired tokens are kept"
+    );
+    status_dump_shows(
+        &home,
+        r#""sharetokens":{"pending":0,"submitted":0,"expired":12,"archived":0}"#,
     );
     home.ok(&["stop"]);
 }
@@ -385,6 +462,17 @@ async fn open_stream(
     token: Sharetoken,
     closed: SocketAddr,
 ) -> Option<bool> {
+    stream_status(conn, token, closed)
+        .await
+        .map(|s| s.code == 502)
+}
+
+/// As [`open_stream`], with the `wl-status` trailer the relay answered.
+async fn stream_status(
+    conn: &h2::client::SendRequest<Bytes>,
+    token: Sharetoken,
+    closed: SocketAddr,
+) -> Option<Status> {
     let payload = InitPayload::connect(Network::Tcp, &format!("target://{closed}"), token);
     let req = http::Request::builder()
         .method(http::Method::PUT)
@@ -401,8 +489,7 @@ async fn open_stream(
             let _ = body.flow_control().release_capacity(c.len());
         }
         let trailers = body.trailers().await.ok()??;
-        let status = Status::from_json(trailers.get("wl-status")?.as_bytes()).ok()?;
-        Some(status.code == 502)
+        Status::from_json(trailers.get("wl-status")?.as_bytes()).ok()
     };
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await
@@ -573,4 +660,73 @@ fn ledger_kill_9_during_intake_loses_no_admitted_token_and_submission_resumes() 
         states(home.path()).get("archived") == Some(&rows.len())
     });
     assert_eq!(s.net.balance(&relay), i64::try_from(rows.len()).unwrap());
+}
+
+#[test]
+fn ledger_prunes_settled_tokens_once_their_window_closed_and_a_pruned_token_stays_refused() {
+    let s = Standin::start();
+    s.net.with_switches(|w| {
+        w.servicekey_duration_secs = 3;
+        w.submission_window_secs = 3;
+    });
+    let short = s.net.mint_servicekey();
+    s.net.with_switches(|w| w.submission_window_secs = 600);
+    let long = s.net.mint_servicekey();
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let relay = relay_key(&home);
+    let r = FgRelay::start(&home, "fg.log", &s);
+    let closed = closed_port();
+    let rt = runtime();
+    let conn = rt.block_on(h2_conn(r.addr)).unwrap();
+    // Streams through the real transport: 10 tokens with a short window, 3 with a long one.
+    let mut admitted = Vec::new();
+    for sk in std::iter::repeat_n(&short, 10).chain(std::iter::repeat_n(&long, 3)) {
+        let t = Sharetoken::new(sk, relay, unix_now()).unwrap();
+        assert_eq!(
+            rt.block_on(open_stream(&conn, t.clone(), closed)),
+            Some(true)
+        );
+        admitted.push(t);
+    }
+    eventually(WAIT, "every token archived", || {
+        states(home.path()).get("archived") == Some(&13)
+    });
+    // The short window closes (3 s after it opened): those rows leave the ledger, the long
+    // window's stay.
+    eventually(WAIT, "the short window's rows pruned", || {
+        ledger_rows(home.path()).len() == 3
+    });
+    let left: BTreeSet<String> = ledger_rows(home.path()).into_iter().map(|r| r.0).collect();
+    let want: BTreeSet<String> = admitted[10..]
+        .iter()
+        .map(|t| t.signature.to_b64())
+        .collect();
+    assert_eq!(left, want);
+    eventually(WAIT, "the prune logged", || {
+        std::fs::read_to_string(home.file("fg.log"))
+            .unwrap_or_default()
+            .contains("pruned settled sharetokens whose window closed")
+    });
+    // The archive keeps every file, and every token was paid once.
+    for t in &admitted {
+        let file = home
+            .path()
+            .join("archive")
+            .join(t.contract.public_key.unwrap().to_b64())
+            .join(format!("{}.json", t.signature.to_b64()));
+        assert!(file.exists(), "{}", file.display());
+    }
+    assert_eq!(s.net.balance(&relay), 13);
+    // A pruned token presented again is still refused: its servicekey expired before the row
+    // could go (spec §5.4 rule 2), so pruning reopened no replay window.
+    let again = rt
+        .block_on(stream_status(&conn, admitted[0].clone(), closed))
+        .unwrap();
+    assert_eq!(
+        (again.code, again.description.as_str()),
+        (400, "sharetoken is expired"),
+        "{again:?}"
+    );
+    assert_eq!(ledger_rows(home.path()).len(), 3);
+    drop(r);
 }
