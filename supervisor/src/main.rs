@@ -110,13 +110,16 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// `ctl status` / `ctl upgrade VERSION`: asks the running supervisor and prints its reply.
+/// `ctl status` / `ctl upgrade VERSION` / `ctl rollback`: asks the running supervisor and prints its reply.
 fn ctl_command(home: &std::path::Path, words: &[String]) -> ExitCode {
     let request = match words {
         [w] if w == "status" => serde_json::json!({"cmd": "status"}),
         [w, v] if w == "upgrade" => serde_json::json!({"cmd": "upgrade", "version": v}),
+        [w] if w == "rollback" => serde_json::json!({"cmd": "rollback"}),
         _ => {
-            eprintln!("usage: wireleap-relay-supervisor ctl status | ctl upgrade VERSION");
+            eprintln!(
+                "usage: wireleap-relay-supervisor ctl status | ctl upgrade VERSION | ctl rollback"
+            );
             return ExitCode::from(exit::USAGE);
         }
     };

@@ -81,6 +81,18 @@ impl ReadySocket {
     }
 }
 
+/// How often to send `WATCHDOG=1`: half of systemd's `WATCHDOG_USEC`, if it is set and meant
+/// for this process (`WATCHDOG_PID` absent or ours).
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
 /// Sends `message` to systemd if it asked for notifications (best effort).
 pub fn to_systemd(socket: Option<&str>, message: &str) {
     let Some(name) = socket.filter(|s| !s.is_empty()) else {

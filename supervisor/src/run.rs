@@ -220,7 +220,33 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let mut recorded: Vec<u32> = Vec::new();
     // The serving generation died while a new one was starting: the new one takes over.
     let mut current_gone = false;
+    let watchdog = notify::watchdog_interval();
+    let mut last_watchdog = Instant::now();
+    let mut last_status = String::new();
     loop {
+        if let Some(every) = watchdog
+            && last_watchdog.elapsed() >= every
+        {
+            notify::to_systemd(opts.notify_socket.as_deref(), "WATCHDOG=1");
+            last_watchdog = Instant::now();
+        }
+        let status_line = match &upgrading {
+            Some(u) if u.change == Change::Rollback => format!("rolling back to {}", u.version),
+            Some(u) => format!("upgrading to {}", u.version),
+            None if current_ready => format!(
+                "serving: relay {} (pid {})",
+                versions.current.as_deref().unwrap_or("?"),
+                current.pid()
+            ),
+            None => "starting the relay".to_owned(),
+        };
+        if told_systemd && status_line != last_status {
+            notify::to_systemd(
+                opts.notify_socket.as_deref(),
+                &format!("STATUS={status_line}"),
+            );
+            last_status = status_line;
+        }
         if let Some(victim) = take_kill() {
             let pid = match (victim, pending.as_ref()) {
                 ("new", Some(p)) => Some(p.pid()),
@@ -769,6 +795,8 @@ fn spawn(
         .env(HOME_ENV, &opts.home)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .env("NOTIFY_SOCKET", ready)
         .env(
             RESTARTS_ENV,

@@ -453,4 +453,53 @@ fn heartbeat_notice_upgrades_under_load() {
         rt.block_on(short_stream(&s.sk, &s.hop, s.target)).is_ok(),
         "9.0.0 does not serve after the rollback"
     );
+
+    // The operator's rollback to the previous version, under load: nothing fails, and the
+    // floor keeps automatic upgrades from reinstalling 9.0.0 (DESIGN.md invariant 7).
+    let load = Load::start(rt, &s.sk, &s.hop, s.target, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = wireleap_relay_supervisor::control::call(
+        home.path(),
+        &serde_json::json!({"cmd": "rollback"}),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(reply["ok"], true, "{reply}\n{}", s.log());
+    assert_eq!(reply["version"], "0.7.0", "{reply}");
+    std::thread::sleep(Duration::from_millis(500));
+    let counts = load.finish(rt);
+    println!(
+        "operator rollback 9.0.0 -> 0.7.0: {} opens ok, {} failed; {} of {} long-lived streams cut",
+        counts.opened,
+        counts.failed.len(),
+        counts.cut.len(),
+        counts.long
+    );
+    assert!(
+        counts.failed.is_empty(),
+        "failed opens: {:?}",
+        counts.failed
+    );
+    assert!(counts.cut.is_empty(), "cut streams: {:?}", counts.cut);
+    let status = ctl(home, &["status"]).1;
+    assert_eq!(status["version"], "0.7.0", "{status}");
+    assert_eq!(status["prev_version"], serde_json::Value::Null, "{status}");
+    assert!(!home.file("wireleap-relay.prev").exists());
+    assert!(!home.file("config.json.next").exists());
+    // Heartbeats go on; whatever the channel says, nothing is installed (9.1.0 is skipped,
+    // 9.0.0 is not above the highest committed).
+    publish_on_channel(root.path(), "9.0.0", &next);
+    let posts = standin.relays_requests("POST").len();
+    eventually(WAIT, "more heartbeats", || {
+        standin.relays_requests("POST").len() >= posts + 4
+    });
+    assert_eq!(
+        journal_steps(home, "9.0.0")
+            .iter()
+            .filter(|s| *s == "verified")
+            .count(),
+        1,
+        "9.0.0 was installed again after the operator's rollback"
+    );
+    assert_eq!(ctl(home, &["status"]).1["version"], "0.7.0");
 }
