@@ -400,12 +400,17 @@ fn heartbeat_notice_upgrades_under_load() {
     });
     let counts = load.finish(rt);
     println!(
-        "notice-driven upgrade 0.7.0 -> 9.0.0: channel set to handover {to_ready:?}; {} opens ok, {} failed; {} of {} long-lived streams cut",
+        "notice-driven upgrade 0.7.0 -> 9.0.0: channel set to handover {to_ready:?}; {} opens ok, {} failed; {} of {} long-lived streams cut; slowest open {:?}",
         counts.opened,
         counts.failed.len(),
         counts.cut.len(),
-        counts.long
+        counts.long,
+        counts.slowest
     );
+    let log = s.log();
+    for line in log.lines().filter(|l| l.contains("handover: pid")) {
+        println!("{line}");
+    }
     assert!(
         counts.failed.is_empty(),
         "failed opens: {:?}",

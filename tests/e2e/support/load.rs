@@ -38,6 +38,8 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
+    /// The slowest successful short stream, in microseconds.
+    slowest: Arc<AtomicU64>,
     opener: JoinHandle<()>,
     long: Vec<JoinHandle<Result<u64, String>>>,
 }
@@ -53,6 +55,9 @@ pub struct Counts {
     pub cut: Vec<String>,
     /// Long-lived streams in all.
     pub long: usize,
+    /// The slowest successful short stream (connect, TLS, HTTP/2, admission, 16 bytes there and
+    /// back): the longest a client waited on the listener.
+    pub slowest: Duration,
 }
 
 impl Counts {
@@ -122,29 +127,36 @@ impl Load {
                 }
             }));
         }
+        let slowest = Arc::new(AtomicU64::new(0));
         let opener = {
-            let (stop, opened, failures, sk, hop) = (
+            let (stop, opened, failures, sk, hop, slowest) = (
                 Arc::clone(&stop),
                 Arc::clone(&opened),
                 Arc::clone(&failures),
                 sk.clone(),
                 hop.clone(),
+                Arc::clone(&slowest),
             );
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(10));
                 let mut tasks = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
-                    let (opened, failures, sk, hop) = (
+                    let (opened, failures, sk, hop, slowest) = (
                         Arc::clone(&opened),
                         Arc::clone(&failures),
                         sk.clone(),
                         hop.clone(),
+                        Arc::clone(&slowest),
                     );
                     tasks.push(tokio::spawn(async move {
+                        let began = std::time::Instant::now();
                         match tokio::time::timeout(WAIT, short_stream(&sk, &hop, target)).await {
                             Ok(Ok(())) => {
                                 opened.fetch_add(1, Ordering::Relaxed);
+                                let took =
+                                    u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                                slowest.fetch_max(took, Ordering::Relaxed);
                             }
                             other => failures.lock().unwrap().push(format!("{other:?}")),
                         }
@@ -159,6 +171,7 @@ impl Load {
             stop,
             opened,
             failures,
+            slowest,
             opener,
             long: handles,
         }
@@ -179,6 +192,7 @@ impl Load {
             failed: self.failures.lock().unwrap().clone(),
             cut,
             long,
+            slowest: Duration::from_micros(self.slowest.load(Ordering::Relaxed)),
         }
     }
 }
