@@ -27,6 +27,7 @@ use crate::restapi;
 use crate::status::StatusSource;
 use crate::transport::{self, Transport};
 use crate::upgrader::Upgrader;
+use crate::usage::{self, Usage};
 
 /// The whole shutdown, from the signal to exit, fits in this (less than `stop`'s 3 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2500);
@@ -65,6 +66,9 @@ pub enum Error {
     /// The REST API could not start.
     #[error(transparent)]
     RestApi(#[from] restapi::Error),
+    /// The network usage file could not be written.
+    #[error(transparent)]
+    Usage(#[from] usage::Error),
     /// The metrics server could not start.
     #[error(transparent)]
     Metrics(#[from] metrics::Error),
@@ -173,12 +177,25 @@ struct Actors {
     enrollment: Addr<Enrollment>,
     ledger: Addr<Ledger>,
     status: StatusSource,
+    /// Network usage accounting (spec §2.5).
+    usage: Usage,
 }
 
 impl Daemon {
     async fn serve(self, tls: std::sync::Arc<rustls::ServerConfig>) -> Result<u8, Error> {
         let mut signals = Signals::install().map_err(Error::Runtime)?;
-        let admission = directory::Admission::new();
+        let usage = match &self.config.network_usage {
+            Some(n) => Usage::load(&self.home, &self.relay_pubkey, n)?,
+            None => Usage::disabled(),
+        };
+        let admission = directory::Admission::with_usage(usage.clone());
+        let usage_stop = tokio_util::sync::CancellationToken::new();
+        let gates = admission.clone();
+        tokio::spawn(usage::run(
+            usage.clone(),
+            move |id| gates.is_open(id),
+            usage_stop.clone(),
+        ));
         let ledger = Ledger::try_open(
             &self.home,
             &self.config,
@@ -230,6 +247,7 @@ impl Daemon {
             transport: transport.clone(),
             ledger: ledger.clone(),
             upgrader,
+            usage: usage.clone(),
         };
         let rest = match &self.config.rest_api {
             Some(api) => Some(restapi::start(api, status.clone()).await?),
@@ -247,6 +265,7 @@ impl Daemon {
             enrollment,
             transport,
             status,
+            usage,
         };
         info!(phase = %Phase::Serving, "ready");
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
@@ -292,6 +311,7 @@ impl Daemon {
         {
             warn!(?grace, "shutdown did not finish in time; exiting anyway");
         }
+        usage_stop.cancel();
         if let Some(rest) = &rest {
             rest.stop();
         }
@@ -327,9 +347,11 @@ impl Daemon {
         }
     }
 
-    /// SIGUSR2: the status JSON (the REST `/api/status` shape, spec §2.6) on stdout.
+    /// SIGUSR2: the status JSON (the REST `/api/status` shape, spec §2.6) on stdout, and
+    /// `stats.json` written (spec §1.4).
     async fn dump_status(&self, actors: &Actors) {
         println!("{}", actors.status.json().await);
+        save_usage(&actors.usage).await;
     }
 }
 
@@ -386,5 +408,16 @@ async fn shutdown(actors: &Actors, handover: bool) {
         error!(error = %e, "ledger flush failed");
     }
 
+    save_usage(&actors.usage).await;
     info!(phase = %Phase::StopActors, "shutdown phase");
+}
+
+/// Writes `stats.json` off the async threads; a failure is logged (the counters stay in memory).
+async fn save_usage(usage: &Usage) {
+    let usage = usage.clone();
+    match tokio::task::spawn_blocking(move || usage.write()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "network usage not saved"),
+        Err(e) => error!(error = %e, "network usage writer failed"),
+    }
 }

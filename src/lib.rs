@@ -15,6 +15,7 @@
 //! | [`directory`] | actor: enrollment and heartbeat per contract |
 //! | [`ledger`] | actor: sharetokens, replay protection, submission |
 //! | [`upgrader`] | actor: upgrade notices → verified, staged releases |
+//! | [`usage`] | network usage per contract, caps, `stats.json` and its archive |
 //! | [`migrate`] | the hidden `migrate` command the supervisor runs during upgrades |
 //! | [`restapi`] | the REST status API (`GET /api/status`) |
 //! | [`metrics`] | Prometheus counters (atomics) and `GET /metrics` |
@@ -41,4 +42,5 @@ pub mod status;
 pub mod telemetry;
 pub mod transport;
 pub mod upgrader;
+pub mod usage;
 pub mod version;

@@ -10,6 +10,7 @@ use crate::directory::{ContractStatuses, Enrollment};
 use crate::ledger::{Ledger, LedgerCounts};
 use crate::transport::{Transport, TransportStatus};
 use crate::upgrader::{Upgrader, UpgraderStatus};
+use crate::usage::Usage;
 
 /// How long each actor has to answer a status request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,6 +28,8 @@ pub struct StatusSource {
     pub ledger: Addr<Ledger>,
     /// Upgrade state.
     pub upgrader: Addr<Upgrader>,
+    /// Network usage accounting (spec §2.5).
+    pub usage: Usage,
 }
 
 impl StatusSource {
@@ -62,15 +65,15 @@ impl StatusSource {
             .map(|c| {
                 json!({
                     "id": c.id, "address": c.address, "role": c.role,
-                    "status": {"enrolled": c.enrolled, "network_cap_reached": false},
-                    "network_cap": c.network_cap, "network_usage": null,
+                    "status": {"enrolled": c.enrolled, "network_cap_reached": c.network_cap_reached},
+                    "network_cap": c.network_cap, "network_usage": c.network_usage.unwrap_or(0),
                     "contract": c.url, "last_error": c.last_error, "last_heartbeat": c.last_heartbeat,
                 })
             })
             .collect();
         json!({
             "controller_started": true,
-            "network_usage": null,
+            "network_usage": self.usage.summary(),
             "relay_status": relay_status,
             "version": self.version,
             "transport": transport,

@@ -7,6 +7,13 @@
 //! (the reference exits instead). Tasks report back by message, so the actor's state only
 //! changes inside its handlers.
 //!
+//! Network caps (spec §2.5) are enforced here too: a contract over 90 % of its cap is
+//! disenrolled (its gate closes, running streams go on), over 93 % (or at 93 % of the global
+//! cap) its running streams are cut as well; a contract already over its cap at start is not
+//! enrolled, and one that is under its caps again (a new period, a raised cap) is enrolled again.
+//! The check runs every [`usage::CHECK_INTERVAL`] and at once when a counter crosses a
+//! threshold.
+//!
 //! Restart: not supervised; its state is rebuilt from the config. Shutdown: [`DisenrollAll`]
 //! before the drain, so the directory stops sending clients while streams finish.
 
@@ -24,6 +31,7 @@ use super::client::{Client, Retry};
 use super::schedule::{BACKOFF_BASE, BACKOFF_CAP, backoff};
 use crate::config::{Config, Contract, ContractUrl, Role, format_datasize};
 use crate::upgrader::UpgradeNotice;
+use crate::usage::{self, Level};
 
 /// Per-contract enrollment state.
 pub struct Enrollment {
@@ -63,6 +71,8 @@ struct Slot {
     task: CancellationToken,
     /// `<directory>/relays`, once known.
     relays_url: Option<String>,
+    /// Set while the contract's usage is over its soft or hard cap (spec §2.5).
+    capped: Option<Level>,
 }
 
 /// What the relay knows about one contract (shown by `status` and the REST API).
@@ -80,6 +90,10 @@ pub struct ContractState {
     pub enrolled: bool,
     /// Per-contract usage cap, bytes.
     pub network_cap: Option<u64>,
+    /// Bytes relayed for this contract in the current period; `None` when accounting is off.
+    pub network_usage: Option<u64>,
+    /// Whether the hard cap was hit this period (streams cut, not enrolled).
+    pub network_cap_reached: bool,
     /// The last error talking to this contract or its directory, if the last call failed.
     pub last_error: Option<String>,
     /// Unix time of the last successful heartbeat.
@@ -175,11 +189,14 @@ impl Slot {
                 role: c.role.as_str(),
                 enrolled: false,
                 network_cap: c.network_usage_limit,
+                network_usage: None,
+                network_cap_reached: false,
                 last_error: None,
                 last_heartbeat: None,
             },
             task: CancellationToken::new(),
             relays_url: None,
+            capped: None,
         }
     }
 }
@@ -195,6 +212,17 @@ impl Actor for Enrollment {
         if urls.is_empty() {
             self.admission.set_started();
             self.first_round_done.send_replace(true);
+        }
+        if self.admission.usage().is_enabled() {
+            ctx.run_interval(usage::CHECK_INTERVAL, |_, ctx| ctx.notify(CheckCaps));
+            let usage = self.admission.usage().clone();
+            let me = ctx.address();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                loop {
+                    usage.crossed().await;
+                    me.do_send(CheckCaps);
+                }
+            }));
         }
     }
 
@@ -237,11 +265,18 @@ impl ContractTask {
                 Err(e) => self.failed(attempt, format!("contract info: {e}")).await,
             }
         };
-        self.me.do_send(Discovered {
-            url: self.url.clone(),
-            id,
-            relays_url: relays_url.clone(),
-        });
+        let proceed = self
+            .me
+            .send(Discovered {
+                url: self.url.clone(),
+                id,
+                relays_url: relays_url.clone(),
+            })
+            .await;
+        if !matches!(proceed, Ok(true)) {
+            // Over a network cap (spec §2.5), or the actor is gone: the cap check enrolls later.
+            return;
+        }
         // 2. Enrollment with the proof-of-work handshake (spec §4.4). An upgrade notice in this
         //    reply is ignored, as in the reference.
         attempt = 0;
@@ -309,8 +344,10 @@ impl ContractTask {
 
 // === messages from the tasks ===
 
+/// The contract's id and directory are known. Answers whether to enroll (not when the contract
+/// is over a cap).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 struct Discovered {
     url: ContractUrl,
     id: String,
@@ -318,18 +355,32 @@ struct Discovered {
 }
 
 impl Handler<Discovered> for Enrollment {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, msg: Discovered, _ctx: &mut Self::Context) {
-        if let Some(slot) = self.contracts.get_mut(&msg.url) {
-            self.admission.register(&msg.id, msg.url.as_str());
-            if slot.state.enrolled {
-                // Re-enrolling after a reload: keep serving meanwhile.
-                self.admission.set_enrolled(&msg.id, true);
-            }
-            slot.state.id = Some(msg.id);
-            slot.relays_url = Some(msg.relays_url);
+    fn handle(&mut self, msg: Discovered, ctx: &mut Self::Context) -> bool {
+        let Some(slot) = self.contracts.get_mut(&msg.url) else {
+            return false;
+        };
+        self.admission.register(&msg.id, msg.url.as_str());
+        let usage = self.admission.usage();
+        usage.set_cap(&msg.id, slot.config.network_usage_limit);
+        let level = usage.level(&msg.id);
+        if level == Level::Under && slot.state.enrolled {
+            // Re-enrolling after a reload: keep serving meanwhile.
+            self.admission.set_enrolled(&msg.id, true);
         }
+        slot.state.id = Some(msg.id);
+        slot.relays_url = Some(msg.relays_url);
+        if level == Level::Under {
+            slot.capped = None;
+            slot.state.network_cap_reached = false;
+            return true;
+        }
+        // Spec §2.5: a contract already over its cap is not enrolled.
+        warn!(contract = %msg.url, ?level, "network usage over the cap: not enrolling");
+        self.enforce(&msg.url, level, ctx);
+        self.attempted(&msg.url);
+        false
     }
 }
 
@@ -343,6 +394,14 @@ impl Handler<Enrolled> for Enrollment {
     type Result = ();
 
     fn handle(&mut self, msg: Enrolled, _ctx: &mut Self::Context) {
+        if let Some(slot) = self.contracts.get(&msg.url)
+            && slot.capped.is_some()
+        {
+            // The enrollment raced with a cap: undo it at the directory.
+            self.disenroll_capped(&msg.url);
+            self.attempted(&msg.url);
+            return;
+        }
         if let Some(slot) = self.contracts.get_mut(&msg.url) {
             if let Some(id) = &slot.state.id {
                 self.admission.set_enrolled(id, true);
@@ -485,6 +544,10 @@ impl Handler<ApplyConfig> for Enrollment {
             }
         }
         self.heartbeat = config.heartbeat_interval;
+        if let Some(n) = &config.network_usage {
+            self.admission.usage().set_global_limit(n.global_limit);
+        }
+        ctx.notify(CheckCaps);
         summary
     }
 }
@@ -515,7 +578,20 @@ impl Handler<ContractStatuses> for Enrollment {
     type Result = MessageResult<ContractStatuses>;
 
     fn handle(&mut self, _msg: ContractStatuses, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.contracts.values().map(|s| s.state.clone()).collect())
+        let usage = self.admission.usage();
+        MessageResult(
+            self.contracts
+                .values()
+                .map(|s| {
+                    let mut state = s.state.clone();
+                    state.network_usage = match &s.state.id {
+                        Some(id) => usage.bytes(id),
+                        None => usage.is_enabled().then_some(0),
+                    };
+                    state
+                })
+                .collect(),
+        )
     }
 }
 
@@ -567,5 +643,93 @@ impl Handler<DisenrollAll> for Enrollment {
                 .filter(|ok| *ok)
                 .count()
         })
+    }
+}
+
+// === network caps (spec §2.5) ===
+
+/// Compare every contract's usage with its caps and act on it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct CheckCaps;
+
+impl Handler<CheckCaps> for Enrollment {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CheckCaps, ctx: &mut Self::Context) {
+        let usage = self.admission.usage().clone();
+        if !usage.is_enabled() {
+            return;
+        }
+        let known: Vec<(ContractUrl, String, Option<u64>)> = self
+            .contracts
+            .iter()
+            .filter_map(|(url, s)| {
+                let id = s.state.id.clone()?;
+                Some((url.clone(), id, s.config.network_usage_limit))
+            })
+            .collect();
+        for (url, id, limit) in known {
+            usage.set_cap(&id, limit);
+            self.enforce(&url, usage.level(&id), ctx);
+        }
+    }
+}
+
+impl Enrollment {
+    /// Brings one contract in line with its usage `level`: over the soft cap it is disenrolled
+    /// (gate closed, heartbeats stopped, `DELETE` at the directory); over the hard cap its
+    /// running streams are cut too; back under its caps it is enrolled again.
+    fn enforce(&mut self, url: &ContractUrl, level: Level, ctx: &mut Context<Self>) {
+        let Some(slot) = self.contracts.get_mut(url) else {
+            return;
+        };
+        let Some(id) = slot.state.id.clone() else {
+            return;
+        };
+        if level == Level::Under {
+            if slot.capped.take().is_some() {
+                info!(contract = %url, "network usage under the cap again: enrolling");
+                slot.state.network_cap_reached = false;
+                slot.task = CancellationToken::new();
+                self.spawn_task(url, ctx);
+            }
+            return;
+        }
+        let before = slot.capped.replace(level.max(slot.capped.unwrap_or(level)));
+        if level == Level::Hard && before != Some(Level::Hard) {
+            warn!(contract = %url, "network usage over the hard cap: cutting the contract's streams");
+            slot.state.network_cap_reached = true;
+            self.admission.cut(&id);
+        } else {
+            self.admission.set_enrolled(&id, false);
+        }
+        if before.is_none() {
+            slot.task.cancel();
+            let was_enrolled = std::mem::replace(&mut slot.state.enrolled, false);
+            if was_enrolled {
+                warn!(contract = %url, "network usage over the soft cap: disenrolling");
+                self.disenroll_capped(url);
+            }
+        }
+    }
+
+    /// Sends `DELETE` for a capped contract (best effort, logged).
+    fn disenroll_capped(&self, url: &ContractUrl) {
+        let Some(slot) = self.contracts.get(url) else {
+            return;
+        };
+        let Some(relays) = slot.relays_url.clone() else {
+            return;
+        };
+        let client = self.client.clone();
+        let entry = self.entry(&slot.config);
+        let contract = url.clone();
+        tokio::spawn(async move {
+            match client.delete_entry(&relays, &entry).await {
+                Ok(()) => info!(contract = %contract, "disenrolled (network cap)"),
+                Err(e) => warn!(contract = %contract, error = %e, "could not disenroll"),
+            }
+        });
     }
 }

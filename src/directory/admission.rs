@@ -4,12 +4,17 @@
 //! This is the one piece of actor state read on the data path: a stream checks it once, at
 //! admission (spec §6.3 step 6), without a mailbox round trip. Writes are rare (enroll,
 //! disenroll, reload, cap reached), so a plain `RwLock` held for a lookup is enough.
+//!
+//! Each gate also hands the admitted stream its contract's usage [`Meter`] (spec §2.5), so the
+//! data path counts bytes with an atomic add and never looks the contract up again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::usage::{Meter, Usage};
 
 /// Why a stream's contract is not admitted (spec §6.3 step 6; texts are the reference's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,19 +40,57 @@ pub struct Gate {
     /// Cancelled when the contract's hard network cap is hit or it is removed: every stream of
     /// the contract holds a child of it.
     pub cancel: CancellationToken,
+    /// The contract's byte counter (spec §2.5).
+    pub meter: Arc<Meter>,
+}
+
+/// What an admitted stream carries: its contract's cancellation and byte counter.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    /// Cancelled when the contract's streams are cut (hard cap, removal).
+    pub cancel: CancellationToken,
+    /// Counts the stream's bytes, both ways, towards the contract's usage.
+    pub meter: Arc<Meter>,
 }
 
 /// The shared view. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Admission {
     started: Arc<AtomicBool>,
     gates: Arc<RwLock<HashMap<String, Gate>>>,
+    usage: Usage,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self::with_usage(Usage::disabled())
+    }
 }
 
 impl Admission {
-    /// An empty view: nothing is admitted until [`Admission::set_started`].
+    /// An empty view with accounting off: nothing is admitted until [`Admission::set_started`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty view whose gates count into `usage`.
+    pub fn with_usage(usage: Usage) -> Self {
+        Self {
+            started: Arc::default(),
+            gates: Arc::default(),
+            usage,
+        }
+    }
+
+    /// The usage accounting the gates count into.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Whether the gate of a contract is open (the relay is enrolled in it).
+    pub fn is_open(&self, contract_id: &str) -> bool {
+        let gates = self.gates.read().unwrap_or_else(PoisonError::into_inner);
+        gates.get(contract_id).is_some_and(|g| g.enrolled)
     }
 
     /// Marks the controller started (after the first enrollment round).
@@ -56,11 +99,11 @@ impl Admission {
     }
 
     /// Checks a stream's contract (its public key, base64url). On success returns the token the
-    /// stream must watch.
+    /// stream must watch and the meter it counts into.
     ///
     /// # Errors
     /// The [`AdmissionError`] the stream answers with (400).
-    pub fn check(&self, contract_id: &str) -> Result<CancellationToken, AdmissionError> {
+    pub fn check(&self, contract_id: &str) -> Result<Pass, AdmissionError> {
         if !self.started.load(Ordering::Acquire) {
             return Err(AdmissionError::NotStarted);
         }
@@ -68,7 +111,10 @@ impl Admission {
         match gates.get(contract_id) {
             None => Err(AdmissionError::NotFound(contract_id.to_owned())),
             Some(g) if !g.enrolled => Err(AdmissionError::NotAvailable(contract_id.to_owned())),
-            Some(g) => Ok(g.cancel.child_token()),
+            Some(g) => Ok(Pass {
+                cancel: g.cancel.child_token(),
+                meter: Arc::clone(&g.meter),
+            }),
         }
     }
 
@@ -94,6 +140,7 @@ impl Admission {
                 url: url.to_owned(),
                 enrolled: false,
                 cancel: CancellationToken::new(),
+                meter: self.usage.meter(contract_id),
             });
     }
 
@@ -132,20 +179,38 @@ mod tests {
     fn gates_follow_enrollment() {
         let a = Admission::new();
         a.register("c1", "https://c1");
-        assert_eq!(a.check("c1"), Err(AdmissionError::NotStarted));
+        assert_eq!(a.check("c1").err(), Some(AdmissionError::NotStarted));
         a.set_started();
         assert_eq!(
-            a.check("c1"),
-            Err(AdmissionError::NotAvailable("c1".into()))
+            a.check("c1").err(),
+            Some(AdmissionError::NotAvailable("c1".into()))
         );
-        assert_eq!(a.check("zz"), Err(AdmissionError::NotFound("zz".into())));
+        assert_eq!(
+            a.check("zz").err(),
+            Some(AdmissionError::NotFound("zz".into()))
+        );
         a.set_enrolled("c1", true);
         let stream = a.check("c1").unwrap();
         a.cut("c1");
-        assert!(stream.is_cancelled());
+        assert!(stream.cancel.is_cancelled());
         a.set_enrolled("c1", true);
-        assert!(!a.check("c1").unwrap().is_cancelled());
+        assert!(!a.check("c1").unwrap().cancel.is_cancelled());
         a.remove("c1");
-        assert_eq!(a.check("c1"), Err(AdmissionError::NotFound("c1".into())));
+        assert_eq!(
+            a.check("c1").err(),
+            Some(AdmissionError::NotFound("c1".into()))
+        );
+    }
+
+    #[test]
+    fn streams_of_a_contract_share_its_meter() {
+        let a = Admission::new();
+        a.register("c1", "https://c1");
+        a.set_started();
+        a.set_enrolled("c1", true);
+        assert!(a.is_open("c1") && !a.is_open("c2"));
+        a.check("c1").unwrap().meter.add(5);
+        a.check("c1").unwrap().meter.add(7);
+        assert_eq!(a.usage().meter("c1").bytes(), 12);
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use wireleap_protocol::{Network, Remote};
 
 use super::conn::Limits;
+use crate::usage::Meter;
 
 /// Reads smaller than this are copied into an exact-size buffer, so a trickle of small reads does
 /// not pin a whole read buffer each until it is written out.
@@ -213,7 +214,8 @@ enum Half {
 }
 
 /// Splices `body` (client → remote) and `send` (remote → client) until the first direction ends,
-/// `maxtime` passes or `cancel` fires. Both sides are closed when it returns.
+/// `maxtime` passes or `cancel` fires. Both sides are closed when it returns. Every chunk read
+/// from either side is counted on `meter` (spec §2.5, §6.5).
 pub(crate) async fn run(
     remote: RemoteConn,
     mut body: RecvStream,
@@ -221,6 +223,7 @@ pub(crate) async fn run(
     limits: &Limits,
     budget: &Budget,
     cancel: &CancellationToken,
+    meter: &Meter,
 ) -> SpliceEnd {
     let maxtime = async {
         match limits.maxtime {
@@ -233,15 +236,15 @@ pub(crate) async fn run(
             RemoteConn::Tcp(tcp) => {
                 let (r, mut w) = tcp.into_split();
                 tokio::select! {
-                    h = upload_tcp(&mut body, &mut w) => h,
-                    h = download_tcp(&r, send, limits.chunk, budget) => h,
+                    h = upload_tcp(&mut body, &mut w, meter) => h,
+                    h = download_tcp(&r, send, limits.chunk, budget, meter) => h,
                 }
                 // Dropping both halves here closes the remote.
             }
             RemoteConn::Udp(udp) => {
                 tokio::select! {
-                    h = upload_udp(&mut body, &udp) => h,
-                    h = download_udp(&udp, send, budget) => h,
+                    h = upload_udp(&mut body, &udp, meter) => h,
+                    h = download_udp(&udp, send, budget, meter) => h,
                 }
             }
         }
@@ -265,11 +268,12 @@ pub(crate) async fn run(
 }
 
 /// Client → remote over TCP: each DATA chunk is written, then its capacity released.
-async fn upload_tcp(body: &mut RecvStream, w: &mut OwnedWriteHalf) -> Half {
+async fn upload_tcp(body: &mut RecvStream, w: &mut OwnedWriteHalf, meter: &Meter) -> Half {
     loop {
         match body.data().await {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
+                meter.add(n);
                 if let Err(e) = w.write_all(&chunk).await {
                     return Half::Remote(e);
                 }
@@ -284,11 +288,12 @@ async fn upload_tcp(body: &mut RecvStream, w: &mut OwnedWriteHalf) -> Half {
 }
 
 /// Client → remote over UDP: one DATA frame is one datagram (spec §6.6).
-async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket) -> Half {
+async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket, meter: &Meter) -> Half {
     loop {
         match body.data().await {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
+                meter.add(n);
                 if n > 0
                     && let Err(e) = sock.send(&chunk).await
                 {
@@ -341,6 +346,7 @@ async fn download_tcp(
     send: &mut SendStream<Chunk>,
     chunk: usize,
     budget: &Budget,
+    meter: &Meter,
 ) -> Half {
     loop {
         if let Err(e) = r.readable().await {
@@ -356,6 +362,7 @@ async fn download_tcp(
         match r.try_read_buf(&mut buf) {
             Ok(0) => return Half::Ended,
             Ok(n) => {
+                meter.add(buf.len());
                 if send.send_data(freeze(buf, permit), false).is_err() {
                     return Half::Client;
                 }
@@ -371,7 +378,12 @@ async fn download_tcp(
 }
 
 /// Remote → client over UDP: one datagram is one DATA frame (spec §6.6).
-async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Chunk>, budget: &Budget) -> Half {
+async fn download_udp(
+    sock: &UdpSocket,
+    send: &mut SendStream<Chunk>,
+    budget: &Budget,
+    meter: &Meter,
+) -> Half {
     loop {
         if let Err(e) = sock.readable().await {
             return Half::Remote(e);
@@ -385,6 +397,7 @@ async fn download_udp(sock: &UdpSocket, send: &mut SendStream<Chunk>, budget: &B
                 if n == 0 {
                     continue;
                 }
+                meter.add(n);
                 // The whole datagram must fit the window, so that it goes out as one frame.
                 if capacity(send, n, n).await.is_none() {
                     return Half::Client;

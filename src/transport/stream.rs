@@ -76,8 +76,8 @@ pub(crate) async fn handle(
     } = *connect;
     // §6.3 step 5-6: the contract of the token must be admitted (enrolled).
     let contract_id = token.contract_id().map(|k| k.to_b64()).unwrap_or_default();
-    let cancel = match shared.deps.admission.check(&contract_id) {
-        Ok(cancel) => cancel,
+    let pass = match shared.deps.admission.check(&contract_id) {
+        Ok(pass) => pass,
         Err(e) => {
             refuse(shared, &mut respond, 400, e.to_string(), origin_relay);
             return;
@@ -165,7 +165,8 @@ pub(crate) async fn handle(
         &mut send,
         &shared.limits,
         budget,
-        &cancel,
+        &pass.cancel,
+        &pass.meter,
     )
     .await;
     debug!(end = ?end, "stream ended");

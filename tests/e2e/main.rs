@@ -20,3 +20,4 @@ mod supervisor;
 mod transport;
 mod units;
 mod upgrade;
+mod usage;
