@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     let env = ProcessEnv;
     telemetry::init(&env);
     let Ok(version) = version::software() else {
-        eprintln!("this build's version {:?} is not semver", version::software_str());
+        eprintln!(
+            "this build's version {:?} is not semver",
+            version::software_str()
+        );
         return ExitCode::from(exit::FAILURE);
     };
     let home = match home::resolve(&env) {
