@@ -1,9 +1,13 @@
 //! A web server (nginx, Apache httpd) started by a test in its own temp directory, on a free
 //! loopback port, with a throwaway TLS certificate; killed on drop. Used by the fronting tests.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 /// A running web server.
 pub struct WebServer {
@@ -31,7 +35,9 @@ impl WebServer {
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
             std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
             std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+            // Its own process group, so that drop ends the workers with the master.
             let child = command(dir.path(), port)
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -53,7 +59,9 @@ impl WebServer {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = server.child.kill();
+            if let Ok(pid) = i32::try_from(server.child.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
             let mut err = String::new();
             if let Some(mut e) = server.child.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err);
@@ -71,6 +79,10 @@ impl WebServer {
 
 impl Drop for WebServer {
     fn drop(&mut self) {
+        // The whole group: killing only the master would leave its workers running.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
