@@ -18,7 +18,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 /// How long the supervisors get to stop their relays before everything left is killed.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Bound on a relay getting ready and enrolled.
 const START_WAIT: Duration = Duration::from_secs(60);
 
@@ -267,6 +267,9 @@ impl Relay {
                     "the {role} relay's supervisor exited ({status}):\n{}",
                     tail(&text, 15)
                 );
+            }
+            if crate::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+                bail!("interrupted");
             }
             if Instant::now() > deadline {
                 bail!(

@@ -49,8 +49,11 @@ const LONG_STREAMS: usize = 10;
 /// Heartbeats each relay sends after the rollback, to show the broken version is not retried.
 const MORE_HEARTBEATS: usize = 3;
 
-/// Set on Ctrl-C or SIGTERM; every wait checks it.
+/// Set on Ctrl-C or SIGTERM, or when the demo gives up with work still in the background; every
+/// wait checks it, and the release tool is killed when it is set.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set on Ctrl-C or SIGTERM: the temp dir is not kept then (unless `--keep`).
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +71,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = Instant::now();
     let mut out = Out::new();
+    let bins = match Bins::find() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("wireleap-demo: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = run(&rt, dir.path(), &mut out);
+    let outcome = run(&rt, &bins, dir.path(), &mut out);
     let (code, keep) = match outcome {
         Ok(summary) => {
             let problems = summary.problems();
@@ -117,7 +127,10 @@ fn main() -> ExitCode {
                 "demo FAILED after {:.0} s: {e:#}",
                 started.elapsed().as_secs_f64()
             ));
-            (ExitCode::FAILURE, true)
+            (
+                ExitCode::FAILURE,
+                cli.keep || !SIGNALLED.load(Ordering::Relaxed),
+            )
         }
     };
     if keep {
@@ -144,13 +157,18 @@ async fn watch_signals() {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
+    SIGNALLED.store(true, Ordering::Relaxed);
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
 /// The demo from the network's start to the last process stopped. The network and every
 /// process are stopped on the way out, whatever happened.
-fn run(rt: &tokio::runtime::Runtime, dir: &Path, out: &mut Out) -> anyhow::Result<Summary> {
-    let bins = Bins::find()?;
+fn run(
+    rt: &tokio::runtime::Runtime,
+    bins: &Bins,
+    dir: &Path,
+    out: &mut Out,
+) -> anyhow::Result<Summary> {
     let root = dir.join("releases");
     let work = dir.join("work");
     for d in [&root, &work] {
@@ -170,17 +188,20 @@ fn run(rt: &tokio::runtime::Runtime, dir: &Path, out: &mut Out) -> anyhow::Resul
         net.releases_url()
     ));
     let fleet = Fleet::default();
-    let result = demo(rt, &bins, &net, &fleet, &root, &work, dir, out);
+    let result = demo(rt, bins, &net, &fleet, &root, &work, dir, out);
     out.say("▸ stopping: each supervisor stops its relay, which disenrolls");
     let killed = fleet.stop();
     rt.block_on(net.shutdown());
-    let mut summary = result?;
-    summary.killed_at_stop = killed;
     out.say(if killed == 0 {
         "  every process exited on its own; nothing left running".to_owned()
     } else {
-        format!("  {killed} supervisor(s) did not stop in time and were killed with their relays")
+        format!(
+            "  {killed} supervisor(s) did not stop within {:?} and were killed with their relays; nothing left running",
+            fleet::STOP_WAIT
+        )
     });
+    let mut summary = result?;
+    summary.killed_at_stop = killed;
     Ok(summary)
 }
 
@@ -203,10 +224,10 @@ fn demo(
     let good = semver::Version::new(running.major, running.minor + 1, 0).to_string();
     let broken = semver::Version::new(running.major, running.minor + 2, 0).to_string();
     let releaser = Releaser::new(&bins.release_tool, root, work)?;
-    let stamping = {
+    let mut stamping = Background({
         let (releaser, relay, good) = (releaser.clone(), bins.relay.clone(), good.clone());
-        std::thread::spawn(move || releaser.stamp(&relay, &good))
-    };
+        Some(std::thread::spawn(move || releaser.stamp(&relay, &good)))
+    });
 
     // The relays, each in its own home under its own supervisor.
     out.say(format!(
@@ -281,7 +302,7 @@ fn demo(
     ));
 
     // A good release.
-    if !stamping.is_finished() {
+    if !stamping.finished() {
         out.say(format!(
             "  (waiting for release-tool to stamp {good}: a copy of the relay binary that reports {good})"
         ));
@@ -291,9 +312,12 @@ fn demo(
         Some(&load),
         UPGRADE_WAIT,
         &format!("release-tool to stamp {good}"),
-        |_| Ok(stamping.is_finished()),
+        |_| Ok(stamping.finished()),
     )?;
     let next = stamping
+        .0
+        .take()
+        .context("stamping was not started")?
         .join()
         .map_err(|_| anyhow::anyhow!("stamping {good} panicked"))??;
     out.say(format!(
@@ -383,6 +407,28 @@ fn demo(
     })
 }
 
+/// A background thread. Dropped before it was joined (the demo gave up), it tells the thread to
+/// stop (its release tool is killed) and waits for it, so nothing outlives the demo.
+#[derive(Debug)]
+struct Background<T>(Option<std::thread::JoinHandle<T>>);
+
+impl<T> Background<T> {
+    fn finished(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
 /// One line on what a phase's traffic saw.
 fn counts_line(phase: &str, c: &Counts, failed: &str) -> String {
     format!(
@@ -465,6 +511,9 @@ fn follow(
         Ok(finished.iter().all(|f| *f))
     });
     waited.map_err(|e| {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return e;
+        }
         let mut why = format!("{e:#}");
         for (r, _) in relays.iter().zip(&finished).filter(|(_, f)| !**f) {
             let last = r

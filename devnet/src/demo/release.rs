@@ -6,11 +6,17 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use anyhow::{Context as _, bail};
 
 /// The test-only project signing key (releases/testdata/keys), whose public half the relay and
 /// the supervisor trust. Only for demos and tests: anyone can sign with it.
 const TEST_ONLY_KEY: &str = include_str!("../../../releases/testdata/keys/test-only-project.key");
+
+/// Bound on one run of the release tool (stamping a debug build reads and writes 250 MB).
+const TOOL_WAIT: Duration = Duration::from_secs(180);
 
 /// The release tree and the tool that writes it.
 #[derive(Debug, Clone)]
@@ -119,19 +125,48 @@ impl Releaser {
         ])
     }
 
+    /// Runs the tool to completion, bounded by [`TOOL_WAIT`]; killed on Ctrl-C.
     fn run(&self, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
-        let out = Command::new(&self.tool)
+        let what = args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stderr_path = self.work.join(format!("release-tool-{what}.stderr"));
+        let stderr = std::fs::File::create(&stderr_path).context("creating release-tool's log")?;
+        let mut child = Command::new(&self.tool)
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
             .with_context(|| format!("running {}", self.tool.display()))?;
-        if !out.status.success() {
+        let deadline = Instant::now() + TOOL_WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for release-tool")? {
+                break status;
+            }
+            let stop = if crate::INTERRUPTED.load(Ordering::Relaxed) {
+                Some("interrupted".to_owned())
+            } else if Instant::now() > deadline {
+                Some(format!(
+                    "release-tool {what} did not finish within {TOOL_WAIT:?}"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = stop {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(why);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if !status.success() {
             bail!(
-                "release-tool {} failed: {}",
-                args.first()
-                    .map(|a| a.to_string_lossy())
-                    .unwrap_or_default(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                "release-tool {what} failed ({status}): {}",
+                std::fs::read_to_string(&stderr_path)
+                    .unwrap_or_default()
+                    .trim()
             );
         }
         Ok(())
