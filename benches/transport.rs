@@ -138,18 +138,7 @@ impl RelayProc {
 
     /// CPU time (user + system) the relay process used so far.
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 (1-based); after the comm they are 12 and 13.
-        let ticks: u64 = fields
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
-        Duration::from_millis(ticks * 10)
+        proc_cpu(&self.child.id().to_string())
     }
 
     fn status_kib(&self, key: &str) -> u64 {
@@ -167,6 +156,26 @@ impl Drop for RelayProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system) of this process so far.
+fn self_cpu() -> Duration {
+    proc_cpu("self")
+}
+
+/// CPU time (user + system) of `/proc/<pid>` so far.
+fn proc_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 (1-based); after the comm they are 12 and 13.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// Samples a process' VmRSS until stopped; returns the peak in KiB.
@@ -412,20 +421,32 @@ async fn parent() {
     let mut d = direct.connect().await;
     upload(&mut d, 1 << 20).await;
     let (mut up_relay, mut down_relay, mut up_base, mut down_base) = (0f64, 0f64, 0f64, 0f64);
+    // CPU time of both processes per phase (client + targets here, the relay there): what the
+    // bytes cost, whatever else the machine runs.
+    let mut cpu = [Duration::ZERO; 4];
+    let mut relay_cpu = [Duration::ZERO; 2];
+    let both = || self_cpu() + relay.cpu();
     for _round in 0..3 {
-        let t = Instant::now();
+        let (t, c, r) = (Instant::now(), both(), relay.cpu());
         upload(&mut s, n).await;
         up_relay = up_relay.max(mbps(n, t.elapsed()));
-        let t = Instant::now();
+        cpu[0] += both().saturating_sub(c);
+        relay_cpu[0] += relay.cpu().saturating_sub(r);
+        let (t, c) = (Instant::now(), both());
         upload(&mut d, n).await;
         up_base = up_base.max(mbps(n, t.elapsed()));
-        let t = Instant::now();
+        cpu[1] += both().saturating_sub(c);
+        let (t, c, r) = (Instant::now(), both(), relay.cpu());
         download(&mut s, n).await;
         down_relay = down_relay.max(mbps(n, t.elapsed()));
-        let t = Instant::now();
+        cpu[2] += both().saturating_sub(c);
+        relay_cpu[1] += relay.cpu().saturating_sub(r);
+        let (t, c) = (Instant::now(), both());
         download(&mut d, n).await;
         down_base = down_base.max(mbps(n, t.elapsed()));
+        cpu[3] += both().saturating_sub(c);
     }
+    let per_mib = |d: Duration| d.as_secs_f64() * 1e3 / (3 * single_mb) as f64;
     s.finish();
     drop(s);
     drop(d);
@@ -437,6 +458,20 @@ async fn parent() {
     println!(
         "  download  relay {down_relay:8.1} MB/s   baseline {down_base:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
         down_relay / down_base
+    );
+    println!(
+        "  CPU per MiB, all processes: upload relay {:.3} ms  baseline {:.3} ms  (baseline/relay {:.2});  download relay {:.3} ms  baseline {:.3} ms  ({:.2})",
+        per_mib(cpu[0]),
+        per_mib(cpu[1]),
+        cpu[1].as_secs_f64() / cpu[0].as_secs_f64().max(1e-9),
+        per_mib(cpu[2]),
+        per_mib(cpu[3]),
+        cpu[3].as_secs_f64() / cpu[2].as_secs_f64().max(1e-9),
+    );
+    println!(
+        "  of which the relay process: upload {:.3} ms, download {:.3} ms per MiB (the rest: client and target, as in the baseline)",
+        per_mib(relay_cpu[0]),
+        per_mib(relay_cpu[1]),
     );
 
     // 2. Concurrent streams of 1 MiB each (download), 250 streams per client connection.

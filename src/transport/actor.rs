@@ -83,6 +83,9 @@ impl Transport {
     ) -> Result<Self, Error> {
         let relay = PublicKey::try_from_b64(&deps.relay_pubkey)
             .map_err(|e| Error::RelayKey(e.to_string()))?;
+        if !super::alloc::tune() {
+            tracing::debug!("allocator settings for the data path not applied");
+        }
         let address = config.address.to_string();
         let bind_err = |source| Error::Bind {
             address: address.clone(),

@@ -19,6 +19,9 @@
 //! - `bufsize` is honoured as a floor: the relay reads up to 64 KiB at a time from a remote (the
 //!   reference's 4096-byte default would cost throughput for nothing), and allocates a read
 //!   buffer only when the remote is readable, so an idle stream holds no buffer.
+//! - Allocator: on glibc the transport keeps freed buffer memory in the process instead of
+//!   returning it to the OS after every TLS record and frame ([`alloc`]), which otherwise costs
+//!   a page fault per page of every large buffer.
 //! - A refused stream is answered with `:status 200`, `trailer: wl-status` and a trailing HEADERS
 //!   frame carrying the compact JSON status (spec §6.3, §10 #1); a normal end is an empty
 //!   END_STREAM with no status. A sharetoken the ledger cannot store is refused with 500.
@@ -26,6 +29,7 @@
 pub mod tls;
 
 mod actor;
+mod alloc;
 mod conn;
 mod splice;
 mod stream;
