@@ -44,16 +44,20 @@ enum Listener {
 #[derive(Debug)]
 pub struct RestApiHandle {
     stop: CancellationToken,
-    socket: Option<PathBuf>,
+    /// The unix socket file and its (device, inode): removed at stop only while it is still ours
+    /// (after a handover the next generation has bound a new one at the same path).
+    socket: Option<(PathBuf, (u64, u64))>,
     /// Where it listens, for the log.
     pub address: String,
 }
 
 impl RestApiHandle {
-    /// Stops accepting and removes the unix socket file.
+    /// Stops accepting and removes the unix socket file if it is still this one.
     pub fn stop(&self) {
         self.stop.cancel();
-        if let Some(path) = &self.socket {
+        if let Some((path, id)) = &self.socket
+            && file_id(path).is_some_and(|now| now == *id)
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -82,12 +86,10 @@ pub async fn start(config: &RestApi, source: StatusSource) -> Result<RestApiHand
             (Listener::Unix(l, path.clone()), address)
         }
         RestAddress::Http(hostport) => {
-            let l = TcpListener::bind(hostport.as_str())
-                .await
-                .map_err(|source| Error::Bind {
-                    address: hostport.clone(),
-                    source,
-                })?;
+            let l = bind_shared(hostport).await.map_err(|source| Error::Bind {
+                address: hostport.clone(),
+                source,
+            })?;
             let bound = l
                 .local_addr()
                 .map(|a| a.to_string())
@@ -98,7 +100,7 @@ pub async fn start(config: &RestApi, source: StatusSource) -> Result<RestApiHand
     info!(address = %address, "REST API listening");
     let stop = CancellationToken::new();
     let socket = match &listener {
-        Listener::Unix(_, p) => Some(p.clone()),
+        Listener::Unix(_, p) => file_id(p).map(|id| (p.clone(), id)),
         Listener::Tcp(_) => None,
     };
     tokio::spawn(serve(listener, Arc::new(source), stop.clone()));
@@ -107,6 +109,32 @@ pub async fn start(config: &RestApi, source: StatusSource) -> Result<RestApiHand
         socket,
         address,
     })
+}
+
+/// (device, inode) of a file.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds `host:port` with `SO_REUSEPORT`, so that during a handover the next relay generation
+/// binds it while this one still serves.
+async fn bind_shared(hostport: &str) -> std::io::Result<TcpListener> {
+    let address = tokio::net::lookup_host(hostport)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(128)
 }
 
 async fn serve(listener: Listener, source: Arc<StatusSource>, stop: CancellationToken) {

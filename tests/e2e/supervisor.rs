@@ -184,4 +184,61 @@ mod handover {
         s.signal(Signal::SIGTERM);
         assert_eq!(s.wait_exit(Duration::from_secs(15)).code(), Some(0));
     }
+
+    /// `GET /api/status` over `conn`; the HTTP status code.
+    fn api_status(mut conn: impl std::io::Read + std::io::Write) -> u16 {
+        write!(
+            conn,
+            "GET /api/status HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = conn.read_to_string(&mut text);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The REST API on a unix socket and over HTTP: the next generation binds both while the old
+    /// one still serves, and the old one's stop does not take them away.
+    #[test]
+    fn the_rest_api_serves_on_across_a_handover() {
+        use std::io::Write as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        for address in [
+            format!("http://127.0.0.1:{port}"),
+            format!("file://{}", socket.display()),
+        ] {
+            let extra = format!(r#""rest_api": {{"address": "{address}"}},"#);
+            let s = Supervised::start_with(crate::support::standin::Standin::start(), &extra, &[]);
+            let ask = || match address.strip_prefix("file://") {
+                Some(path) => std::os::unix::net::UnixStream::connect(path)
+                    .map(api_status)
+                    .unwrap_or(0),
+                None => std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map(api_status)
+                    .unwrap_or(0),
+            };
+            eventually(WAIT, "the REST API", || ask() == 200);
+            let old_pid = s.home.pid().unwrap();
+            s.signal(Signal::SIGHUP);
+            eventually(WAIT, "the old generation to exit", || {
+                s.log()
+                    .contains(&format!("pid {old_pid} drained and exited"))
+            });
+            assert!(
+                !s.log().contains("handover failed"),
+                "{address}: {}",
+                s.log()
+            );
+            assert_eq!(ask(), 200, "{address}: no REST API after the handover");
+        }
+    }
 }
