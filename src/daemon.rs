@@ -365,7 +365,13 @@ async fn shutdown(actors: &Actors, handover: bool) {
         .timeout(ACTOR_TIMEOUT)
         .await;
 
-    if !handover {
+    if handover {
+        let _ = actors
+            .enrollment
+            .send(directory::StopHeartbeats)
+            .timeout(ACTOR_TIMEOUT)
+            .await;
+    } else {
         info!(phase = %Phase::Deregister, "shutdown phase");
         match actors
             .enrollment

@@ -595,6 +595,24 @@ impl Handler<ContractStatuses> for Enrollment {
     }
 }
 
+/// A handover: the next generation heartbeats from now on, so this one stops its enrollment and
+/// heartbeat tasks without disenrolling and keeps its gates as they are (its streams drain). The
+/// directory so never sees two versions of one relay in turn.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopHeartbeats;
+
+impl Handler<StopHeartbeats> for Enrollment {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopHeartbeats, _ctx: &mut Self::Context) {
+        for slot in self.contracts.values_mut() {
+            slot.task.cancel();
+        }
+        info!("heartbeats stopped: the next generation heartbeats");
+    }
+}
+
 /// Disenroll from every contract's directory (graceful shutdown): stop the tasks, close the
 /// gates, and send `DELETE` to every directory we know (spec §4.6). Replies with how many
 /// directories confirmed.

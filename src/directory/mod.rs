@@ -13,6 +13,6 @@ pub mod schedule;
 
 pub use actor::{
     ApplyConfig, ContractState, ContractStatuses, DisenrollAll, Enrollment, ReloadSummary,
-    WaitFirstRound,
+    StopHeartbeats, WaitFirstRound,
 };
 pub use admission::{Admission, AdmissionError};

@@ -398,6 +398,24 @@ fn heartbeat_notice_upgrades_under_load() {
                 .any(|(k, v)| k.eq_ignore_ascii_case("wireleap-relay-version") && v == "9.0.0")
         })
     });
+    // The old generation drains (the load's long-lived streams keep it alive) but no longer
+    // heartbeats: the directory never sees the relay go back to 0.7.0.
+    std::thread::sleep(Duration::from_millis(1500));
+    let versions: Vec<String> = standin
+        .relays_requests("POST")
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("wireleap-relay-version"))
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    let first_new = versions.iter().position(|v| v == "9.0.0").unwrap();
+    assert!(
+        versions[first_new..].iter().all(|v| v == "9.0.0"),
+        "the draining 0.7.0 generation kept heartbeating: {versions:?}"
+    );
     let counts = load.finish(rt);
     println!(
         "notice-driven upgrade 0.7.0 -> 9.0.0: channel set to handover {to_ready:?}; {} opens ok, {} failed; {} of {} long-lived streams cut; slowest open {:?}",
