@@ -109,6 +109,15 @@ pub fn offline(home: &Path) -> Result<(), Error> {
     }
     let from = binary_version(&current);
     let to = binary_version(&prev);
+    // The running binary undoes its own migrations (the ledger schema; the config comes back
+    // from config.json.prev below). A failed `migrate` undid its steps: nothing changed.
+    if let Some(to) = &to {
+        sv::migrate(home, &current, to, true).map_err(|e| Error::Io {
+            what: format!("could not undo the migrations down to {to}"),
+            source: std::io::Error::other(e),
+        })?;
+        println!("migrations undone down to {to}");
+    }
     std::fs::rename(&prev, &current).map_err(|source| Error::Io {
         what: format!(
             "could not rename {} to {}",
@@ -153,6 +162,14 @@ pub fn offline(home: &Path) -> Result<(), Error> {
     }
     if let Ok(dir) = std::fs::File::open(home) {
         let _ = dir.sync_all();
+    }
+    if let Some(to) = &to {
+        sv::journal(
+            home,
+            to,
+            "rollback-committed",
+            &format!("offline, from {}", from.as_deref().unwrap_or("unknown")),
+        );
     }
     if was_running {
         control::start(home, &current)?;
