@@ -15,8 +15,8 @@
 //! | [`directory`] | actor: enrollment and heartbeat per contract |
 //! | [`ledger`] | actor: sharetokens, replay protection, submission |
 //! | [`upgrader`] | actor: upgrade notices → verified, staged releases |
-//! | [`usage`] | network usage per contract, caps, `stats.json` and its archive |
 //! | [`migrate`] | the hidden `migrate` command the supervisor runs during upgrades |
+//! | [`usage`] | network usage per contract, caps, `stats.json` and its archive |
 //! | [`restapi`] | the REST status API (`GET /api/status`) |
 //! | [`metrics`] | Prometheus counters (atomics) and `GET /metrics` |
 //! | [`status`] | the status object shared by SIGUSR2 and the REST API |
@@ -35,8 +35,8 @@ pub mod home;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
-pub mod migrate;
 pub mod metrics;
+pub mod migrate;
 pub mod restapi;
 pub mod status;
 pub mod telemetry;

@@ -204,7 +204,6 @@ mod handover {
     /// one still serves, and the old one's stop does not take them away.
     #[test]
     fn the_rest_api_serves_on_across_a_handover() {
-        use std::io::Write as _;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
