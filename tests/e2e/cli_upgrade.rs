@@ -5,12 +5,13 @@
 //! real `release-tool`; `rollback` through the supervisor under load and offline without one.
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::load::Load;
 use crate::support::process::{Run, is_alive, relay_bin, sibling_bin};
+use crate::support::releases::{publish, set_channel, stamped};
 use crate::support::standin::Standin;
 use crate::support::supervised::Supervised;
 use crate::support::{Home, eventually};
@@ -19,62 +20,12 @@ use crate::support::{Home, eventually};
 const COMMAND_WAIT: Duration = Duration::from_secs(120);
 const RUNNING: &str = env!("CARGO_PKG_VERSION");
 
-/// The test-only release key whose public half the relay embeds (releases/testdata/keys).
-fn release_key() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("releases/testdata/keys/test-only-project.key")
-}
-
-fn release_tool(args: &[&str]) {
-    let out = Command::new(sibling_bin("release-tool"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "release-tool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A copy of the relay binary that reports `version` (`release-tool stamp`).
-fn stamped(dir: &Path, version: &str) -> PathBuf {
-    let out = dir.join(format!("wireleap-relay-{version}"));
-    let (relay, path) = (relay_bin(), out.display().to_string());
-    release_tool(&[
-        "stamp",
-        "--version",
-        version,
-        &relay.display().to_string(),
-        &path,
-    ]);
-    out
-}
-
 /// Publishes a relay reporting `version` in the release tree `root` and points the `default`
 /// channel at it, so the stand-in directory's `/info` names it.
 fn publish_on_channel(root: &Path, version: &str) {
-    let binary = stamped(root, version);
-    let changelog = root.join("changelog.md");
-    std::fs::write(
-        &changelog,
-        format!("# {version}\n\n- what changed in {version}\n"),
-    )
-    .unwrap();
-    let root_s = root.display().to_string();
-    release_tool(&[
-        "publish",
-        "--root",
-        &root_s,
-        "--key",
-        &release_key().display().to_string(),
-        "--version",
-        version,
-        "--binary",
-        &binary.display().to_string(),
-        "--changelog",
-        &changelog.display().to_string(),
-    ]);
-    release_tool(&["channel", "set", "--root", &root_s, "default", version]);
+    let binary = stamped(root, &relay_bin(), version);
+    publish(root, version, &binary);
+    set_channel(root, version);
 }
 
 /// Runs the relay binary `binary` (the home's own copy: its home is its folder, as in
@@ -395,7 +346,11 @@ fn without_a_supervisor_upgrade_refuses_and_rollback_works_offline() {
             "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#;
     let home = Home::with_config(config);
     let work = tempfile::tempdir().unwrap();
-    std::fs::copy(stamped(work.path(), "9.0.0"), home.file("wireleap-relay")).unwrap();
+    std::fs::copy(
+        stamped(work.path(), &relay_bin(), "9.0.0"),
+        home.file("wireleap-relay"),
+    )
+    .unwrap();
 
     let up = cli(&home, &["upgrade", "--yes", "9.1.0"], "");
     assert_eq!(up.code, 1, "{up}");

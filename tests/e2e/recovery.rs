@@ -7,12 +7,12 @@
 //! supervisor takes over their socket.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::eventually;
 use crate::support::load::Load;
-use crate::support::process::{relay_bin, sibling_bin};
+use crate::support::process::relay_bin;
+use crate::support::releases::{publish, stamped};
 use crate::support::standin::Standin;
 use crate::support::supervised::{Supervised, relay_pids_in};
 
@@ -21,48 +21,8 @@ const ARGS: &[&str] = &["--health-window", "1"];
 
 /// A release of the relay stamped 9.0.0, published once: (binary, statement).
 fn release(dir: &Path) -> (PathBuf, PathBuf) {
-    let stamped = dir.join("wireleap-relay-9.0.0");
-    let tool = sibling_bin("release-tool");
-    let run = |args: Vec<String>| {
-        let out = Command::new(&tool).args(&args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "release-tool {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(vec![
-        "stamp".into(),
-        "--version".into(),
-        "9.0.0".into(),
-        relay_bin().display().to_string(),
-        stamped.display().to_string(),
-    ]);
-    let changelog = dir.join("changelog.md");
-    std::fs::write(&changelog, "# 9.0.0\n").unwrap();
-    let root = dir.join("releases");
-    let key =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("releases/testdata/keys/test-only-project.key");
-    run(vec![
-        "publish".into(),
-        "--root".into(),
-        root.display().to_string(),
-        "--key".into(),
-        key.display().to_string(),
-        "--version".into(),
-        "9.0.0".into(),
-        "--binary".into(),
-        stamped.display().to_string(),
-        "--changelog".into(),
-        changelog.display().to_string(),
-    ]);
-    let asset = std::fs::read_dir(root.join("v9.0.0"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_none())
-        .unwrap();
-    let statement = PathBuf::from(format!("{}.hash", asset.display()));
-    (asset, statement)
+    let binary = stamped(dir, &relay_bin(), "9.0.0");
+    publish(&dir.join("releases"), "9.0.0", &binary)
 }
 
 fn status(home: &Path) -> serde_json::Value {

@@ -5,49 +5,20 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::load::{Load, short_stream};
-use crate::support::process::{relay_bin, sibling_bin};
+use crate::support::process::relay_bin;
+use crate::support::releases::{publish, set_channel, stamped};
 use crate::support::supervised::Supervised;
 use crate::support::{Home, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The test-only release key whose public half the relay embeds (releases/testdata/keys).
-fn release_key() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("releases/testdata/keys/test-only-project.key")
-}
-
 /// Publishes `binary` as `version` with the real release tool and stages it in `home`, as the
 /// Upgrader does: `wireleap-relay.next` and its statement `wireleap-relay.next.hash`.
 fn publish_and_stage(root: &Path, home: &Home, version: &str, binary: &Path) {
-    let changelog = root.join("changelog.md");
-    std::fs::write(&changelog, format!("# {version}\n")).unwrap();
-    let out = Command::new(sibling_bin("release-tool"))
-        .args(["publish", "--root"])
-        .arg(root)
-        .arg("--key")
-        .arg(release_key())
-        .args(["--version", version, "--binary"])
-        .arg(binary)
-        .arg("--changelog")
-        .arg(&changelog)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "release-tool publish: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = root.join(format!("v{version}"));
-    let asset = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_none_or(|x| x != "hash" && x != "md"))
-        .unwrap();
-    let statement = PathBuf::from(format!("{}.hash", asset.display()));
+    let (asset, statement) = publish(root, version, binary);
     std::fs::copy(&asset, home.file("wireleap-relay.next")).unwrap();
     std::fs::copy(&statement, home.file("wireleap-relay.next.hash")).unwrap();
     std::fs::set_permissions(
@@ -284,61 +255,11 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
     );
 }
 
-/// `release-tool stamp`: a copy of `binary` that reports `version`.
-fn stamped(dir: &Path, binary: &Path, version: &str) -> PathBuf {
-    let out = dir.join(format!("wireleap-relay-{version}"));
-    let run = Command::new(sibling_bin("release-tool"))
-        .args(["stamp", "--version", version])
-        .arg(binary)
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "release-tool stamp: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
 /// Publishes `binary` as `version` in the release tree `root` and points the default channel at
 /// it: from the next heartbeat on, the stand-in directory announces it.
 fn publish_on_channel(root: &Path, version: &str, binary: &Path) {
-    let changelog = root.join("changelog.md");
-    std::fs::write(&changelog, format!("# {version}\n\n- what changed\n")).unwrap();
-    for args in [
-        vec![
-            "publish".into(),
-            "--root".into(),
-            root.display().to_string(),
-            "--key".into(),
-            release_key().display().to_string(),
-            "--version".into(),
-            version.into(),
-            "--binary".into(),
-            binary.display().to_string(),
-            "--changelog".into(),
-            changelog.display().to_string(),
-        ],
-        vec![
-            "channel".into(),
-            "set".into(),
-            "--root".into(),
-            root.display().to_string(),
-            "default".into(),
-            version.into(),
-        ],
-    ] {
-        let out = Command::new(sibling_bin("release-tool"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "release-tool {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    publish(root, version, binary);
+    set_channel(root, version);
 }
 
 fn journal_steps(home: &Home, version: &str) -> Vec<String> {

@@ -3,6 +3,7 @@
 pub mod load;
 pub mod process;
 pub mod relay;
+pub mod releases;
 pub mod standin;
 pub mod supervised;
 pub mod target;
