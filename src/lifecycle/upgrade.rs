@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use relay_release::fetch::{Destination, Fetcher, Limits, Progress};
-use relay_release::{Expected, Layout, Product, parse_version};
+use relay_release::{Layout, Product, parse_version};
 use semver::Version;
 use serde_json::Value;
 use wireleap_relay_supervisor::{control as sv_control, upgrade as sv};
@@ -202,14 +202,10 @@ pub fn upgrade(
         version: target.clone(),
         source: Box::new(source),
     };
-    let keys = sv::trusted_keys(home).map_err(|e| Error::Keys(e.to_string()))?;
-    let expected = Expected::for_host(
-        Product::relay(),
-        target.clone(),
-        current.clone(),
-        sv::highest_committed(home),
-    )
-    .map_err(release)?;
+    let (keys, expected) = sv::release_check(home, &target, &current).map_err(|e| match e {
+        relay_release::Error::Key { .. } => Error::Keys(e.to_string()),
+        other => release(other),
+    })?;
     let fetcher = Fetcher::try_new(
         Layout::try_new(base.as_str()).map_err(release)?,
         Limits::default(),

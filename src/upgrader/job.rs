@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use relay_release::Layout;
 use relay_release::fetch::{Destination, Fetcher, Limits};
-use relay_release::{Expected, Layout, Product};
 use semver::Version;
 use tracing::{info, warn};
 use wireleap_relay_supervisor::{control, upgrade as sv};
@@ -107,19 +107,7 @@ async fn stage(
     running: &Version,
     version: &Version,
 ) -> Result<(), relay_release::Error> {
-    let keys = sv::trusted_keys(home).map_err(|e| match e {
-        sv::Error::Verify(e) => e,
-        other => relay_release::Error::Key {
-            origin: sv::TRUSTED_KEYS_DIR.to_owned(),
-            reason: other.to_string(),
-        },
-    })?;
-    let expected = Expected::for_host(
-        Product::relay(),
-        version.clone(),
-        running.clone(),
-        sv::highest_committed(home),
-    )?;
+    let (keys, expected) = sv::release_check(home, version, running)?;
     let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
     let dest = Destination {
         binary: home.join(sv::NEXT),

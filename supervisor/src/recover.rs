@@ -157,20 +157,23 @@ fn is_relay_in(pid: u32, home: &Path) -> bool {
         .is_some_and(|(a, b)| a == b);
     let args = std::fs::read(proc.join("cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = args.split(|&b| b == 0).collect();
-    let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit_once(") ")
-        .is_some_and(|(_, rest)| rest.starts_with('Z'));
-    cwd_ok && !zombie && args.get(1..3) == Some(&[b"start".as_slice(), b"--fg".as_slice()][..])
+    cwd_ok && alive(pid) && args.get(1..3) == Some(&[b"start".as_slice(), b"--fg".as_slice()][..])
+}
+
+/// The state letter and the parent pid of `pid`, from `/proc/<pid>/stat` (`pid (comm) state
+/// ppid ...`; the command may hold spaces and parentheses, so the fields follow the last `)`).
+pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// Whether `pid` still runs (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty()
-        && !stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 /// The listening socket of a surviving generation: its descriptor 3 (the `LISTEN_FDS` socket),

@@ -558,13 +558,7 @@ fn sent_by(sender: u32, pid: u32) -> bool {
         if at == pid {
             return true;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{at}/stat")).unwrap_or_default();
-        // pid (comm) state ppid ...
-        let Some(ppid) = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split(' ').nth(1))
-            .and_then(|p| p.parse().ok())
-        else {
+        let Some((_, ppid)) = recover::proc_stat(at) else {
             return false;
         };
         at = ppid;

@@ -103,8 +103,8 @@ pub fn highest_committed(home: &Path) -> Option<Version> {
 /// The trusted keys: the embedded project key plus `<home>/trusted-keys/*.pub`.
 ///
 /// # Errors
-/// [`Error::Verify`] when a key file is unreadable or not a key.
-pub fn trusted_keys(home: &Path) -> Result<TrustedKeys, Error> {
+/// [`relay_release::Error::Key`] when a key file is unreadable or not a key.
+pub fn trusted_keys(home: &Path) -> Result<TrustedKeys, relay_release::Error> {
     let mut keys = TrustedKeys::project()?;
     if let Ok(dir) = std::fs::read_dir(home.join(TRUSTED_KEYS_DIR)) {
         let mut files: Vec<PathBuf> = dir
@@ -119,12 +119,17 @@ pub fn trusted_keys(home: &Path) -> Result<TrustedKeys, Error> {
     Ok(keys)
 }
 
-/// Step 1: verifies the staged release for `version` above `running` (and the highest committed).
+/// What a release of `version` is checked against on this host, by the Upgrader, the `upgrade`
+/// command and step 1 alike: the trusted keys, and the expectations for the host's target with
+/// the floor (above `running` and the highest committed version).
 ///
 /// # Errors
-/// [`Error::Version`] or [`Error::Verify`] with the failing step.
-pub fn verify_staged(home: &Path, version: &str, running: &Version) -> Result<Version, Error> {
-    let version = parse_version(version).map_err(|_| Error::Version(version.to_owned()))?;
+/// [`relay_release::Error::Key`] for an unusable key file; an unusable host target.
+pub fn release_check(
+    home: &Path,
+    version: &Version,
+    running: &Version,
+) -> Result<(TrustedKeys, Expected), relay_release::Error> {
     let keys = trusted_keys(home)?;
     let expected = Expected::for_host(
         Product::relay(),
@@ -132,6 +137,16 @@ pub fn verify_staged(home: &Path, version: &str, running: &Version) -> Result<Ve
         running.clone(),
         highest_committed(home),
     )?;
+    Ok((keys, expected))
+}
+
+/// Step 1: verifies the staged release for `version` above `running` (and the highest committed).
+///
+/// # Errors
+/// [`Error::Version`] or [`Error::Verify`] with the failing step.
+pub fn verify_staged(home: &Path, version: &str, running: &Version) -> Result<Version, Error> {
+    let version = parse_version(version).map_err(|_| Error::Version(version.to_owned()))?;
+    let (keys, expected) = release_check(home, &version, running)?;
     relay_release::verify_release_files(
         &home.join(NEXT_STATEMENT),
         &home.join(NEXT),
