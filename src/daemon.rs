@@ -33,6 +33,9 @@ use crate::usage::{self, Usage};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(2500);
 /// How long startup waits for the first enrollment round before accepting anyway.
 const FIRST_ROUND_BUDGET: Duration = Duration::from_secs(15);
+/// The longest heartbeats stay paused for a successor that never takes over (its supervisor
+/// normally says so at once; this covers one that died). Above the supervisor's ready timeout.
+const PAUSE_LEASE: Duration = Duration::from_secs(90);
 /// How long the old generation lets its in-flight streams finish after a handover.
 pub const HANDOVER_DRAIN: Duration = Duration::from_secs(120);
 /// Disenrollment is best effort and gets at most this much of the grace period.
@@ -274,6 +277,10 @@ impl Daemon {
             match signals.next().await {
                 SignalEvent::Reload => self.reload(&actors).await,
                 SignalEvent::DumpStatus => self.dump_status(&actors).await,
+                SignalEvent::Pause => self.pause(&actors).await,
+                SignalEvent::Resume => {
+                    actors.enrollment.do_send(directory::ResumeHeartbeats);
+                }
                 stop @ (SignalEvent::Terminate(_) | SignalEvent::HandOver) => break stop,
             }
         };
@@ -293,15 +300,32 @@ impl Daemon {
         if let Some(metrics) = &metrics {
             metrics.stop();
         }
-        // A second terminating signal means "now".
+        // A second terminating signal means "now". A pause (the supervisor starts yet another
+        // generation) is confirmed once no directory call of this one is in flight.
+        let enrollment = actors.enrollment.clone();
+        let notify_socket = self.notify_socket.clone();
         tokio::spawn(async move {
             loop {
-                if let SignalEvent::Terminate(sig) = signals.next().await {
-                    warn!(
-                        signal = sig,
-                        "second signal: exiting without finishing the shutdown"
-                    );
-                    std::process::exit(128 + sig);
+                match signals.next().await {
+                    SignalEvent::Terminate(sig) => {
+                        warn!(
+                            signal = sig,
+                            "second signal: exiting without finishing the shutdown"
+                        );
+                        std::process::exit(128 + sig);
+                    }
+                    SignalEvent::Pause => {
+                        let lease = PAUSE_LEASE;
+                        if enrollment
+                            .send(directory::PauseHeartbeats { lease })
+                            .timeout(ACTOR_TIMEOUT)
+                            .await
+                            .is_ok()
+                        {
+                            notify::send(notify_socket.as_deref(), notify::PAUSED);
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
@@ -344,6 +368,21 @@ impl Daemon {
                 info!(added = ?s.added, updated = ?s.updated, removed = ?s.removed, refused = ?s.refused, "config reloaded")
             }
             Err(e) => error!(error = %e, "reload: enrollment did not answer"),
+        }
+    }
+
+    /// SIGWINCH from the supervisor: a successor is about to start and enroll. Heartbeats pause
+    /// (for [`PAUSE_LEASE`] at most) and, once no directory call is in flight, the supervisor
+    /// hears `WIRELEAP_HEARTBEATS=paused`: the directory never hears two generations in turn.
+    async fn pause(&self, actors: &Actors) {
+        let paused = actors
+            .enrollment
+            .send(directory::PauseHeartbeats { lease: PAUSE_LEASE })
+            .timeout(ACTOR_TIMEOUT)
+            .await;
+        match paused {
+            Ok(()) => notify::send(self.notify_socket.as_deref(), notify::PAUSED),
+            Err(e) => warn!(error = %e, "pause: enrollment did not answer"),
         }
     }
 

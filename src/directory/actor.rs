@@ -16,8 +16,14 @@
 //!
 //! Restart: not supervised; its state is rebuilt from the config. Shutdown: [`DisenrollAll`]
 //! before the drain, so the directory stops sending clients while streams finish.
+//!
+//! A hot upgrade has two generations of the relay alive at once, and the directory must hear
+//! only one of them at a time: [`PauseHeartbeats`] (before the supervisor starts a successor)
+//! and [`StopHeartbeats`] (at the handover) answer only once no `POST` of this generation is in
+//! flight any more; [`ResumeHeartbeats`] (a successor that failed to start) enrolls again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -27,7 +33,7 @@ use wireleap_protocol::status;
 use wireleap_protocol::{PublicKey, RelayEntry, Versions};
 
 use super::Admission;
-use super::client::{Client, Retry};
+use super::client::{self, Client, Retry};
 use super::schedule::{BACKOFF_BASE, BACKOFF_CAP, backoff};
 use crate::config::{Config, Contract, ContractUrl, Role, format_datasize};
 use crate::upgrader::UpgradeNotice;
@@ -53,6 +59,23 @@ pub struct Enrollment {
     first_round: std::collections::BTreeSet<ContractUrl>,
     /// Becomes true when every contract had its first attempt: the daemon starts accepting then.
     first_round_done: tokio::sync::watch::Sender<bool>,
+    /// Held shared by every `POST` in flight (in a task of its own, so cancelling a contract's
+    /// task does not cut it off mid-request); taken exclusively to wait until none is.
+    speaking: Arc<tokio::sync::RwLock<()>>,
+    /// Whether the contract tasks are held back, and until when.
+    quiet: Quiet,
+}
+
+/// Whether this generation talks to the directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// Enrolls and heartbeats.
+    No,
+    /// Paused for a successor that is starting; the number tells a lease that ended from a later
+    /// pause.
+    Paused(u64),
+    /// Handed over for good.
+    Stopped,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -126,6 +149,22 @@ impl Enrollment {
             upgrader,
             first_round,
             first_round_done: tokio::sync::watch::Sender::new(false),
+            speaking: Arc::new(tokio::sync::RwLock::new(())),
+            quiet: Quiet::No,
+        }
+    }
+
+    /// Cancels every contract task and answers once no `POST` is in flight (bounded by the
+    /// client's own request timeout, and by `limit`).
+    fn hush(&mut self, limit: Duration) -> impl Future<Output = ()> + use<> {
+        for slot in self.contracts.values_mut() {
+            slot.task.cancel();
+        }
+        let speaking = self.speaking.clone();
+        async move {
+            if tokio::time::timeout(limit, speaking.write()).await.is_err() {
+                warn!(?limit, "a directory call is still in flight; going on");
+            }
         }
     }
 
@@ -162,6 +201,10 @@ impl Enrollment {
     }
 
     fn spawn_task(&mut self, url: &ContractUrl, ctx: &mut Context<Self>) {
+        if self.quiet != Quiet::No {
+            // Paused or handed over: [`ResumeHeartbeats`] starts it, if anything does.
+            return;
+        }
         let Some(slot) = self.contracts.get(url) else {
             return;
         };
@@ -173,6 +216,7 @@ impl Enrollment {
             cancel: slot.task.clone(),
             me: ctx.address(),
             upgrader: self.upgrader.clone(),
+            speaking: self.speaking.clone(),
         };
         tokio::spawn(task.run());
     }
@@ -243,15 +287,38 @@ struct ContractTask {
     cancel: CancellationToken,
     me: Addr<Enrollment>,
     upgrader: Recipient<UpgradeNotice>,
+    speaking: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ContractTask {
     async fn run(self) {
         let cancel = self.cancel.clone();
         tokio::select! {
+            // Once cancelled, the lifecycle is never polled again: it starts no new call.
+            biased;
             () = cancel.cancelled() => {}
             () = self.lifecycle() => {}
         }
+    }
+
+    /// `POST`s the entry (enroll or heartbeat) in a task of its own that holds the speaking
+    /// lock: a pause or handover cancels this task but still waits for the call to finish.
+    async fn post(&self, relays_url: &str, enroll: bool) -> Result<status::Status, client::Error> {
+        let speaking = self.speaking.clone().read_owned().await;
+        let (api, entry, relays) = (
+            self.client.clone(),
+            self.entry.clone(),
+            relays_url.to_owned(),
+        );
+        let call = tokio::spawn(async move {
+            let _speaking = speaking;
+            api.post_entry(&relays, &entry, enroll).await
+        });
+        call.await.unwrap_or_else(|_| {
+            Err(client::Error::Interrupted {
+                url: relays_url.to_owned(),
+            })
+        })
     }
 
     async fn lifecycle(&self) {
@@ -282,7 +349,7 @@ impl ContractTask {
         attempt = 0;
         loop {
             attempt += 1;
-            match self.client.post_entry(&relays_url, &self.entry, true).await {
+            match self.post(&relays_url, true).await {
                 Ok(_) => break,
                 Err(e) => self.failed(attempt, format!("enrollment: {e}")).await,
             }
@@ -296,7 +363,7 @@ impl ContractTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let heartbeat = self.client.post_entry(&relays_url, &self.entry, false);
+            let heartbeat = self.post(&relays_url, false);
             let result = crate::metrics::timed_heartbeat(heartbeat).await;
             match &result {
                 Ok(st) if st.is(status::UPGRADE) => self.upgrade_notice(&st.cause),
@@ -596,20 +663,99 @@ impl Handler<ContractStatuses> for Enrollment {
 }
 
 /// A handover: the next generation heartbeats from now on, so this one stops its enrollment and
-/// heartbeat tasks without disenrolling and keeps its gates as they are (its streams drain). The
-/// directory so never sees two versions of one relay in turn.
+/// heartbeat tasks without disenrolling and keeps its gates as they are (its streams drain).
+/// Answers once no call of this generation is in flight. The directory so never sees two
+/// versions of one relay in turn.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopHeartbeats;
 
 impl Handler<StopHeartbeats> for Enrollment {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _msg: StopHeartbeats, _ctx: &mut Self::Context) -> Self::Result {
+        self.quiet = Quiet::Stopped;
+        let hushed = self.hush(HUSH_LIMIT);
+        Box::pin(async move {
+            hushed.await;
+            info!("heartbeats stopped: the next generation heartbeats");
+        })
+    }
+}
+
+/// The longest a pause or handover waits for a directory call in flight.
+const HUSH_LIMIT: Duration = Duration::from_secs(4);
+
+/// A successor generation is about to start and will enroll: stop enrolling and heartbeating
+/// (the gates stay as they are; streams are served as before) until [`StopHeartbeats`],
+/// [`ResumeHeartbeats`], or the end of `lease`, whichever comes first. Answers once no call is
+/// in flight.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PauseHeartbeats {
+    /// When to resume by itself (the supervisor that asked may have died).
+    pub lease: Duration,
+}
+
+impl Handler<PauseHeartbeats> for Enrollment {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: PauseHeartbeats, ctx: &mut Self::Context) -> Self::Result {
+        if self.quiet == Quiet::Stopped {
+            // Handed over or shutting down: nothing to pause, but a call may be in flight.
+            return Box::pin(self.hush(HUSH_LIMIT));
+        }
+        let lease = match self.quiet {
+            Quiet::Paused(n) => n + 1,
+            _ => 0,
+        };
+        self.quiet = Quiet::Paused(lease);
+        ctx.run_later(msg.lease, move |act, ctx| {
+            if act.quiet == Quiet::Paused(lease) {
+                warn!(lease = ?msg.lease, "heartbeats were paused for a successor that never took over; resuming");
+                act.resume(ctx);
+            }
+        });
+        let hushed = self.hush(HUSH_LIMIT);
+        Box::pin(async move {
+            hushed.await;
+            info!("heartbeats paused: a successor generation is starting");
+        })
+    }
+}
+
+/// The successor did not take over: enroll and heartbeat again.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ResumeHeartbeats;
+
+impl Handler<ResumeHeartbeats> for Enrollment {
     type Result = ();
 
-    fn handle(&mut self, _msg: StopHeartbeats, _ctx: &mut Self::Context) {
-        for slot in self.contracts.values_mut() {
-            slot.task.cancel();
+    fn handle(&mut self, _msg: ResumeHeartbeats, ctx: &mut Self::Context) {
+        if matches!(self.quiet, Quiet::Paused(_)) {
+            info!("heartbeats resumed: the successor did not take over");
+            self.resume(ctx);
         }
-        info!("heartbeats stopped: the next generation heartbeats");
+    }
+}
+
+impl Enrollment {
+    /// Restarts the task of every contract that is not over a cap (it enrolls again first).
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        self.quiet = Quiet::No;
+        let urls: Vec<ContractUrl> = self
+            .contracts
+            .iter()
+            .filter(|(_, s)| s.capped.is_none())
+            .map(|(u, _)| u.clone())
+            .collect();
+        for url in &urls {
+            if let Some(slot) = self.contracts.get_mut(url) {
+                slot.task = CancellationToken::new();
+            }
+            self.spawn_task(url, ctx);
+        }
     }
 }
 
@@ -624,6 +770,7 @@ impl Handler<DisenrollAll> for Enrollment {
     type Result = ResponseFuture<usize>;
 
     fn handle(&mut self, _msg: DisenrollAll, _ctx: &mut Self::Context) -> Self::Result {
+        self.quiet = Quiet::Stopped;
         let mut calls = Vec::new();
         for (url, slot) in &mut self.contracts {
             slot.task.cancel();

@@ -64,6 +64,12 @@ pub enum Error {
         /// The URL called.
         url: String,
     },
+    /// The call's task ended before it did (the runtime is shutting down).
+    #[error("{url}: the call was interrupted")]
+    Interrupted {
+        /// The URL called.
+        url: String,
+    },
     /// The proof-of-work challenge could not be answered.
     #[error("could not perform challenge-response proof of work for {url}: {why}")]
     Challenge {

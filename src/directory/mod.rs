@@ -12,7 +12,7 @@ pub mod client;
 pub mod schedule;
 
 pub use actor::{
-    ApplyConfig, ContractState, ContractStatuses, DisenrollAll, Enrollment, ReloadSummary,
-    StopHeartbeats, WaitFirstRound,
+    ApplyConfig, ContractState, ContractStatuses, DisenrollAll, Enrollment, PauseHeartbeats,
+    ReloadSummary, ResumeHeartbeats, StopHeartbeats, WaitFirstRound,
 };
 pub use admission::{Admission, AdmissionError};

@@ -6,6 +6,11 @@
 //! | SIGUSR2 | [`SignalEvent::DumpStatus`] |
 //! | SIGTERM, SIGINT, SIGQUIT | [`SignalEvent::Terminate`] (a second one forces exit) |
 //! | SIGHUP | [`SignalEvent::HandOver`]: sent by the supervisor once a new generation is ready |
+//! | SIGWINCH | [`SignalEvent::Pause`]: sent by the supervisor before it starts a new generation |
+//! | SIGCONT | [`SignalEvent::Resume`]: sent by the supervisor when that generation failed |
+//!
+//! SIGWINCH and SIGCONT are harmless to a process that does not handle them (ignored, and
+//! "continue"), so a supervisor may send them to a relay of any version.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -21,6 +26,11 @@ pub enum SignalEvent {
     /// A new generation serves the same listener: stop accepting, drain the streams in flight,
     /// exit 0, and stay enrolled (the new generation carries the enrollment on).
     HandOver,
+    /// A new generation is about to start and enroll: pause heartbeats, and say so to the
+    /// supervisor once no directory call is in flight.
+    Pause,
+    /// The new generation did not take over: heartbeat again.
+    Resume,
 }
 
 /// The daemon's signal handlers, installed once.
@@ -32,6 +42,8 @@ pub struct Signals {
     int: Signal,
     quit: Signal,
     hup: Signal,
+    winch: Signal,
+    cont: Signal,
 }
 
 impl Signals {
@@ -47,6 +59,10 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             quit: signal(SignalKind::quit())?,
             hup: signal(SignalKind::hangup())?,
+            winch: signal(SignalKind::window_change())?,
+            cont: signal(SignalKind::from_raw(
+                nix::sys::signal::Signal::SIGCONT as i32,
+            ))?,
         })
     }
 
@@ -59,6 +75,8 @@ impl Signals {
             _ = self.int.recv() => SignalEvent::Terminate(libc_signal::SIGINT),
             _ = self.quit.recv() => SignalEvent::Terminate(libc_signal::SIGQUIT),
             _ = self.hup.recv() => SignalEvent::HandOver,
+            _ = self.winch.recv() => SignalEvent::Pause,
+            _ = self.cont.recv() => SignalEvent::Resume,
         }
     }
 }

@@ -40,11 +40,22 @@ impl ReadySocket {
 
     /// Waits up to `wait` for a datagram; `Some(pid)` if it says `READY=1`, with the sender's
     /// pid as the kernel reports it (`SO_PASSCRED`; 0 if unknown), so that a READY is never
-    /// credited to the wrong generation.
+    /// credited to the wrong generation. Other notices are dropped.
     ///
     /// # Errors
     /// An I/O error other than a timeout.
     pub fn ready_within(&self, wait: Duration) -> io::Result<Option<u32>> {
+        Ok(self
+            .notice_within(wait)?
+            .filter(|n| n.kind == Kind::Ready)
+            .map(|n| n.pid))
+    }
+
+    /// Waits up to `wait` for a datagram and says what it was and who sent it.
+    ///
+    /// # Errors
+    /// An I/O error other than a timeout.
+    pub fn notice_within(&self, wait: Duration) -> io::Result<Option<Notice>> {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
         self.sock
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
@@ -74,11 +85,39 @@ impl ReadySocket {
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let ready = String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == "READY=1");
-        Ok(ready.then_some(pid))
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let kind = if text.lines().any(|l| l == "READY=1") {
+            Kind::Ready
+        } else if text.lines().any(|l| l == PAUSED) {
+            Kind::Paused
+        } else {
+            Kind::Other
+        };
+        Ok(Some(Notice { pid, kind }))
     }
+}
+
+/// What a generation says once its heartbeats are paused and no directory call is in flight.
+pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
+
+/// A datagram from a relay generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// The sender's pid (0 if the kernel did not say).
+    pub pid: u32,
+    /// What it said.
+    pub kind: Kind,
+}
+
+/// The notices the supervisor acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `READY=1`: serving.
+    Ready,
+    /// [`PAUSED`]: heartbeats paused for a successor.
+    Paused,
+    /// Anything else (`STATUS=`, `STOPPING=1`, ...).
+    Other,
 }
 
 /// How often to send `WATCHDOG=1`: half of systemd's `WATCHDOG_USEC`, if it is set and meant

@@ -15,7 +15,7 @@ use signal_hook::iterator::Signals;
 use crate::budget::{Budget, Verdict};
 use crate::control::{Control, Request};
 use crate::exit;
-use crate::notify::{self, ReadySocket};
+use crate::notify::{self, Kind, ReadySocket};
 use crate::recover;
 use crate::upgrade;
 
@@ -23,6 +23,8 @@ use crate::upgrade;
 pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
 /// How long a new relay generation has to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a serving generation has to confirm its heartbeats paused before a successor starts.
+const PAUSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a stopping relay gets before SIGKILL (its own shutdown grace is shorter).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exit codes of a relay stopped gracefully by a signal (128 + SIGINT, SIGQUIT, SIGTERM): an
@@ -211,6 +213,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let mut budget = Budget::default();
     let mut told_systemd = false;
     let control = Control::bind(&opts.home).map_err(io("control socket"))?;
+    pause_heartbeats(&ready, &orphans);
     let mut current = start(opts, &opts.relay, &listener, ready.name())?;
     let mut current_ready = false;
     let mut pending: Option<Generation> = None;
@@ -304,6 +307,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                             req.reply(&serde_json::json!({"ok": false, "version": asked, "error": why}));
                         }
                         Ok((version, from)) => {
+                            pause_heartbeats(&ready, &[current.pid()]);
                             let next = start(opts, &opts.home.join(upgrade::NEXT), &listener, ready.name())?;
                             log(&format!("upgrade to {version}: verified and migrated; new generation pid {}", next.pid()));
                             pending = Some(next);
@@ -317,6 +321,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                         req.reply(&serde_json::json!({"ok": false, "error": why}));
                     }
                     Ok((version, from)) => {
+                        pause_heartbeats(&ready, &[current.pid()]);
                         let prev = start(opts, &opts.home.join(upgrade::PREV), &listener, ready.name())?;
                         log(&format!("rollback to {version}: new generation pid {}", prev.pid()));
                         pending = Some(prev);
@@ -330,6 +335,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             match sig {
                 SIGUSR1 => forward(current.pid(), Signal::SIGUSR1),
                 SIGHUP if pending.is_none() && upgrading.is_none() && current_ready => {
+                    pause_heartbeats(&ready, &[current.pid()]);
                     let next = start(opts, &opts.relay, &listener, ready.name())?;
                     log(&format!(
                         "handover: started a new generation (pid {})",
@@ -461,6 +467,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     current = start(opts, &opts.relay, &listener, ready.name())?;
                     current_ready = false;
                     current_gone = false;
+                } else {
+                    forward(current.pid(), Signal::SIGCONT);
                 }
             }
         }
@@ -819,6 +827,32 @@ fn relay_version(binary: &Path) -> Result<semver::Version, String> {
     let text = String::from_utf8_lossy(&out.stdout);
     semver::Version::parse(text.lines().next().unwrap_or("").trim())
         .map_err(|e| format!("{} version said {:?}: {e}", binary.display(), text.trim()))
+}
+
+/// Before a successor starts (and enrolls), the serving generations pause their heartbeats; this
+/// waits, at most [`PAUSE_WAIT`], until each says no directory call of its own is in flight, so
+/// that the directory never hears two versions of the relay in turn. A generation that does not
+/// answer (one too old to know the signal ignores it) is logged and the handover goes on.
+fn pause_heartbeats(ready: &ReadySocket, pids: &[u32]) {
+    let mut waiting = pids.to_vec();
+    for &pid in &waiting {
+        forward(pid, Signal::SIGWINCH);
+    }
+    let deadline = Instant::now() + PAUSE_WAIT;
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log(&format!(
+                "pid {waiting:?} did not confirm its heartbeats paused within {PAUSE_WAIT:?}; starting the new generation anyway"
+            ));
+            return;
+        }
+        if let Ok(Some(n)) = ready.notice_within(left)
+            && n.kind == Kind::Paused
+        {
+            waiting.retain(|&pid| !sent_by(n.pid, pid));
+        }
+    }
 }
 
 fn forward(pid: u32, sig: Signal) {

@@ -112,12 +112,9 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
         "the migrated config was not committed"
     );
     assert!(home.read("upgrade-state.json").contains("\"9.0.0\""));
-    let journal = home.read("upgrade-journal.jsonl");
+    let text = home.read("upgrade-journal.jsonl");
     for step in ["verified", "migrated", "swapped", "committing", "committed"] {
-        assert!(
-            journal.contains(&format!("\"step\":\"{step}\"")),
-            "{journal}"
-        );
+        assert!(text.contains(&format!("\"step\":\"{step}\"")), "{text}");
     }
     table.push(("9.0.0 good release", "committed".to_owned()));
 
@@ -192,6 +189,40 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
                 "{version}: {leftover} left behind"
             );
         }
+        if version == "9.3.0" {
+            // While the new version was (not) getting ready, the directory heard nothing from the
+            // serving generation: it paused its heartbeats (every 500 ms otherwise) first.
+            let at = |step: &str| {
+                journal(home)
+                    .into_iter()
+                    .find(|e| e["version"] == version && e["step"] == step)
+                    .and_then(|e| e["time_ms"].as_u64())
+                    .unwrap_or_else(|| panic!("no {step} step for {version}"))
+            };
+            let (migrated, failed) = (at("migrated"), at("rolled-back"));
+            assert!(failed - migrated >= 2500, "{migrated}..{failed}");
+            let heard: Vec<u64> = standin
+                .relays_requests("POST")
+                .iter()
+                .filter(|r| r.time_ms > migrated + 500 && r.time_ms < failed)
+                .map(|r| r.time_ms - migrated)
+                .collect();
+            assert!(
+                heard.is_empty(),
+                "the directory heard the serving generation while its successor started (ms after migrated): {heard:?}"
+            );
+        }
+        if matches!(version, "9.2.0" | "9.3.0") {
+            // The serving generation paused its heartbeats while the new version started; that
+            // one never took over (nor enrolled), so the serving one heartbeats again, and not
+            // only when its pause lease ends.
+            let seen = standin.relays_requests("POST").len();
+            eventually(
+                Duration::from_secs(5),
+                "the relay to heartbeat again",
+                || standin.relays_requests("POST").len() > seen,
+            );
+        }
         table.push((version, format!("rolled back: {error}")));
     }
     wait_serving(home);
@@ -257,15 +288,36 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
 
 /// Publishes `binary` as `version` in the release tree `root` and points the default channel at
 /// it: from the next heartbeat on, the stand-in directory announces it.
+/// The `Wireleap-Relay-Version` of every `POST /relays`, in the order the directory saw them.
+fn versions_posted(standin: &crate::support::standin::Standin) -> Vec<String> {
+    standin
+        .relays_requests("POST")
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("wireleap-relay-version"))
+                .map(|(_, v)| v.clone())
+        })
+        .collect()
+}
+
 fn publish_on_channel(root: &Path, version: &str, binary: &Path) {
     publish(root, version, binary);
     set_channel(root, version);
 }
 
-fn journal_steps(home: &Home, version: &str) -> Vec<String> {
+/// The upgrade journal's entries.
+fn journal(home: &Home) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(home.file("upgrade-journal.jsonl")).unwrap_or_default();
     text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn journal_steps(home: &Home, version: &str) -> Vec<String> {
+    journal(home)
+        .into_iter()
         .filter(|v| v["version"] == version)
         .filter_map(|v| v["step"].as_str().map(str::to_owned))
         .collect()
@@ -322,16 +374,7 @@ fn heartbeat_notice_upgrades_under_load() {
     // The old generation drains (the load's long-lived streams keep it alive) but no longer
     // heartbeats: the directory never sees the relay go back to 0.7.0.
     std::thread::sleep(Duration::from_millis(1500));
-    let versions: Vec<String> = standin
-        .relays_requests("POST")
-        .iter()
-        .filter_map(|r| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("wireleap-relay-version"))
-                .map(|(_, v)| v.clone())
-        })
-        .collect();
+    let versions = versions_posted(standin);
     let first_new = versions.iter().position(|v| v == "9.0.0").unwrap();
     assert!(
         versions[first_new..].iter().all(|v| v == "9.0.0"),
