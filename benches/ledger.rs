@@ -9,7 +9,8 @@
 //!   to the p99 on this disk; on a shared machine it moves with everyone else's I/O.
 //!
 //! Run: `cargo bench --bench ledger` (release). The temp dir is on the disk the tests use.
-//! Target (issue #5): ≥ 20 000 tokens/s, p99 added delay < 5 ms.
+//! Target (issue #5): ≥ 20 000 tokens/s, p99 added delay < 5 ms (shown at offered loads of
+//! 2 000 to 20 000 tokens/s; on 2 cores the tail grows with the CPU the ledger takes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
@@ -28,8 +29,8 @@ use wireleap_relay::ledger::{AdmitError, AdmitToken, Flush, Ledger};
 const N: usize = 100_000;
 /// Admissions in flight at saturation (streams being opened at once).
 const CONCURRENCY: usize = 256;
-/// Offered load of the latency run, tokens per second.
-const PACED_RATE: usize = 20_000;
+/// Offered loads of the latency runs, tokens per second, highest first.
+const PACED_RATES: [usize; 4] = [20_000, 10_000, 5_000, 2_000];
 /// Length of the latency run.
 const PACED_FOR: Duration = Duration::from_secs(3);
 
@@ -150,7 +151,7 @@ async fn saturate(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>) -> Run {
     summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
 }
 
-/// Open loop at `PACED_RATE`: a batch every millisecond, each admission its own task, as the
+/// Open loop at `rate`: a batch every millisecond, each admission its own task, as the
 /// transport's stream tasks do.
 async fn paced(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>, rate: usize) -> Run {
     let per_ms = rate / 1000;
@@ -273,23 +274,24 @@ fn main() {
         .prefix("ledger-bench")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let paced_n = PACED_RATE * (PACED_FOR.as_secs() as usize + 1);
+    let paced_n = |rate: usize| rate * (PACED_FOR.as_secs() as usize + 1);
     let raw_rate = raw_insert(dir.path(), &tokens(20_000), Duration::from_secs(2));
     let floor = fdatasync_floor(dir.path(), 500);
 
     let sys = actix_rt::System::new();
-    let half = PACED_RATE / 2;
-    let (mem_sat, mem_paced, mem_half, dur_sat, dur_paced, dur_half) = sys.block_on(async {
+    let (mem_sat, dur_sat, latency) = sys.block_on(async {
         let mem = MemoryLedger(HashSet::new()).start();
         let mem_sat = saturate(mem.clone().recipient(), tokens(N)).await;
-        let mem_paced = paced(mem.clone().recipient(), tokens(paced_n), PACED_RATE).await;
-        let mem_half = paced(mem.recipient(), tokens(paced_n), half).await;
         let ledger = durable_ledger(dir.path()).start();
         let dur_sat = saturate(ledger.clone().recipient(), tokens(N)).await;
-        let dur_paced = paced(ledger.clone().recipient(), tokens(paced_n), PACED_RATE).await;
-        let dur_half = paced(ledger.clone().recipient(), tokens(paced_n), half).await;
+        let mut latency = Vec::new();
+        for rate in PACED_RATES {
+            let m = paced(mem.clone().recipient(), tokens(paced_n(rate)), rate).await;
+            let d = paced(ledger.clone().recipient(), tokens(paced_n(rate)), rate).await;
+            latency.push((rate, m, d));
+        }
         ledger.send(Flush).await.unwrap();
-        (mem_sat, mem_paced, mem_half, dur_sat, dur_paced, dur_half)
+        (mem_sat, dur_sat, latency)
     });
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -316,10 +318,7 @@ fn main() {
         dur_sat.rate / raw_rate,
         dur_sat.rate / mem_sat.rate
     );
-    for (rate, mem, dur) in [
-        (PACED_RATE, &mem_paced, &dur_paced),
-        (half, &mem_half, &dur_half),
-    ] {
+    for (rate, mem, dur) in &latency {
         println!("admission delay at an offered {rate} tokens/s for {PACED_FOR:?}:");
         line("  memory set (baseline)", mem);
         line("  durable ledger", dur);
@@ -328,6 +327,15 @@ fn main() {
             "  p99 delay added by durability: {:.3} ms (target < 5 ms)",
             added.as_secs_f64() * 1e3
         );
+    }
+    let within = latency
+        .iter()
+        .filter(|(_, mem, dur)| dur.p99.saturating_sub(mem.p99) < Duration::from_millis(5))
+        .map(|(rate, _, _)| *rate)
+        .max();
+    match within {
+        Some(rate) => println!("p99 added delay under 5 ms up to an offered {rate} tokens/s"),
+        None => println!("p99 added delay under 5 ms: at none of the offered rates"),
     }
     println!(
         "throughput target 20000/s: {}",
