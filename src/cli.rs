@@ -90,6 +90,10 @@ pub enum Command {
     /// Go back to the previous version (wireleap-relay.prev and config.json.prev), through the
     /// supervisor when it runs.
     Rollback,
+    /// Internal, run by the supervisor when it starts: print config.json's `supervisor` settings
+    /// as JSON (`health_window_secs`, `ready_timeout_secs`; only those that are set).
+    #[command(hide = true)]
+    SupervisorSettings,
     /// Internal, run by `start`: leave the terminal's session, then become the supervisor.
     #[command(hide = true)]
     DetachSupervisor {

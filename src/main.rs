@@ -62,6 +62,7 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             Err(e) => fail(&e, exit::FAILURE),
         },
         Command::CheckConfig => check_config(home),
+        Command::SupervisorSettings => supervisor_settings(home),
         Command::Migrate {
             version: other,
             down,
@@ -120,6 +121,26 @@ fn check_config(home: &Path) -> u8 {
                 eprintln!("warning: {w}");
             }
             println!("OK");
+            exit::OK
+        }
+        Err(e) => fail(&e, exit::CONFIG),
+    }
+}
+
+fn supervisor_settings(home: &Path) -> u8 {
+    match config::load(&home.join(home::files::CONFIG)) {
+        Ok(loaded) => {
+            let s = loaded.config.supervisor;
+            let mut out = serde_json::Map::new();
+            for (key, d) in [
+                ("health_window_secs", s.health_window),
+                ("ready_timeout_secs", s.ready_timeout),
+            ] {
+                if let Some(d) = d {
+                    out.insert(key.to_owned(), d.as_secs_f64().into());
+                }
+            }
+            println!("{}", serde_json::Value::Object(out));
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),

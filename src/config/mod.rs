@@ -74,6 +74,8 @@ pub struct Config {
     /// Base URL of the signed releases the Upgrader downloads (our extension, spec §10 #11;
     /// layout in `releases/SPEC.md`); `None` = automatic upgrades cannot download.
     pub release_url: Option<url::Url>,
+    /// How the supervisor judges a new version (our extension); unset keys keep its defaults.
+    pub supervisor: SupervisorSettings,
 }
 
 impl Config {
@@ -227,6 +229,20 @@ pub struct Metrics {
     pub address: SocketAddr,
 }
 
+/// `supervisor` (our extension): read by `wireleap-relay-supervisor` when it starts (through the
+/// hidden `supervisor-settings` command), so that `wireleap-relay start` needs no flags. A flag
+/// given to the supervisor wins over these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SupervisorSettings {
+    /// How long a new version must run without exiting before it is committed.
+    pub health_window: Option<Duration>,
+    /// How long a new generation has to report ready before it is given up.
+    pub ready_timeout: Option<Duration>,
+}
+
+/// The longest `supervisor.health_window` and `supervisor.ready_timeout` accepted.
+pub const MAX_SUPERVISOR_WAIT: Duration = Duration::from_secs(3600);
+
 /// `danger_zone`: settings for tests and experts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DangerZone {
@@ -376,11 +392,13 @@ const TOP_KEYS: &[&str] = &[
     "heartbeat_interval",
     "metrics",
     "release_url",
+    "supervisor",
 ];
 const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interval", "archive_dir"];
 const REST_API_KEYS: &[&str] = &["address", "addr", "socket_umask"];
 const DANGER_ZONE_KEYS: &[&str] = &["allow_loopback"];
 const METRICS_KEYS: &[&str] = &["address"];
+const SUPERVISOR_KEYS: &[&str] = &["health_window", "ready_timeout"];
 const CONTRACT_KEYS: &[&str] = &[
     "role",
     "address",
@@ -534,6 +552,10 @@ impl Walker {
             None => Some(None),
             Some(v) => self.metrics(v),
         };
+        let supervisor = match get("supervisor") {
+            None => Some(SupervisorSettings::default()),
+            Some(v) => self.supervisor(v),
+        };
         let danger_zone = match get("danger_zone") {
             None => Some(DangerZone::default()),
             Some(v) => self
@@ -564,6 +586,32 @@ impl Walker {
             heartbeat_interval: heartbeat_interval?,
             metrics: metrics?,
             release_url: release_url?,
+            supervisor: supervisor?,
+        })
+    }
+
+    /// `supervisor`: `health_window` (0 commits as soon as the new version is ready) and
+    /// `ready_timeout` (above 0), each at most [`MAX_SUPERVISOR_WAIT`].
+    fn supervisor(&mut self, v: &Value) -> Option<SupervisorSettings> {
+        let m = self.object("supervisor", v, SUPERVISOR_KEYS)?;
+        let mut wait = |key: &str, zero_ok: bool| {
+            let path = format!("supervisor.{key}");
+            let Some(raw) = m.get(key).filter(|v| !v.is_null()) else {
+                return Some(None);
+            };
+            let d = self.duration_or(&path, Some(raw), Duration::ZERO)?;
+            if d > MAX_SUPERVISOR_WAIT || (d.is_zero() && !zero_ok) {
+                let low = if zero_ok { "0s" } else { "more than 0s" };
+                self.problem(&path, format!("must be from {low} to 1h, found {d:?}"));
+                return None;
+            }
+            Some(Some(d))
+        };
+        let health_window = wait("health_window", true);
+        let ready_timeout = wait("ready_timeout", false);
+        Some(SupervisorSettings {
+            health_window: health_window?,
+            ready_timeout: ready_timeout?,
         })
     }
 

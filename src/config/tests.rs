@@ -14,6 +14,14 @@ fn ok(text: &str) -> Config {
     }
 }
 
+/// A minimal config (one contract) with `"key": value` at the top level.
+fn with_top_level(key: &str, value: &str) -> String {
+    format!(
+        r#"{{"address":"127.0.0.1:1","{key}":{value},"contracts":{{"https://a.example":
+        {{"address":"wireleap://r:1","role":"backing"}}}}}}"#
+    )
+}
+
 /// The spec's example (spec §2.1), with the `upgrade_channel` that §2.3 requires.
 const SPEC_EXAMPLE: &str = r#"{
     "address": "0.0.0.0:13499",
@@ -192,12 +200,7 @@ fn syntax_errors_give_line_and_column() {
 
 #[test]
 fn rest_api_forms() {
-    let base = |rest: &str| {
-        format!(
-            r#"{{"address":"127.0.0.1:1","rest_api":{rest},"contracts":{{"https://a.example":
-            {{"address":"wireleap://r:1","role":"backing"}}}}}}"#
-        )
-    };
+    let base = |value: &str| with_top_level("rest_api", value);
     let c = ok(&base(r#"{"address":"http://127.0.0.1:8080"}"#));
     assert_eq!(
         c.rest_api.unwrap().address,
@@ -236,12 +239,7 @@ fn nearest_key_suggestions() {
 
 #[test]
 fn metrics_forms() {
-    let base = |metrics: &str| {
-        format!(
-            r#"{{"address":"127.0.0.1:1","metrics":{metrics},"contracts":{{"https://a.example":
-            {{"address":"wireleap://r:1","role":"backing"}}}}}}"#
-        )
-    };
+    let base = |value: &str| with_top_level("metrics", value);
     let c = ok(&base(r#"{"address":"127.0.0.1:9101"}"#));
     assert_eq!(
         c.metrics.unwrap().address,
@@ -264,4 +262,34 @@ fn metrics_forms() {
     );
     let found = problems(&base(r#""127.0.0.1:9101""#));
     assert_eq!(found[0].path, "metrics");
+}
+
+#[test]
+fn supervisor_waits() {
+    let base = |value: &str| with_top_level("supervisor", value);
+    let c = ok(&base(r#"{"health_window":"2s","ready_timeout":"1m"}"#));
+    assert_eq!(c.supervisor.health_window, Some(Duration::from_secs(2)));
+    assert_eq!(c.supervisor.ready_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(
+        ok(&base(r#"{"health_window":"0"}"#))
+            .supervisor
+            .health_window,
+        Some(Duration::ZERO)
+    );
+    assert_eq!(ok(&base("{}")).supervisor, SupervisorSettings::default());
+    assert_eq!(ok(&base("null")).supervisor, SupervisorSettings::default());
+    let found = problems(&base(r#"{"ready_timeout":"0","health_window":"2h"}"#));
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["supervisor.health_window", "supervisor.ready_timeout"],
+        "{found:?}"
+    );
+    let found = problems(&base(r#"{"health_window":30}"#));
+    assert_eq!(found[0].path, "supervisor.health_window");
+    let found = problems(&base(r#"{"health_windw":"1s"}"#));
+    assert_eq!(
+        found[0].to_string(),
+        r#"supervisor.health_windw: unknown key (did you mean "health_window"?)"#
+    );
 }

@@ -13,8 +13,8 @@ use wireleap_relay_supervisor::run::{self, HOME_ENV, Options};
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut relay = None;
-    let mut health_window = run::HEALTH_WINDOW;
-    let mut ready_timeout = run::READY_TIMEOUT;
+    let mut health_window = None;
+    let mut ready_timeout = None;
     let mut ctl: Option<Vec<String>> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
                     .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
                 {
                     Some(secs) if secs >= 0.0 => {
-                        health_window = std::time::Duration::from_secs_f64(secs)
+                        health_window = Some(std::time::Duration::from_secs_f64(secs));
                     }
                     _ => {
                         eprintln!(
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                     .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
                 {
                     Some(secs) if secs > 0.0 => {
-                        ready_timeout = std::time::Duration::from_secs_f64(secs)
+                        ready_timeout = Some(std::time::Duration::from_secs_f64(secs));
                     }
                     _ => {
                         eprintln!(
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             }
             "--help" | "-h" => {
                 println!(
-                    "usage: wireleap-relay-supervisor [--relay PATH]\n\nhome: the executable's folder, or ${HOME_ENV}"
+                    "usage: wireleap-relay-supervisor [--relay PATH] [--health-window SECS] [--ready-timeout SECS]\n\nhome: the executable's folder, or ${HOME_ENV}\nthe waits default to config.json's \"supervisor\" section, else 30 s each"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -87,11 +87,22 @@ fn main() -> ExitCode {
     if let Some(words) = ctl {
         return ctl_command(&home, &words);
     }
+    let relay = relay.unwrap_or_else(|| home.join("wireleap-relay"));
+    // A flag wins; else config.json's `supervisor` section; else the defaults.
+    let configured = if health_window.is_none() || ready_timeout.is_none() {
+        run::configured_waits(&relay, &home)
+    } else {
+        run::Waits::default()
+    };
     let opts = Options {
-        relay: relay.unwrap_or_else(|| home.join("wireleap-relay")),
+        relay,
         notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
-        health_window,
-        ready_timeout,
+        health_window: health_window
+            .or(configured.health_window)
+            .unwrap_or(run::HEALTH_WINDOW),
+        ready_timeout: ready_timeout
+            .or(configured.ready_timeout)
+            .unwrap_or(run::READY_TIMEOUT),
         home,
     };
     let pid_file = opts.home.join("wireleap-relay-supervisor.pid");

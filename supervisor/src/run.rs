@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt as _, FdMapping};
@@ -207,6 +207,10 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let listener = listener(opts, &orphans)?;
     let local = listener.local_addr().map_err(io("listener address"))?;
     log(&format!("listening on {local}"));
+    log(&format!(
+        "health window {:?}, ready timeout {:?}",
+        opts.health_window, opts.ready_timeout
+    ));
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP]).map_err(io("signal handlers"))?;
     let ready = ReadySocket::bind().map_err(io("readiness socket"))?;
@@ -694,6 +698,51 @@ fn start(
         started: Instant::now(),
         abandoned: false,
     })
+}
+
+/// The waits config.json sets (its `supervisor` section), as the relay reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// `supervisor.health_window`.
+    pub health_window: Option<Duration>,
+    /// `supervisor.ready_timeout`.
+    pub ready_timeout: Option<Duration>,
+}
+
+/// Asks `relay supervisor-settings` (so config.json is parsed by the relay's own parser, with its
+/// errors). A relay too old to know the command, or a config it refuses, leaves the defaults;
+/// [`run`] then refuses a bad config with the relay's reason anyway.
+pub fn configured_waits(relay: &Path, home: &Path) -> Waits {
+    let out = match Command::new(relay)
+        .arg("supervisor-settings")
+        .env(HOME_ENV, home)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => out.stdout,
+        _ => return Waits::default(),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    let secs = |key: &str| {
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    };
+    let waits = Waits {
+        health_window: secs("health_window_secs"),
+        ready_timeout: secs("ready_timeout_secs"),
+    };
+    for (key, d) in [
+        ("health_window", waits.health_window),
+        ("ready_timeout", waits.ready_timeout),
+    ] {
+        if let Some(d) = d {
+            log(&format!("config.json: supervisor.{key} {d:?}"));
+        }
+    }
+    waits
 }
 
 fn check_config(opts: &Options) -> Result<(), Error> {

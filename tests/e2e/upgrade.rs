@@ -335,8 +335,12 @@ fn heartbeat_notice_upgrades_under_load() {
         releases_root: Some(root.path().to_path_buf()),
         ..wireleap_devnet::Config::default()
     });
-    let extra = format!(r#""release_url": "{}","#, standin.net.releases_url());
-    let s = Supervised::start_with(standin, &extra, &["--health-window", "2"]);
+    // The health window comes from config.json, as with `wireleap-relay start` (no flags).
+    let extra = format!(
+        r#""release_url": "{}", "supervisor": {{"health_window": "2s"}},"#,
+        standin.net.releases_url()
+    );
+    let s = Supervised::start_with(standin, &extra, &[]);
     let (standin, home, rt) = (&s.standin, &s.home, &s.rt);
     let load = Load::start(rt, &s.sk, &s.hop, s.target, 50);
     std::thread::sleep(Duration::from_millis(500));
@@ -363,6 +367,20 @@ fn heartbeat_notice_upgrades_under_load() {
         "the committed binary is not the release"
     );
     assert_ne!(home.pid().unwrap(), first);
+    let at = |step: &str| {
+        journal(home)
+            .into_iter()
+            .find(|e| e["version"] == "9.0.0" && e["step"] == step)
+            .and_then(|e| e["time_ms"].as_u64())
+            .unwrap()
+    };
+    let window = at("committing") - at("swapped");
+    assert!(
+        (2000..10_000).contains(&window),
+        "config.json's supervisor.health_window (2s) not applied: committed {window} ms after the swap\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("config.json: supervisor.health_window 2s"));
     // The new generation says so to the directory; notices for 9.0.0 stop.
     eventually(WAIT, "a heartbeat from 9.0.0", || {
         standin.relays_requests("POST").iter().any(|r| {
