@@ -87,6 +87,11 @@ pub async fn run(
             false,
         );
     };
+    // Not worth a download: the supervisor would refuse it.
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the relay's own path: {e}"));
+    if let Err(why) = exe.and_then(|exe| sv::runs_from_home(&home, &exe)) {
+        return fail(why, false);
+    }
     match stage(&home, &base, &running, &version).await {
         Ok(()) => {}
         Err(e) => {

@@ -604,6 +604,10 @@ fn begin_upgrade(
     asked: &str,
 ) -> Result<(semver::Version, semver::Version), String> {
     let home = &opts.home;
+    if let Err(why) = upgrade::runs_from_home(home, &opts.relay) {
+        upgrade::roll_back(home, asked, None, false);
+        return Err(why);
+    }
     let running = relay_version(&opts.relay)?;
     let from = running.to_string();
     let version = match upgrade::verify_staged(home, asked, &running) {
@@ -633,6 +637,7 @@ fn begin_upgrade(
 /// migrated down by the current binary (`config.json.next`, which the new generation reads).
 fn begin_rollback(opts: &Options) -> Result<(semver::Version, semver::Version), String> {
     let home = &opts.home;
+    upgrade::runs_from_home(home, &opts.relay)?;
     let prev = home.join(upgrade::PREV);
     if !prev.exists() {
         return Err("there is no wireleap-relay.prev to roll back to".into());

@@ -49,6 +49,35 @@ pub const PREV_STATEMENT: &str = "wireleap-relay.prev.hash";
 /// How long one `migrate` run may take.
 pub const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Upgrades and rollbacks replace `<home>/wireleap-relay`. When the relay runs from another file
+/// (`--relay`, or `WIRELEAP_RELAY_HOME` away from the binary), a commit would never reach the
+/// binary that runs, so both are refused, with this reason. A generation running as
+/// `wireleap-relay.next` or `.prev` (until a commit renames it) is in its home.
+///
+/// # Errors
+/// The reason, naming both files.
+pub fn runs_from_home(home: &Path, relay: &Path) -> Result<(), String> {
+    let installed = home.join(CURRENT);
+    let relay_dir = std::fs::canonicalize(relay)
+        .ok()
+        .and_then(|p| Some((p.parent()?.to_path_buf(), p.file_name()?.to_owned())));
+    match (relay_dir, std::fs::canonicalize(home)) {
+        (Some((dir, name)), Ok(home))
+            if dir == home
+                && [CURRENT, NEXT, PREV]
+                    .map(std::ffi::OsStr::new)
+                    .contains(&name.as_os_str()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "upgrades replace {}, but the relay runs from {}: put the relay binary in its home directory (and unset WIRELEAP_RELAY_HOME or --relay) to upgrade",
+            installed.display(),
+            relay.display()
+        )),
+    }
+}
+
 /// Why an upgrade did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -55,6 +55,7 @@ fn ctl(home: &Home, args: &[&str]) -> (i32, serde_json::Value) {
     let request = match args {
         ["status"] => serde_json::json!({"cmd": "status"}),
         ["upgrade", v] => serde_json::json!({"cmd": "upgrade", "version": v}),
+        ["rollback"] => serde_json::json!({"cmd": "rollback"}),
         _ => panic!("unknown ctl {args:?}"),
     };
     let mut conn =
@@ -74,6 +75,44 @@ fn wait_serving(home: &Home) {
     eventually(WAIT, "the supervisor to serve", || {
         ctl(home, &["status"]).1["state"] == "serving"
     });
+}
+
+/// A supervisor that runs the relay from outside its home directory (`--relay`) refuses upgrades
+/// and rollbacks, which would replace `<home>/wireleap-relay`, a file that never runs: it says
+/// why, removes the staged release, skips nothing, and the relay serves on.
+#[test]
+fn upgrades_are_refused_when_the_relay_runs_from_outside_its_home() {
+    let outside = relay_bin();
+    let s = Supervised::start(&["--relay", outside.to_str().unwrap()]);
+    let home = &s.home;
+    let releases = tempfile::tempdir().unwrap();
+    publish_and_stage(releases.path(), home, "9.0.0", &relay_bin());
+    let first = home.pid().unwrap();
+    let (code, reply) = ctl(home, &["upgrade", "9.0.0"]);
+    assert_eq!(code, 1, "{reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("but the relay runs from") && error.contains(&outside.display().to_string()),
+        "{reply}"
+    );
+    assert!(!home.file("wireleap-relay.next").exists());
+    assert!(!home.file("wireleap-relay.next.hash").exists());
+    let skipped = std::fs::read_to_string(home.file(".skip-upgrade-version")).unwrap_or_default();
+    assert!(!skipped.contains("9.0.0"), "{skipped}");
+    let (code, reply) = ctl(home, &["rollback"]);
+    assert_eq!(code, 1, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("but the relay runs from"),
+        "{reply}"
+    );
+    assert_eq!(home.pid().unwrap(), first, "the relay did not serve on");
+    assert!(
+        s.rt.block_on(short_stream(&s.sk, &s.hop, s.target)).is_ok(),
+        "no stream after the refusals"
+    );
 }
 
 #[test]
