@@ -294,6 +294,8 @@ fn main() {
         (mem_sat, dur_sat, latency)
     });
 
+    let wal = std::fs::metadata(dir.path().join("ledger.db-wal")).map_or(0, |m| m.len());
+    println!("WAL file at the end: {:.1} MiB", wal as f64 / (1 << 20) as f64);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "machine: {} cores, load average {}",
