@@ -295,7 +295,10 @@ fn main() {
     });
 
     let wal = std::fs::metadata(dir.path().join("ledger.db-wal")).map_or(0, |m| m.len());
-    println!("WAL file at the end: {:.1} MiB", wal as f64 / (1 << 20) as f64);
+    println!(
+        "WAL file at the end: {:.1} MiB",
+        wal as f64 / (1 << 20) as f64
+    );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "machine: {} cores, load average {}",

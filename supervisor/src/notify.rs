@@ -15,15 +15,17 @@ pub struct ReadySocket {
 }
 
 impl ReadySocket {
-    /// Binds a fresh abstract socket.
+    /// Binds the abstract socket of the home directory `home`. Its name depends only on `home`,
+    /// so the relay generations a crashed supervisor left behind (whose `NOTIFY_SOCKET` names
+    /// it) reach its successor, and a second supervisor for the same home cannot start.
     ///
     /// # Errors
-    /// An I/O error from bind.
-    pub fn bind() -> io::Result<Self> {
+    /// An I/O error from bind: `AddrInUse` while another supervisor serves `home`.
+    pub fn bind(home: &std::path::Path) -> io::Result<Self> {
+        let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
         let name = format!(
-            "wireleap-relay-supervisor-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
+            "wireleap-relay-supervisor-{:016x}",
+            fnv1a(home.as_os_str().as_encoded_bytes())
         );
         let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
@@ -95,6 +97,13 @@ impl ReadySocket {
         };
         Ok(Some(Notice { pid, kind }))
     }
+}
+
+/// FNV-1a, 64 bits: a name for a path that stays the same from one build to the next.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// What a generation says once its heartbeats are paused and no directory call is in flight.

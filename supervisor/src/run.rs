@@ -200,6 +200,20 @@ impl Generation {
 /// Startup failures ([`Error`]); once the first relay runs, failures become exit codes.
 pub fn run(opts: &Options) -> Result<u8, Error> {
     check_config(opts)?;
+    // First: it refuses a second supervisor for this home before that one touches anything.
+    let ready = ReadySocket::bind(&opts.home).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Error::Io {
+                what: format!(
+                    "another wireleap-relay-supervisor already runs for {}",
+                    opts.home.display()
+                ),
+                source: e,
+            }
+        } else {
+            io("readiness socket")(e)
+        }
+    })?;
     if let Some(done) = recover::journal_steps(&opts.home) {
         log(&format!("recovered: {done}"));
     }
@@ -213,7 +227,6 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     ));
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP]).map_err(io("signal handlers"))?;
-    let ready = ReadySocket::bind().map_err(io("readiness socket"))?;
     let mut budget = Budget::default();
     let mut told_systemd = false;
     let control = Control::bind(&opts.home).map_err(io("control socket"))?;

@@ -107,6 +107,14 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
                 .is_some_and(|step| finals.contains(&step))
     });
     let converged_in = started.elapsed();
+    if victim == "supervisor" {
+        // The generations it left behind confirmed their heartbeat pause to its successor.
+        assert!(
+            !s.log().contains("did not confirm its heartbeats paused"),
+            "{spec}: a left-behind generation's pause went unconfirmed\n{}",
+            s.log()
+        );
+    }
     let counts = load.finish(&s.rt);
     // Drained generations exit once their streams are done: one relay process stays.
     let deadline = Instant::now() + WAIT;

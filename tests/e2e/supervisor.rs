@@ -120,6 +120,33 @@ fn the_supervisor_refuses_a_bad_config_with_the_relays_reason() {
     );
 }
 
+/// A second supervisor for a home that already has one refuses to start, says why, and touches
+/// nothing: the first one's relay serves on.
+#[test]
+fn a_second_supervisor_for_the_same_home_refuses_to_start() {
+    let s = crate::support::supervised::Supervised::start(&[]);
+    let serving = s.home.pid().unwrap();
+    let out = Command::new(supervisor_bin())
+        .env("WIRELEAP_RELAY_HOME", s.home.path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another wireleap-relay-supervisor already runs for"),
+        "{stderr}"
+    );
+    assert_eq!(s.home.pid().unwrap(), serving);
+    assert!(
+        s.rt.block_on(crate::support::load::short_stream(&s.sk, &s.hop, s.target))
+            .is_ok(),
+        "no stream through the first supervisor's relay"
+    );
+}
+
 mod handover {
     //! A hot handover under load: a new stream every 10 ms and 50 long-lived streams moving data
     //! while the supervisor replaces the relay generation (SIGHUP).
