@@ -685,6 +685,9 @@ impl Handler<StopHeartbeats> for Enrollment {
 
 /// The longest a pause or handover waits for a directory call in flight.
 const HUSH_LIMIT: Duration = Duration::from_secs(4);
+/// The same wait before the `DELETE`s of a shutdown: short, because the daemon gives the whole
+/// deregistration 1 s.
+const SHUTDOWN_HUSH_LIMIT: Duration = Duration::from_millis(300);
 
 /// A successor generation is about to start and will enroll: stop enrolling and heartbeating
 /// (the gates stay as they are; streams are served as before) until [`StopHeartbeats`],
@@ -771,9 +774,10 @@ impl Handler<DisenrollAll> for Enrollment {
 
     fn handle(&mut self, _msg: DisenrollAll, _ctx: &mut Self::Context) -> Self::Result {
         self.quiet = Quiet::Stopped;
+        // A heartbeat still in flight must not land after the DELETE and list the relay again.
+        let hushed = self.hush(SHUTDOWN_HUSH_LIMIT);
         let mut calls = Vec::new();
         for (url, slot) in &mut self.contracts {
-            slot.task.cancel();
             slot.state.enrolled = false;
             if let Some(id) = &slot.state.id {
                 self.admission.set_enrolled(id, false);
@@ -802,6 +806,7 @@ impl Handler<DisenrollAll> for Enrollment {
             })
             .collect();
         Box::pin(async move {
+            hushed.await;
             futures::future::join_all(requests)
                 .await
                 .into_iter()
