@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tracing::{error, info, warn};
+use wireleap_relay_supervisor::notify::PAUSED;
 
 use crate::config::{self, Config};
 use crate::directory::{self, Enrollment};
@@ -277,7 +278,9 @@ impl Daemon {
             match signals.next().await {
                 SignalEvent::Reload => self.reload(&actors).await,
                 SignalEvent::DumpStatus => self.dump_status(&actors).await,
-                SignalEvent::Pause => self.pause(&actors).await,
+                SignalEvent::Pause => {
+                    pause(&actors.enrollment, self.notify_socket.as_deref()).await;
+                }
                 SignalEvent::Resume => {
                     actors.enrollment.do_send(directory::ResumeHeartbeats);
                 }
@@ -314,17 +317,7 @@ impl Daemon {
                         );
                         std::process::exit(128 + sig);
                     }
-                    SignalEvent::Pause => {
-                        let lease = PAUSE_LEASE;
-                        if enrollment
-                            .send(directory::PauseHeartbeats { lease })
-                            .timeout(ACTOR_TIMEOUT)
-                            .await
-                            .is_ok()
-                        {
-                            notify::send(notify_socket.as_deref(), notify::PAUSED);
-                        }
-                    }
+                    SignalEvent::Pause => pause(&enrollment, notify_socket.as_deref()).await,
                     _ => {}
                 }
             }
@@ -371,26 +364,25 @@ impl Daemon {
         }
     }
 
-    /// SIGWINCH from the supervisor: a successor is about to start and enroll. Heartbeats pause
-    /// (for [`PAUSE_LEASE`] at most) and, once no directory call is in flight, the supervisor
-    /// hears `WIRELEAP_HEARTBEATS=paused`: the directory never hears two generations in turn.
-    async fn pause(&self, actors: &Actors) {
-        let paused = actors
-            .enrollment
-            .send(directory::PauseHeartbeats { lease: PAUSE_LEASE })
-            .timeout(ACTOR_TIMEOUT)
-            .await;
-        match paused {
-            Ok(()) => notify::send(self.notify_socket.as_deref(), notify::PAUSED),
-            Err(e) => warn!(error = %e, "pause: enrollment did not answer"),
-        }
-    }
-
     /// SIGUSR2: the status JSON (the REST `/api/status` shape, spec §2.6) on stdout, and
     /// `stats.json` written (spec §1.4).
     async fn dump_status(&self, actors: &Actors) {
         println!("{}", actors.status.json().await);
         save_usage(&actors.usage).await;
+    }
+}
+
+/// SIGWINCH from the supervisor (while serving or draining): a successor is about to start and
+/// enroll. Heartbeats pause (for [`PAUSE_LEASE`] at most) and, once no directory call is in
+/// flight, the supervisor hears [`PAUSED`]: the directory never hears two generations in turn.
+async fn pause(enrollment: &Addr<Enrollment>, notify_socket: Option<&str>) {
+    let paused = enrollment
+        .send(directory::PauseHeartbeats { lease: PAUSE_LEASE })
+        .timeout(ACTOR_TIMEOUT)
+        .await;
+    match paused {
+        Ok(()) => notify::send(notify_socket, PAUSED),
+        Err(e) => warn!(error = %e, "pause: enrollment did not answer"),
     }
 }
 

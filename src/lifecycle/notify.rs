@@ -20,10 +20,6 @@ fn socket_addr(name: &str) -> io::Result<SocketAddr> {
     }
 }
 
-/// What the relay tells its supervisor once its heartbeats are paused for a successor and no
-/// directory call is in flight (the supervisor waits for it before starting the successor).
-pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
-
 /// Sends a notification if `socket` (the value of `NOTIFY_SOCKET`) is set. Best effort: a
 /// daemon must not fail because nobody listens.
 pub fn send(socket: Option<&str>, message: &str) {

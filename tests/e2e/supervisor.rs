@@ -2,19 +2,15 @@
 //! socket, and connections made meanwhile wait in its backlog instead of being refused.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::process::{is_alive, relay_bin, sibling_bin};
+use crate::support::process::{is_alive, relay_bin};
+use crate::support::supervised::supervisor_command;
 use crate::support::{Home, eventually, tls};
-
-fn supervisor_bin() -> PathBuf {
-    sibling_bin("wireleap-relay-supervisor")
-}
 
 /// Kills the supervisor if a test fails before stopping it.
 struct Guard(Child);
@@ -29,11 +25,8 @@ impl Drop for Guard {
 /// Starts the supervisor for `home`, its output in `supervisor.log`.
 fn start_supervisor(home: &Home) -> Guard {
     let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
-    let child = Command::new(supervisor_bin())
+    let child = supervisor_command(home)
         .args(["--relay".as_ref(), relay_bin().as_os_str()])
-        .env("WIRELEAP_RELAY_HOME", home.path())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -107,9 +100,8 @@ fn a_killed_relay_is_restarted_on_the_same_listening_socket() {
 #[test]
 fn the_supervisor_refuses_a_bad_config_with_the_relays_reason() {
     let home = Home::with_config(r#"{"address": "127.0.0.1:0", "timeout": "soon"}"#);
-    let out = Command::new(supervisor_bin())
+    let out = supervisor_command(&home)
         .args(["--relay".as_ref(), relay_bin().as_os_str()])
-        .env("WIRELEAP_RELAY_HOME", home.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -126,10 +118,7 @@ fn the_supervisor_refuses_a_bad_config_with_the_relays_reason() {
 fn a_second_supervisor_for_the_same_home_refuses_to_start() {
     let s = crate::support::supervised::Supervised::start(&[]);
     let serving = s.home.pid().unwrap();
-    let out = Command::new(supervisor_bin())
-        .env("WIRELEAP_RELAY_HOME", s.home.path())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
+    let out = supervisor_command(&s.home)
         .stdin(Stdio::null())
         .output()
         .unwrap();

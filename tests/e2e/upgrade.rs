@@ -233,14 +233,10 @@ fn upgrades_commit_and_bad_releases_roll_back_under_load() {
             // serving generation: it paused its heartbeats (every 500 ms otherwise) first. The
             // first second after "migrated" is left out: a heartbeat already in flight then
             // still lands, before the pause is confirmed.
-            let at = |step: &str| {
-                journal(home)
-                    .into_iter()
-                    .find(|e| e["version"] == version && e["step"] == step)
-                    .and_then(|e| e["time_ms"].as_u64())
-                    .unwrap_or_else(|| panic!("no {step} step for {version}"))
-            };
-            let (migrated, failed) = (at("migrated"), at("rolled-back"));
+            let (migrated, failed) = (
+                journal_time(home, version, "migrated"),
+                journal_time(home, version, "rolled-back"),
+            );
             assert!(failed - migrated >= 2500, "{migrated}..{failed}");
             let heard: Vec<u64> = standin
                 .relays_requests("POST")
@@ -334,12 +330,7 @@ fn versions_posted(standin: &crate::support::standin::Standin) -> Vec<String> {
     standin
         .relays_requests("POST")
         .iter()
-        .filter_map(|r| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("wireleap-relay-version"))
-                .map(|(_, v)| v.clone())
-        })
+        .filter_map(|r| r.header("wireleap-relay-version").map(str::to_owned))
         .collect()
 }
 
@@ -354,6 +345,15 @@ fn journal(home: &Home) -> Vec<serde_json::Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// When the journal recorded `step` for `version`, unix milliseconds.
+fn journal_time(home: &Home, version: &str, step: &str) -> u64 {
+    journal(home)
+        .into_iter()
+        .find(|e| e["version"] == version && e["step"] == step)
+        .and_then(|e| e["time_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no {step} step for {version} in the journal"))
 }
 
 fn journal_steps(home: &Home, version: &str) -> Vec<String> {
@@ -408,14 +408,7 @@ fn heartbeat_notice_upgrades_under_load() {
         "the committed binary is not the release"
     );
     assert_ne!(home.pid().unwrap(), first);
-    let at = |step: &str| {
-        journal(home)
-            .into_iter()
-            .find(|e| e["version"] == "9.0.0" && e["step"] == step)
-            .and_then(|e| e["time_ms"].as_u64())
-            .unwrap()
-    };
-    let window = at("committing") - at("swapped");
+    let window = journal_time(home, "9.0.0", "committing") - journal_time(home, "9.0.0", "swapped");
     assert!(
         (2000..10_000).contains(&window),
         "config.json's supervisor.health_window (2s) not applied: committed {window} ms after the swap\n{}",
@@ -424,11 +417,7 @@ fn heartbeat_notice_upgrades_under_load() {
     assert!(s.log().contains("config.json: supervisor.health_window 2s"));
     // The new generation says so to the directory; notices for 9.0.0 stop.
     eventually(WAIT, "a heartbeat from 9.0.0", || {
-        standin.relays_requests("POST").iter().any(|r| {
-            r.headers
-                .iter()
-                .any(|(k, v)| k.eq_ignore_ascii_case("wireleap-relay-version") && v == "9.0.0")
-        })
+        versions_posted(standin).iter().any(|v| v == "9.0.0")
     });
     // The old generation drains (the load's long-lived streams keep it alive) but no longer
     // heartbeats: the directory never sees the relay go back to 0.7.0.

@@ -170,18 +170,26 @@ pub fn relay_pids_in(home: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
+/// The supervisor for `home`, as a test starts it: outside systemd (no `NOTIFY_SOCKET`, no
+/// inherited sockets).
+pub fn supervisor_command(home: &Home) -> Command {
+    let mut command = Command::new(sibling_bin("wireleap-relay-supervisor"));
+    command
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS");
+    command
+}
+
 fn spawn_supervisor(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(home.file("supervisor.log"))
         .unwrap();
-    Command::new(sibling_bin("wireleap-relay-supervisor"))
+    supervisor_command(home)
         .args(args)
         .envs(env.iter().copied())
-        .env("WIRELEAP_RELAY_HOME", home.path())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
