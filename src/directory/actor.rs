@@ -154,18 +154,45 @@ impl Enrollment {
         }
     }
 
-    /// Cancels every contract task and answers once no `POST` is in flight (bounded by the
-    /// client's own request timeout, and by `limit`).
+    /// Cancels every contract task and answers once no `POST` is in flight.
     fn hush(&mut self, limit: Duration) -> impl Future<Output = ()> + use<> {
         for slot in self.contracts.values_mut() {
             slot.task.cancel();
         }
+        self.calls_settled(limit)
+    }
+
+    /// Resolves once no `POST` that started before this call is in flight (at most `limit`).
+    fn calls_settled(&self, limit: Duration) -> impl Future<Output = ()> + use<> {
         let speaking = self.speaking.clone();
         async move {
             if tokio::time::timeout(limit, speaking.write()).await.is_err() {
                 warn!(?limit, "a directory call is still in flight; going on");
             }
         }
+    }
+
+    /// Sends `DELETE` for a contract whose task was cancelled, once its `POST` in flight (if any)
+    /// has landed: a heartbeat on its way must not list the relay again after the `DELETE`.
+    /// Best effort, logged as "disenrolled (`why`)".
+    fn disenroll_later(
+        &self,
+        url: &ContractUrl,
+        relays: String,
+        config: &Contract,
+        why: &'static str,
+    ) {
+        let client = self.client.clone();
+        let entry = self.entry(config);
+        let contract = url.clone();
+        let settled = self.calls_settled(HUSH_LIMIT);
+        tokio::spawn(async move {
+            settled.await;
+            match client.delete_entry(&relays, &entry).await {
+                Ok(()) => info!(contract = %contract, "disenrolled ({why})"),
+                Err(e) => warn!(contract = %contract, error = %e, "could not disenroll"),
+            }
+        });
     }
 
     /// Marks `url`'s first attempt done; opens the gates when every contract had one.
@@ -564,19 +591,7 @@ impl Handler<ApplyConfig> for Enrollment {
                     self.admission.remove(id);
                 }
                 if let Some(relays) = slot.relays_url {
-                    let client = self.client.clone();
-                    let entry = self.entry(&slot.config);
-                    let contract = url.clone();
-                    tokio::spawn(async move {
-                        match client.delete_entry(&relays, &entry).await {
-                            Ok(()) => {
-                                info!(contract = %contract, "disenrolled (removed from config)")
-                            }
-                            Err(e) => {
-                                warn!(contract = %contract, error = %e, "could not disenroll")
-                            }
-                        }
-                    });
+                    self.disenroll_later(&url, relays, &slot.config, "removed from config");
                 }
                 summary.removed.push(url.to_string());
             }
@@ -889,17 +904,8 @@ impl Enrollment {
         let Some(slot) = self.contracts.get(url) else {
             return;
         };
-        let Some(relays) = slot.relays_url.clone() else {
-            return;
-        };
-        let client = self.client.clone();
-        let entry = self.entry(&slot.config);
-        let contract = url.clone();
-        tokio::spawn(async move {
-            match client.delete_entry(&relays, &entry).await {
-                Ok(()) => info!(contract = %contract, "disenrolled (network cap)"),
-                Err(e) => warn!(contract = %contract, error = %e, "could not disenroll"),
-            }
-        });
+        if let Some(relays) = slot.relays_url.clone() {
+            self.disenroll_later(url, relays, &slot.config, "network cap");
+        }
     }
 }
