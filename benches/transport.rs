@@ -10,6 +10,11 @@
 //! Target protocol (both paths): a 9-byte header `op, u64 len` — `U` the client uploads `len`
 //! bytes and gets one byte back, `D` the target sends `len` bytes, `E` echo `len` bytes.
 //!
+//! Section 5 starts a second relay process whose Ledger is the durable one (the SQLite file with
+//! its WAL flushed before a stream is admitted, in a home under the target dir) and measures what
+//! it adds to a stream's set-up against the in-memory one, alone and under the highest load the
+//! client offers.
+//!
 //! Environment knobs: `BENCH_MB` (single-stream size, default 128), `BENCH_STREAMS` (concurrent
 //! streams, default 1000), `BENCH_SETUPS` (set-up samples, default 2000), `BENCH_SECS` (tiny
 //! stream phase, default 3).
@@ -36,12 +41,13 @@ use wireleap_protocol::keys::generate_signing_key;
 use wireleap_protocol::{Network, PublicKey, SigningKey, unix_now};
 use wireleap_relay::config::{self, ListenAddress};
 use wireleap_relay::directory::Admission;
+use wireleap_relay::directory::client::Client;
 use wireleap_relay::identity::Identity;
 use wireleap_relay::ledger::Ledger;
 use wireleap_relay::transport::{self, Deps, Transport};
 
-const CONFIG: &str = r#"{"address":"127.0.0.1:0","contracts":{"https://contract.example":
-    {"address":"wireleap://127.0.0.1:1","role":"backing"}}}"#;
+const CONFIG: &str = r#"{"address":"127.0.0.1:0","auto_submit_interval":"0",
+    "contracts":{"https://contract.example":{"address":"wireleap://127.0.0.1:1","role":"backing"}}}"#;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -53,7 +59,11 @@ fn env_num(name: &str, default: u64) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--relay-child") {
-        relay_child(&args[2]);
+        relay_child(
+            &args[2],
+            std::path::Path::new(&args[3]),
+            args[4] == "durable",
+        );
         return;
     }
     // `cargo bench` passes `--bench`; anything else is ignored.
@@ -66,11 +76,10 @@ fn main() {
 
 // === the relay process ===
 
-fn relay_child(contract_id: &str) {
-    let home = tempfile::tempdir().unwrap();
+fn relay_child(contract_id: &str, home: &std::path::Path, durable: bool) {
     let identity = Identity::generate();
-    identity.write_all(home.path(), false).unwrap();
-    let tls = transport::tls::server_config(home.path()).unwrap();
+    identity.write_all(home, false).unwrap();
+    let tls = transport::tls::server_config(home).unwrap();
     let mut config = config::parse(CONFIG.as_bytes()).unwrap().config;
     config.address = ListenAddress {
         host: "127.0.0.1".into(),
@@ -87,7 +96,13 @@ fn relay_child(contract_id: &str) {
         .unwrap();
     let system = actix_rt::System::with_tokio_rt(move || runtime);
     system.block_on(async move {
-        let ledger = Ledger::new().start();
+        let ledger = if durable {
+            let client = Client::try_new(generate_signing_key(), "bench").unwrap();
+            Ledger::try_open(home, &config, client, admission.clone()).unwrap()
+        } else {
+            Ledger::new()
+        }
+        .start();
         let deps = Deps {
             relay_pubkey: identity.public_key_b64(),
             admission,
@@ -110,14 +125,26 @@ fn relay_child(contract_id: &str) {
 
 struct RelayProc {
     child: Child,
+    /// Its home directory (removed on drop, after the process).
+    home: tempfile::TempDir,
     addr: SocketAddr,
     pubkey: PublicKey,
 }
 
 impl RelayProc {
-    fn start(contract_id: &str) -> Self {
+    /// A relay with the in-memory ledger, or the durable one (`durable`). Its home is under the
+    /// target dir: the durable ledger's file is on the disk the tests use, not a tmpfs.
+    fn start(contract_id: &str, durable: bool) -> Self {
+        let home = tempfile::Builder::new()
+            .prefix("transport-bench")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let kind = if durable { "durable" } else { "memory" };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--relay-child", contract_id])
+            .arg("--relay-child")
+            .arg(contract_id)
+            .arg(home.path())
+            .arg(kind)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -131,9 +158,24 @@ impl RelayProc {
         let pubkey = PublicKey::try_from_b64(parts.next().unwrap()).unwrap();
         Self {
             child,
+            home,
             addr,
             pubkey,
         }
+    }
+
+    /// Tokens in its durable ledger (after it stopped).
+    fn tokens_stored(&self) -> i64 {
+        let db = self.home.path().join(relay_migrations::ledger::DB_FILE);
+        let conn = relay_migrations::ledger::open(&db).unwrap();
+        conn.query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn stop(&mut self) {
+        // Closing stdin ends the process normally (the ledger's writer finishes its queue).
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 
     /// CPU time (user + system) the relay process used so far.
@@ -384,7 +426,7 @@ async fn parent() {
 
     let contract = generate_signing_key();
     let contract_id = PublicKey::from(&contract).to_b64();
-    let relay = RelayProc::start(&contract_id);
+    let relay = RelayProc::start(&contract_id, false);
     let hop = Hop::new(format!("wireleap://{}", relay.addr), relay.pubkey);
     let target = tcp_target().await;
     let home = tempfile::tempdir().unwrap();
@@ -394,11 +436,12 @@ async fn parent() {
         tls: TlsConnector::from(client::tls::client_config().unwrap()),
     });
     let target_s = target.to_string();
-    let new_client = |c: &SigningKey| {
+    let client_via = |hop: &Hop, c: &SigningKey| {
         let now = unix_now();
         let sk = client::servicekey_signed_by(c, now + 3600, now + 7200);
         Arc::new(CircuitClient::new(sk, vec![hop.clone()], ClientConfig::default()).unwrap())
     };
+    let new_client = |c: &SigningKey| client_via(&hop, c);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "transport benchmark: relay in its own process (pre-enrolled Admission, in-memory Ledger),"
@@ -599,4 +642,97 @@ async fn parent() {
         cpu_per_stream.as_micros()
     );
     println!("relay peak RSS (VmHWM): {} KiB", relay.status_kib("VmHWM:"));
+
+    // 5. What the durable ledger adds to a stream: the same measurements through a second relay
+    //    whose ledger is the SQLite file, against the in-memory one, interleaved rounds.
+    let mut durable = RelayProc::start(&contract_id, true);
+    let dhop = Hop::new(format!("wireleap://{}", durable.addr), durable.pubkey);
+    let (cm, cd) = (c, client_via(&dhop, &contract));
+    let rounds = 3;
+    let (mut alone, mut loaded) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut admitted = [0usize; 2];
+    for _round in 0..rounds {
+        for (i, c) in [&cm, &cd].into_iter().enumerate() {
+            alone[i].extend(one_at_a_time(c, &target_s, setups / rounds).await);
+            let under_load = tiny_load(c, &target_s, Duration::from_secs(secs)).await;
+            admitted[i] += under_load.len();
+            loaded[i].extend(under_load);
+        }
+    }
+    for v in alone.iter_mut().chain(loaded.iter_mut()) {
+        v.sort();
+    }
+    let rate = |n: usize| n as f64 / (rounds as u64 * secs) as f64;
+    // Signed: on a shared machine the durable run can come out ahead.
+    let added = |v: &[Vec<Duration>; 2]| {
+        (pct(&v[1], 0.99).as_secs_f64() - pct(&v[0], 0.99).as_secs_f64()) * 1e3
+    };
+    durable.stop();
+    println!(
+        "durable ledger on the stream path: a second relay whose ledger is the SQLite file, {rounds} interleaved rounds:"
+    );
+    println!(
+        "  set-up one at a time ({} streams each): in-memory p50 {} p99 {}   durable p50 {} p99 {}   p99 added {:+.3} ms",
+        alone[0].len(),
+        ms(pct(&alone[0], 0.5)),
+        ms(pct(&alone[0], 0.99)),
+        ms(pct(&alone[1], 0.5)),
+        ms(pct(&alone[1], 0.99)),
+        added(&alone),
+    );
+    println!(
+        "  set-up under load (64 workers): in-memory {:.0}/s p50 {} p99 {}   durable {:.0}/s p50 {} p99 {}   p99 added {:+.3} ms (target < 5 ms)",
+        rate(admitted[0]),
+        ms(pct(&loaded[0], 0.5)),
+        ms(pct(&loaded[0], 0.99)),
+        rate(admitted[1]),
+        ms(pct(&loaded[1], 0.5)),
+        ms(pct(&loaded[1], 0.99)),
+        added(&loaded),
+    );
+    println!(
+        "  tokens in the durable ledger after the run: {} (streams admitted through it: {})",
+        durable.tokens_stored(),
+        alone[1].len() + admitted[1]
+    );
+}
+
+/// Set-up latencies (open + 1-byte echo) of `n` streams opened one after the other.
+async fn one_at_a_time(c: &Arc<CircuitClient>, target: &str, n: usize) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut s = c.open(target, Network::Tcp).await.unwrap();
+        echo1(&mut s).await;
+        lat.push(t.elapsed());
+        s.finish();
+    }
+    lat
+}
+
+/// Set-up latencies of every stream 64 workers open (open + 1-byte echo, then the next) for
+/// `d`: the highest load this client offers.
+async fn tiny_load(c: &Arc<CircuitClient>, target: &str, d: Duration) -> Vec<Duration> {
+    let deadline = Instant::now() + d;
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (c, target) = (c.clone(), target.to_owned());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let mut s = c.open(&target, Network::Tcp).await.unwrap();
+                    echo1(&mut s).await;
+                    lat.push(t.elapsed());
+                    s.finish();
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    all
 }
