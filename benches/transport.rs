@@ -567,14 +567,7 @@ async fn parent() {
     // 3. Stream set-up latency: open + 1-byte echo through the relay on a warm client
     //    connection; baseline: a new TLS connection to the target + the same echo.
     let c = new_client(&contract);
-    let mut lat = Vec::with_capacity(setups);
-    for _ in 0..setups {
-        let t = Instant::now();
-        let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
-        echo1(&mut s).await;
-        lat.push(t.elapsed());
-        s.finish();
-    }
+    let mut lat = one_at_a_time(&c, &target_s, setups).await;
     lat.sort();
     let mut base = Vec::with_capacity(setups);
     for _ in 0..setups {
@@ -596,24 +589,9 @@ async fn parent() {
 
     // 4. Admitted streams per second with tiny streams (64 workers on 1 connection).
     let cpu_before = relay.cpu();
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let (c, count, target_s) = (c.clone(), count.clone(), target_s.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
-                echo1(&mut s).await;
-                s.finish();
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for h in tasks {
-        h.await.unwrap();
-    }
-    let admitted = count.load(Ordering::Relaxed);
+    let admitted = tiny_load(&c, &target_s, Duration::from_secs(secs))
+        .await
+        .len() as u64;
     let relay_rate = admitted as f64 / secs as f64;
     let cpu_per_stream = relay.cpu().saturating_sub(cpu_before) / admitted.max(1) as u32;
     let count = Arc::new(AtomicU64::new(0));
