@@ -131,16 +131,11 @@ fn supervisor_settings(home: &Path) -> u8 {
     match config::load(&home.join(home::files::CONFIG)) {
         Ok(loaded) => {
             let s = loaded.config.supervisor;
-            let mut out = serde_json::Map::new();
-            for (key, d) in [
-                ("health_window_secs", s.health_window),
-                ("ready_timeout_secs", s.ready_timeout),
-            ] {
-                if let Some(d) = d {
-                    out.insert(key.to_owned(), d.as_secs_f64().into());
-                }
-            }
-            println!("{}", serde_json::Value::Object(out));
+            let waits = wireleap_relay_supervisor::run::Waits {
+                health_window: s.health_window,
+                ready_timeout: s.ready_timeout,
+            };
+            println!("{}", waits.to_json());
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),

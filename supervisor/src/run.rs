@@ -727,6 +727,42 @@ pub struct Waits {
     pub ready_timeout: Option<Duration>,
 }
 
+impl Waits {
+    /// Each wait with its key in the `supervisor-settings` reply (seconds) and in config.json.
+    fn entries(&self) -> [(&'static str, &'static str, Option<Duration>); 2] {
+        [
+            ("health_window_secs", "health_window", self.health_window),
+            ("ready_timeout_secs", "ready_timeout", self.ready_timeout),
+        ]
+    }
+
+    /// What `wireleap-relay supervisor-settings` prints: one JSON object with only the waits
+    /// that are set.
+    pub fn to_json(&self) -> String {
+        let out: serde_json::Map<String, serde_json::Value> = self
+            .entries()
+            .into_iter()
+            .filter_map(|(json, _, d)| Some((json.to_owned(), d?.as_secs_f64().into())))
+            .collect();
+        serde_json::Value::Object(out).to_string()
+    }
+
+    /// Reads [`Waits::to_json`]'s output; what is missing or malformed stays unset.
+    pub fn from_json(bytes: &[u8]) -> Self {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let [health, ready] = Self::default().entries().map(|(json, _, _)| {
+            value
+                .get(json)
+                .and_then(serde_json::Value::as_f64)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        });
+        Self {
+            health_window: health,
+            ready_timeout: ready,
+        }
+    }
+}
+
 /// Asks `relay supervisor-settings` (so config.json is parsed by the relay's own parser, with its
 /// errors). A relay too old to know the command, or a config it refuses, leaves the defaults;
 /// [`run`] then refuses a bad config with the relay's reason anyway.
@@ -741,21 +777,8 @@ pub fn configured_waits(relay: &Path, home: &Path) -> Waits {
         Ok(out) if out.status.success() => out.stdout,
         _ => return Waits::default(),
     };
-    let value: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-    let secs = |key: &str| {
-        value
-            .get(key)
-            .and_then(serde_json::Value::as_f64)
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-    };
-    let waits = Waits {
-        health_window: secs("health_window_secs"),
-        ready_timeout: secs("ready_timeout_secs"),
-    };
-    for (key, d) in [
-        ("health_window", waits.health_window),
-        ("ready_timeout", waits.ready_timeout),
-    ] {
+    let waits = Waits::from_json(&out);
+    for (_, key, d) in waits.entries() {
         if let Some(d) = d {
             log(&format!("config.json: supervisor.{key} {d:?}"));
         }
@@ -949,6 +972,30 @@ fn stop(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_travel_from_the_relay_to_the_supervisor() {
+        let both = Waits {
+            health_window: Some(Duration::from_millis(2500)),
+            ready_timeout: Some(Duration::from_secs(45)),
+        };
+        assert_eq!(
+            both.to_json(),
+            r#"{"health_window_secs":2.5,"ready_timeout_secs":45.0}"#
+        );
+        assert_eq!(Waits::from_json(both.to_json().as_bytes()), both);
+        let one = Waits {
+            ready_timeout: Some(Duration::from_secs(5)),
+            ..Waits::default()
+        };
+        assert_eq!(one.to_json(), r#"{"ready_timeout_secs":5.0}"#);
+        assert_eq!(Waits::from_json(one.to_json().as_bytes()), one);
+        assert_eq!(Waits::from_json(b"not json"), Waits::default());
+        assert_eq!(
+            Waits::from_json(br#"{"health_window_secs":-1}"#),
+            Waits::default()
+        );
+    }
 
     #[test]
     fn addresses_from_config() {

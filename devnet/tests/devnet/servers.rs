@@ -447,7 +447,7 @@ async fn submit_window_rules_and_500_mode() {
         let t: Vec<Sharetoken> = serde_json::from_str(&get("/payout/tokens").await.body).unwrap();
         assert_eq!(t.len(), 3);
         let w =
-            serde_json::json!({"amount": 2, "type": "TODO", "destination": "acct_x"}).to_string();
+            serde_json::json!({"amount": 2, "type": wireleap_protocol::signed::WITHDRAWAL_TYPE, "destination": "acct_x"}).to_string();
         let r = signed_call(
             &relay,
             Method::POST,
