@@ -10,6 +10,12 @@
 //! Target protocol (both paths): a 9-byte header `op, u64 len` — `U` the client uploads `len`
 //! bytes and gets one byte back, `D` the target sends `len` bytes, `E` echo `len` bytes.
 //!
+//! Section 1 also measures, in the same rounds, two byte copiers, each in its own process (this
+//! binary re-executed with `--copier-child`): one terminates TLS with the relay's configuration
+//! and copies the plaintext to the same target as the relay, the other copies the client's TLS
+//! bytes to the TLS target. No HTTP/2, no sharetoken. They are the least a relay process can be,
+//! so their ratios show what this machine allows any relay to reach.
+//!
 //! Section 5 starts a second relay process whose Ledger is the durable one (the SQLite file with
 //! its WAL flushed before a stream is admitted, in a home under the target dir) and measures what
 //! it adds to a stream's set-up against the in-memory one, alone and under the highest load the
@@ -66,7 +72,15 @@ fn main() {
         );
         return;
     }
+    if args.get(1).map(String::as_str) == Some("--copier-child") {
+        copier_child(&args[2], args[3] == "tls");
+        return;
+    }
     // `cargo bench` passes `--bench`; anything else is ignored.
+    // The client side allocates and frees a buffer per write and per TLS record, as the relay
+    // does; it gets the relay's allocator settings, so that glibc returning freed memory to the
+    // OS does not make the client, and with it the relay path, look slower than it is.
+    transport::tune_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,6 +137,102 @@ fn relay_child(contract_id: &str, home: &std::path::Path, durable: bool) {
     });
 }
 
+/// A byte copier, the least a relay can be: for each accepted connection it dials `target` and
+/// copies bytes both ways, 64 KiB at a time (the relay's read size). With `tls` it also
+/// terminates TLS 1.3 with the relay's configuration, as a relay must; without, the client's TLS
+/// passes through to the target. No HTTP/2, no sharetoken, nothing else.
+fn copier_child(target: &str, tls: bool) {
+    transport::tune_allocator();
+    let target: SocketAddr = target.parse().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    Identity::generate().write_all(home.path(), false).unwrap();
+    let acceptor = TlsAcceptor::from(transport::tls::server_config(home.path()).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", l.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        let serve = async move {
+            while let Ok((a, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = a.set_nodelay(true);
+                    let Ok(mut b) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = b.set_nodelay(true);
+                    let k = 64 << 10;
+                    if tls {
+                        if let Ok(mut a) = acceptor.accept(a).await {
+                            let _ = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, k, k)
+                                .await;
+                        }
+                    } else {
+                        let mut a = a;
+                        let _ =
+                            tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, k, k).await;
+                    }
+                });
+            }
+        };
+        // Runs until the parent closes stdin.
+        let stdin = tokio::task::spawn_blocking(|| {
+            let mut s = String::new();
+            let _ = std::io::stdin().read_line(&mut s);
+        });
+        tokio::select! {
+            () = serve => {}
+            _ = stdin => {}
+        }
+    });
+}
+
+/// Runs this binary again with `args` and returns it with the first line it prints (its address);
+/// it runs until its stdin closes.
+fn spawn_child(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
+/// A [`copier_child`] process.
+struct CopierProc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl CopierProc {
+    fn start(target: SocketAddr, tls: bool) -> Self {
+        let (child, line) = spawn_child(&[
+            "--copier-child",
+            &target.to_string(),
+            if tls { "tls" } else { "plain" },
+        ]);
+        Self {
+            addr: line.trim().parse().unwrap(),
+            child,
+        }
+    }
+}
+
+impl Drop for CopierProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct RelayProc {
     child: Child,
     /// Its home directory (removed on drop, after the process).
@@ -140,19 +250,12 @@ impl RelayProc {
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap();
         let kind = if durable { "durable" } else { "memory" };
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg("--relay-child")
-            .arg(contract_id)
-            .arg(home.path())
-            .arg(kind)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_child(&[
+            "--relay-child",
+            contract_id,
+            home.path().to_str().unwrap(),
+            kind,
+        ]);
         let mut parts = line.split_whitespace();
         let addr = parts.next().unwrap().parse().unwrap();
         let pubkey = PublicKey::try_from_b64(parts.next().unwrap()).unwrap();
@@ -405,6 +508,50 @@ impl Direct {
     }
 }
 
+/// One path of section 1: best upload and download rates over the rounds, and the CPU time they
+/// cost, of all processes (this one and the path's own process, if any) and of that process.
+struct PathStats {
+    child: Option<u32>,
+    /// Best MB/s: upload, download.
+    best: [f64; 2],
+    /// CPU of this process and the child: upload, download.
+    cpu: [Duration; 2],
+    /// CPU of the child alone: upload, download.
+    own: [Duration; 2],
+}
+
+impl PathStats {
+    fn new(child: Option<u32>) -> Self {
+        Self {
+            child,
+            best: [0.0; 2],
+            cpu: [Duration::ZERO; 2],
+            own: [Duration::ZERO; 2],
+        }
+    }
+
+    fn own_cpu(&self) -> Duration {
+        self.child
+            .map_or(Duration::ZERO, |pid| proc_cpu(&pid.to_string()))
+    }
+
+    /// Uploads then downloads `n` bytes on `s`.
+    async fn round<S: AsyncRead + AsyncWrite + Unpin>(&mut self, s: &mut S, n: u64) {
+        for dir in 0..2 {
+            let (t, me, own) = (Instant::now(), self_cpu(), self.own_cpu());
+            if dir == 0 {
+                upload(s, n).await;
+            } else {
+                download(s, n).await;
+            }
+            self.best[dir] = self.best[dir].max(mbps(n, t.elapsed()));
+            let own = self.own_cpu().saturating_sub(own);
+            self.cpu[dir] += self_cpu().saturating_sub(me) + own;
+            self.own[dir] += own;
+        }
+    }
+}
+
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
@@ -456,66 +603,90 @@ async fn parent() {
     println!();
 
     // 1. Single-stream throughput: relay and baseline interleaved, three rounds, best of each
-    //    (the machine is shared; the best round is the least disturbed one).
+    //    (the machine is shared; the best round is the least disturbed one). Two byte copiers
+    //    run in the same rounds and show what any relay process can reach on this machine.
     let n = single_mb << 20;
     let c = new_client(&contract);
     let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
-    upload(&mut s, 1 << 20).await; // warm-up
     let mut d = direct.connect().await;
+    let tls_copier = CopierProc::start(target, true);
+    let copier = CopierProc::start(direct.addr, false);
+    let mut t = Direct {
+        addr: tls_copier.addr,
+        tls: direct.tls.clone(),
+    }
+    .connect()
+    .await;
+    let mut f = Direct {
+        addr: copier.addr,
+        tls: direct.tls.clone(),
+    }
+    .connect()
+    .await;
+    // Warm-up.
+    upload(&mut s, 1 << 20).await;
     upload(&mut d, 1 << 20).await;
-    let (mut up_relay, mut down_relay, mut up_base, mut down_base) = (0f64, 0f64, 0f64, 0f64);
-    // CPU time of both processes per phase (client + targets here, the relay there): what the
-    // bytes cost, whatever else the machine runs.
-    let mut cpu = [Duration::ZERO; 4];
-    let mut relay_cpu = [Duration::ZERO; 2];
-    let both = || self_cpu() + relay.cpu();
+    upload(&mut t, 1 << 20).await;
+    upload(&mut f, 1 << 20).await;
+    let mut relay_path = PathStats::new(Some(relay.child.id()));
+    let mut base_path = PathStats::new(None);
+    let mut tls_copier_path = PathStats::new(Some(tls_copier.child.id()));
+    let mut copier_path = PathStats::new(Some(copier.child.id()));
     for _round in 0..3 {
-        let (t, c, r) = (Instant::now(), both(), relay.cpu());
-        upload(&mut s, n).await;
-        up_relay = up_relay.max(mbps(n, t.elapsed()));
-        cpu[0] += both().saturating_sub(c);
-        relay_cpu[0] += relay.cpu().saturating_sub(r);
-        let (t, c) = (Instant::now(), both());
-        upload(&mut d, n).await;
-        up_base = up_base.max(mbps(n, t.elapsed()));
-        cpu[1] += both().saturating_sub(c);
-        let (t, c, r) = (Instant::now(), both(), relay.cpu());
-        download(&mut s, n).await;
-        down_relay = down_relay.max(mbps(n, t.elapsed()));
-        cpu[2] += both().saturating_sub(c);
-        relay_cpu[1] += relay.cpu().saturating_sub(r);
-        let (t, c) = (Instant::now(), both());
-        download(&mut d, n).await;
-        down_base = down_base.max(mbps(n, t.elapsed()));
-        cpu[3] += both().saturating_sub(c);
+        relay_path.round(&mut s, n).await;
+        base_path.round(&mut d, n).await;
+        tls_copier_path.round(&mut t, n).await;
+        copier_path.round(&mut f, n).await;
     }
     let per_mib = |d: Duration| d.as_secs_f64() * 1e3 / (3 * single_mb) as f64;
     s.finish();
-    drop(s);
-    drop(d);
+    drop((s, d, t, f, tls_copier, copier));
+    let (r, b) = (&relay_path, &base_path);
     println!("single stream, {single_mb} MiB, best of 3 interleaved rounds:");
     println!(
-        "  upload    relay {up_relay:8.1} MB/s   baseline {up_base:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
-        up_relay / up_base
+        "  upload    relay {:8.1} MB/s   baseline {:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
+        r.best[0],
+        b.best[0],
+        r.best[0] / b.best[0]
     );
     println!(
-        "  download  relay {down_relay:8.1} MB/s   baseline {down_base:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
-        down_relay / down_base
+        "  download  relay {:8.1} MB/s   baseline {:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
+        r.best[1],
+        b.best[1],
+        r.best[1] / b.best[1]
     );
     println!(
         "  CPU per MiB, all processes: upload relay {:.3} ms  baseline {:.3} ms  (baseline/relay {:.2});  download relay {:.3} ms  baseline {:.3} ms  ({:.2})",
-        per_mib(cpu[0]),
-        per_mib(cpu[1]),
-        cpu[1].as_secs_f64() / cpu[0].as_secs_f64().max(1e-9),
-        per_mib(cpu[2]),
-        per_mib(cpu[3]),
-        cpu[3].as_secs_f64() / cpu[2].as_secs_f64().max(1e-9),
+        per_mib(r.cpu[0]),
+        per_mib(b.cpu[0]),
+        b.cpu[0].as_secs_f64() / r.cpu[0].as_secs_f64().max(1e-9),
+        per_mib(r.cpu[1]),
+        per_mib(b.cpu[1]),
+        b.cpu[1].as_secs_f64() / r.cpu[1].as_secs_f64().max(1e-9),
     );
     println!(
         "  of which the relay process: upload {:.3} ms, download {:.3} ms per MiB (the rest: client and target, as in the baseline)",
-        per_mib(relay_cpu[0]),
-        per_mib(relay_cpu[1]),
+        per_mib(r.own[0]),
+        per_mib(r.own[1]),
     );
+    println!(
+        "  what a relay process can reach here, same rounds (a copier process, 64 KiB reads, no HTTP/2, no sharetoken):"
+    );
+    for (what, p) in [
+        (
+            "TLS terminated, bytes copied to the target",
+            &tls_copier_path,
+        ),
+        ("bytes copied, the client's TLS to the target", &copier_path),
+    ] {
+        println!(
+            "    {what:<46} upload ratio {:.2}, download ratio {:.2}; the copier {:.3} / {:.3} ms per MiB",
+            p.best[0] / b.best[0],
+            p.best[1] / b.best[1],
+            per_mib(p.own[0]),
+            per_mib(p.own[1]),
+        );
+    }
 
     // 2. Concurrent streams of 1 MiB each (download), 250 streams per client connection.
     let per = 1u64 << 20;

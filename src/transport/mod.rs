@@ -34,6 +34,12 @@ mod conn;
 mod splice;
 mod stream;
 
+/// Applies the data path's allocator settings to this process ([`alloc`]); the transport does it
+/// itself when it binds. Benchmarks call it so that their client side pays what the relay pays.
+pub fn tune_allocator() -> bool {
+    alloc::tune()
+}
+
 pub use actor::{
     Deps, Drain, DrainReport, StopAccepting, Transport, TransportStatus, TransportStatusReply,
 };

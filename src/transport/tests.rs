@@ -668,3 +668,46 @@ async fn transport_concurrent_streams_share_one_connection() {
     let s = relay.transport.send(TransportStatus).await.unwrap();
     assert_eq!(s.streams_admitted, 200);
 }
+
+#[actix_rt::test]
+async fn transport_tls_follows_the_clients_cipher_suite_order() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let net = Net::new();
+    let relay = net.relay().await;
+    // The devnet client offers Go's order on AES hardware (AES-128-GCM first); Go's client
+    // without AES instructions puts ChaCha20-Poly1305 first, and must get it.
+    let chacha_first = {
+        let mut suites = client::tls::cipher_suites();
+        suites.sort_by_key(|s| s.suite() != cs::TLS13_CHACHA20_POLY1305_SHA256.suite());
+        suites
+    };
+    for (suites, want) in [
+        (client::tls::cipher_suites(), cs::TLS13_AES_128_GCM_SHA256),
+        (chacha_first, cs::TLS13_CHACHA20_POLY1305_SHA256),
+    ] {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites,
+            ..rustls::crypto::ring::default_provider()
+        };
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(
+                client::tls::AcceptAnyServerCertificate::new(),
+            ))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(relay.addr).await.unwrap();
+        let tls = tokio::time::timeout(
+            WAIT,
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(client::tls::server_name("wireleap.com").unwrap(), tcp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let got = tls.get_ref().1.negotiated_cipher_suite().unwrap();
+        assert_eq!(got.suite(), want.suite());
+    }
+}

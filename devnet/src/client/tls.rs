@@ -68,12 +68,29 @@ impl ServerCertVerifier for AcceptAnyServerCertificate {
     }
 }
 
-/// The client TLS configuration: ring, TLS 1.3 only, ALPN `h2`, any certificate accepted.
+/// The TLS 1.3 cipher suites the client offers, in the order of Go's `crypto/tls` (the
+/// reference client's) on a machine with AES instructions: AES-128-GCM, AES-256-GCM,
+/// ChaCha20-Poly1305. This relay picks by the client's order, so the devnet client negotiates
+/// what a real client does; rustls' own default would put AES-256-GCM first.
+pub fn cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
+/// The client TLS configuration: ring, TLS 1.3 only with [`cipher_suites`], ALPN `h2`, any
+/// certificate accepted.
 ///
 /// # Errors
 /// A rustls error if the provider rejects TLS 1.3 (never with ring).
 pub fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: cipher_suites(),
+        ..rustls::crypto::ring::default_provider()
+    });
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
