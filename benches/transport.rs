@@ -76,11 +76,11 @@ fn main() {
         copier_child(&args[2], args[3] == "tls");
         return;
     }
-    // `cargo bench` passes `--bench`; anything else is ignored.
     // The client side allocates and frees a buffer per write and per TLS record, as the relay
     // does; it gets the relay's allocator settings, so that glibc returning freed memory to the
     // OS does not make the client, and with it the relay path, look slower than it is.
     transport::tune_allocator();
+    // `cargo bench` passes `--bench`; anything else is ignored.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
