@@ -156,7 +156,7 @@ fn copier_child(target: &str, tls: bool) {
         println!("{}", l.local_addr().unwrap());
         std::io::stdout().flush().unwrap();
         let serve = async move {
-            while let Ok((a, _)) = l.accept().await {
+            while let Ok((mut a, _)) = l.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let _ = a.set_nodelay(true);
@@ -171,7 +171,6 @@ fn copier_child(target: &str, tls: bool) {
                                 .await;
                         }
                     } else {
-                        let mut a = a;
                         let _ =
                             tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, k, k).await;
                     }

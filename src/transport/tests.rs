@@ -685,23 +685,11 @@ async fn transport_tls_follows_the_clients_cipher_suite_order() {
         (client::tls::cipher_suites(), cs::TLS13_AES_128_GCM_SHA256),
         (chacha_first, cs::TLS13_CHACHA20_POLY1305_SHA256),
     ] {
-        let provider = rustls::crypto::CryptoProvider {
-            cipher_suites: suites,
-            ..rustls::crypto::ring::default_provider()
-        };
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.into())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(
-                client::tls::AcceptAnyServerCertificate::new(),
-            ))
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let cfg = client::tls::client_config_offering(suites).unwrap();
         let tcp = TcpStream::connect(relay.addr).await.unwrap();
         let tls = tokio::time::timeout(
             WAIT,
-            tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            tokio_rustls::TlsConnector::from(cfg)
                 .connect(client::tls::server_name("wireleap.com").unwrap(), tcp),
         )
         .await

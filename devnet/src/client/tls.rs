@@ -87,8 +87,18 @@ pub fn cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
 /// # Errors
 /// A rustls error if the provider rejects TLS 1.3 (never with ring).
 pub fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
+    client_config_offering(cipher_suites())
+}
+
+/// [`client_config`], offering `suites` in their order instead (a client of another platform).
+///
+/// # Errors
+/// A rustls error if no suite in `suites` is a TLS 1.3 suite.
+pub fn client_config_offering(
+    suites: Vec<rustls::SupportedCipherSuite>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = Arc::new(CryptoProvider {
-        cipher_suites: cipher_suites(),
+        cipher_suites: suites,
         ..rustls::crypto::ring::default_provider()
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
