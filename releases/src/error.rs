@@ -35,10 +35,65 @@ pub enum Error {
 
     // === step 3: signature ===
     /// No signature was made by a trusted key (SPEC step 3).
-    #[error("release statement is not signed by a trusted key (issuers: {issuers:?})")]
+    #[error(
+        "signed by {}, which is not trusted here: no signature is by a trusted key",
+        signers_text(issuers)
+    )]
     UnknownKey {
-        /// The issuer key ids or fingerprints named by the signatures, in hex.
+        /// The signers: fingerprints in hex, named when they are known test keys.
         issuers: Vec<String>,
+    },
+    /// No release key is trusted at all: a build from source with nothing installed in the
+    /// home directory (SPEC step 3). Not the server's fault: the version is not skipped.
+    #[error(
+        "no release key is trusted here, so the release signed by {} is refused: put the network's root in <home>/trusted-keys/roots/ or its key in <home>/trusted-keys/ (docs/releasing.md)",
+        signers_text(signers)
+    )]
+    NothingTrusted {
+        /// Who signed it: fingerprints (named when they are known test keys).
+        signers: Vec<String>,
+    },
+    /// Fewer distinct trusted keys signed than the root's threshold for the role (SPEC step 3).
+    #[error(
+        "{role} needs {needed} signatures by distinct trusted keys, it has {}: {}",
+        valid.len(),
+        signers_text(valid)
+    )]
+    ThresholdNotMet {
+        /// The role whose threshold applies (`release`, `root`, `rollout`).
+        role: String,
+        /// The threshold.
+        needed: usize,
+        /// The distinct trusted keys whose signatures verified.
+        valid: Vec<String>,
+    },
+    /// The threshold is met only if one key's signatures are counted more than once; a key
+    /// counts once (SPEC step 3).
+    #[error(
+        "{role} needs {needed} signatures by distinct trusted keys: key {key} signed more than once and counts once"
+    )]
+    DuplicateSigner {
+        /// The role whose threshold applies.
+        role: String,
+        /// The threshold.
+        needed: usize,
+        /// The key that signed more than once.
+        key: String,
+    },
+    /// A signature was made by a key that an older root trusted and a newer one removed
+    /// (SPEC step 3, "Roots").
+    #[error(
+        "{role} signature by key {key}, which root version {removed_in} removed: it is no longer trusted ({needed} signatures by trusted keys needed)"
+    )]
+    RemovedKey {
+        /// The role whose threshold applies.
+        role: String,
+        /// The removed key's fingerprint.
+        key: String,
+        /// The first root version without it.
+        removed_in: u64,
+        /// The threshold.
+        needed: usize,
     },
     /// A signature by a trusted key does not match the signed text (SPEC step 3).
     #[error("bad signature on the release statement: {reason}")]
@@ -177,6 +232,96 @@ pub enum Error {
         actual: String,
     },
 
+    // === roots ===
+    /// A root document is larger than the cap ("Roots").
+    #[error("root document is larger than {limit} bytes")]
+    RootTooLarge {
+        /// The cap in bytes.
+        limit: u64,
+    },
+    /// A root document's signed text is not a valid root ("Roots").
+    #[error("malformed root document: {reason}")]
+    MalformedRoot {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A root older than (or as old as) the newest accepted one was offered: a replay.
+    #[error("root version {offered} is not newer than the trusted root version {trusted}")]
+    RootRollback {
+        /// The version offered.
+        offered: u64,
+        /// The newest accepted version.
+        trusted: u64,
+    },
+    /// A root's version is not the one its place says (`root/<N>.root` holds version N, and a
+    /// rotation goes up by exactly one).
+    #[error("root document at version {expected} says it is version {found}")]
+    RootVersionMismatch {
+        /// The version expected.
+        expected: u64,
+        /// The version the signed text names.
+        found: u64,
+    },
+    /// A new root lacks the threshold of the current root's `root` keys: a root made by
+    /// someone who does not hold the current keys.
+    #[error(
+        "root version {version} is not signed by {needed} keys of root version {previous}: {} of them signed ({})",
+        valid.len(),
+        signers_text(valid)
+    )]
+    RotationNotSignedByOld {
+        /// The new root's version.
+        version: u64,
+        /// The current root's version.
+        previous: u64,
+        /// The current root's `root` threshold.
+        needed: usize,
+        /// The current root's keys whose signatures verified.
+        valid: Vec<String>,
+    },
+    /// A new root lacks the threshold of its own `root` keys: its new keys never agreed.
+    #[error(
+        "root version {version} is not signed by {needed} of its own keys: {} of them signed ({})",
+        valid.len(),
+        signers_text(valid)
+    )]
+    RotationNotSignedByNew {
+        /// The new root's version.
+        version: u64,
+        /// The new root's `root` threshold.
+        needed: usize,
+        /// Its own keys whose signatures verified.
+        valid: Vec<String>,
+    },
+    /// The newest root has expired: no release is trusted until a newer root is published.
+    #[error(
+        "the trusted root version {version} expired at {expires} (now {now}): releases are refused until the release server publishes root version {}",
+        version + 1
+    )]
+    RootExpired {
+        /// The root's version.
+        version: u64,
+        /// Its expiry, RFC 3339.
+        expires: String,
+        /// The time of the check, RFC 3339.
+        now: String,
+    },
+    /// A trust file or folder may be changed by someone other than the relay's user or root,
+    /// so it is not used (OpenSSH's StrictModes).
+    #[error("refusing {path}: {reason}")]
+    UnsafeTrustFile {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why (its mode or owner).
+        reason: String,
+    },
+    /// The trust set-up cannot be used as it is (e.g. key files beside a root).
+    #[error("release trust: {reason}")]
+    Trust {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
     // === keys and signing ===
     /// A key file or key text could not be used.
     #[error("key {origin}: {reason}")]
@@ -297,6 +442,10 @@ impl Error {
         !matches!(
             self,
             Self::Key { .. }
+                | Self::NothingTrusted { .. }
+                | Self::UnsafeTrustFile { .. }
+                | Self::Trust { .. }
+                | Self::RootExpired { .. }
                 | Self::Sign { .. }
                 | Self::Stamp { .. }
                 | Self::Io { .. }
@@ -319,6 +468,15 @@ impl Error {
             line,
             reason: reason.into(),
         }
+    }
+}
+
+/// Signers for a message: comma-separated, or "no key".
+pub(crate) fn signers_text(signers: &[String]) -> String {
+    if signers.is_empty() {
+        "no key".to_owned()
+    } else {
+        signers.join(", ")
     }
 }
 

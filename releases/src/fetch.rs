@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use semver::Version;
 use url::Url;
@@ -25,6 +25,8 @@ use crate::Error;
 use crate::durable;
 use crate::keys::TrustedKeys;
 use crate::layout::{Channels, Layout};
+use crate::root::MAX_ROOT_SIZE;
+use crate::trust::{MAX_ROOT_STEPS, Trust};
 use crate::verify::{Expected, FileCheck, MAX_STATEMENT_SIZE, VerifiedStatement, verify_statement};
 
 /// The cap on `channels.json`.
@@ -155,6 +157,43 @@ impl Fetcher {
     #[must_use]
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Follows root rotations (SPEC "Roots"): asks for `<base>/root/<N+1>.root` until the
+    /// server has none (HTTP 404), accepting and persisting each one that chains from the
+    /// current root, at most [`MAX_ROOT_STEPS`] of them. Each download is capped at
+    /// [`MAX_ROOT_SIZE`] and bounded by the limits' timeouts. Without a root (key files or
+    /// nothing trusted) there is nothing to follow. Returns the versions followed.
+    ///
+    /// # Errors
+    ///
+    /// Download errors; the errors of [`Trust::accept_next`]. Roots accepted before the error
+    /// stay accepted.
+    pub async fn update_root(&self, trust: &mut Trust) -> Result<Vec<u64>, Error> {
+        let mut followed = Vec::new();
+        let Some(mut current) = trust.root().map(crate::root::Root::version) else {
+            return Ok(followed);
+        };
+        trust.persist_embedded()?;
+        for _ in 0..MAX_ROOT_STEPS {
+            let url = self.layout.root_url(current + 1)?;
+            let got = self
+                .with_deadline(self.retrying(|| {
+                    self.get_bounded(&url, MAX_ROOT_SIZE, || Error::RootTooLarge {
+                        limit: MAX_ROOT_SIZE,
+                    })
+                }))
+                .await;
+            let bytes = match got {
+                Ok(bytes) => bytes,
+                Err(Error::HttpStatus { status: 404, .. }) => break,
+                Err(e) => return Err(e),
+            };
+            current = trust.accept_next(&bytes, SystemTime::now())?.version();
+            tracing::info!(version = current, "followed a release root rotation");
+            followed.push(current);
+        }
+        Ok(followed)
     }
 
     /// Downloads and verifies the statement for `expected` (SPEC steps 1-10), without the

@@ -1,14 +1,16 @@
-//! Keys: the set of keys trusted to sign releases, and the release signing key.
+//! Keys: the set of keys trusted for one role, and the release signing key.
 //!
-//! [`TrustedKeys`] holds OpenPGP certificates (public keys only). It starts from the project's
-//! embedded key ([`TrustedKeys::project`]) and takes extra keys from files or config for a
-//! private network; several keys may be trusted at once, which is how a key is rotated (SPEC.md,
-//! "Key rotation"). [`SigningKey`] holds secret key material for `release-tool` and tests; its
-//! `Debug` never prints it.
+//! [`TrustedKeys`] holds OpenPGP certificates (public keys only) trusted for one role of a root
+//! (`release` for statements), the number of distinct keys that must sign (the role's
+//! threshold), and the keys older roots trusted and a newer one removed (so that a signature by
+//! one is refused by name). It is built by [`crate::trust::Trust`] from the root in effect, or
+//! from key files when there is no root. Nothing is trusted by default: no key is embedded in
+//! any build (see `docs/releasing.md`). [`SigningKey`] holds secret key material for
+//! `release-tool` and tests; its `Debug` never prints it.
 //!
-//! The embedded project key is a TEST-ONLY key whose secret is checked in under
-//! `releases/testdata/keys/`. A production build must replace `testdata/keys/test-only-project.pub`
-//! (see the README there).
+//! [`TEST_ONLY_KEYS`] lists the fingerprints of the public test keys of
+//! `releases/testdata/keys/`, whose secrets are in the repository. They are never trusted by this
+//! list: it only lets an error say "this is the public test key" instead of a bare fingerprint.
 
 use std::fs;
 use std::io::Write as _;
@@ -23,16 +25,98 @@ use openpgp::policy::StandardPolicy;
 use openpgp::serialize::SerializeInto;
 
 use crate::Error;
+use crate::root::Role;
 
-/// The project's release-signing public key, ASCII-armoured, embedded in every build.
-///
-/// TEST-ONLY: its secret key is public in `releases/testdata/keys/`. Production must replace it.
-pub const PROJECT_KEY: &str = include_str!("../testdata/keys/test-only-project.pub");
+/// The public TEST-ONLY keys of `releases/testdata/keys/`: name, primary key fingerprint,
+/// signing subkey fingerprint. Anyone can sign with them. Nothing trusts them because of this
+/// list; it names them in errors and in `version -v`.
+pub const TEST_ONLY_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "test-only-project",
+        "21244F0243F6E3AFA0D8424DF885560E8FE40EA4",
+        "8639A5D8BD80AFCA6800EF10BB1BCE8F1EAB30D0",
+    ),
+    (
+        "test-only-rotated",
+        "0F14EBFBE11EAF80D57F757024D5C7408DE52D4F",
+        "E4C668A38FEFF5FA01DEB200D64D1DABE6887C50",
+    ),
+    (
+        "test-only-unknown",
+        "85FECEEE8F5CAFE90DDD8F7A4A13EC8CD474706C",
+        "7086544CEA4F484027BE061F2194FDF6C62376BC",
+    ),
+    (
+        "test-only-root-a",
+        "9DAE59A5C15674454DF1C9CD7BE95782E9221BDC",
+        "7EE8FF2212DFE0270EB4021B8909DACEAF6A1530",
+    ),
+    (
+        "test-only-root-b",
+        "1A78AC359826590121415972BC2CA9DF8D546016",
+        "C705EC01E2DF1A187C1F4D24BAFB72683B048FF0",
+    ),
+    (
+        "test-only-root-c",
+        "80973EB6D2C2979F26839355BAF2B548D3EDF099",
+        "4C25CA9D41B12751AF5B7253D5E6A25A459DF6A6",
+    ),
+    (
+        "test-only-root-d",
+        "3A31B63510C7E14CEA7A36BC465F78DEC7B81D98",
+        "46DB631E0F6053A4D9B2142CBCE00BF2CECA177B",
+    ),
+    (
+        "test-only-root-e",
+        "6C3A37149CA08F38F8927F1ECB98666078C05458",
+        "F992BD25E557A8ADFAE4B495B5B6BEBC35CB35E2",
+    ),
+];
 
-/// The keys trusted to sign release statements (public keys only).
-#[derive(Clone, Default)]
+/// The name of a public test key, given its primary or subkey fingerprint (or a key id, the
+/// last 16 hex digits), if it is one of [`TEST_ONLY_KEYS`].
+#[must_use]
+pub fn test_only_key(handle: &str) -> Option<(&'static str, &'static str)> {
+    let handle = handle.to_ascii_uppercase();
+    if handle.len() < 16 {
+        return None;
+    }
+    TEST_ONLY_KEYS
+        .iter()
+        .find(|(_, primary, sub)| primary.ends_with(&handle) || sub.ends_with(&handle))
+        .map(|(name, primary, _)| (*name, *primary))
+}
+
+/// A key for messages: its fingerprint, and for a public test key its name and what it is.
+#[must_use]
+pub fn describe_key(handle: &str) -> String {
+    match test_only_key(handle) {
+        Some((name, primary)) => format!(
+            "{primary} (the public TEST-ONLY key {name} of releases/testdata/keys: anyone can sign with it)"
+        ),
+        None => handle.to_owned(),
+    }
+}
+
+/// The keys trusted for one role (public keys only), with the role's threshold.
+#[derive(Clone)]
 pub struct TrustedKeys {
+    role: Role,
     certs: Vec<Cert>,
+    threshold: usize,
+    /// Keys an older root trusted and a newer one removed, with the first version without them.
+    retired: Vec<(Cert, u64)>,
+}
+
+impl Default for TrustedKeys {
+    fn default() -> Self {
+        Self {
+            role: Role::Release,
+            certs: Vec::new(),
+            threshold: 1,
+            retired: Vec::new(),
+        }
+    }
 }
 
 /// A release signing key: an OpenPGP certificate with its secret keys.
@@ -46,19 +130,11 @@ pub struct SigningKey {
 // === impl TrustedKeys ===
 
 impl TrustedKeys {
-    /// No trusted key: nothing verifies until keys are added.
+    /// No trusted key: nothing verifies until keys are added. The role is `release`, the
+    /// threshold 1.
     #[must_use]
     pub fn empty() -> Self {
         Self::default()
-    }
-
-    /// The project's embedded key ([`PROJECT_KEY`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Key`] if the embedded key does not parse (a build defect).
-    pub fn project() -> Result<Self, Error> {
-        Self::empty().with_armored(PROJECT_KEY.as_bytes(), "embedded project key")
     }
 
     /// Adds every certificate of an OpenPGP keyring (armoured or binary). Secret key material,
@@ -69,26 +145,8 @@ impl TrustedKeys {
     /// [`Error::Key`] if the data holds no certificate or a malformed one; `origin` names the
     /// source in that error.
     pub fn with_armored(mut self, data: &[u8], origin: &str) -> Result<Self, Error> {
-        let key_err = |reason: String| Error::Key {
-            origin: origin.to_owned(),
-            reason,
-        };
-        let parser = CertParser::from_bytes(data).map_err(|e| key_err(e.to_string()))?;
-        let mut added = 0usize;
-        for cert in parser {
-            let cert = cert.map_err(|e| key_err(e.to_string()))?;
-            let cert = cert.strip_secret_key_material();
-            if !self
-                .certs
-                .iter()
-                .any(|c| c.fingerprint() == cert.fingerprint())
-            {
-                self.certs.push(cert);
-            }
-            added += 1;
-        }
-        if added == 0 {
-            return Err(key_err("no OpenPGP certificate found".to_owned()));
+        for cert in parse_certs(data, origin)? {
+            self.add(cert);
         }
         Ok(self)
     }
@@ -103,6 +161,39 @@ impl TrustedKeys {
         self.with_armored(&data, &path.display().to_string())
     }
 
+    /// The same keys with another threshold: how many distinct keys must sign (at least 1).
+    #[must_use]
+    pub fn with_threshold(mut self, threshold: usize) -> Self {
+        self.threshold = threshold.max(1);
+        self
+    }
+
+    /// The same keys for another role (named in errors).
+    #[must_use]
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    pub(crate) fn add(&mut self, cert: Cert) {
+        if !self
+            .certs
+            .iter()
+            .any(|c| c.fingerprint() == cert.fingerprint())
+        {
+            self.certs.push(cert);
+        }
+    }
+
+    pub(crate) fn add_retired(&mut self, cert: Cert, removed_in: u64) {
+        let fpr = cert.fingerprint();
+        if !self.certs.iter().any(|c| c.fingerprint() == fpr)
+            && !self.retired.iter().any(|(c, _)| c.fingerprint() == fpr)
+        {
+            self.retired.push((cert, removed_in));
+        }
+    }
+
     /// The fingerprints of the trusted keys, uppercase hex.
     #[must_use]
     pub fn fingerprints(&self) -> Vec<String> {
@@ -112,23 +203,78 @@ impl TrustedKeys {
             .collect()
     }
 
+    /// How many distinct trusted keys must sign.
+    #[must_use]
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// The role these keys are trusted for.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// Whether no key is trusted.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.certs.is_empty()
     }
 
-    pub(crate) fn certs(&self) -> &[Cert] {
+    /// The trusted certificates (public keys only).
+    #[must_use]
+    pub fn certs(&self) -> &[Cert] {
         &self.certs
+    }
+
+    /// The trusted and the retired keys: what the verifier may look signatures up with.
+    pub(crate) fn known_certs(&self) -> Vec<Cert> {
+        self.certs
+            .iter()
+            .cloned()
+            .chain(self.retired.iter().map(|(c, _)| c.clone()))
+            .collect()
+    }
+
+    /// Whether `fpr` is trusted; else the root version that removed it, if any.
+    pub(crate) fn trusts(&self, fpr: &str) -> Result<(), Option<u64>> {
+        if self.certs.iter().any(|c| c.fingerprint().to_hex() == fpr) {
+            return Ok(());
+        }
+        Err(self
+            .retired
+            .iter()
+            .find(|(c, _)| c.fingerprint().to_hex() == fpr)
+            .map(|(_, v)| *v))
     }
 }
 
 impl std::fmt::Debug for TrustedKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrustedKeys")
+            .field("role", &self.role)
             .field("fingerprints", &self.fingerprints())
-            .finish()
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
     }
+}
+
+/// Every certificate of a keyring, secret key material dropped.
+pub(crate) fn parse_certs(data: &[u8], origin: &str) -> Result<Vec<Cert>, Error> {
+    let key_err = |reason: String| Error::Key {
+        origin: origin.to_owned(),
+        reason,
+    };
+    let parser = CertParser::from_bytes(data).map_err(|e| key_err(e.to_string()))?;
+    let mut certs = Vec::new();
+    for cert in parser {
+        let cert = cert.map_err(|e| key_err(e.to_string()))?;
+        certs.push(cert.strip_secret_key_material());
+    }
+    if certs.is_empty() {
+        return Err(key_err("no OpenPGP certificate found".to_owned()));
+    }
+    Ok(certs)
 }
 
 // === impl SigningKey ===
@@ -141,7 +287,18 @@ impl SigningKey {
     ///
     /// [`Error::Key`] if generation fails.
     pub fn generate(user_id: &str) -> Result<Self, Error> {
+        Self::generate_at(user_id, std::time::SystemTime::now())
+    }
+
+    /// [`Self::generate`] with the key's creation time set to `created` (keys for fixtures whose
+    /// signatures are dated in the past must be older than them).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Key`] if generation fails.
+    pub fn generate_at(user_id: &str, created: std::time::SystemTime) -> Result<Self, Error> {
         let (cert, _revocation) = CertBuilder::new()
+            .set_creation_time(created)
             .add_userid(user_id)
             .add_signing_subkey()
             .generate()
@@ -283,9 +440,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn project_key_parses() {
-        let keys = TrustedKeys::project().unwrap();
-        assert_eq!(keys.fingerprints().len(), 1);
+    fn test_only_table_matches_the_key_files() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys");
+        for (name, primary, sub) in TEST_ONLY_KEYS {
+            let data = fs::read(dir.join(format!("{name}.pub"))).unwrap();
+            let cert = Cert::from_bytes(&data).unwrap();
+            assert_eq!(cert.fingerprint().to_hex(), *primary, "{name}");
+            assert!(
+                cert.keys()
+                    .subkeys()
+                    .any(|k| k.key().fingerprint().to_hex() == *sub),
+                "{name}: signing subkey {sub}"
+            );
+            assert_eq!(test_only_key(&sub[24..]), Some((*name, *primary)));
+        }
+        assert_eq!(test_only_key("0123"), None);
     }
 
     #[test]

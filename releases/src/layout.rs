@@ -58,6 +58,14 @@ pub fn statement_name(asset: &str) -> String {
     format!("{asset}{STATEMENT_SUFFIX}")
 }
 
+/// The folder of published roots under a release tree's base.
+pub const ROOTS_FOLDER: &str = "root";
+
+/// `root/<N>.root`, relative to the base.
+fn root_rel_path(n: u64) -> String {
+    format!("{ROOTS_FOLDER}/{n}{}", crate::root::ROOT_SUFFIX)
+}
+
 /// The name of a version's directory: `v<VERSION>`.
 #[must_use]
 pub fn version_dir_name(version: &Version) -> String {
@@ -308,6 +316,15 @@ impl Layout {
         self.file_url(version, CHANGELOG_NAME)
     }
 
+    /// `<base>/root/<N>.root`: root version `n` (SPEC "Roots").
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Url`] if joining fails.
+    pub fn root_url(&self, n: u64) -> Result<Url, Error> {
+        self.join(&root_rel_path(n))
+    }
+
     fn join(&self, rel: &str) -> Result<Url, Error> {
         self.base.join(rel).map_err(|e| Error::Url {
             reason: format!("cannot join {rel:?}: {e}"),
@@ -345,6 +362,12 @@ impl ReleaseDir {
         check_file_name(name)?;
         let version = parse_version(&version.to_string())?;
         Ok(self.version_dir(&version).join(name))
+    }
+
+    /// `<root>/root/<N>.root`: where root version `n` is published.
+    #[must_use]
+    pub fn root_path(&self, n: u64) -> PathBuf {
+        self.root.join(root_rel_path(n))
     }
 
     /// `<root>/channels.json`.

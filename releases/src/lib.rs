@@ -13,7 +13,10 @@
 //! - [`version`]: safe version parsing and the version floor (rollback protection).
 //! - [`layout`]: product, target, asset names, release URLs and paths, `channels.json`.
 //! - [`manifest`]: the signed statement's text: render and parse.
-//! - [`keys`]: trusted keys (the embedded project key plus extra ones) and signing keys.
+//! - [`keys`]: the keys trusted for a role, with its threshold, and signing keys.
+//! - [`root`]: the signed root: keys, roles, thresholds, version, expiry; rotation.
+//! - [`trust`]: what a home directory and the build trust (roots, key files), with the
+//!   permission checks.
 //! - [`sign`]: clear-signing a statement (release tool and tests only).
 //! - [`verify`]: steps 1-11, offline.
 //! - [`durable`]: temp file + fsync + rename (step 12).
@@ -29,8 +32,10 @@ pub mod fetch;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod root;
 pub mod sign;
 pub mod stamp;
+pub mod trust;
 pub mod verify;
 pub mod version;
 
@@ -38,6 +43,8 @@ pub use error::Error;
 pub use keys::{SigningKey, TrustedKeys};
 pub use layout::{Channels, Layout, Product, ReleaseDir, Target};
 pub use manifest::{FileEntry, Statement};
+pub use root::{Role, Root};
+pub use trust::Trust;
 pub use verify::{
     Expected, ExpiryCheck, VerifiedStatement, verify_release_files, verify_statement,
 };

@@ -65,8 +65,9 @@ pub enum ExpiryCheck {
 pub struct VerifiedStatement {
     /// The parsed signed text.
     pub statement: Statement,
-    /// The fingerprint of the trusted key whose signature verified, uppercase hex.
-    pub signer: String,
+    /// The distinct trusted keys whose signatures verified (at least the threshold),
+    /// uppercase hex fingerprints.
+    pub signers: Vec<String>,
     /// The asset name for the requested product and target.
     pub asset: String,
     /// The statement file exactly as received (to store beside the staged binary).
@@ -78,8 +79,8 @@ pub struct VerifiedStatement {
 pub struct SignedText {
     /// The signed text (dash-escaping undone).
     pub text: String,
-    /// The fingerprint of the trusted key whose signature verified, uppercase hex.
-    pub signer: String,
+    /// The distinct trusted keys whose signatures verified, uppercase hex fingerprints.
+    pub signers: Vec<String>,
 }
 
 // === impl Expected ===
@@ -162,7 +163,7 @@ pub fn verify_statement(
     Ok(VerifiedStatement {
         asset: expected.asset(),
         statement,
-        signer: signed.signer,
+        signers: signed.signers,
         raw: bytes.to_vec(),
     })
 }
@@ -376,7 +377,7 @@ impl FileCheck {
 
 /// Step 2: the statement must be exactly one clear-signed block, with nothing but blank lines
 /// around it. Returns the block's bytes.
-fn signed_block(bytes: &[u8]) -> Result<&[u8], Error> {
+pub(crate) fn signed_block(bytes: &[u8]) -> Result<&[u8], Error> {
     let text =
         std::str::from_utf8(bytes).map_err(|_| Error::malformed(0, "statement is not UTF-8"))?;
     let mut begin: Option<usize> = None; // byte offset of the BEGIN line
@@ -434,14 +435,18 @@ fn unsigned_or_missing(text: &str, line: usize) -> Error {
 
 /// What the signature check saw, recorded by the helper.
 #[derive(Debug, Default)]
-struct Outcome {
-    good: Option<String>,
+pub(crate) struct Outcome {
+    /// The primary key fingerprint of each good signature (a key that signed twice is here
+    /// twice).
+    good: Vec<String>,
+    /// The issuers of signatures whose key was not offered.
     unknown: Vec<String>,
     bad: Vec<String>,
     invalid: Vec<String>,
 }
 
-/// The sequoia verification helper: offers the trusted certificates and records results.
+/// The sequoia verification helper: offers the known certificates and records results. It
+/// never decides: [`decide`] does, on the whole [`Outcome`].
 struct Helper<'a> {
     certs: &'a [Cert],
     outcome: &'a mut Outcome,
@@ -458,15 +463,23 @@ impl VerificationHelper for Helper<'_> {
                 MessageLayer::SignatureGroup { results } => {
                     for result in results {
                         match result {
-                            Ok(good) => {
-                                if self.outcome.good.is_none() {
-                                    self.outcome.good = Some(good.ka.cert().fingerprint().to_hex());
+                            Ok(good) => self
+                                .outcome
+                                .good
+                                .push(good.ka.cert().fingerprint().to_hex()),
+                            Err(VerificationError::MissingKey { sig }) => {
+                                // One name per signature: the issuer fingerprint if it has one.
+                                let issuer = sig
+                                    .issuer_fingerprints()
+                                    .next()
+                                    .map(|f| f.to_hex())
+                                    .or_else(|| sig.get_issuers().first().map(KeyHandle::to_hex))
+                                    .unwrap_or_else(|| "a signature naming no key".to_owned());
+                                let issuer = crate::keys::describe_key(&issuer);
+                                if !self.outcome.unknown.contains(&issuer) {
+                                    self.outcome.unknown.push(issuer);
                                 }
                             }
-                            Err(VerificationError::MissingKey { sig }) => self
-                                .outcome
-                                .unknown
-                                .extend(sig.get_issuers().iter().map(KeyHandle::to_hex)),
                             Err(VerificationError::BadSignature { error, .. }) => {
                                 self.outcome.bad.push(error.to_string());
                             }
@@ -474,40 +487,37 @@ impl VerificationHelper for Helper<'_> {
                         }
                     }
                 }
-                // A clear-signed statement is never compressed or encrypted.
+                // A clear-signed document is never compressed or encrypted.
                 _ => self
                     .outcome
                     .invalid
                     .push("unexpected compression or encryption layer".to_owned()),
             }
         }
-        if self.outcome.good.is_some() && self.outcome.invalid.is_empty() {
-            Ok(())
-        } else {
-            Err(openpgp::Error::BadSignature("no good signature by a trusted key".into()).into())
-        }
+        Ok(())
     }
 }
 
-/// Step 3: at least one good signature by a trusted key, valid at `time`, under the standard
-/// policy (which refuses SHA-1 and weak keys).
-fn check_signature(
+/// Checks every signature of a clear-signed `block` against `certs`, valid at `time`, under
+/// the standard policy (which refuses SHA-1 and weak keys). Returns the signed text and what
+/// each signature gave; the caller must [`decide`] before it uses the text.
+pub(crate) fn signatures(
     block: &[u8],
-    keys: &TrustedKeys,
+    certs: &[Cert],
     time: SystemTime,
-) -> Result<SignedText, Error> {
+) -> Result<(String, Outcome), Error> {
     let policy = StandardPolicy::new();
     let mut outcome = Outcome::default();
     let mut text = Vec::new();
     let result = (|| -> openpgp::Result<()> {
         let helper = Helper {
-            certs: keys.certs(),
+            certs,
             outcome: &mut outcome,
         };
         let mut verifier =
             VerifierBuilder::from_bytes(block)?.with_policy(&policy, time, helper)?;
-        // The statement is at most 64 KiB; the verifier buffers it whole before releasing
-        // any byte, so nothing unverified is read here.
+        // Documents are at most 64 KiB; the verifier buffers one whole before releasing any
+        // byte, so nothing unverified is read here.
         std::io::copy(&mut verifier, &mut text)?;
         if !verifier.message_processed() {
             return Err(
@@ -516,42 +526,114 @@ fn check_signature(
         }
         Ok(())
     })();
-    let outcome_error = || {
-        if !outcome.bad.is_empty() {
-            Some(Error::BadSignature {
-                reason: outcome.bad.join("; "),
-            })
-        } else if !outcome.invalid.is_empty() {
-            Some(Error::InvalidSignature {
-                reason: outcome.invalid.join("; "),
-            })
-        } else if outcome.good.is_none() && !outcome.unknown.is_empty() {
-            Some(Error::UnknownKey {
-                issuers: outcome.unknown.clone(),
-            })
-        } else {
-            None
-        }
-    };
-    match result {
-        Ok(()) => {
-            if let Some(err) = outcome_error() {
-                return Err(err);
-            }
-            let signer = outcome
-                .good
-                .clone()
-                .ok_or_else(|| Error::InvalidSignature {
-                    reason: "no signature".to_owned(),
-                })?;
-            let text = String::from_utf8(text)
-                .map_err(|_| Error::malformed(0, "signed text is not UTF-8"))?;
-            Ok(SignedText { text, signer })
-        }
-        Err(e) => Err(outcome_error().unwrap_or_else(|| Error::InvalidSignature {
+    if let Err(e) = result {
+        return Err(Error::InvalidSignature {
             reason: e.to_string(),
-        })),
+        });
     }
+    let text =
+        String::from_utf8(text).map_err(|_| Error::malformed(0, "signed text is not UTF-8"))?;
+    Ok((text, outcome))
+}
+
+/// The distinct keys of `keys` whose signatures verified, in signing order.
+pub(crate) fn valid_signers(outcome: &Outcome, keys: &TrustedKeys) -> Vec<String> {
+    let mut valid: Vec<String> = Vec::new();
+    for fpr in &outcome.good {
+        if keys.trusts(fpr).is_ok() && !valid.contains(fpr) {
+            valid.push(fpr.clone());
+        }
+    }
+    valid
+}
+
+/// The threshold rule: `keys.threshold()` distinct trusted keys must have signed; a key that
+/// signed twice counts once, an unknown or removed key counts zero. Returns the distinct
+/// trusted signers, or the error that says best why the document is refused.
+pub(crate) fn decide(outcome: &Outcome, keys: &TrustedKeys) -> Result<Vec<String>, Error> {
+    let valid = valid_signers(outcome, keys);
+    if !keys.is_empty() && valid.len() >= keys.threshold() {
+        return Ok(valid);
+    }
+    if !outcome.bad.is_empty() {
+        return Err(Error::BadSignature {
+            reason: outcome.bad.join("; "),
+        });
+    }
+    if !outcome.invalid.is_empty() {
+        return Err(Error::InvalidSignature {
+            reason: outcome.invalid.join("; "),
+        });
+    }
+    let role = keys.role().to_string();
+    let needed = keys.threshold();
+    let mut others: Vec<String> = Vec::new();
+    let mut removed: Option<(String, u64)> = None;
+    for fpr in &outcome.good {
+        match keys.trusts(fpr) {
+            Ok(()) => {}
+            Err(Some(v)) => {
+                removed.get_or_insert((fpr.clone(), v));
+            }
+            Err(None) => {
+                let named = crate::keys::describe_key(fpr);
+                if !others.contains(&named) {
+                    others.push(named);
+                }
+            }
+        }
+    }
+    others.extend(outcome.unknown.iter().cloned());
+    if keys.is_empty() {
+        if let Some((key, _)) = &removed {
+            others.push(key.clone());
+        }
+        return Err(Error::NothingTrusted { signers: others });
+    }
+    if let Some((key, removed_in)) = removed {
+        return Err(Error::RemovedKey {
+            role,
+            key,
+            removed_in,
+            needed,
+        });
+    }
+    let trusted_signatures = outcome
+        .good
+        .iter()
+        .filter(|f| keys.trusts(f).is_ok())
+        .count();
+    if trusted_signatures > valid.len()
+        && let Some(key) = outcome
+            .good
+            .iter()
+            .find(|f| outcome.good.iter().filter(|g| g == f).count() > 1)
+    {
+        return Err(Error::DuplicateSigner {
+            role,
+            needed,
+            key: key.clone(),
+        });
+    }
+    if valid.is_empty() {
+        return Err(Error::UnknownKey { issuers: others });
+    }
+    Err(Error::ThresholdNotMet {
+        role,
+        needed,
+        valid,
+    })
+}
+
+/// Step 3: signatures by the threshold of distinct trusted keys, valid at `time`.
+fn check_signature(
+    block: &[u8],
+    keys: &TrustedKeys,
+    time: SystemTime,
+) -> Result<SignedText, Error> {
+    let (text, outcome) = signatures(block, &keys.known_certs(), time)?;
+    let signers = decide(&outcome, keys)?;
+    Ok(SignedText { text, signers })
 }
 
 #[cfg(test)]

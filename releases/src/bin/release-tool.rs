@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 2 usage (clap), 65 a release failed to verify (bad release data),
 //! 1 anything else.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,9 +15,10 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use relay_release::layout::{CHANGELOG_NAME, asset_name, statement_name};
 use relay_release::manifest::{format_time, parse_time, whole_seconds};
+use relay_release::root::RoleKeys;
 use relay_release::{
-    Channels, Error, Expected, ExpiryCheck, FileEntry, Product, ReleaseDir, SigningKey, Statement,
-    Target, TrustedKeys, VersionFloor, durable, parse_version, sign, verify,
+    Channels, Error, Expected, ExpiryCheck, FileEntry, Product, ReleaseDir, Role, Root, SigningKey,
+    Statement, Target, TrustedKeys, VersionFloor, durable, parse_version, sign, verify,
 };
 
 /// Sign, publish and verify Wireleap relay releases.
@@ -40,6 +42,10 @@ enum Command {
             default_value = "Wireleap relay releases <releases@example.invalid>"
         )]
         user_id: String,
+        /// The key's creation time, RFC 3339 UTC; default: now (fixtures signed in the past
+        /// need older keys).
+        #[arg(long)]
+        created: Option<String>,
     },
     /// Import an existing unencrypted OpenPGP secret key (e.g. from `sq key generate`, or
     /// `gpg --export-secret-keys` of a key without passphrase) as OUT.key and OUT.pub.
@@ -57,9 +63,9 @@ enum Command {
         /// The release tree's root (served as the base URL).
         #[arg(long)]
         root: PathBuf,
-        /// The secret signing key file.
-        #[arg(long)]
-        key: PathBuf,
+        /// A secret signing key file; repeat it to sign with several keys (a root's threshold).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
         /// The release's version (plain semver).
         #[arg(long)]
         version: String,
@@ -104,6 +110,20 @@ enum Command {
         /// Where to write the signed text.
         output: PathBuf,
     },
+    /// Add a signature to a clear-signed file (a statement or a root) in place, keeping the
+    /// signatures it has: each key holder runs it in turn until the threshold is reached.
+    Sign {
+        /// A secret signing key file (repeatable).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        /// The signed file.
+        file: PathBuf,
+    },
+    /// Roots: which keys may sign what, and how many of them must (docs/releasing.md).
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
     /// Channels in ROOT/channels.json.
     Channel {
         #[command(subcommand)]
@@ -126,12 +146,12 @@ enum Command {
         /// The target expected; default: this machine's.
         #[arg(long)]
         target: Option<String>,
-        /// Extra trusted public key files (repeatable).
+        /// Trusted public key files, any one of which may sign (repeatable; without a root).
         #[arg(long = "trust")]
         trust: Vec<PathBuf>,
-        /// Do not trust the embedded project key.
-        #[arg(long)]
-        no_project_key: bool,
+        /// A trusted root: its release keys and threshold decide.
+        #[arg(long = "root", conflicts_with = "trust")]
+        root: Option<PathBuf>,
         /// Refuse versions not above this running version.
         #[arg(long)]
         running: Option<String>,
@@ -141,6 +161,91 @@ enum Command {
         /// Check expiry at this time (RFC 3339 UTC) instead of now.
         #[arg(long)]
         now: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RootCommand {
+    /// Write a new root (version 1 unless given), unsigned: sign it with `root sign`.
+    Init {
+        /// Where to write it (e.g. 1.root).
+        #[arg(long)]
+        out: PathBuf,
+        /// A public key of the `root` role (repeatable); also a release key unless
+        /// --release-key is given.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// How many root keys must sign a root.
+        #[arg(long)]
+        threshold: usize,
+        /// A public key of the `release` role (repeatable); default: the root keys.
+        #[arg(long = "release-key")]
+        release_keys: Vec<PathBuf>,
+        /// How many release keys must sign a statement; default: --threshold.
+        #[arg(long)]
+        release_threshold: Option<usize>,
+        /// A public key of the `rollout` role (repeatable).
+        #[arg(long = "rollout-key")]
+        rollout_keys: Vec<PathBuf>,
+        /// How many rollout keys must sign a rollout document; default: 1.
+        #[arg(long)]
+        rollout_threshold: Option<usize>,
+        /// The root's version.
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+        /// How long the root stays valid: `<n>d`, `<n>h`, `<n>m` or `<n>s`.
+        #[arg(long, default_value = "365d")]
+        valid_for: String,
+    },
+    /// Write the next root (version N+1) from root N with keys added or removed, unsigned: sign
+    /// it with `root sign` by the old root's threshold and by its own.
+    Rotate {
+        /// The current root (N.root).
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to write root N+1.
+        #[arg(long)]
+        out: PathBuf,
+        /// A public key to add to the root and release roles (repeatable).
+        #[arg(long = "add-key")]
+        add_keys: Vec<PathBuf>,
+        /// A fingerprint to remove from every role (repeatable).
+        #[arg(long = "remove-key")]
+        remove_keys: Vec<String>,
+        /// The new root threshold; default: the old one.
+        #[arg(long)]
+        threshold: Option<usize>,
+        /// The new release threshold; default: the old one.
+        #[arg(long)]
+        release_threshold: Option<usize>,
+        /// How long the new root stays valid.
+        #[arg(long, default_value = "365d")]
+        valid_for: String,
+    },
+    /// Sign a root (the unsigned text from init/rotate, or a root others signed) in place.
+    Sign {
+        /// A secret signing key file (repeatable).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        /// The root file.
+        file: PathBuf,
+    },
+    /// Check a root: signed by its own threshold, or (with --previous) a valid rotation.
+    Verify {
+        /// The root file.
+        file: PathBuf,
+        /// The root before it: check the rotation from it.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+    },
+    /// Check a root and copy it into the release tree as ROOT/root/N.root, where relays fetch
+    /// rotations from (root N-1 there must chain to it).
+    Publish {
+        /// The release tree's root.
+        #[arg(long)]
+        root: PathBuf,
+        /// The root file.
+        file: PathBuf,
     },
 }
 
@@ -181,8 +286,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Keygen { out, user_id } => {
-            let key = SigningKey::generate(&user_id)?;
+        Command::Keygen {
+            out,
+            user_id,
+            created,
+        } => {
+            let key = match created {
+                Some(t) => SigningKey::generate_at(
+                    &user_id,
+                    parse_time(&t).context("--created is not RFC 3339 UTC")?,
+                )?,
+                None => SigningKey::generate(&user_id)?,
+            };
             write_key_pair(&key, &out)
         }
         Command::Import { secret, out } => {
@@ -224,6 +339,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: {version}", output.display());
             Ok(())
         }
+        Command::Sign { key, file } => sign_in_place(&key, &file),
+        Command::Root { command } => root_command(command),
         Command::Clearsign { key, input, output } => {
             let key = SigningKey::from_file(&key)?;
             let text = fs::read_to_string(&input)
@@ -273,21 +390,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             product,
             target,
             trust,
-            no_project_key,
+            root,
             running,
             committed,
             now,
         } => {
-            let mut keys = if no_project_key {
-                TrustedKeys::empty()
-            } else {
-                TrustedKeys::project()?
+            let mut keys = match &root {
+                Some(path) => {
+                    Root::verify_anchor(&read(path)?, SystemTime::now())?.keys_for(Role::Release)
+                }
+                None => TrustedKeys::empty(),
             };
             for path in &trust {
                 keys = keys.with_file(path)?;
-            }
-            if keys.is_empty() {
-                bail!("no trusted key: give --trust or drop --no-project-key");
             }
             let floor = match (running, committed) {
                 (None, None) => VersionFloor::UnsafeAllowAny,
@@ -319,7 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 verified.statement.product,
                 verified.statement.version,
                 verified.statement.target,
-                verified.signer,
+                verified.signers.join(", "),
                 format_time(verified.statement.expires),
                 if binary.is_some() {
                     " (binary size and SHA-512 match)"
@@ -335,7 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 #[derive(Debug)]
 struct Publish {
     root: PathBuf,
-    key: PathBuf,
+    key: Vec<PathBuf>,
     version: String,
     binary: PathBuf,
     changelog: Option<PathBuf>,
@@ -346,7 +461,7 @@ struct Publish {
 }
 
 fn publish(p: &Publish) -> anyhow::Result<()> {
-    let key = SigningKey::from_file(&p.key)?;
+    let keys = signing_keys(&p.key)?;
     let version = parse_version(&p.version)?;
     let product = Product::try_new(&p.product)?;
     let target = target_or_host(p.target.as_deref())?;
@@ -395,17 +510,257 @@ fn publish(p: &Publish) -> anyhow::Result<()> {
         files,
     };
     let name = statement_name(&asset);
-    let signed = sign::sign_statement(&key, &statement, &name)?;
+    let signed = sign::clearsign_by(&keys, &statement.render(&name), statement.issued)?;
     let statement_path = dir.file_path(&version, &name)?;
     durable::write_file(&statement_path, &signed, 0o644)?;
     println!("{}", asset_path.display());
     println!("{}", statement_path.display());
+    let signers: Vec<String> = keys.iter().map(SigningKey::fingerprint).collect();
     println!(
         "signed by {} until {}",
-        key.fingerprint(),
+        signers.join(", "),
         format_time(expires)
     );
     Ok(())
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn signing_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<SigningKey>> {
+    paths
+        .iter()
+        .map(|p| SigningKey::from_file(p).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// Signs `file` with each key in turn, in place: an unsigned text is clear-signed, a signed
+/// one gets one more signature.
+fn sign_in_place(keys: &[PathBuf], file: &Path) -> anyhow::Result<()> {
+    let mut bytes = read(file)?;
+    for key in signing_keys(keys)? {
+        let now = SystemTime::now();
+        bytes = if bytes
+            .windows(BEGIN_SIGNED.len())
+            .any(|w| w == BEGIN_SIGNED.as_bytes())
+        {
+            sign::add_signature(&bytes, &key, now)?
+        } else {
+            let text = String::from_utf8(bytes).context("the file is not UTF-8 text")?;
+            sign::clearsign(&key, &text, now)?
+        };
+        println!("{}: signed by {}", file.display(), key.fingerprint());
+    }
+    durable::write_file(file, &bytes, 0o644)?;
+    Ok(())
+}
+
+const BEGIN_SIGNED: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
+
+fn public_certs(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, TrustedKeys)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let keys = TrustedKeys::empty().with_file(p)?;
+            let fprs = keys.fingerprints();
+            let [fpr] = fprs.as_slice() else {
+                bail!(
+                    "{} holds {} keys; give one key per file",
+                    p.display(),
+                    fprs.len()
+                );
+            };
+            Ok((fpr.clone(), keys))
+        })
+        .collect()
+}
+
+fn root_command(command: RootCommand) -> anyhow::Result<()> {
+    match command {
+        RootCommand::Init {
+            out,
+            keys,
+            threshold,
+            release_keys,
+            release_threshold,
+            rollout_keys,
+            rollout_threshold,
+            version,
+            valid_for,
+        } => {
+            let root_keys = public_certs(&keys)?;
+            let release = if release_keys.is_empty() {
+                public_certs(&keys)?
+            } else {
+                public_certs(&release_keys)?
+            };
+            let rollout = public_certs(&rollout_keys)?;
+            let mut roles = BTreeMap::new();
+            let fprs = |v: &[(String, TrustedKeys)]| v.iter().map(|(f, _)| f.clone()).collect();
+            roles.insert(
+                Role::Root,
+                RoleKeys {
+                    threshold,
+                    keys: fprs(&root_keys),
+                },
+            );
+            roles.insert(
+                Role::Release,
+                RoleKeys {
+                    threshold: release_threshold.unwrap_or(threshold),
+                    keys: fprs(&release),
+                },
+            );
+            if !rollout.is_empty() {
+                roles.insert(
+                    Role::Rollout,
+                    RoleKeys {
+                        threshold: rollout_threshold.unwrap_or(1),
+                        keys: fprs(&rollout),
+                    },
+                );
+            }
+            let certs = root_keys
+                .iter()
+                .chain(&release)
+                .chain(&rollout)
+                .flat_map(|(_, k)| k.certs().to_vec())
+                .collect();
+            let issued = whole_seconds(SystemTime::now());
+            let root = Root::new(
+                version,
+                issued,
+                issued + parse_span(&valid_for)?,
+                certs,
+                roles,
+            )?;
+            write_unsigned_root(&root, &out)
+        }
+        RootCommand::Rotate {
+            from,
+            out,
+            add_keys,
+            remove_keys,
+            threshold,
+            release_threshold,
+            valid_for,
+        } => {
+            let old = Root::verify_anchor(&read(&from)?, SystemTime::now())
+                .with_context(|| format!("{} does not verify", from.display()))?;
+            let added = public_certs(&add_keys)?;
+            let removed: Vec<String> = remove_keys
+                .iter()
+                .map(|f| f.replace(' ', "").to_ascii_uppercase())
+                .collect();
+            for fpr in &removed {
+                if !old.certs().contains_key(fpr) {
+                    bail!(
+                        "--remove-key {fpr}: root version {} has no such key",
+                        old.version()
+                    );
+                }
+            }
+            let mut roles = old.roles().clone();
+            for (role, rk) in &mut roles {
+                rk.keys.retain(|k| !removed.contains(k));
+                if matches!(role, Role::Root | Role::Release) {
+                    for (fpr, _) in &added {
+                        if !rk.keys.contains(fpr) {
+                            rk.keys.push(fpr.clone());
+                        }
+                    }
+                }
+                let wanted = match role {
+                    Role::Root => threshold,
+                    Role::Release => release_threshold,
+                    Role::Rollout => None,
+                };
+                rk.threshold = wanted.unwrap_or(rk.threshold);
+            }
+            let certs = old
+                .certs()
+                .iter()
+                .filter(|(f, _)| !removed.contains(f))
+                .map(|(_, c)| c.clone())
+                .chain(added.iter().flat_map(|(_, k)| k.certs().to_vec()))
+                .collect();
+            let issued = whole_seconds(SystemTime::now());
+            let root = Root::new(
+                old.version() + 1,
+                issued,
+                issued + parse_span(&valid_for)?,
+                certs,
+                roles,
+            )?;
+            write_unsigned_root(&root, &out)?;
+            println!(
+                "sign it with {} keys of root version {} and {} of its own (release-tool root sign)",
+                old.threshold(Role::Root),
+                old.version(),
+                root.threshold(Role::Root)
+            );
+            Ok(())
+        }
+        RootCommand::Sign { key, file } => sign_in_place(&key, &file),
+        RootCommand::Verify { file, previous } => {
+            let now = SystemTime::now();
+            let root = match previous {
+                Some(prev) => Root::verify_anchor(&read(&prev)?, now)
+                    .with_context(|| format!("{} does not verify", prev.display()))?
+                    .verify_next(&read(&file)?, now)?,
+                None => Root::verify_anchor(&read(&file)?, now)?,
+            };
+            root.check_expiry(now)?;
+            print_root(&root);
+            Ok(())
+        }
+        RootCommand::Publish { root: tree, file } => {
+            let now = SystemTime::now();
+            let bytes = read(&file)?;
+            let root = Root::verify_anchor(&bytes, now)?;
+            let dir = ReleaseDir::new(tree);
+            if root.version() > 1 {
+                let prev_path = dir.root_path(root.version() - 1);
+                if prev_path.exists() {
+                    Root::verify_anchor(&read(&prev_path)?, now)?.verify_next(&bytes, now)?;
+                }
+            }
+            let dest = dir.root_path(root.version());
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            durable::write_file(&dest, &bytes, 0o644)?;
+            println!("{}", dest.display());
+            Ok(())
+        }
+    }
+}
+
+fn write_unsigned_root(root: &Root, out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!("{} exists; not overwriting it", out.display());
+    }
+    durable::write_file(out, root.render()?.as_bytes(), 0o644)?;
+    println!("{} (unsigned)", out.display());
+    print_root(root);
+    Ok(())
+}
+
+fn print_root(root: &Root) {
+    println!(
+        "root version {} expires {}",
+        root.version(),
+        format_time(root.expires())
+    );
+    for (role, rk) in root.roles() {
+        println!(
+            "{role}: {} of {}: {}",
+            rk.threshold,
+            rk.keys.len(),
+            rk.keys.join(", ")
+        );
+    }
 }
 
 fn digest(path: &Path, name: &str) -> anyhow::Result<FileEntry> {

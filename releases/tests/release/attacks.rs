@@ -37,7 +37,7 @@ fn valid_release_verifies() {
     let v = check_default("valid").unwrap();
     assert_eq!(v.statement.version, parse_version("0.7.1").unwrap());
     assert_eq!(v.asset, ASSET);
-    assert_eq!(v.signer, project_keys().fingerprints()[0]);
+    assert_eq!(v.signers, project_keys().fingerprints());
 }
 
 #[test]
@@ -212,7 +212,7 @@ fn key_rotation_second_trusted_key_verifies() {
         .unwrap();
     assert_eq!(keys.fingerprints().len(), 2);
     let v = check("rotated-key", &keys, &expected()).unwrap();
-    assert_eq!(v.signer, keys.fingerprints()[1]);
+    assert_eq!(v.signers, vec![keys.fingerprints()[1].clone()]);
     // The project key still verifies its own releases with both trusted.
     check("valid", &keys, &expected()).unwrap();
 }

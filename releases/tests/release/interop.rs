@@ -185,3 +185,45 @@ fn our_statement_passes_sha512sum_and_sha256sum() {
         .arg(&path));
     assert!(!out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn gpg_clearsigned_by_two_keys_meets_a_threshold_of_two() {
+    let gpg = GnuPg::new();
+    gpg.import(&key_path("root-a", "key"));
+    gpg.import(&key_path("root-b", "key"));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("statement.txt");
+    let output = dir.path().join("statement.asc");
+    std::fs::write(&input, fresh_statement().render(&statement_name(ASSET))).unwrap();
+    let out = run(gpg
+        .cmd()
+        .args(["--pinentry-mode", "loopback", "--passphrase", ""])
+        .args(["--digest-algo", "SHA512"])
+        .arg("--local-user")
+        .arg(key("root-a").fingerprint())
+        .arg("--local-user")
+        .arg(key("root-b").fingerprint())
+        .arg("--output")
+        .arg(&output)
+        .arg("--clearsign")
+        .arg(&input));
+    assert!(out.status.success(), "gpg --clearsign: {}", text(&out));
+    let keys = relay_release::TrustedKeys::empty()
+        .with_file(&key_path("root-a", "pub"))
+        .unwrap()
+        .with_file(&key_path("root-b", "pub"))
+        .unwrap()
+        .with_file(&key_path("root-c", "pub"))
+        .unwrap()
+        .with_threshold(2);
+    let bytes = std::fs::read(&output).unwrap();
+    let v = verify_statement(&bytes, &keys, &expected_now())
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", String::from_utf8_lossy(&bytes)));
+    assert_eq!(v.signers.len(), 2);
+    // Three required: two is not enough.
+    let err = verify_statement(&bytes, &keys.with_threshold(3), &expected_now()).unwrap_err();
+    assert!(
+        matches!(err, Error::ThresholdNotMet { needed: 3, .. }),
+        "{err:?}"
+    );
+}

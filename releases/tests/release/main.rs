@@ -12,5 +12,6 @@
 mod attacks;
 mod fetch;
 mod interop;
+mod roots;
 mod support;
 mod tool;

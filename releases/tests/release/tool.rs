@@ -89,7 +89,6 @@ fn keygen_publish_channel_verify() {
             .arg("--binary")
             .arg(vdir.join("wireleap-relay_linux-x86_64"))
             .args(["--version", version, "--target", "linux-x86_64"])
-            .arg("--no-project-key")
             .arg("--trust")
             .arg(d.join("k.pub"))
             .args(extra);
@@ -103,12 +102,27 @@ fn keygen_publish_channel_verify() {
     assert_eq!(out.status.code(), Some(65), "{}", text(&out));
     let out = verify("1.2.3", &["--running", "1.2.3"]);
     assert_eq!(out.status.code(), Some(65), "{}", text(&out));
-    // The project key alone does not trust this new key.
+    // Nothing is trusted by default: a local problem (exit 1) that says how to add a key.
+    let statement = vdir.join("wireleap-relay_linux-x86_64.hash");
     let out = run(tool()
         .arg("verify")
         .arg("--statement")
-        .arg(vdir.join("wireleap-relay_linux-x86_64.hash"))
+        .arg(&statement)
         .args(["--version", "1.2.3", "--target", "linux-x86_64"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no release key is trusted"),
+        "{}",
+        text(&out)
+    );
+    // Another trusted key does not trust this new one: bad release data (exit 65).
+    let out = run(tool()
+        .arg("verify")
+        .arg("--statement")
+        .arg(&statement)
+        .args(["--version", "1.2.3", "--target", "linux-x86_64"])
+        .arg("--trust")
+        .arg(crate::support::key_path("project", "pub")));
     assert_eq!(out.status.code(), Some(65), "{}", text(&out));
 }
 
@@ -196,4 +210,152 @@ async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
     );
     let notes = fetcher.fetch_changelog(&staged.verified).await.unwrap();
     assert_eq!(notes, "# 0.7.5\n");
+}
+
+/// `root init`, `root sign` by two key holders in turn, `root verify`, `root rotate` (one key
+/// replaced) signed by the old and the new keys, `root publish`, `publish` with two keys, and
+/// `verify --root`: a 2-of-3 root end to end; the roots and the statement verify with
+/// `gpg --verify`.
+#[test]
+fn root_init_sign_rotate_publish_and_verify_with_gpg() {
+    use crate::support::key_path;
+    use crate::support::tools::GnuPg;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = |n: &str, ext: &str| key_path(&format!("root-{n}"), ext);
+    let root1 = d.join("1.root");
+    ok(tool()
+        .args(["root", "init", "--threshold", "2", "--valid-for", "30d"])
+        .arg("--out")
+        .arg(&root1)
+        .args(
+            ["a", "b", "c"]
+                .iter()
+                .flat_map(|n| ["--key".into(), k(n, "pub")]),
+        ));
+    // Unsigned: nothing trusts it yet.
+    assert!(
+        !run(tool().args(["root", "verify"]).arg(&root1))
+            .status
+            .success()
+    );
+    ok(tool()
+        .args(["root", "sign", "--key"])
+        .arg(k("a", "key"))
+        .arg(&root1));
+    let one = run(tool().args(["root", "verify"]).arg(&root1));
+    assert!(
+        !one.status.success(),
+        "one of two signatures: {}",
+        text(&one)
+    );
+    assert!(text(&one).contains("needs 2"), "{}", text(&one));
+    // The same key again is refused; a second holder completes it.
+    assert!(
+        !run(tool()
+            .args(["root", "sign", "--key"])
+            .arg(k("a", "key"))
+            .arg(&root1))
+        .status
+        .success()
+    );
+    ok(tool()
+        .args(["root", "sign", "--key"])
+        .arg(k("b", "key"))
+        .arg(&root1));
+    assert!(ok(tool().args(["root", "verify"]).arg(&root1)).contains("release: 2 of 3"));
+
+    // Rotation: C out, D in; signed by A and B (old and new) and D.
+    let root2 = d.join("2.root");
+    let c_fpr = relay_release::TrustedKeys::empty()
+        .with_file(&k("c", "pub"))
+        .unwrap()
+        .fingerprints()
+        .remove(0);
+    ok(tool()
+        .args(["root", "rotate", "--from"])
+        .arg(&root1)
+        .arg("--out")
+        .arg(&root2)
+        .arg("--add-key")
+        .arg(k("d", "pub"))
+        .args(["--remove-key", &c_fpr]));
+    ok(tool()
+        .args(["root", "sign", "--key"])
+        .arg(k("d", "key"))
+        .arg(&root2));
+    let new_only = run(tool()
+        .args(["root", "verify", "--previous"])
+        .arg(&root1)
+        .arg(&root2));
+    assert!(!new_only.status.success(), "{}", text(&new_only));
+    ok(tool()
+        .args(["root", "sign", "--key"])
+        .arg(k("a", "key"))
+        .arg("--key")
+        .arg(k("b", "key"))
+        .arg(&root2));
+    ok(tool()
+        .args(["root", "verify", "--previous"])
+        .arg(&root1)
+        .arg(&root2));
+    let tree = d.join("tree");
+    for r in [&root1, &root2] {
+        ok(tool().args(["root", "publish", "--root"]).arg(&tree).arg(r));
+    }
+    assert!(tree.join("root/1.root").is_file() && tree.join("root/2.root").is_file());
+
+    // A release signed by two keys of root 2.
+    std::fs::write(d.join("bin"), b"#!/bin/sh\necho relay\n").unwrap();
+    std::fs::write(d.join("notes.md"), b"# 1.2.3\n").unwrap();
+    ok(tool()
+        .args(["publish", "--version", "1.2.3", "--target", "linux-x86_64"])
+        .arg("--root")
+        .arg(&tree)
+        .arg("--key")
+        .arg(k("a", "key"))
+        .arg("--key")
+        .arg(k("d", "key"))
+        .arg("--binary")
+        .arg(d.join("bin"))
+        .arg("--changelog")
+        .arg(d.join("notes.md")));
+    let statement = tree.join("v1.2.3/wireleap-relay_linux-x86_64.hash");
+    let verify = |root: &Path| {
+        run(tool()
+            .arg("verify")
+            .arg("--statement")
+            .arg(&statement)
+            .args(["--version", "1.2.3", "--target", "linux-x86_64"])
+            .arg("--root")
+            .arg(root))
+    };
+    assert!(verify(&root2).status.success(), "{}", text(&verify(&root2)));
+    // Root 1 does not have D: one valid signature of two.
+    let out = verify(&root1);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+
+    // gpg checks every signature of the roots and the statement.
+    let gpg = GnuPg::new();
+    for n in ["a", "b", "c", "d"] {
+        gpg.import(&k(n, "pub"));
+    }
+    for file in [&root1, &root2, &statement] {
+        let out = run(gpg.cmd().arg("--verify").arg(file));
+        assert!(
+            out.status.success(),
+            "gpg --verify {}: {}",
+            file.display(),
+            text(&out)
+        );
+        let good = String::from_utf8_lossy(&out.stderr)
+            .matches("Good signature")
+            .count();
+        assert!(
+            good >= 2,
+            "{}: {good} good signatures\n{}",
+            file.display(),
+            text(&out)
+        );
+    }
 }

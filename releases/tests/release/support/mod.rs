@@ -4,14 +4,16 @@
 pub(crate) mod server;
 pub(crate) mod tools;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use relay_release::layout::{CHANGELOG_NAME, statement_name};
 use relay_release::manifest::parse_time;
+use relay_release::root::RoleKeys;
 use relay_release::{
-    Expected, ExpiryCheck, FileEntry, Product, SigningKey, Statement, Target, TrustedKeys,
-    VersionFloor, parse_version, sign,
+    Expected, ExpiryCheck, FileEntry, Product, Role, Root, SigningKey, Statement, Target,
+    TrustedKeys, VersionFloor, parse_version, sign,
 };
 
 pub(crate) const ASSET: &str = "wireleap-relay_linux-x86_64";
@@ -83,9 +85,12 @@ pub(crate) fn expected() -> Expected {
     }
 }
 
-/// The embedded project key plus the rotated key, as a relay in the middle of a rotation.
+/// The test-only project key alone, as the tests install it into a relay's home (no build
+/// trusts it).
 pub(crate) fn project_keys() -> TrustedKeys {
-    TrustedKeys::project().unwrap()
+    TrustedKeys::empty()
+        .with_file(&key_path("project", "pub"))
+        .unwrap()
 }
 
 /// A deterministic stand-in binary of `len` bytes.
@@ -284,4 +289,86 @@ pub(crate) fn write_scenarios(root: &Path) {
 #[ignore = "rewrites the checked-in fixtures"]
 fn regenerate_fixtures() {
     write_scenarios(&testdata());
+}
+
+/// A root with `keys`, `threshold` of them for both the root and the release role.
+fn fixture_root(
+    version: u64,
+    issued: &str,
+    expires: &str,
+    keys: &[&SigningKey],
+    threshold: usize,
+) -> Root {
+    let fprs: Vec<String> = keys.iter().map(|k| k.fingerprint()).collect();
+    let role = || RoleKeys {
+        threshold,
+        keys: fprs.clone(),
+    };
+    let certs = keys
+        .iter()
+        .map(|k| k.trusted().unwrap().certs()[0].clone())
+        .collect();
+    let roles = BTreeMap::from([(Role::Root, role()), (Role::Release, role())]);
+    Root::new(version, time(issued), time(expires), certs, roles).unwrap()
+}
+
+fn signed_by(keys: &[&SigningKey], text: &str) -> Vec<u8> {
+    let keys: Vec<SigningKey> = keys.iter().map(|k| (*k).clone()).collect();
+    sign::clearsign_by(&keys, text, time(ISSUED)).unwrap()
+}
+
+/// Writes the root fixtures into `dir` (see `roots.rs`): roots 1 and 2, the hostile roots, and
+/// release statements signed by several keys.
+pub(crate) fn write_root_fixtures(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|n| key(&format!("root-{n}")));
+    let write = |name: &str, bytes: Vec<u8>| std::fs::write(dir.join(name), bytes).unwrap();
+    let v1 = fixture_root(1, ISSUED, EXPIRES, &[&a, &b, &c], 2)
+        .render()
+        .unwrap();
+    write("1.root", signed_by(&[&a, &b], &v1));
+    let v2 = fixture_root(2, ISSUED, EXPIRES, &[&a, &b, &d], 2)
+        .render()
+        .unwrap();
+    write("2.root", signed_by(&[&a, &b, &d], &v2));
+    let stranger = fixture_root(2, ISSUED, EXPIRES, &[&d, &e], 2)
+        .render()
+        .unwrap();
+    write(
+        "rotation-new-keys-only.root",
+        signed_by(&[&d, &e], &stranger),
+    );
+    write(
+        "rotation-old-keys-only.root",
+        signed_by(&[&a, &b], &stranger),
+    );
+    let expired = fixture_root(
+        1,
+        "2026-11-01T00:00:00Z",
+        "2026-11-30T12:00:00Z",
+        &[&a, &b, &c],
+        2,
+    )
+    .render()
+    .unwrap();
+    write("expired.root", signed_by(&[&a, &b], &expired));
+    // Whitespace between JSON tokens (trailing whitespace would not be signed text).
+    let oversized = v1.replacen(
+        "\"format\": ",
+        &format!("\"format\": {}", " ".repeat(70_000)),
+        1,
+    );
+    write("oversized.root", signed_by(&[&a, &b], &oversized));
+    let text = genuine_statement().render(&statement_name(ASSET));
+    let project = key("project");
+    for (name, keys) in [
+        ("a-b", vec![&a, &b]),
+        ("a", vec![&a]),
+        ("a-a", vec![&a, &a]),
+        ("a-c", vec![&a, &c]),
+        ("a-d", vec![&a, &d]),
+        ("test-key", vec![&project]),
+    ] {
+        write(&format!("release-{name}.hash"), signed_by(&keys, &text));
+    }
 }

@@ -1,0 +1,569 @@
+//! What this relay trusts to sign its releases, from the build and its home directory. The
+//! relay's Upgrader, the `upgrade` command, `version -v`, `check-config` and the supervisor all
+//! load it here, from the same files.
+//!
+//! Sources, and which one decides:
+//! - **The embedded root**: an official release build embeds a root given at build time
+//!   (`WIRELEAP_TRUST_ROOT=<path to N.root> cargo build --release`, see `docs/releasing.md`). A
+//!   build from source embeds nothing.
+//! - **`<home>/trusted-keys/roots/<N>.root`**: the roots this relay accepted, newest last. The
+//!   operator may put a first root there by hand (the anchor of a private network); the relay
+//!   writes each newer root it follows there (rotation), and the embedded root when it is newer.
+//!   Each file after the lowest must chain from the one before ([`Root::verify_next`]).
+//! - **`<home>/trusted-keys/*.pub`**: without any root, each key file's keys may sign releases
+//!   alone (threshold 1). Key files beside a root are refused: the root decides.
+//!
+//! The root in effect is the newest of the embedded one and the persisted ones; a root older than
+//! the newest persisted one is never used again (rollback protection of the root itself).
+//!
+//! Every trust file and folder is refused, with its path and the reason, when it is group- or
+//! world-writable or owned by another user than the relay's or root (OpenSSH's StrictModes,
+//! apt's refusal of insecure key files).
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::Error;
+use crate::durable;
+use crate::keys::{TrustedKeys, describe_key, test_only_key};
+use crate::manifest::format_time;
+use crate::root::{ROOT_SUFFIX, Role, Root};
+use crate::verify::ExpiryCheck;
+
+/// The trust folder in the home directory.
+pub const TRUST_DIR: &str = "trusted-keys";
+/// The folder of accepted roots inside [`TRUST_DIR`].
+pub const ROOTS_DIR: &str = "roots";
+/// What an operator's key file's name ends with.
+pub const KEY_SUFFIX: &str = ".pub";
+/// How many root rotations one update follows at most (TUF clients cap this too).
+pub const MAX_ROOT_STEPS: u64 = 64;
+
+/// The root embedded at build time (empty when the build was given none).
+const EMBEDDED_ROOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/embedded-root"));
+
+/// Where a trusted key or root came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Embedded in this binary at build time.
+    Embedded,
+    /// A file in the home directory.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("embedded in this build"),
+            Self::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One trusted key, for `version -v`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The primary key's fingerprint, uppercase hex.
+    pub fingerprint: String,
+    /// What it may sign.
+    pub roles: Vec<Role>,
+    /// Where it came from.
+    pub source: Source,
+    /// The name of a public test key (anyone can sign with it), if it is one.
+    pub test_only: Option<&'static str>,
+}
+
+/// The release trust of one home directory.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    dir: PathBuf,
+    /// The root in effect and where it came from.
+    root: Option<(Root, Source)>,
+    /// The newest persisted root's version.
+    persisted: Option<u64>,
+    /// Keys of older persisted roots that the root in effect no longer has, with the first
+    /// version without them.
+    retired: Vec<(sequoia_openpgp::Cert, u64)>,
+    /// Without a root: the keys of `*.pub` files, each with its file.
+    key_files: Vec<(TrustedKeys, PathBuf)>,
+}
+
+impl Trust {
+    /// Loads the trust of `home` and the embedded root.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsafeTrustFile`] for a file or folder others may change; [`Error::Io`];
+    /// [`Error::Key`] for a key file that holds no key; the root errors for a persisted or
+    /// embedded root that does not verify or chain; [`Error::Trust`] for key files beside a
+    /// root, or two different roots with one version.
+    pub fn load(home: &Path) -> Result<Self, Error> {
+        let dir = home.join(TRUST_DIR);
+        let now = SystemTime::now();
+        let mut trust = Self {
+            dir: dir.clone(),
+            root: None,
+            persisted: None,
+            retired: Vec::new(),
+            key_files: Vec::new(),
+        };
+        let mut key_paths = Vec::new();
+        let mut chain: Vec<(Root, PathBuf)> = Vec::new();
+        if dir.exists() {
+            check_safe(&dir)?;
+            let roots_dir = dir.join(ROOTS_DIR);
+            for path in list(&dir)? {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                if name.as_deref().is_some_and(|n| n.ends_with(KEY_SUFFIX)) {
+                    check_safe(&path)?;
+                    key_paths.push(path);
+                }
+            }
+            if roots_dir.exists() {
+                check_safe(&roots_dir)?;
+                let mut numbered = Vec::new();
+                for path in list(&roots_dir)? {
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let Some(stem) = name.strip_suffix(ROOT_SUFFIX) else {
+                        continue;
+                    };
+                    let version: u64 = stem.parse().map_err(|_| Error::Trust {
+                        reason: format!(
+                            "{}: a root file is named <version>{ROOT_SUFFIX}, e.g. 1{ROOT_SUFFIX}",
+                            path.display()
+                        ),
+                    })?;
+                    check_safe(&path)?;
+                    numbered.push((version, path));
+                }
+                numbered.sort();
+                for (version, path) in numbered {
+                    let bytes = read_root(&path)?;
+                    let root = match chain.last() {
+                        None => Root::verify_anchor(&bytes, now),
+                        Some((previous, _)) => previous.verify_next(&bytes, now),
+                    }
+                    .map_err(|e| Error::Trust {
+                        reason: format!("{}: {e}", path.display()),
+                    })?;
+                    if root.version() != version {
+                        return Err(Error::Trust {
+                            reason: format!(
+                                "{} holds root version {}",
+                                path.display(),
+                                root.version()
+                            ),
+                        });
+                    }
+                    chain.push((root, path));
+                }
+            }
+        }
+        trust.persisted = chain.last().map(|(r, _)| r.version());
+        let embedded = embedded_root(now)?;
+        let newest = chain.last().cloned();
+        trust.root = match (embedded, newest) {
+            (Some(e), Some((p, path))) if e.version() == p.version() => {
+                if e.signed_bytes() != p.signed_bytes() {
+                    return Err(Error::Trust {
+                        reason: format!(
+                            "{} and the root embedded in this build are both version {} but differ",
+                            path.display(),
+                            p.version()
+                        ),
+                    });
+                }
+                Some((p, Source::File(path)))
+            }
+            (Some(e), Some((p, _))) if e.version() > p.version() => Some((e, Source::Embedded)),
+            (_, Some((p, path))) => Some((p, Source::File(path))),
+            (Some(e), None) => Some((e, Source::Embedded)),
+            (None, None) => None,
+        };
+        if let Some((root, _)) = &trust.root {
+            if let Some(path) = key_paths.first() {
+                return Err(Error::Trust {
+                    reason: format!(
+                        "{} is a key file beside root version {}: with a root, the root alone decides; add the key to the next root (release-tool root rotate) or remove the file",
+                        path.display(),
+                        root.version()
+                    ),
+                });
+            }
+            for (older, _) in &chain {
+                for (fpr, cert) in older.certs() {
+                    if !root.certs().contains_key(fpr) {
+                        let removed_in = chain
+                            .iter()
+                            .map(|(r, _)| r)
+                            .chain(std::iter::once(root))
+                            .find(|r| r.version() > older.version() && !r.certs().contains_key(fpr))
+                            .map_or(root.version(), Root::version);
+                        trust.retired.push((cert.clone(), removed_in));
+                    }
+                }
+            }
+        } else {
+            key_paths.sort();
+            for path in key_paths {
+                let keys = TrustedKeys::empty().with_file(&path)?;
+                trust.key_files.push((keys, path));
+            }
+        }
+        Ok(trust)
+    }
+
+    /// The keys that may sign release statements, with the threshold. Empty when nothing is
+    /// trusted (verification then fails with [`Error::NothingTrusted`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RootExpired`] when the root in effect has expired at the check time (re-checking
+    /// an installed release with [`ExpiryCheck::UnsafeIgnore`] ignores it).
+    pub fn release_keys(&self, expiry: ExpiryCheck) -> Result<TrustedKeys, Error> {
+        let Some((root, _)) = &self.root else {
+            let mut keys = TrustedKeys::empty();
+            for (file_keys, _) in &self.key_files {
+                for cert in file_keys.certs() {
+                    keys.add(cert.clone());
+                }
+            }
+            return Ok(keys);
+        };
+        if let ExpiryCheck::At(now) = expiry {
+            root.check_expiry(now)?;
+        }
+        let mut keys = root.keys_for(Role::Release);
+        for (cert, removed_in) in &self.retired {
+            keys.add_retired(cert.clone(), *removed_in);
+        }
+        Ok(keys)
+    }
+
+    /// The root in effect, if any.
+    #[must_use]
+    pub fn root(&self) -> Option<&Root> {
+        self.root.as_ref().map(|(r, _)| r)
+    }
+
+    /// Where the root in effect came from.
+    #[must_use]
+    pub fn root_source(&self) -> Option<&Source> {
+        self.root.as_ref().map(|(_, s)| s)
+    }
+
+    /// Whether no key at all is trusted.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.root.is_none() && self.key_files.is_empty()
+    }
+
+    /// Every trusted key with its roles and source, for `version -v`.
+    #[must_use]
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        let info = |fpr: String, roles: Vec<Role>, source: Source| KeyInfo {
+            test_only: test_only_key(&fpr).map(|(name, _)| name),
+            fingerprint: fpr,
+            roles,
+            source,
+        };
+        match &self.root {
+            Some((root, source)) => root
+                .certs()
+                .keys()
+                .map(|fpr| info(fpr.clone(), root.roles_of(fpr), source.clone()))
+                .collect(),
+            None => self
+                .key_files
+                .iter()
+                .flat_map(|(keys, path)| {
+                    keys.fingerprints()
+                        .into_iter()
+                        .map(|fpr| info(fpr, vec![Role::Release], Source::File(path.clone())))
+                })
+                .collect(),
+        }
+    }
+
+    /// Lines for `version -v`: the root (or its absence) and every trusted key.
+    #[must_use]
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        match &self.root {
+            Some((root, source)) => lines.push(format!(
+                "release trust: root version {} ({source}), expires {}; a release needs {} of its {} release keys",
+                root.version(),
+                format_time(root.expires()),
+                root.threshold(Role::Release),
+                root.keys_for(Role::Release).fingerprints().len(),
+            )),
+            None if self.key_files.is_empty() => lines.push(format!(
+                "release trust: none; this relay installs no release until a root is put in {} or a key in {} (docs/releasing.md)",
+                self.dir.join(ROOTS_DIR).display(),
+                self.dir.display()
+            )),
+            None => lines.push(format!(
+                "release trust: key files in {} (no root); any one of these keys may sign a release",
+                self.dir.display()
+            )),
+        }
+        let keys = self.keys();
+        if keys.is_empty() {
+            lines.push("trusted release keys: none".to_owned());
+        }
+        for k in keys {
+            let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
+            let warning = if k.test_only.is_some() {
+                format!("  WARNING: {}", describe_key(&k.fingerprint))
+            } else {
+                String::new()
+            };
+            lines.push(format!(
+                "trusted key {} roles {} from {}{warning}",
+                k.fingerprint,
+                if roles.is_empty() {
+                    "none".to_owned()
+                } else {
+                    roles.join(",")
+                },
+                k.source
+            ));
+        }
+        lines
+    }
+
+    /// Warnings for `check-config` and the log: public test keys trusted, an expired root.
+    #[must_use]
+    pub fn warnings(&self, now: SystemTime) -> Vec<String> {
+        let mut out = Vec::new();
+        for k in self.keys() {
+            if k.test_only.is_some() {
+                out.push(format!(
+                    "{} trusts {}: only for tests and the demo network",
+                    k.source,
+                    describe_key(&k.fingerprint)
+                ));
+            }
+        }
+        if let Some((root, _)) = &self.root
+            && let Err(e) = root.check_expiry(now)
+        {
+            out.push(e.to_string());
+        }
+        out
+    }
+
+    /// The folder of accepted roots.
+    #[must_use]
+    pub fn roots_dir(&self) -> PathBuf {
+        self.dir.join(ROOTS_DIR)
+    }
+
+    /// Writes the embedded root to the roots folder when it is in effect and not there yet, so
+    /// that running an older binary later cannot bring an older root back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`].
+    pub fn persist_embedded(&mut self) -> Result<(), Error> {
+        if let Some((root, Source::Embedded)) = &self.root
+            && self.persisted.is_none_or(|p| p < root.version())
+        {
+            let path = self.persist(root)?;
+            self.persisted = Some(root.version());
+            if let Some((_, source)) = &mut self.root {
+                *source = Source::File(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows one rotation: `bytes` must be root version N+1 signed by the current root's
+    /// threshold and its own. It is written to the roots folder (durably) and is in effect from
+    /// now on; the keys it removed are retired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Trust`] without a current root; the errors of [`Root::verify_next`];
+    /// [`Error::Io`].
+    pub fn accept_next(&mut self, bytes: &[u8], now: SystemTime) -> Result<&Root, Error> {
+        let Some((current, _)) = &self.root else {
+            return Err(Error::Trust {
+                reason: "no root is trusted here to follow a rotation from".to_owned(),
+            });
+        };
+        let next = current.verify_next(bytes, now)?;
+        let removed: Vec<sequoia_openpgp::Cert> = current
+            .certs()
+            .iter()
+            .filter(|(fpr, _)| !next.certs().contains_key(*fpr))
+            .map(|(_, cert)| cert.clone())
+            .collect();
+        self.persist_embedded()?;
+        let path = self.persist(&next)?;
+        self.retired
+            .extend(removed.into_iter().map(|cert| (cert, next.version())));
+        self.retired
+            .retain(|(c, _)| !next.certs().contains_key(&c.fingerprint().to_hex()));
+        self.persisted = Some(next.version());
+        Ok(&self.root.insert((next, Source::File(path))).0)
+    }
+
+    fn persist(&self, root: &Root) -> Result<PathBuf, Error> {
+        let roots = self.roots_dir();
+        for dir in [&self.dir, &roots] {
+            if !dir.exists() {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(|e| Error::io("create", dir, e))?;
+            }
+        }
+        let path = roots.join(format!("{}{ROOT_SUFFIX}", root.version()));
+        let bytes = root.signed_bytes().ok_or_else(|| Error::Trust {
+            reason: "an unsigned root cannot be trusted".to_owned(),
+        })?;
+        durable::write_file(&path, bytes, 0o644)?;
+        Ok(path)
+    }
+}
+
+/// The root embedded at build time, verified; it may not trust a public test key.
+fn embedded_root(now: SystemTime) -> Result<Option<Root>, Error> {
+    if EMBEDDED_ROOT.is_empty() {
+        return Ok(None);
+    }
+    let bad = |reason: String| Error::Trust {
+        reason: format!("the root embedded in this build {reason} (a build defect)"),
+    };
+    let root =
+        Root::verify_anchor(EMBEDDED_ROOT, now).map_err(|e| bad(format!("is invalid: {e}")))?;
+    if let Some(fpr) = root.certs().keys().find(|f| test_only_key(f).is_some()) {
+        return Err(bad(format!("trusts {}", describe_key(fpr))));
+    }
+    Ok(Some(root))
+}
+
+fn read_root(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(crate::root::MAX_ROOT_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > crate::root::MAX_ROOT_SIZE {
+        return Err(Error::RootTooLarge {
+            limit: crate::root::MAX_ROOT_SIZE,
+        });
+    }
+    Ok(bytes)
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io("read folder", dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// Refuses a trust file or folder that someone other than this process's user or root may
+/// change: group- or world-writable, or owned by another user.
+///
+/// # Errors
+///
+/// [`Error::UnsafeTrustFile`] with the path and the reason; [`Error::Io`].
+pub fn check_safe(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    let mode = meta.mode() & 0o7777;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_file = |reason: String| Error::UnsafeTrustFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if mode & 0o022 != 0 {
+        return Err(unsafe_file(format!(
+            "its mode {mode:04o} lets {} change it (chmod go-w {})",
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            path.display()
+        )));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_file(format!(
+            "it is owned by uid {}, not by this relay's user (uid {me}) or root",
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn nothing_is_trusted_by_default() {
+        let home = tempfile::tempdir().unwrap();
+        let trust = Trust::load(home.path()).unwrap();
+        assert!(trust.is_empty(), "a build from source trusts no key");
+        assert!(
+            trust
+                .release_keys(ExpiryCheck::UnsafeIgnore)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            trust
+                .describe()
+                .iter()
+                .any(|l| l == "trusted release keys: none")
+        );
+    }
+
+    #[test]
+    fn writable_trust_folders_and_files_are_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(TRUST_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        let key = dir.join("k.pub");
+        std::fs::write(
+            &key,
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/test-only-project.pub"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let set = |p: &Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(&dir, 0o755);
+        set(&key, 0o644);
+        assert_eq!(Trust::load(home.path()).unwrap().keys().len(), 1);
+        set(&key, 0o666);
+        let err = Trust::load(home.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsafeTrustFile { path, .. } if *path == key),
+            "{err:?}"
+        );
+        set(&key, 0o644);
+        set(&dir, 0o777);
+        let err = Trust::load(home.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsafeTrustFile { path, .. } if *path == dir),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("0777"), "{err}");
+    }
+}
