@@ -49,6 +49,17 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
                 for (name, v) in version::INTERFACES {
                     println!("{name} interface version {v}");
                 }
+                match relay_release::Trust::load(home) {
+                    Ok(trust) => {
+                        for line in trust.describe() {
+                            println!("{line}");
+                        }
+                    }
+                    Err(e) => {
+                        println!("release trust: unusable: {e}");
+                        println!("trusted release keys: none");
+                    }
+                }
             }
             exit::OK
         }
@@ -120,10 +131,27 @@ fn check_config(home: &Path) -> u8 {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            for w in trust_warnings(home, loaded.config.auto_upgrade) {
+                eprintln!("warning: {w}");
+            }
             println!("OK");
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),
+    }
+}
+
+/// What `check-config` says about release trust: nothing trusted while `auto_upgrade` is on,
+/// unusable trust files, public test keys, an expired root.
+fn trust_warnings(home: &Path, auto_upgrade: bool) -> Vec<String> {
+    match relay_release::Trust::load(home) {
+        Ok(trust) if trust.is_empty() && auto_upgrade => vec![format!(
+            "auto_upgrade is on but no release key is trusted: every upgrade will be refused; put the network's root in {} or its key in {} (docs/releasing.md)",
+            trust.roots_dir().display(),
+            home.join(relay_release::trust::TRUST_DIR).display()
+        )],
+        Ok(trust) => trust.warnings(std::time::SystemTime::now()),
+        Err(e) => vec![format!("upgrades will be refused: {e}")],
     }
 }
 

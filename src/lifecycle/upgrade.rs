@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use relay_release::fetch::{Destination, Fetcher, Limits, Progress};
-use relay_release::{Layout, Product, parse_version};
+use relay_release::{Layout, Product, Trust, parse_version};
 use semver::Version;
 use serde_json::Value;
 use wireleap_relay_supervisor::{control as sv_control, upgrade as sv};
@@ -101,7 +101,7 @@ pub enum Error {
         /// The failing step (boxed: it is large, and rare).
         source: Box<relay_release::Error>,
     },
-    /// The trusted keys could not be read.
+    /// The release trust could not be loaded (a key file, unsafe permissions, a root).
     #[error("{0}")]
     Keys(String),
     /// The supervisor refused or rolled back the new version.
@@ -202,15 +202,27 @@ pub fn upgrade(
         version: target.clone(),
         source: Box::new(source),
     };
-    let (keys, expected) = sv::release_check(home, &target, &current).map_err(|e| match e {
-        relay_release::Error::Key { .. } => Error::Keys(e.to_string()),
-        other => release(other),
-    })?;
     let fetcher = Fetcher::try_new(
         Layout::try_new(base.as_str()).map_err(release)?,
         Limits::default(),
     )
     .map_err(release)?;
+    let keys_error = |e: relay_release::Error| match e {
+        relay_release::Error::Key { .. }
+        | relay_release::Error::UnsafeTrustFile { .. }
+        | relay_release::Error::Trust { .. } => Error::Keys(e.to_string()),
+        other => release(other),
+    };
+    // Newer roots first: a rotation may add or remove the keys this release needs.
+    let mut trust = Trust::load(home).map_err(keys_error)?;
+    for version in rt
+        .block_on(fetcher.update_root(&mut trust))
+        .map_err(keys_error)?
+    {
+        println!("Followed the release root's rotation to version {version}.");
+    }
+    let (keys, expected) =
+        sv::release_check_with(&trust, home, &target, &current).map_err(keys_error)?;
 
     // Verified before anything is shown or asked: a release that will not install is said now.
     let statement = rt
@@ -218,7 +230,8 @@ pub fn upgrade(
         .map_err(release)?;
     println!(
         "Release {target} for {} verified (signed by {}).",
-        statement.asset, statement.signer
+        statement.asset,
+        statement.signers.join(", ")
     );
     println!("Changelog for version {target}:");
     match rt.block_on(fetcher.fetch_changelog(&statement)) {

@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use relay_release::Layout;
 use relay_release::fetch::{Destination, Fetcher, Limits};
+use relay_release::{Layout, Trust};
 use semver::Version;
 use tracing::{info, warn};
 use wireleap_relay_supervisor::{control, upgrade as sv};
@@ -112,8 +112,11 @@ async fn stage(
     running: &Version,
     version: &Version,
 ) -> Result<(), relay_release::Error> {
-    let (keys, expected) = sv::release_check(home, version, running)?;
     let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
+    // Newer roots first: a rotation may add or remove the keys this release needs.
+    let mut trust = Trust::load(home)?;
+    fetcher.update_root(&mut trust).await?;
+    let (keys, expected) = sv::release_check_with(&trust, home, version, running)?;
     let dest = Destination {
         binary: home.join(sv::NEXT),
         statement: home.join(sv::NEXT_STATEMENT),
@@ -130,7 +133,7 @@ async fn stage(
         .await?;
     info!(
         version = %version,
-        signer = %staged.verified.signer,
+        signers = %staged.verified.signers.join(","),
         "release verified and staged as {}",
         sv::NEXT
     );

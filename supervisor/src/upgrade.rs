@@ -1,7 +1,8 @@
 //! The upgrade steps the supervisor takes for a staged release (DESIGN.md steps 3-4), each
 //! journaled with fsync:
 //!
-//! 1. verify again, offline, with the trusted keys: the statement `wireleap-relay.next.hash`
+//! 1. verify again, offline, with the home's release trust (the same root and files the relay
+//!    uses, `relay_release::trust`): the statement `wireleap-relay.next.hash`
 //!    and the binary `wireleap-relay.next` (it trusts nothing the relay hands it);
 //! 2. start the new binary as a generation on the inherited listener (the handover of `run`);
 //! 3. watch a health window;
@@ -15,9 +16,9 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use relay_release::{Expected, Product, TrustedKeys, parse_version};
+use relay_release::{Expected, Product, Trust, TrustedKeys, parse_version};
 use semver::Version;
 
 /// The staged binary.
@@ -28,8 +29,6 @@ pub const NEXT_STATEMENT: &str = "wireleap-relay.next.hash";
 pub const PREV: &str = "wireleap-relay.prev";
 /// The running binary.
 pub const CURRENT: &str = "wireleap-relay";
-/// Extra trusted release keys for a private network: every `*.pub` file in this folder.
-pub const TRUSTED_KEYS_DIR: &str = "trusted-keys";
 /// The journal of upgrade steps, one JSON object per line.
 pub const JOURNAL: &str = "upgrade-journal.jsonl";
 /// The highest committed version.
@@ -129,43 +128,39 @@ pub fn highest_committed(home: &Path) -> Option<Version> {
     Version::parse(v.get("highest_committed")?.as_str()?).ok()
 }
 
-/// The trusted keys: the embedded project key plus `<home>/trusted-keys/*.pub`.
-///
-/// # Errors
-/// [`relay_release::Error::Key`] when a key file is unreadable or not a key.
-pub fn trusted_keys(home: &Path) -> Result<TrustedKeys, relay_release::Error> {
-    let mut keys = TrustedKeys::project()?;
-    if let Ok(dir) = std::fs::read_dir(home.join(TRUSTED_KEYS_DIR)) {
-        let mut files: Vec<PathBuf> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "pub"))
-            .collect();
-        files.sort();
-        for f in files {
-            keys = keys.with_file(&f)?;
-        }
-    }
-    Ok(keys)
-}
-
 /// What a release of `version` is checked against on this host, by the Upgrader, the `upgrade`
-/// command and step 1 alike: the trusted keys, and the expectations for the host's target with
-/// the floor (above `running` and the highest committed version).
+/// command and step 1 alike: the release keys of the home's trust (its root, or its key files;
+/// [`relay_release::trust`]), and the expectations for the host's target with the floor (above
+/// `running` and the highest committed version).
 ///
 /// # Errors
-/// [`relay_release::Error::Key`] for an unusable key file; an unusable host target.
+/// The trust's errors (unsafe trust files, a root that does not verify, an expired root); an
+/// unusable host target.
 pub fn release_check(
     home: &Path,
     version: &Version,
     running: &Version,
 ) -> Result<(TrustedKeys, Expected), relay_release::Error> {
-    let keys = trusted_keys(home)?;
+    release_check_with(&Trust::load(home)?, home, version, running)
+}
+
+/// [`release_check`] with a trust already loaded (the Upgrader follows root rotations first).
+///
+/// # Errors
+/// As [`release_check`].
+pub fn release_check_with(
+    trust: &Trust,
+    home: &Path,
+    version: &Version,
+    running: &Version,
+) -> Result<(TrustedKeys, Expected), relay_release::Error> {
     let expected = Expected::for_host(
         Product::relay(),
         version.clone(),
         running.clone(),
         highest_committed(home),
     )?;
+    let keys = trust.release_keys(expected.expiry)?;
     Ok((keys, expected))
 }
 

@@ -22,7 +22,7 @@ const RUNNING: &str = env!("CARGO_PKG_VERSION");
 
 /// Publishes a relay reporting `version` in the release tree `root` and points the `default`
 /// channel at it, so the stand-in directory's `/info` names it.
-fn publish_on_channel(root: &Path, version: &str) {
+pub(crate) fn publish_on_channel(root: &Path, version: &str) {
     let binary = stamped(root, &relay_bin(), version);
     publish(root, version, &binary);
     set_channel(root, version);
@@ -83,12 +83,12 @@ fn run_binary(binary: &Path, args: &[&str], stdin: &str) -> Run {
 }
 
 /// `wireleap-relay ARGS` with the home's own binary.
-fn cli(home: &Home, args: &[&str], stdin: &str) -> Run {
+pub(crate) fn cli(home: &Home, args: &[&str], stdin: &str) -> Run {
     run_binary(&home.file("wireleap-relay"), args, stdin)
 }
 
 /// The line of `status` that starts with `key:`, trimmed after the colon.
-fn status_field(status: &Run, key: &str) -> String {
+pub(crate) fn status_field(status: &Run, key: &str) -> String {
     let prefix = format!("  {key}:");
     status
         .stdout
@@ -101,7 +101,7 @@ fn status_field(status: &Run, key: &str) -> String {
 
 /// A supervised relay at a stand-in network whose directory announces the channel versions of
 /// the release tree it returns. Automatic upgrades are off, so only the commands upgrade.
-fn supervised_with_releases() -> (Supervised, tempfile::TempDir) {
+pub(crate) fn supervised_with_releases() -> (Supervised, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let standin = Standin::start_with(wireleap_devnet::Config {
         releases_root: Some(root.path().to_path_buf()),
@@ -115,7 +115,7 @@ fn supervised_with_releases() -> (Supervised, tempfile::TempDir) {
     (s, root)
 }
 
-fn assert_nothing_staged(home: &Home) {
+pub(crate) fn assert_nothing_staged(home: &Home) {
     for name in ["wireleap-relay.next", "wireleap-relay.next.hash"] {
         assert!(!home.file(name).exists(), "{name} left behind");
     }

@@ -260,8 +260,10 @@ fn version_and_usage() {
     let run = home.ok(&["version", "-v"]);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(semver::Version::parse(lines[0]).is_ok(), "{run}");
+    // The reference's lines first; then ours: what this relay trusts to sign its releases.
+    assert!(lines[5].starts_with("release trust: "), "{run}");
     assert_eq!(
-        &lines[1..],
+        &lines[1..5],
         [
             "relay-contract interface version 0.1.0",
             "relay-dir interface version 0.2.0",

@@ -18,6 +18,7 @@ mod metrics;
 mod recovery;
 mod supervisor;
 mod transport;
+mod trust;
 mod units;
 mod upgrade;
 mod usage;

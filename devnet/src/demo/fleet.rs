@@ -17,6 +17,10 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+/// The public half of the demo network's TEST-ONLY release key (releases/testdata/keys).
+const DEMO_RELEASE_KEY: &str =
+    include_str!("../../../releases/testdata/keys/test-only-project.pub");
+
 /// How long the supervisors get to stop their relays before everything left is killed.
 pub(crate) const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Bound on a relay getting ready and enrolled.
@@ -221,6 +225,45 @@ impl Relay {
             .and_then(|t| serde_json::from_str(&t).ok())
             .with_context(|| format!("reading {}/key.pub", home.display()))?;
         Ok((home, pubkey))
+    }
+
+    /// Installs the demo network's release key (the public half of the TEST-ONLY key of
+    /// `releases/testdata/keys`, whose secret signs the demo's releases) as
+    /// `<home>/trusted-keys/test-only-project.pub`: no build trusts any key by itself. Returns
+    /// what the relay then says it trusts (`version -v`).
+    ///
+    /// # Errors
+    /// Writing the key; the relay's `version -v` failing or listing no key.
+    pub(crate) fn trust_demo_key(bins: &Bins, home: &Path) -> anyhow::Result<Vec<String>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = home.join("trusted-keys");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+        let key = dir.join("test-only-project.pub");
+        std::fs::write(&key, DEMO_RELEASE_KEY)
+            .with_context(|| format!("writing {}", key.display()))?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting the mode of {}", key.display()))?;
+        let out = Command::new(&bins.relay)
+            .args(["version", "-v"])
+            .env("WIRELEAP_RELAY_HOME", home)
+            .stdin(Stdio::null())
+            .output()
+            .context("running wireleap-relay version -v")?;
+        let trusted: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("trusted key "))
+            .map(str::to_owned)
+            .collect();
+        if trusted.is_empty() {
+            bail!(
+                "the relay in {} trusts no release key after the demo installed one: {}",
+                home.display(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(trusted)
     }
 
     /// Starts the supervisor of the relay in `home` (its stderr to [`LOG`]) and waits until the

@@ -236,6 +236,11 @@ fn demo(
     let mut relays = Vec::new();
     for role in ROLES {
         let (home, pubkey) = Relay::init(bins, dir, role, net.contract_url(), net.releases_url())?;
+        for line in Relay::trust_demo_key(bins, &home)? {
+            out.say(format!(
+                "  {role:<9} installed the demo network's release key: {line}"
+            ));
+        }
         let relay = Relay::start(fleet, bins, role, home, pubkey, HEALTH_WINDOW)?;
         out.say(format!(
             "  {:<9} listening on {}  key {}…  supervisor pid {}",

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-/// The test-only project signing key (releases/testdata/keys), whose public half the relay and
-/// the supervisor trust. Only for demos and tests: anyone can sign with it.
+/// The test-only project signing key (releases/testdata/keys), whose public half the demo
+/// installs in each relay's `trusted-keys/` (no build trusts it). Only for demos and tests:
+/// anyone can sign with it.
 const TEST_ONLY_KEY: &str = include_str!("../../../releases/testdata/keys/test-only-project.key");
 
 /// Bound on one run of the release tool (stamping a debug build reads and writes 250 MB).

@@ -36,8 +36,17 @@ pub struct Home {
 }
 
 impl Home {
-    /// An empty home.
+    /// A home that trusts the test-only project key (`trusted-keys/test-only-project.pub`),
+    /// which signs the tests' releases. No build trusts it: the tests install it here, as an
+    /// operator of a private network installs its key.
     pub fn new() -> Self {
+        let home = Self::untrusting();
+        super::releases::trust_test_key(home.path());
+        home
+    }
+
+    /// A home that trusts no release key: what a build from source has by itself.
+    pub fn untrusting() -> Self {
         Self {
             dir: tempfile::Builder::new()
                 .prefix("wlr-e2e")

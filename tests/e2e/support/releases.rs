@@ -1,4 +1,5 @@
-//! Releases made with the real `release-tool` and the test-only project key, for the upgrade
+//! Releases made with the real `release-tool` and the test-only project key (trusted by the homes
+//! the tests make, never by a build), for the upgrade
 //! tests: stamp a copy of the relay with a version, publish it signed into a release tree, point
 //! a channel at it.
 
@@ -7,9 +8,27 @@ use std::process::Command;
 
 use super::process::sibling_bin;
 
-/// The test-only release key whose public half the relay embeds (releases/testdata/keys).
+/// The test-only release key (releases/testdata/keys): its secret is public, so only homes the
+/// tests make trust it ([`trust_test_key`]).
 pub fn release_key() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("releases/testdata/keys/test-only-project.key")
+    test_key("project", "key")
+}
+
+/// A test-only key file of releases/testdata/keys: `test-only-<name>.<ext>`.
+pub fn test_key(name: &str, ext: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("releases/testdata/keys/test-only-{name}.{ext}"))
+}
+
+/// Installs the public half of [`release_key`] as `<home>/trusted-keys/test-only-project.pub`.
+pub fn trust_test_key(home: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = home.join("trusted-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = dir.join("test-only-project.pub");
+    std::fs::copy(test_key("project", "pub"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
 /// Runs `release-tool` with `args`; panics with its stderr if it fails.
@@ -41,6 +60,16 @@ pub fn stamped(dir: &Path, binary: &Path, version: &str) -> PathBuf {
 /// Publishes `binary` as `version` in the release tree `root`, signed with [`release_key`],
 /// with a changelog; returns the asset and its statement (`<asset>.hash`).
 pub fn publish(root: &Path, version: &str, binary: &Path) -> (PathBuf, PathBuf) {
+    publish_signed(root, version, binary, &[release_key()])
+}
+
+/// As [`publish`], the statement signed by each of `keys` (secret key files).
+pub fn publish_signed(
+    root: &Path,
+    version: &str,
+    binary: &Path,
+    keys: &[PathBuf],
+) -> (PathBuf, PathBuf) {
     let changelog = root.join("changelog.md");
     std::fs::create_dir_all(root).unwrap();
     std::fs::write(
@@ -48,19 +77,30 @@ pub fn publish(root: &Path, version: &str, binary: &Path) -> (PathBuf, PathBuf) 
         format!("# {version}\n\n- what changed in {version}\n"),
     )
     .unwrap();
-    release_tool(&[
-        "publish",
-        "--root",
-        &root.display().to_string(),
-        "--key",
-        &release_key().display().to_string(),
-        "--version",
-        version,
-        "--binary",
-        &binary.display().to_string(),
-        "--changelog",
-        &changelog.display().to_string(),
-    ]);
+    let mut args: Vec<String> = vec![
+        "publish".into(),
+        "--root".into(),
+        root.display().to_string(),
+    ];
+    for key in keys {
+        args.push("--key".into());
+        args.push(key.display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    release_tool(
+        &[
+            &args[..],
+            &[
+                "--version",
+                version,
+                "--binary",
+                &binary.display().to_string(),
+                "--changelog",
+                &changelog.display().to_string(),
+            ],
+        ]
+        .concat(),
+    );
     let asset = std::fs::read_dir(root.join(format!("v{version}")))
         .unwrap()
         .map(|e| e.unwrap().path())
