@@ -96,14 +96,14 @@ pub enum Error {
         needed: usize,
     },
     /// A signature by a trusted key does not match the signed text (SPEC step 3).
-    #[error("bad signature on the release statement: {reason}")]
+    #[error("bad signature (the signed text does not match it): {reason}")]
     BadSignature {
         /// Why the OpenPGP library rejected it.
         reason: String,
     },
     /// A signature by a trusted key cannot be used: malformed, made by an expired, revoked
     /// or unbound key, or refused by the policy (SPEC step 3).
-    #[error("unusable signature on the release statement: {reason}")]
+    #[error("unusable signature: {reason}")]
     InvalidSignature {
         /// Why the OpenPGP library rejected it.
         reason: String,

@@ -161,7 +161,7 @@ impl Fetcher {
 
     /// Follows root rotations (SPEC "Roots"): asks for `<base>/root/<N+1>.root` until the
     /// server has none (HTTP 404), accepting and persisting each one that chains from the
-    /// current root, at most [`MAX_ROOT_STEPS`] of them. Each download is capped at
+    /// current root (HTTP 403 counts as "none" too), at most [`MAX_ROOT_STEPS`] of them. Each download is capped at
     /// [`MAX_ROOT_SIZE`] and bounded by the limits' timeouts. Without a root (key files or
     /// nothing trusted) there is nothing to follow. Returns the versions followed.
     ///
@@ -186,7 +186,10 @@ impl Fetcher {
                 .await;
             let bytes = match got {
                 Ok(bytes) => bytes,
-                Err(Error::HttpStatus { status: 404, .. }) => break,
+                // No such file: no newer root (a static bucket may say 403 for it).
+                Err(Error::HttpStatus {
+                    status: 403 | 404, ..
+                }) => break,
                 Err(e) => return Err(e),
             };
             current = trust.accept_next(&bytes, SystemTime::now())?.version();

@@ -86,6 +86,8 @@ pub struct Trust {
     retired: Vec<(sequoia_openpgp::Cert, u64)>,
     /// Without a root: the keys of `*.pub` files, each with its file.
     key_files: Vec<(TrustedKeys, PathBuf)>,
+    /// Why the embedded root is not in effect, when the home's roots decide instead.
+    ignored_embedded: Option<String>,
 }
 
 impl Trust {
@@ -98,6 +100,15 @@ impl Trust {
     /// embedded root that does not verify or chain; [`Error::Trust`] for key files beside a
     /// root, or two different roots with one version.
     pub fn load(home: &Path) -> Result<Self, Error> {
+        Self::load_with(home, EMBEDDED_ROOT)
+    }
+
+    /// [`Self::load`] with `embedded` as the build's root (empty: none).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::load`].
+    pub fn load_with(home: &Path, embedded: &[u8]) -> Result<Self, Error> {
         let dir = home.join(TRUST_DIR);
         let now = SystemTime::now();
         let mut trust = Self {
@@ -106,6 +117,7 @@ impl Trust {
             persisted: None,
             retired: Vec::new(),
             key_files: Vec::new(),
+            ignored_embedded: None,
         };
         let mut key_paths = Vec::new();
         let mut chain: Vec<(Root, PathBuf)> = Vec::new();
@@ -163,25 +175,30 @@ impl Trust {
             }
         }
         trust.persisted = chain.last().map(|(r, _)| r.version());
-        let embedded = embedded_root(now)?;
-        let newest = chain.last().cloned();
-        trust.root = match (embedded, newest) {
-            (Some(e), Some((p, path))) if e.version() == p.version() => {
-                if e.signed_bytes() != p.signed_bytes() {
-                    return Err(Error::Trust {
-                        reason: format!(
-                            "{} and the root embedded in this build are both version {} but differ",
+        trust.root = match (embedded_root(embedded, now)?, chain.last().cloned()) {
+            (Some(e), None) => Some((e, Source::Embedded)),
+            (None, Some((p, path))) => Some((p, Source::File(path))),
+            (None, None) => None,
+            (Some(e), Some((p, path))) => {
+                // The home's roots decide; the embedded root only if it is the very next
+                // version of their chain (a binary released with the next root).
+                let follows = e
+                    .signed_bytes()
+                    .is_some_and(|bytes| p.verify_next(bytes, now).is_ok());
+                if follows {
+                    Some((e, Source::Embedded))
+                } else {
+                    if e.signed_bytes() != p.signed_bytes() {
+                        trust.ignored_embedded = Some(format!(
+                            "the root embedded in this build (version {}) is not used: it does not follow {} (version {}); the relay follows rotations from the release server",
+                            e.version(),
                             path.display(),
                             p.version()
-                        ),
-                    });
+                        ));
+                    }
+                    Some((p, Source::File(path)))
                 }
-                Some((p, Source::File(path)))
             }
-            (Some(e), Some((p, _))) if e.version() > p.version() => Some((e, Source::Embedded)),
-            (_, Some((p, path))) => Some((p, Source::File(path))),
-            (Some(e), None) => Some((e, Source::Embedded)),
-            (None, None) => None,
         };
         if let Some((root, _)) = &trust.root {
             if let Some(path) = key_paths.first() {
@@ -310,6 +327,9 @@ impl Trust {
                 self.dir.display()
             )),
         }
+        if let Some(why) = &self.ignored_embedded {
+            lines.push(format!("note: {why}"));
+        }
         let keys = self.keys();
         if keys.is_empty() {
             lines.push("trusted release keys: none".to_owned());
@@ -353,6 +373,7 @@ impl Trust {
         {
             out.push(e.to_string());
         }
+        out.extend(self.ignored_embedded.clone());
         out
     }
 
@@ -433,15 +454,14 @@ impl Trust {
 }
 
 /// The root embedded at build time, verified; it may not trust a public test key.
-fn embedded_root(now: SystemTime) -> Result<Option<Root>, Error> {
-    if EMBEDDED_ROOT.is_empty() {
+fn embedded_root(embedded: &[u8], now: SystemTime) -> Result<Option<Root>, Error> {
+    if embedded.is_empty() {
         return Ok(None);
     }
     let bad = |reason: String| Error::Trust {
         reason: format!("the root embedded in this build {reason} (a build defect)"),
     };
-    let root =
-        Root::verify_anchor(EMBEDDED_ROOT, now).map_err(|e| bad(format!("is invalid: {e}")))?;
+    let root = Root::verify_anchor(embedded, now).map_err(|e| bad(format!("is invalid: {e}")))?;
     if let Some(fpr) = root.certs().keys().find(|f| test_only_key(f).is_some()) {
         return Err(bad(format!("trusts {}", describe_key(fpr))));
     }
@@ -528,6 +548,129 @@ mod tests {
                 .describe()
                 .iter()
                 .any(|l| l == "trusted release keys: none")
+        );
+    }
+
+    /// Roots signed by fresh keys (not the public test keys), as an official build has.
+    struct Chain {
+        keys: Vec<crate::SigningKey>,
+    }
+
+    impl Chain {
+        fn new(n: usize) -> Self {
+            let keys = (0..n)
+                .map(|i| {
+                    crate::SigningKey::generate_at(
+                        &format!("k{i} <k{i}@example.invalid>"),
+                        SystemTime::now() - std::time::Duration::from_secs(3600),
+                    )
+                    .unwrap()
+                })
+                .collect();
+            Self { keys }
+        }
+
+        /// Root `version` with keys `members` (2 of them sign), signed by `signers`.
+        fn root(&self, version: u64, members: &[usize], signers: &[usize]) -> Vec<u8> {
+            let fprs: Vec<String> = members
+                .iter()
+                .map(|&i| self.keys[i].fingerprint())
+                .collect();
+            let role = || crate::root::RoleKeys {
+                threshold: 2,
+                keys: fprs.clone(),
+            };
+            let certs = members
+                .iter()
+                .map(|&i| self.keys[i].trusted().unwrap().certs()[0].clone())
+                .collect();
+            let now = SystemTime::now() - std::time::Duration::from_secs(60);
+            let root = Root::new(
+                version,
+                now,
+                now + std::time::Duration::from_secs(86_400),
+                certs,
+                std::collections::BTreeMap::from([(Role::Root, role()), (Role::Release, role())]),
+            )
+            .unwrap();
+            let signers: Vec<crate::SigningKey> =
+                signers.iter().map(|&i| self.keys[i].clone()).collect();
+            crate::sign::clearsign_by(&signers, &root.render().unwrap(), now).unwrap()
+        }
+    }
+
+    fn install(home: &Path, version: u64, bytes: &[u8]) {
+        let dir = home.join(TRUST_DIR).join(ROOTS_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{version}{ROOT_SUFFIX}")), bytes).unwrap();
+    }
+
+    #[test]
+    fn an_embedded_root_is_used_then_persisted_so_it_never_goes_back() {
+        let chain = Chain::new(3);
+        let v1 = chain.root(1, &[0, 1, 2], &[0, 1]);
+        let home = tempfile::tempdir().unwrap();
+        let mut trust = Trust::load_with(home.path(), &v1).unwrap();
+        assert_eq!(trust.root_source(), Some(&Source::Embedded));
+        assert_eq!(
+            trust
+                .release_keys(ExpiryCheck::At(SystemTime::now()))
+                .unwrap()
+                .threshold(),
+            2
+        );
+        trust.persist_embedded().unwrap();
+        assert!(matches!(trust.root_source(), Some(Source::File(_))));
+        // An older binary without the root still has it: the home keeps it.
+        let without = Trust::load_with(home.path(), b"").unwrap();
+        assert_eq!(without.root().unwrap().version(), 1);
+        // A build whose embedded root is the next version of the chain uses it.
+        let v2 = chain.root(2, &[0, 1], &[0, 1]);
+        let next = Trust::load_with(home.path(), &v2).unwrap();
+        assert_eq!(next.root().unwrap().version(), 2);
+        assert_eq!(next.root_source(), Some(&Source::Embedded));
+    }
+
+    #[test]
+    fn the_homes_roots_win_over_an_embedded_root_that_does_not_follow_them() {
+        let official = Chain::new(3);
+        let private = Chain::new(2);
+        let home = tempfile::tempdir().unwrap();
+        install(home.path(), 1, &private.root(1, &[0, 1], &[0, 1]));
+        let embedded = official.root(2, &[0, 1, 2], &[0, 1]);
+        let trust = Trust::load_with(home.path(), &embedded).unwrap();
+        assert_eq!(trust.root().unwrap().version(), 1);
+        assert!(matches!(trust.root_source(), Some(Source::File(_))));
+        assert!(
+            trust
+                .warnings(SystemTime::now())
+                .iter()
+                .any(|w| w.contains("is not used")),
+            "{:?}",
+            trust.warnings(SystemTime::now())
+        );
+        // A gap (root 3 over root 1) is not a chain either.
+        let gap = private.root(3, &[0, 1], &[0, 1]);
+        assert_eq!(
+            Trust::load_with(home.path(), &gap)
+                .unwrap()
+                .root()
+                .unwrap()
+                .version(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_embedded_root_with_a_public_test_key_is_refused() {
+        let root =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/roots/1.root"))
+                .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let err = Trust::load_with(home.path(), &root).unwrap_err();
+        assert!(
+            matches!(&err, Error::Trust { reason } if reason.contains("TEST-ONLY")),
+            "{err:?}"
         );
     }
 

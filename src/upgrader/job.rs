@@ -92,7 +92,13 @@ pub async fn run(
     if let Err(why) = exe.and_then(|exe| sv::runs_from_home(&home, &exe)) {
         return fail(why, false);
     }
-    match stage(&home, &base, &running, &version).await {
+    // Newer roots first: a rotation may add or remove the keys this release needs. A root the
+    // server gets wrong says nothing about this release: it is not skipped for it.
+    let trust = match follow_roots(&home, &base).await {
+        Ok(trust) => trust,
+        Err(e) => return fail(format!("release root: {e}"), false),
+    };
+    match stage(&home, &base, &trust, &running, &version).await {
         Ok(()) => {}
         Err(e) => {
             let skip = e.is_peer_fault() && !e.is_retryable();
@@ -105,18 +111,24 @@ pub async fn run(
     ask_supervisor(home, version).await
 }
 
+/// The home's trust, after following the release server's root rotations.
+async fn follow_roots(home: &Path, base: &url::Url) -> Result<Trust, relay_release::Error> {
+    let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
+    let mut trust = Trust::load(home)?;
+    fetcher.update_root(&mut trust).await?;
+    Ok(trust)
+}
+
 /// Downloads, verifies and stages the release.
 async fn stage(
     home: &Path,
     base: &url::Url,
+    trust: &Trust,
     running: &Version,
     version: &Version,
 ) -> Result<(), relay_release::Error> {
     let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
-    // Newer roots first: a rotation may add or remove the keys this release needs.
-    let mut trust = Trust::load(home)?;
-    fetcher.update_root(&mut trust).await?;
-    let (keys, expected) = sv::release_check_with(&trust, home, version, running)?;
+    let (keys, expected) = sv::release_check_with(trust, home, version, running)?;
     let dest = Destination {
         binary: home.join(sv::NEXT),
         statement: home.join(sv::NEXT_STATEMENT),

@@ -147,16 +147,7 @@ fn two_of_three_root_commits_with_two_keys_and_a_rotation_removes_a_key() {
         "--key",
         &s(&key("c", "pub")),
     ]);
-    release_tool(&[
-        "root",
-        "sign",
-        "--key",
-        &s(&key("a", "key")),
-        "--key",
-        &s(&key("b", "key")),
-        &s(&root1),
-    ]);
-    release_tool(&["root", "publish", "--root", &s(tree), &s(&root1)]);
+    sign_and_publish(&root1, &["a", "b"], tree);
     untrust(home);
     let roots = home.file("trusted-keys/roots");
     std::fs::create_dir_all(&roots).unwrap();
@@ -203,18 +194,7 @@ fn two_of_three_root_commits_with_two_keys_and_a_rotation_removes_a_key() {
         "--remove-key",
         &c_fpr,
     ]);
-    release_tool(&[
-        "root",
-        "sign",
-        "--key",
-        &s(&key("a", "key")),
-        "--key",
-        &s(&key("b", "key")),
-        "--key",
-        &s(&key("d", "key")),
-        &s(&root2),
-    ]);
-    release_tool(&["root", "publish", "--root", &s(tree), &s(&root2)]);
+    sign_and_publish(&root2, &["a", "b", "d"], tree);
 
     // A release signed by A and the removed C: the relay follows the rotation, then refuses.
     let v91 = stamped(work.path(), &relay_bin(), "9.1.0");
@@ -238,6 +218,19 @@ fn two_of_three_root_commits_with_two_keys_and_a_rotation_removes_a_key() {
     let version = cli(home, &["version", "-v"], "");
     assert!(version.stdout.contains("root version 2"), "{version}");
     assert!(!version.stdout.contains(&c_fpr), "{version}");
+}
+
+/// `release-tool root sign` by each of `signers` (root-a … root-e), then `root publish` into the
+/// release tree `tree`.
+fn sign_and_publish(root: &Path, signers: &[&str], tree: &Path) {
+    let mut args = vec!["root".to_owned(), "sign".to_owned()];
+    for n in signers {
+        args.push("--key".to_owned());
+        args.push(s(&key(n, "key")));
+    }
+    args.push(s(root));
+    release_tool(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    release_tool(&["root", "publish", "--root", &s(tree), &s(root)]);
 }
 
 fn key_fingerprint(public: &Path) -> String {

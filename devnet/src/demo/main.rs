@@ -237,8 +237,9 @@ fn demo(
     for role in ROLES {
         let (home, pubkey) = Relay::init(bins, dir, role, net.contract_url(), net.releases_url())?;
         for line in Relay::trust_demo_key(bins, &home)? {
+            let key = line.split_whitespace().nth(2).unwrap_or_default();
             out.say(format!(
-                "  {role:<9} installed the demo network's release key: {line}"
+                "  {role:<9} trusts the demo network's release key {key} (the public TEST-ONLY key in releases/testdata/keys, installed in its trusted-keys/: no build trusts a key)"
             ));
         }
         let relay = Relay::start(fleet, bins, role, home, pubkey, HEALTH_WINDOW)?;

@@ -395,9 +395,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             committed,
             now,
         } => {
+            let now = match now {
+                Some(t) => parse_time(&t).context("--now is not RFC 3339 UTC")?,
+                None => SystemTime::now(),
+            };
             let mut keys = match &root {
                 Some(path) => {
-                    Root::verify_anchor(&read(path)?, SystemTime::now())?.keys_for(Role::Release)
+                    let root = Root::verify_anchor(&read(path)?, now)?;
+                    root.check_expiry(now)?;
+                    root.keys_for(Role::Release)
                 }
                 None => TrustedKeys::empty(),
             };
@@ -410,10 +416,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     running: parse_version(running.as_deref().unwrap_or("0.0.0"))?,
                     highest_committed: committed.as_deref().map(parse_version).transpose()?,
                 },
-            };
-            let now = match now {
-                Some(t) => parse_time(&t).context("--now is not RFC 3339 UTC")?,
-                None => SystemTime::now(),
             };
             let expected = Expected {
                 product: Product::try_new(&product)?,

@@ -15,7 +15,7 @@ use crate::support::{ASSET, VERSION, expected, project_keys, scenario_dir};
 const STATEMENT_PATH: &str = "v0.7.1/wireleap-relay_linux-x86_64.hash";
 const ASSET_PATH: &str = "v0.7.1/wireleap-relay_linux-x86_64";
 
-fn limits() -> Limits {
+pub(crate) fn limits() -> Limits {
     Limits {
         connect_timeout: Duration::from_secs(2),
         read_gap: Duration::from_millis(400),
@@ -26,7 +26,7 @@ fn limits() -> Limits {
     }
 }
 
-fn fetcher(server: &Server, limits: Limits) -> Fetcher {
+pub(crate) fn fetcher(server: &Server, limits: Limits) -> Fetcher {
     Fetcher::try_new(Layout::try_new(&server.base_url()).unwrap(), limits).unwrap()
 }
 

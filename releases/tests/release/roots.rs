@@ -312,3 +312,72 @@ fn regenerate_root_fixtures() {
     crate::support::write_root_fixtures(&roots_dir());
     let _ = statement_name(ASSET);
 }
+
+mod follow {
+    //! Following rotations from a release server on 127.0.0.1 (`Fetcher::update_root`).
+
+    use relay_release::fetch::Fetcher;
+    use relay_release::{Error, Trust};
+
+    use super::{fixture, home_with_root};
+    use crate::support::server::{Route, Server};
+
+    fn fetcher(server: &Server) -> Fetcher {
+        crate::fetch::fetcher(server, crate::fetch::limits())
+    }
+
+    #[tokio::test]
+    async fn rotations_are_followed_until_the_server_has_no_newer_root() {
+        let server = Server::start().await;
+        server.route("root/2.root", Route::Bytes(fixture("2.root")));
+        let home = home_with_root(&["1.root"]);
+        let mut trust = Trust::load(home.path()).unwrap();
+        let followed = fetcher(&server).update_root(&mut trust).await.unwrap();
+        assert_eq!(followed, vec![2]);
+        assert_eq!(
+            server.hits("root/3.root"),
+            1,
+            "asked for the next one, got 404"
+        );
+        assert_eq!(
+            Trust::load(home.path()).unwrap().root().unwrap().version(),
+            2
+        );
+        // Nothing newer: nothing changes.
+        assert!(
+            fetcher(&server)
+                .update_root(&mut trust)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forged_rotation_on_the_server_is_refused_and_nothing_is_kept() {
+        let server = Server::start().await;
+        server.route(
+            "root/2.root",
+            Route::Bytes(fixture("rotation-new-keys-only.root")),
+        );
+        let home = home_with_root(&["1.root"]);
+        let mut trust = Trust::load(home.path()).unwrap();
+        let err = fetcher(&server).update_root(&mut trust).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RotationNotSignedByOld { .. }),
+            "{err:?}"
+        );
+        assert_eq!(trust.root().unwrap().version(), 1);
+        assert!(!home.path().join("trusted-keys/roots/2.root").exists());
+    }
+
+    #[tokio::test]
+    async fn an_endless_root_download_is_cut_at_64_kib() {
+        let server = Server::start().await;
+        server.route("root/2.root", Route::Endless);
+        let home = home_with_root(&["1.root"]);
+        let mut trust = Trust::load(home.path()).unwrap();
+        let err = fetcher(&server).update_root(&mut trust).await.unwrap_err();
+        assert!(matches!(err, Error::RootTooLarge { .. }), "{err:?}");
+    }
+}

@@ -56,7 +56,7 @@ pub(crate) fn scenario_dir(name: &str) -> PathBuf {
     testdata().join(name)
 }
 
-/// A test-only key: `project` (embedded), `rotated` (a second trusted key) or `unknown`.
+/// A test-only key: `project`, `rotated` (a second key), `unknown`, or `root-a` … `root-e`.
 pub(crate) fn key(name: &str) -> SigningKey {
     SigningKey::from_file(&key_path(name, "key")).unwrap()
 }
