@@ -316,7 +316,7 @@ pub enum Error {
         reason: String,
     },
     /// The trust set-up cannot be used as it is (e.g. key files beside a root).
-    #[error("release trust: {reason}")]
+    #[error("{reason}")]
     Trust {
         /// What is wrong and how to fix it.
         reason: String,
