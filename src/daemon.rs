@@ -215,6 +215,7 @@ impl Daemon {
         let transport = Transport::bind(&self.config, tls, deps).await?;
         let bound = transport.local_addr();
         info!(address = %bound, "listening for H/2 requests on https://{bound}");
+        log_release_trust(&self.home, self.config.auto_upgrade);
         let upgrader = Upgrader::new(
             self.home.clone(),
             self.config.auto_upgrade,
@@ -456,5 +457,25 @@ async fn save_usage(usage: &Usage) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "network usage not saved"),
         Err(e) => error!(error = %e, "network usage writer failed"),
+    }
+}
+
+/// Says at start what this relay trusts to sign its releases, and what is wrong with it.
+fn log_release_trust(home: &std::path::Path, auto_upgrade: bool) {
+    match relay_release::Trust::load(home) {
+        Ok(trust) => {
+            if let Some(line) = trust.describe().first() {
+                info!("{line}");
+            }
+            if trust.is_empty() && auto_upgrade {
+                tracing::warn!(
+                    "auto_upgrade is on but no release key is trusted: upgrades will be refused (docs/releasing.md)"
+                );
+            }
+            for w in trust.warnings(std::time::SystemTime::now()) {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => tracing::warn!("release trust unusable, upgrades will be refused: {e}"),
     }
 }

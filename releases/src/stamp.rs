@@ -52,6 +52,27 @@ fn is_slot(bytes: &[u8]) -> bool {
             .all(|&b| b == 0)
 }
 
+/// The offsets of the version slots in `binary`.
+fn slots(binary: &[u8]) -> Vec<usize> {
+    binary
+        .windows(MARKER.len())
+        .enumerate()
+        .filter(|(_, w)| *w == MARKER)
+        .map(|(i, _)| i)
+        .filter(|&i| binary.get(i..).is_some_and(is_slot))
+        .collect()
+}
+
+/// The version stamped into `binary`'s one slot; `None` when it has no slot, several, or an
+/// unstamped one (it then reports the version it was built as).
+#[must_use]
+pub fn find(binary: &[u8]) -> Option<&str> {
+    match slots(binary).as_slice() {
+        [at] => read(binary.get(*at..)?),
+        _ => None,
+    }
+}
+
 /// Writes `version` into the one slot of `binary`.
 ///
 /// # Errors
@@ -64,14 +85,7 @@ pub fn stamp(binary: &mut [u8], version: &Version) -> Result<(), Error> {
             reason: format!("version {text} is longer than {MAX_VERSION_LEN} bytes"),
         });
     }
-    let slots: Vec<usize> = binary
-        .windows(MARKER.len())
-        .enumerate()
-        .filter(|(_, w)| *w == MARKER)
-        .map(|(i, _)| i)
-        .filter(|&i| is_slot(&binary[i..]))
-        .collect();
-    let at = match slots.as_slice() {
+    let at = match slots(binary).as_slice() {
         [at] => *at,
         [] => {
             return Err(Error::Stamp {
@@ -113,6 +127,8 @@ mod tests {
         assert_eq!(read(&bin[at..]), Some("1.2.3-rc.1"));
         stamp(&mut bin, &v("10.0.0")).unwrap();
         assert_eq!(read(&bin[at..]), Some("10.0.0"));
+        assert_eq!(find(&bin), Some("10.0.0"));
+        assert_eq!(find(b"no slot here"), None);
         assert!(bin.ends_with(b"trailer"));
     }
 

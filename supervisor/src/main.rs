@@ -105,8 +105,6 @@ fn main() -> ExitCode {
             .unwrap_or(run::READY_TIMEOUT),
         home,
     };
-    let pid_file = opts.home.join("wireleap-relay-supervisor.pid");
-    let _ = std::fs::write(&pid_file, std::process::id().to_string());
     let code = match run::run(&opts) {
         Ok(code) => code,
         Err(e) => {
@@ -117,7 +115,6 @@ fn main() -> ExitCode {
             }
         }
     };
-    let _ = std::fs::remove_file(&pid_file);
     ExitCode::from(code)
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt as _, FdMapping};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::budget::{Budget, Verdict};
@@ -214,6 +214,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             io("readiness socket")(e)
         }
     })?;
+    // Only the instance that holds the home writes its pid file, and only it removes it.
+    let _pid_file = PidFile::write(&opts.home);
     if let Some(done) = recover::journal_steps(&opts.home) {
         log(&format!("recovered: {done}"));
     }
@@ -225,8 +227,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         "health window {:?}, ready timeout {:?}",
         opts.health_window, opts.ready_timeout
     ));
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGHUP]).map_err(io("signal handlers"))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP])
+        .map_err(io("signal handlers"))?;
     let mut budget = Budget::default();
     let mut told_systemd = false;
     let control = Control::bind(&opts.home).map_err(io("control socket"))?;
@@ -316,6 +318,12 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 "upgrade" | "rollback" if busy => {
                     req.reply(&serde_json::json!({"ok": false, "error": "busy: the relay is starting or another change is in progress"}));
                 }
+                // A request that does not name a plain version changes nothing: no staged file
+                // is touched and nothing joins the skip list.
+                "upgrade" if relay_release::parse_version(req.body.get("version").and_then(serde_json::Value::as_str).unwrap_or("")).is_err() => {
+                    log("upgrade request refused: it names no plain version");
+                    req.reply(&serde_json::json!({"ok": false, "error": "the request names no plain version (MAJOR.MINOR.PATCH[-PRE])"}));
+                }
                 "upgrade" => {
                     let asked = req.body.get("version").and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
                     match begin_upgrade(opts, &asked) {
@@ -351,6 +359,22 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         for sig in signals.pending() {
             match sig {
                 SIGUSR1 => forward(current.pid(), Signal::SIGUSR1),
+                // USR2: the supervisor says where things stand and passes it on, so the
+                // serving relay prints its status JSON too (as it does on its own USR2).
+                SIGUSR2 => {
+                    forward(current.pid(), Signal::SIGUSR2);
+                    log(&format!(
+                        "status: relay pid {} {}, version {}, {} draining, {}",
+                        current.pid(),
+                        if current_ready { "serving" } else { "starting" },
+                        versions.current.as_deref().unwrap_or("unknown"),
+                        draining.len(),
+                        match &upgrading {
+                            Some(u) => format!("changing to {}", u.version),
+                            None => "no change in progress".to_owned(),
+                        }
+                    ));
+                }
                 SIGHUP if pending.is_none() && upgrading.is_none() && current_ready => {
                     pause_heartbeats(&ready, &[current.pid()]);
                     let next = start(opts, &opts.relay, &listener, ready.name())?;
@@ -633,6 +657,25 @@ fn begin_upgrade(
         }
     };
     let v = version.to_string();
+    // The binary must say it is the version its statement signs: one that reports another
+    // would be committed as that version and refuse genuine later releases as "not above".
+    match relay_version(&home.join(upgrade::NEXT)) {
+        Ok(reported) if reported == version => {}
+        Ok(reported) => {
+            let why = format!(
+                "the staged binary reports version {reported}, but its signed statement is for {v}"
+            );
+            upgrade::journal(home, &v, "verify-failed", &why);
+            upgrade::roll_back(home, &v, None, true);
+            return Err(why);
+        }
+        Err(e) => {
+            let why = format!("the staged binary's version could not be read: {e}");
+            upgrade::journal(home, &v, "verify-failed", &why);
+            upgrade::roll_back(home, &v, None, true);
+            return Err(why);
+        }
+    }
     step(home, &v, "verified", &format!("from {from}"));
     if let Err(e) = upgrade::migrate(home, &home.join(upgrade::NEXT), &from, false) {
         let why = format!("migration failed: {e}");
@@ -908,13 +951,75 @@ fn spawn(
         .map_err(io(format!("could not start {}", opts.relay.display())))
 }
 
-/// The version a relay binary reports (`version`, first line).
+/// The supervisor's pid file, `wireleap-relay-supervisor.pid`: written once this instance holds
+/// the home (its readiness socket), removed on exit only if it still names this process.
+#[derive(Debug)]
+struct PidFile {
+    path: std::path::PathBuf,
+}
+
+/// The supervisor's pid file name.
+pub const PID_FILE: &str = "wireleap-relay-supervisor.pid";
+
+impl PidFile {
+    fn write(home: &Path) -> Self {
+        let path = home.join(PID_FILE);
+        if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+            log(&format!("could not write {}: {e}", path.display()));
+        }
+        Self { path }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let mine = std::fs::read_to_string(&self.path)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if mine {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// How long a relay binary may take to say its version.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The version a relay binary reports (`version`, first line), within [`VERSION_TIMEOUT`]: a
+/// binary that hangs is killed with its process group, and the loop goes on.
 fn relay_version(binary: &Path) -> Result<semver::Version, String> {
-    let out = Command::new(binary)
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    let mut child = Command::new(binary)
         .arg("version")
-        .output()
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .map_err(|e| format!("could not run {} version: {e}", binary.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let deadline = Instant::now() + VERSION_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)),
+                    Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                return Err(format!(
+                    "{} version did not answer in {VERSION_TIMEOUT:?}",
+                    binary.display()
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.as_mut() {
+        let _ = stdout.take(4096).read_to_end(&mut out);
+    }
+    let text = String::from_utf8_lossy(&out);
     semver::Version::parse(text.lines().next().unwrap_or("").trim())
         .map_err(|e| format!("{} version said {:?}: {e}", binary.display(), text.trim()))
 }

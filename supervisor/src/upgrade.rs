@@ -307,18 +307,24 @@ pub fn commit_rollback(home: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The versions in `.skip-upgrade-version` (bare or JSON-quoted, one per line).
+/// The versions in `.skip-upgrade-version` (bare or JSON-quoted, one per line; `#` lines are
+/// comments).
 pub fn skipped(home: &Path) -> Vec<String> {
     std::fs::read_to_string(home.join(SKIP))
         .unwrap_or_default()
         .lines()
         .map(|l| l.trim().trim_matches('"').to_owned())
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect()
 }
 
 /// Adds `version` to `.skip-upgrade-version` (one per line, spec §10 #15), once.
 pub fn skip(home: &Path, version: &str) {
+    // Only a plain version ever goes in: anything else (a newline, a comment) could add others.
+    if let Err(e) = parse_version(version) {
+        crate::run::log(&format!("not adding to {SKIP}: {e}"));
+        return;
+    }
     let path = home.join(SKIP);
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     if text.lines().any(|l| l.trim().trim_matches('"') == version) {

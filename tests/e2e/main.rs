@@ -16,6 +16,7 @@ mod ledger;
 mod lifecycle;
 mod metrics;
 mod recovery;
+mod staged;
 mod supervisor;
 mod transport;
 mod trust;

@@ -257,3 +257,37 @@ mod handover {
         }
     }
 }
+
+/// The signals an operator may send by habit leave the supervisor running: USR2 (nginx's "new
+/// binary") logs where things stand; a second supervisor refused for the home leaves the first
+/// one's pid file alone.
+#[test]
+fn usr2_and_a_second_supervisor_leave_the_running_one_and_its_pid_file_alone() {
+    let mut s = crate::support::supervised::Supervised::start(&[]);
+    let pid_file = s.home.file("wireleap-relay-supervisor.pid");
+    let supervisor_pid = s.supervisor.id().to_string();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), supervisor_pid);
+    let relay = s.home.pid().unwrap();
+    s.signal(Signal::SIGUSR2);
+    eventually(Duration::from_secs(10), "the USR2 status line", || {
+        s.log().contains("status: relay pid")
+    });
+    assert!(
+        s.supervisor.try_wait().unwrap().is_none(),
+        "USR2 stopped the supervisor"
+    );
+    assert!(is_alive(relay));
+    let out = supervisor_command(&s.home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        supervisor_pid,
+        "the refused second supervisor touched the pid file"
+    );
+    assert_eq!(s.home.pid().unwrap(), relay);
+    let status = s.home.run(&["status"]);
+    assert_eq!(status.code, 0, "{status}");
+}

@@ -497,6 +497,7 @@ fn publish(p: &Publish) -> anyhow::Result<()> {
 
     let asset_path = dir.file_path(&version, &asset)?;
     let data = fs::read(&p.binary).with_context(|| format!("reading {}", p.binary.display()))?;
+    check_reported_version(&p.binary, &data, &version, &target)?;
     durable::write_file(&asset_path, &data, 0o755)?;
 
     let files = vec![
@@ -524,6 +525,68 @@ fn publish(p: &Publish) -> anyhow::Result<()> {
         format_time(expires)
     );
     Ok(())
+}
+
+/// Refuses a binary that would report another version than the one its statement signs: its
+/// stamped slot, or (for a binary of this host's target that has no stamp) what its `version`
+/// command prints. A supervisor refuses such a release anyway; this says so before signing.
+fn check_reported_version(
+    path: &Path,
+    data: &[u8],
+    version: &semver::Version,
+    target: &Target,
+) -> anyhow::Result<()> {
+    if let Some(stamped) = relay_release::stamp::find(data) {
+        if stamped != version.to_string() {
+            bail!(
+                "{} is stamped as version {stamped}, not {version}: stamp it first (release-tool stamp --version {version})",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    if *target != Target::host()? {
+        eprintln!(
+            "note: {} has no version stamp and is for {target}: its reported version is not checked here",
+            path.display()
+        );
+        return Ok(());
+    }
+    let out = run_version(path)?;
+    let reported = out.lines().next().unwrap_or_default().trim();
+    if reported != version.to_string() {
+        bail!(
+            "{} reports version {reported:?}, not {version}: stamp it first (release-tool stamp --version {version})",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `<binary> version`, at most 10 s.
+fn run_version(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(path)
+        .arg("version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("running {} version", path.display()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} version did not answer in 10 s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut out = String::new();
+    if let Some(stdout) = child.stdout.as_mut() {
+        stdout.take(4096).read_to_string(&mut out)?;
+    }
+    Ok(out)
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

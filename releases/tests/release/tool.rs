@@ -17,6 +17,45 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A stand-in relay binary: a script that reports `version`.
+fn fake_relay(path: &Path, version: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("#!/bin/sh\necho {version}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn publish_refuses_a_binary_stamped_with_another_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut bin = b"binary".to_vec();
+    bin.extend_from_slice(&relay_release::stamp::EMPTY_SLOT);
+    relay_release::stamp::stamp(&mut bin, &parse_version("2.0.0").unwrap()).unwrap();
+    std::fs::write(d.join("bin"), bin).unwrap();
+    std::fs::write(d.join("notes.md"), b"# 2.0.1\n").unwrap();
+    let out = run(tool()
+        .arg("publish")
+        .arg("--root")
+        .arg(d.join("root"))
+        .arg("--key")
+        .arg(crate::support::key_path("project", "key"))
+        .args(["--version", "2.0.1", "--target", "linux-aarch64"])
+        .arg("--binary")
+        .arg(d.join("bin"))
+        .arg("--changelog")
+        .arg(d.join("notes.md")));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("stamped as version 2.0.0, not 2.0.1"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !d.join("root/v2.0.1/wireleap-relay_linux-aarch64.hash")
+            .exists()
+    );
+}
+
 #[test]
 fn keygen_publish_channel_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,9 +75,28 @@ fn keygen_publish_channel_verify() {
     let out = run(tool().arg("keygen").arg("--out").arg(&prefix));
     assert!(!out.status.success());
 
-    std::fs::write(d.join("bin"), b"#!/bin/sh\necho relay\n").unwrap();
+    fake_relay(&d.join("bin"), "1.2.3");
     std::fs::write(d.join("notes.md"), b"# 1.2.3\n").unwrap();
     let root = d.join("root");
+    // A binary that reports another version than the one to sign is refused.
+    fake_relay(&d.join("other"), "1.2.2");
+    let out = run(tool()
+        .arg("publish")
+        .arg("--root")
+        .arg(&root)
+        .arg("--key")
+        .arg(d.join("k.key"))
+        .args(["--version", "1.2.3"])
+        .arg("--binary")
+        .arg(d.join("other"))
+        .arg("--changelog")
+        .arg(d.join("notes.md")));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("reports version \"1.2.2\", not 1.2.3"),
+        "{}",
+        text(&out)
+    );
     ok(tool()
         .arg("publish")
         .arg("--root")
@@ -156,7 +214,11 @@ async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("bin"), crate::support::fake_binary(9, 100_000)).unwrap();
+    // A stand-in relay for this host that reports 0.7.5, padded to 100 kB.
+    fake_relay(&d.join("bin"), "0.7.5");
+    let mut script = std::fs::read(d.join("bin")).unwrap();
+    script.extend(std::iter::repeat_n(b'#', 100_000 - script.len()));
+    std::fs::write(d.join("bin"), script).unwrap();
     std::fs::write(d.join("notes.md"), b"# 0.7.5\n").unwrap();
     let root = d.join("root");
     // No --target: the host's OS and architecture.
@@ -306,7 +368,7 @@ fn root_init_sign_rotate_publish_and_verify_with_gpg() {
     assert!(tree.join("root/1.root").is_file() && tree.join("root/2.root").is_file());
 
     // A release signed by two keys of root 2.
-    std::fs::write(d.join("bin"), b"#!/bin/sh\necho relay\n").unwrap();
+    fake_relay(&d.join("bin"), "1.2.3");
     std::fs::write(d.join("notes.md"), b"# 1.2.3\n").unwrap();
     ok(tool()
         .args(["publish", "--version", "1.2.3", "--target", "linux-x86_64"])

@@ -1,0 +1,144 @@
+//! What the supervisor lets run (issue: a supervisor you can trust): a release whose binary
+//! reports another version than the one its statement signs is refused before anything
+//! migrates; a binary whose `version` hangs is bounded; a control request that names no plain
+//! version changes nothing.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use relay_release::layout::{CHANGELOG_NAME, asset_name, statement_name};
+use relay_release::manifest::whole_seconds;
+use relay_release::{FileEntry, Product, SigningKey, Statement, Target, parse_version, sign};
+
+use crate::cli_upgrade::{assert_nothing_staged, cli, status_field, supervised_with_releases};
+use crate::support::process::relay_bin;
+use crate::support::releases::{release_key, stamped};
+use crate::support::supervised::supervisor_command;
+
+/// Publishes `binary` as `version` for this host signed by the test key, without the release
+/// tool's check that the binary reports that version (what a careless or hostile signer could
+/// publish).
+fn publish_unchecked(root: &Path, version: &str, binary: &[u8]) {
+    let v = parse_version(version).unwrap();
+    let target = Target::host().unwrap();
+    let asset = asset_name(&Product::relay(), &target);
+    let dir = root.join(format!("v{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let changelog = format!("# {version}\n");
+    std::fs::write(dir.join(CHANGELOG_NAME), &changelog).unwrap();
+    std::fs::write(dir.join(&asset), binary).unwrap();
+    let issued = whole_seconds(SystemTime::now());
+    let statement = Statement {
+        product: Product::relay(),
+        version: v,
+        target,
+        issued,
+        expires: issued + std::time::Duration::from_secs(86_400),
+        files: vec![
+            FileEntry::digest(&asset, binary, Path::new(&asset)).unwrap(),
+            FileEntry::digest(
+                CHANGELOG_NAME,
+                changelog.as_bytes(),
+                Path::new(CHANGELOG_NAME),
+            )
+            .unwrap(),
+        ],
+    };
+    let name = statement_name(&asset);
+    let key = SigningKey::from_file(&release_key()).unwrap();
+    std::fs::write(
+        dir.join(&name),
+        sign::sign_statement(&key, &statement, &name).unwrap(),
+    )
+    .unwrap();
+}
+
+fn journal_steps(home: &crate::support::Home, version: &str) -> Vec<String> {
+    home.read("upgrade-journal.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["version"] == version)
+        .filter_map(|e| e["step"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_binary_that_reports_another_version_than_signed_is_refused_before_migrating() {
+    let (s, root) = supervised_with_releases();
+    let home = &s.home;
+    // Signed as 9.0.0, but the binary says it is 9.0.1.
+    let liar = stamped(root.path(), &relay_bin(), "9.0.1");
+    publish_unchecked(root.path(), "9.0.0", &std::fs::read(&liar).unwrap());
+    let up = cli(home, &["upgrade", "--yes", "9.0.0"], "");
+    assert_ne!(up.code, 0, "{up}");
+    assert!(
+        up.stderr
+            .contains("reports version 9.0.1, but its signed statement is for 9.0.0"),
+        "{up}"
+    );
+    let steps = journal_steps(home, "9.0.0");
+    assert!(steps.contains(&"verify-failed".to_owned()), "{steps:?}");
+    assert!(
+        !steps.iter().any(|s| s == "migrated" || s == "verified"),
+        "{steps:?}"
+    );
+    assert_nothing_staged(home);
+    assert!(home.read(".skip-upgrade-version").contains("9.0.0"));
+    let status = cli(home, &["status"], "");
+    assert_eq!(
+        status_field(&status, "version"),
+        env!("CARGO_PKG_VERSION"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_binary_whose_version_hangs_is_bounded_and_supervision_goes_on() {
+    let (s, root) = supervised_with_releases();
+    let home = &s.home;
+    publish_unchecked(root.path(), "9.0.0", b"#!/bin/sh\nexec sleep 617\n");
+    let started = std::time::Instant::now();
+    let up = cli(home, &["upgrade", "--yes", "9.0.0"], "");
+    assert_ne!(up.code, 0, "{up}");
+    assert!(up.stderr.contains("did not answer"), "{up}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{up}"
+    );
+    // The supervisor answers and no `sleep` of the hung binary is left.
+    let status = cli(home, &["status"], "");
+    assert_eq!(status.code, 0, "{status}");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 617"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert_nothing_staged(home);
+}
+
+#[test]
+fn an_upgrade_request_with_a_newline_in_its_version_changes_nothing() {
+    let (s, _root) = supervised_with_releases();
+    let home = &s.home;
+    home.write(".skip-upgrade-version", "0.1.0\n");
+    // Files a relay staged are left alone by a request that names no plain version.
+    home.write("wireleap-relay.next", "staged");
+    home.write("wireleap-relay.next.hash", "staged");
+    let out = supervisor_command(home)
+        .args(["ctl", "upgrade", "9.0.0\n0.8.0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("names no plain version"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(home.read(".skip-upgrade-version"), "0.1.0\n");
+    assert_eq!(home.read("wireleap-relay.next"), "staged");
+    assert_eq!(home.read("wireleap-relay.next.hash"), "staged");
+}
