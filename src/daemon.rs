@@ -76,6 +76,9 @@ pub enum Error {
     /// The metrics server could not start.
     #[error(transparent)]
     Metrics(#[from] metrics::Error),
+    /// Another process holds the home: a supervisor, or another relay without one.
+    #[error("{0}")]
+    AlreadyRunning(String),
     /// The runtime could not be built or signals could not be installed.
     #[error("could not start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -126,6 +129,17 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
     let config = loaded.config;
     let identity = Identity::load(home)?;
     let tls = transport::tls::server_config(home).map_err(transport::Error::from)?;
+    // A relay that binds for itself holds the home, as a supervisor does, before it writes its
+    // pid file; the generations a supervisor starts (inheriting its listener) do not: their
+    // supervisor holds it for them.
+    let _instance = if inherited {
+        None
+    } else {
+        Some(
+            wireleap_home::instance::Instance::acquire(home, "wireleap-relay")
+                .map_err(Error::AlreadyRunning)?,
+        )
+    };
     let pid_path = home.join(files::PID);
     pidfile::write_own(&pid_path).map_err(|source| Error::PidFile {
         path: pid_path.clone(),

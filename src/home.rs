@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the home directory.
-pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
+pub use wireleap_home::files::HOME_ENV;
 
 /// Read access to environment variables (so tests can supply their own).
 pub trait Environment {
@@ -65,15 +65,4 @@ pub fn resolve(env: &dyn Environment) -> Result<PathBuf, Error> {
 }
 
 /// File names of the home directory that are not owned by a single module.
-pub mod files {
-    /// The configuration.
-    pub const CONFIG: &str = "config.json";
-    /// The migrated configuration during an upgrade; `start --fg` prefers it (spec §2.4).
-    pub const CONFIG_NEXT: &str = "config.json.next";
-    /// The daemon's pid, a JSON integer.
-    pub const PID: &str = "wireleap-relay.pid";
-    /// The daemon's log when started in the background.
-    pub const LOG: &str = "wireleap-relay.log";
-    /// Versions that automatic upgrades skip.
-    pub const SKIP_VERSION: &str = ".skip-upgrade-version";
-}
+pub use wireleap_home::files;

@@ -38,7 +38,7 @@ use crate::upgrader::UpgraderStatus;
 
 /// The environment variable through which the supervisor tells each relay generation how many
 /// times it has restarted a crashed relay so far.
-pub const SUPERVISOR_RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
+pub use wireleap_home::files::RESTARTS_ENV as SUPERVISOR_RESTARTS_ENV;
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How long the actors have to answer a scrape, each.

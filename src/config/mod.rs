@@ -10,8 +10,6 @@
 //! it, so they agree on what is valid. A [`Config`] only holds valid states: nothing downstream
 //! re-validates it.
 
-mod value;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,7 +20,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use url::Url;
 
-pub use value::{FormatError, format_datasize, format_duration, parse_datasize, parse_duration};
+pub use wireleap_home::value::{
+    FormatError, format_datasize, format_duration, parse_datasize, parse_duration,
+};
 
 /// Default tick of the sharetoken submission scheduler (reference `5m0s`).
 pub const DEFAULT_AUTO_SUBMIT_INTERVAL: Duration = Duration::from_secs(300);

@@ -27,8 +27,6 @@ const SUPERVISOR_WAIT: Duration = Duration::from_secs(30 * 60);
 const VERSION_WAIT: Duration = Duration::from_secs(5);
 /// Files an offline rollback removes: a half-done upgrade's staged release and migrated config.
 const LEFTOVERS: [&str; 3] = [sv::NEXT, sv::NEXT_STATEMENT, files::CONFIG_NEXT];
-/// The previous config, kept by an upgrade.
-const CONFIG_PREV: &str = "config.json.prev";
 
 /// Why an offline rollback failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +131,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
         sv::PREV,
         from.as_deref().unwrap_or("unknown"),
     );
-    let config_prev = home.join(CONFIG_PREV);
+    let config_prev = home.join(files::CONFIG_PREV);
     if config_prev.exists() {
         let config = home.join(files::CONFIG);
         std::fs::rename(&config_prev, &config).map_err(|source| Error::Io {
@@ -144,9 +142,13 @@ pub fn offline(home: &Path) -> Result<(), Error> {
             ),
             source,
         })?;
-        println!("restored {} from {CONFIG_PREV}", files::CONFIG);
+        println!("restored {} from {}", files::CONFIG, files::CONFIG_PREV);
     } else {
-        println!("{} unchanged (there is no {CONFIG_PREV})", files::CONFIG);
+        println!(
+            "{} unchanged (there is no {})",
+            files::CONFIG,
+            files::CONFIG_PREV
+        );
     }
     for name in LEFTOVERS {
         match std::fs::remove_file(home.join(name)) {
@@ -232,14 +234,14 @@ mod tests {
         put(sv::CURRENT, "new binary");
         put(sv::PREV, "old binary");
         put(files::CONFIG, "new config");
-        put(CONFIG_PREV, "old config");
+        put(files::CONFIG_PREV, "old config");
         put(files::CONFIG_NEXT, "migrated");
         put(sv::NEXT, "staged");
         offline(home.path()).unwrap();
         let read = |name: &str| std::fs::read_to_string(home.path().join(name)).ok();
         assert_eq!(read(sv::CURRENT).as_deref(), Some("old binary"));
         assert_eq!(read(files::CONFIG).as_deref(), Some("old config"));
-        for gone in [sv::PREV, CONFIG_PREV, files::CONFIG_NEXT, sv::NEXT] {
+        for gone in [sv::PREV, files::CONFIG_PREV, files::CONFIG_NEXT, sv::NEXT] {
             assert_eq!(read(gone), None, "{gone} left behind");
         }
     }

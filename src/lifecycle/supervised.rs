@@ -24,9 +24,9 @@ use crate::home::{HOME_ENV, files};
 use crate::upgrader::skip::SkipList;
 
 /// The supervisor's binary name; `start` looks for it beside the relay's executable.
-pub const SUPERVISOR_BIN: &str = "wireleap-relay-supervisor";
+pub use wireleap_home::files::SUPERVISOR_BIN;
 /// The supervisor's pid file in the home directory (written by the supervisor).
-pub const SUPERVISOR_PID: &str = wireleap_relay_supervisor::run::PID_FILE;
+pub use wireleap_home::files::SUPERVISOR_PID;
 /// How long `start` waits for the supervisor to report its relay serving. The supervisor's own
 /// readiness timeout (30 s) and its crash budget fit in it.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// The socket's file name in the home directory.
-pub const SOCKET: &str = "wireleap-relay-supervisor.sock";
+pub use wireleap_home::files::CONTROL_SOCKET as SOCKET;
 /// Largest request line accepted.
 const MAX_REQUEST: u64 = 4096;
 

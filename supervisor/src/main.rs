@@ -1,76 +1,97 @@
 //! `wireleap-relay-supervisor`: keeps the relay running on a listening socket it owns.
 //!
-//! Usage: `wireleap-relay-supervisor [--relay PATH]`. The home directory is the folder of this
+//! Usage: `wireleap-relay-supervisor [--relay PATH] [--health-window D] [--ready-timeout D]
+//! [ctl status|upgrade VERSION|rollback]` (`--help`). The home directory is the folder of this
 //! executable (symlinks resolved) or `$WIRELEAP_RELAY_HOME`; the relay binary is
 //! `<home>/wireleap-relay` unless `--relay` names another.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use clap::{Parser, Subcommand};
 use wireleap_relay_supervisor::exit;
 use wireleap_relay_supervisor::run::{self, HOME_ENV, Options};
 
-fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let mut relay = None;
-    let mut health_window = None;
-    let mut ready_timeout = None;
-    let mut ctl: Option<Vec<String>> = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--relay" | "-relay" => relay = args.next().map(PathBuf::from),
-            "--health-window" | "-health-window" => {
-                match args
-                    .next()
-                    .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
-                {
-                    Some(secs) if secs >= 0.0 => {
-                        health_window = Some(std::time::Duration::from_secs_f64(secs));
-                    }
-                    _ => {
-                        eprintln!(
-                            "wireleap-relay-supervisor: --health-window takes seconds, e.g. 30"
-                        );
-                        return ExitCode::from(exit::USAGE);
-                    }
-                }
-            }
-            "--ready-timeout" | "-ready-timeout" => {
-                match args
-                    .next()
-                    .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
-                {
-                    Some(secs) if secs > 0.0 => {
-                        ready_timeout = Some(std::time::Duration::from_secs_f64(secs));
-                    }
-                    _ => {
-                        eprintln!(
-                            "wireleap-relay-supervisor: --ready-timeout takes seconds, e.g. 30"
-                        );
-                        return ExitCode::from(exit::USAGE);
-                    }
-                }
-            }
-            "ctl" => {
-                ctl = Some(args.by_ref().collect());
-                break;
-            }
-            "--version" => {
-                println!("{}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            "--help" | "-h" => {
-                println!(
-                    "usage: wireleap-relay-supervisor [--relay PATH] [--health-window SECS] [--ready-timeout SECS]\n\nhome: the executable's folder, or ${HOME_ENV}\nthe waits default to config.json's \"supervisor\" section, else 30 s each"
-                );
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("wireleap-relay-supervisor: unknown argument {other:?} (try --help)");
-                return ExitCode::from(exit::USAGE);
-            }
-        }
+/// Keeps wireleap-relay running on a listening socket it owns, upgrades it from verified
+/// releases and rolls back a version that fails.
+///
+/// The home directory is the folder of this executable (symlinks resolved), or
+/// $WIRELEAP_RELAY_HOME. The waits default to config.json's "supervisor" section, else 30 s.
+#[derive(Debug, Parser)]
+#[command(name = "wireleap-relay-supervisor", version)]
+struct Cli {
+    /// The relay binary to run [default: <home>/wireleap-relay].
+    #[arg(long, value_name = "PATH")]
+    relay: Option<PathBuf>,
+    /// How long a new version must serve before it is committed, in config.json's duration
+    /// syntax (30s, 1m, 1m30s; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    health_window: Option<Duration>,
+    /// How long a relay generation may take to report ready, same syntax.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    ready_timeout: Option<Duration>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ask the supervisor that runs this home.
+    Ctl {
+        #[command(subcommand)]
+        request: Ctl,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Ctl {
+    /// Its state: relay pid, versions, the last journal step.
+    Status,
+    /// Verify the staged wireleap-relay.next as VERSION, start it beside the running relay and
+    /// commit it after its health window.
+    Upgrade {
+        /// The staged version.
+        version: String,
+    },
+    /// Go back to wireleap-relay.prev.
+    Rollback,
+}
+
+/// A duration in config.json's syntax, or a bare number of seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{text:?} is not a duration: expected e.g. 30s, 1m, 1m30s"));
     }
+    wireleap_home::value::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be more than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let Cli {
+        relay,
+        health_window,
+        ready_timeout,
+        command,
+    } = cli;
     let home = match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
         Some(h) => PathBuf::from(h),
         None => match std::env::current_exe().and_then(std::fs::canonicalize) {
@@ -84,8 +105,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    if let Some(words) = ctl {
-        return ctl_command(&home, &words);
+    if let Some(Command::Ctl { request }) = command {
+        return ctl_command(&home, &request);
     }
     let relay = relay.unwrap_or_else(|| home.join("wireleap-relay"));
     // A flag wins; else config.json's `supervisor` section; else the defaults.
@@ -111,7 +132,7 @@ fn main() -> ExitCode {
             run::log(&format!("error: {e}"));
             match e {
                 run::Error::Config(_) | run::Error::Address { .. } => exit::CONFIG,
-                run::Error::Io { .. } => exit::FAILURE,
+                run::Error::Io { .. } | run::Error::AlreadyRunning(_) => exit::FAILURE,
             }
         }
     };
@@ -119,17 +140,11 @@ fn main() -> ExitCode {
 }
 
 /// `ctl status` / `ctl upgrade VERSION` / `ctl rollback`: asks the running supervisor and prints its reply.
-fn ctl_command(home: &std::path::Path, words: &[String]) -> ExitCode {
-    let request = match words {
-        [w] if w == "status" => serde_json::json!({"cmd": "status"}),
-        [w, v] if w == "upgrade" => serde_json::json!({"cmd": "upgrade", "version": v}),
-        [w] if w == "rollback" => serde_json::json!({"cmd": "rollback"}),
-        _ => {
-            eprintln!(
-                "usage: wireleap-relay-supervisor ctl status | ctl upgrade VERSION | ctl rollback"
-            );
-            return ExitCode::from(exit::USAGE);
-        }
+fn ctl_command(home: &std::path::Path, request: &Ctl) -> ExitCode {
+    let request = match request {
+        Ctl::Status => serde_json::json!({"cmd": "status"}),
+        Ctl::Upgrade { version } => serde_json::json!({"cmd": "upgrade", "version": version}),
+        Ctl::Rollback => serde_json::json!({"cmd": "rollback"}),
     };
     // An upgrade answers after the new version's start and health window.
     let wait = std::time::Duration::from_secs(600);
@@ -149,5 +164,40 @@ fn ctl_command(home: &std::path::Path, words: &[String]) -> ExitCode {
             );
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_shape_and_durations_in_the_configs_syntax() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["s", "--health-window", "1m", "--ready-timeout", "30"]).unwrap();
+        assert_eq!(cli.health_window, Some(Duration::from_secs(60)));
+        assert_eq!(cli.ready_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            Cli::try_parse_from(["s", "--health-window", "1m30s"])
+                .unwrap()
+                .health_window,
+            Some(Duration::from_secs(90))
+        );
+        // A flag without its value, a bad duration, a zero ready timeout: usage errors.
+        for bad in [
+            &["s", "--relay"][..],
+            &["s", "--health-window", "soon"],
+            &["s", "--ready-timeout", "0s"],
+            &["s", "ctl", "upgrade"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["s", "ctl", "upgrade", "1.2.3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Ctl { request: Ctl::Upgrade { version } }) if version == "1.2.3"
+        ));
     }
 }

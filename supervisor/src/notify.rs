@@ -1,5 +1,5 @@
-//! `sd_notify`: the supervisor receives its relay's `READY=1` on a private abstract socket, and
-//! sends its own state to systemd when `NOTIFY_SOCKET` is set.
+//! `sd_notify`: the supervisor receives its relay's `READY=1` on a socket in the home directory
+//! that only its user can reach, and sends its own state to systemd when `NOTIFY_SOCKET` is set.
 
 use std::io;
 use std::os::fd::AsRawFd as _;
@@ -15,23 +15,29 @@ pub struct ReadySocket {
 }
 
 impl ReadySocket {
-    /// Binds the abstract socket of the home directory `home`. Its name depends only on `home`,
-    /// so the relay generations a crashed supervisor left behind (whose `NOTIFY_SOCKET` names
-    /// it) reach its successor, and a second supervisor for the same home cannot start.
+    /// Binds [`READY_SOCKET`] in the home directory `home`, mode 0600, replacing a stale one.
+    /// The caller holds the home ([`crate::instance`]), so a socket there is its predecessor's.
+    /// Its path depends only on `home`, so the relay generations a crashed supervisor left behind
+    /// (whose `NOTIFY_SOCKET` names it) reach its successor. Unlike an abstract name, no other
+    /// user can take it first: creating it takes write access to the home.
     ///
     /// # Errors
-    /// An I/O error from bind: `AddrInUse` while another supervisor serves `home`.
+    /// An I/O error from bind.
     pub fn bind(home: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
         let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
-        let name = format!(
-            "wireleap-relay-supervisor-{:016x}",
-            fnv1a(home.as_os_str().as_encoded_bytes())
-        );
-        let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        let path = home.join(READY_SOCKET);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let sock = UnixDatagram::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
         Ok(Self {
             sock,
-            name: format!("@{name}"),
+            name: path.display().to_string(),
         })
     }
 
@@ -99,12 +105,8 @@ impl ReadySocket {
     }
 }
 
-/// FNV-1a, 64 bits: a name for a path that stays the same from one build to the next.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+/// The readiness socket in the home directory.
+pub use wireleap_home::files::READY_SOCKET;
 
 /// What a generation says once its heartbeats are paused and no directory call is in flight.
 pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";

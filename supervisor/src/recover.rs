@@ -24,7 +24,7 @@ use crate::run::log;
 use crate::upgrade::{self, journal};
 
 /// The pids of the supervisor's relay generations, rewritten whenever they change.
-pub const CHILDREN: &str = "wireleap-relay-supervisor.children";
+pub use wireleap_home::files::CHILDREN;
 
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Eq)]

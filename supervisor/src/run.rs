@@ -20,7 +20,7 @@ use crate::recover;
 use crate::upgrade;
 
 /// The variable that names the relay's home directory.
-pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
+pub use wireleap_home::files::HOME_ENV;
 /// How long a new relay generation has to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a serving generation has to confirm its heartbeats paused before a successor starts.
@@ -98,7 +98,7 @@ impl Upgrading {
 }
 
 /// The fault-injection variable of the crash-recovery tests (see [`failpoint`]).
-pub const FAILPOINT_ENV: &str = "WIRELEAP_SUPERVISOR_FAILPOINT";
+pub use wireleap_home::files::FAILPOINT_ENV;
 
 /// A generation a failpoint is to kill on the next turn of the loop: "old" or "new".
 static KILL: std::sync::Mutex<Option<&'static str>> = std::sync::Mutex::new(None);
@@ -155,6 +155,9 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// Another process holds the home (a supervisor, or a relay without one).
+    #[error("{0}")]
+    AlreadyRunning(String),
     /// An OS call failed.
     #[error("{what}: {source}")]
     Io {
@@ -200,20 +203,11 @@ impl Generation {
 /// Startup failures ([`Error`]); once the first relay runs, failures become exit codes.
 pub fn run(opts: &Options) -> Result<u8, Error> {
     check_config(opts)?;
-    // First: it refuses a second supervisor for this home before that one touches anything.
-    let ready = ReadySocket::bind(&opts.home).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            Error::Io {
-                what: format!(
-                    "another wireleap-relay-supervisor already runs for {}",
-                    opts.home.display()
-                ),
-                source: e,
-            }
-        } else {
-            io("readiness socket")(e)
-        }
-    })?;
+    // First: it refuses a second supervisor (or one beside an unsupervised relay) for this home
+    // before it touches anything.
+    let _instance = wireleap_home::instance::Instance::acquire(&opts.home, SUPERVISOR_NAME)
+        .map_err(Error::AlreadyRunning)?;
+    let ready = ReadySocket::bind(&opts.home).map_err(io("readiness socket"))?;
     // Only the instance that holds the home writes its pid file, and only it removes it.
     let _pid_file = PidFile::write(&opts.home);
     if let Some(done) = recover::journal_steps(&opts.home) {
@@ -912,7 +906,7 @@ fn bracket(host_port: &str) -> String {
 /// `/metrics`).
 static RESTARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// The environment variable that carries [`RESTARTS`] to the relay.
-pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
+pub use wireleap_home::files::RESTARTS_ENV;
 
 fn spawn(
     opts: &Options,
@@ -958,8 +952,11 @@ struct PidFile {
     path: std::path::PathBuf,
 }
 
+/// The supervisor's name, as it holds the home ([`crate::instance`]).
+pub use wireleap_home::files::SUPERVISOR_BIN as SUPERVISOR_NAME;
+
 /// The supervisor's pid file name.
-pub const PID_FILE: &str = "wireleap-relay-supervisor.pid";
+pub use wireleap_home::files::SUPERVISOR_PID as PID_FILE;
 
 impl PidFile {
     fn write(home: &Path) -> Self {

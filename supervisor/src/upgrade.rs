@@ -21,30 +21,10 @@ use std::path::Path;
 use relay_release::{Expected, Product, Trust, TrustedKeys, parse_version};
 use semver::Version;
 
-/// The staged binary.
-pub const NEXT: &str = "wireleap-relay.next";
-/// The staged binary's signed statement.
-pub const NEXT_STATEMENT: &str = "wireleap-relay.next.hash";
-/// The previous binary, kept for `rollback`.
-pub const PREV: &str = "wireleap-relay.prev";
-/// The running binary.
-pub const CURRENT: &str = "wireleap-relay";
-/// The journal of upgrade steps, one JSON object per line.
-pub const JOURNAL: &str = "upgrade-journal.jsonl";
-/// The highest committed version.
-pub const STATE: &str = "upgrade-state.json";
-/// Versions automatic upgrades skip.
-pub const SKIP: &str = ".skip-upgrade-version";
-/// The config file.
-pub const CONFIG: &str = "config.json";
-/// The migrated config the new generation reads until the commit.
-pub const CONFIG_NEXT: &str = "config.json.next";
-/// The config before the last commit.
-pub const CONFIG_PREV: &str = "config.json.prev";
-/// The statement of the running binary, kept after a commit.
-pub const CURRENT_STATEMENT: &str = "wireleap-relay.hash";
-/// The statement of the previous binary.
-pub const PREV_STATEMENT: &str = "wireleap-relay.prev.hash";
+pub use wireleap_home::files::{
+    CONFIG, CONFIG_NEXT, CONFIG_PREV, CURRENT, CURRENT_STATEMENT, JOURNAL, NEXT, NEXT_STATEMENT,
+    PREV, PREV_STATEMENT, SKIP_VERSION as SKIP, STATE,
+};
 /// How long one `migrate` run may take.
 pub const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 

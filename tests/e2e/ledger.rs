@@ -396,6 +396,9 @@ fn ledger_imports_a_reference_store_in_both_layouts_and_a_second_import_changes_
 // === streams through the real transport ===
 
 /// A relay started with `start --fg` by the test (so it can be `kill -9`ed); killed on drop.
+/// A relay generation in the home, as a supervisor starts one during a handover: it inherits
+/// its listening socket (`LISTEN_FDS`), so two of them share the home and its ledger (a relay
+/// that binds for itself would hold the home alone).
 struct FgRelay {
     child: Child,
     addr: SocketAddr,
@@ -403,15 +406,21 @@ struct FgRelay {
 
 impl FgRelay {
     fn start(home: &Home, log: &str, s: &Standin) -> Self {
+        use command_fds::{CommandFdExt as _, FdMapping};
         let log_path = home.file(log);
         let _ = std::fs::remove_file(&log_path);
         let err = std::fs::File::create(&log_path).unwrap();
-        let child = home
-            .command(&["start", "--fg"])
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut command = home.command(&["start", "--fg"]);
+        command
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
+            .fd_mappings(vec![FdMapping {
+                parent_fd: std::os::fd::OwnedFd::from(listener),
+                child_fd: 3,
+            }])
             .unwrap();
+        let child = command.stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let mut addr = None;
         eventually(WAIT, "the listen address", || {
             addr = std::fs::read_to_string(&log_path).ok().and_then(|l| {

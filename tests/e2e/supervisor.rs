@@ -125,7 +125,7 @@ fn a_second_supervisor_for_the_same_home_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("another wireleap-relay-supervisor already runs for"),
+        stderr.contains("wireleap-relay-supervisor already runs in"),
         "{stderr}"
     );
     assert_eq!(s.home.pid().unwrap(), serving);
@@ -290,4 +290,69 @@ fn usr2_and_a_second_supervisor_leave_the_running_one_and_its_pid_file_alone() {
     assert_eq!(s.home.pid().unwrap(), relay);
     let status = s.home.run(&["status"]);
     assert_eq!(status.code, 0, "{status}");
+}
+
+/// A socket left at the readiness path (a squatter, or a crashed predecessor) does not stop a
+/// supervisor that holds the home: it takes the path over and its relay gets ready.
+#[test]
+fn a_squatted_readiness_socket_does_not_stop_the_supervisor() {
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0", "contracts": {"https://contract.example.invalid": {"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}"#,
+    );
+    std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
+    let _squatter =
+        std::os::unix::net::UnixDatagram::bind(home.file("wireleap-relay-supervisor.ready"))
+            .unwrap();
+    let mut supervisor = supervisor_command(&home)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready = false;
+    while !ready && Instant::now() < deadline {
+        ready = home.run(&["status"]).stdout.contains("serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = kill(
+        Pid::from_raw(i32::try_from(supervisor.id()).unwrap()),
+        Signal::SIGTERM,
+    );
+    let _ = supervisor.wait();
+    assert!(ready, "the relay never got ready under the supervisor");
+}
+
+/// `start --fg` in the home of a relay that runs (without a supervisor, or under one) refuses
+/// before it touches anything: the running one's pid file stays, and it serves on.
+#[test]
+fn a_second_relay_in_a_running_home_refuses_and_leaves_the_pid_file() {
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0", "contracts": {"https://contract.example.invalid": {"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}"#,
+    );
+    let mut first = home
+        .command(&["start", "--fg"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the first relay's pid file",
+        || home.pid().is_some(),
+    );
+    let pid = home.pid().unwrap();
+    let second = home.run(&["start", "--fg"]);
+    assert_ne!(second.code, 0, "{second}");
+    assert!(
+        second.stderr.contains("wireleap-relay already runs in")
+            && second.stderr.contains(&format!("pid {pid}")),
+        "{second}"
+    );
+    assert!(!second.stderr.contains("panicked"), "{second}");
+    assert_eq!(home.pid(), Some(pid), "the pid file changed");
+    assert!(is_alive(pid));
+    let status = home.run(&["status"]);
+    assert!(status.stdout.contains("running"), "{status}");
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let _ = first.wait();
 }

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use wireleap_home::files::{
+    CONTROL_SOCKET, CURRENT, JOURNAL, SKIP_VERSION as SKIP, SUPERVISOR_BIN,
+};
 
 /// The public half of the demo network's TEST-ONLY release key (releases/testdata/keys).
 const DEMO_RELEASE_KEY: &str =
@@ -26,10 +29,6 @@ pub(crate) const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Bound on a relay getting ready and enrolled.
 const START_WAIT: Duration = Duration::from_secs(60);
 
-/// The supervisor's upgrade journal, one JSON object per line.
-const JOURNAL: &str = "upgrade-journal.jsonl";
-/// Versions the supervisor will not install again.
-const SKIP: &str = ".skip-upgrade-version";
 /// The supervisor's stderr (with its relays').
 pub(crate) const LOG: &str = "supervisor.log";
 
@@ -56,8 +55,8 @@ impl Bins {
             .context("the demo's executable has no folder")?
             .to_path_buf();
         let bins = Self {
-            relay: dir.join("wireleap-relay"),
-            supervisor: dir.join("wireleap-relay-supervisor"),
+            relay: dir.join(CURRENT),
+            supervisor: dir.join(SUPERVISOR_BIN),
             release_tool: dir.join("release-tool"),
         };
         let missing: Vec<String> = [&bins.relay, &bins.supervisor, &bins.release_tool]
@@ -196,9 +195,9 @@ impl Relay {
     ) -> anyhow::Result<(PathBuf, String)> {
         let home = dir.join(role);
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
-        std::fs::copy(&bins.relay, home.join("wireleap-relay"))
+        std::fs::copy(&bins.relay, home.join(CURRENT))
             .with_context(|| format!("copying the relay binary into {}", home.display()))?;
-        let out = Command::new(home.join("wireleap-relay"))
+        let out = Command::new(home.join(CURRENT))
             .arg("init")
             .env("WIRELEAP_RELAY_HOME", &home)
             .stdin(Stdio::null())
@@ -376,16 +375,14 @@ impl Relay {
 
     /// The version the installed binary reports (`wireleap-relay version`).
     pub(crate) fn installed_version(&self) -> String {
-        installed_version(&self.home.join("wireleap-relay"))
+        installed_version(&self.home.join(CURRENT))
     }
 
     /// The supervisor's state from its control socket (`serving`, `upgrading`, `starting`).
     pub(crate) fn state(&self) -> Option<String> {
         use std::io::{BufRead as _, Write as _};
-        let mut conn = std::os::unix::net::UnixStream::connect(
-            self.home.join("wireleap-relay-supervisor.sock"),
-        )
-        .ok()?;
+        let mut conn =
+            std::os::unix::net::UnixStream::connect(self.home.join(CONTROL_SOCKET)).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         writeln!(conn, r#"{{"cmd":"status"}}"#).ok()?;
         let mut line = String::new();

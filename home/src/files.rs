@@ -1,0 +1,64 @@
+//! The names of the home directory's shared files, sockets and environment variables: every one
+//! that more than one of the relay, the supervisor and the demo reads or writes. A name used by
+//! one module only stays with that module.
+
+// === environment ===
+
+/// Overrides the home directory (default: the folder of the real executable).
+pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
+/// How many times the supervisor restarted the relay, passed to each generation (metrics).
+pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
+/// The supervisor's fault-injection hook for the crash-recovery tests.
+pub const FAILPOINT_ENV: &str = "WIRELEAP_SUPERVISOR_FAILPOINT";
+
+// === binaries and their signed statements ===
+
+/// The running relay binary.
+pub const CURRENT: &str = "wireleap-relay";
+/// The staged relay binary.
+pub const NEXT: &str = "wireleap-relay.next";
+/// The previous relay binary, kept for `rollback`.
+pub const PREV: &str = "wireleap-relay.prev";
+/// The signed statement of [`CURRENT`], kept after a commit.
+pub const CURRENT_STATEMENT: &str = "wireleap-relay.hash";
+/// The signed statement of [`NEXT`].
+pub const NEXT_STATEMENT: &str = "wireleap-relay.next.hash";
+/// The signed statement of [`PREV`].
+pub const PREV_STATEMENT: &str = "wireleap-relay.prev.hash";
+/// The supervisor's binary, beside the relay's.
+pub const SUPERVISOR_BIN: &str = "wireleap-relay-supervisor";
+
+// === configuration ===
+
+/// The configuration.
+pub const CONFIG: &str = "config.json";
+/// The migrated configuration during an upgrade; a generation prefers it (spec §2.4).
+pub const CONFIG_NEXT: &str = "config.json.next";
+/// The configuration before the last commit.
+pub const CONFIG_PREV: &str = "config.json.prev";
+
+// === upgrades ===
+
+/// Versions automatic upgrades skip (see [`crate::skip`]).
+pub const SKIP_VERSION: &str = ".skip-upgrade-version";
+/// The supervisor's journal of upgrade steps, one JSON object per line.
+pub const JOURNAL: &str = "upgrade-journal.jsonl";
+/// The highest committed version.
+pub const STATE: &str = "upgrade-state.json";
+
+// === processes ===
+
+/// The relay daemon's pid, a JSON integer.
+pub const PID: &str = "wireleap-relay.pid";
+/// The relay daemon's log when started in the background.
+pub const LOG: &str = "wireleap-relay.log";
+/// The supervisor's pid.
+pub const SUPERVISOR_PID: &str = "wireleap-relay-supervisor.pid";
+/// The pids of the relay generations the supervisor runs (taken over by its successor).
+pub const CHILDREN: &str = "wireleap-relay-supervisor.children";
+/// The supervisor's control socket (mode 0600).
+pub const CONTROL_SOCKET: &str = "wireleap-relay-supervisor.sock";
+/// The socket the relay generations report readiness on (mode 0600).
+pub const READY_SOCKET: &str = "wireleap-relay-supervisor.ready";
+/// The home's lock (see [`crate::instance`]).
+pub const LOCK: &str = "wireleap-relay.lock";
