@@ -8,8 +8,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -222,32 +220,12 @@ fn write_secret(path: &Path, text: &str) -> Result<(), Error> {
     write_file(path, text, 0o600)
 }
 
-/// Writes `text` to a temp file with `mode`, fsyncs it and renames it over `path`.
+/// Writes `text` with `mode`, replacing `path` atomically and durably.
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
-    let io = |source| Error::Io {
+    wireleap_home::durable::write_atomic(path, text.as_bytes(), mode).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    // The mode given at creation is filtered by the umask; set it exactly.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub fn command(home: &Path, own: &Version, other: &str, down: bool) -> u8 {
     } else {
         let (from, to) = (home.join(files::CONFIG), home.join(files::CONFIG_NEXT));
         let copied = std::fs::read(&from)
-            .and_then(|bytes| relay_migrations::write_atomic(&to, &bytes, 0o644));
+            .and_then(|bytes| wireleap_home::durable::write_atomic(&to, &bytes, 0o644));
         if let Err(e) = copied {
             eprintln!(
                 "migrate: could not copy {} to {}: {e}",

@@ -29,7 +29,6 @@
 //!   needs a restart; per-contract caps and `global_limit` follow a reload.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -642,18 +641,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
     };
     let mut text = serde_json::to_vec_pretty(value).map_err(|e| err(std::io::Error::other(e)))?;
     text.push(b'\n');
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&text).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    wireleap_home::durable::write_atomic(path, &text, 0o644).map_err(err)
 }
 
 #[cfg(test)]

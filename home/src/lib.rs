@@ -3,10 +3,18 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`control`] | the supervisor's control protocol: typed, versioned requests and replies; the client |
+//! | [`durable`] | the one atomic, durable file write |
 //! | [`files`] | the names of the shared files, sockets and environment variables |
+//! | [`journal`] | the upgrade journal: typed steps and entries, append and read |
+//! | [`skip`] | `.skip-upgrade-version`: its one parser and its one writer |
 //! | [`value`] | `config.json`'s value formats: Go-style durations and data sizes (also the supervisor's flags) |
 //! | [`instance`] | the home's lock: one supervisor, or one relay without one |
 
+pub mod control;
+pub mod durable;
 pub mod files;
 pub mod instance;
+pub mod journal;
+pub mod skip;
 pub mod value;

@@ -16,14 +16,13 @@ use std::path::{Path, PathBuf};
 
 use semver::Version;
 
-mod fs;
 pub mod ledger;
 mod m0001_upgrade_channel;
 mod m0002_ledger_schema;
 mod m0003_import_sharetokens;
 mod m0004_ledger_prune_index;
 
-pub use fs::write_atomic;
+pub use wireleap_home::durable::write_atomic;
 
 /// What a migration works on.
 #[derive(Debug, Clone)]

@@ -6,7 +6,6 @@
 //! file under the final name.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 
 use tempfile::NamedTempFile;
@@ -61,10 +60,7 @@ pub fn persist(temp: NamedTempFile, dest: &Path, mode: u32) -> Result<(), Error>
 ///
 /// [`Error::Io`].
 pub fn write_file(dest: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
-    let mut temp = temp_beside(dest)?;
-    temp.write_all(data)
-        .map_err(|e| Error::io("write", temp.path().to_path_buf(), e))?;
-    persist(temp, dest, mode)
+    wireleap_home::durable::write_atomic(dest, data, mode).map_err(|e| Error::io("write", dest, e))
 }
 
 /// Fsyncs a directory so that a rename in it survives a crash.

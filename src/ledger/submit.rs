@@ -15,7 +15,6 @@
 //! that is down does not hold a round for the reference's 3 × 5 s. Who calls it: the
 //! [`super::Ledger`] actor, once per `auto_submit_interval`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -205,15 +204,7 @@ pub fn write_archive(
     }
     let sub = dir.join(contract);
     std::fs::create_dir_all(&sub)?;
-    let path = sub.join(format!("{signature}.json"));
-    let tmp = sub.join(format!(".{signature}.json.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&sub)?.sync_all()
+    wireleap_home::durable::write_atomic(&sub.join(format!("{signature}.json")), body, 0o644)
 }
 
 /// base64url text only: no path separators or dots.

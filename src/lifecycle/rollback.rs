@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use wireleap_relay_supervisor::{control as sv_control, upgrade as sv};
+use wireleap_home::control::{self as ctl, Request};
+use wireleap_relay_supervisor::upgrade as sv;
 
 use super::control;
 use super::pidfile::{self, State};
-use super::supervised::{self, SUPERVISOR_BIN, str_field};
+use super::supervised::{self, SUPERVISOR_BIN};
 use crate::home::files;
 
 /// How long the supervisor may take: the previous version's start, the handover and the drain.
@@ -65,18 +65,17 @@ fn through_supervisor(home: &Path, spid: i32) -> u8 {
     println!(
         "asking {SUPERVISOR_BIN} (pid {spid}) to roll back: it starts the previous version beside the running one and hands over..."
     );
-    let request = serde_json::json!({"cmd": "rollback"});
-    match sv_control::call(home, &request, SUPERVISOR_WAIT) {
-        Ok(reply) if reply.get("ok").and_then(Value::as_bool) == Some(true) => {
-            let to = str_field(&reply, "version").unwrap_or("the previous version");
-            match str_field(&reply, "from") {
+    match ctl::call(home, &Request::Rollback, SUPERVISOR_WAIT) {
+        Ok(reply) if reply.ok => {
+            let to = reply.version.as_deref().unwrap_or("the previous version");
+            match &reply.from {
                 Some(from) => println!("rolled back to wireleap-relay {to} (was {from})"),
                 None => println!("rolled back to wireleap-relay {to}"),
             }
             crate::exit::OK
         }
         Ok(reply) => {
-            let why = str_field(&reply, "error").unwrap_or("the supervisor refused");
+            let why = reply.error.as_deref().unwrap_or("the supervisor refused");
             eprintln!("error: rollback failed: {why}");
             crate::exit::FAILURE
         }
@@ -169,7 +168,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
         sv::journal(
             home,
             to,
-            "rollback-committed",
+            wireleap_home::journal::Step::RollbackCommitted,
             &format!("offline, from {}", from.as_deref().unwrap_or("unknown")),
         );
     }

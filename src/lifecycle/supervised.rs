@@ -15,13 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
-use wireleap_relay_supervisor::control as sv_control;
+use wireleap_home::control::{self as ctl, Reply, Request, State as Doing};
 
 use super::control::{Error, io_err, open_log, read_from, signal};
 use super::pidfile::{self, State};
 use crate::home::{HOME_ENV, files};
-use crate::upgrader::skip::SkipList;
+use wireleap_home::skip::SkipList;
 
 /// The supervisor's binary name; `start` looks for it beside the relay's executable.
 pub use wireleap_home::files::SUPERVISOR_BIN;
@@ -53,14 +52,14 @@ pub fn supervisor_state(home: &Path) -> State {
 ///
 /// # Errors
 /// No supervisor answered in time, or it answered `"ok": false` (the reply's error).
-pub fn status_reply(home: &Path) -> std::io::Result<Value> {
-    let reply = sv_control::call(home, &serde_json::json!({"cmd": "status"}), STATUS_WAIT)?;
-    if reply.get("ok").and_then(Value::as_bool) == Some(true) {
+pub fn status_reply(home: &Path) -> std::io::Result<Reply> {
+    let reply = ctl::call(home, &Request::Status, STATUS_WAIT)?;
+    if reply.ok {
         Ok(reply)
     } else {
-        Err(std::io::Error::other(
-            str_field(&reply, "error").unwrap_or("the supervisor refused the status request"),
-        ))
+        Err(std::io::Error::other(reply.error.unwrap_or_else(|| {
+            "the supervisor refused the status request".to_owned()
+        })))
     }
 }
 
@@ -116,7 +115,7 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
             });
         }
         if let Ok(reply) = status_reply(home)
-            && str_field(&reply, "state") == Some("serving")
+            && reply.state == Some(Doing::Serving)
         {
             let pid = relay_pid(&reply).unwrap_or(0);
             println!(
@@ -230,7 +229,7 @@ pub fn status(home: &Path, spid: i32) -> u8 {
 }
 
 /// The text of `status` for a supervisor's reply.
-fn describe(home: &Path, spid: i32, reply: &Value, now: SystemTime) -> String {
+fn describe(home: &Path, spid: i32, reply: &Reply, now: SystemTime) -> String {
     use std::fmt::Write as _;
     let none = "none";
     let mut t = String::new();
@@ -245,12 +244,12 @@ fn describe(home: &Path, spid: i32, reply: &Value, now: SystemTime) -> String {
     let _ = writeln!(
         t,
         "  version:           {}",
-        str_field(reply, "version").unwrap_or("unknown")
+        reply.version.as_deref().unwrap_or("unknown")
     );
     let _ = writeln!(
         t,
         "  state:             {}",
-        str_field(reply, "state").unwrap_or("unknown")
+        reply.state.map_or("unknown", Doing::as_str)
     );
     let _ = writeln!(t, "  supervisor:        {SUPERVISOR_BIN}, pid {spid}");
     let channel = match crate::config::load(&home.join(files::CONFIG)) {
@@ -264,18 +263,15 @@ fn describe(home: &Path, spid: i32, reply: &Value, now: SystemTime) -> String {
     let _ = writeln!(
         t,
         "  highest committed: {}",
-        str_field(reply, "highest_committed").unwrap_or(none)
+        reply.highest_committed.as_deref().unwrap_or(none)
     );
-    let prev = match str_field(reply, "prev_version") {
+    let prev = match &reply.prev_version {
         Some(v) => format!("{v} (`wireleap-relay rollback` goes back to it)"),
         None => none.to_owned(),
     };
     let _ = writeln!(t, "  previous version:  {prev}");
-    let skipped: Vec<String> = match reply.get("skipped").and_then(Value::as_array) {
-        Some(list) => list
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
+    let skipped: Vec<String> = match &reply.skipped {
+        Some(list) => list.clone(),
         // An older supervisor: read the file it writes.
         None => SkipList::load(home)
             .map(|l| l.versions.iter().map(ToString::to_string).collect())
@@ -287,18 +283,14 @@ fn describe(home: &Path, spid: i32, reply: &Value, now: SystemTime) -> String {
         skipped.join(", ")
     };
     let _ = writeln!(t, "  skipped versions:  {skipped}");
-    let last = match reply.get("last").filter(|v| v.is_object()) {
+    let last = match &reply.last {
         Some(last) => {
-            let mut s = format!(
-                "{} {}",
-                str_field(last, "version").unwrap_or("?"),
-                str_field(last, "step").unwrap_or("?")
-            );
-            if let Some(d) = str_field(last, "detail").filter(|d| !d.is_empty()) {
-                let _ = write!(s, ": {d}");
+            let mut s = format!("{} {}", last.version, last.step);
+            if !last.detail.is_empty() {
+                let _ = write!(s, ": {}", last.detail);
             }
-            if let Some(ms) = last.get("time_ms").and_then(Value::as_u64) {
-                let _ = write!(s, " ({})", ago(ms, now));
+            if last.time_ms > 0 {
+                let _ = write!(s, " ({})", ago(last.time_ms, now));
             }
             s
         }
@@ -324,17 +316,11 @@ fn ago(time_ms: u64, now: SystemTime) -> String {
 }
 
 /// The serving relay's pid in a status reply.
-pub fn relay_pid(reply: &Value) -> Option<i32> {
+pub fn relay_pid(reply: &Reply) -> Option<i32> {
     reply
-        .get("pid")
-        .and_then(Value::as_i64)
+        .pid
         .and_then(|p| i32::try_from(p).ok())
         .filter(|p| *p > 0)
-}
-
-/// A string field of a reply.
-pub fn str_field<'a>(reply: &'a Value, key: &str) -> Option<&'a str> {
-    reply.get(key).and_then(Value::as_str)
 }
 
 #[cfg(test)]
@@ -356,7 +342,7 @@ mod tests {
             "last": {"version": "9.1.0", "step": "rolled-back", "detail": "crashed",
                      "time_ms": 1_000_000_000u64 - 90_000},
         });
-        let text = describe(home.path(), 7, &reply, now);
+        let text = describe(home.path(), 7, &serde_json::from_value(reply).unwrap(), now);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "wireleap-relay is running, pid 42");
         for want in [
@@ -378,7 +364,12 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         std::fs::write(home.path().join(files::SKIP_VERSION), "\"1.2.3\"\n").unwrap();
         let reply = serde_json::json!({"ok": true, "pid": 5, "state": "starting"});
-        let text = describe(home.path(), 4, &reply, SystemTime::now());
+        let text = describe(
+            home.path(),
+            4,
+            &serde_json::from_value(reply).unwrap(),
+            SystemTime::now(),
+        );
         assert!(text.contains("  state:             starting"), "{text}");
         assert!(text.contains("  version:           unknown"), "{text}");
         assert!(text.contains("  skipped versions:  1.2.3"), "{text}");

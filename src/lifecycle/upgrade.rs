@@ -24,15 +24,15 @@ use std::time::Duration;
 use relay_release::fetch::{Destination, Fetcher, Limits, Progress};
 use relay_release::{Layout, Product, Trust, parse_version};
 use semver::Version;
-use serde_json::Value;
-use wireleap_relay_supervisor::{control as sv_control, upgrade as sv};
+use wireleap_home::control::{self as ctl, Request, State as Doing};
+use wireleap_relay_supervisor::upgrade as sv;
 
-use super::supervised::{self, SUPERVISOR_BIN, str_field};
+use super::supervised::{self, SUPERVISOR_BIN};
 use crate::config::{self, Config};
 use crate::directory::client::{Client, Retry};
 use crate::home::files;
 use crate::identity::Identity;
-use crate::upgrader::skip::SkipList;
+use wireleap_home::skip::SkipList;
 
 /// How long the supervisor may take to answer: the new version's readiness timeout, the health
 /// window and the old version's drain fit in it.
@@ -168,7 +168,7 @@ pub fn upgrade(
     // The running relay's version: the supervisor knows it; without one, this binary's.
     let current = supervisor
         .as_ref()
-        .and_then(|r| str_field(r, "version"))
+        .and_then(|r| r.version.as_deref())
         .and_then(|v| Version::parse(v).ok())
         .unwrap_or_else(|| own.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -193,9 +193,13 @@ pub fn upgrade(
             home: home.display().to_string(),
         });
     };
-    match str_field(&status, "state") {
-        Some("serving") => {}
-        other => return Err(Error::Busy(other.unwrap_or("not serving").to_owned())),
+    match status.state {
+        Some(Doing::Serving) => {}
+        other => {
+            return Err(Error::Busy(
+                other.map_or_else(|| "not serving".to_owned(), |s| s.to_string()),
+            ));
+        }
     }
     let base = config.release_url.as_ref().ok_or(Error::NoReleaseUrl)?;
     let release = |source| Error::Release {
@@ -278,8 +282,10 @@ pub fn upgrade(
         "Staged {target} as {}; {SUPERVISOR_BIN} verifies it again, starts it beside the running relay, and commits it after its health window...",
         sv::NEXT
     );
-    let request = serde_json::json!({"cmd": "upgrade", "version": target.to_string()});
-    let reply = match sv_control::call(home, &request, SUPERVISOR_WAIT) {
+    let request = Request::Upgrade {
+        version: target.to_string(),
+    };
+    let reply = match ctl::call(home, &request, SUPERVISOR_WAIT) {
         Ok(reply) => reply,
         Err(e)
             if matches!(
@@ -296,7 +302,7 @@ pub fn upgrade(
         }
         Err(e) => return Err(Error::NoAnswer(e)),
     };
-    if reply.get("ok").and_then(Value::as_bool) == Some(true) {
+    if reply.ok {
         println!("wireleap-relay successfully upgraded to version {target} (was {current}).");
         println!(
             "NOTE: The old ({current}) binary can be restored: cd {} && ./wireleap-relay rollback",
@@ -306,9 +312,9 @@ pub fn upgrade(
     } else {
         Err(Error::RolledBack {
             version: target.to_string(),
-            why: str_field(&reply, "error")
-                .unwrap_or("the supervisor refused")
-                .to_owned(),
+            why: reply
+                .error
+                .unwrap_or_else(|| "the supervisor refused".to_owned()),
         })
     }
 }

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::job::{self, Outcome};
 use super::policy::{Decision, decide};
-use super::skip::SkipList;
+use wireleap_home::skip::SkipList;
 use wireleap_relay_supervisor::upgrade::highest_committed;
 
 /// Receives upgrade notices and decides on them.

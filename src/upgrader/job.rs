@@ -18,7 +18,8 @@ use relay_release::fetch::{Destination, Fetcher, Limits};
 use relay_release::{Layout, Trust};
 use semver::Version;
 use tracing::{info, warn};
-use wireleap_relay_supervisor::{control, upgrade as sv};
+use wireleap_home::control::{self, Request};
+use wireleap_relay_supervisor::upgrade as sv;
 
 /// How long the supervisor may take to answer an upgrade request: its readiness timeout, the
 /// health window and the drain all fit in this.
@@ -102,8 +103,8 @@ pub async fn run(
         Ok(()) => {}
         Err(e) => {
             let skip = e.is_peer_fault() && !e.is_retryable();
-            if skip {
-                sv::skip(&home, &version.to_string());
+            if skip && let Err(e) = wireleap_home::skip::SkipList::add(&home, &version) {
+                warn!(version = %version, error = %e, "could not add the version to the skip list");
             }
             return fail(e.to_string(), skip);
         }
@@ -160,7 +161,9 @@ async fn stage(
 }
 
 async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
-    let request = serde_json::json!({"cmd": "upgrade", "version": version.to_string()});
+    let request = Request::Upgrade {
+        version: version.to_string(),
+    };
     let asked = home.clone();
     let reply =
         tokio::task::spawn_blocking(move || control::call(&asked, &request, SUPERVISOR_WAIT)).await;
@@ -193,14 +196,12 @@ async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
             };
         }
     };
-    if reply.get("ok").and_then(serde_json::Value::as_bool) == Some(true) {
+    if reply.ok {
         Outcome::Committed(version)
     } else {
         let why = reply
-            .get("error")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("the supervisor refused")
-            .to_owned();
+            .error
+            .unwrap_or_else(|| "the supervisor refused".to_owned());
         Outcome::RolledBack(version, why)
     }
 }

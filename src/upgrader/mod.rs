@@ -2,7 +2,7 @@
 //! the supervisor.
 //!
 //! The [`Upgrader`] actor decides on each notice ([`policy`]: auto-upgrade, the skip list of
-//! [`skip`], the version floor) and shows the outcome in `status`. Download, verification
+//! `wireleap_home::skip`, the version floor) and shows the outcome in `status`. Download, verification
 //! (the `relay-release` crate), staging and the request to the supervisor are one [`job`] at a
 //! time. Who calls it: the Enrollment actor
 //! (heartbeat replies) and the daemon (status).
@@ -10,6 +10,5 @@
 mod actor;
 pub mod job;
 pub mod policy;
-pub mod skip;
 
 pub use actor::{UpgradeNotice, Upgrader, UpgraderState, UpgraderStatus};

@@ -1,14 +1,7 @@
-//! The control socket: `<home>/wireleap-relay-supervisor.sock`, a unix stream socket with mode
-//! 0600 (only the relay's user may steer it). One JSON request per line, one JSON reply per line:
-//!
-//! | request | reply |
-//! | --- | --- |
-//! | `{"cmd":"status"}` | `{"ok":true,"pid":N,"state":"serving"\|"starting"\|"upgrading"\|"rolling-back","version":V,"prev_version":A,"highest_committed":H,"skipped":[..],"last":{"version","step","detail"},"draining":[pids]}` |
-//! | `{"cmd":"upgrade","version":"V"}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}` |
-//! | `{"cmd":"rollback"}` | when `wireleap-relay.prev` serves again (or could not): `{"ok":bool,"version":A,"from":B,"error"?}` |
-//!
-//! The supervision loop polls it without blocking; a request that needs time (an upgrade) keeps
-//! its connection until the reply.
+//! The control socket's server side: `<home>/wireleap-relay-supervisor.sock`, a unix stream
+//! socket with mode 0600 (only the relay's user may steer it), speaking the typed protocol of
+//! [`wireleap_home::control`]. The supervision loop polls it without blocking; a request that
+//! needs time (an upgrade) keeps its connection until the reply.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -16,12 +9,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use wireleap_home::control::MAX_REQUEST;
+pub use wireleap_home::control::{Reply, Request, State, call};
 
 /// The socket's file name in the home directory.
 pub use wireleap_home::files::CONTROL_SOCKET as SOCKET;
-/// Largest request line accepted.
-const MAX_REQUEST: u64 = 4096;
 
 /// The listening control socket.
 #[derive(Debug)]
@@ -30,11 +22,9 @@ pub struct Control {
     path: PathBuf,
 }
 
-/// A request and the connection its reply goes to.
+/// A request's connection, waiting for its reply.
 #[derive(Debug)]
-pub struct Request {
-    /// The parsed request.
-    pub body: Value,
+pub struct Pending {
     conn: UnixStream,
 }
 
@@ -56,24 +46,23 @@ impl Control {
         Ok(Self { listener, path })
     }
 
-    /// A waiting request, if any. Malformed requests are answered and dropped here.
-    pub fn poll(&self) -> Option<Request> {
+    /// A waiting request, if any. A request that is not one (malformed, unknown, of a newer
+    /// protocol, an upgrade naming no plain version) is answered with why and dropped here.
+    pub fn poll(&self) -> Option<(Request, Pending)> {
         let (conn, _) = self.listener.accept().ok()?;
         let _ = conn.set_nonblocking(false);
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
         let mut line = String::new();
         let read = BufReader::new(std::io::Read::take(&conn, MAX_REQUEST)).read_line(&mut line);
+        let pending = Pending { conn };
         match read
-            .ok()
-            .and_then(|_| serde_json::from_str::<Value>(&line).ok())
+            .map_err(|e| e.to_string())
+            .and_then(|_| Request::parse(&line))
         {
-            Some(body) => Some(Request { body, conn }),
-            None => {
-                let mut conn = conn;
-                let _ = writeln!(
-                    conn,
-                    r#"{{"ok":false,"error":"expected one JSON object per line"}}"#
-                );
+            Ok(request) => Some((request, pending)),
+            Err(why) => {
+                crate::run::log(&format!("control request refused: {why}"));
+                pending.reply(&Reply::error(why));
                 None
             }
         }
@@ -86,27 +75,9 @@ impl Drop for Control {
     }
 }
 
-impl Request {
-    /// The `cmd` field.
-    pub fn cmd(&self) -> &str {
-        self.body.get("cmd").and_then(Value::as_str).unwrap_or("")
-    }
-
+impl Pending {
     /// Sends the reply and closes the connection.
-    pub fn reply(mut self, reply: &Value) {
-        let _ = writeln!(self.conn, "{reply}");
+    pub fn reply(mut self, reply: &Reply) {
+        let _ = writeln!(self.conn, "{}", reply.to_line());
     }
-}
-
-/// Client side: sends `request` to the supervisor of `home` and waits up to `wait` for the reply.
-///
-/// # Errors
-/// An I/O error (no supervisor, timeout) or an unparsable reply.
-pub fn call(home: &Path, request: &Value, wait: Duration) -> std::io::Result<Value> {
-    let mut conn = UnixStream::connect(home.join(SOCKET))?;
-    conn.set_read_timeout(Some(wait))?;
-    writeln!(conn, "{request}")?;
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(std::io::Error::other)
 }

@@ -141,17 +141,20 @@ fn main() -> ExitCode {
 
 /// `ctl status` / `ctl upgrade VERSION` / `ctl rollback`: asks the running supervisor and prints its reply.
 fn ctl_command(home: &std::path::Path, request: &Ctl) -> ExitCode {
+    use wireleap_relay_supervisor::control::Request;
     let request = match request {
-        Ctl::Status => serde_json::json!({"cmd": "status"}),
-        Ctl::Upgrade { version } => serde_json::json!({"cmd": "upgrade", "version": version}),
-        Ctl::Rollback => serde_json::json!({"cmd": "rollback"}),
+        Ctl::Status => Request::Status,
+        Ctl::Upgrade { version } => Request::Upgrade {
+            version: version.clone(),
+        },
+        Ctl::Rollback => Request::Rollback,
     };
     // An upgrade answers after the new version's start and health window.
     let wait = std::time::Duration::from_secs(600);
     match wireleap_relay_supervisor::control::call(home, &request, wait) {
         Ok(reply) => {
-            println!("{reply}");
-            if reply.get("ok").and_then(serde_json::Value::as_bool) == Some(true) {
+            println!("{}", reply.to_line());
+            if reply.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(exit::FAILURE)

@@ -21,78 +21,51 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::run::log;
+use wireleap_home::journal::{Entry, Step};
+
 use crate::upgrade::{self, journal};
 
 /// The pids of the supervisor's relay generations, rewritten whenever they change.
 pub use wireleap_home::files::CHILDREN;
 
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The version the step is about.
-    pub version: String,
-    /// The step.
-    pub step: String,
-    /// Free text; `from <version>` on the first step of a change.
-    pub detail: String,
-}
-
 /// The journal's last readable line.
 pub fn last_entry(home: &Path) -> Option<Entry> {
-    let text = std::fs::read_to_string(home.join(upgrade::JOURNAL)).ok()?;
-    text.lines().rev().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        Some(Entry {
-            version: v.get("version")?.as_str()?.to_owned(),
-            step: v.get("step")?.as_str()?.to_owned(),
-            detail: v
-                .get("detail")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-        })
-    })
+    wireleap_home::journal::last(home)
 }
 
 /// The version a change started from, as journaled by its first step (`from <version>`).
-fn started_from(home: &Path, version: &str, first_step: &str) -> Option<String> {
-    let text = std::fs::read_to_string(home.join(upgrade::JOURNAL)).ok()?;
-    text.lines().rev().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v.get("version")?.as_str()? != version || v.get("step")?.as_str()? != first_step {
-            return None;
-        }
-        v.get("detail")?
-            .as_str()?
-            .strip_prefix("from ")
-            .map(str::to_owned)
-    })
+fn started_from(home: &Path, version: &str, first_step: Step) -> Option<String> {
+    wireleap_home::journal::read(home)
+        .into_iter()
+        .rev()
+        .find(|e| e.version == version && e.step == first_step)
+        .and_then(|e| e.detail.strip_prefix("from ").map(str::to_owned))
 }
 
 /// Finishes or undoes what the journal says was in progress; returns what was done.
 pub fn journal_steps(home: &Path) -> Option<String> {
     let last = last_entry(home)?;
     let v = last.version.as_str();
-    let done = match last.step.as_str() {
-        "verified" | "migrated" | "swapped" => {
-            let from = started_from(home, v, "verified");
-            let migrated = last.step != "verified";
+    let done = match last.step {
+        Step::Verified | Step::Migrated | Step::Swapped => {
+            let from = started_from(home, v, Step::Verified);
+            let migrated = last.step != Step::Verified;
             upgrade::roll_back(home, v, from.as_deref().filter(|_| migrated), false);
-            journal(home, v, "recovered", "unfinished upgrade undone");
+            journal(home, v, Step::Recovered, "unfinished upgrade undone");
             format!("the upgrade to {v} was unfinished ({}): undone", last.step)
         }
-        "committing" => {
+        Step::Committing => {
             let version = semver::Version::parse(v).ok()?;
             match upgrade::commit(home, &version) {
                 Ok(()) => {
-                    journal(home, v, "committed", "finished after a restart");
+                    journal(home, v, Step::Committed, "finished after a restart");
                     format!("the commit of {v} was under way: finished")
                 }
                 Err(e) => format!("the commit of {v} was under way and could not be finished: {e}"),
             }
         }
-        "rollback-started" | "rollback-migrated" | "rollback-swapped" => {
-            if last.step != "rollback-started"
+        Step::RollbackStarted | Step::RollbackMigrated | Step::RollbackSwapped => {
+            if last.step != Step::RollbackStarted
                 && let Err(e) = upgrade::migrate(home, &home.join(upgrade::CURRENT), v, false)
             {
                 log(&format!(
@@ -100,12 +73,12 @@ pub fn journal_steps(home: &Path) -> Option<String> {
                 ));
             }
             let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
-            journal(home, v, "recovered", "unfinished rollback undone");
+            journal(home, v, Step::Recovered, "unfinished rollback undone");
             format!("the rollback to {v} was unfinished ({}): undone", last.step)
         }
-        "rollback-committing" => match upgrade::commit_rollback(home) {
+        Step::RollbackCommitting => match upgrade::commit_rollback(home) {
             Ok(()) => {
-                journal(home, v, "rollback-committed", "finished after a restart");
+                journal(home, v, Step::RollbackCommitted, "finished after a restart");
                 format!("the rollback to {v} was under way: finished")
             }
             Err(e) => format!("the rollback to {v} was under way and could not be finished: {e}"),
@@ -118,7 +91,9 @@ pub fn journal_steps(home: &Path) -> Option<String> {
 /// Writes the generations' pids (atomically; a failure is only logged).
 pub fn record_children(home: &Path, pids: &[u32]) {
     let text = serde_json::json!(pids).to_string();
-    if let Err(e) = relay_migrations::write_atomic(&home.join(CHILDREN), text.as_bytes(), 0o644) {
+    if let Err(e) =
+        wireleap_home::durable::write_atomic(&home.join(CHILDREN), text.as_bytes(), 0o644)
+    {
         log(&format!("could not write {CHILDREN}: {e}"));
     }
 }

@@ -11,9 +11,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
+use wireleap_home::journal::Step;
 
 use crate::budget::{Budget, Verdict};
-use crate::control::{Control, Request};
+use crate::control::{Control, Pending, Reply, Request, State};
 use crate::exit;
 use crate::notify::{self, Kind, ReadySocket};
 use crate::recover;
@@ -65,7 +66,7 @@ struct Upgrading {
     version: semver::Version,
     /// The version that ran before.
     from: semver::Version,
-    request: Request,
+    request: Pending,
     /// `None` while the new generation starts; then when it took over.
     took_over: Option<Instant>,
 }
@@ -80,7 +81,7 @@ impl Upgrading {
                     "upgrade to {v} rolled back: {why}; {v} will be skipped"
                 ));
                 upgrade::roll_back(home, &v, Some(&from), true);
-                upgrade::journal(home, &v, "rolled-back", why);
+                upgrade::journal(home, &v, Step::RolledBack, why);
             }
             Change::Rollback => {
                 log(&format!("rollback to {v} failed: {why}; {from} serves on"));
@@ -89,11 +90,11 @@ impl Upgrading {
                     log(&format!("redoing the migrations of {from}: {e}"));
                 }
                 let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
-                upgrade::journal(home, &v, "rollback-failed", why);
+                upgrade::journal(home, &v, Step::RollbackFailed, why);
             }
         }
         self.request
-            .reply(&serde_json::json!({"ok": false, "version": v, "from": from, "error": why}));
+            .reply(&Reply::error(why).versions(&v, Some(&from)));
     }
 }
 
@@ -136,9 +137,9 @@ fn take_kill() -> Option<&'static str> {
 }
 
 /// Journals a step and passes its failpoint.
-fn step(home: &Path, version: &str, name: &str, detail: &str) {
+fn step(home: &Path, version: &str, name: Step, detail: &str) {
     upgrade::journal(home, version, name, detail);
-    failpoint(name);
+    failpoint(name.as_str());
 }
 
 /// Why supervision could not start.
@@ -286,68 +287,86 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             recover::record_children(&opts.home, &pids);
             recorded = pids;
         }
-        if let Some(req) = control.poll() {
-            let cmd = req.cmd().to_owned();
+        if let Some((request, req)) = control.poll() {
             let busy = upgrading.is_some() || pending.is_some() || !current_ready;
-            match cmd.as_str() {
-                "status" => {
-                    let state = match &upgrading {
-                        Some(u) if u.change == Change::Rollback => "rolling-back",
-                        Some(_) => "upgrading",
-                        None if current_ready => "serving",
-                        None => "starting",
-                    };
-                    let last = recover::last_entry(&opts.home).map(|e| {
-                        serde_json::json!({"version": e.version, "step": e.step, "detail": e.detail})
+            match request {
+                Request::Status => {
+                    let mut reply = Reply::ok();
+                    reply.pid = Some(current.pid());
+                    reply.state = Some(match &upgrading {
+                        Some(u) if u.change == Change::Rollback => State::RollingBack,
+                        Some(_) => State::Upgrading,
+                        None if current_ready => State::Serving,
+                        None => State::Starting,
                     });
-                    req.reply(&serde_json::json!({
-                        "ok": true, "pid": current.pid(), "state": state,
-                        "version": versions.current, "prev_version": versions.prev,
-                        "draining": draining.iter().map(Generation::pid).collect::<Vec<_>>(),
-                        "highest_committed": upgrade::highest_committed(&opts.home).map(|v| v.to_string()),
-                        "skipped": upgrade::skipped(&opts.home),
-                        "last": last,
-                    }));
+                    reply.version.clone_from(&versions.current);
+                    reply.prev_version.clone_from(&versions.prev);
+                    reply.draining = draining.iter().map(Generation::pid).collect();
+                    reply.highest_committed =
+                        upgrade::highest_committed(&opts.home).map(|v| v.to_string());
+                    reply.skipped = Some(upgrade::skipped(&opts.home));
+                    reply.last = recover::last_entry(&opts.home);
+                    req.reply(&reply);
                 }
-                "upgrade" | "rollback" if busy => {
-                    req.reply(&serde_json::json!({"ok": false, "error": "busy: the relay is starting or another change is in progress"}));
+                Request::Upgrade { .. } | Request::Rollback if busy => {
+                    req.reply(&Reply::error(
+                        "busy: the relay is starting or another change is in progress",
+                    ));
                 }
-                // A request that does not name a plain version changes nothing: no staged file
-                // is touched and nothing joins the skip list.
-                "upgrade" if relay_release::parse_version(req.body.get("version").and_then(serde_json::Value::as_str).unwrap_or("")).is_err() => {
-                    log("upgrade request refused: it names no plain version");
-                    req.reply(&serde_json::json!({"ok": false, "error": "the request names no plain version (MAJOR.MINOR.PATCH[-PRE])"}));
-                }
-                "upgrade" => {
-                    let asked = req.body.get("version").and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
-                    match begin_upgrade(opts, &asked) {
-                        Err(why) => {
-                            log(&format!("upgrade to {asked:?} refused: {why}"));
-                            req.reply(&serde_json::json!({"ok": false, "version": asked, "error": why}));
-                        }
-                        Ok((version, from)) => {
-                            pause_heartbeats(&ready, &[current.pid()]);
-                            let next = start(opts, &opts.home.join(upgrade::NEXT), &listener, ready.name())?;
-                            log(&format!("upgrade to {version}: verified and migrated; new generation pid {}", next.pid()));
-                            pending = Some(next);
-                            upgrading = Some(Upgrading { change: Change::Upgrade, version, from, request: req, took_over: None });
-                        }
-                    }
-                }
-                "rollback" => match begin_rollback(opts) {
+                Request::Upgrade { version: asked } => match begin_upgrade(opts, &asked) {
                     Err(why) => {
-                        log(&format!("rollback refused: {why}"));
-                        req.reply(&serde_json::json!({"ok": false, "error": why}));
+                        log(&format!("upgrade to {asked:?} refused: {why}"));
+                        req.reply(&Reply::error(why).versions(&asked, None::<&str>));
                     }
                     Ok((version, from)) => {
                         pause_heartbeats(&ready, &[current.pid()]);
-                        let prev = start(opts, &opts.home.join(upgrade::PREV), &listener, ready.name())?;
-                        log(&format!("rollback to {version}: new generation pid {}", prev.pid()));
-                        pending = Some(prev);
-                        upgrading = Some(Upgrading { change: Change::Rollback, version, from, request: req, took_over: None });
+                        let next = start(
+                            opts,
+                            &opts.home.join(upgrade::NEXT),
+                            &listener,
+                            ready.name(),
+                        )?;
+                        log(&format!(
+                            "upgrade to {version}: verified and migrated; new generation pid {}",
+                            next.pid()
+                        ));
+                        pending = Some(next);
+                        upgrading = Some(Upgrading {
+                            change: Change::Upgrade,
+                            version,
+                            from,
+                            request: req,
+                            took_over: None,
+                        });
                     }
                 },
-                other => req.reply(&serde_json::json!({"ok": false, "error": format!("unknown command {other:?}")})),
+                Request::Rollback => match begin_rollback(opts) {
+                    Err(why) => {
+                        log(&format!("rollback refused: {why}"));
+                        req.reply(&Reply::error(why));
+                    }
+                    Ok((version, from)) => {
+                        pause_heartbeats(&ready, &[current.pid()]);
+                        let prev = start(
+                            opts,
+                            &opts.home.join(upgrade::PREV),
+                            &listener,
+                            ready.name(),
+                        )?;
+                        log(&format!(
+                            "rollback to {version}: new generation pid {}",
+                            prev.pid()
+                        ));
+                        pending = Some(prev);
+                        upgrading = Some(Upgrading {
+                            change: Change::Rollback,
+                            version,
+                            from,
+                            request: req,
+                            took_over: None,
+                        });
+                    }
+                },
             }
         }
         for sig in signals.pending() {
@@ -434,8 +453,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 if let Some(u) = upgrading.as_mut() {
                     u.took_over = Some(Instant::now());
                     let name = match u.change {
-                        Change::Upgrade => "swapped",
-                        Change::Rollback => "rollback-swapped",
+                        Change::Upgrade => Step::Swapped,
+                        Change::Rollback => Step::RollbackSwapped,
                     };
                     step(&opts.home, &u.version.to_string(), name, "");
                 }
@@ -645,7 +664,7 @@ fn begin_upgrade(
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
-            upgrade::journal(home, asked, "verify-failed", &why);
+            upgrade::journal(home, asked, Step::VerifyFailed, &why);
             upgrade::roll_back(home, asked, None, true);
             return Err(why);
         }
@@ -659,27 +678,27 @@ fn begin_upgrade(
             let why = format!(
                 "the staged binary reports version {reported}, but its signed statement is for {v}"
             );
-            upgrade::journal(home, &v, "verify-failed", &why);
+            upgrade::journal(home, &v, Step::VerifyFailed, &why);
             upgrade::roll_back(home, &v, None, true);
             return Err(why);
         }
         Err(e) => {
             let why = format!("the staged binary's version could not be read: {e}");
-            upgrade::journal(home, &v, "verify-failed", &why);
+            upgrade::journal(home, &v, Step::VerifyFailed, &why);
             upgrade::roll_back(home, &v, None, true);
             return Err(why);
         }
     }
-    step(home, &v, "verified", &format!("from {from}"));
+    step(home, &v, Step::Verified, &format!("from {from}"));
     if let Err(e) = upgrade::migrate(home, &home.join(upgrade::NEXT), &from, false) {
         let why = format!("migration failed: {e}");
         log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
         // A failed `migrate` undid its own steps.
         upgrade::roll_back(home, &v, None, true);
-        upgrade::journal(home, &v, "rolled-back", &why);
+        upgrade::journal(home, &v, Step::RolledBack, &why);
         return Err(why);
     }
-    step(home, &v, "migrated", "");
+    step(home, &v, Step::Migrated, "");
     Ok((version, running))
 }
 
@@ -695,19 +714,19 @@ fn begin_rollback(opts: &Options) -> Result<(semver::Version, semver::Version), 
     let to = relay_version(&prev)?;
     let from = relay_version(&opts.relay)?;
     let v = to.to_string();
-    step(home, &v, "rollback-started", &format!("from {from}"));
+    step(home, &v, Step::RollbackStarted, &format!("from {from}"));
     let copied = std::fs::read(home.join(upgrade::CONFIG)).and_then(|bytes| {
-        relay_migrations::write_atomic(&home.join(upgrade::CONFIG_NEXT), &bytes, 0o644)
+        wireleap_home::durable::write_atomic(&home.join(upgrade::CONFIG_NEXT), &bytes, 0o644)
     });
     let migrated = copied
         .map_err(|e| format!("could not copy config.json: {e}"))
         .and_then(|()| upgrade::migrate(home, &opts.relay, &v, true));
     if let Err(e) = migrated {
         let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
-        upgrade::journal(home, &v, "rollback-failed", &e);
+        upgrade::journal(home, &v, Step::RollbackFailed, &e);
         return Err(e);
     }
-    step(home, &v, "rollback-migrated", "");
+    step(home, &v, Step::RollbackMigrated, "");
     Ok((to, from))
 }
 
@@ -715,8 +734,8 @@ fn begin_rollback(opts: &Options) -> Result<(semver::Version, semver::Version), 
 fn finish(home: &Path, u: Upgrading) {
     let v = u.version.to_string();
     let (committing, committed, result) = match u.change {
-        Change::Upgrade => ("committing", "committed", None),
-        Change::Rollback => ("rollback-committing", "rollback-committed", Some(())),
+        Change::Upgrade => (Step::Committing, Step::Committed, None),
+        Change::Rollback => (Step::RollbackCommitting, Step::RollbackCommitted, Some(())),
     };
     step(home, &v, committing, "");
     let done = match result {
@@ -727,14 +746,13 @@ fn finish(home: &Path, u: Upgrading) {
         Ok(()) => {
             log(&format!("{committed} {v} (was {})", u.from));
             step(home, &v, committed, "");
-            u.request
-                .reply(&serde_json::json!({"ok": true, "version": v, "from": u.from.to_string()}));
+            u.request.reply(&Reply::ok().versions(&v, Some(&u.from)));
         }
         Err(e) => {
             log(&format!("{v}: {committing} failed: {e}"));
-            upgrade::journal(home, &v, "commit-failed", &e.to_string());
+            upgrade::journal(home, &v, Step::CommitFailed, &e.to_string());
             u.request
-                .reply(&serde_json::json!({"ok": false, "version": v, "error": e.to_string()}));
+                .reply(&Reply::error(e.to_string()).versions(&v, None::<&str>));
         }
     }
 }

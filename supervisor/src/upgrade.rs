@@ -14,12 +14,12 @@
 //! migrations, since only it knows them; config changes go to `config.json.next`, which the new
 //! generation reads and the old one ignores). A rollback undoes them with `migrate --down`.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use relay_release::{Expected, Product, Trust, TrustedKeys, parse_version};
 use semver::Version;
+use wireleap_home::journal::Step;
+use wireleap_home::skip::SkipList;
 
 pub use wireleap_home::files::{
     CONFIG, CONFIG_NEXT, CONFIG_PREV, CURRENT, CURRENT_STATEMENT, JOURNAL, NEXT, NEXT_STATEMENT,
@@ -81,22 +81,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// Appends one step to the journal and fsyncs it.
-pub fn journal(home: &Path, version: &str, step: &str, detail: &str) {
-    let line = serde_json::json!({
-        "time_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
-        "version": version, "step": step, "detail": detail,
-    });
-    let result = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .open(home.join(JOURNAL))
-        .and_then(|mut f| {
-            writeln!(f, "{line}")?;
-            f.sync_all()
-        });
-    if let Err(e) = result {
+/// Appends one step to the journal and fsyncs it (a failure is logged: the change goes on).
+pub fn journal(home: &Path, version: &str, step: Step, detail: &str) {
+    if let Err(e) = wireleap_home::journal::append(home, version, step, detail) {
         crate::run::log(&format!("could not write the upgrade journal: {e}"));
     }
 }
@@ -233,7 +220,7 @@ pub fn commit(home: &Path, version: &Version) -> Result<(), Error> {
     let raise = highest_committed(home).is_none_or(|h| *version > h);
     if raise {
         let state = serde_json::json!({"highest_committed": version.to_string()}).to_string();
-        relay_migrations::write_atomic(&home.join(STATE), state.as_bytes(), 0o644)
+        wireleap_home::durable::write_atomic(&home.join(STATE), state.as_bytes(), 0o644)
             .map_err(io("recording the committed version"))?;
     }
     sync_dir(home);
@@ -250,7 +237,7 @@ pub fn roll_back(home: &Path, version: &str, migrated_from: Option<&str>, skip_i
         crate::run::log(&format!(
             "undoing the migrations of {version} failed: {e}; the home directory needs a look"
         ));
-        journal(home, version, "migrate-down-failed", &e);
+        journal(home, version, Step::MigrateDownFailed, &e);
     }
     let _ = std::fs::remove_file(home.join(CONFIG_NEXT));
     let _ = std::fs::remove_file(home.join(NEXT));
@@ -287,37 +274,21 @@ pub fn commit_rollback(home: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The versions in `.skip-upgrade-version` (bare or JSON-quoted, one per line; `#` lines are
-/// comments).
+/// The versions in `.skip-upgrade-version` ([`wireleap_home::skip`]).
 pub fn skipped(home: &Path) -> Vec<String> {
-    std::fs::read_to_string(home.join(SKIP))
+    SkipList::load(home)
+        .map(|l| l.versions.iter().map(ToString::to_string).collect())
         .unwrap_or_default()
-        .lines()
-        .map(|l| l.trim().trim_matches('"').to_owned())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
 }
 
-/// Adds `version` to `.skip-upgrade-version` (one per line, spec §10 #15), once.
+/// Adds `version` to `.skip-upgrade-version` (spec §10 #15), once. Only a plain version ever goes
+/// in: anything else (a newline, a comment) could add others.
 pub fn skip(home: &Path, version: &str) {
-    // Only a plain version ever goes in: anything else (a newline, a comment) could add others.
-    if let Err(e) = parse_version(version) {
-        crate::run::log(&format!("not adding to {SKIP}: {e}"));
-        return;
-    }
-    let path = home.join(SKIP);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    if text.lines().any(|l| l.trim().trim_matches('"') == version) {
-        return;
-    }
-    let mut new = text;
-    if !new.is_empty() && !new.ends_with('\n') {
-        new.push('\n');
-    }
-    new.push_str(version);
-    new.push('\n');
-    if let Err(e) = relay_migrations::write_atomic(&path, new.as_bytes(), 0o644) {
-        crate::run::log(&format!("could not write {SKIP}: {e}"));
+    let added = parse_version(version)
+        .map_err(|e| e.to_string())
+        .and_then(|v| SkipList::add(home, &v).map_err(|e| e.to_string()));
+    if let Err(e) = added {
+        crate::run::log(&format!("not adding {version:?} to {SKIP}: {e}"));
     }
 }
 

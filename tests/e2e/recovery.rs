@@ -25,12 +25,15 @@ fn release(dir: &Path) -> (PathBuf, PathBuf) {
     publish(&dir.join("releases"), "9.0.0", &binary)
 }
 
+/// The supervisor's status reply as the JSON it sends (Null without an answer).
 fn status(home: &Path) -> serde_json::Value {
-    wireleap_relay_supervisor::control::call(
+    wireleap_home::control::call(
         home,
-        &serde_json::json!({"cmd": "status"}),
+        &wireleap_home::control::Request::Status,
         Duration::from_secs(5),
     )
+    .ok()
+    .and_then(|reply| serde_json::to_value(reply).ok())
     .unwrap_or(serde_json::Value::Null)
 }
 
@@ -74,9 +77,11 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
     let asker = {
         let home = home.clone();
         std::thread::spawn(move || {
-            wireleap_relay_supervisor::control::call(
+            wireleap_home::control::call(
                 &home,
-                &serde_json::json!({"cmd": "upgrade", "version": "9.0.0"}),
+                &wireleap_home::control::Request::Upgrade {
+                    version: "9.0.0".to_owned(),
+                },
                 Duration::from_secs(60),
             )
         })

@@ -493,14 +493,14 @@ fn heartbeat_notice_upgrades_under_load() {
     // floor keeps automatic upgrades from reinstalling 9.0.0 (DESIGN.md invariant 7).
     let load = Load::start(rt, &s.sk, &s.hop, s.target, 20);
     std::thread::sleep(Duration::from_millis(300));
-    let reply = wireleap_relay_supervisor::control::call(
+    let reply = wireleap_home::control::call(
         home.path(),
-        &serde_json::json!({"cmd": "rollback"}),
+        &wireleap_home::control::Request::Rollback,
         WAIT,
     )
     .unwrap();
-    assert_eq!(reply["ok"], true, "{reply}\n{}", s.log());
-    assert_eq!(reply["version"], "0.7.0", "{reply}");
+    assert!(reply.ok, "{reply:?}\n{}", s.log());
+    assert_eq!(reply.version.as_deref(), Some("0.7.0"), "{reply:?}");
     std::thread::sleep(Duration::from_millis(500));
     let counts = load.finish(rt);
     println!(

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use wireleap_home::files::{
-    CONTROL_SOCKET, CURRENT, JOURNAL, SKIP_VERSION as SKIP, SUPERVISOR_BIN,
-};
+use wireleap_home::files::{CONTROL_SOCKET, CURRENT, SUPERVISOR_BIN};
+use wireleap_home::journal::Step as Kind;
 
 /// The public half of the demo network's TEST-ONLY release key (releases/testdata/keys).
 const DEMO_RELEASE_KEY: &str =
@@ -168,16 +167,8 @@ pub(crate) struct Relay {
     seen: usize,
 }
 
-/// One step of the supervisor's upgrade journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Step {
-    /// The version the step is about.
-    pub(crate) version: String,
-    /// `verified`, `swapped`, `committed`, `rolled-back`, …
-    pub(crate) step: String,
-    /// Why, for failures.
-    pub(crate) detail: String,
-}
+/// One step of the supervisor's upgrade journal (its typed entry).
+pub(crate) use wireleap_home::journal::Entry as Step;
 
 impl Relay {
     /// Makes a home for `role` in `dir`: a copy of the relay binary, `wireleap-relay init`, and a
@@ -333,19 +324,7 @@ impl Relay {
 
     /// Every step journaled so far.
     pub(crate) fn journal(&self) -> Vec<Step> {
-        std::fs::read_to_string(self.home.join(JOURNAL))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|v| {
-                let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-                Step {
-                    version: field("version"),
-                    step: field("step"),
-                    detail: field("detail"),
-                }
-            })
-            .collect()
+        wireleap_home::journal::read(&self.home)
     }
 
     /// Journal steps not returned before.
@@ -357,7 +336,7 @@ impl Relay {
     }
 
     /// Whether `version` reached `step`.
-    pub(crate) fn reached(&self, version: &str, step: &str) -> bool {
+    pub(crate) fn reached(&self, version: &str, step: Kind) -> bool {
         self.journal()
             .iter()
             .any(|s| s.version == version && s.step == step)
@@ -365,12 +344,9 @@ impl Relay {
 
     /// Versions listed in `.skip-upgrade-version`.
     pub(crate) fn skipped(&self) -> Vec<String> {
-        std::fs::read_to_string(self.home.join(SKIP))
+        wireleap_home::skip::SkipList::load(&self.home)
+            .map(|l| l.versions.iter().map(ToString::to_string).collect())
             .unwrap_or_default()
-            .lines()
-            .map(|l| l.trim().trim_matches('"').to_owned())
-            .filter(|l| !l.is_empty())
-            .collect()
     }
 
     /// The version the installed binary reports (`wireleap-relay version`).

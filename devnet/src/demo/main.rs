@@ -35,6 +35,7 @@ use wireleap_protocol::PublicKey;
 use fleet::{Bins, Fleet, Relay, Step, installed_version};
 use release::Releaser;
 use traffic::{Circuit, Counts, Traffic};
+use wireleap_home::journal::Step as Kind;
 
 /// The relays, in circuit order.
 const ROLES: [&str; 3] = ["fronting", "entropic", "backing"];
@@ -362,7 +363,7 @@ fn demo(
     )?;
     let retried: Vec<&str> = relays
         .iter()
-        .filter(|r| count(&r.journal(), &broken, "verified") > 1)
+        .filter(|r| count(&r.journal(), &broken, Kind::Verified) > 1)
         .map(|r| r.role)
         .collect();
     out.say(if retried.is_empty() {
@@ -395,10 +396,10 @@ fn demo(
                 before,
                 installed: r.installed_version(),
                 reported: reported_version(net, &r.pubkey).unwrap_or_else(|| "-".to_owned()),
-                committed: versions_at(&journal, "committed"),
-                rolled_back: versions_at(&journal, "rolled-back"),
+                committed: versions_at(&journal, Kind::Committed),
+                rolled_back: versions_at(&journal, Kind::RolledBack),
                 skipped: r.skipped(),
-                retried: count(&journal, &broken, "verified") > 1,
+                retried: count(&journal, &broken, Kind::Verified) > 1,
             }
         })
         .collect();
@@ -474,13 +475,19 @@ fn follow(
                 ));
             }
             for s in r.new_steps() {
-                if s.step == "committing" {
+                if s.step == Kind::Committing {
                     continue;
                 }
                 out.say(format!("  {:<9} {}", r.role, describe(&s)));
                 if good
                     && s.version == version
-                    && (s.step == "rolled-back" || s.step.contains("fail"))
+                    && matches!(
+                        s.step,
+                        Kind::RolledBack
+                            | Kind::VerifyFailed
+                            | Kind::CommitFailed
+                            | Kind::MigrateDownFailed
+                    )
                 {
                     bail!(
                         "the {} relay did not take {version}: {} {}\n  its supervisor's log ends:\n{}",
@@ -494,10 +501,10 @@ fn follow(
             // Sticky: a draining old generation may still heartbeat with the old version.
             finished[i] = finished[i]
                 || if good {
-                    r.reached(version, "committed")
+                    r.reached(version, Kind::Committed)
                         && reported_version(net, &r.pubkey).as_deref() == Some(version)
                 } else {
-                    r.reached(version, "rolled-back")
+                    r.reached(version, Kind::RolledBack)
                         && r.skipped().iter().any(|v| v == version)
                         && r.state().as_deref() == Some("serving")
                 };
@@ -540,21 +547,21 @@ fn follow(
 }
 
 fn describe(s: &Step) -> String {
-    match s.step.as_str() {
-        "verified" => format!(
+    match s.step {
+        Kind::Verified => format!(
             "{}: downloaded, verified (signature, digest, version); starting it on the same socket",
             s.version
         ),
-        "swapped" => format!(
+        Kind::Swapped => format!(
             "{}: ready and serving new connections; the old process drains its streams",
             s.version
         ),
-        "migrated" => format!("{}: home directory migrated to it", s.version),
-        "committed" => format!(
+        Kind::Migrated => format!("{}: home directory migrated to it", s.version),
+        Kind::Committed => format!(
             "{}: committed after the {HEALTH_WINDOW:?} health window",
             s.version
         ),
-        "rolled-back" => format!(
+        Kind::RolledBack => format!(
             "{}: ROLLED BACK ({}); the old version serves",
             s.version,
             if s.detail.is_empty() {
@@ -591,14 +598,14 @@ fn heartbeats(net: &Devnet) -> usize {
         .count()
 }
 
-fn count(journal: &[Step], version: &str, step: &str) -> usize {
+fn count(journal: &[Step], version: &str, step: Kind) -> usize {
     journal
         .iter()
         .filter(|s| s.version == version && s.step == step)
         .count()
 }
 
-fn versions_at(journal: &[Step], step: &str) -> Vec<String> {
+fn versions_at(journal: &[Step], step: Kind) -> Vec<String> {
     let mut v: Vec<String> = journal
         .iter()
         .filter(|s| s.step == step)

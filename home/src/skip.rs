@@ -1,8 +1,11 @@
-//! `.skip-upgrade-version`: versions that automatic upgrades ignore (spec §3.8 with §10 #15).
+//! `.skip-upgrade-version`: versions that automatic upgrades ignore (spec §3.8 with §10 #15). The
+//! one parser and the one writer: the relay's Upgrader, its `upgrade` and `status`, the
+//! supervisor and the demo all read and write it here.
 //!
 //! One version per line, bare (`1.2.3`, as the reference's README tells operators to write it)
 //! or JSON-quoted (`"1.2.3"`, as the reference writes it). Blank lines and `#` comments are
 //! ignored. A line that is not a version is reported with its number, never silently dropped.
+//! Only a plain version is ever written, so nothing written can add a line of its own.
 
 use std::path::Path;
 
@@ -43,7 +46,7 @@ impl SkipList {
     /// # Errors
     /// An I/O error other than "not found".
     pub fn load(home: &Path) -> std::io::Result<Self> {
-        match std::fs::read_to_string(home.join(crate::home::files::SKIP_VERSION)) {
+        match std::fs::read_to_string(home.join(crate::files::SKIP_VERSION)) {
             Ok(text) => Ok(Self::parse(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e),
@@ -51,8 +54,32 @@ impl SkipList {
     }
 
     /// Whether `v` is skipped.
+    #[must_use]
     pub fn contains(&self, v: &Version) -> bool {
         self.versions.contains(v)
+    }
+
+    /// Adds `version` to the file in `home` (once; the other lines, comments included, stay).
+    ///
+    /// # Errors
+    /// An I/O error reading or writing the file.
+    pub fn add(home: &Path, version: &Version) -> std::io::Result<()> {
+        let path = home.join(crate::files::SKIP_VERSION);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        if Self::parse(&text).contains(version) {
+            return Ok(());
+        }
+        let mut new = text;
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        new.push_str(&version.to_string());
+        new.push('\n');
+        crate::durable::write_atomic(&path, new.as_bytes(), 0o644)
     }
 }
 
@@ -69,6 +96,25 @@ mod tests {
             .collect();
         assert_eq!(list.versions, want);
         assert_eq!(list.unreadable, vec![(6, "not-a-version".to_owned())]);
+    }
+
+    #[test]
+    fn add_keeps_the_other_lines_and_adds_once() {
+        let home = tempfile::tempdir().unwrap();
+        let v = Version::new(0, 9, 0);
+        SkipList::add(home.path(), &v).unwrap();
+        std::fs::write(
+            home.path().join(crate::files::SKIP_VERSION),
+            "# why: broke on arm\n\"0.9.0\"",
+        )
+        .unwrap();
+        SkipList::add(home.path(), &v).unwrap();
+        SkipList::add(home.path(), &Version::new(0, 9, 1)).unwrap();
+        let text = std::fs::read_to_string(home.path().join(crate::files::SKIP_VERSION)).unwrap();
+        assert_eq!(text, "# why: broke on arm\n\"0.9.0\"\n0.9.1\n");
+        let list = SkipList::load(home.path()).unwrap();
+        assert_eq!(list.versions, vec![v, Version::new(0, 9, 1)]);
+        assert!(list.unreadable.is_empty());
     }
 
     #[test]

@@ -1,0 +1,284 @@
+//! The supervisor's control protocol, typed: what the relay's commands, the supervisor's `ctl`
+//! and the supervisor itself send and read on `<home>/wireleap-relay-supervisor.sock` (a unix
+//! stream socket, mode 0600). One JSON object per line each way:
+//!
+//! | request | reply |
+//! | --- | --- |
+//! | `{"cmd":"status","protocol":1}` | `{"ok":true,"protocol":1,"pid":N,"state":"serving"\|"starting"\|"upgrading"\|"rolling-back","version":V,"prev_version":A,"highest_committed":H,"skipped":[..],"last":{journal entry},"draining":[pids]}` |
+//! | `{"cmd":"upgrade","version":"V","protocol":1}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}` |
+//! | `{"cmd":"rollback","protocol":1}` | when `wireleap-relay.prev` serves again (or could not): `{"ok":bool,"version":A,"from":B,"error"?}` |
+//!
+//! Versioning: a request without `protocol` is protocol 1; the supervisor refuses, with a reply
+//! that says so, a request of a protocol newer than its own. Replies only gain fields: a reader
+//! ignores the fields it does not know and takes a missing one as absent, so an older relay and a
+//! newer supervisor (or the reverse) still talk.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::files::CONTROL_SOCKET;
+use crate::journal::Entry;
+
+/// The protocol this build speaks.
+pub const PROTOCOL: u32 = 1;
+
+/// The longest request line a supervisor reads.
+pub const MAX_REQUEST: u64 = 4096;
+
+/// A request to the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Its state.
+    Status,
+    /// Verify the staged release as `version`, hand over to it, commit or roll back.
+    Upgrade {
+        /// The staged version: a plain version, checked when the request is read.
+        version: String,
+    },
+    /// Go back to `wireleap-relay.prev`.
+    Rollback,
+}
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Its relay serves and no change is in progress.
+    Serving,
+    /// Its relay is not ready yet.
+    Starting,
+    /// An upgrade is in progress.
+    Upgrading,
+    /// An operator's rollback is in progress.
+    RollingBack,
+    /// A state this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// A reply: `ok` and `error` always; the rest as the request calls for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Reply {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The protocol of the one replying.
+    pub protocol: u32,
+    /// Status: the serving relay's pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Status: what the supervisor is doing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// Status: the running version; upgrade and rollback: the version installed (or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Upgrade and rollback: the version that ran before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Status: the version of `wireleap-relay.prev`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_version: Option<String>,
+    /// Status: the highest committed version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highest_committed: Option<String>,
+    /// Status: the skipped versions (absent from an old supervisor: read the file then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Vec<String>>,
+    /// Status: the journal's last entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<Entry>,
+    /// Status: the pids of the generations draining.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<u32>,
+}
+
+// === impl State ===
+
+impl State {
+    /// The state's name on the wire and in `status`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Starting => "starting",
+            Self::Upgrading => "upgrading",
+            Self::RollingBack => "rolling-back",
+            Self::Other => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Request ===
+
+impl Request {
+    /// Reads one request line as a supervisor does: JSON, a protocol it speaks, a known command,
+    /// and for an upgrade a plain version (anything else, a newline in it say, changes nothing).
+    ///
+    /// # Errors
+    /// What is wrong, for the error reply.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("expected one JSON object per line: {e}"))?;
+        let protocol = value
+            .get("protocol")
+            .map_or(Some(1), serde_json::Value::as_u64)
+            .ok_or("\"protocol\" must be a number")?;
+        if protocol > u64::from(PROTOCOL) {
+            return Err(format!(
+                "the request speaks control protocol {protocol}; this supervisor speaks {PROTOCOL}"
+            ));
+        }
+        let request: Self = serde_json::from_value(value)
+            .map_err(|e| format!("not a request (status, upgrade, rollback): {e}"))?;
+        if let Self::Upgrade { version } = &request
+            && !is_plain_version(version)
+        {
+            return Err("the request names no plain version (MAJOR.MINOR.PATCH[-PRE])".to_owned());
+        }
+        Ok(request)
+    }
+
+    /// The request's line, with this build's protocol.
+    #[must_use]
+    pub fn to_line(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("protocol".to_owned(), PROTOCOL.into());
+        }
+        value.to_string()
+    }
+}
+
+/// A version as the release format allows it: `MAJOR.MINOR.PATCH[-PRE]`, no build metadata, no
+/// `v`, nothing around it.
+fn is_plain_version(text: &str) -> bool {
+    semver::Version::parse(text).is_ok_and(|v| v.build.is_empty() && v.to_string() == text)
+}
+
+// === impl Reply ===
+
+impl Reply {
+    /// A success with nothing more to say.
+    #[must_use]
+    pub fn ok() -> Self {
+        Self {
+            ok: true,
+            protocol: PROTOCOL,
+            ..Self::default()
+        }
+    }
+
+    /// A failure saying why.
+    #[must_use]
+    pub fn error(why: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(why.into()),
+            protocol: PROTOCOL,
+            ..Self::default()
+        }
+    }
+
+    /// The same reply naming the version of a change and the one before it.
+    #[must_use]
+    pub fn versions(mut self, version: impl ToString, from: Option<impl ToString>) -> Self {
+        self.version = Some(version.to_string());
+        self.from = from.map(|f| f.to_string());
+        self
+    }
+
+    /// The reply's line.
+    #[must_use]
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"ok":false}"#.to_owned())
+    }
+}
+
+/// Client side: sends `request` to the supervisor of `home` and waits up to `wait` for its reply.
+///
+/// # Errors
+/// An I/O error (no supervisor, a timeout) or a reply that is not one.
+pub fn call(home: &Path, request: &Request, wait: Duration) -> std::io::Result<Reply> {
+    let mut conn = UnixStream::connect(home.join(CONTROL_SOCKET))?;
+    conn.set_read_timeout(Some(wait))?;
+    writeln!(conn, "{}", request.to_line())?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_as_the_wire_says_and_bad_ones_say_why() {
+        assert_eq!(Request::parse(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            Request::parse(r#"{"cmd":"upgrade","version":"1.2.3-rc.1","protocol":1}"#),
+            Ok(Request::Upgrade {
+                version: "1.2.3-rc.1".to_owned()
+            })
+        );
+        let round = Request::Upgrade {
+            version: "0.8.0".to_owned(),
+        };
+        assert_eq!(Request::parse(&round.to_line()), Ok(round));
+        for (line, says) in [
+            ("not json", "JSON"),
+            (r#"{"cmd":"reboot"}"#, "not a request"),
+            (
+                r#"{"cmd":"upgrade","version":"9.0.0\n0.1.0"}"#,
+                "no plain version",
+            ),
+            (
+                r#"{"cmd":"upgrade","version":"v1.0.0"}"#,
+                "no plain version",
+            ),
+            (
+                r#"{"cmd":"upgrade","version":"1.0.0+build"}"#,
+                "no plain version",
+            ),
+            (r#"{"cmd":"upgrade"}"#, "not a request"),
+            (r#"{"cmd":"status","protocol":2}"#, "protocol 2"),
+        ] {
+            let err = Request::parse(line).unwrap_err();
+            assert!(err.contains(says), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn replies_ignore_unknown_fields_and_default_missing_ones() {
+        let newer =
+            r#"{"ok":true,"protocol":7,"pid":42,"state":"hibernating","from_the_future":[1]}"#;
+        let reply: Reply = serde_json::from_str(newer).unwrap();
+        assert!(reply.ok);
+        assert_eq!(reply.pid, Some(42));
+        assert_eq!(reply.state, Some(State::Other));
+        let older: Reply = serde_json::from_str(r#"{"ok":false,"error":"busy"}"#).unwrap();
+        assert_eq!(older.error.as_deref(), Some("busy"));
+        assert_eq!(older.skipped, None);
+        let line = Reply::error("no")
+            .versions("1.0.0", Some("0.9.0"))
+            .to_line();
+        assert_eq!(
+            serde_json::from_str::<Reply>(&line).unwrap(),
+            Reply::error("no").versions("1.0.0", Some("0.9.0"))
+        );
+    }
+}
