@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tracing::{error, info, warn};
-use wireleap_relay_supervisor::notify::PAUSED;
+use wireleap_home::control::PAUSED;
 
 use crate::config::{self, Config};
 use crate::directory::{self, Enrollment};

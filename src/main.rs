@@ -159,7 +159,7 @@ fn supervisor_settings(home: &Path) -> u8 {
     match config::load(&home.join(home::files::CONFIG)) {
         Ok(loaded) => {
             let s = loaded.config.supervisor;
-            let waits = wireleap_relay_supervisor::run::Waits {
+            let waits = wireleap_home::control::Waits {
                 health_window: s.health_window,
                 ready_timeout: s.ready_timeout,
             };

@@ -29,6 +29,59 @@ pub const PROTOCOL: u32 = 1;
 /// The longest request line a supervisor reads.
 pub const MAX_REQUEST: u64 = 4096;
 
+/// What a generation tells the supervisor (on the readiness socket) once its heartbeats are
+/// paused and no directory call of its own is in flight.
+pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
+
+/// The waits config.json sets (its `supervisor` section), as the relay reads them and tells the
+/// supervisor (`wireleap-relay supervisor-settings`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// `supervisor.health_window`.
+    pub health_window: Option<Duration>,
+    /// `supervisor.ready_timeout`.
+    pub ready_timeout: Option<Duration>,
+}
+
+impl Waits {
+    /// Each wait with its key in the `supervisor-settings` reply (seconds) and in config.json.
+    #[must_use]
+    pub fn entries(&self) -> [(&'static str, &'static str, Option<Duration>); 2] {
+        [
+            ("health_window_secs", "health_window", self.health_window),
+            ("ready_timeout_secs", "ready_timeout", self.ready_timeout),
+        ]
+    }
+
+    /// What `wireleap-relay supervisor-settings` prints: one JSON object with only the waits
+    /// that are set.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        let out: serde_json::Map<String, serde_json::Value> = self
+            .entries()
+            .into_iter()
+            .filter_map(|(json, _, d)| Some((json.to_owned(), d?.as_secs_f64().into())))
+            .collect();
+        serde_json::Value::Object(out).to_string()
+    }
+
+    /// Reads [`Waits::to_json`]'s output; what is missing or malformed stays unset.
+    #[must_use]
+    pub fn from_json(bytes: &[u8]) -> Self {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let [health, ready] = Self::default().entries().map(|(json, _, _)| {
+            value
+                .get(json)
+                .and_then(serde_json::Value::as_f64)
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        });
+        Self {
+            health_window: health,
+            ready_timeout: ready,
+        }
+    }
+}
+
 /// A request to the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]

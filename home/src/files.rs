@@ -62,3 +62,32 @@ pub const CONTROL_SOCKET: &str = "wireleap-relay-supervisor.sock";
 pub const READY_SOCKET: &str = "wireleap-relay-supervisor.ready";
 /// The home's lock (see [`crate::instance`]).
 pub const LOCK: &str = "wireleap-relay.lock";
+
+/// Upgrades and rollbacks replace `<home>/wireleap-relay`. When the relay runs from another file
+/// (`--relay`, or `WIRELEAP_RELAY_HOME` away from the binary), a commit would never reach the
+/// binary that runs, so both are refused, with this reason. A generation running as
+/// `wireleap-relay.next` or `.prev` (until a commit renames it) is in its home.
+///
+/// # Errors
+/// The reason, naming both files.
+pub fn runs_from_home(home: &std::path::Path, relay: &std::path::Path) -> Result<(), String> {
+    let installed = home.join(CURRENT);
+    let relay_dir = std::fs::canonicalize(relay)
+        .ok()
+        .and_then(|p| Some((p.parent()?.to_path_buf(), p.file_name()?.to_owned())));
+    match (relay_dir, std::fs::canonicalize(home)) {
+        (Some((dir, name)), Ok(home))
+            if dir == home
+                && [CURRENT, NEXT, PREV]
+                    .map(std::ffi::OsStr::new)
+                    .contains(&name.as_os_str()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "upgrades replace {}, but the relay runs from {}: put the relay binary in its home directory (and unset WIRELEAP_RELAY_HOME or --relay) to upgrade",
+            installed.display(),
+            relay.display()
+        )),
+    }
+}

@@ -7,7 +7,9 @@
 //! | [`durable`] | the one atomic, durable file write |
 //! | [`files`] | the names of the shared files, sockets and environment variables |
 //! | [`journal`] | the upgrade journal: typed steps and entries, append and read |
+//! | [`migrate`] | running a binary's own migrations, bounded, its process group killed on a timeout |
 //! | [`skip`] | `.skip-upgrade-version`: its one parser and its one writer |
+//! | [`state`] | the highest committed version (`upgrade-state.json`) |
 //! | [`value`] | `config.json`'s value formats: Go-style durations and data sizes (also the supervisor's flags) |
 //! | [`instance`] | the home's lock: one supervisor, or one relay without one |
 
@@ -16,5 +18,7 @@ pub mod durable;
 pub mod files;
 pub mod instance;
 pub mod journal;
+pub mod migrate;
 pub mod skip;
+pub mod state;
 pub mod value;

@@ -26,9 +26,10 @@ use std::time::SystemTime;
 use crate::Error;
 use crate::durable;
 use crate::keys::{TrustedKeys, describe_key, test_only_key};
+use crate::layout::Product;
 use crate::manifest::format_time;
 use crate::root::{ROOT_SUFFIX, Role, Root};
-use crate::verify::ExpiryCheck;
+use crate::verify::{Expected, ExpiryCheck};
 
 /// The trust folder in the home directory.
 pub const TRUST_DIR: &str = "trusted-keys";
@@ -451,6 +452,29 @@ impl Trust {
         durable::write_file(&path, bytes, 0o644)?;
         Ok(path)
     }
+}
+
+/// What a release of `version` is checked against on this host, by the relay's Upgrader, its
+/// `upgrade` command and the supervisor alike: the release keys of `trust`, and the expectations
+/// for the host's target with the floor (above `running` and the highest committed version of
+/// `home`).
+///
+/// # Errors
+/// [`Error::RootExpired`]; an unusable host target.
+pub fn release_check(
+    trust: &Trust,
+    home: &Path,
+    version: &semver::Version,
+    running: &semver::Version,
+) -> Result<(TrustedKeys, Expected), Error> {
+    let expected = Expected::for_host(
+        Product::relay(),
+        version.clone(),
+        running.clone(),
+        wireleap_home::state::highest_committed(home),
+    )?;
+    let keys = trust.release_keys(expected.expiry)?;
+    Ok((keys, expected))
 }
 
 /// The root embedded at build time, verified; it may not trust a public test key.

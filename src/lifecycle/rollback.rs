@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wireleap_home::control::{self as ctl, Request};
-use wireleap_relay_supervisor::upgrade as sv;
+use wireleap_home::files as sv;
 
 use super::control;
 use super::pidfile::{self, State};
@@ -109,7 +109,14 @@ pub fn offline(home: &Path) -> Result<(), Error> {
     // The running binary undoes its own migrations (the ledger schema; the config comes back
     // from config.json.prev below). A failed `migrate` undid its steps: nothing changed.
     if let Some(to) = &to {
-        sv::migrate(home, &current, to, true).map_err(|e| Error::Io {
+        wireleap_home::migrate::run(
+            home,
+            &current,
+            to,
+            true,
+            wireleap_home::migrate::MIGRATE_TIMEOUT,
+        )
+        .map_err(|e| Error::Io {
             what: format!("could not undo the migrations down to {to}"),
             source: std::io::Error::other(e),
         })?;
@@ -164,13 +171,15 @@ pub fn offline(home: &Path) -> Result<(), Error> {
     if let Ok(dir) = std::fs::File::open(home) {
         let _ = dir.sync_all();
     }
-    if let Some(to) = &to {
-        sv::journal(
+    if let Some(to) = &to
+        && let Err(e) = wireleap_home::journal::append(
             home,
             to,
             wireleap_home::journal::Step::RollbackCommitted,
             &format!("offline, from {}", from.as_deref().unwrap_or("unknown")),
-        );
+        )
+    {
+        eprintln!("warning: could not write the upgrade journal: {e}");
     }
     if was_running {
         control::start(home, &current)?;

@@ -25,7 +25,7 @@ use relay_release::fetch::{Destination, Fetcher, Limits, Progress};
 use relay_release::{Layout, Product, Trust, parse_version};
 use semver::Version;
 use wireleap_home::control::{self as ctl, Request, State as Doing};
-use wireleap_relay_supervisor::upgrade as sv;
+use wireleap_home::files::{NEXT, NEXT_STATEMENT};
 
 use super::supervised::{self, SUPERVISOR_BIN};
 use crate::config::{self, Config};
@@ -226,7 +226,7 @@ pub fn upgrade(
         println!("Followed the release root's rotation to version {version}.");
     }
     let (keys, expected) =
-        sv::release_check_with(&trust, home, &target, &current).map_err(keys_error)?;
+        relay_release::trust::release_check(&trust, home, &target, &current).map_err(keys_error)?;
 
     // Verified before anything is shown or asked: a release that will not install is said now.
     let statement = rt
@@ -271,8 +271,8 @@ pub fn upgrade(
     }
 
     let dest = Destination {
-        binary: home.join(sv::NEXT),
-        statement: home.join(sv::NEXT_STATEMENT),
+        binary: home.join(NEXT),
+        statement: home.join(NEXT_STATEMENT),
     };
     let mut bar = Bar::new(format!("Downloading {}", statement.asset));
     let staged = rt.block_on(fetcher.stage_release(&keys, &expected, &dest, |p| bar.draw(p)));
@@ -280,7 +280,7 @@ pub fn upgrade(
     staged.map_err(release)?;
     println!(
         "Staged {target} as {}; {SUPERVISOR_BIN} verifies it again, starts it beside the running relay, and commits it after its health window...",
-        sv::NEXT
+        NEXT
     );
     let request = Request::Upgrade {
         version: target.to_string(),

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::job::{self, Outcome};
 use super::policy::{Decision, decide};
 use wireleap_home::skip::SkipList;
-use wireleap_relay_supervisor::upgrade::highest_committed;
+use wireleap_home::state::highest_committed;
 
 /// Receives upgrade notices and decides on them.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use relay_release::{Layout, Trust};
 use semver::Version;
 use tracing::{info, warn};
 use wireleap_home::control::{self, Request};
-use wireleap_relay_supervisor::upgrade as sv;
+use wireleap_home::files::{NEXT, NEXT_STATEMENT, runs_from_home};
 
 /// How long the supervisor may take to answer an upgrade request: its readiness timeout, the
 /// health window and the drain all fit in this.
@@ -90,7 +90,7 @@ pub async fn run(
     };
     // Not worth a download: the supervisor would refuse it.
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the relay's own path: {e}"));
-    if let Err(why) = exe.and_then(|exe| sv::runs_from_home(&home, &exe)) {
+    if let Err(why) = exe.and_then(|exe| runs_from_home(&home, &exe)) {
         return fail(why, false);
     }
     // Newer roots first: a rotation may add or remove the keys this release needs. A root the
@@ -129,10 +129,10 @@ async fn stage(
     version: &Version,
 ) -> Result<(), relay_release::Error> {
     let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
-    let (keys, expected) = sv::release_check_with(trust, home, version, running)?;
+    let (keys, expected) = relay_release::trust::release_check(trust, home, version, running)?;
     let dest = Destination {
-        binary: home.join(sv::NEXT),
-        statement: home.join(sv::NEXT_STATEMENT),
+        binary: home.join(NEXT),
+        statement: home.join(NEXT_STATEMENT),
     };
     let mut last_tenth = 0;
     let staged = fetcher
@@ -148,7 +148,7 @@ async fn stage(
         version = %version,
         signers = %staged.verified.signers.join(","),
         "release verified and staged as {}",
-        sv::NEXT
+        NEXT
     );
     match fetcher.fetch_changelog(&staged.verified).await {
         Ok(text) => {
@@ -175,8 +175,8 @@ async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            let _ = std::fs::remove_file(home.join(sv::NEXT));
-            let _ = std::fs::remove_file(home.join(sv::NEXT_STATEMENT));
+            let _ = std::fs::remove_file(home.join(NEXT));
+            let _ = std::fs::remove_file(home.join(NEXT_STATEMENT));
             return Outcome::Unsupervised(version);
         }
         Ok(Err(e)) => {

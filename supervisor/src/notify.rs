@@ -108,8 +108,7 @@ impl ReadySocket {
 /// The readiness socket in the home directory.
 pub use wireleap_home::files::READY_SOCKET;
 
-/// What a generation says once its heartbeats are paused and no directory call is in flight.
-pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
+pub use wireleap_home::control::PAUSED;
 
 /// A datagram from a relay generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

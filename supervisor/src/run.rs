@@ -773,50 +773,7 @@ fn start(
     })
 }
 
-/// The waits config.json sets (its `supervisor` section), as the relay reads them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Waits {
-    /// `supervisor.health_window`.
-    pub health_window: Option<Duration>,
-    /// `supervisor.ready_timeout`.
-    pub ready_timeout: Option<Duration>,
-}
-
-impl Waits {
-    /// Each wait with its key in the `supervisor-settings` reply (seconds) and in config.json.
-    fn entries(&self) -> [(&'static str, &'static str, Option<Duration>); 2] {
-        [
-            ("health_window_secs", "health_window", self.health_window),
-            ("ready_timeout_secs", "ready_timeout", self.ready_timeout),
-        ]
-    }
-
-    /// What `wireleap-relay supervisor-settings` prints: one JSON object with only the waits
-    /// that are set.
-    pub fn to_json(&self) -> String {
-        let out: serde_json::Map<String, serde_json::Value> = self
-            .entries()
-            .into_iter()
-            .filter_map(|(json, _, d)| Some((json.to_owned(), d?.as_secs_f64().into())))
-            .collect();
-        serde_json::Value::Object(out).to_string()
-    }
-
-    /// Reads [`Waits::to_json`]'s output; what is missing or malformed stays unset.
-    pub fn from_json(bytes: &[u8]) -> Self {
-        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-        let [health, ready] = Self::default().entries().map(|(json, _, _)| {
-            value
-                .get(json)
-                .and_then(serde_json::Value::as_f64)
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        });
-        Self {
-            health_window: health,
-            ready_timeout: ready,
-        }
-    }
-}
+pub use wireleap_home::control::Waits;
 
 /// Asks `relay supervisor-settings` (so config.json is parsed by the relay's own parser, with its
 /// errors). A relay too old to know the command, or a config it refuses, leaves the defaults;

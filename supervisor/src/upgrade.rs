@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use relay_release::{Expected, Product, Trust, TrustedKeys, parse_version};
+use relay_release::{Expected, Trust, TrustedKeys, parse_version};
 use semver::Version;
 use wireleap_home::journal::Step;
 use wireleap_home::skip::SkipList;
@@ -25,37 +25,9 @@ pub use wireleap_home::files::{
     CONFIG, CONFIG_NEXT, CONFIG_PREV, CURRENT, CURRENT_STATEMENT, JOURNAL, NEXT, NEXT_STATEMENT,
     PREV, PREV_STATEMENT, SKIP_VERSION as SKIP, STATE,
 };
-/// How long one `migrate` run may take.
-pub const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub use wireleap_home::migrate::MIGRATE_TIMEOUT;
 
-/// Upgrades and rollbacks replace `<home>/wireleap-relay`. When the relay runs from another file
-/// (`--relay`, or `WIRELEAP_RELAY_HOME` away from the binary), a commit would never reach the
-/// binary that runs, so both are refused, with this reason. A generation running as
-/// `wireleap-relay.next` or `.prev` (until a commit renames it) is in its home.
-///
-/// # Errors
-/// The reason, naming both files.
-pub fn runs_from_home(home: &Path, relay: &Path) -> Result<(), String> {
-    let installed = home.join(CURRENT);
-    let relay_dir = std::fs::canonicalize(relay)
-        .ok()
-        .and_then(|p| Some((p.parent()?.to_path_buf(), p.file_name()?.to_owned())));
-    match (relay_dir, std::fs::canonicalize(home)) {
-        (Some((dir, name)), Ok(home))
-            if dir == home
-                && [CURRENT, NEXT, PREV]
-                    .map(std::ffi::OsStr::new)
-                    .contains(&name.as_os_str()) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "upgrades replace {}, but the relay runs from {}: put the relay binary in its home directory (and unset WIRELEAP_RELAY_HOME or --relay) to upgrade",
-            installed.display(),
-            relay.display()
-        )),
-    }
-}
+pub use wireleap_home::files::runs_from_home;
 
 /// Why an upgrade did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +60,7 @@ pub fn journal(home: &Path, version: &str, step: Step, detail: &str) {
     }
 }
 
-/// The highest committed version, if any.
-pub fn highest_committed(home: &Path) -> Option<Version> {
-    let text = std::fs::read_to_string(home.join(STATE)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Version::parse(v.get("highest_committed")?.as_str()?).ok()
-}
+pub use wireleap_home::state::highest_committed;
 
 /// What a release of `version` is checked against on this host, by the Upgrader, the `upgrade`
 /// command and step 1 alike: the release keys of the home's trust (its root, or its key files;
@@ -111,25 +78,7 @@ pub fn release_check(
     release_check_with(&Trust::load(home)?, home, version, running)
 }
 
-/// [`release_check`] with a trust already loaded (the Upgrader follows root rotations first).
-///
-/// # Errors
-/// As [`release_check`].
-pub fn release_check_with(
-    trust: &Trust,
-    home: &Path,
-    version: &Version,
-    running: &Version,
-) -> Result<(TrustedKeys, Expected), relay_release::Error> {
-    let expected = Expected::for_host(
-        Product::relay(),
-        version.clone(),
-        running.clone(),
-        highest_committed(home),
-    )?;
-    let keys = trust.release_keys(expected.expiry)?;
-    Ok((keys, expected))
-}
+pub use relay_release::trust::release_check as release_check_with;
 
 /// Step 1: verifies the staged release for `version` above `running` (and the highest committed).
 ///
@@ -148,47 +97,12 @@ pub fn verify_staged(home: &Path, version: &str, running: &Version) -> Result<Ve
 }
 
 /// Runs `<binary> migrate <version>` (up from `version`) or `migrate --down <version>` in
-/// `home`, bounded by [`MIGRATE_TIMEOUT`].
+/// `home`, bounded by [`MIGRATE_TIMEOUT`] ([`wireleap_home::migrate`]).
 ///
 /// # Errors
 /// What the command printed on stderr when it fails, exits non-zero or times out.
 pub fn migrate(home: &Path, binary: &Path, version: &str, down: bool) -> Result<(), String> {
-    let mut cmd = std::process::Command::new(binary);
-    cmd.arg("migrate");
-    if down {
-        cmd.arg("--down");
-    }
-    cmd.arg(version)
-        .current_dir(home)
-        .env(crate::run::HOME_ENV, home)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("could not run {} migrate: {e}", binary.display()))?;
-    let deadline = std::time::Instant::now() + MIGRATE_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("migrate did not finish in {MIGRATE_TIMEOUT:?}"));
-            }
-        }
-    };
-    if status.success() {
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(&mut pipe, 4096), &mut err);
-    }
-    Err(format!("migrate exited ({status}): {}", err.trim()))
+    wireleap_home::migrate::run(home, binary, version, down, MIGRATE_TIMEOUT)
 }
 
 /// Step 4, success: the durable renames and the new highest committed version. Idempotent, so
@@ -217,12 +131,8 @@ pub fn commit(home: &Path, version: &Version) -> Result<(), Error> {
         std::fs::rename(home.join(CONFIG_NEXT), home.join(CONFIG))
             .map_err(io("putting the migrated config in place"))?;
     }
-    let raise = highest_committed(home).is_none_or(|h| *version > h);
-    if raise {
-        let state = serde_json::json!({"highest_committed": version.to_string()}).to_string();
-        wireleap_home::durable::write_atomic(&home.join(STATE), state.as_bytes(), 0o644)
-            .map_err(io("recording the committed version"))?;
-    }
+    wireleap_home::state::record_committed(home, version)
+        .map_err(io("recording the committed version"))?;
     sync_dir(home);
     Ok(())
 }
