@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     let env = ProcessEnv;
-    telemetry::init(&env);
+    telemetry::init();
     let Ok(version) = version::software() else {
         eprintln!(
             "this build's version {:?} is not semver",

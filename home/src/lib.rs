@@ -7,6 +7,7 @@
 //! | [`durable`] | the one atomic, durable file write |
 //! | [`files`] | the names of the shared files, sockets and environment variables |
 //! | [`journal`] | the upgrade journal: typed steps and entries, append and read |
+//! | [`log`] | logging: timestamps and levels, a JSON option, journald priorities under systemd |
 //! | [`migrate`] | running a binary's own migrations, bounded, its process group killed on a timeout |
 //! | [`skip`] | `.skip-upgrade-version`: its one parser and its one writer |
 //! | [`state`] | the highest committed version (`upgrade-state.json`) |
@@ -18,6 +19,7 @@ pub mod durable;
 pub mod files;
 pub mod instance;
 pub mod journal;
+pub mod log;
 pub mod migrate;
 pub mod skip;
 pub mod state;

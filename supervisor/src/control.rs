@@ -61,7 +61,7 @@ impl Control {
         {
             Ok(request) => Some((request, pending)),
             Err(why) => {
-                crate::run::log(&format!("control request refused: {why}"));
+                crate::run::warn(&format!("control request refused: {why}"));
                 pending.reply(&Reply::error(why));
                 None
             }

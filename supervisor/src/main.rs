@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    wireleap_home::log::init("wireleap-relay-supervisor");
     let Cli {
         relay,
         health_window,
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
     let code = match run::run(&opts) {
         Ok(code) => code,
         Err(e) => {
-            run::log(&format!("error: {e}"));
+            tracing::error!("{e}");
             match e {
                 run::Error::Config(_) | run::Error::Address { .. } => exit::CONFIG,
                 run::Error::Io { .. } | run::Error::AlreadyRunning(_) => exit::FAILURE,

@@ -20,7 +20,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use crate::run::log;
+use crate::run::{log, warn};
 use wireleap_home::journal::{Entry, Step};
 
 use crate::upgrade::{self, journal};
@@ -94,7 +94,7 @@ pub fn record_children(home: &Path, pids: &[u32]) {
     if let Err(e) =
         wireleap_home::durable::write_atomic(&home.join(CHILDREN), text.as_bytes(), 0o644)
     {
-        log(&format!("could not write {CHILDREN}: {e}"));
+        warn(&format!("could not write {CHILDREN}: {e}"));
     }
 }
 
@@ -166,7 +166,7 @@ pub fn adopt_listener(pids: &[u32]) -> Option<(u32, OwnedFd)> {
                 return Some((pid, fd));
             }
             Ok(_) => log(&format!("pid {pid}: descriptor 3 is no longer listening")),
-            Err(e) => log(&format!("could not take the listener of pid {pid}: {e}")),
+            Err(e) => warn(&format!("could not take the listener of pid {pid}: {e}")),
         }
     }
     None

@@ -84,7 +84,7 @@ impl Upgrading {
                 upgrade::journal(home, &v, Step::RolledBack, why);
             }
             Change::Rollback => {
-                log(&format!("rollback to {v} failed: {why}; {from} serves on"));
+                warn(&format!("rollback to {v} failed: {why}; {from} serves on"));
                 // Redo what `migrate --down` undid; `config.json.next` goes.
                 if let Err(e) = upgrade::migrate(home, &home.join(upgrade::CURRENT), &v, false) {
                     log(&format!("redoing the migrations of {from}: {e}"));
@@ -128,7 +128,7 @@ fn failpoint(step: &str) {
                 *kill = Some(if victim == "old" { "old" } else { "new" });
             }
         }
-        other => log(&format!("failpoint {step}: unknown victim {other:?}")),
+        other => warn(&format!("failpoint {step}: unknown victim {other:?}")),
     }
 }
 
@@ -174,9 +174,15 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// Logs one line on stderr (the unit's journal, or the log file).
+/// Logs one line on stderr (the unit's journal, or the log file), as an info event
+/// ([`wireleap_home::log`]: timestamp and level, journald priority under systemd).
 pub fn log(message: &str) {
-    eprintln!("wireleap-relay-supervisor: {message}");
+    tracing::info!("{message}");
+}
+
+/// Logs a warning: something failed or was refused, and supervision goes on.
+pub fn warn(message: &str) {
+    tracing::warn!("{message}");
 }
 
 /// One relay process the supervisor started.
@@ -315,7 +321,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 }
                 Request::Upgrade { version: asked } => match begin_upgrade(opts, &asked) {
                     Err(why) => {
-                        log(&format!("upgrade to {asked:?} refused: {why}"));
+                        warn(&format!("upgrade to {asked:?} refused: {why}"));
                         req.reply(&Reply::error(why).versions(&asked, None::<&str>));
                     }
                     Ok((version, from)) => {
@@ -342,7 +348,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                 },
                 Request::Rollback => match begin_rollback(opts) {
                     Err(why) => {
-                        log(&format!("rollback refused: {why}"));
+                        warn(&format!("rollback refused: {why}"));
                         req.reply(&Reply::error(why));
                     }
                     Ok((version, from)) => {
@@ -749,7 +755,7 @@ fn finish(home: &Path, u: Upgrading) {
             u.request.reply(&Reply::ok().versions(&v, Some(&u.from)));
         }
         Err(e) => {
-            log(&format!("{v}: {committing} failed: {e}"));
+            warn(&format!("{v}: {committing} failed: {e}"));
             upgrade::journal(home, &v, Step::CommitFailed, &e.to_string());
             u.request
                 .reply(&Reply::error(e.to_string()).versions(&v, None::<&str>));
@@ -937,7 +943,7 @@ impl PidFile {
     fn write(home: &Path) -> Self {
         let path = home.join(PID_FILE);
         if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
-            log(&format!("could not write {}: {e}", path.display()));
+            warn(&format!("could not write {}: {e}", path.display()));
         }
         Self { path }
     }

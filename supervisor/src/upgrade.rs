@@ -56,7 +56,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// Appends one step to the journal and fsyncs it (a failure is logged: the change goes on).
 pub fn journal(home: &Path, version: &str, step: Step, detail: &str) {
     if let Err(e) = wireleap_home::journal::append(home, version, step, detail) {
-        crate::run::log(&format!("could not write the upgrade journal: {e}"));
+        crate::run::warn(&format!("could not write the upgrade journal: {e}"));
     }
 }
 
