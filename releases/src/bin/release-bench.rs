@@ -20,7 +20,7 @@ use relay_release::layout::{asset_name, statement_name};
 use relay_release::manifest::whole_seconds;
 use relay_release::{
     Expected, ExpiryCheck, FileEntry, Product, SigningKey, Statement, Target, VersionFloor,
-    parse_version, sign, verify_release_files,
+    parse_version, sign, verify, verify_release_files,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -41,10 +41,12 @@ fn main() -> anyhow::Result<()> {
     let asset_path = dir.path().join(&asset);
     write_random(&asset_path, size_mib << 20)?;
 
-    let key = SigningKey::generate("bench <bench@example.invalid>")?;
+    // The keys must be older than the statement they sign.
+    let issued = whole_seconds(SystemTime::now() - Duration::from_secs(60));
+    let created = issued - Duration::from_secs(3600);
+    let key = SigningKey::generate_at("bench <bench@example.invalid>", created)?;
     let keys = key.trusted()?;
     let version = parse_version("9.9.9")?;
-    let issued = whole_seconds(SystemTime::now() - Duration::from_secs(60));
     let entry = FileEntry::digest(&asset, std::fs::File::open(&asset_path)?, &asset_path)?;
     let statement = Statement {
         product: product.clone(),
@@ -93,6 +95,36 @@ fn main() -> anyhow::Result<()> {
     }
     ours.sort();
     theirs.sort();
+
+    // The signature check alone: one signature, then three of which two are required (a 2-of-3
+    // root's release role), on the same statement text.
+    let others = [
+        SigningKey::generate_at("bench2 <b2@example.invalid>", created)?,
+        SigningKey::generate_at("bench3 <b3@example.invalid>", created)?,
+    ];
+    let mut two_of_three = keys.clone();
+    for k in &others {
+        two_of_three = two_of_three.with_armored(&k.public_armored()?, "bench key")?;
+    }
+    let two_of_three = two_of_three.with_threshold(2);
+    let three = sign::clearsign_by(
+        &[key.clone(), others[0].clone(), others[1].clone()],
+        &statement.render(&name),
+        issued,
+    )?;
+    let one = std::fs::read(&statement_path)?;
+    let mut sig_one = Vec::new();
+    let mut sig_three = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        verify::verify_statement(&one, &keys, &expected)?;
+        sig_one.push(t.elapsed());
+        let t = Instant::now();
+        verify::verify_statement(&three, &two_of_three, &expected)?;
+        sig_three.push(t.elapsed());
+    }
+    sig_one.sort();
+    sig_three.sort();
     let median = |v: &[Duration]| v.get(v.len() / 2).copied().unwrap_or_default();
     let best = |v: &[Duration]| v.first().copied().unwrap_or_default();
     let ratio = median(&ours).as_secs_f64() / median(&theirs).as_secs_f64();
@@ -114,6 +146,17 @@ fn main() -> anyhow::Result<()> {
         out,
         "ratio (median ours / median sha512sum): {ratio:.2} (target <= 1.50); best/best: {:.2}",
         best(&ours).as_secs_f64() / best(&theirs).as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "statement, 1 signature (1 of 1):   median {:>6.2} ms",
+        ms(median(&sig_one))
+    )?;
+    writeln!(
+        out,
+        "statement, 3 signatures (2 of 3):  median {:>6.2} ms  ({:.2}x)",
+        ms(median(&sig_three)),
+        median(&sig_three).as_secs_f64() / median(&sig_one).as_secs_f64()
     )?;
     Ok(())
 }
