@@ -46,7 +46,7 @@ pub enum Error {
     /// No release key is trusted at all: a build from source with nothing installed in the
     /// home directory (SPEC step 3). Not the server's fault: the version is not skipped.
     #[error(
-        "no release key is trusted here, so the release signed by {} is refused: put the network's root in <home>/trusted-keys/roots/ or its key in <home>/trusted-keys/ (docs/releasing.md)",
+        "no release key is trusted here, so the release signed by {}, which is not trusted, is refused: put the network's root in <home>/trusted-keys/roots/ or its key in <home>/trusted-keys/ (docs/releasing.md)",
         signers_text(signers)
     )]
     NothingTrusted {

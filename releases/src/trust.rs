@@ -733,4 +733,30 @@ mod tests {
         );
         assert!(err.to_string().contains("0777"), "{err}");
     }
+
+    #[test]
+    fn a_trust_file_owned_by_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            // Only root can hand a file to another user; CI runs as root.
+            eprintln!("not root: the owner check is exercised in CI");
+            return;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(TRUST_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let key = dir.join("k.pub");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/test-only-project.pub"),
+            &key,
+        )
+        .unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        nix::unistd::chown(&key, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = Trust::load(home.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsafeTrustFile { path, reason } if *path == key && reason.contains("uid 65534")),
+            "{err:?}"
+        );
+    }
 }

@@ -784,6 +784,8 @@ fn root_command(command: RootCommand) -> anyhow::Result<()> {
             let now = SystemTime::now();
             let bytes = read(&file)?;
             let root = Root::verify_anchor(&bytes, now)?;
+            // An expired root would refuse every release on every relay that follows it.
+            root.check_expiry(now)?;
             let dir = ReleaseDir::new(tree);
             if root.version() > 1 {
                 let prev_path = dir.root_path(root.version() - 1);
