@@ -6,7 +6,7 @@
 //!
 //! | last step | meaning | recovery |
 //! | --- | --- | --- |
-//! | `verified`, `migrated`, `swapped` | an upgrade before its health window passed | undo it: migrations down, staged files removed (the version is not skipped: it did not fail) |
+//! | `verified`, `migrated`, `swapped` | an upgrade before its health window passed | undo it: migrations down, staged files removed, and the version skipped: a version during whose change the supervisor died (a migration that hung until systemd restarted it, say) must not run again in a loop; the operator can still install it by hand |
 //! | `committing` | the health window passed, the renames were under way | finish the commit |
 //! | `rollback-started`, `rollback-migrated`, `rollback-swapped` | an operator's rollback before its commit | undo it: migrations up again, `config.json.next` removed |
 //! | `rollback-committing` | the rollback's renames were under way | finish them |
@@ -50,9 +50,17 @@ pub fn journal_steps(home: &Path) -> Option<String> {
         Step::Verified | Step::Migrated | Step::Swapped => {
             let from = started_from(home, v, Step::Verified);
             let migrated = last.step != Step::Verified;
-            upgrade::roll_back(home, v, from.as_deref().filter(|_| migrated), false);
-            journal(home, v, Step::Recovered, "unfinished upgrade undone");
-            format!("the upgrade to {v} was unfinished ({}): undone", last.step)
+            upgrade::roll_back(home, v, from.as_deref().filter(|_| migrated), true);
+            journal(
+                home,
+                v,
+                Step::Recovered,
+                "unfinished upgrade undone and skipped",
+            );
+            format!(
+                "the upgrade to {v} was unfinished ({}): undone, and {v} is skipped",
+                last.step
+            )
         }
         Step::Committing => {
             let version = semver::Version::parse(v).ok()?;
