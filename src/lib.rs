@@ -9,7 +9,8 @@
 //! | [`home`] | the home directory and the environment |
 //! | [`config`] | `config.json`: parsing, validation, the typed [`config::Config`] |
 //! | [`identity`] | `key.seed`, `key.pub` and the TLS certificate |
-//! | [`lifecycle`] | pid file, readiness, control commands, signals, shutdown order |
+//! | [`lifecycle`] | the daemon's pid file, readiness, signals, shutdown phases |
+//! | [`operator`] | the commands that act on a relay: start, stop, status, reload, upgrade, rollback |
 //! | [`daemon`] | `start --fg`: startup, the actor system, shutdown |
 //! | [`transport`] | actor: TLS 1.3 + HTTP/2 listener, connection tasks, drain |
 //! | [`directory`] | actor: enrollment and heartbeat per contract |
@@ -37,6 +38,7 @@ pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
 pub mod migrate;
+pub mod operator;
 pub mod restapi;
 pub mod status;
 pub mod telemetry;

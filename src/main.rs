@@ -7,7 +7,7 @@ use clap::Parser as _;
 use wireleap_relay::cli::{self, Cli, Command};
 use wireleap_relay::home::{self, ProcessEnv};
 use wireleap_relay::identity::Identity;
-use wireleap_relay::lifecycle::{control, rollback, supervised, upgrade};
+use wireleap_relay::operator::{control, rollback, supervised, upgrade};
 use wireleap_relay::{config, daemon, exit, ledger, telemetry, version};
 
 fn main() -> ExitCode {

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::notify::{self, Event};
-use super::pidfile::{self, State};
 use super::supervised;
 use crate::home::files;
+use crate::lifecycle::notify::{self, Event};
+use crate::lifecycle::pidfile::{self, State};
 
 /// How long `start` waits for the daemon to report ready before giving up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);

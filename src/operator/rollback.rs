@@ -17,12 +17,11 @@ use wireleap_home::control::{self as ctl, Request};
 use wireleap_home::files as sv;
 
 use super::control;
-use super::pidfile::{self, State};
 use super::supervised::{self, SUPERVISOR_BIN};
 use crate::home::files;
+use crate::lifecycle::pidfile::{self, State};
 
-/// How long the supervisor may take: the previous version's start, the handover and the drain.
-const SUPERVISOR_WAIT: Duration = Duration::from_secs(30 * 60);
+use crate::upgrader::handover::SUPERVISOR_WAIT;
 /// How long `<binary> version` may take.
 const VERSION_WAIT: Duration = Duration::from_secs(5);
 /// Files an offline rollback removes: a half-done upgrade's staged release and migrated config.

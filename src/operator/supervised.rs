@@ -18,8 +18,8 @@ use nix::sys::signal::Signal;
 use wireleap_home::control::{self as ctl, Reply, Request, State as Doing};
 
 use super::control::{Error, io_err, open_log, read_from, signal};
-use super::pidfile::{self, State};
 use crate::home::{HOME_ENV, files};
+use crate::lifecycle::pidfile::{self, State};
 use wireleap_home::skip::SkipList;
 
 /// The supervisor's binary name; `start` looks for it beside the relay's executable.

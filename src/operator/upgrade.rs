@@ -19,24 +19,21 @@
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::Duration;
 
-use relay_release::fetch::{Destination, Fetcher, Limits, Progress};
+use relay_release::fetch::{Fetcher, Limits, Progress};
 use relay_release::{Layout, Product, Trust, parse_version};
 use semver::Version;
-use wireleap_home::control::{self as ctl, Request, State as Doing};
-use wireleap_home::files::{NEXT, NEXT_STATEMENT};
+use wireleap_home::control::State as Doing;
+use wireleap_home::files::NEXT;
 
 use super::supervised::{self, SUPERVISOR_BIN};
 use crate::config::{self, Config};
 use crate::directory::client::{Client, Retry};
 use crate::home::files;
 use crate::identity::Identity;
+use crate::upgrader::handover::{Handover, destination, hand_over};
 use wireleap_home::skip::SkipList;
 
-/// How long the supervisor may take to answer: the new version's readiness timeout, the health
-/// window and the old version's drain fit in it.
-const SUPERVISOR_WAIT: Duration = Duration::from_secs(30 * 60);
 /// How many times the prompt is asked before giving up (spec §3.9 step 6).
 const ATTEMPTS: usize = 3;
 /// Width of the progress bar, in characters.
@@ -270,10 +267,7 @@ pub fn upgrade(
         }
     }
 
-    let dest = Destination {
-        binary: home.join(NEXT),
-        statement: home.join(NEXT_STATEMENT),
-    };
+    let dest = destination(home);
     let mut bar = Bar::new(format!("Downloading {}", statement.asset));
     let staged = rt.block_on(fetcher.stage_release(&keys, &expected, &dest, |p| bar.draw(p)));
     bar.finish();
@@ -282,40 +276,24 @@ pub fn upgrade(
         "Staged {target} as {}; {SUPERVISOR_BIN} verifies it again, starts it beside the running relay, and commits it after its health window...",
         NEXT
     );
-    let request = Request::Upgrade {
-        version: target.to_string(),
-    };
-    let reply = match ctl::call(home, &request, SUPERVISOR_WAIT) {
-        Ok(reply) => reply,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            // It stopped while we downloaded: leave no `.next` behind (spec §10 #8).
-            let _ = std::fs::remove_file(&dest.binary);
-            let _ = std::fs::remove_file(&dest.statement);
-            return Err(Error::NoSupervisor {
-                home: home.display().to_string(),
-            });
+    match hand_over(home, &target) {
+        Handover::Committed => {
+            println!("wireleap-relay successfully upgraded to version {target} (was {current}).");
+            println!(
+                "NOTE: The old ({current}) binary can be restored: cd {} && ./wireleap-relay rollback",
+                home.display()
+            );
+            Ok(Done::Upgraded(target))
         }
-        Err(e) => return Err(Error::NoAnswer(e)),
-    };
-    if reply.ok {
-        println!("wireleap-relay successfully upgraded to version {target} (was {current}).");
-        println!(
-            "NOTE: The old ({current}) binary can be restored: cd {} && ./wireleap-relay rollback",
-            home.display()
-        );
-        Ok(Done::Upgraded(target))
-    } else {
-        Err(Error::RolledBack {
+        Handover::Refused(why) => Err(Error::RolledBack {
             version: target.to_string(),
-            why: reply
-                .error
-                .unwrap_or_else(|| "the supervisor refused".to_owned()),
-        })
+            why,
+        }),
+        // It stopped while we downloaded: no `.next` is left behind (spec §10 #8).
+        Handover::NoSupervisor => Err(Error::NoSupervisor {
+            home: home.display().to_string(),
+        }),
+        Handover::NoAnswer(e) => Err(Error::NoAnswer(e)),
     }
 }
 

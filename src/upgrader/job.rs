@@ -12,18 +12,14 @@
 //! - the supervisor answers: its outcome (committed, or rolled back and skipped by it).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use relay_release::fetch::{Destination, Fetcher, Limits};
+use relay_release::fetch::{Fetcher, Limits};
 use relay_release::{Layout, Trust};
 use semver::Version;
 use tracing::{info, warn};
-use wireleap_home::control::{self, Request};
-use wireleap_home::files::{NEXT, NEXT_STATEMENT, runs_from_home};
+use wireleap_home::files::{NEXT, runs_from_home};
 
-/// How long the supervisor may take to answer an upgrade request: its readiness timeout, the
-/// health window and the drain all fit in this.
-const SUPERVISOR_WAIT: Duration = Duration::from_secs(30 * 60);
+use super::handover::{Handover, destination, hand_over};
 
 /// What became of one upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +126,7 @@ async fn stage(
 ) -> Result<(), relay_release::Error> {
     let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
     let (keys, expected) = relay_release::trust::release_check(trust, home, version, running)?;
-    let dest = Destination {
-        binary: home.join(NEXT),
-        statement: home.join(NEXT_STATEMENT),
-    };
+    let dest = destination(home);
     let mut last_tenth = 0;
     let staged = fetcher
         .stage_release(&keys, &expected, &dest, |p| {
@@ -161,47 +154,20 @@ async fn stage(
 }
 
 async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
-    let request = Request::Upgrade {
-        version: version.to_string(),
-    };
-    let asked = home.clone();
-    let reply =
-        tokio::task::spawn_blocking(move || control::call(&asked, &request, SUPERVISOR_WAIT)).await;
-    let reply = match reply {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            let _ = std::fs::remove_file(home.join(NEXT));
-            let _ = std::fs::remove_file(home.join(NEXT_STATEMENT));
-            return Outcome::Unsupervised(version);
-        }
-        Ok(Err(e)) => {
-            // The supervisor took the request; its answer may not reach a generation it has
-            // already replaced. Its journal has the outcome.
-            return Outcome::Failed {
-                version,
-                why: format!("no answer from the supervisor: {e}"),
-                skipped: false,
-            };
-        }
-        Err(e) => {
-            return Outcome::Failed {
-                version,
-                why: e.to_string(),
-                skipped: false,
-            };
-        }
-    };
-    if reply.ok {
-        Outcome::Committed(version)
-    } else {
-        let why = reply
-            .error
-            .unwrap_or_else(|| "the supervisor refused".to_owned());
-        Outcome::RolledBack(version, why)
+    let asked = version.clone();
+    match tokio::task::spawn_blocking(move || hand_over(&home, &asked)).await {
+        Ok(Handover::Committed) => Outcome::Committed(version),
+        Ok(Handover::Refused(why)) => Outcome::RolledBack(version, why),
+        Ok(Handover::NoSupervisor) => Outcome::Unsupervised(version),
+        Ok(Handover::NoAnswer(e)) => Outcome::Failed {
+            version,
+            why: format!("no answer from the supervisor: {e}"),
+            skipped: false,
+        },
+        Err(e) => Outcome::Failed {
+            version,
+            why: e.to_string(),
+            skipped: false,
+        },
     }
 }

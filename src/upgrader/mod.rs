@@ -8,6 +8,7 @@
 //! (heartbeat replies) and the daemon (status).
 
 mod actor;
+pub mod handover;
 pub mod job;
 pub mod policy;
 
