@@ -13,6 +13,7 @@ use std::fmt;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -33,8 +34,9 @@ pub fn init(program: &'static str) {
         builder.json().try_init()
     } else if stderr_is_the_journal() {
         builder
-            .event_format(Journald {
+            .event_format(Prefixed {
                 program,
+                priority: true,
                 inner: Format::default()
                     .without_time()
                     .with_target(false)
@@ -42,7 +44,14 @@ pub fn init(program: &'static str) {
             })
             .try_init()
     } else {
-        builder.try_init()
+        // The program's name first: the supervisor and its relays share one log file.
+        builder
+            .event_format(Prefixed {
+                program,
+                priority: false,
+                inner: Format::default().with_target(false).with_ansi(ansi),
+            })
+            .try_init()
     };
 }
 
@@ -69,16 +78,19 @@ pub fn priority(level: Level) -> u8 {
     }
 }
 
-/// Lines for journald: `<priority>program: LEVEL message fields`.
-struct Journald {
+/// Lines that start with the program's name, and for journald with the priority:
+/// `[<priority>]program: [time] LEVEL message fields`.
+struct Prefixed<T> {
     program: &'static str,
-    inner: Format<Full, ()>,
+    priority: bool,
+    inner: Format<Full, T>,
 }
 
-impl<S, N> FormatEvent<S, N> for Journald
+impl<S, N, T> FormatEvent<S, N> for Prefixed<T>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
+    T: FormatTime,
 {
     fn format_event(
         &self,
@@ -86,12 +98,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(
-            writer,
-            "<{}>{}: ",
-            priority(*event.metadata().level()),
-            self.program
-        )?;
+        if self.priority {
+            write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        }
+        write!(writer, "{}: ", self.program)?;
         self.inner.format_event(ctx, writer, event)
     }
 }
@@ -122,8 +132,9 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .event_format(Journald {
+            .event_format(Prefixed {
                 program: "wireleap-relay-supervisor",
+                priority: true,
                 inner: Format::default()
                     .without_time()
                     .with_target(false)

@@ -122,18 +122,15 @@ impl Trust {
         };
         let mut key_paths = Vec::new();
         let mut chain: Vec<(Root, PathBuf)> = Vec::new();
-        if dir.exists() {
-            check_safe(&dir)?;
+        if safe_dir(&dir)? {
             let roots_dir = dir.join(ROOTS_DIR);
             for path in list(&dir)? {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
                 if name.as_deref().is_some_and(|n| n.ends_with(KEY_SUFFIX)) {
-                    check_safe(&path)?;
                     key_paths.push(path);
                 }
             }
-            if roots_dir.exists() {
-                check_safe(&roots_dir)?;
+            if safe_dir(&roots_dir)? {
                 let mut numbered = Vec::new();
                 for path in list(&roots_dir)? {
                     let name = path
@@ -149,12 +146,17 @@ impl Trust {
                             path.display()
                         ),
                     })?;
-                    check_safe(&path)?;
                     numbered.push((version, path));
                 }
                 numbered.sort();
                 for (version, path) in numbered {
-                    let bytes = read_root(&path)?;
+                    let bytes =
+                        read_safe(&path, crate::root::MAX_ROOT_SIZE).map_err(|e| match e {
+                            Error::Trust { .. } => Error::RootTooLarge {
+                                limit: crate::root::MAX_ROOT_SIZE,
+                            },
+                            other => other,
+                        })?;
                     let root = match chain.last() {
                         None => Root::verify_anchor(&bytes, now),
                         Some((previous, _)) => previous.verify_next(&bytes, now),
@@ -227,7 +229,9 @@ impl Trust {
         } else {
             key_paths.sort();
             for path in key_paths {
-                let keys = TrustedKeys::empty().with_file(&path)?;
+                let bytes = read_safe(&path, MAX_KEY_FILE)?;
+                let keys =
+                    TrustedKeys::empty().with_armored(&bytes, &path.display().to_string())?;
                 trust.key_files.push((keys, path));
             }
         }
@@ -437,12 +441,17 @@ impl Trust {
     fn persist(&self, root: &Root) -> Result<PathBuf, Error> {
         let roots = self.roots_dir();
         for dir in [&self.dir, &roots] {
-            if !dir.exists() {
+            if !safe_dir(dir)? {
                 use std::os::unix::fs::DirBuilderExt as _;
                 std::fs::DirBuilder::new()
                     .mode(0o755)
                     .create(dir)
                     .map_err(|e| Error::io("create", dir, e))?;
+                // The new folder's entry survives a crash too.
+                if let Some(parent) = dir.parent() {
+                    wireleap_home::durable::sync_dir(parent)
+                        .map_err(|e| Error::io("fsync", parent, e))?;
+                }
             }
         }
         let path = roots.join(format!("{}{ROOT_SUFFIX}", root.version()));
@@ -492,21 +501,6 @@ fn embedded_root(embedded: &[u8], now: SystemTime) -> Result<Option<Root>, Error
     Ok(Some(root))
 }
 
-fn read_root(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(crate::root::MAX_ROOT_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    if bytes.len() as u64 > crate::root::MAX_ROOT_SIZE {
-        return Err(Error::RootTooLarge {
-            limit: crate::root::MAX_ROOT_SIZE,
-        });
-    }
-    Ok(bytes)
-}
-
 fn list(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io("read folder", dir, e))?
@@ -516,15 +510,86 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(paths)
 }
 
-/// Refuses a trust file or folder that someone other than this process's user or root may
-/// change: group- or world-writable, or owned by another user.
+/// The largest key file read (a keyring of a few keys is a few KiB).
+const MAX_KEY_FILE: u64 = 1024 * 1024;
+
+/// Whether the trust folder `dir` exists, and if so that it is safe: a real folder (not a
+/// symbolic link, whose target's folders would go unchecked), not group- or world-writable, owned
+/// by this user or root. An error other than "not found" fails closed.
 ///
 /// # Errors
 ///
-/// [`Error::UnsafeTrustFile`] with the path and the reason; [`Error::Io`].
-pub fn check_safe(path: &Path) -> Result<(), Error> {
+/// [`Error::UnsafeTrustFile`], [`Error::Io`].
+fn safe_dir(dir: &Path) -> Result<bool, Error> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", dir, e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(Error::UnsafeTrustFile {
+            path: dir.to_path_buf(),
+            reason: "it is a symbolic link: put the folder itself there".to_owned(),
+        });
+    }
+    if !meta.is_dir() {
+        return Err(Error::UnsafeTrustFile {
+            path: dir.to_path_buf(),
+            reason: "it is not a folder".to_owned(),
+        });
+    }
+    check_meta(dir, &meta)?;
+    Ok(true)
+}
+
+/// Reads a trust file safely: opened without following a symbolic link, checked on the open
+/// handle (so what is checked is what is read), at most `cap` bytes.
+///
+/// # Errors
+///
+/// [`Error::UnsafeTrustFile`] (a link, unsafe mode or owner), [`Error::Io`], [`Error::Trust`]
+/// when it is larger than `cap`.
+fn read_safe(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                Error::UnsafeTrustFile {
+                    path: path.to_path_buf(),
+                    reason: "it is a symbolic link: put the file itself there".to_owned(),
+                }
+            } else {
+                Error::io("open", path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::UnsafeTrustFile {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".to_owned(),
+        });
+    }
+    check_meta(path, &meta)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::Trust {
+            reason: format!("{} is larger than {cap} bytes", path.display()),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Refuses a trust file or folder that someone other than this process's user or root may
+/// change: group- or world-writable, or owned by another user.
+fn check_meta(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
     let mode = meta.mode() & 0o7777;
     let me = nix::unistd::geteuid().as_raw();
     let unsafe_file = |reason: String| Error::UnsafeTrustFile {
@@ -732,6 +797,36 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("0777"), "{err}");
+    }
+
+    #[test]
+    fn symbolic_links_in_the_trust_folder_are_refused_not_followed() {
+        let home = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let dir = home.path().join(TRUST_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let target = elsewhere.path().join("k.pub");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/test-only-project.pub"),
+            &target,
+        )
+        .unwrap();
+        let link = dir.join("k.pub");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = Trust::load(home.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsafeTrustFile { path, reason } if *path == link && reason.contains("symbolic link")),
+            "{err:?}"
+        );
+        std::fs::remove_file(&link).unwrap();
+        let roots = dir.join(ROOTS_DIR);
+        std::os::unix::fs::symlink(elsewhere.path(), &roots).unwrap();
+        let err = Trust::load(home.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsafeTrustFile { path, .. } if *path == roots),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -103,6 +103,13 @@ pub fn offline(home: &Path) -> Result<(), Error> {
         // Spec §3.7 step 2: the old binary must not run on.
         control::stop(home)?;
     }
+    // The home is ours while the files move: a supervisor or relay starting meanwhile (systemd's
+    // restart, say) is refused until the rollback is done.
+    let instance = wireleap_home::instance::Instance::acquire(home, "wireleap-relay rollback")
+        .map_err(|why| Error::Io {
+            what: why,
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        })?;
     let from = binary_version(&current);
     let to = binary_version(&prev);
     // The running binary undoes its own migrations (the ledger schema; the config comes back
@@ -180,6 +187,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
     {
         eprintln!("warning: could not write the upgrade journal: {e}");
     }
+    drop(instance);
     if was_running {
         control::start(home, &current)?;
     }

@@ -218,7 +218,13 @@ pub fn upgrade(
     let mut trust = Trust::load(home).map_err(keys_error)?;
     for version in rt
         .block_on(fetcher.update_root(&mut trust))
-        .map_err(keys_error)?
+        .map_err(|e| match e {
+            relay_release::Error::Key { .. }
+            | relay_release::Error::UnsafeTrustFile { .. }
+            | relay_release::Error::Trust { .. } => Error::Keys(e.to_string()),
+            // The root the server offers, not the release, is what failed.
+            other => Error::Keys(format!("release root: {other}")),
+        })?
     {
         println!("Followed the release root's rotation to version {version}.");
     }

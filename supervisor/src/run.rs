@@ -96,6 +96,31 @@ impl Upgrading {
         self.request
             .reply(&Reply::error(why).versions(&v, Some(&from)));
     }
+
+    /// The supervisor is stopping (its generations already stopped): the change is undone
+    /// without blaming the version.
+    fn interrupt(self, home: &Path) {
+        let v = self.version.to_string();
+        let from = self.from.to_string();
+        let why = "the supervisor was stopped during the change";
+        match self.change {
+            Change::Upgrade => {
+                log(&format!(
+                    "upgrade to {v} interrupted by a stop: undone, not skipped"
+                ));
+                upgrade::roll_back(home, &v, Some(&from), false);
+                upgrade::journal(
+                    home,
+                    &v,
+                    Step::Recovered,
+                    "interrupted by a stop: undone, not skipped",
+                );
+                self.request
+                    .reply(&Reply::error(why).versions(&v, Some(&from)));
+            }
+            Change::Rollback => self.fail(home, why),
+        }
+    }
 }
 
 /// The fault-injection variable of the crash-recovery tests (see [`failpoint`]).
@@ -417,6 +442,12 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
                     for pid in orphans.drain(..) {
                         forward(pid, Signal::SIGTERM);
                     }
+                    // A change a stop interrupts is undone here and journaled as such: the
+                    // version did not fail, so it is not skipped (recovery skips only a change
+                    // whose supervisor died).
+                    if let Some(u) = upgrading.take() {
+                        u.interrupt(&opts.home);
+                    }
                     let _ = std::fs::remove_file(opts.home.join(recover::CHILDREN));
                     return Ok(exit::OK);
                 }
@@ -670,8 +701,13 @@ fn begin_upgrade(
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
+            // Skipped only when the release itself is at fault (forged, stale, wrong): a local
+            // problem (trust files, an expired root, the disk) is the operator's to fix, and the
+            // version installs once it is fixed.
+            let skip = matches!(&e, upgrade::Error::Verify(e) if e.is_peer_fault())
+                || matches!(&e, upgrade::Error::Version(_));
             upgrade::journal(home, asked, Step::VerifyFailed, &why);
-            upgrade::roll_back(home, asked, None, true);
+            upgrade::roll_back(home, asked, None, skip);
             return Err(why);
         }
     };
@@ -689,9 +725,10 @@ fn begin_upgrade(
             return Err(why);
         }
         Err(e) => {
+            // Not skipped: a loaded host may be slow to answer; the next notice tries again.
             let why = format!("the staged binary's version could not be read: {e}");
             upgrade::journal(home, &v, Step::VerifyFailed, &why);
-            upgrade::roll_back(home, &v, None, true);
+            upgrade::roll_back(home, &v, None, false);
             return Err(why);
         }
     }
@@ -975,28 +1012,49 @@ fn relay_version(binary: &Path) -> Result<semver::Version, String> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("could not run {} version: {e}", binary.display()))?;
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    // The answer is read beside the wait, so that neither a full pipe nor a process that keeps
+    // the pipe open holds the loop.
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.take(4096).read_to_end(&mut out);
+            let _ = tx.send(out);
+        });
+    }
     let deadline = Instant::now() + VERSION_TIMEOUT;
+    let did_not_answer = || {
+        format!(
+            "{} version did not answer in {VERSION_TIMEOUT:?}",
+            binary.display()
+        )
+    };
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)),
-                    Signal::SIGKILL,
-                );
+                // Not reaped yet: the group is still the child's.
+                let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
                 let _ = child.wait();
-                return Err(format!(
-                    "{} version did not answer in {VERSION_TIMEOUT:?}",
-                    binary.display()
-                ));
+                return Err(did_not_answer());
             }
         }
     }
-    let mut out = Vec::new();
-    if let Some(stdout) = child.stdout.as_mut() {
-        let _ = stdout.take(4096).read_to_end(&mut out);
-    }
+    let out = match rx.recv_timeout(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100)),
+    ) {
+        Ok(out) => out,
+        Err(_) => {
+            // Something the binary left in its group holds the pipe open (so the group still
+            // exists): it goes.
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+            return Err(did_not_answer());
+        }
+    };
     let text = String::from_utf8_lossy(&out);
     semver::Version::parse(text.lines().next().unwrap_or("").trim())
         .map_err(|e| format!("{} version said {:?}: {e}", binary.display(), text.trim()))

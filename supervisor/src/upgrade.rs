@@ -75,10 +75,8 @@ pub fn release_check(
     version: &Version,
     running: &Version,
 ) -> Result<(TrustedKeys, Expected), relay_release::Error> {
-    release_check_with(&Trust::load(home)?, home, version, running)
+    relay_release::trust::release_check(&Trust::load(home)?, home, version, running)
 }
-
-pub use relay_release::trust::release_check as release_check_with;
 
 /// Step 1: verifies the staged release for `version` above `running` (and the highest committed).
 ///

@@ -142,3 +142,59 @@ fn an_upgrade_request_with_a_newline_in_its_version_changes_nothing() {
     assert_eq!(home.read("wireleap-relay.next"), "staged");
     assert_eq!(home.read("wireleap-relay.next.hash"), "staged");
 }
+
+/// A supervisor stopped (SIGTERM: `systemctl stop`, a host shutdown) in the middle of an
+/// upgrade's health window undoes the change without blaming the version: it is not skipped,
+/// and the next start finds nothing to recover.
+#[test]
+fn a_stop_during_the_health_window_undoes_the_upgrade_without_skipping_it() {
+    use crate::support::eventually;
+    use crate::support::releases::publish;
+    use crate::support::standin::Standin;
+    use crate::support::supervised::Supervised;
+    let root = tempfile::tempdir().unwrap();
+    let standin = Standin::start_with(wireleap_devnet::Config {
+        releases_root: Some(root.path().to_path_buf()),
+        ..wireleap_devnet::Config::default()
+    });
+    let extra = format!(
+        r#""release_url": "{}", "auto_upgrade": false,"#,
+        standin.net.releases_url()
+    );
+    let mut s = Supervised::start_with(standin, &extra, &["--health-window", "60"]);
+    let original = std::fs::read(s.home.file("wireleap-relay")).unwrap();
+    publish(root.path(), "9.0.0", &relay_bin());
+    let binary = s.home.file("wireleap-relay");
+    let upgrade = std::thread::spawn(move || {
+        std::process::Command::new(binary)
+            .args(["upgrade", "--yes", "9.0.0"])
+            .env_remove("WIRELEAP_RELAY_HOME")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the new generation to take over",
+        || journal_steps(&s.home, "9.0.0").contains(&"swapped".to_owned()),
+    );
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = s.wait_exit(std::time::Duration::from_secs(60));
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    let _ = upgrade.join();
+    let steps = journal_steps(&s.home, "9.0.0");
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("recovered"),
+        "{steps:?}"
+    );
+    assert!(
+        !s.home.read(".skip-upgrade-version").contains("9.0.0"),
+        "a stop is not the version's fault"
+    );
+    assert_eq!(
+        std::fs::read(s.home.file("wireleap-relay")).unwrap(),
+        original
+    );
+    assert_nothing_staged(&s.home);
+}
