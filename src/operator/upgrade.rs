@@ -208,28 +208,25 @@ pub fn upgrade(
         Limits::default(),
     )
     .map_err(release)?;
-    let keys_error = |e: relay_release::Error| match e {
+    // Trust problems are the operator's to fix; a bad root rotation is the server's, not the
+    // release's.
+    let trust_error = |e: relay_release::Error, what: &str| match e {
         relay_release::Error::Key { .. }
         | relay_release::Error::UnsafeTrustFile { .. }
         | relay_release::Error::Trust { .. } => Error::Keys(e.to_string()),
-        other => release(other),
+        other if what.is_empty() => release(other),
+        other => Error::Keys(format!("{what}: {other}")),
     };
     // Newer roots first: a rotation may add or remove the keys this release needs.
-    let mut trust = Trust::load(home).map_err(keys_error)?;
+    let mut trust = Trust::load(home).map_err(|e| trust_error(e, ""))?;
     for version in rt
         .block_on(fetcher.update_root(&mut trust))
-        .map_err(|e| match e {
-            relay_release::Error::Key { .. }
-            | relay_release::Error::UnsafeTrustFile { .. }
-            | relay_release::Error::Trust { .. } => Error::Keys(e.to_string()),
-            // The root the server offers, not the release, is what failed.
-            other => Error::Keys(format!("release root: {other}")),
-        })?
+        .map_err(|e| trust_error(e, "release root"))?
     {
         println!("Followed the release root's rotation to version {version}.");
     }
-    let (keys, expected) =
-        relay_release::trust::release_check(&trust, home, &target, &current).map_err(keys_error)?;
+    let (keys, expected) = relay_release::trust::release_check(&trust, home, &target, &current)
+        .map_err(|e| trust_error(e, ""))?;
 
     // Verified before anything is shown or asked: a release that will not install is said now.
     let statement = rt

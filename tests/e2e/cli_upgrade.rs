@@ -102,6 +102,13 @@ pub(crate) fn status_field(status: &Run, key: &str) -> String {
 /// A supervised relay at a stand-in network whose directory announces the channel versions of
 /// the release tree it returns. Automatic upgrades are off, so only the commands upgrade.
 pub(crate) fn supervised_with_releases() -> (Supervised, tempfile::TempDir) {
+    supervised_with_releases_window("2")
+}
+
+/// As [`supervised_with_releases`], with the supervisor's `--health-window`.
+pub(crate) fn supervised_with_releases_window(
+    health_window: &str,
+) -> (Supervised, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let standin = Standin::start_with(wireleap_devnet::Config {
         releases_root: Some(root.path().to_path_buf()),
@@ -111,7 +118,7 @@ pub(crate) fn supervised_with_releases() -> (Supervised, tempfile::TempDir) {
         r#""release_url": "{}", "auto_upgrade": false,"#,
         standin.net.releases_url()
     );
-    let s = Supervised::start_with(standin, &extra, &["--health-window", "2"]);
+    let s = Supervised::start_with(standin, &extra, &["--health-window", health_window]);
     (s, root)
 }
 

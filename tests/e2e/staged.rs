@@ -150,18 +150,7 @@ fn an_upgrade_request_with_a_newline_in_its_version_changes_nothing() {
 fn a_stop_during_the_health_window_undoes_the_upgrade_without_skipping_it() {
     use crate::support::eventually;
     use crate::support::releases::publish;
-    use crate::support::standin::Standin;
-    use crate::support::supervised::Supervised;
-    let root = tempfile::tempdir().unwrap();
-    let standin = Standin::start_with(wireleap_devnet::Config {
-        releases_root: Some(root.path().to_path_buf()),
-        ..wireleap_devnet::Config::default()
-    });
-    let extra = format!(
-        r#""release_url": "{}", "auto_upgrade": false,"#,
-        standin.net.releases_url()
-    );
-    let mut s = Supervised::start_with(standin, &extra, &["--health-window", "60"]);
+    let (mut s, root) = crate::cli_upgrade::supervised_with_releases_window("60");
     let original = std::fs::read(s.home.file("wireleap-relay")).unwrap();
     publish(root.path(), "9.0.0", &relay_bin());
     let binary = s.home.file("wireleap-relay");
