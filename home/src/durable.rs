@@ -11,22 +11,40 @@ use std::path::Path;
 /// # Errors
 /// Any I/O error; the temp file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomic_from(path, &mut &bytes[..], mode)
+}
+
+/// [`write_atomic`] of what `source` yields (a large file is not held in memory). The temp file
+/// is created anew (never opened through a link someone left under its name).
+///
+/// # Errors
+/// Any I/O error; the temp file is removed.
+pub fn write_atomic_from(
+    path: &Path,
+    source: &mut dyn std::io::Read,
+    mode: u32,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
+        std::io::copy(source, &mut f)?;
+        f.flush()?;
         f.sync_all()?;
+        drop(f);
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();

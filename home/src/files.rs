@@ -10,6 +10,9 @@ pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
 pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
 /// The supervisor's fault-injection hook for the crash-recovery tests.
 pub const FAILPOINT_ENV: &str = "WIRELEAP_SUPERVISOR_FAILPOINT";
+/// The installed path of the binary a supervised generation runs: the supervisor runs a
+/// verified copy of it, so the generation's own executable path says nothing about the home.
+pub const RELAY_BINARY_ENV: &str = "WIRELEAP_RELAY_BINARY";
 
 // === binaries and their signed statements ===
 
@@ -25,6 +28,9 @@ pub const CURRENT_STATEMENT: &str = "wireleap-relay.hash";
 pub const NEXT_STATEMENT: &str = "wireleap-relay.next.hash";
 /// The signed statement of [`PREV`].
 pub const PREV_STATEMENT: &str = "wireleap-relay.prev.hash";
+/// The folder where the supervisor keeps the copies of the binaries it verified and runs (each
+/// copy is opened, then its name removed: only the supervisor's descriptor reaches it).
+pub const VERIFIED_DIR: &str = "wireleap-relay-supervisor.verified";
 /// The supervisor's binary, beside the relay's.
 pub const SUPERVISOR_BIN: &str = "wireleap-relay-supervisor";
 
@@ -62,6 +68,18 @@ pub const CONTROL_SOCKET: &str = "wireleap-relay-supervisor.sock";
 pub const READY_SOCKET: &str = "wireleap-relay-supervisor.ready";
 /// The home's lock (see [`crate::instance`]).
 pub const LOCK: &str = "wireleap-relay.lock";
+
+/// The path this relay binary is installed at: what the supervisor says
+/// ([`RELAY_BINARY_ENV`]: it runs a verified copy), else the executable's own path.
+///
+/// # Errors
+/// The executable's path cannot be found.
+pub fn installed_binary() -> std::io::Result<std::path::PathBuf> {
+    match std::env::var_os(RELAY_BINARY_ENV).filter(|v| !v.is_empty()) {
+        Some(path) => Ok(path.into()),
+        None => std::env::current_exe(),
+    }
+}
 
 /// Upgrades and rollbacks replace `<home>/wireleap-relay`. When the relay runs from another file
 /// (`--relay`, or `WIRELEAP_RELAY_HOME` away from the binary), a commit would never reach the

@@ -8,7 +8,7 @@
 //! | [`files`] | the names of the shared files, sockets and environment variables |
 //! | [`journal`] | the upgrade journal: typed steps and entries, append and read |
 //! | [`log`] | logging: timestamps and levels, a JSON option, journald priorities under systemd |
-//! | [`migrate`] | running a binary's own migrations, bounded, its process group killed on a timeout |
+//! | [`migrate`] | running a binary's own migrations; any child bounded in time, its process group killed on a timeout |
 //! | [`skip`] | `.skip-upgrade-version`: its one parser and its one writer |
 //! | [`state`] | the highest committed version (`upgrade-state.json`) |
 //! | [`value`] | `config.json`'s value formats: Go-style durations and data sizes (also the supervisor's flags) |

@@ -6,13 +6,15 @@
 use std::io::Read as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::files::HOME_ENV;
 
 /// How long one `migrate` run may take.
 pub const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How much of a bounded child's output is kept.
+pub const MAX_OUTPUT: u64 = 64 * 1024;
 
 /// Runs `<binary> migrate [--down] <version>` in `home`, at most `timeout`.
 ///
@@ -25,46 +27,114 @@ pub fn run(
     down: bool,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut cmd = Command::new(binary);
+    run_with(Command::new(binary), home, version, down, timeout)
+}
+
+/// [`run`] with a command prepared by the caller (the supervisor runs a verified copy).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with(
+    mut cmd: Command,
+    home: &Path,
+    version: &str,
+    down: bool,
+    timeout: Duration,
+) -> Result<(), String> {
     cmd.arg("migrate");
     if down {
         cmd.arg("--down");
     }
-    cmd.arg(version)
-        .current_dir(home)
-        .env(HOME_ENV, home)
+    cmd.arg(version).current_dir(home).env(HOME_ENV, home);
+    let out = bounded(cmd, timeout).map_err(|e| format!("migrate {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "migrate exited ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// What a bounded child left.
+#[derive(Debug)]
+pub struct Output {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its standard output (at most [`MAX_OUTPUT`]).
+    pub stdout: Vec<u8>,
+    /// Its standard error (at most [`MAX_OUTPUT`]).
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` in a process group of its own, at most `timeout`: on the deadline the whole group
+/// is killed, so no child of a hung command outlives it. Its output is read beside the wait, so
+/// neither a full pipe nor a grandchild holding a pipe open holds the caller.
+///
+/// # Errors
+/// `could not be started: …` or `did not finish in …`.
+pub fn bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+    let mut child = cmd
         .process_group(0)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("could not run {} migrate: {e}", binary.display()))?;
+        .map_err(|e| format!("could not be started: {e}"))?;
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let reader = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(pipe) = pipe {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.take(MAX_OUTPUT).read_to_end(&mut out);
+                let _ = tx.send(out);
+            });
+        }
+        rx
+    };
+    let stdout = reader(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = reader(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + timeout;
+    let kill_group = || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             _ => {
-                if let Ok(pid) = i32::try_from(child.id()) {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                // Not reaped yet: the group is still the child's.
+                kill_group();
                 let _ = child.wait();
-                return Err(format!("migrate did not finish in {timeout:?}"));
+                return Err(format!("did not finish in {timeout:?}"));
             }
         }
     };
-    if status.success() {
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(pipe) = child.stderr.take() {
-        let _ = pipe.take(4096).read_to_string(&mut err);
-    }
-    Err(format!("migrate exited ({status}): {}", err.trim()))
+    let collect = |rx: std::sync::mpsc::Receiver<Vec<u8>>| {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match rx.recv_timeout(left) {
+            Ok(out) => Ok(out),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(Vec::new()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Something it left in its group holds the pipe open: it goes.
+                kill_group();
+                Err(format!(
+                    "did not finish in {timeout:?} (its children kept running)"
+                ))
+            }
+        }
+    };
+    let stdout = collect(stdout)?;
+    let stderr = collect(stderr)?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 #[cfg(test)]

@@ -85,7 +85,8 @@ pub async fn run(
         );
     };
     // Not worth a download: the supervisor would refuse it.
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the relay's own path: {e}"));
+    let exe = wireleap_home::files::installed_binary()
+        .map_err(|e| format!("cannot find the relay's own path: {e}"));
     if let Err(why) = exe.and_then(|exe| runs_from_home(&home, &exe)) {
         return fail(why, false);
     }

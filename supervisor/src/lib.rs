@@ -14,17 +14,29 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`exit`] | exit codes (the systemd unit uses them) |
+//! | [`machine`] | the state machine: states, events, actions, one transition function, no I/O |
+//! | [`run`] | the loop: performs the machine's actions, turns what happens into events |
+//! | [`listener`] | the listening socket (socket activation, a predecessor's, or bound) |
+//! | [`generation`] | starting generations; the bounded `version`, `check-config`, settings |
+//! | [`verified`] | private copies of the binaries: what is verified is what runs |
+//! | [`change`] | the slow steps of an upgrade or rollback, run as jobs beside the loop |
+//! | [`upgrade`] | verify a staged release, journal, migrate, commit or roll back |
+//! | [`recover`] | crash recovery from the journal; taking over a predecessor's generations |
+//! | [`failpoint`] | the fault-injection hook of the crash-recovery tests |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
 //! | [`budget`] | the crash budget and restart backoff (pure) |
 //! | [`control`] | the control socket (`status`, `upgrade`, `rollback`) |
-//! | [`upgrade`] | verify a staged release, journal, migrate, commit or roll back |
-//! | [`recover`] | crash recovery from the journal; taking over a predecessor's generations |
-//! | [`run`] | the supervision loop |
 
 pub mod budget;
+pub mod change;
 pub mod control;
 pub mod exit;
+pub mod failpoint;
+pub mod generation;
+pub mod listener;
+pub mod machine;
 pub mod notify;
 pub mod recover;
 pub mod run;
 pub mod upgrade;
+pub mod verified;

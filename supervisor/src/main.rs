@@ -109,22 +109,13 @@ fn main() -> ExitCode {
     if let Some(Command::Ctl { request }) = command {
         return ctl_command(&home, &request);
     }
-    let relay = relay.unwrap_or_else(|| home.join("wireleap-relay"));
-    // A flag wins; else config.json's `supervisor` section; else the defaults.
-    let configured = if health_window.is_none() || ready_timeout.is_none() {
-        run::configured_waits(&relay, &home)
-    } else {
-        run::Waits::default()
-    };
+    let relay = relay.unwrap_or_else(|| home.join(wireleap_home::files::CURRENT));
+    // A flag wins; else config.json's `supervisor` section; else the defaults (`run`).
     let opts = Options {
         relay,
         notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
-        health_window: health_window
-            .or(configured.health_window)
-            .unwrap_or(run::HEALTH_WINDOW),
-        ready_timeout: ready_timeout
-            .or(configured.ready_timeout)
-            .unwrap_or(run::READY_TIMEOUT),
+        health_window,
+        ready_timeout,
         home,
     };
     let code = match run::run(&opts) {
@@ -132,8 +123,10 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             match e {
-                run::Error::Config(_) | run::Error::Address { .. } => exit::CONFIG,
-                run::Error::Io { .. } | run::Error::AlreadyRunning(_) => exit::FAILURE,
+                run::Error::Config(..) | run::Error::Address { .. } => exit::CONFIG,
+                run::Error::Io { .. } | run::Error::AlreadyRunning(_) | run::Error::Binary(_) => {
+                    exit::FAILURE
+                }
             }
         }
     };

@@ -42,15 +42,37 @@ fn started_from(home: &Path, version: &str, first_step: Step) -> Option<String> 
         .and_then(|e| e.detail.strip_prefix("from ").map(str::to_owned))
 }
 
-/// Finishes or undoes what the journal says was in progress; returns what was done.
-pub fn journal_steps(home: &Path) -> Option<String> {
+/// Finishes or undoes what the journal says was in progress; returns what was done. Every
+/// binary it runs is a verified copy: the staged release's against its statement, the current
+/// one as [`crate::upgrade::installed_copy`] checks it.
+pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
     let last = last_entry(home)?;
     let v = last.version.as_str();
+    let version = semver::Version::parse(v).ok();
+    let staged = || {
+        version
+            .as_ref()
+            .ok_or_else(|| format!("{v:?} is not a version"))
+            .and_then(|version| upgrade::staged_copy(home, version))
+    };
     let done = match last.step {
         Step::Verified | Step::Migrated | Step::Swapped => {
             let from = started_from(home, v, Step::Verified);
             let migrated = last.step != Step::Verified;
-            upgrade::roll_back(home, v, from.as_deref().filter(|_| migrated), true);
+            let copy = if migrated && from.is_some() {
+                staged()
+                    .map_err(|e| {
+                        warn(&format!(
+                            "the staged release of {v} cannot run its down-migrations: {e}"
+                        ));
+                        journal(home, v, Step::MigrateDownFailed, &e);
+                    })
+                    .ok()
+            } else {
+                None
+            };
+            let undo = copy.as_ref().zip(from.as_deref());
+            upgrade::roll_back(home, v, undo, true);
             journal(
                 home,
                 v,
@@ -63,8 +85,22 @@ pub fn journal_steps(home: &Path) -> Option<String> {
             )
         }
         Step::Committing => {
-            let version = semver::Version::parse(v).ok()?;
-            match upgrade::commit(home, &version) {
+            let version = version.clone()?;
+            let copy = if home.join(upgrade::NEXT).exists() {
+                match staged() {
+                    Ok(copy) => Some(copy),
+                    Err(e) => {
+                        upgrade::roll_back(home, v, None, true);
+                        journal(home, v, Step::Recovered, &format!("not committed: {e}"));
+                        return Some(format!(
+                            "the commit of {v} was under way, but the staged release no longer verifies ({e}): undone, and {v} is skipped"
+                        ));
+                    }
+                }
+            } else {
+                None
+            };
+            match upgrade::commit(home, &version, copy.as_ref()) {
                 Ok(()) => {
                     journal(home, v, Step::Committed, "finished after a restart");
                     format!("the commit of {v} was under way: finished")
@@ -73,24 +109,60 @@ pub fn journal_steps(home: &Path) -> Option<String> {
             }
         }
         Step::RollbackStarted | Step::RollbackMigrated | Step::RollbackSwapped => {
-            if last.step != Step::RollbackStarted
-                && let Err(e) = upgrade::migrate(home, &home.join(upgrade::CURRENT), v, false)
-            {
-                log(&format!(
-                    "redoing the migrations after an unfinished rollback: {e}"
-                ));
+            if last.step != Step::RollbackStarted {
+                let redone = upgrade::installed_copy(
+                    home,
+                    relay,
+                    &home.join(upgrade::CURRENT_STATEMENT),
+                    None,
+                )
+                .and_then(|(current, _)| upgrade::migrate(home, &current, v, false));
+                if let Err(e) = redone {
+                    log(&format!(
+                        "redoing the migrations after an unfinished rollback: {e}"
+                    ));
+                }
             }
             let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
             journal(home, v, Step::Recovered, "unfinished rollback undone");
             format!("the rollback to {v} was unfinished ({}): undone", last.step)
         }
-        Step::RollbackCommitting => match upgrade::commit_rollback(home) {
-            Ok(()) => {
-                journal(home, v, Step::RollbackCommitted, "finished after a restart");
-                format!("the rollback to {v} was under way: finished")
+        Step::RollbackCommitting => {
+            let prev = home.join(upgrade::PREV);
+            let copy = if prev.exists() {
+                match upgrade::installed_copy(
+                    home,
+                    &prev,
+                    &home.join(upgrade::PREV_STATEMENT),
+                    version.as_ref(),
+                ) {
+                    Ok((copy, _)) => Some(copy),
+                    Err(e) => {
+                        journal(
+                            home,
+                            v,
+                            Step::RollbackFailed,
+                            &format!("not committed: {e}"),
+                        );
+                        let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
+                        return Some(format!(
+                            "the rollback to {v} was under way, but wireleap-relay.prev no longer verifies ({e}): not done"
+                        ));
+                    }
+                }
+            } else {
+                None
+            };
+            match upgrade::commit_rollback(home, copy.as_ref()) {
+                Ok(()) => {
+                    journal(home, v, Step::RollbackCommitted, "finished after a restart");
+                    format!("the rollback to {v} was under way: finished")
+                }
+                Err(e) => {
+                    format!("the rollback to {v} was under way and could not be finished: {e}")
+                }
             }
-            Err(e) => format!("the rollback to {v} was under way and could not be finished: {e}"),
-        },
+        }
         _ => return None,
     };
     Some(done)

@@ -1,22 +1,26 @@
 //! The upgrade steps the supervisor takes for a staged release (DESIGN.md steps 3-4), each
 //! journaled with fsync:
 //!
-//! 1. verify again, offline, with the home's release trust (the same root and files the relay
-//!    uses, `relay_release::trust`): the statement `wireleap-relay.next.hash`
-//!    and the binary `wireleap-relay.next` (it trusts nothing the relay hands it);
-//! 2. start the new binary as a generation on the inherited listener (the handover of `run`);
+//! 1. copy `wireleap-relay.next` into the supervisor's own folder ([`crate::verified`]) and
+//!    verify the copy again, offline, with the home's release trust (the same root and files the
+//!    relay uses, `relay_release::trust`) against `wireleap-relay.next.hash`; the copy must
+//!    report the signed version (it trusts nothing the relay hands it);
+//! 2. start the copy as a generation on the inherited listener (the handover of `run`);
 //! 3. watch a health window;
-//! 4. commit: `wireleap-relay` → `wireleap-relay.prev`, `wireleap-relay.next` → `wireleap-relay`,
-//!    durable renames, and raise the highest committed version; or roll back: the old binary
-//!    serves, the staged files go, the version joins `.skip-upgrade-version`.
+//! 4. commit: `wireleap-relay` → `wireleap-relay.prev`, the verified copy's bytes (and the
+//!    statement they matched) → `wireleap-relay`, durably, and raise the highest committed
+//!    version; or roll back: the old binary serves, the staged files go, the version joins
+//!    `.skip-upgrade-version`.
 //!
-//! Between steps 1 and 2 the new binary migrates the home directory (`migrate FROM`: its own
+//! Between steps 1 and 2 the new binary (its verified copy) migrates the home directory (`migrate FROM`: its own
 //! migrations, since only it knows them; config changes go to `config.json.next`, which the new
 //! generation reads and the old one ignores). A rollback undoes them with `migrate --down`.
 
 use std::path::Path;
 
 use relay_release::{Expected, Trust, TrustedKeys, parse_version};
+
+use crate::verified::Verified;
 use semver::Version;
 use wireleap_home::journal::Step;
 use wireleap_home::skip::SkipList;
@@ -78,49 +82,70 @@ pub fn release_check(
     relay_release::trust::release_check(&Trust::load(home)?, home, version, running)
 }
 
-/// Step 1: verifies the staged release for `version` above `running` (and the highest committed).
+/// Step 1: copies the staged binary and verifies the copy as the release `version` above
+/// `running` (and the highest committed).
 ///
 /// # Errors
-/// [`Error::Version`] or [`Error::Verify`] with the failing step.
-pub fn verify_staged(home: &Path, version: &str, running: &Version) -> Result<Version, Error> {
+/// [`Error::Version`], [`Error::Verify`] with the failing step, or [`Error::Io`] (the staged
+/// binary could not be copied).
+pub fn verify_staged(
+    home: &Path,
+    version: &str,
+    running: &Version,
+) -> Result<(Version, Verified), Error> {
     let version = parse_version(version).map_err(|_| Error::Version(version.to_owned()))?;
     let (keys, expected) = release_check(home, &version, running)?;
-    relay_release::verify_release_files(
-        &home.join(NEXT_STATEMENT),
-        &home.join(NEXT),
-        &keys,
-        &expected,
-    )?;
-    Ok(version)
+    let mut copy = Verified::copy(home, &home.join(NEXT)).map_err(|e| Error::Io {
+        what: "copying the staged binary".into(),
+        source: std::io::Error::other(e),
+    })?;
+    copy.check(&home.join(NEXT_STATEMENT), &keys, &expected)?;
+    Ok((version, copy))
 }
 
 /// Runs `<binary> migrate <version>` (up from `version`) or `migrate --down <version>` in
-/// `home`, bounded by [`MIGRATE_TIMEOUT`] ([`wireleap_home::migrate`]).
+/// `home`, bounded by [`MIGRATE_TIMEOUT`] ([`wireleap_home::migrate`]), from its verified copy.
 ///
 /// # Errors
 /// What the command printed on stderr when it fails, exits non-zero or times out.
-pub fn migrate(home: &Path, binary: &Path, version: &str, down: bool) -> Result<(), String> {
-    wireleap_home::migrate::run(home, binary, version, down, MIGRATE_TIMEOUT)
+pub fn migrate(home: &Path, binary: &Verified, version: &str, down: bool) -> Result<(), String> {
+    wireleap_home::migrate::run_with(
+        binary.command(Vec::new())?,
+        home,
+        version,
+        down,
+        MIGRATE_TIMEOUT,
+    )
 }
 
-/// Step 4, success: the durable renames and the new highest committed version. Idempotent, so
-/// a supervisor that died halfway finishes it on restart.
+/// Step 4, success: `wireleap-relay` becomes `.prev`, the verified copy's bytes become
+/// `wireleap-relay` (with their statement), the migrated config is put in place, and the highest
+/// committed version rises. Idempotent, so a supervisor that died halfway finishes it on restart
+/// (with `staged` `None` once `wireleap-relay.next` is gone: the binary was installed).
 ///
 /// # Errors
 /// [`Error::Io`]; the journal says how far it got.
-pub fn commit(home: &Path, version: &Version) -> Result<(), Error> {
-    let (current, prev, next) = (home.join(CURRENT), home.join(PREV), home.join(NEXT));
-    if next.exists() {
+pub fn commit(home: &Path, version: &Version, staged: Option<&Verified>) -> Result<(), Error> {
+    let current = home.join(CURRENT);
+    if let Some(staged) = staged
+        && !staged.same_as(&current)
+    {
         if current.exists() {
-            std::fs::rename(&current, &prev)
+            std::fs::rename(&current, home.join(PREV))
                 .map_err(io("keeping the old binary as wireleap-relay.prev"))?;
-            let _ = std::fs::rename(home.join(CURRENT_STATEMENT), home.join(PREV_STATEMENT));
+            if home.join(CURRENT_STATEMENT).exists() {
+                std::fs::rename(home.join(CURRENT_STATEMENT), home.join(PREV_STATEMENT))
+                    .map_err(io("keeping the old statement"))?;
+            } else {
+                remove(&home.join(PREV_STATEMENT))?;
+            }
         }
-        std::fs::rename(&next, &current).map_err(io("putting the new binary in place"))?;
+        staged
+            .install(&current, &home.join(CURRENT_STATEMENT))
+            .map_err(io("putting the new binary in place"))?;
     }
-    if home.join(NEXT_STATEMENT).exists() {
-        let _ = std::fs::rename(home.join(NEXT_STATEMENT), home.join(CURRENT_STATEMENT));
-    }
+    remove(&home.join(NEXT))?;
+    remove(&home.join(NEXT_STATEMENT))?;
     if home.join(CONFIG_NEXT).exists() {
         if home.join(CONFIG).exists() {
             std::fs::rename(home.join(CONFIG), home.join(CONFIG_PREV))
@@ -135,12 +160,21 @@ pub fn commit(home: &Path, version: &Version) -> Result<(), Error> {
     Ok(())
 }
 
-/// Step 4, failure: the migrations are undone by the new binary (if it got that far), the staged
-/// files go (no `.next` is left behind, spec §10 #8), and `skip` joins the skip list.
-pub fn roll_back(home: &Path, version: &str, migrated_from: Option<&str>, skip_it: bool) {
-    if let Some(from) = migrated_from
-        && home.join(NEXT).exists()
-        && let Err(e) = migrate(home, &home.join(NEXT), from, true)
+fn remove(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Step 4, failure: the migrations are undone by the new binary's verified copy (`undo`: the
+/// copy and the version it migrated from), the staged files go (no `.next` is left behind, spec
+/// §10 #8), and `skip` joins the skip list.
+pub fn roll_back(home: &Path, version: &str, undo: Option<(&Verified, &str)>, skip_it: bool) {
+    if let Some((binary, from)) = undo
+        && let Err(e) = migrate(home, binary, from, true)
     {
         crate::run::log(&format!(
             "undoing the migrations of {version} failed: {e}; the home directory needs a look"
@@ -156,22 +190,24 @@ pub fn roll_back(home: &Path, version: &str, migrated_from: Option<&str>, skip_i
     sync_dir(home);
 }
 
-/// The operator's rollback, committed once the previous binary serves: it replaces the current
-/// one (which is not kept), with its statement, and the down-migrated `config.json.next` becomes
-/// `config.json`. The highest committed version stays: automatic upgrades do not bring the
-/// rolled-back version back (DESIGN.md invariant 7). Idempotent.
+/// The operator's rollback, committed once the previous binary serves: the verified copy of
+/// `.prev` replaces the current binary (which is not kept), with its statement, and the
+/// down-migrated `config.json.next` becomes `config.json`. The highest committed version stays:
+/// automatic upgrades do not bring the rolled-back version back (DESIGN.md invariant 7).
+/// Idempotent (`prev` `None` once `.prev` is gone: it was installed).
 ///
 /// # Errors
 /// [`Error::Io`].
-pub fn commit_rollback(home: &Path) -> Result<(), Error> {
-    if home.join(PREV).exists() {
-        std::fs::rename(home.join(PREV), home.join(CURRENT))
-            .map_err(io("putting wireleap-relay.prev back in place"))?;
-        if home.join(PREV_STATEMENT).exists() {
-            let _ = std::fs::rename(home.join(PREV_STATEMENT), home.join(CURRENT_STATEMENT));
-        } else {
-            let _ = std::fs::remove_file(home.join(CURRENT_STATEMENT));
+pub fn commit_rollback(home: &Path, prev: Option<&Verified>) -> Result<(), Error> {
+    if let Some(prev) = prev
+        && home.join(PREV).exists()
+    {
+        if !prev.same_as(&home.join(CURRENT)) {
+            prev.install(&home.join(CURRENT), &home.join(CURRENT_STATEMENT))
+                .map_err(io("putting wireleap-relay.prev back in place"))?;
         }
+        remove(&home.join(PREV))?;
+        remove(&home.join(PREV_STATEMENT))?;
     }
     if home.join(CONFIG_NEXT).exists() {
         std::fs::rename(home.join(CONFIG_NEXT), home.join(CONFIG))
@@ -180,6 +216,60 @@ pub fn commit_rollback(home: &Path) -> Result<(), Error> {
     }
     sync_dir(home);
     Ok(())
+}
+
+/// A fresh copy of an installed binary (`wireleap-relay` or `.prev`), checked against the
+/// statement beside it if there is one (a binary installed by hand has none), that reports the
+/// version its statement signs (and `version`, when the caller knows it).
+///
+/// # Errors
+/// Why it may not run.
+pub fn installed_copy(
+    home: &Path,
+    binary: &Path,
+    statement: &Path,
+    version: Option<&Version>,
+) -> Result<(Verified, Version), String> {
+    let mut copy = Verified::copy(home, binary)?;
+    let signed = if statement.exists() {
+        let trust = Trust::load(home).map_err(|e| e.to_string())?;
+        copy.check_installed(&trust, statement).map_err(|e| {
+            format!(
+                "{} does not match its signed statement: {e}",
+                binary.display()
+            )
+        })?
+    } else {
+        None
+    };
+    let reported = crate::generation::version_of(&copy)?;
+    for want in signed.iter().chain(version) {
+        if *want != reported {
+            return Err(format!(
+                "{} reports version {reported}, not {want}",
+                binary.display()
+            ));
+        }
+    }
+    Ok((copy, reported))
+}
+
+/// A fresh verified copy of `wireleap-relay.next` as the release `version` (during recovery: no
+/// floor, no expiry; the version was checked when it was staged).
+///
+/// # Errors
+/// Why it may not run.
+pub fn staged_copy(home: &Path, version: &Version) -> Result<Verified, String> {
+    if !home.join(NEXT_STATEMENT).exists() {
+        return Err(format!("{NEXT_STATEMENT} is missing"));
+    }
+    let (copy, _) = installed_copy(
+        home,
+        &home.join(NEXT),
+        &home.join(NEXT_STATEMENT),
+        Some(version),
+    )?;
+    Ok(copy)
 }
 
 /// The versions in `.skip-upgrade-version` ([`wireleap_home::skip`]).

@@ -1,0 +1,234 @@
+//! The slow steps of an upgrade or a rollback, each a [`Job`] the loop runs on a thread of its
+//! own while supervision goes on; each journals its steps and, when it fails, cleans up after
+//! itself before it reports.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wireleap_home::journal::Step;
+
+use crate::failpoint::step;
+use crate::generation::version_of;
+use crate::machine::{Cause, Done, Job, Kind, Versions};
+use crate::run::log;
+use crate::upgrade::{self, journal};
+use crate::verified::Verified;
+
+/// The verified copies a job may use.
+#[derive(Debug, Clone)]
+pub struct Copies {
+    /// Of `wireleap-relay`.
+    pub current: Arc<Verified>,
+    /// Of the staged release, once prepared.
+    pub staged: Option<Arc<Verified>>,
+    /// Of `.prev`, once a rollback is prepared.
+    pub prev: Option<Arc<Verified>>,
+}
+
+/// How a job ended, with the copy a prepare verified.
+#[derive(Debug)]
+pub struct Outcome {
+    /// For the machine.
+    pub done: Done,
+    /// The copy [`Job::Prepare`] made (the staged release, or `.prev`).
+    pub copy: Option<Verified>,
+}
+
+/// Runs `job` in `home` (whose relay binary is `relay`).
+#[must_use]
+pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
+    match job {
+        Job::Prepare { kind, asked } => {
+            let prepared = match kind {
+                Kind::Upgrade => prepare_upgrade(home, relay, &copies.current, asked.as_deref()),
+                Kind::Rollback => prepare_rollback(home, relay, &copies.current),
+            };
+            match prepared {
+                Ok((versions, copy)) => Outcome {
+                    done: Done::Prepared(Ok(versions)),
+                    copy: Some(copy),
+                },
+                Err(why) => Outcome {
+                    done: Done::Prepared(Err(why)),
+                    copy: None,
+                },
+            }
+        }
+        Job::Commit { kind, versions } => Outcome {
+            done: Done::Committed(commit(home, kind, &versions, copies)),
+            copy: None,
+        },
+        Job::Undo {
+            kind,
+            versions,
+            why,
+            cause,
+        } => {
+            undo(home, kind, &versions, &why, cause, copies);
+            Outcome {
+                done: Done::Undone,
+                copy: None,
+            }
+        }
+    }
+}
+
+/// Upgrade step 1 (copy and verify) and the migrations. On failure the staged files go and the
+/// version is skipped when the release itself is at fault.
+fn prepare_upgrade(
+    home: &Path,
+    relay: &Path,
+    current: &Verified,
+    asked: Option<&str>,
+) -> Result<(Versions, Verified), String> {
+    let asked = asked.unwrap_or_default();
+    if let Err(why) = upgrade::runs_from_home(home, relay) {
+        upgrade::roll_back(home, asked, None, false);
+        return Err(why);
+    }
+    let running = version_of(current)?;
+    let from = running.to_string();
+    let (version, staged) = match upgrade::verify_staged(home, asked, &running) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = e.to_string();
+            // Skipped only when the release itself is at fault (forged, stale, wrong): a local
+            // problem (trust files, an expired root, the disk) is the operator's to fix, and the
+            // version installs once it is fixed.
+            let skip = matches!(&e, upgrade::Error::Verify(e) if e.is_peer_fault())
+                || matches!(&e, upgrade::Error::Version(_));
+            journal(home, asked, Step::VerifyFailed, &why);
+            upgrade::roll_back(home, asked, None, skip);
+            return Err(why);
+        }
+    };
+    let v = version.to_string();
+    // The copy must say it is the version its statement signs: one that reports another would
+    // be committed as that version and refuse genuine later releases as "not above".
+    match version_of(&staged) {
+        Ok(reported) if reported == version => {}
+        Ok(reported) => {
+            let why = format!(
+                "the staged binary reports version {reported}, but its signed statement is for {v}"
+            );
+            journal(home, &v, Step::VerifyFailed, &why);
+            upgrade::roll_back(home, &v, None, true);
+            return Err(why);
+        }
+        Err(e) => {
+            // Not skipped: a loaded host may be slow to answer; the next notice tries again.
+            let why = format!("the staged binary's version could not be read: {e}");
+            journal(home, &v, Step::VerifyFailed, &why);
+            upgrade::roll_back(home, &v, None, false);
+            return Err(why);
+        }
+    }
+    step(home, &v, Step::Verified, &format!("from {from}"));
+    if let Err(e) = upgrade::migrate(home, &staged, &from, false) {
+        let why = format!("migration failed: {e}");
+        log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
+        // A failed `migrate` undid its own steps.
+        upgrade::roll_back(home, &v, None, true);
+        journal(home, &v, Step::RolledBack, &why);
+        return Err(why);
+    }
+    step(home, &v, Step::Migrated, "");
+    Ok((Versions { to: v, from }, staged))
+}
+
+/// The operator's rollback, up to starting the previous binary: `.prev` is copied and checked
+/// against its statement; the config is the current one migrated down by the current binary
+/// (`config.json.next`, which the new generation reads).
+fn prepare_rollback(
+    home: &Path,
+    relay: &Path,
+    current: &Verified,
+) -> Result<(Versions, Verified), String> {
+    upgrade::runs_from_home(home, relay)?;
+    let prev_path = home.join(upgrade::PREV);
+    if !prev_path.exists() {
+        return Err("there is no wireleap-relay.prev to roll back to".into());
+    }
+    let (prev, to) =
+        upgrade::installed_copy(home, &prev_path, &home.join(upgrade::PREV_STATEMENT), None)?;
+    let from = version_of(current)?;
+    let v = to.to_string();
+    step(home, &v, Step::RollbackStarted, &format!("from {from}"));
+    let copied = std::fs::read(home.join(upgrade::CONFIG)).and_then(|bytes| {
+        wireleap_home::durable::write_atomic(&home.join(upgrade::CONFIG_NEXT), &bytes, 0o644)
+    });
+    let migrated = copied
+        .map_err(|e| format!("could not copy config.json: {e}"))
+        .and_then(|()| upgrade::migrate(home, current, &v, true));
+    if let Err(e) = migrated {
+        let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
+        journal(home, &v, Step::RollbackFailed, &e);
+        return Err(e);
+    }
+    step(home, &v, Step::RollbackMigrated, "");
+    Ok((
+        Versions {
+            to: v,
+            from: from.to_string(),
+        },
+        prev,
+    ))
+}
+
+/// The renames of a commit (the machine journaled its first step).
+fn commit(home: &Path, kind: Kind, versions: &Versions, copies: &Copies) -> Result<(), String> {
+    match kind {
+        Kind::Upgrade => {
+            let version = semver::Version::parse(&versions.to).map_err(|e| e.to_string())?;
+            let staged = copies
+                .staged
+                .as_deref()
+                .ok_or("no verified copy of the staged release")?;
+            upgrade::commit(home, &version, Some(staged)).map_err(|e| e.to_string())
+        }
+        Kind::Rollback => {
+            let prev = copies
+                .prev
+                .as_deref()
+                .ok_or("no verified copy of wireleap-relay.prev")?;
+            upgrade::commit_rollback(home, Some(prev)).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Undoes a prepared change: an upgrade's migrations go down (by its own binary) and its staged
+/// files go, skipped if it failed; a rollback's down-migrations are redone by the current binary.
+fn undo(home: &Path, kind: Kind, versions: &Versions, why: &str, cause: Cause, copies: &Copies) {
+    let v = versions.to.as_str();
+    match (kind, cause) {
+        (Kind::Upgrade, Cause::Failed) => {
+            let undo = copies
+                .staged
+                .as_deref()
+                .map(|s| (s, versions.from.as_str()));
+            upgrade::roll_back(home, v, undo, true);
+            journal(home, v, Step::RolledBack, why);
+        }
+        (Kind::Upgrade, Cause::Interrupted) => {
+            let undo = copies
+                .staged
+                .as_deref()
+                .map(|s| (s, versions.from.as_str()));
+            upgrade::roll_back(home, v, undo, false);
+            journal(
+                home,
+                v,
+                Step::Recovered,
+                &format!("undone, not skipped: {why}"),
+            );
+        }
+        (Kind::Rollback, _) => {
+            // Redo what `migrate --down` undid; `config.json.next` goes.
+            if let Err(e) = upgrade::migrate(home, &copies.current, v, false) {
+                log(&format!("redoing the migrations of {}: {e}", versions.from));
+            }
+            let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
+            journal(home, v, Step::RollbackFailed, why);
+        }
+    }
+}

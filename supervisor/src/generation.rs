@@ -1,0 +1,167 @@
+//! Starting relay processes and watching them: the generations (`start --fg` on the listener),
+//! and the short commands the supervisor asks a binary (`version`, `check-config`,
+//! `supervisor-settings`), each bounded in time with its process group killed.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::fd::AsFd as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use command_fds::FdMapping;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid as NixPid;
+use wireleap_home::files::{HOME_ENV, RESTARTS_ENV};
+use wireleap_home::migrate::bounded;
+
+use crate::machine::{Exit, Pid, Sig};
+use crate::verified::Verified;
+
+/// How long a relay binary may take to say its version.
+pub const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `check-config` and `supervisor-settings` may take.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exit codes of a relay stopped gracefully by a signal (128 + SIGINT, SIGQUIT, SIGTERM): an
+/// operator's `wireleap-relay stop`, not a crash.
+const GRACEFUL: [i32; 3] = [130, 131, 143];
+
+/// Crashed relays restarted so far; each generation gets it in [`RESTARTS_ENV`] (its
+/// `/metrics`).
+pub static RESTARTS: AtomicU64 = AtomicU64::new(0);
+
+/// Starts `binary start --fg` in `home` with the listener as descriptor 3 (`LISTEN_FDS=1`) and
+/// `ready` as its `NOTIFY_SOCKET`; `installed` is where the relay binary lives (what a staged
+/// release becomes at its commit).
+///
+/// # Errors
+/// Why it could not be started.
+pub fn spawn(
+    home: &Path,
+    installed: &Path,
+    binary: &Verified,
+    listener: &TcpListener,
+    ready: &str,
+) -> Result<Child, String> {
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating the listener: {e}"))?;
+    let mut cmd = binary.command(vec![FdMapping {
+        parent_fd: fd,
+        child_fd: 3,
+    }])?;
+    cmd.args(["start", "--fg"])
+        .current_dir(home)
+        .env(HOME_ENV, home)
+        .env(wireleap_home::files::RELAY_BINARY_ENV, installed)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env("NOTIFY_SOCKET", ready)
+        .env(RESTARTS_ENV, RESTARTS.load(Ordering::Relaxed).to_string());
+    cmd.spawn()
+        .map_err(|e| format!("could not start {}: {e}", binary.source().display()))
+}
+
+/// The supervisor's children, by pid.
+#[derive(Debug, Default)]
+pub struct Children(HashMap<Pid, Child>);
+
+impl Children {
+    /// Watches a child.
+    pub fn add(&mut self, child: Child) -> Pid {
+        let pid = child.id();
+        self.0.insert(pid, child);
+        pid
+    }
+
+    /// The children that ended since the last call, reaped.
+    pub fn reap(&mut self) -> Vec<(Pid, Exit)> {
+        let mut ended = Vec::new();
+        self.0.retain(|&pid, child| match child.try_wait() {
+            Ok(Some(status)) => {
+                ended.push((pid, exit_of(status)));
+                false
+            }
+            Ok(None) => true,
+            Err(e) => {
+                ended.push((pid, Exit::Failed(format!("could not be waited for: {e}"))));
+                false
+            }
+        });
+        ended
+    }
+}
+
+/// How a relay ended, for the machine.
+#[must_use]
+pub fn exit_of(status: ExitStatus) -> Exit {
+    match status.code() {
+        Some(c) if GRACEFUL.contains(&c) => Exit::Graceful,
+        _ if status.signal().is_some() => Exit::Failed(status.to_string()),
+        _ => Exit::Failed(status.to_string()),
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: Pid, sig: Sig) {
+    let sig = match sig {
+        Sig::Term => Signal::SIGTERM,
+        Sig::Kill => Signal::SIGKILL,
+        Sig::Hup => Signal::SIGHUP,
+        Sig::Usr1 => Signal::SIGUSR1,
+        Sig::Usr2 => Signal::SIGUSR2,
+        Sig::Cont => Signal::SIGCONT,
+        Sig::Winch => Signal::SIGWINCH,
+    };
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(NixPid::from_raw(pid), sig);
+    }
+}
+
+/// The version `binary` reports (`version`, first line), within [`VERSION_TIMEOUT`].
+///
+/// # Errors
+/// It did not answer in time, failed, or said something that is not a version.
+pub fn version_of(binary: &Verified) -> Result<semver::Version, String> {
+    let name = binary.source().display();
+    let mut cmd = binary.command(Vec::new())?;
+    cmd.arg("version");
+    let out =
+        bounded(cmd, VERSION_TIMEOUT).map_err(|e| format!("{name} version did not answer: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    semver::Version::parse(text.lines().next().unwrap_or("").trim())
+        .map_err(|e| format!("{name} version said {:?}: {e}", text.trim()))
+}
+
+/// `binary check-config` in `home`: `Ok` or the exit code and what it printed.
+///
+/// # Errors
+/// The relay refused the config (its code and reason), or could not be asked.
+pub fn check_config(binary: &Verified, home: &Path) -> Result<(), (i32, String)> {
+    let mut cmd = binary.command(Vec::new()).map_err(|e| (-1, e))?;
+    cmd.arg("check-config").env(HOME_ENV, home);
+    let out = bounded(cmd, CHECK_TIMEOUT).map_err(|e| (-1, format!("check-config {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if said.is_empty() {
+        said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    Err((out.status.code().unwrap_or(-1), said))
+}
+
+/// `binary supervisor-settings` (config.json parsed by the relay's own parser); `None` when it
+/// cannot say (a relay too old to know the command, or a config it refuses).
+#[must_use]
+pub fn settings(binary: &Verified, home: &Path) -> Option<Vec<u8>> {
+    let mut cmd = binary.command(Vec::new()).ok()?;
+    cmd.arg("supervisor-settings").env(HOME_ENV, home);
+    let out = bounded(cmd, CHECK_TIMEOUT).ok()?;
+    out.status.success().then_some(out.stdout)
+}

@@ -1,0 +1,97 @@
+//! The listening socket the supervisor owns: from systemd socket activation, from a generation
+//! a crashed predecessor left serving, or bound to config.json's address.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use crate::recover;
+use crate::run::{Error, io, log};
+
+/// The listener: from systemd socket activation if given; else the socket of a generation a
+/// crashed predecessor left serving; else bound to config.json's address (with `SO_REUSEPORT`,
+/// so that a successor can bind beside generations it could not take the socket from).
+///
+/// # Errors
+/// [`Error::Address`] or [`Error::Io`].
+pub fn listener(home: &Path, orphans: &[u32]) -> Result<TcpListener, Error> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0
+        && let Some(l) = fds.take_tcp_listener(0).map_err(io("inherited socket"))?
+    {
+        log("using the socket passed by systemd");
+        return Ok(l);
+    }
+    if let Some((pid, fd)) = recover::adopt_listener(orphans) {
+        log(&format!("took over the listening socket of pid {pid}"));
+        return Ok(TcpListener::from(fd));
+    }
+    let address = address(&home.join(wireleap_home::files::CONFIG))?;
+    bind_reuseport(&address).map_err(io(format!("could not listen on {address}")))
+}
+
+fn bind_reuseport(address: &str) -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket(family, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    bind(&fd, &addr)?;
+    listen(&fd, 1024)?;
+    Ok(TcpListener::from(fd))
+}
+
+fn address(path: &Path) -> Result<String, Error> {
+    let err = |why: String| Error::Address {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+    value
+        .get("address")
+        .and_then(serde_json::Value::as_str)
+        .map(|s| s.trim_start_matches('[').replacen("]:", ":", 1).to_owned())
+        .map(|s| {
+            if s.matches(':').count() > 1 {
+                bracket(&s)
+            } else {
+                s
+            }
+        })
+        .ok_or_else(|| err("no \"address\"".into()))
+}
+
+/// `::1:443` → `[::1]:443`.
+fn bracket(host_port: &str) -> String {
+    match host_port.rsplit_once(':') {
+        Some((h, p)) => format!("[{h}]:{p}"),
+        None => host_port.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_from_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        for (text, want) in [
+            (r#"{"address":"127.0.0.1:0"}"#, "127.0.0.1:0"),
+            (r#"{"address":"[::1]:13499"}"#, "[::1]:13499"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(address(&path).unwrap(), want);
+        }
+        std::fs::write(&path, "{}").unwrap();
+        assert!(address(&path).is_err());
+    }
+}

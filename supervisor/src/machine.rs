@@ -1,0 +1,1308 @@
+//! The supervisor's state machine, with no I/O.
+//!
+//! [`Machine::handle`] takes one [`Event`] at an instant and returns the [`Action`]s the loop
+//! ([`crate::run`]) performs; the loop turns what happens (a child exits, a READY arrives, a job
+//! finishes, a control request or a signal comes in, time passes) back into events. Every wait
+//! is a deadline checked on [`Event::Tick`], and every slow step (verifying, migrating,
+//! committing, undoing) is a [`Job`] the loop runs beside itself, so nothing here waits and every
+//! state has a way out.
+//!
+//! What the machine knows, each an enum of its own:
+//!
+//! | part | states |
+//! | --- | --- |
+//! | the serving generation ([`Serving`]) | launching, starting, ready, abandoned (stopped for not getting ready), gone (died while a successor starts), restarting (backoff), waiting (for an undo), stopped |
+//! | the successor ([`Successor`]) | pausing (the serving one confirms its heartbeats paused), launching, starting |
+//! | a change ([`Phase`]) | preparing (job), handing over, watching (health window), committing (job), undoing (job), interrupted (undone at exit) |
+//!
+//! Besides: the generations draining, the processes told to stop (killed at a deadline), the
+//! generations a crashed predecessor left (orphans), the crash budget, and whether the
+//! supervisor is exiting.
+
+use std::time::{Duration, Instant};
+
+use wireleap_home::control::State as Shown;
+use wireleap_home::journal::Step;
+
+use crate::budget::{Budget, Verdict};
+use crate::exit;
+
+/// A process id.
+pub type Pid = u32;
+/// A control request waiting for its reply (the loop keeps its connection under this id).
+pub type RequestId = u64;
+
+/// Which binary a generation runs (the loop maps each to the verified copy it holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `wireleap-relay`, the committed one.
+    Current,
+    /// The staged release, verified.
+    Staged,
+    /// `wireleap-relay.prev`, for the operator's rollback.
+    Prev,
+}
+
+/// What a change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// To a staged, verified release.
+    Upgrade,
+    /// The operator's rollback to `wireleap-relay.prev`.
+    Rollback,
+}
+
+/// Which slot a started process fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The serving generation (first start, restart after a crash).
+    Serving,
+    /// The generation that takes over (handover, upgrade, rollback).
+    Successor,
+}
+
+/// A signal sent to a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    /// Stop (gracefully).
+    Term,
+    /// Stop now.
+    Kill,
+    /// Stop accepting and drain.
+    Hup,
+    /// Reload the config.
+    Usr1,
+    /// Print status.
+    Usr2,
+    /// Resume heartbeats after a pause.
+    Cont,
+    /// Pause heartbeats (a successor is about to start).
+    Winch,
+}
+
+/// A signal the supervisor received, by what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OsSignal {
+    /// SIGTERM, SIGINT, SIGQUIT.
+    Stop,
+    /// SIGUSR1: passed on.
+    Reload,
+    /// SIGUSR2: status in the log, passed on.
+    Dump,
+    /// SIGHUP: a new generation of the same binary.
+    Handover,
+}
+
+/// A control request, as far as the machine cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Where things stand.
+    Status,
+    /// Install the staged release of this version.
+    Upgrade(String),
+    /// Go back to `wireleap-relay.prev`.
+    Rollback,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped by a signal an operator sends to stop it (exit 130, 131, 143).
+    Graceful,
+    /// Anything else, described (`exit status: 1`, `signal: 9`).
+    Failed(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Graceful => f.write_str("stopped"),
+            Self::Failed(how) => f.write_str(how),
+        }
+    }
+}
+
+/// The versions a change goes between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    /// The version being installed.
+    pub to: String,
+    /// The version that ran before.
+    pub from: String,
+}
+
+/// Why a change is undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The new version failed: an upgrade's version is skipped.
+    Failed,
+    /// The supervisor is stopping, or the relay stopped serving meanwhile: nothing is blamed.
+    Interrupted,
+}
+
+/// Slow work the loop runs beside itself; its end comes back as [`Event::Done`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Job {
+    /// Verify the staged release (an upgrade to `asked`) or find `.prev` (a rollback), read the
+    /// versions, migrate. On failure the job itself journals and cleans up.
+    Prepare {
+        /// Upgrade or rollback.
+        kind: Kind,
+        /// The version asked for (an upgrade).
+        asked: Option<String>,
+    },
+    /// The renames of a commit.
+    Commit {
+        /// Upgrade or rollback.
+        kind: Kind,
+        /// Between which versions.
+        versions: Versions,
+    },
+    /// Undo a prepared change: migrations back, staged files gone, skipped if it failed.
+    Undo {
+        /// Upgrade or rollback.
+        kind: Kind,
+        /// Between which versions.
+        versions: Versions,
+        /// Why, for the journal and the reply.
+        why: String,
+        /// Failed or interrupted.
+        cause: Cause,
+    },
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// [`Job::Prepare`]: ready to start the new generation, or refused with why.
+    Prepared(Result<Versions, String>),
+    /// [`Job::Commit`].
+    Committed(Result<(), String>),
+    /// [`Job::Undo`].
+    Undone,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Time passed (deadlines are checked).
+    Tick,
+    /// A [`Action::Spawn`] started this process.
+    Spawned {
+        /// Its slot.
+        role: Role,
+        /// Its pid.
+        pid: Pid,
+    },
+    /// A [`Action::Spawn`] could not start the binary.
+    SpawnFailed {
+        /// Its slot.
+        role: Role,
+        /// Why.
+        why: String,
+    },
+    /// A generation (or a process it started) said `READY=1`.
+    Ready(Pid),
+    /// A generation confirmed its heartbeats are paused.
+    Paused(Pid),
+    /// A process the supervisor watches ended.
+    Exited {
+        /// Its pid.
+        pid: Pid,
+        /// How.
+        how: Exit,
+    },
+    /// A control request.
+    Request {
+        /// Its connection.
+        id: RequestId,
+        /// What it asks.
+        request: Request,
+    },
+    /// A signal to the supervisor.
+    Signal(OsSignal),
+    /// A job ended.
+    Done(Done),
+}
+
+/// What a control request is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The status (the loop adds what the files say).
+    Status,
+    /// The change is done.
+    Ok(Versions),
+    /// Refused or failed, with why and what versions it concerned.
+    Refused {
+        /// Why.
+        why: String,
+        /// The version asked for or being installed.
+        version: Option<String>,
+        /// The version that ran.
+        from: Option<String>,
+    },
+}
+
+/// What systemd is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// `READY=1`: the first generation serves.
+    Ready,
+    /// `STOPPING=1`.
+    Stopping,
+}
+
+/// Something for the loop to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start a generation of `binary` in `role`; answer with [`Event::Spawned`] or
+    /// [`Event::SpawnFailed`] before anything else.
+    Spawn {
+        /// Its slot.
+        role: Role,
+        /// What it runs.
+        binary: Binary,
+    },
+    /// Send a signal.
+    Signal {
+        /// To whom.
+        pid: Pid,
+        /// Which.
+        sig: Sig,
+    },
+    /// Run a job beside the loop.
+    Job(Job),
+    /// Append a step to the journal (and pass its failpoint).
+    Journal {
+        /// The version concerned.
+        version: String,
+        /// The step.
+        step: Step,
+        /// Detail.
+        detail: String,
+    },
+    /// Answer a control request.
+    Reply {
+        /// Its connection.
+        id: RequestId,
+        /// The answer.
+        answer: Answer,
+    },
+    /// Tell systemd.
+    Systemd(Notify),
+    /// Log the supervisor's status (SIGUSR2).
+    Dump,
+    /// Log a line.
+    Log {
+        /// A warning (something failed or was refused) rather than information.
+        warn: bool,
+        /// The line.
+        message: String,
+    },
+    /// A crashed relay is restarted (counted for the metrics).
+    CountRestart,
+    /// Exit with this code (every child is gone).
+    Exit(u8),
+}
+
+/// The waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a new generation has to report ready.
+    pub ready_timeout: Duration,
+    /// How long a new version must serve before it is committed.
+    pub health_window: Duration,
+    /// How long a serving generation has to confirm its heartbeats paused.
+    pub pause_wait: Duration,
+    /// How long a stopping process gets before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// The serving generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// Its [`Action::Spawn`] is out.
+    Launching,
+    /// Started, not ready yet.
+    Starting {
+        /// Its pid.
+        pid: Pid,
+        /// Since when.
+        since: Instant,
+    },
+    /// Serving.
+    Ready {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// Stopped by the supervisor for not getting ready: its exit is a crash, whatever its code.
+    Abandoned {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// It exited while a successor starts: the successor takes over once ready.
+    Gone,
+    /// Waiting out the backoff after a crash.
+    Restarting {
+        /// When to start again.
+        at: Instant,
+    },
+    /// Waiting for an undo before the committed binary starts again.
+    Waiting,
+    /// Told to stop: the supervisor is exiting.
+    Stopped,
+}
+
+impl Serving {
+    fn pid(&self) -> Option<Pid> {
+        match *self {
+            Self::Starting { pid, .. } | Self::Ready { pid } | Self::Abandoned { pid } => Some(pid),
+            _ => None,
+        }
+    }
+}
+
+/// The generation that takes over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Successor {
+    /// The serving generation was asked to pause its heartbeats; the successor starts once it
+    /// confirms, or at `until`.
+    Pausing {
+        /// What it will run.
+        binary: Binary,
+        /// Who has not confirmed yet.
+        waiting: Vec<Pid>,
+        /// The deadline.
+        until: Instant,
+    },
+    /// Its [`Action::Spawn`] is out.
+    Launching {
+        /// What it runs.
+        binary: Binary,
+    },
+    /// Started, not ready yet.
+    Starting {
+        /// Its pid.
+        pid: Pid,
+        /// Since when.
+        since: Instant,
+    },
+}
+
+/// Where a change stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// [`Job::Prepare`] runs.
+    Preparing,
+    /// The successor starts.
+    HandingOver,
+    /// The new generation serves; the health window runs.
+    Watching {
+        /// Since when.
+        since: Instant,
+    },
+    /// [`Job::Commit`] runs.
+    Committing,
+    /// [`Job::Undo`] runs; then this.
+    Undoing(AfterUndo),
+    /// Prepared, then the supervisor began to stop: undone once its generations are gone.
+    Interrupted,
+}
+
+/// What follows an undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUndo {
+    /// Nothing: the old generation serves on.
+    Nothing,
+    /// The old generation serves on and resumes its heartbeats (its successor never took over).
+    Resume,
+    /// The committed binary starts again (nothing serves).
+    StartCurrent,
+    /// The supervisor is exiting.
+    Exit,
+}
+
+/// A change in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Upgrade or rollback.
+    pub kind: Kind,
+    /// The request that asked for it (answered when it ends).
+    pub id: RequestId,
+    /// The version asked for (an upgrade; empty for a rollback).
+    pub asked: String,
+    /// Known once prepared.
+    pub versions: Option<Versions>,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Why it is being undone (the reply's reason).
+    pub why: Option<String>,
+}
+
+/// A process told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stopping {
+    pid: Pid,
+    /// SIGKILL then; `None` once sent.
+    kill_at: Option<Instant>,
+}
+
+/// The supervisor's state.
+#[derive(Debug)]
+pub struct Machine {
+    timing: Timing,
+    serving: Serving,
+    successor: Option<Successor>,
+    change: Option<Change>,
+    draining: Vec<Pid>,
+    orphans: Vec<Pid>,
+    stopping: Vec<Stopping>,
+    budget: Budget,
+    told_systemd: bool,
+    exiting: Option<u8>,
+}
+
+impl Machine {
+    /// The machine at start: the first generation is to be launched (with
+    /// [`Machine::start`]); `orphans` are generations a crashed predecessor left serving.
+    #[must_use]
+    pub fn new(timing: Timing, orphans: Vec<Pid>) -> Self {
+        Self {
+            timing,
+            serving: Serving::Launching,
+            successor: None,
+            change: None,
+            draining: Vec::new(),
+            orphans,
+            stopping: Vec::new(),
+            budget: Budget::default(),
+            told_systemd: false,
+            exiting: None,
+        }
+    }
+
+    /// The first actions: start the committed binary.
+    #[must_use]
+    pub fn start(&self) -> Vec<Action> {
+        vec![Action::Spawn {
+            role: Role::Serving,
+            binary: Binary::Current,
+        }]
+    }
+
+    /// The serving generation's state.
+    #[must_use]
+    pub fn serving(&self) -> &Serving {
+        &self.serving
+    }
+
+    /// The successor, if one starts.
+    #[must_use]
+    pub fn successor(&self) -> Option<&Successor> {
+        self.successor.as_ref()
+    }
+
+    /// The change in progress.
+    #[must_use]
+    pub fn change(&self) -> Option<&Change> {
+        self.change.as_ref()
+    }
+
+    /// The serving generation's pid.
+    #[must_use]
+    pub fn serving_pid(&self) -> Option<Pid> {
+        self.serving.pid()
+    }
+
+    /// The successor's pid, once started.
+    #[must_use]
+    pub fn successor_pid(&self) -> Option<Pid> {
+        match self.successor {
+            Some(Successor::Starting { pid, .. }) => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// The generations draining.
+    #[must_use]
+    pub fn draining(&self) -> &[Pid] {
+        &self.draining
+    }
+
+    /// The generations a predecessor left, still running.
+    #[must_use]
+    pub fn orphans(&self) -> &[Pid] {
+        &self.orphans
+    }
+
+    /// The supervisor's own children that still run (for its successor after a crash): the
+    /// serving one, the successor, those draining and those told to stop.
+    #[must_use]
+    pub fn children(&self) -> Vec<Pid> {
+        let mut pids: Vec<Pid> = self
+            .serving
+            .pid()
+            .into_iter()
+            .chain(self.successor_pid())
+            .chain(self.draining.iter().copied())
+            .chain(self.stopping.iter().map(|s| s.pid))
+            .filter(|p| !self.orphans.contains(p))
+            .collect();
+        pids.dedup();
+        pids
+    }
+
+    /// Whether the supervisor is on its way out.
+    #[must_use]
+    pub fn exiting(&self) -> bool {
+        self.exiting.is_some()
+    }
+
+    /// What `status` shows.
+    #[must_use]
+    pub fn shown(&self) -> Shown {
+        match (&self.change, &self.serving) {
+            (Some(c), _) if c.kind == Kind::Rollback => Shown::RollingBack,
+            (Some(_), _) => Shown::Upgrading,
+            (None, Serving::Ready { .. }) => Shown::Serving,
+            (None, _) => Shown::Starting,
+        }
+    }
+
+    /// The pid a failpoint's victim names, once it exists: the generation the change starts
+    /// (`new`: the successor, or the serving one once it took over) or the one that served
+    /// before it (`old`: the serving one until the successor takes over, then the last to drain).
+    #[must_use]
+    pub fn victim(&self, new: bool) -> Option<Pid> {
+        let took_over = self
+            .change
+            .as_ref()
+            .is_none_or(|c| matches!(c.phase, Phase::Watching { .. } | Phase::Committing));
+        match (new, self.successor_pid(), took_over) {
+            (true, Some(p), _) => Some(p),
+            (true, None, true) => self.serving.pid(),
+            (true, None, false) => None,
+            (false, Some(_), _) | (false, None, false) => self.serving.pid(),
+            (false, None, true) => self.draining.last().copied(),
+        }
+    }
+
+    /// Handles one event at `now`; returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut out = Out::default();
+        match event {
+            Event::Tick => self.tick(now, &mut out),
+            Event::Spawned { role, pid } => self.spawned(now, role, pid, &mut out),
+            Event::SpawnFailed { role, why } => self.spawn_failed(now, role, &why, &mut out),
+            Event::Ready(pid) => self.ready(now, pid, &mut out),
+            Event::Paused(pid) => self.paused(pid, &mut out),
+            Event::Exited { pid, how } => self.exited(now, pid, &how, &mut out),
+            Event::Request { id, request } => self.request(id, request, &mut out),
+            Event::Signal(sig) => self.signal(now, sig, &mut out),
+            Event::Done(done) => self.done(now, done, &mut out),
+        }
+        if self.exiting.is_some() {
+            self.finish_exit(&mut out);
+        }
+        out.0
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Out) {
+        for s in &mut self.stopping {
+            if s.kill_at.is_some_and(|at| now >= at) {
+                s.kill_at = None;
+                out.log(format!(
+                    "pid {} did not stop in {:?}; killing it",
+                    s.pid, self.timing.stop_timeout
+                ));
+                out.signal(s.pid, Sig::Kill);
+            }
+        }
+        match self.serving {
+            Serving::Starting { pid, since } if now >= since + self.timing.ready_timeout => {
+                out.log(format!(
+                    "relay (pid {pid}) not ready after {:?}; stopping it",
+                    self.timing.ready_timeout
+                ));
+                self.stop(now, pid, out);
+                self.serving = Serving::Abandoned { pid };
+            }
+            Serving::Restarting { at } if now >= at && self.exiting.is_none() => {
+                self.serving = Serving::Launching;
+                out.spawn(Role::Serving, Binary::Current);
+            }
+            _ => {}
+        }
+        match &self.successor {
+            Some(Successor::Pausing { waiting, until, .. }) if now >= *until => {
+                out.log(format!(
+                    "pid {waiting:?} did not confirm its heartbeats paused within {:?}; starting the new generation anyway",
+                    self.timing.pause_wait
+                ));
+                self.launch_successor(out);
+            }
+            Some(Successor::Starting { since, .. })
+                if now >= *since + self.timing.ready_timeout =>
+            {
+                let why = format!("was not ready after {:?}", self.timing.ready_timeout);
+                self.successor_failed(now, &why, out);
+            }
+            _ => {}
+        }
+        if let Some(c) = &mut self.change
+            && let Phase::Watching { since } = c.phase
+            && (c.kind == Kind::Rollback || now >= since + self.timing.health_window)
+            && let Some(versions) = c.versions.clone()
+        {
+            c.phase = Phase::Committing;
+            let step = match c.kind {
+                Kind::Upgrade => Step::Committing,
+                Kind::Rollback => Step::RollbackCommitting,
+            };
+            out.journal(&versions.to, step, "");
+            out.0.push(Action::Job(Job::Commit {
+                kind: c.kind,
+                versions,
+            }));
+        }
+    }
+
+    fn spawned(&mut self, now: Instant, role: Role, pid: Pid, out: &mut Out) {
+        match role {
+            Role::Serving => {
+                out.log(format!("started relay (pid {pid})"));
+                self.serving = Serving::Starting { pid, since: now };
+                if self.exiting.is_some() {
+                    self.stop(now, pid, out);
+                    self.serving = Serving::Stopped;
+                }
+            }
+            Role::Successor => {
+                out.log(format!("started a new generation (pid {pid})"));
+                self.successor = Some(Successor::Starting { pid, since: now });
+            }
+        }
+    }
+
+    fn spawn_failed(&mut self, now: Instant, role: Role, why: &str, out: &mut Out) {
+        match role {
+            Role::Serving => {
+                out.warn(format!("could not start the relay: {why}"));
+                self.crashed(now, why, out);
+            }
+            Role::Successor => {
+                self.successor = None;
+                self.after_successor_failed(&format!("could not be started ({why})"), out);
+            }
+        }
+    }
+
+    fn ready(&mut self, now: Instant, pid: Pid, out: &mut Out) {
+        if self.successor_pid() == Some(pid) {
+            self.take_over(now, pid, out);
+            return;
+        }
+        if let Serving::Starting { pid: p, since } = self.serving
+            && p == pid
+        {
+            self.serving = Serving::Ready { pid };
+            out.log(format!(
+                "relay ready (pid {pid}) after {:?}",
+                now.saturating_duration_since(since)
+            ));
+            for &o in &self.orphans {
+                out.log(format!(
+                    "pid {o} (left by a previous supervisor) stops accepting and drains"
+                ));
+                out.signal(o, Sig::Hup);
+            }
+            if !self.told_systemd {
+                self.told_systemd = true;
+                out.0.push(Action::Systemd(Notify::Ready));
+            }
+            return;
+        }
+        out.log(format!(
+            "READY from pid {pid}, which is not a starting generation: ignored"
+        ));
+    }
+
+    fn take_over(&mut self, now: Instant, pid: Pid, out: &mut Out) {
+        self.successor = None;
+        match std::mem::replace(&mut self.serving, Serving::Ready { pid }) {
+            Serving::Ready { pid: old } | Serving::Starting { pid: old, .. } => {
+                out.log(format!(
+                    "handover: pid {pid} ready; pid {old} stops accepting and drains"
+                ));
+                out.signal(old, Sig::Hup);
+                self.draining.push(old);
+            }
+            Serving::Abandoned { pid: old } => {
+                out.log(format!("handover: pid {pid} ready; pid {old} stops"));
+            }
+            _ => out.log(format!("handover: pid {pid} ready and serving")),
+        }
+        if let Some(c) = &mut self.change
+            && c.phase == Phase::HandingOver
+            && let Some(v) = &c.versions
+        {
+            c.phase = Phase::Watching { since: now };
+            let step = match c.kind {
+                Kind::Upgrade => Step::Swapped,
+                Kind::Rollback => Step::RollbackSwapped,
+            };
+            out.journal(&v.to, step, "");
+            // A rollback returns to a version that ran before: it commits once ready.
+            self.tick(now, out);
+        }
+    }
+
+    fn paused(&mut self, pid: Pid, out: &mut Out) {
+        if let Some(Successor::Pausing { waiting, .. }) = &mut self.successor {
+            waiting.retain(|&p| p != pid);
+            if waiting.is_empty() {
+                self.launch_successor(out);
+            }
+        }
+    }
+
+    fn launch_successor(&mut self, out: &mut Out) {
+        if let Some(Successor::Pausing { binary, .. }) = self.successor {
+            self.successor = Some(Successor::Launching { binary });
+            out.spawn(Role::Successor, binary);
+        }
+    }
+
+    /// Starts a successor of `binary`: the serving generation pauses its heartbeats first.
+    fn begin_succession(&mut self, now: Instant, binary: Binary, out: &mut Out) {
+        let waiting: Vec<Pid> = match self.serving {
+            Serving::Ready { pid } => vec![pid],
+            _ => Vec::new(),
+        };
+        for &pid in &waiting {
+            out.signal(pid, Sig::Winch);
+        }
+        self.successor = Some(Successor::Pausing {
+            binary,
+            waiting,
+            until: now + self.timing.pause_wait,
+        });
+        if matches!(&self.successor, Some(Successor::Pausing { waiting, .. }) if waiting.is_empty())
+        {
+            self.launch_successor(out);
+        }
+    }
+
+    fn successor_failed(&mut self, now: Instant, why: &str, out: &mut Out) {
+        if let Some(Successor::Starting { pid, .. }) = self.successor.take() {
+            out.log(format!(
+                "handover failed: the new generation (pid {pid}) {why}; {}",
+                match self.serving.pid() {
+                    Some(old) => format!("pid {old} keeps serving"),
+                    None => "the committed binary starts again".to_owned(),
+                }
+            ));
+            self.stop(now, pid, out);
+        }
+        self.after_successor_failed(why, out);
+    }
+
+    /// The successor is gone without taking over: the change (if any) is undone, and the old
+    /// generation serves on (resuming its heartbeats), or the committed binary starts again if
+    /// it died meanwhile.
+    fn after_successor_failed(&mut self, why: &str, out: &mut Out) {
+        let gone = matches!(self.serving, Serving::Gone);
+        if let Some(c) = &self.change
+            && c.phase == Phase::HandingOver
+        {
+            // The old generation resumes its heartbeats once the change is undone.
+            let after = if gone {
+                self.serving = Serving::Waiting;
+                AfterUndo::StartCurrent
+            } else {
+                AfterUndo::Resume
+            };
+            self.undo(
+                format!("the new version {why} at start"),
+                Cause::Failed,
+                after,
+                out,
+            );
+            return;
+        }
+        if let Some(old) = self.serving.pid() {
+            out.signal(old, Sig::Cont);
+        }
+        if gone && self.exiting.is_none() {
+            self.serving = Serving::Launching;
+            out.spawn(Role::Serving, Binary::Current);
+        }
+    }
+
+    fn exited(&mut self, now: Instant, pid: Pid, how: &Exit, out: &mut Out) {
+        let was_stopping = self.stopping.iter().any(|s| s.pid == pid);
+        self.stopping.retain(|s| s.pid != pid);
+        if let Some(i) = self.draining.iter().position(|&p| p == pid) {
+            self.draining.remove(i);
+            out.log(format!("pid {pid} drained and exited ({how})"));
+            return;
+        }
+        if let Some(i) = self.orphans.iter().position(|&p| p == pid) {
+            self.orphans.remove(i);
+            out.log(format!("pid {pid} (left by a previous supervisor) exited"));
+            return;
+        }
+        if self.successor_pid() == Some(pid) {
+            self.successor_failed(now, &format!("exited ({how})"), out);
+            return;
+        }
+        if self.serving.pid() == Some(pid) {
+            self.serving_exited(now, pid, how, out);
+            return;
+        }
+        if was_stopping {
+            out.log(format!("pid {pid} exited ({how})"));
+        }
+    }
+
+    fn serving_exited(&mut self, now: Instant, pid: Pid, how: &Exit, out: &mut Out) {
+        let abandoned = matches!(self.serving, Serving::Abandoned { .. });
+        if self.exiting.is_some() {
+            self.serving = Serving::Stopped;
+            return;
+        }
+        if self.successor.is_some() {
+            out.log(format!(
+                "relay (pid {pid}) exited ({how}) while a new generation starts; it takes over once ready"
+            ));
+            self.serving = Serving::Gone;
+            // It cannot confirm a pause any more.
+            if let Some(Successor::Pausing { waiting, .. }) = &mut self.successor {
+                waiting.retain(|&p| p != pid);
+                if waiting.is_empty() {
+                    self.launch_successor(out);
+                }
+            }
+            return;
+        }
+        if let Some(c) = &self.change
+            && matches!(c.phase, Phase::Watching { .. })
+        {
+            // The new version died inside its health window: the old binary serves again.
+            self.serving = Serving::Waiting;
+            self.undo(
+                format!("the new version exited ({how}) inside the health window"),
+                Cause::Failed,
+                AfterUndo::StartCurrent,
+                out,
+            );
+            return;
+        }
+        if let Some(c) = &self.change
+            && c.phase == Phase::Committing
+        {
+            // The commit decides which binary is the committed one: it starts once it is done.
+            out.warn(format!(
+                "relay (pid {pid}) exited ({how}) during the commit; it starts again once the commit is done"
+            ));
+            self.serving = Serving::Waiting;
+            return;
+        }
+        if !abandoned && *how == Exit::Graceful {
+            out.log(format!(
+                "relay (pid {pid}) was stopped ({how}); stopping too"
+            ));
+            self.serving = Serving::Stopped;
+            self.begin_exit(now, exit::OK, out);
+            return;
+        }
+        self.crashed(now, &format!("relay (pid {pid}) exited ({how})"), out);
+    }
+
+    /// The serving generation crashed (or could not start): restart after the backoff, or give
+    /// up past the crash budget.
+    fn crashed(&mut self, now: Instant, what: &str, out: &mut Out) {
+        if self.exiting.is_some() {
+            self.serving = Serving::Stopped;
+            return;
+        }
+        match self.budget.crash(now) {
+            Verdict::RestartAfter(delay) => {
+                out.0.push(Action::CountRestart);
+                out.log(format!("{what}; restarting in {delay:?}"));
+                self.serving = Serving::Restarting { at: now + delay };
+            }
+            Verdict::GiveUp => {
+                out.warn(format!(
+                    "{what}; more than {} crashes in {:?}, giving up",
+                    crate::budget::MAX_CRASHES,
+                    crate::budget::WINDOW
+                ));
+                self.serving = Serving::Stopped;
+                self.begin_exit(now, exit::CRASH_BUDGET, out);
+            }
+        }
+    }
+
+    fn request(&mut self, id: RequestId, request: Request, out: &mut Out) {
+        let (kind, asked) = match request {
+            Request::Status => {
+                out.0.push(Action::Reply {
+                    id,
+                    answer: Answer::Status,
+                });
+                return;
+            }
+            Request::Upgrade(v) => (Kind::Upgrade, v),
+            Request::Rollback => (Kind::Rollback, String::new()),
+        };
+        let busy = if self.exiting.is_some() {
+            Some("the supervisor is stopping")
+        } else if self.change.is_some()
+            || self.successor.is_some()
+            || !matches!(self.serving, Serving::Ready { .. })
+        {
+            Some("busy: the relay is starting or another change is in progress")
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            out.0.push(Action::Reply {
+                id,
+                answer: Answer::Refused {
+                    why: why.to_owned(),
+                    version: Some(asked).filter(|a| !a.is_empty()),
+                    from: None,
+                },
+            });
+            return;
+        }
+        self.change = Some(Change {
+            kind,
+            id,
+            asked: asked.clone(),
+            versions: None,
+            phase: Phase::Preparing,
+            why: None,
+        });
+        out.0.push(Action::Job(Job::Prepare {
+            kind,
+            asked: Some(asked).filter(|_| kind == Kind::Upgrade),
+        }));
+    }
+
+    fn signal(&mut self, now: Instant, sig: OsSignal, out: &mut Out) {
+        match sig {
+            OsSignal::Reload => {
+                if let Some(pid) = self.serving.pid() {
+                    out.signal(pid, Sig::Usr1);
+                }
+            }
+            OsSignal::Dump => {
+                if let Some(pid) = self.serving.pid() {
+                    out.signal(pid, Sig::Usr2);
+                }
+                out.0.push(Action::Dump);
+            }
+            OsSignal::Handover => {
+                if self.exiting.is_none()
+                    && self.change.is_none()
+                    && self.successor.is_none()
+                    && matches!(self.serving, Serving::Ready { .. })
+                {
+                    out.log("handover: starting a new generation".to_owned());
+                    self.begin_succession(now, Binary::Current, out);
+                } else {
+                    out.log(
+                        "handover: one is already in progress or the relay is not ready yet"
+                            .to_owned(),
+                    );
+                }
+            }
+            OsSignal::Stop => {
+                if self.exiting.is_none() {
+                    out.log("stopping".to_owned());
+                    self.begin_exit(now, exit::OK, out);
+                }
+            }
+        }
+    }
+
+    fn done(&mut self, now: Instant, done: Done, out: &mut Out) {
+        let Some(c) = self.change.as_mut() else {
+            out.warn(format!("a job ended with no change in progress: {done:?}"));
+            return;
+        };
+        let what = match c.kind {
+            Kind::Upgrade => "upgrade",
+            Kind::Rollback => "rollback",
+        };
+        match (done, c.phase.clone()) {
+            (Done::Prepared(Err(why)), Phase::Preparing) => {
+                let asked = c.asked.clone();
+                let id = c.id;
+                self.change = None;
+                out.warn(if asked.is_empty() {
+                    format!("{what} refused: {why}")
+                } else {
+                    format!("{what} to {asked:?} refused: {why}")
+                });
+                out.0.push(Action::Reply {
+                    id,
+                    answer: Answer::Refused {
+                        why,
+                        version: Some(asked).filter(|a| !a.is_empty()),
+                        from: None,
+                    },
+                });
+            }
+            (Done::Prepared(Ok(versions)), Phase::Preparing) => {
+                c.versions = Some(versions.clone());
+                let kind = c.kind;
+                if self.exiting.is_some() {
+                    c.phase = Phase::Interrupted;
+                } else if matches!(self.serving, Serving::Waiting | Serving::Stopped) {
+                    self.undo(
+                        "the relay stopped serving during the change; try again".to_owned(),
+                        Cause::Interrupted,
+                        AfterUndo::Nothing,
+                        out,
+                    );
+                } else {
+                    c.phase = Phase::HandingOver;
+                    // A generation restarting after a crash meanwhile is not waited for: the
+                    // new version takes over.
+                    if matches!(self.serving, Serving::Restarting { .. }) {
+                        self.serving = Serving::Gone;
+                    }
+                    out.log(match kind {
+                        Kind::Upgrade => format!(
+                            "upgrade to {}: verified and migrated; starting it beside {}",
+                            versions.to, versions.from
+                        ),
+                        Kind::Rollback => format!(
+                            "rollback to {}: migrated down; starting it beside {}",
+                            versions.to, versions.from
+                        ),
+                    });
+                    let binary = match kind {
+                        Kind::Upgrade => Binary::Staged,
+                        Kind::Rollback => Binary::Prev,
+                    };
+                    self.begin_succession(now, binary, out);
+                }
+            }
+            (Done::Committed(result), Phase::Committing) => {
+                let id = c.id;
+                let kind = c.kind;
+                let versions = c.versions.clone().unwrap_or_else(|| Versions {
+                    to: c.asked.clone(),
+                    from: String::new(),
+                });
+                self.change = None;
+                if self.serving == Serving::Waiting && self.exiting.is_none() {
+                    self.serving = Serving::Launching;
+                    out.spawn(Role::Serving, Binary::Current);
+                }
+                match result {
+                    Ok(()) => {
+                        let step = match kind {
+                            Kind::Upgrade => Step::Committed,
+                            Kind::Rollback => Step::RollbackCommitted,
+                        };
+                        out.log(format!("{step} {} (was {})", versions.to, versions.from));
+                        out.journal(&versions.to, step, "");
+                        out.0.push(Action::Reply {
+                            id,
+                            answer: Answer::Ok(versions),
+                        });
+                    }
+                    Err(why) => {
+                        out.warn(format!("{}: committing failed: {why}", versions.to));
+                        out.journal(&versions.to, Step::CommitFailed, &why);
+                        out.0.push(Action::Reply {
+                            id,
+                            answer: Answer::Refused {
+                                why,
+                                version: Some(versions.to),
+                                from: None,
+                            },
+                        });
+                    }
+                }
+            }
+            (Done::Undone, Phase::Undoing(after)) => {
+                let id = c.id;
+                let why = c.why.clone().unwrap_or_default();
+                let versions = c.versions.clone();
+                self.change = None;
+                out.0.push(Action::Reply {
+                    id,
+                    answer: Answer::Refused {
+                        why,
+                        version: versions.as_ref().map(|v| v.to.clone()),
+                        from: versions.map(|v| v.from),
+                    },
+                });
+                match after {
+                    AfterUndo::StartCurrent if self.exiting.is_none() => {
+                        self.serving = Serving::Launching;
+                        out.spawn(Role::Serving, Binary::Current);
+                    }
+                    AfterUndo::Resume => {
+                        if let Some(pid) = self.serving.pid() {
+                            out.signal(pid, Sig::Cont);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (done, phase) => {
+                out.warn(format!(
+                    "a job ended ({done:?}) in a phase that runs none ({phase:?}): ignored"
+                ));
+            }
+        }
+    }
+
+    /// Undoes the prepared change with a [`Job::Undo`].
+    fn undo(&mut self, why: String, cause: Cause, after: AfterUndo, out: &mut Out) {
+        let Some(c) = self.change.as_mut() else {
+            return;
+        };
+        let Some(versions) = c.versions.clone() else {
+            return;
+        };
+        out.0.push(Action::Log {
+            warn: true,
+            message: match (c.kind, cause) {
+                (Kind::Upgrade, Cause::Failed) => format!(
+                    "upgrade to {} rolled back: {why}; {} will be skipped",
+                    versions.to, versions.to
+                ),
+                (Kind::Upgrade, Cause::Interrupted) => {
+                    format!("upgrade to {} undone, not skipped: {why}", versions.to)
+                }
+                (Kind::Rollback, _) => format!(
+                    "rollback to {} failed: {why}; {} serves on",
+                    versions.to, versions.from
+                ),
+            },
+        });
+        c.phase = Phase::Undoing(after);
+        c.why = Some(why.clone());
+        out.0.push(Action::Job(Job::Undo {
+            kind: c.kind,
+            versions,
+            why,
+            cause,
+        }));
+    }
+
+    /// Tells `pid` to stop; SIGKILL after the stop timeout.
+    fn stop(&mut self, now: Instant, pid: Pid, out: &mut Out) {
+        out.signal(pid, Sig::Term);
+        if !self.stopping.iter().any(|s| s.pid == pid) {
+            self.stopping.push(Stopping {
+                pid,
+                kill_at: Some(now + self.timing.stop_timeout),
+            });
+        }
+    }
+
+    fn begin_exit(&mut self, now: Instant, code: u8, out: &mut Out) {
+        if self.exiting.is_some() {
+            return;
+        }
+        self.exiting = Some(code);
+        out.0.push(Action::Systemd(Notify::Stopping));
+        let mut pids: Vec<Pid> = self.serving.pid().into_iter().collect();
+        pids.extend(self.successor_pid());
+        pids.append(&mut self.draining);
+        pids.extend(self.orphans.iter().copied());
+        for pid in pids {
+            self.stop(now, pid, out);
+        }
+        self.successor = None;
+        self.serving = match self.serving {
+            Serving::Starting { pid, .. } | Serving::Ready { pid } | Serving::Abandoned { pid } => {
+                // Stays known until its exit.
+                Serving::Abandoned { pid }
+            }
+            _ => Serving::Stopped,
+        };
+        if let Some(c) = &mut self.change
+            && matches!(c.phase, Phase::HandingOver | Phase::Watching { .. })
+        {
+            c.phase = Phase::Interrupted;
+        }
+    }
+
+    /// While exiting: once every process is gone and no job runs, an interrupted change is
+    /// undone, then the supervisor exits.
+    fn finish_exit(&mut self, out: &mut Out) {
+        let Some(code) = self.exiting else {
+            return;
+        };
+        if !self.stopping.is_empty() || self.serving.pid().is_some() || !self.orphans.is_empty() {
+            return;
+        }
+        if out.0.iter().any(|a| matches!(a, Action::Exit(_))) {
+            return;
+        }
+        match self.change.as_ref().map(|c| &c.phase) {
+            Some(Phase::Interrupted) => {
+                self.undo(
+                    "the supervisor was stopped during the change".to_owned(),
+                    match self.change.as_ref().map(|c| c.kind) {
+                        Some(Kind::Rollback) => Cause::Failed,
+                        _ => Cause::Interrupted,
+                    },
+                    AfterUndo::Exit,
+                    out,
+                );
+            }
+            Some(_) => {}
+            None => out.0.push(Action::Exit(code)),
+        }
+    }
+}
+
+/// The actions of one event.
+#[derive(Debug, Default)]
+struct Out(Vec<Action>);
+
+impl Out {
+    fn log(&mut self, message: String) {
+        self.0.push(Action::Log {
+            warn: false,
+            message,
+        });
+    }
+
+    fn warn(&mut self, message: String) {
+        self.0.push(Action::Log {
+            warn: true,
+            message,
+        });
+    }
+
+    fn signal(&mut self, pid: Pid, sig: Sig) {
+        self.0.push(Action::Signal { pid, sig });
+    }
+
+    fn spawn(&mut self, role: Role, binary: Binary) {
+        self.0.push(Action::Spawn { role, binary });
+    }
+
+    fn journal(&mut self, version: &str, step: Step, detail: &str) {
+        self.0.push(Action::Journal {
+            version: version.to_owned(),
+            step,
+            detail: detail.to_owned(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

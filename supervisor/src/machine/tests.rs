@@ -1,0 +1,921 @@
+//! Every state of the machine under every kind of event, the crash cases included.
+
+use super::*;
+
+const READY: Duration = Duration::from_secs(30);
+const HEALTH: Duration = Duration::from_secs(10);
+const PAUSE: Duration = Duration::from_secs(5);
+const STOP: Duration = Duration::from_secs(10);
+
+fn timing() -> Timing {
+    Timing {
+        ready_timeout: READY,
+        health_window: HEALTH,
+        pause_wait: PAUSE,
+        stop_timeout: STOP,
+    }
+}
+
+/// A machine driven with a clock the test moves.
+struct Drive {
+    m: Machine,
+    now: Instant,
+}
+
+impl Drive {
+    fn new(orphans: Vec<Pid>) -> Self {
+        Self {
+            m: Machine::new(timing(), orphans),
+            now: Instant::now(),
+        }
+    }
+
+    /// A machine whose first generation (pid 100) serves.
+    fn serving() -> Self {
+        let mut d = Self::new(Vec::new());
+        assert_eq!(
+            d.m.start(),
+            vec![Action::Spawn {
+                role: Role::Serving,
+                binary: Binary::Current
+            }]
+        );
+        d.on(Event::Spawned {
+            role: Role::Serving,
+            pid: 100,
+        });
+        let a = d.on(Event::Ready(100));
+        assert!(a.contains(&Action::Systemd(Notify::Ready)), "{a:?}");
+        assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
+        d
+    }
+
+    fn on(&mut self, event: Event) -> Vec<Action> {
+        self.m.handle(self.now, event)
+    }
+
+    fn after(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        self.on(Event::Tick)
+    }
+
+    fn exited(&mut self, pid: Pid, how: Exit) -> Vec<Action> {
+        self.on(Event::Exited { pid, how })
+    }
+
+    fn crash(&mut self, pid: Pid) -> Vec<Action> {
+        self.exited(pid, Exit::Failed("signal: 9 (SIGKILL)".into()))
+    }
+
+    /// An upgrade asked for and prepared: the successor (pid 200) starts.
+    fn upgrade_prepared(&mut self) {
+        let a = self.on(Event::Request {
+            id: 1,
+            request: Request::Upgrade("0.8.0".into()),
+        });
+        assert_eq!(
+            a,
+            vec![Action::Job(Job::Prepare {
+                kind: Kind::Upgrade,
+                asked: Some("0.8.0".into())
+            })]
+        );
+        assert_eq!(self.m.shown(), Shown::Upgrading);
+        let a = self.on(Event::Done(Done::Prepared(Ok(versions()))));
+        assert!(
+            a.contains(&Action::Signal {
+                pid: 100,
+                sig: Sig::Winch
+            }),
+            "{a:?}"
+        );
+        let a = self.on(Event::Paused(100));
+        assert!(
+            a.contains(&Action::Spawn {
+                role: Role::Successor,
+                binary: Binary::Staged
+            }),
+            "{a:?}"
+        );
+        self.on(Event::Spawned {
+            role: Role::Successor,
+            pid: 200,
+        });
+        assert_eq!(self.m.successor_pid(), Some(200));
+    }
+
+    /// The upgrade's new generation took over: the health window runs.
+    fn upgrade_watching(&mut self) {
+        self.upgrade_prepared();
+        let a = self.on(Event::Ready(200));
+        assert!(a.contains(&journal(Step::Swapped)), "{a:?}");
+        assert!(a.contains(&Action::Signal {
+            pid: 100,
+            sig: Sig::Hup
+        }));
+        assert_eq!(self.m.serving(), &Serving::Ready { pid: 200 });
+        assert_eq!(self.m.draining(), &[100]);
+        assert!(matches!(
+            self.m.change().map(|c| &c.phase),
+            Some(Phase::Watching { .. })
+        ));
+    }
+}
+
+fn versions() -> Versions {
+    Versions {
+        to: "0.8.0".into(),
+        from: "0.7.0".into(),
+    }
+}
+
+fn journal(step: Step) -> Action {
+    Action::Journal {
+        version: "0.8.0".into(),
+        step,
+        detail: String::new(),
+    }
+}
+
+fn replies(a: &[Action]) -> Vec<&Answer> {
+    a.iter()
+        .filter_map(|x| match x {
+            Action::Reply { answer, .. } => Some(answer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refused(a: &[Action]) -> Option<String> {
+    replies(a).into_iter().find_map(|r| match r {
+        Answer::Refused { why, .. } => Some(why.clone()),
+        _ => None,
+    })
+}
+
+fn undo_of(a: &[Action]) -> Option<(Kind, Cause)> {
+    a.iter().find_map(|x| match x {
+        Action::Job(Job::Undo { kind, cause, .. }) => Some((*kind, *cause)),
+        _ => None,
+    })
+}
+
+fn exit_code(a: &[Action]) -> Option<u8> {
+    a.iter().find_map(|x| match x {
+        Action::Exit(c) => Some(*c),
+        _ => None,
+    })
+}
+
+// === the serving generation ===
+
+#[test]
+fn first_start_ready_tells_systemd_once_and_drains_orphans() {
+    let mut d = Drive::new(vec![7, 8]);
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 100,
+    });
+    assert_eq!(d.m.shown(), Shown::Starting);
+    assert_eq!(d.m.children(), vec![100], "orphans are not its children");
+    let a = d.on(Event::Ready(100));
+    for o in [7, 8] {
+        assert!(a.contains(&Action::Signal {
+            pid: o,
+            sig: Sig::Hup
+        }));
+    }
+    assert_eq!(d.m.shown(), Shown::Serving);
+    // An orphan that exits leaves the list; a READY from a stranger changes nothing.
+    d.exited(7, Exit::Failed("gone".into()));
+    assert_eq!(d.m.orphans(), &[8]);
+    let a = d.on(Event::Ready(999));
+    assert!(!a.contains(&Action::Systemd(Notify::Ready)));
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
+}
+
+#[test]
+fn a_generation_that_never_gets_ready_is_stopped_killed_and_counted_as_a_crash() {
+    let mut d = Drive::new(Vec::new());
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 100,
+    });
+    assert!(d.after(READY - Duration::from_millis(1)).is_empty());
+    let a = d.after(Duration::from_millis(1));
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Term
+    }));
+    assert_eq!(d.m.serving(), &Serving::Abandoned { pid: 100 });
+    let a = d.after(STOP);
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Kill
+    }));
+    // Its exit code says "stopped", but it was abandoned: a crash, restarted after a backoff.
+    let a = d.exited(100, Exit::Graceful);
+    assert!(a.contains(&Action::CountRestart), "{a:?}");
+    assert!(matches!(d.m.serving(), Serving::Restarting { .. }));
+    let a = d.after(crate::budget::BACKOFF_BASE);
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Serving,
+        binary: Binary::Current
+    }));
+}
+
+#[test]
+fn a_crash_restarts_after_a_backoff_and_past_the_budget_the_supervisor_exits() {
+    let mut d = Drive::serving();
+    let mut pid = 100;
+    for _ in 0..crate::budget::MAX_CRASHES {
+        let a = d.crash(pid);
+        assert!(a.contains(&Action::CountRestart));
+        let Serving::Restarting { at } = *d.m.serving() else {
+            panic!("{:?}", d.m.serving());
+        };
+        // Nothing starts before the backoff ends.
+        assert!(d.after(at - d.now - Duration::from_millis(1)).is_empty());
+        let a = d.after(Duration::from_millis(1));
+        assert!(a.contains(&Action::Spawn {
+            role: Role::Serving,
+            binary: Binary::Current
+        }));
+        pid += 1;
+        d.on(Event::Spawned {
+            role: Role::Serving,
+            pid,
+        });
+    }
+    let a = d.crash(pid);
+    assert_eq!(exit_code(&a), Some(exit::CRASH_BUDGET), "{a:?}");
+}
+
+#[test]
+fn a_binary_that_cannot_start_counts_as_a_crash() {
+    let mut d = Drive::new(Vec::new());
+    let a = d.on(Event::SpawnFailed {
+        role: Role::Serving,
+        why: "exec format error".into(),
+    });
+    assert!(a.contains(&Action::CountRestart), "{a:?}");
+    assert!(matches!(d.m.serving(), Serving::Restarting { .. }));
+}
+
+#[test]
+fn a_relay_stopped_by_the_operator_stops_the_supervisor_after_the_others() {
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    d.on(Event::Paused(100));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    d.on(Event::Ready(101));
+    assert_eq!(d.m.draining(), &[100]);
+    let a = d.exited(101, Exit::Graceful);
+    assert!(
+        a.contains(&Action::Signal {
+            pid: 100,
+            sig: Sig::Term
+        }),
+        "{a:?}"
+    );
+    assert_eq!(exit_code(&a), None, "waits for the draining one");
+    let a = d.exited(100, Exit::Graceful);
+    assert_eq!(exit_code(&a), Some(exit::OK));
+}
+
+#[test]
+fn reload_and_dump_go_to_the_serving_generation_and_status_always_answers() {
+    let mut d = Drive::serving();
+    assert_eq!(
+        d.on(Event::Signal(OsSignal::Reload)),
+        vec![Action::Signal {
+            pid: 100,
+            sig: Sig::Usr1
+        }]
+    );
+    let a = d.on(Event::Signal(OsSignal::Dump));
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Usr2
+    }));
+    assert!(a.contains(&Action::Dump));
+    assert_eq!(
+        d.m.serving(),
+        &Serving::Ready { pid: 100 },
+        "USR2 stops nothing"
+    );
+    for during_a_change in [false, true] {
+        if during_a_change {
+            d.upgrade_prepared();
+        }
+        let a = d.on(Event::Request {
+            id: 9,
+            request: Request::Status,
+        });
+        assert_eq!(replies(&a), vec![&Answer::Status]);
+    }
+}
+
+// === stopping ===
+
+#[test]
+fn stop_terminates_everyone_kills_the_slow_and_exits_once_all_are_gone() {
+    let mut d = Drive::new(vec![7]);
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 100,
+    });
+    d.on(Event::Ready(100));
+    let a = d.on(Event::Signal(OsSignal::Stop));
+    assert!(a.contains(&Action::Systemd(Notify::Stopping)));
+    for pid in [100, 7] {
+        assert!(
+            a.contains(&Action::Signal {
+                pid,
+                sig: Sig::Term
+            }),
+            "{a:?}"
+        );
+    }
+    // A second stop changes nothing; requests are refused while stopping.
+    assert!(d.on(Event::Signal(OsSignal::Stop)).is_empty());
+    let a = d.on(Event::Request {
+        id: 3,
+        request: Request::Rollback,
+    });
+    assert!(refused(&a).is_some_and(|w| w.contains("stopping")));
+    let a = d.after(STOP);
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Kill
+    }));
+    assert!(a.contains(&Action::Signal {
+        pid: 7,
+        sig: Sig::Kill
+    }));
+    assert_eq!(
+        exit_code(&d.exited(100, Exit::Failed("signal: 9".into()))),
+        None
+    );
+    assert_eq!(
+        exit_code(&d.exited(7, Exit::Failed("gone".into()))),
+        Some(exit::OK)
+    );
+}
+
+#[test]
+fn stop_while_restarting_exits_at_once_and_starts_nothing() {
+    let mut d = Drive::serving();
+    d.crash(100);
+    let a = d.on(Event::Signal(OsSignal::Stop));
+    assert_eq!(exit_code(&a), Some(exit::OK), "{a:?}");
+    assert!(
+        !d.after(Duration::from_secs(60))
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. }))
+    );
+}
+
+// === handover ===
+
+#[test]
+fn handover_pauses_starts_the_successor_and_drains_the_old_one() {
+    let mut d = Drive::serving();
+    let a = d.on(Event::Signal(OsSignal::Handover));
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Winch
+    }));
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "not before the pause"
+    );
+    // A second HUP meanwhile is refused.
+    assert!(
+        !d.on(Event::Signal(OsSignal::Handover))
+            .iter()
+            .any(|a| matches!(
+                a,
+                Action::Signal {
+                    sig: Sig::Winch,
+                    ..
+                }
+            ))
+    );
+    let a = d.on(Event::Paused(100));
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Successor,
+        binary: Binary::Current
+    }));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    assert_eq!(d.m.children(), vec![100, 101]);
+    let a = d.on(Event::Ready(101));
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Hup
+    }));
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 101 });
+    d.exited(100, Exit::Failed("exit status: 0".into()));
+    assert!(d.m.draining().is_empty());
+    assert_eq!(d.m.shown(), Shown::Serving);
+}
+
+#[test]
+fn a_pause_nobody_confirms_times_out_and_the_successor_starts_anyway() {
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    assert!(d.after(PAUSE - Duration::from_millis(1)).is_empty());
+    let a = d.after(Duration::from_millis(1));
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Successor,
+        binary: Binary::Current
+    }));
+}
+
+#[test]
+fn handover_is_refused_while_starting() {
+    let mut d = Drive::new(Vec::new());
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 100,
+    });
+    let a = d.on(Event::Signal(OsSignal::Handover));
+    assert!(d.m.successor().is_none(), "{a:?}");
+}
+
+#[test]
+fn a_successor_that_exits_or_never_gets_ready_leaves_the_old_one_serving() {
+    for never_ready in [false, true] {
+        let mut d = Drive::serving();
+        d.on(Event::Signal(OsSignal::Handover));
+        d.on(Event::Paused(100));
+        d.on(Event::Spawned {
+            role: Role::Successor,
+            pid: 101,
+        });
+        let a = if never_ready {
+            let a = d.after(READY);
+            assert!(
+                a.contains(&Action::Signal {
+                    pid: 101,
+                    sig: Sig::Term
+                }),
+                "{a:?}"
+            );
+            a
+        } else {
+            d.exited(101, Exit::Failed("exit status: 1".into()))
+        };
+        assert!(
+            a.contains(&Action::Signal {
+                pid: 100,
+                sig: Sig::Cont
+            }),
+            "{a:?}"
+        );
+        assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
+        assert!(d.m.successor().is_none());
+    }
+}
+
+#[test]
+fn a_successor_that_cannot_be_started_leaves_the_old_one_serving() {
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    d.on(Event::Paused(100));
+    let a = d.on(Event::SpawnFailed {
+        role: Role::Successor,
+        why: "no such file".into(),
+    });
+    assert!(a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Cont
+    }));
+    assert!(d.m.successor().is_none());
+}
+
+#[test]
+fn the_serving_one_dying_during_a_handover_lets_the_successor_take_over() {
+    // While it pauses: the successor starts at once.
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    let a = d.crash(100);
+    assert!(
+        a.contains(&Action::Spawn {
+            role: Role::Successor,
+            binary: Binary::Current
+        }),
+        "{a:?}"
+    );
+    assert_eq!(d.m.serving(), &Serving::Gone);
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    let a = d.on(Event::Ready(101));
+    assert!(
+        !a.iter()
+            .any(|a| matches!(a, Action::Signal { sig: Sig::Hup, .. }))
+    );
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 101 });
+    // And if the successor then fails too, the committed binary starts again.
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    d.on(Event::Paused(100));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    d.crash(100);
+    let a = d.crash(101);
+    assert!(
+        a.contains(&Action::Spawn {
+            role: Role::Serving,
+            binary: Binary::Current
+        }),
+        "{a:?}"
+    );
+}
+
+// === upgrades ===
+
+#[test]
+fn an_upgrade_commits_after_the_health_window() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    assert!(d.after(HEALTH - Duration::from_millis(1)).is_empty());
+    let a = d.after(Duration::from_millis(1));
+    assert_eq!(
+        a,
+        vec![
+            journal(Step::Committing),
+            Action::Job(Job::Commit {
+                kind: Kind::Upgrade,
+                versions: versions()
+            })
+        ]
+    );
+    // Requests meanwhile are refused as busy.
+    let busy = d.on(Event::Request {
+        id: 2,
+        request: Request::Rollback,
+    });
+    assert!(refused(&busy).is_some_and(|w| w.contains("busy")));
+    let a = d.on(Event::Done(Done::Committed(Ok(()))));
+    assert!(a.contains(&journal(Step::Committed)));
+    assert_eq!(replies(&a), vec![&Answer::Ok(versions())]);
+    assert!(d.m.change().is_none());
+    assert_eq!(d.m.shown(), Shown::Serving);
+}
+
+#[test]
+fn a_refused_upgrade_changes_nothing() {
+    let mut d = Drive::serving();
+    d.on(Event::Request {
+        id: 1,
+        request: Request::Upgrade("0.8.0".into()),
+    });
+    let a = d.on(Event::Done(Done::Prepared(Err("bad signature".into()))));
+    assert_eq!(refused(&a).as_deref(), Some("bad signature"));
+    assert!(d.m.change().is_none());
+    assert!(d.m.successor().is_none());
+}
+
+#[test]
+fn an_upgrade_is_refused_unless_the_relay_serves() {
+    let mut d = Drive::new(Vec::new());
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 100,
+    });
+    let a = d.on(Event::Request {
+        id: 1,
+        request: Request::Upgrade("0.8.0".into()),
+    });
+    assert!(refused(&a).is_some_and(|w| w.contains("busy")));
+    assert!(d.m.change().is_none());
+}
+
+#[test]
+fn a_new_version_that_dies_in_its_health_window_is_undone_skipped_and_the_old_binary_restarts() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    let a = d.crash(200);
+    assert_eq!(undo_of(&a), Some((Kind::Upgrade, Cause::Failed)));
+    assert_eq!(d.m.serving(), &Serving::Waiting);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "not before the undo"
+    );
+    let a = d.on(Event::Done(Done::Undone));
+    assert!(refused(&a).is_some_and(|w| w.contains("inside the health window")));
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Serving,
+        binary: Binary::Current
+    }));
+    assert!(d.m.change().is_none());
+}
+
+#[test]
+fn a_new_version_that_fails_at_start_is_undone_and_the_old_one_serves_on() {
+    for how in ["exit", "timeout", "spawn"] {
+        let mut d = Drive::serving();
+        if how == "spawn" {
+            d.on(Event::Request {
+                id: 1,
+                request: Request::Upgrade("0.8.0".into()),
+            });
+            d.on(Event::Done(Done::Prepared(Ok(versions()))));
+            d.on(Event::Paused(100));
+        } else {
+            d.upgrade_prepared();
+        }
+        let a = match how {
+            "exit" => d.crash(200),
+            "timeout" => d.after(READY),
+            _ => d.on(Event::SpawnFailed {
+                role: Role::Successor,
+                why: "exec format error".into(),
+            }),
+        };
+        assert_eq!(
+            undo_of(&a),
+            Some((Kind::Upgrade, Cause::Failed)),
+            "{how}: {a:?}"
+        );
+        assert!(
+            !a.contains(&Action::Signal {
+                pid: 100,
+                sig: Sig::Cont
+            }),
+            "heartbeats resume once the change is undone"
+        );
+        let a = d.on(Event::Done(Done::Undone));
+        assert!(
+            refused(&a).is_some_and(|w| w.contains("at start")),
+            "{how}: {a:?}"
+        );
+        assert!(a.contains(&Action::Signal {
+            pid: 100,
+            sig: Sig::Cont
+        }));
+        assert!(!a.iter().any(|a| matches!(a, Action::Spawn { .. })));
+        assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
+    }
+}
+
+#[test]
+fn the_old_one_dying_while_the_new_one_starts_then_the_new_one_failing_restarts_the_old_binary() {
+    let mut d = Drive::serving();
+    d.upgrade_prepared();
+    d.crash(100);
+    assert_eq!(d.m.serving(), &Serving::Gone);
+    let a = d.crash(200);
+    assert_eq!(undo_of(&a), Some((Kind::Upgrade, Cause::Failed)));
+    let a = d.on(Event::Done(Done::Undone));
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Serving,
+        binary: Binary::Current
+    }));
+}
+
+#[test]
+fn a_relay_that_crashes_while_a_release_is_prepared_is_replaced_by_the_new_version() {
+    let mut d = Drive::serving();
+    d.on(Event::Request {
+        id: 1,
+        request: Request::Upgrade("0.8.0".into()),
+    });
+    assert_eq!(
+        d.m.victim(true),
+        None,
+        "the new generation does not exist yet"
+    );
+    assert_eq!(d.m.victim(false), Some(100));
+    d.crash(100);
+    assert!(matches!(d.m.serving(), Serving::Restarting { .. }));
+    let a = d.on(Event::Done(Done::Prepared(Ok(versions()))));
+    assert!(
+        a.contains(&Action::Spawn {
+            role: Role::Successor,
+            binary: Binary::Staged
+        }),
+        "{a:?}"
+    );
+    assert_eq!(
+        d.m.serving(),
+        &Serving::Gone,
+        "the restart is not waited for"
+    );
+    assert!(!d.after(Duration::from_secs(20)).iter().any(|a| matches!(
+        a,
+        Action::Spawn {
+            role: Role::Serving,
+            ..
+        }
+    )));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 200,
+    });
+    let a = d.on(Event::Ready(200));
+    assert!(a.contains(&journal(Step::Swapped)));
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 200 });
+}
+
+#[test]
+fn a_relay_that_dies_during_the_commit_starts_again_from_the_committed_binary() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    d.after(HEALTH);
+    let a = d.crash(200);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "not before the commit"
+    );
+    assert_eq!(d.m.serving(), &Serving::Waiting);
+    let a = d.on(Event::Done(Done::Committed(Ok(()))));
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Serving,
+        binary: Binary::Current
+    }));
+    assert_eq!(replies(&a), vec![&Answer::Ok(versions())]);
+}
+
+#[test]
+fn a_failed_commit_is_journaled_and_answered() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    d.after(HEALTH);
+    let a = d.on(Event::Done(Done::Committed(Err("disk full".into()))));
+    assert!(a.contains(&Action::Journal {
+        version: "0.8.0".into(),
+        step: Step::CommitFailed,
+        detail: "disk full".into()
+    }));
+    assert_eq!(refused(&a).as_deref(), Some("disk full"));
+}
+
+#[test]
+fn a_stop_during_a_change_undoes_it_once_the_generations_are_gone_without_blame() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    let a = d.on(Event::Signal(OsSignal::Stop));
+    assert!(undo_of(&a).is_none(), "not while generations run");
+    d.exited(100, Exit::Graceful);
+    let a = d.exited(200, Exit::Graceful);
+    assert_eq!(
+        undo_of(&a),
+        Some((Kind::Upgrade, Cause::Interrupted)),
+        "{a:?}"
+    );
+    let a = d.on(Event::Done(Done::Undone));
+    assert!(refused(&a).is_some_and(|w| w.contains("stopped during the change")));
+    assert_eq!(exit_code(&a), Some(exit::OK));
+}
+
+#[test]
+fn a_stop_while_a_release_is_prepared_waits_for_the_job() {
+    for ok in [true, false] {
+        let mut d = Drive::serving();
+        d.on(Event::Request {
+            id: 1,
+            request: Request::Upgrade("0.8.0".into()),
+        });
+        d.on(Event::Signal(OsSignal::Stop));
+        let a = d.exited(100, Exit::Graceful);
+        assert_eq!(exit_code(&a), None, "the job still runs");
+        let a = if ok {
+            let a = d.on(Event::Done(Done::Prepared(Ok(versions()))));
+            assert_eq!(undo_of(&a), Some((Kind::Upgrade, Cause::Interrupted)));
+            d.on(Event::Done(Done::Undone))
+        } else {
+            d.on(Event::Done(Done::Prepared(Err("bad".into()))))
+        };
+        assert_eq!(exit_code(&a), Some(exit::OK), "{a:?}");
+    }
+}
+
+#[test]
+fn a_stop_while_committing_lets_the_commit_finish() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    d.after(HEALTH);
+    d.on(Event::Signal(OsSignal::Stop));
+    d.exited(100, Exit::Graceful);
+    assert_eq!(exit_code(&d.exited(200, Exit::Graceful)), None);
+    let a = d.on(Event::Done(Done::Committed(Ok(()))));
+    assert!(a.contains(&journal(Step::Committed)));
+    assert_eq!(exit_code(&a), Some(exit::OK));
+}
+
+// === rollbacks ===
+
+#[test]
+fn a_rollback_commits_as_soon_as_the_previous_version_serves() {
+    let mut d = Drive::serving();
+    let a = d.on(Event::Request {
+        id: 4,
+        request: Request::Rollback,
+    });
+    assert_eq!(
+        a,
+        vec![Action::Job(Job::Prepare {
+            kind: Kind::Rollback,
+            asked: None
+        })]
+    );
+    assert_eq!(d.m.shown(), Shown::RollingBack);
+    let back = Versions {
+        to: "0.6.0".into(),
+        from: "0.7.0".into(),
+    };
+    d.on(Event::Done(Done::Prepared(Ok(back.clone()))));
+    let a = d.on(Event::Paused(100));
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Successor,
+        binary: Binary::Prev
+    }));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 300,
+    });
+    let a = d.on(Event::Ready(300));
+    let steps: Vec<Step> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Journal { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![Step::RollbackSwapped, Step::RollbackCommitting]);
+    assert!(a.contains(&Action::Job(Job::Commit {
+        kind: Kind::Rollback,
+        versions: back.clone()
+    })));
+    let a = d.on(Event::Done(Done::Committed(Ok(()))));
+    assert_eq!(replies(&a), vec![&Answer::Ok(back)]);
+}
+
+#[test]
+fn a_rollback_whose_generation_fails_is_undone_and_the_current_version_serves_on() {
+    let mut d = Drive::serving();
+    d.on(Event::Request {
+        id: 4,
+        request: Request::Rollback,
+    });
+    d.on(Event::Done(Done::Prepared(Ok(versions()))));
+    d.on(Event::Paused(100));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 300,
+    });
+    let a = d.crash(300);
+    assert_eq!(undo_of(&a).map(|u| u.0), Some(Kind::Rollback));
+    d.on(Event::Done(Done::Undone));
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
+}
+
+// === odd events ===
+
+#[test]
+fn events_out_of_place_change_nothing() {
+    let mut d = Drive::serving();
+    let before = format!("{:?}", d.m);
+    for e in [
+        Event::Done(Done::Undone),
+        Event::Done(Done::Committed(Ok(()))),
+        Event::Paused(100),
+        Event::Ready(100),
+        Event::Exited {
+            pid: 4242,
+            how: Exit::Graceful,
+        },
+    ] {
+        d.on(e);
+    }
+    assert_eq!(format!("{:?}", d.m), before);
+    // A job's end in the wrong phase is ignored, and the change goes on.
+    d.upgrade_prepared();
+    d.on(Event::Done(Done::Committed(Ok(()))));
+    assert_eq!(d.m.successor_pid(), Some(200));
+}
+
+#[test]
+fn failpoint_victims_name_the_old_and_the_new_generation() {
+    let mut d = Drive::serving();
+    assert_eq!(d.m.victim(true), Some(100));
+    assert_eq!(d.m.victim(false), None);
+    d.upgrade_prepared();
+    assert_eq!(d.m.victim(true), Some(200));
+    assert_eq!(d.m.victim(false), Some(100));
+    d.on(Event::Ready(200));
+    assert_eq!(d.m.victim(true), Some(200));
+    assert_eq!(d.m.victim(false), Some(100));
+}
