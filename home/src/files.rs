@@ -62,6 +62,9 @@ pub const LOG: &str = "wireleap-relay.log";
 pub const SUPERVISOR_PID: &str = "wireleap-relay-supervisor.pid";
 /// The pids of the relay generations the supervisor runs (taken over by its successor).
 pub const CHILDREN: &str = "wireleap-relay-supervisor.children";
+/// The process group of the migration the supervisor runs, while it runs (a successor kills
+/// what a dead supervisor's migration left).
+pub const MIGRATION_GROUP: &str = "wireleap-relay-supervisor.migration";
 /// The supervisor's control socket (mode 0600).
 pub const CONTROL_SOCKET: &str = "wireleap-relay-supervisor.sock";
 /// The socket the relay generations report readiness on (mode 0600).

@@ -27,7 +27,14 @@ pub fn run(
     down: bool,
     timeout: Duration,
 ) -> Result<(), String> {
-    run_with(Command::new(binary), home, version, down, timeout)
+    run_with(
+        Command::new(binary),
+        home,
+        version,
+        down,
+        timeout,
+        &mut |_| {},
+    )
 }
 
 /// [`run`] with a command prepared by the caller (the supervisor runs a verified copy).
@@ -40,13 +47,14 @@ pub fn run_with(
     version: &str,
     down: bool,
     timeout: Duration,
+    on_start: &mut dyn FnMut(u32),
 ) -> Result<(), String> {
     cmd.arg("migrate");
     if down {
         cmd.arg("--down");
     }
     cmd.arg(version).current_dir(home).env(HOME_ENV, home);
-    let out = bounded(cmd, timeout).map_err(|e| format!("migrate {e}"))?;
+    let out = bounded_with(cmd, timeout, on_start).map_err(|e| format!("migrate {e}"))?;
     if out.status.success() {
         return Ok(());
     }
@@ -74,7 +82,19 @@ pub struct Output {
 ///
 /// # Errors
 /// `could not be started: …` or `did not finish in …`.
-pub fn bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+pub fn bounded(cmd: Command, timeout: Duration) -> Result<Output, String> {
+    bounded_with(cmd, timeout, &mut |_| {})
+}
+
+/// [`bounded`], telling `on_start` the child's pid (its process group) once it runs.
+///
+/// # Errors
+/// As [`bounded`].
+pub fn bounded_with(
+    mut cmd: Command,
+    timeout: Duration,
+    on_start: &mut dyn FnMut(u32),
+) -> Result<Output, String> {
     let mut child = cmd
         .process_group(0)
         .stdin(Stdio::null())
@@ -82,6 +102,7 @@ pub fn bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not be started: {e}"))?;
+    on_start(child.id());
     let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let reader = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         let (tx, rx) = std::sync::mpsc::channel();

@@ -151,6 +151,7 @@ fn prepare_rollback(
     }
     let (prev, to) =
         upgrade::installed_copy(home, &prev_path, &home.join(upgrade::PREV_STATEMENT), None)?;
+    let to = to.ok_or("the version of wireleap-relay.prev cannot be read")?;
     let from = version_of(current)?;
     let v = to.to_string();
     step(home, &v, Step::RollbackStarted, &format!("from {from}"));

@@ -31,6 +31,10 @@ struct Cli {
     /// How long a relay generation may take to report ready, same syntax.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     ready_timeout: Option<Duration>,
+    /// How long one run of a release's migrations may take before it is killed (with its
+    /// process group) and the release rolled back, same syntax.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "2m")]
+    migrate_timeout: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         relay,
         health_window,
         ready_timeout,
+        migrate_timeout,
         command,
     } = cli;
     let home = match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
@@ -116,6 +121,7 @@ fn main() -> ExitCode {
         notify_socket: std::env::var("NOTIFY_SOCKET").ok(),
         health_window,
         ready_timeout,
+        migrate_timeout,
         home,
     };
     let code = match run::run(&opts) {

@@ -168,6 +168,51 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
     Some(done)
 }
 
+/// Kills what the migration of a supervisor that died left running: every process of its
+/// process group ([`upgrade::MIGRATION_GROUP`]) that still works in `home`. Returns how many.
+pub fn leftover_migration(home: &Path) -> usize {
+    let file = home.join(upgrade::MIGRATION_GROUP);
+    let Some(group) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return 0;
+    };
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
+    let mut killed = 0;
+    for pid in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let in_group = process_group(pid) == Some(group);
+        let in_home = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == home);
+        if in_group
+            && in_home
+            && let Ok(p) = i32::try_from(pid)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed += 1;
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    if killed > 0 {
+        warn(&format!(
+            "killed {killed} process(es) left by the migration of a supervisor that died (process group {group})"
+        ));
+    }
+    killed
+}
+
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split(' ').nth(2)?.parse().ok()
+}
+
 /// Writes the generations' pids (atomically; a failure is only logged).
 pub fn record_children(home: &Path, pids: &[u32]) {
     let text = serde_json::json!(pids).to_string();

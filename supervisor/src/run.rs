@@ -52,6 +52,8 @@ pub struct Options {
     /// How long a new generation has to report ready (a flag; else config.json's, else
     /// [`READY_TIMEOUT`]).
     pub ready_timeout: Option<Duration>,
+    /// How long one migration may take.
+    pub migrate_timeout: Duration,
 }
 
 /// Why supervision could not start.
@@ -125,6 +127,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let ready = ReadySocket::bind(home).map_err(io("readiness socket"))?;
     // Only the instance that holds the home writes its pid file, and only it removes it.
     let _pid_file = PidFile::write(home);
+    upgrade::set_migrate_timeout(opts.migrate_timeout);
+    recover::leftover_migration(home);
     if let Some(done) = recover::journal_steps(home, &opts.relay) {
         log(&format!("recovered: {done}"));
     }
@@ -133,7 +137,8 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         upgrade::installed_copy(home, &opts.relay, &statement_of(&opts.relay), None)
             .map_err(Error::Binary)?;
     log(&format!(
-        "relay {version}: {}",
+        "relay {}: {}",
+        version.map_or_else(|| "of unknown version".to_owned(), |v| v.to_string()),
         if current.statement.is_some() {
             "matches its signed statement"
         } else {
@@ -563,7 +568,8 @@ impl World<'_> {
                         .ok()
                     })
                     .flatten()
-                    .map(|(_, v)| v.to_string()),
+                    .and_then(|(_, v)| v)
+                    .map(|v| v.to_string()),
             };
             if let Ok(mut v) = versions.lock() {
                 *v = read;

@@ -26,10 +26,18 @@ use wireleap_home::journal::Step;
 use wireleap_home::skip::SkipList;
 
 pub use wireleap_home::files::{
-    CONFIG, CONFIG_NEXT, CONFIG_PREV, CURRENT, CURRENT_STATEMENT, JOURNAL, NEXT, NEXT_STATEMENT,
-    PREV, PREV_STATEMENT, SKIP_VERSION as SKIP, STATE,
+    CONFIG, CONFIG_NEXT, CONFIG_PREV, CURRENT, CURRENT_STATEMENT, JOURNAL, MIGRATION_GROUP, NEXT,
+    NEXT_STATEMENT, PREV, PREV_STATEMENT, SKIP_VERSION as SKIP, STATE,
 };
 pub use wireleap_home::migrate::MIGRATE_TIMEOUT;
+
+/// This supervisor's bound on one migration (`--migrate-timeout`), set once at start.
+static MIGRATE_BOUND: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// Sets the bound on one migration (once, at start; [`MIGRATE_TIMEOUT`] otherwise).
+pub fn set_migrate_timeout(timeout: std::time::Duration) {
+    let _ = MIGRATE_BOUND.set(timeout);
+}
 
 pub use wireleap_home::files::runs_from_home;
 
@@ -104,18 +112,30 @@ pub fn verify_staged(
 }
 
 /// Runs `<binary> migrate <version>` (up from `version`) or `migrate --down <version>` in
-/// `home`, bounded by [`MIGRATE_TIMEOUT`] ([`wireleap_home::migrate`]), from its verified copy.
+/// `home` from its verified copy, bounded by `--migrate-timeout` ([`MIGRATE_TIMEOUT`] by
+/// default; [`wireleap_home::migrate`]). While it runs, its process group is written to
+/// [`MIGRATION_GROUP`], so that a supervisor started after this one died kills what it left.
 ///
 /// # Errors
 /// What the command printed on stderr when it fails, exits non-zero or times out.
 pub fn migrate(home: &Path, binary: &Verified, version: &str, down: bool) -> Result<(), String> {
-    wireleap_home::migrate::run_with(
+    let group = home.join(MIGRATION_GROUP);
+    let result = wireleap_home::migrate::run_with(
         binary.command(Vec::new())?,
         home,
         version,
         down,
-        MIGRATE_TIMEOUT,
-    )
+        *MIGRATE_BOUND.get().unwrap_or(&MIGRATE_TIMEOUT),
+        &mut |pid| {
+            if let Err(e) =
+                wireleap_home::durable::write_atomic(&group, pid.to_string().as_bytes(), 0o644)
+            {
+                crate::run::warn(&format!("could not write {MIGRATION_GROUP}: {e}"));
+            }
+        },
+    );
+    let _ = std::fs::remove_file(&group);
+    result
 }
 
 /// Step 4, success: `wireleap-relay` becomes `.prev`, the verified copy's bytes become
@@ -219,8 +239,10 @@ pub fn commit_rollback(home: &Path, prev: Option<&Verified>) -> Result<(), Error
 }
 
 /// A fresh copy of an installed binary (`wireleap-relay` or `.prev`), checked against the
-/// statement beside it if there is one (a binary installed by hand has none), that reports the
-/// version its statement signs (and `version`, when the caller knows it).
+/// statement beside it if there is one (a binary installed by hand has none), with the version
+/// it reports. The copy must report the version its statement signs (and `version`, when the
+/// caller knows it). A copy that does not answer `version` in time still runs: with a statement
+/// its version is the signed one; without, it is unknown (`None`) and the reason is logged.
 ///
 /// # Errors
 /// Why it may not run.
@@ -229,7 +251,7 @@ pub fn installed_copy(
     binary: &Path,
     statement: &Path,
     version: Option<&Version>,
-) -> Result<(Verified, Version), String> {
+) -> Result<(Verified, Option<Version>), String> {
     let mut copy = Verified::copy(home, binary)?;
     let signed = if statement.exists() {
         let trust = Trust::load(home).map_err(|e| e.to_string())?;
@@ -242,7 +264,13 @@ pub fn installed_copy(
     } else {
         None
     };
-    let reported = crate::generation::version_of(&copy)?;
+    let reported = match crate::generation::version_of(&copy) {
+        Ok(v) => v,
+        Err(e) => {
+            crate::run::warn(&e);
+            return Ok((copy, signed));
+        }
+    };
     for want in signed.iter().chain(version) {
         if *want != reported {
             return Err(format!(
@@ -251,7 +279,7 @@ pub fn installed_copy(
             ));
         }
     }
-    Ok((copy, reported))
+    Ok((copy, Some(reported)))
 }
 
 /// A fresh verified copy of `wireleap-relay.next` as the release `version` (during recovery: no

@@ -23,3 +23,4 @@ mod trust;
 mod units;
 mod upgrade;
 mod usage;
+mod verified;
