@@ -28,6 +28,10 @@ pub const CURRENT_STATEMENT: &str = "wireleap-relay.hash";
 pub const NEXT_STATEMENT: &str = "wireleap-relay.next.hash";
 /// The signed statement of [`PREV`].
 pub const PREV_STATEMENT: &str = "wireleap-relay.prev.hash";
+/// Where a relay puts the release roots it fetched when it may not write the trusted roots
+/// itself (privilege separation: `trusted-keys/` is the supervisor's). The supervisor moves in
+/// each that is a valid rotation of the root it trusts; nothing else is taken from here.
+pub const ROOTS_STAGED: &str = "trusted-keys.staged";
 /// The folder where the supervisor keeps the copies of the binaries it verified and runs (each
 /// copy is opened, then its name removed: only the supervisor's descriptor reaches it).
 pub const VERIFIED_DIR: &str = "wireleap-relay-supervisor.verified";

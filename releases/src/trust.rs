@@ -438,7 +438,78 @@ impl Trust {
         Ok(&self.root.insert((next, Source::File(path))).0)
     }
 
+    /// Writes `root` to the roots folder; when this process may not (privilege separation: the
+    /// folder is the supervisor's), to [`wireleap_home::files::ROOTS_STAGED`] beside it, for
+    /// the supervisor to check and move in.
     fn persist(&self, root: &Root) -> Result<PathBuf, Error> {
+        match self.persist_in_roots(root) {
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                let staged = self.dir.with_file_name(wireleap_home::files::ROOTS_STAGED);
+                if !staged.is_dir() {
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    std::fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&staged)
+                        .map_err(|e| Error::io("create", &staged, e))?;
+                }
+                let path = staged.join(format!("{}{ROOT_SUFFIX}", root.version()));
+                let bytes = root.signed_bytes().ok_or_else(|| Error::Trust {
+                    reason: "an unsigned root cannot be trusted".to_owned(),
+                })?;
+                durable::write_file(&path, bytes, 0o644)?;
+                Ok(path)
+            }
+            other => other,
+        }
+    }
+
+    /// Moves in the roots a relay staged ([`wireleap_home::files::ROOTS_STAGED`]) that follow
+    /// the current root as valid rotations, in order; the first that does not is refused (and
+    /// the ones after it). Each staged file is removed.
+    #[must_use]
+    pub fn import_staged(&mut self, now: SystemTime) -> Imported {
+        let mut out = Imported::default();
+        let staged = self.dir.with_file_name(wireleap_home::files::ROOTS_STAGED);
+        let mut found: Vec<(u64, PathBuf)> = match std::fs::read_dir(&staged) {
+            Ok(dir) => dir
+                .filter_map(|e| {
+                    let p = e.ok()?.path();
+                    let n = p
+                        .file_name()?
+                        .to_str()?
+                        .strip_suffix(ROOT_SUFFIX)?
+                        .parse()
+                        .ok()?;
+                    Some((n, p))
+                })
+                .collect(),
+            Err(_) => return out,
+        };
+        found.sort();
+        for (n, path) in &found {
+            let current = self.root().map_or(0, Root::version);
+            if out.refused.is_none() && *n > current {
+                let accepted = if *n == current + 1 {
+                    read_staged(path)
+                        .and_then(|bytes| self.accept_next(&bytes, now).map(|r| r.version()))
+                } else {
+                    Err(Error::Trust {
+                        reason: format!("root version {current} is trusted here, not {}", n - 1),
+                    })
+                };
+                match accepted {
+                    Ok(v) => out.accepted.push(v),
+                    Err(e) => out.refused = Some(format!("{}: {e}", path.display())),
+                }
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        out
+    }
+
+    fn persist_in_roots(&self, root: &Root) -> Result<PathBuf, Error> {
         let roots = self.roots_dir();
         for dir in [&self.dir, &roots] {
             if !safe_dir(dir)? {
@@ -461,6 +532,15 @@ impl Trust {
         durable::write_file(&path, bytes, 0o644)?;
         Ok(path)
     }
+}
+
+/// What [`Trust::import_staged`] did.
+#[derive(Debug, Default)]
+pub struct Imported {
+    /// The root versions moved in.
+    pub accepted: Vec<u64>,
+    /// Why a staged root was refused (the first one).
+    pub refused: Option<String>,
 }
 
 /// What a release of `version` is checked against on this host, by the relay's Upgrader, its
@@ -549,6 +629,28 @@ fn safe_dir(dir: &Path) -> Result<bool, Error> {
 ///
 /// [`Error::UnsafeTrustFile`] (a link, unsafe mode or owner), [`Error::Io`], [`Error::Trust`]
 /// when it is larger than `cap`.
+/// A staged root: anyone may have written it (its signatures vouch for it), so only its size
+/// is bounded and a link is not followed.
+fn read_staged(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(crate::root::MAX_ROOT_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > crate::root::MAX_ROOT_SIZE {
+        return Err(Error::RootTooLarge {
+            limit: crate::root::MAX_ROOT_SIZE,
+        });
+    }
+    Ok(bytes)
+}
+
 fn read_safe(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;

@@ -42,6 +42,8 @@ impl Control {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Under privilege separation the relay's group may ask too (its Upgrader does).
+        crate::privsep::share_socket(&path)?;
         listener.set_nonblocking(true)?;
         Ok(Self { listener, path })
     }

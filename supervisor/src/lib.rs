@@ -22,6 +22,7 @@
 //! | [`change`] | the slow steps of an upgrade or rollback, run as jobs beside the loop |
 //! | [`upgrade`] | verify a staged release, journal, migrate, commit or roll back |
 //! | [`recover`] | crash recovery from the journal; taking over a predecessor's generations |
+//! | [`privsep`] | privilege separation: relay processes as the relay's user; the home checked |
 //! | [`failpoint`] | the fault-injection hook of the crash-recovery tests |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
 //! | [`budget`] | the crash budget and restart backoff (pure) |
@@ -36,6 +37,7 @@ pub mod generation;
 pub mod listener;
 pub mod machine;
 pub mod notify;
+pub mod privsep;
 pub mod recover;
 pub mod run;
 pub mod upgrade;

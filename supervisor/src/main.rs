@@ -35,6 +35,10 @@ struct Cli {
     /// process group) and the release rolled back, same syntax.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "2m")]
     migrate_timeout: Duration,
+    /// Run every relay process as this user (name or uid; its primary group), the supervisor
+    /// staying root: a compromised relay cannot change what runs next (docs/install.md).
+    #[arg(long, value_name = "USER")]
+    relay_user: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         health_window,
         ready_timeout,
         migrate_timeout,
+        relay_user,
         command,
     } = cli;
     let home = match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
@@ -115,6 +120,15 @@ fn main() -> ExitCode {
         return ctl_command(&home, &request);
     }
     let relay = relay.unwrap_or_else(|| home.join(wireleap_home::files::CURRENT));
+    if let Some(name) = relay_user {
+        match wireleap_relay_supervisor::privsep::RelayUser::lookup(&name) {
+            Ok(user) => wireleap_relay_supervisor::privsep::set(user),
+            Err(e) => {
+                eprintln!("wireleap-relay-supervisor: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        }
+    }
     // A flag wins; else config.json's `supervisor` section; else the defaults (`run`).
     let opts = Options {
         relay,
@@ -129,7 +143,9 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             match e {
-                run::Error::Config(..) | run::Error::Address { .. } => exit::CONFIG,
+                run::Error::Config(..) | run::Error::Address { .. } | run::Error::Privileges(_) => {
+                    exit::CONFIG
+                }
                 run::Error::Io { .. } | run::Error::AlreadyRunning(_) | run::Error::Binary(_) => {
                     exit::FAILURE
                 }

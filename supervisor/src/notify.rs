@@ -34,6 +34,7 @@ impl ReadySocket {
         }
         let sock = UnixDatagram::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        crate::privsep::share_socket(&path)?;
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true)?;
         Ok(Self {
             sock,

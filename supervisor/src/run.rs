@@ -73,6 +73,9 @@ pub enum Error {
     /// The relay binary may not run (it does not match its statement, or cannot be copied).
     #[error("{0}")]
     Binary(String),
+    /// Privilege separation was asked for and cannot hold (see [`crate::privsep`]).
+    #[error("{0}")]
+    Privileges(String),
     /// Another process holds the home (a supervisor, or a relay without one).
     #[error("{0}")]
     AlreadyRunning(String),
@@ -124,6 +127,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     // before it touches anything.
     let _instance = wireleap_home::instance::Instance::acquire(home, SUPERVISOR_NAME)
         .map_err(Error::AlreadyRunning)?;
+    crate::privsep::check(home, &opts.relay).map_err(Error::Privileges)?;
     let ready = ReadySocket::bind(home).map_err(io("readiness socket"))?;
     // Only the instance that holds the home writes its pid file, and only it removes it.
     let _pid_file = PidFile::write(home);

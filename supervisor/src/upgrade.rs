@@ -87,7 +87,31 @@ pub fn release_check(
     version: &Version,
     running: &Version,
 ) -> Result<(TrustedKeys, Expected), relay_release::Error> {
-    relay_release::trust::release_check(&Trust::load(home)?, home, version, running)
+    relay_release::trust::release_check(&trust(home)?, home, version, running)
+}
+
+/// The home's trust, as the supervisor keeps it: the root embedded in this build written to
+/// `trusted-keys/roots/` when it is in effect, and the rotations a relay fetched but could not
+/// write itself (privilege separation: [`wireleap_home::files::ROOTS_STAGED`]) moved in when
+/// they follow the current root.
+///
+/// # Errors
+/// The trust's errors.
+pub fn trust(home: &Path) -> Result<Trust, relay_release::Error> {
+    let mut trust = Trust::load(home)?;
+    if let Err(e) = trust.persist_embedded() {
+        crate::run::warn(&format!("could not keep the embedded release root: {e}"));
+    }
+    let imported = trust.import_staged(std::time::SystemTime::now());
+    for v in imported.accepted {
+        crate::run::log(&format!("release root {v}: a valid rotation, now trusted"));
+    }
+    if let Some(why) = imported.refused {
+        crate::run::warn(&format!(
+            "a release root the relay fetched was refused: {why}"
+        ));
+    }
+    Ok(trust)
 }
 
 /// Step 1: copies the staged binary and verifies the copy as the release `version` above
@@ -252,9 +276,22 @@ pub fn installed_copy(
     statement: &Path,
     version: Option<&Version>,
 ) -> Result<(Verified, Option<Version>), String> {
+    crate::privsep::trusted_file(binary)?;
+    crate::privsep::trusted_file(statement)?;
+    copy_checked(home, binary, statement, version)
+}
+
+/// [`installed_copy`] of a file anyone may have written (the staged release, written by the
+/// relay): only its statement vouches for it.
+fn copy_checked(
+    home: &Path,
+    binary: &Path,
+    statement: &Path,
+    version: Option<&Version>,
+) -> Result<(Verified, Option<Version>), String> {
     let mut copy = Verified::copy(home, binary)?;
     let signed = if statement.exists() {
-        let trust = Trust::load(home).map_err(|e| e.to_string())?;
+        let trust = trust(home).map_err(|e| e.to_string())?;
         copy.check_installed(&trust, statement).map_err(|e| {
             format!(
                 "{} does not match its signed statement: {e}",
@@ -291,7 +328,7 @@ pub fn staged_copy(home: &Path, version: &Version) -> Result<Verified, String> {
     if !home.join(NEXT_STATEMENT).exists() {
         return Err(format!("{NEXT_STATEMENT} is missing"));
     }
-    let (copy, _) = installed_copy(
+    let (copy, _) = copy_checked(
         home,
         &home.join(NEXT),
         &home.join(NEXT_STATEMENT),

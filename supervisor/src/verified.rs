@@ -83,7 +83,8 @@ impl Verified {
         let mut to = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o700)
+            // Runnable by the relay's user under privilege separation; writable by nobody.
+            .mode(0o755)
             .open(&name)
             .map_err(|e| at("could not create", &name, e))?;
         let copied = std::io::copy(&mut (&mut from).take(MAX_BINARY), &mut to)
@@ -131,6 +132,7 @@ impl Verified {
         let mut cmd = Command::new(format!("/proc/self/fd/{BINARY_FD}"));
         cmd.arg0(wireleap_home::files::CURRENT)
             .env(wireleap_home::files::RELAY_BINARY_ENV, &self.source);
+        crate::privsep::apply(&mut cmd);
         let mut maps = extra;
         maps.push(FdMapping {
             parent_fd: fd.into(),
@@ -223,7 +225,7 @@ impl Verified {
 }
 
 /// The folder for the copies: created 0700; one that is a link, or not this user's, is refused.
-fn private_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}

@@ -109,6 +109,16 @@ pub(crate) fn supervised_with_releases() -> (Supervised, tempfile::TempDir) {
 pub(crate) fn supervised_with_releases_window(
     health_window: &str,
 ) -> (Supervised, tempfile::TempDir) {
+    supervised_with_releases_full(&["--health-window", health_window], &[], &|_| {})
+}
+
+/// As [`supervised_with_releases`], with the supervisor's `args` and `env`, and `prepare`
+/// arranging the home before the supervisor starts.
+pub(crate) fn supervised_with_releases_full(
+    args: &[&str],
+    env: &[(&str, &str)],
+    prepare: &dyn Fn(&Home),
+) -> (Supervised, tempfile::TempDir) {
     let root = tempfile::tempdir().unwrap();
     let standin = Standin::start_with(wireleap_devnet::Config {
         releases_root: Some(root.path().to_path_buf()),
@@ -118,7 +128,7 @@ pub(crate) fn supervised_with_releases_window(
         r#""release_url": "{}", "auto_upgrade": false,"#,
         standin.net.releases_url()
     );
-    let s = Supervised::start_with(standin, &extra, &["--health-window", health_window]);
+    let s = Supervised::start_prepared(standin, &extra, args, env, prepare);
     (s, root)
 }
 

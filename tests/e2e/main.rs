@@ -15,6 +15,7 @@ mod identity;
 mod ledger;
 mod lifecycle;
 mod metrics;
+mod privsep;
 mod recovery;
 mod staged;
 mod supervisor;

@@ -15,7 +15,7 @@ use crate::support::releases::{
 /// The test-only project key's primary fingerprint (releases/testdata/keys).
 const TEST_KEY_FPR: &str = "21244F0243F6E3AFA0D8424DF885560E8FE40EA4";
 
-fn untrust(home: &Home) {
+pub(crate) fn untrust(home: &Home) {
     std::fs::remove_dir_all(home.file("trusted-keys")).unwrap();
 }
 
@@ -117,11 +117,49 @@ fn a_world_writable_trust_folder_is_refused_with_its_path() {
     assert_nothing_staged(home);
 }
 
-fn key(n: &str, ext: &str) -> PathBuf {
+/// The operator's root 1 at `out`: keys A, B, C; two of them sign roots and releases.
+pub(crate) fn operator_root(out: &Path) {
+    release_tool(&[
+        "root",
+        "init",
+        "--threshold",
+        "2",
+        "--out",
+        &s(out),
+        "--key",
+        &s(&key("a", "pub")),
+        "--key",
+        &s(&key("b", "pub")),
+        "--key",
+        &s(&key("c", "pub")),
+    ]);
+}
+
+/// Root 2 at `root2` from `root1`: C out, D in, signed by the old threshold (A, B) and the new
+/// (A, B, D), published into the release tree `tree`. Returns C's fingerprint.
+pub(crate) fn rotate_c_out_d_in(root1: &Path, root2: &Path, tree: &Path) -> String {
+    let c_fpr = key_fingerprint(&key("c", "pub"));
+    release_tool(&[
+        "root",
+        "rotate",
+        "--from",
+        &s(root1),
+        "--out",
+        &s(root2),
+        "--add-key",
+        &s(&key("d", "pub")),
+        "--remove-key",
+        &c_fpr,
+    ]);
+    sign_and_publish(root2, &["a", "b", "d"], tree);
+    c_fpr
+}
+
+pub(crate) fn key(n: &str, ext: &str) -> PathBuf {
     test_key(&format!("root-{n}"), ext)
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -133,20 +171,7 @@ fn two_of_three_root_commits_with_two_keys_and_a_rotation_removes_a_key() {
     let work = tempfile::tempdir().unwrap();
     // The operator's root: A, B, C; two of them sign roots and releases.
     let root1 = work.path().join("1.root");
-    release_tool(&[
-        "root",
-        "init",
-        "--threshold",
-        "2",
-        "--out",
-        &s(&root1),
-        "--key",
-        &s(&key("a", "pub")),
-        "--key",
-        &s(&key("b", "pub")),
-        "--key",
-        &s(&key("c", "pub")),
-    ]);
+    operator_root(&root1);
     sign_and_publish(&root1, &["a", "b"], tree);
     untrust(home);
     let roots = home.file("trusted-keys/roots");
@@ -180,21 +205,8 @@ fn two_of_three_root_commits_with_two_keys_and_a_rotation_removes_a_key() {
     );
 
     // Rotation to root 2: C out, D in, signed by the old threshold (A, B) and the new (A, B, D).
-    let c_fpr = key_fingerprint(&key("c", "pub"));
     let root2 = work.path().join("2.root");
-    release_tool(&[
-        "root",
-        "rotate",
-        "--from",
-        &s(&root1),
-        "--out",
-        &s(&root2),
-        "--add-key",
-        &s(&key("d", "pub")),
-        "--remove-key",
-        &c_fpr,
-    ]);
-    sign_and_publish(&root2, &["a", "b", "d"], tree);
+    let c_fpr = rotate_c_out_d_in(&root1, &root2, tree);
 
     // A release signed by A and the removed C: the relay follows the rotation, then refuses.
     let v91 = stamped(work.path(), &relay_bin(), "9.1.0");
@@ -222,7 +234,7 @@ fn two_of_three_root_commits_with_two_keys_and_a_rotation_removes_a_key() {
 
 /// `release-tool root sign` by each of `signers` (root-a … root-e), then `root publish` into the
 /// release tree `tree`.
-fn sign_and_publish(root: &Path, signers: &[&str], tree: &Path) {
+pub(crate) fn sign_and_publish(root: &Path, signers: &[&str], tree: &Path) {
     let mut args = vec!["root".to_owned(), "sign".to_owned()];
     for n in signers {
         args.push("--key".to_owned());
@@ -233,7 +245,7 @@ fn sign_and_publish(root: &Path, signers: &[&str], tree: &Path) {
     release_tool(&["root", "publish", "--root", &s(tree), &s(root)]);
 }
 
-fn key_fingerprint(public: &Path) -> String {
+pub(crate) fn key_fingerprint(public: &Path) -> String {
     relay_release::TrustedKeys::empty()
         .with_file(public)
         .unwrap()

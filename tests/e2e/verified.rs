@@ -15,7 +15,6 @@ use wireleap_home::control::{Reply, Request, call};
 use crate::support::load::short_stream;
 use crate::support::process::{is_alive, relay_bin};
 use crate::support::releases::publish;
-use crate::support::standin::Standin;
 use crate::support::supervised::{Supervised, supervisor_command};
 use crate::support::{Home, eventually};
 
@@ -56,16 +55,7 @@ fn status(home: &Home) -> Reply {
 
 /// A supervised relay whose releases come from a tree the test writes, upgraded only on request.
 fn supervised(args: &[&str], env: &[(&str, &str)]) -> (Supervised, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let standin = Standin::start_with(wireleap_devnet::Config {
-        releases_root: Some(root.path().to_path_buf()),
-        ..wireleap_devnet::Config::default()
-    });
-    let extra = format!(
-        r#""release_url": "{}", "auto_upgrade": false,"#,
-        standin.net.releases_url()
-    );
-    (Supervised::start_full(standin, &extra, args, env), root)
+    crate::cli_upgrade::supervised_with_releases_full(args, env, &|_| {})
 }
 
 /// An attacker with the relay's rights swaps `wireleap-relay.next` for their own binary, right

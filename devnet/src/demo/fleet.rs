@@ -167,6 +167,40 @@ pub(crate) struct Relay {
     seen: usize,
 }
 
+/// Who the relays run as when the demo runs as root: privilege separation as
+/// `docs/install.md` lays it out (the supervisor root, the relay this user).
+pub(crate) const RELAY_USER: &str = "nobody";
+
+/// The relay user's uid and gid, when the demo runs as root and the user exists.
+pub(crate) fn relay_user() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name(RELAY_USER).ok()??;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// Lays `home` out for privilege separation: the relay's own files are its user's, the home is
+/// root's with the relay's group allowed to create files (sticky, mode 1770), the binary stays
+/// root's; `dir` (the demo's folder) may be passed through.
+fn separate(dir: &Path, home: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(home).with_context(|| format!("reading {}", home.display()))? {
+        let path = entry?.path();
+        if path.file_name() != Some(std::ffi::OsStr::new(CURRENT)) {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .with_context(|| format!("giving {} to {RELAY_USER}", path.display()))?;
+        }
+    }
+    std::os::unix::fs::chown(home, Some(0), Some(gid))
+        .with_context(|| format!("chown {}", home.display()))?;
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o1770))
+        .with_context(|| format!("chmod {}", home.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    Ok(())
+}
+
 /// One step of the supervisor's upgrade journal (its typed entry).
 pub(crate) use wireleap_home::journal::Entry as Step;
 
@@ -210,6 +244,9 @@ impl Relay {
         });
         std::fs::write(home.join("config.json"), format!("{config:#}\n"))
             .context("writing config.json")?;
+        if let Some((uid, gid)) = relay_user() {
+            separate(dir, &home, uid, gid)?;
+        }
         let pubkey: String = std::fs::read_to_string(home.join("key.pub"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -271,6 +308,9 @@ impl Relay {
     ) -> anyhow::Result<Self> {
         let log = std::fs::File::create(home.join(LOG)).context("creating the supervisor log")?;
         let mut cmd = Command::new(&bins.supervisor);
+        if relay_user().is_some() {
+            cmd.args(["--relay-user", RELAY_USER]);
+        }
         cmd.arg("--health-window")
             .arg(format!("{}", health_window.as_secs_f64()))
             .env("WIRELEAP_RELAY_HOME", &home)

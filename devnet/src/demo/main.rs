@@ -234,6 +234,13 @@ fn demo(
     out.say(format!(
         "▸ starting three relays, each under wireleap-relay-supervisor (health window {HEALTH_WINDOW:?})"
     ));
+    out.say(match fleet::relay_user() {
+        Some(_) => format!(
+            "  privilege separation: each supervisor runs as root and its relay as {} (docs/install.md): a relay cannot change the binary that runs next nor the keys it trusts",
+            fleet::RELAY_USER
+        ),
+        None => "  one user for the supervisors and their relays (not root: no privilege separation; docs/install.md)".to_owned(),
+    });
     let mut relays = Vec::new();
     for role in ROLES {
         let (home, pubkey) = Relay::init(bins, dir, role, net.contract_url(), net.releases_url())?;

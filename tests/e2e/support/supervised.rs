@@ -45,6 +45,18 @@ impl Supervised {
 
     /// As [`Self::start_with`], with extra environment variables for the supervisor.
     pub fn start_full(standin: Standin, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_prepared(standin, extra, args, env, &|_| {})
+    }
+
+    /// As [`Self::start_full`], `prepare` arranging the home (with the relay binary in place)
+    /// before the supervisor starts.
+    pub fn start_prepared(
+        standin: Standin,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        prepare: &dyn Fn(&Home),
+    ) -> Self {
         let home = Home::with_config(&format!(
             r#"{{"address": "127.0.0.1:0", "heartbeat_interval": "500ms", "danger_zone": {{"allow_loopback": true}}, {extra}
                 "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
@@ -52,6 +64,7 @@ impl Supervised {
         ));
         std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
         let key: String = serde_json::from_str(&home.read("key.pub")).unwrap();
+        prepare(&home);
         let supervisor = spawn_supervisor(&home, args, env);
         let read_log = || home.read("supervisor.log");
         eventually(WAIT, "the relay to be ready", || {

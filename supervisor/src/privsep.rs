@@ -1,0 +1,285 @@
+//! Privilege separation: the supervisor (root) runs every relay process it starts — the
+//! generations, `version`, `migrate`, `check-config` — as the relay's own user
+//! (`--relay-user`), so that a compromised relay cannot change which binary the supervisor runs
+//! next, nor which keys it trusts (OpenSSH's privileged monitor and unprivileged child).
+//!
+//! The home directory is the supervisor's (root) with the relay's group allowed to create files
+//! and the sticky bit set (mode 1770): the relay writes its own files (ledger, keys, the staged
+//! release) but can neither replace nor remove the supervisor's (the binaries, their
+//! statements, `trusted-keys/`, the journal, the skip list, the committed state). The
+//! supervisor refuses to start when the relay's user could change any of those, naming each.
+//!
+//! Without `--relay-user` everything runs as one user, as `wireleap-relay start` does: it works,
+//! and the supervisor says what it cannot protect then.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use wireleap_home::files;
+
+/// The user relay processes run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayUser {
+    /// Its name (or the uid given).
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary group.
+    pub gid: u32,
+}
+
+static USER: OnceLock<RelayUser> = OnceLock::new();
+
+impl RelayUser {
+    /// Looks up a user name or a numeric uid.
+    ///
+    /// # Errors
+    /// No such user, or root.
+    pub fn lookup(name: &str) -> Result<Self, String> {
+        let user = match name.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(name),
+        }
+        .map_err(|e| format!("--relay-user {name}: {e}"))?
+        .ok_or_else(|| format!("--relay-user {name}: no such user"))?;
+        if user.uid.is_root() {
+            return Err(format!(
+                "--relay-user {name}: the relay may not run as root (that is the supervisor's user)"
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+}
+
+/// Sets the relay's user for this process's life (once, at start).
+pub fn set(user: RelayUser) {
+    let _ = USER.set(user);
+}
+
+/// The relay's user, if the supervisor separates privileges.
+#[must_use]
+pub fn user() -> Option<&'static RelayUser> {
+    USER.get()
+}
+
+/// Makes `cmd` run as the relay's user (its uid, its primary group, no supplementary groups),
+/// if one is set.
+pub fn apply(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    if let Some(u) = user() {
+        // std drops the supplementary groups when it changes the uid as root.
+        cmd.uid(u.uid).gid(u.gid);
+    }
+}
+
+/// Lets the relay's group reach a socket of the supervisor's (mode 0660), if privileges are
+/// separated.
+///
+/// # Errors
+/// An I/O error.
+pub fn share_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(u) = user() {
+        std::os::unix::fs::chown(path, None, Some(u.gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    Ok(())
+}
+
+/// The files the relay's user must not be able to change: what decides which binary runs next
+/// and what is trusted.
+fn guarded(home: &Path, relay: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![home.to_owned(), relay.to_owned()];
+    if let Ok(me) = std::env::current_exe() {
+        paths.push(me);
+    }
+    for name in [
+        files::CURRENT,
+        files::CURRENT_STATEMENT,
+        files::PREV,
+        files::PREV_STATEMENT,
+        files::JOURNAL,
+        files::STATE,
+        files::SKIP_VERSION,
+        files::VERIFIED_DIR,
+        "trusted-keys",
+    ] {
+        paths.push(home.join(name));
+    }
+    let keys = home.join("trusted-keys");
+    for dir in [keys.clone(), keys.join("roots")] {
+        paths.push(dir.clone());
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            paths.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Refuses a file the supervisor is about to trust (a binary, a statement) that the relay's
+/// user could have written (it may create files in the home, say a `.prev` that was missing).
+///
+/// # Errors
+/// The path and why.
+pub fn trusted_file(path: &Path) -> Result<(), String> {
+    match user().and_then(|u| exposed(path, u)) {
+        Some(why) => Err(format!(
+            "{} {why}: the relay's user could have written it",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why the relay's user could change `path` (`None`: it cannot). A folder it may write is fine
+/// when it is sticky and not the user's own (it cannot replace others' files there).
+fn exposed(path: &Path, user: &RelayUser) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        return Some("is a symbolic link (replace it with the file)".into());
+    }
+    if meta.uid() == user.uid {
+        return Some(format!(
+            "is owned by {} (chown root {})",
+            user.name,
+            path.display()
+        ));
+    }
+    let mode = meta.mode();
+    let by_group = meta.gid() == user.gid && mode & 0o020 != 0;
+    let by_all = mode & 0o002 != 0;
+    let sticky = mode & 0o1000 != 0;
+    if (by_group || by_all) && !(meta.is_dir() && sticky) {
+        return Some(format!(
+            "is writable by {} (chmod go-w {})",
+            user.name,
+            path.display()
+        ));
+    }
+    None
+}
+
+/// With privilege separation: every path the relay's user could change, with why. Empty when
+/// the home is laid out as `docs/install.md` says.
+#[must_use]
+pub fn exposures(home: &Path, relay: &Path, user: &RelayUser) -> Vec<String> {
+    guarded(home, relay)
+        .into_iter()
+        .filter_map(|p| exposed(&p, user).map(|why| format!("{} {why}", p.display())))
+        .collect()
+}
+
+/// Checks the home and logs the mode the supervisor runs in.
+///
+/// # Errors
+/// Privileges are to be separated but the supervisor is not root, or the relay's user could
+/// change what runs next (each path named).
+pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
+    let Some(user) = user() else {
+        crate::run::warn(&format!(
+            "the relay runs as this supervisor's own user (uid {}): a compromised relay process could change the binary that runs next and the keys it trusts. Run the supervisor as root with --relay-user (docs/install.md) to prevent it",
+            rustix::process::geteuid().as_raw()
+        ));
+        return Ok(());
+    };
+    if !rustix::process::geteuid().is_root() {
+        return Err(format!(
+            "--relay-user {}: the supervisor must run as root to start the relay as another user",
+            user.name
+        ));
+    }
+    // The supervisor's own files are made now, so that the relay's user cannot be the one to
+    // create them (it may create files in the home).
+    for (name, empty) in [
+        (files::STATE, "{}"),
+        (files::JOURNAL, ""),
+        (files::SKIP_VERSION, ""),
+    ] {
+        let path = home.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            wireleap_home::durable::write_atomic(&path, empty.as_bytes(), 0o644)
+                .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        }
+    }
+    crate::verified::private_dir(&home.join(files::VERIFIED_DIR))?;
+    let exposed = exposures(home, relay, user);
+    if !exposed.is_empty() {
+        return Err(format!(
+            "--relay-user {}: the relay's user could change what the supervisor runs next: {}",
+            user.name,
+            exposed.join("; ")
+        ));
+    }
+    crate::run::log(&format!(
+        "privilege separation: relay processes run as {} (uid {}, gid {}); it cannot change the binaries, their statements or the trusted keys",
+        user.name, user.uid, user.gid
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn what_the_relay_user_could_change_is_named() {
+        let home = tempfile::tempdir().unwrap();
+        let user = RelayUser {
+            name: "relay".into(),
+            uid: 4242,
+            gid: rustix::process::getegid().as_raw(),
+        };
+        let relay = home.path().join(files::CURRENT);
+        std::fs::write(&relay, "bin").unwrap();
+        std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o1770)).unwrap();
+        assert!(
+            exposures(home.path(), &relay, &user).is_empty(),
+            "{:?}",
+            exposures(home.path(), &relay, &user)
+        );
+        // Group-writable binary; a home that is group-writable without the sticky bit.
+        std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o775)).unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        let found = exposures(home.path(), &relay, &user);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|f| f.contains("writable by relay")),
+            "{found:?}"
+        );
+        // A link where a trust file belongs.
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o1770)).unwrap();
+        std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(home.path().join("trusted-keys")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", home.path().join("trusted-keys/k.pub")).unwrap();
+        let found = exposures(home.path(), &relay, &user);
+        assert!(
+            found.len() == 1 && found[0].contains("symbolic link"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn root_is_not_a_relay_user() {
+        assert!(
+            RelayUser::lookup("root")
+                .unwrap_err()
+                .contains("may not run as root")
+        );
+        assert!(RelayUser::lookup("0").is_err());
+        assert!(
+            RelayUser::lookup("no-such-user-here")
+                .unwrap_err()
+                .contains("no such user")
+        );
+    }
+}

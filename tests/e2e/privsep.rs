@@ -1,0 +1,274 @@
+//! Privilege separation (issue: a supervisor you can trust): with `--relay-user`, the supervisor
+//! (root) runs every relay process as the relay's user, in a home laid out as
+//! `docs/install.md` says; that user cannot change the binary that runs next nor the keys it
+//! trusts, and its upgrades still commit. A home where it could is refused, naming the paths.
+//! These tests need root (as CI runs them); run as another user they say so and pass.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cli_upgrade::status_field;
+use crate::cli_upgrade::supervised_with_releases_full;
+use crate::support::process::relay_bin;
+use crate::support::releases::publish;
+use crate::support::supervised::{relay_pids_in, supervisor_command};
+use crate::support::{Home, eventually};
+
+/// The unprivileged user relay processes run as here.
+const NOBODY: u32 = 65534;
+
+fn root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: starting the relay as another user needs root");
+    }
+    root
+}
+
+/// The layout of docs/install.md: the home is root's, the relay's group may create files in it
+/// (sticky: nobody replaces another's files); the relay's own files are its; the binaries and
+/// the trusted keys stay root's.
+fn lay_out(home: &Home) {
+    let keep = ["wireleap-relay", "trusted-keys"];
+    for entry in std::fs::read_dir(home.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !keep.contains(&name.as_str()) {
+            std::os::unix::fs::lchown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    std::os::unix::fs::chown(home.path(), Some(0), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o1770)).unwrap();
+}
+
+/// `sh -c script` in `home` as the relay's user; whether it succeeded.
+fn as_relay_user(home: &Home, script: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", script])
+        .current_dir(home.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// `wireleap-relay upgrade --yes VERSION` as the relay's user: it stages, the supervisor installs.
+fn upgrade_as_relay_user(home: &Home, version: &str) -> std::process::Output {
+    Command::new(home.file("wireleap-relay"))
+        .args(["upgrade", "--yes", version])
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap()
+}
+
+/// Asserts that `out` succeeded, showing its output and the supervisor's log if not.
+fn assert_ok(out: &std::process::Output, log: &str) {
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+fn uid_of(pid: u32) -> u32 {
+    std::fs::metadata(format!("/proc/{pid}")).unwrap().uid()
+}
+
+#[test]
+fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrades() {
+    if !root() {
+        return;
+    }
+    let (s, releases) = supervised_with_releases_full(
+        &["--health-window", "2", "--relay-user", &NOBODY.to_string()],
+        &[],
+        &lay_out,
+    );
+    let home = &s.home;
+    assert!(
+        s.log()
+            .contains("privilege separation: relay processes run as"),
+        "{}",
+        s.log()
+    );
+    let relays = relay_pids_in(home.path());
+    assert!(!relays.is_empty());
+    for &pid in &relays {
+        assert_eq!(uid_of(pid), NOBODY, "relay pid {pid}");
+    }
+    assert_eq!(uid_of(s.supervisor.id()), 0);
+
+    // What the relay's user can and cannot do in its home.
+    assert!(
+        as_relay_user(home, "echo x > its-own-file"),
+        "the home is not the relay's to write in"
+    );
+    for attempt in [
+        "echo x >> wireleap-relay",
+        "mv wireleap-relay elsewhere",
+        "cp key.pub wireleap-relay",
+        "echo key > trusted-keys/mine.pub",
+        "rm -r trusted-keys",
+        "echo 0.0.1 > upgrade-state.json",
+        "mv upgrade-journal.jsonl elsewhere",
+    ] {
+        assert!(
+            !as_relay_user(home, attempt),
+            "the relay's user could: {attempt}"
+        );
+    }
+
+    // An upgrade the relay's user stages (`wireleap-relay upgrade`) commits; the committed
+    // binary is root's again, and the new generation runs as the relay's user.
+    let (asset, _) = publish(releases.path(), "9.0.0", &relay_bin());
+    let out = upgrade_as_relay_user(home, "9.0.0");
+    assert_ok(&out, &s.log());
+    let installed = std::fs::metadata(home.file("wireleap-relay")).unwrap();
+    assert_eq!((installed.uid(), installed.mode() & 0o7777), (0, 0o755));
+    assert_eq!(
+        std::fs::read(home.file("wireleap-relay")).unwrap(),
+        std::fs::read(&asset).unwrap()
+    );
+    let status = crate::cli_upgrade::cli(home, &["status"], "");
+    assert_eq!(status_field(&status, "version"), "9.0.0", "{status}");
+    eventually(
+        Duration::from_secs(30),
+        "one relay process, the new one",
+        || relay_pids_in(home.path()).len() == 1,
+    );
+    for pid in relay_pids_in(home.path()) {
+        assert_eq!(uid_of(pid), NOBODY);
+    }
+    assert!(!as_relay_user(home, "echo x >> wireleap-relay"));
+}
+
+#[test]
+fn a_home_the_relay_user_could_change_is_refused_with_each_path() {
+    if !root() {
+        return;
+    }
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0",
+            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
+    );
+    std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
+    lay_out(&home);
+    // Mistakes: the binary given to the relay's user, the trust folder writable by its group.
+    std::os::unix::fs::chown(home.file("wireleap-relay"), Some(NOBODY), None).unwrap();
+    std::os::unix::fs::chown(home.file("trusted-keys"), None, Some(NOBODY)).unwrap();
+    std::fs::set_permissions(
+        home.file("trusted-keys"),
+        std::fs::Permissions::from_mode(0o775),
+    )
+    .unwrap();
+    let out = supervisor_command(&home)
+        .args(["--relay-user", "nobody"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for want in [
+        format!(
+            "{} is owned by nobody",
+            home.file("wireleap-relay").display()
+        ),
+        format!(
+            "{} is writable by nobody",
+            home.file("trusted-keys").display()
+        ),
+    ] {
+        assert!(err.contains(&want), "{want:?} missing from: {err}");
+    }
+    assert!(
+        relay_pids_in(home.path()).is_empty(),
+        "a relay started anyway"
+    );
+    // And a relay user that is root, or unknown, is a usage error.
+    for bad in ["root", "no-such-user-here"] {
+        let out = supervisor_command(&home)
+            .args(["--relay-user", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+    }
+}
+
+/// The relay's user may not write the trusted roots, so a rotation it fetches is staged for the
+/// supervisor, which moves it in only as a valid rotation of the root it trusts: a release
+/// signed by the rotated-in key then commits, and a forged root staged beside it is refused.
+#[test]
+fn a_root_rotation_fetched_by_the_relay_user_reaches_the_supervisor_and_a_forged_one_does_not() {
+    use crate::support::releases::{publish_signed, release_tool};
+    use crate::trust::{key, s, sign_and_publish, untrust};
+    if !root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root1 = work.path().join("1.root");
+    crate::trust::operator_root(&root1);
+    // Signed now (the home trusts it from the start); published once the tree exists.
+    sign_and_publish(&root1, &["a", "b"], &work.path().join("scratch"));
+    let prepare = |home: &Home| {
+        untrust(home);
+        std::fs::create_dir_all(home.file("trusted-keys/roots")).unwrap();
+        std::fs::copy(&root1, home.file("trusted-keys/roots/1.root")).unwrap();
+        lay_out(home);
+    };
+    let (sv, tree) = supervised_with_releases_full(
+        &["--health-window", "1", "--relay-user", &NOBODY.to_string()],
+        &[],
+        &prepare,
+    );
+    release_tool(&["root", "publish", "--root", &s(tree.path()), &s(&root1)]);
+    let home = &sv.home;
+    // Root 2: C out, D in; the release is signed by A and D, valid only under root 2.
+    let root2 = work.path().join("2.root");
+    crate::trust::rotate_c_out_d_in(&root1, &root2, tree.path());
+    publish_signed(
+        tree.path(),
+        "9.0.0",
+        &relay_bin(),
+        &[key("a", "key"), key("d", "key")],
+    );
+    // A forged next root waits in the staging folder (the relay's user can write there).
+    let staged = home.file("trusted-keys.staged");
+    assert!(as_relay_user(
+        home,
+        &format!("mkdir -p {0} && echo forged > {0}/3.root", s(&staged))
+    ));
+    let out = upgrade_as_relay_user(home, "9.0.0");
+    assert_ok(&out, &sv.log());
+    let accepted = home.file("trusted-keys/roots/2.root");
+    assert_eq!(
+        std::fs::read(&accepted).unwrap(),
+        std::fs::read(&root2).unwrap()
+    );
+    assert_eq!(std::fs::metadata(&accepted).unwrap().uid(), 0);
+    assert!(
+        !home.file("trusted-keys/roots/3.root").exists(),
+        "a forged root was trusted"
+    );
+    assert!(
+        sv.log()
+            .contains("release root 2: a valid rotation, now trusted"),
+        "{}",
+        sv.log()
+    );
+    assert!(
+        sv.log()
+            .contains("a release root the relay fetched was refused"),
+        "{}",
+        sv.log()
+    );
+    assert!(
+        std::fs::read_dir(&staged).map(|d| d.count()).unwrap_or(0) == 0,
+        "staged roots left behind"
+    );
+}
