@@ -159,7 +159,8 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
     let system = actix_rt::System::with_tokio_rt(move || runtime);
     let notify_socket = env.var(notify::NOTIFY_SOCKET);
     let restarts = env.var(metrics::SUPERVISOR_RESTARTS_ENV);
-    let metrics_facts = metrics::Facts::new(&version.to_string(), restarts.as_deref());
+    let metrics_facts = metrics::Facts::new(&version.to_string(), restarts.as_deref())
+        .with_crash_streak(env.var(wireleap_home::files::CRASH_STREAK_ENV).as_deref());
     let api =
         directory::client::Client::try_new(identity.signing_key().clone(), &version.to_string())
             .map_err(|e| Error::Runtime(std::io::Error::other(e)))?;

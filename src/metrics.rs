@@ -272,6 +272,8 @@ pub struct Facts {
     pub supervisor_restarts: u64,
     /// Whether a supervisor started this process.
     pub supervised: bool,
+    /// Crashes in a row before the supervisor started this process.
+    pub supervisor_crash_streak: u64,
 }
 
 impl Facts {
@@ -283,7 +285,15 @@ impl Facts {
             version: version.to_owned(),
             supervisor_restarts: parsed.unwrap_or(0),
             supervised: parsed.is_some(),
+            supervisor_crash_streak: 0,
         }
+    }
+
+    /// With the crash streak the supervisor passed ([`wireleap_home::files::CRASH_STREAK_ENV`]).
+    #[must_use]
+    pub fn with_crash_streak(mut self, streak: Option<&str>) -> Self {
+        self.supervisor_crash_streak = streak.and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        self
     }
 }
 
@@ -418,6 +428,13 @@ fn render_facts(facts: &Facts, out: &mut String) {
         "gauge",
         "Crashed relays the supervisor restarted before it started this process.",
         facts.supervisor_restarts,
+    );
+    single(
+        out,
+        "wireleap_relay_supervisor_crash_streak",
+        "gauge",
+        "Crashes in a row before the supervisor started this process; past 5 it waits up to 10 minutes between tries, and keeps trying.",
+        facts.supervisor_crash_streak,
     );
 }
 

@@ -31,6 +31,9 @@ const GRACEFUL: [i32; 3] = [130, 131, 143];
 /// Crashed relays restarted so far; each generation gets it in [`RESTARTS_ENV`] (its
 /// `/metrics`).
 pub static RESTARTS: AtomicU64 = AtomicU64::new(0);
+/// Crashes in a row so far; each generation gets it in
+/// [`wireleap_home::files::CRASH_STREAK_ENV`].
+pub static STREAK: AtomicU64 = AtomicU64::new(0);
 
 /// Starts `binary start --fg` in `home` with the listener as descriptor 3 (`LISTEN_FDS=1`) and
 /// `ready` as its `NOTIFY_SOCKET`; `installed` is where the relay binary lives (what a staged
@@ -62,7 +65,11 @@ pub fn spawn(
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .env("NOTIFY_SOCKET", ready)
-        .env(RESTARTS_ENV, RESTARTS.load(Ordering::Relaxed).to_string());
+        .env(RESTARTS_ENV, RESTARTS.load(Ordering::Relaxed).to_string())
+        .env(
+            wireleap_home::files::CRASH_STREAK_ENV,
+            STREAK.load(Ordering::Relaxed).to_string(),
+        );
     cmd.spawn()
         .map_err(|e| format!("could not start {}: {e}", binary.source().display()))
 }

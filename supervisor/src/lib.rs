@@ -4,7 +4,7 @@
 //! the configured address (or takes the socket from systemd socket activation) and starts
 //! `wireleap-relay start --fg` with the socket as descriptor 3 (`LISTEN_FDS=1`). It waits for the
 //! relay's `READY=1` (the `sd_notify` protocol on a private socket), restarts a relay that
-//! crashes with capped backoff inside a crash budget, forwards SIGTERM/SIGINT (stop) and SIGUSR1
+//! crashes with a backoff that grows past a crash budget but never gives up, forwards SIGTERM/SIGINT (stop) and SIGUSR1
 //! (reload), and tells systemd `READY=1` once the first relay is ready.
 //!
 //! This crate is the trusted path of the upgrade: it keeps its dependencies few and never
@@ -25,7 +25,7 @@
 //! | [`privsep`] | privilege separation: relay processes as the relay's user; the home checked |
 //! | [`failpoint`] | the fault-injection hook of the crash-recovery tests |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
-//! | [`budget`] | the crash budget and restart backoff (pure) |
+//! | [`budget`] | the restart backoff: quick within the budget, then up to 10 min, never giving up (pure) |
 //! | [`control`] | the control socket (`status`, `upgrade`, `rollback`) |
 
 pub mod budget;

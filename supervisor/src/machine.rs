@@ -919,29 +919,32 @@ impl Machine {
         self.crashed(now, &format!("relay (pid {pid}) exited ({how})"), out);
     }
 
-    /// The serving generation crashed (or could not start): restart after the backoff, or give
-    /// up past the crash budget.
+    /// The serving generation crashed (or could not start): restart after the backoff, a long
+    /// one past the crash budget (it never gives up).
     fn crashed(&mut self, now: Instant, what: &str, out: &mut Out) {
         if self.exiting.is_some() {
             self.serving = Serving::Stopped;
             return;
         }
-        match self.budget.crash(now) {
-            Verdict::RestartAfter(delay) => {
-                out.0.push(Action::CountRestart);
-                out.log(format!("{what}; restarting in {delay:?}"));
-                self.serving = Serving::Restarting { at: now + delay };
-            }
-            Verdict::GiveUp => {
-                out.warn(format!(
-                    "{what}; more than {} crashes in {:?}, giving up",
-                    crate::budget::MAX_CRASHES,
-                    crate::budget::WINDOW
-                ));
-                self.serving = Serving::Stopped;
-                self.begin_exit(now, exit::CRASH_BUDGET, out);
-            }
+        let verdict = self.budget.crash(now);
+        let delay = verdict.delay();
+        out.0.push(Action::CountRestart);
+        match verdict {
+            Verdict::RestartAfter(_) => out.log(format!("{what}; restarting in {delay:?}")),
+            Verdict::BackOff(_) => out.warn(format!(
+                "{what}: {} crashes in a row, more than {} in {:?}; backing off: next try in {delay:?} (it keeps trying)",
+                self.budget.streak(),
+                crate::budget::MAX_CRASHES,
+                crate::budget::WINDOW
+            )),
         }
+        self.serving = Serving::Restarting { at: now + delay };
+    }
+
+    /// Crashes in a row so far (the relay's metrics show it).
+    #[must_use]
+    pub fn crash_streak(&self) -> usize {
+        self.budget.streak()
     }
 
     fn request(&mut self, id: RequestId, request: Request, out: &mut Out) {

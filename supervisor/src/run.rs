@@ -426,6 +426,10 @@ impl World<'_> {
                 }
                 Action::CountRestart => {
                     RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    generation::STREAK.store(
+                        machine.crash_streak() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     None
                 }
                 Action::Exit(code) => {
@@ -538,6 +542,13 @@ impl World<'_> {
                     .map_or("wireleap-relay.prev", |v| v.to.as_str())
             ),
             (State::Upgrading, Some(c)) => format!("upgrading to {}", c.asked),
+            (_, None) if let crate::machine::Serving::Restarting { at } = machine.serving() => {
+                format!(
+                    "relay exited {} times in a row; next try in {}s",
+                    machine.crash_streak(),
+                    at.saturating_duration_since(Instant::now()).as_secs()
+                )
+            }
             (State::Serving, _) => format!(
                 "serving: relay {} (pid {})",
                 self.versions().current.as_deref().unwrap_or("?"),

@@ -340,6 +340,7 @@ fn metrics_publish_the_supervisors_restart_count_and_survive_a_handover() {
         sup.log()
     );
     assert_eq!(scraped.get("wireleap_relay_supervisor_restarts"), 1.0);
+    assert_eq!(scraped.get("wireleap_relay_supervisor_crash_streak"), 1.0);
     promtool_check(&scraped.text);
 
     // A handover: the next generation binds the same metrics port while this one still runs.

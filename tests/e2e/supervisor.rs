@@ -356,3 +356,54 @@ fn a_second_relay_in_a_running_home_refuses_and_leaves_the_pid_file() {
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let _ = first.wait();
 }
+
+/// A relay that crashes at every start never makes the supervisor give up: past five crashes in
+/// a row it backs off, says so, keeps answering, and keeps trying.
+#[test]
+fn a_relay_that_keeps_crashing_is_retried_with_a_backoff_and_never_given_up() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0",
+            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
+    );
+    let relay = home.file("wireleap-relay");
+    std::fs::write(
+        &relay,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = start ] && exit 3\nexec \"{}\" \"$@\"\n",
+            relay_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = std::fs::File::create(home.file("supervisor.log")).unwrap();
+    let mut sup = Guard(
+        supervisor_command(&home)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the supervisor to back off",
+        || {
+            home.read("supervisor.log")
+                .contains("backing off: next try in 30s")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        sup.0.try_wait().unwrap().is_none(),
+        "the supervisor exited:\n{}",
+        home.read("supervisor.log")
+    );
+    assert!(home.read("supervisor.log").contains("6 crashes in a row"));
+    let status = wireleap_home::control::call(
+        home.path(),
+        &wireleap_home::control::Request::Status,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(status.state, Some(wireleap_home::control::State::Starting));
+}
