@@ -227,8 +227,7 @@ fn a_generation_that_never_gets_ready_is_stopped_killed_and_counted_as_a_crash()
 #[test]
 fn a_crash_restarts_after_a_backoff_and_past_the_budget_it_backs_off_and_never_gives_up() {
     let mut d = Drive::serving();
-    let mut pid = 100;
-    for n in 1..=crate::budget::MAX_CRASHES + 3 {
+    for (pid, n) in (100..).zip(1..=crate::budget::MAX_CRASHES + 3) {
         let a = d.crash(pid);
         assert!(a.contains(&Action::CountRestart));
         assert!(exit_code(&a).is_none(), "it gave up: {a:?}");
@@ -247,10 +246,9 @@ fn a_crash_restarts_after_a_backoff_and_past_the_budget_it_backs_off_and_never_g
             role: Role::Serving,
             binary: Binary::Current
         }));
-        pid += 1;
         d.on(Event::Spawned {
             role: Role::Serving,
-            pid,
+            pid: pid + 1,
         });
     }
 }
