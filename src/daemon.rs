@@ -160,7 +160,8 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
     let notify_socket = env.var(notify::NOTIFY_SOCKET);
     let restarts = env.var(metrics::SUPERVISOR_RESTARTS_ENV);
     let metrics_facts = metrics::Facts::new(&version.to_string(), restarts.as_deref())
-        .with_crash_streak(env.var(wireleap_home::files::CRASH_STREAK_ENV).as_deref());
+        .with_crash_streak(env.var(wireleap_home::files::CRASH_STREAK_ENV).as_deref())
+        .with_hung_replaced(env.var(wireleap_home::files::HUNG_REPLACED_ENV).as_deref());
     let api =
         directory::client::Client::try_new(identity.signing_key().clone(), &version.to_string())
             .map_err(|e| Error::Runtime(std::io::Error::other(e)))?;
@@ -171,6 +172,11 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         relay_pubkey: identity.public_key_b64(),
         identity_pubkey: wireleap_protocol::PublicKey::from(identity.signing_key()),
         api,
+        watchdog: notify::watchdog_interval(
+            env.var("WATCHDOG_USEC").as_deref(),
+            env.var("WATCHDOG_PID").as_deref(),
+            std::process::id(),
+        ),
         notify_socket,
         metrics_facts,
     };
@@ -187,6 +193,8 @@ struct Daemon {
     identity_pubkey: wireleap_protocol::PublicKey,
     api: directory::client::Client,
     notify_socket: Option<String>,
+    /// How often the supervisor (or systemd) wants `WATCHDOG=1`, if it does.
+    watchdog: Option<Duration>,
     /// Version and supervisor restarts, for `/metrics`.
     metrics_facts: metrics::Facts,
 }
@@ -289,6 +297,13 @@ impl Daemon {
         };
         info!(phase = %Phase::Serving, "ready");
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
+        if let Some(every) = self.watchdog {
+            actix_rt::spawn(liveness(
+                actors.transport.clone(),
+                self.notify_socket.clone(),
+                every,
+            ));
+        }
 
         let stop = loop {
             match signals.next().await {
@@ -391,6 +406,23 @@ impl Daemon {
 /// SIGWINCH from the supervisor (while serving or draining): a successor is about to start and
 /// enroll. Heartbeats pause (for [`PAUSE_LEASE`] at most) and, once no directory call is in
 /// flight, the supervisor hears [`PAUSED`]: the directory never hears two generations in turn.
+/// Sends `WATCHDOG=1` every half `period` while the transport actor answers (its mailbox turns:
+/// the relay serves), so that whoever watches (the supervisor, or systemd) replaces a relay that
+/// hangs.
+async fn liveness(transport: Addr<Transport>, notify_socket: Option<String>, period: Duration) {
+    let half = period / 2;
+    let mut tick = tokio::time::interval(half);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(half, transport.send(transport::TransportStatus)).await
+        {
+            notify::send(notify_socket.as_deref(), "WATCHDOG=1");
+        }
+    }
+}
+
 async fn pause(enrollment: &Addr<Enrollment>, notify_socket: Option<&str>) {
     let paused = enrollment
         .send(directory::PauseHeartbeats { lease: PAUSE_LEASE })

@@ -274,6 +274,8 @@ pub struct Facts {
     pub supervised: bool,
     /// Crashes in a row before the supervisor started this process.
     pub supervisor_crash_streak: u64,
+    /// Hung relays the supervisor replaced before it started this process.
+    pub supervisor_hung_replaced: u64,
 }
 
 impl Facts {
@@ -286,6 +288,7 @@ impl Facts {
             supervisor_restarts: parsed.unwrap_or(0),
             supervised: parsed.is_some(),
             supervisor_crash_streak: 0,
+            supervisor_hung_replaced: 0,
         }
     }
 
@@ -293,6 +296,14 @@ impl Facts {
     #[must_use]
     pub fn with_crash_streak(mut self, streak: Option<&str>) -> Self {
         self.supervisor_crash_streak = streak.and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        self
+    }
+
+    /// With the count of hung relays replaced
+    /// ([`wireleap_home::files::HUNG_REPLACED_ENV`]).
+    #[must_use]
+    pub fn with_hung_replaced(mut self, hung: Option<&str>) -> Self {
+        self.supervisor_hung_replaced = hung.and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         self
     }
 }
@@ -435,6 +446,13 @@ fn render_facts(facts: &Facts, out: &mut String) {
         "gauge",
         "Crashes in a row before the supervisor started this process; past 5 it waits up to 10 minutes between tries, and keeps trying.",
         facts.supervisor_crash_streak,
+    );
+    single(
+        out,
+        "wireleap_relay_supervisor_hung_replaced",
+        "gauge",
+        "Relays the supervisor replaced for not sending their liveness ping, before it started this process.",
+        facts.supervisor_hung_replaced,
     );
 }
 

@@ -10,6 +10,8 @@ pub const HOME_ENV: &str = "WIRELEAP_RELAY_HOME";
 pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
 /// How many times in a row the relay crashed before the supervisor started this generation.
 pub const CRASH_STREAK_ENV: &str = "WIRELEAP_SUPERVISOR_CRASH_STREAK";
+/// How many hung relays the supervisor replaced before it started this generation.
+pub const HUNG_REPLACED_ENV: &str = "WIRELEAP_SUPERVISOR_HUNG_REPLACED";
 /// The supervisor's fault-injection hook for the crash-recovery tests.
 pub const FAILPOINT_ENV: &str = "WIRELEAP_SUPERVISOR_FAILPOINT";
 /// The installed path of the binary a supervised generation runs: the supervisor runs a

@@ -35,6 +35,17 @@ pub fn send(socket: Option<&str>, message: &str) {
     }
 }
 
+/// The watchdog period asked of this process: `WATCHDOG_USEC` (microseconds), if `WATCHDOG_PID`
+/// is absent or names `own_pid` (the `sd_watchdog_enabled` rules).
+#[must_use]
+pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
+    if pid.is_some_and(|p| p.trim().parse::<u32>().ok() != Some(own_pid)) {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    Some(Duration::from_micros(usec))
+}
+
 /// A private socket on which a parent waits for its child's notifications.
 #[derive(Debug)]
 pub struct Listener {

@@ -34,6 +34,9 @@ pub static RESTARTS: AtomicU64 = AtomicU64::new(0);
 /// Crashes in a row so far; each generation gets it in
 /// [`wireleap_home::files::CRASH_STREAK_ENV`].
 pub static STREAK: AtomicU64 = AtomicU64::new(0);
+/// Hung relays replaced so far; each generation gets it in
+/// [`wireleap_home::files::HUNG_REPLACED_ENV`].
+pub static HUNG: AtomicU64 = AtomicU64::new(0);
 
 /// Starts `binary start --fg` in `home` with the listener as descriptor 3 (`LISTEN_FDS=1`) and
 /// `ready` as its `NOTIFY_SOCKET`; `installed` is where the relay binary lives (what a staged
@@ -44,6 +47,7 @@ pub static STREAK: AtomicU64 = AtomicU64::new(0);
 pub fn spawn(
     home: &Path,
     installed: &Path,
+    liveness: Option<Duration>,
     binary: &Verified,
     listener: &TcpListener,
     ready: &str,
@@ -64,12 +68,20 @@ pub fn spawn(
         .env_remove("LISTEN_PID")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
+        .env(
+            wireleap_home::files::HUNG_REPLACED_ENV,
+            HUNG.load(Ordering::Relaxed).to_string(),
+        )
         .env("NOTIFY_SOCKET", ready)
         .env(RESTARTS_ENV, RESTARTS.load(Ordering::Relaxed).to_string())
         .env(
             wireleap_home::files::CRASH_STREAK_ENV,
             STREAK.load(Ordering::Relaxed).to_string(),
         );
+    if let Some(every) = liveness {
+        // The relay pings (`WATCHDOG=1` on its NOTIFY_SOCKET) twice per period.
+        cmd.env("WATCHDOG_USEC", every.as_micros().to_string());
+    }
     cmd.spawn()
         .map_err(|e| format!("could not start {}: {e}", binary.source().display()))
 }

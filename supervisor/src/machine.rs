@@ -205,6 +205,8 @@ pub enum Event {
     Ready(Pid),
     /// A generation confirmed its heartbeats are paused.
     Paused(Pid),
+    /// A generation's liveness ping (`WATCHDOG=1`): it serves.
+    Alive(Pid),
     /// A process the supervisor watches ended.
     Exited {
         /// Its pid.
@@ -301,6 +303,8 @@ pub enum Action {
     },
     /// A crashed relay is restarted (counted for the metrics).
     CountRestart,
+    /// A relay that hung is replaced (counted for the metrics).
+    CountHung,
     /// Exit with this code (every child is gone).
     Exit(u8),
 }
@@ -316,6 +320,9 @@ pub struct Timing {
     pub pause_wait: Duration,
     /// How long a stopping process gets before SIGKILL.
     pub stop_timeout: Duration,
+    /// How long a serving generation that pinged once may go without a liveness ping before it
+    /// is replaced; `None`: not watched.
+    pub liveness: Option<Duration>,
 }
 
 /// The serving generation.
@@ -460,6 +467,11 @@ pub struct Machine {
     budget: Budget,
     told_systemd: bool,
     exiting: Option<u8>,
+    /// The serving generation's last liveness ping (a generation that never pinged, such as
+    /// an older relay, is not watched).
+    alive: Option<(Pid, Instant)>,
+    /// A hung generation being replaced: killed once its successor is ready.
+    hung: Option<Pid>,
 }
 
 impl Machine {
@@ -478,6 +490,8 @@ impl Machine {
             budget: Budget::default(),
             told_systemd: false,
             exiting: None,
+            alive: None,
+            hung: None,
         }
     }
 
@@ -596,6 +610,11 @@ impl Machine {
             Event::SpawnFailed { role, why } => self.spawn_failed(now, role, &why, &mut out),
             Event::Ready(pid) => self.ready(now, pid, &mut out),
             Event::Paused(pid) => self.paused(pid, &mut out),
+            Event::Alive(pid) => {
+                if self.serving.pid() == Some(pid) {
+                    self.alive = Some((pid, now));
+                }
+            }
             Event::Exited { pid, how } => self.exited(now, pid, &how, &mut out),
             Event::Request { id, request } => self.request(id, request, &mut out),
             Event::Signal(sig) => self.signal(now, sig, &mut out),
@@ -649,6 +668,7 @@ impl Machine {
             }
             _ => {}
         }
+        self.check_liveness(now, out);
         if let Some(c) = &mut self.change
             && let Phase::Watching { since } = c.phase
             && (c.kind == Kind::Rollback || now >= since + self.timing.health_window)
@@ -665,6 +685,37 @@ impl Machine {
                 versions,
             }));
         }
+    }
+
+    /// A serving generation that pinged before and is silent for longer than the liveness
+    /// bound hangs: a new generation starts at once (no pause: the hung one cannot confirm
+    /// it), and the hung one is killed once the new one is ready.
+    fn check_liveness(&mut self, now: Instant, out: &mut Out) {
+        let (Some(bound), Serving::Ready { pid }, Some((pinged, at))) =
+            (self.timing.liveness, &self.serving, self.alive)
+        else {
+            return;
+        };
+        let pid = *pid;
+        if pinged != pid
+            || now.saturating_duration_since(at) <= bound
+            || self.successor.is_some()
+            || self.change.is_some()
+            || self.exiting.is_some()
+        {
+            return;
+        }
+        out.warn(format!(
+            "relay (pid {pid}) sent no liveness ping for {:?}: it hangs; a new generation starts, then it is killed",
+            now.saturating_duration_since(at)
+        ));
+        out.0.push(Action::CountHung);
+        self.alive = None;
+        self.hung = Some(pid);
+        self.successor = Some(Successor::Launching {
+            binary: Binary::Current,
+        });
+        out.spawn(Role::Successor, Binary::Current);
     }
 
     fn spawned(&mut self, now: Instant, role: Role, pid: Pid, out: &mut Out) {
@@ -692,6 +743,9 @@ impl Machine {
             }
             Role::Successor => {
                 self.successor = None;
+                if let Some(hung) = self.hung.take() {
+                    self.alive = Some((hung, now));
+                }
                 self.after_successor_failed(&format!("could not be started ({why})"), out);
             }
         }
@@ -729,6 +783,20 @@ impl Machine {
 
     fn take_over(&mut self, now: Instant, pid: Pid, out: &mut Out) {
         self.successor = None;
+        if let Some(hung) = self.hung.take()
+            && self.serving.pid() == Some(hung)
+        {
+            out.log(format!(
+                "pid {pid} ready and serving; the hung pid {hung} is killed"
+            ));
+            out.signal(hung, Sig::Kill);
+            self.stopping.push(Stopping {
+                pid: hung,
+                kill_at: None,
+            });
+            self.serving = Serving::Ready { pid };
+            return;
+        }
         match std::mem::replace(&mut self.serving, Serving::Ready { pid }) {
             Serving::Ready { pid: old } | Serving::Starting { pid: old, .. } => {
                 out.log(format!(
@@ -794,6 +862,10 @@ impl Machine {
     }
 
     fn successor_failed(&mut self, now: Instant, why: &str, out: &mut Out) {
+        if let Some(hung) = self.hung.take() {
+            // It stays, hung; the next liveness bound tries again.
+            self.alive = Some((hung, now));
+        }
         if let Some(Successor::Starting { pid, .. }) = self.successor.take() {
             out.log(format!(
                 "handover failed: the new generation (pid {pid}) {why}; {}",

@@ -39,6 +39,10 @@ struct Cli {
     /// staying root: a compromised relay cannot change what runs next (docs/install.md).
     #[arg(long, value_name = "USER")]
     relay_user: Option<String>,
+    /// How long a serving relay may go without its liveness ping before a new generation
+    /// replaces it (the relay pings twice per period); 0 turns the watch off.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "15s")]
+    liveness: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         ready_timeout,
         migrate_timeout,
         relay_user,
+        liveness,
         command,
     } = cli;
     let home = match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
         health_window,
         ready_timeout,
         migrate_timeout,
+        liveness: Some(liveness).filter(|d| !d.is_zero()),
         home,
     };
     let code = match run::run(&opts) {

@@ -97,6 +97,8 @@ impl ReadySocket {
         let text = String::from_utf8_lossy(&buf[..n]);
         let kind = if text.lines().any(|l| l == "READY=1") {
             Kind::Ready
+        } else if text.lines().any(|l| l == "WATCHDOG=1") {
+            Kind::Watchdog
         } else if text.lines().any(|l| l == PAUSED) {
             Kind::Paused
         } else {
@@ -127,6 +129,8 @@ pub enum Kind {
     Ready,
     /// [`PAUSED`]: heartbeats paused for a successor.
     Paused,
+    /// `WATCHDOG=1`: the generation's liveness ping.
+    Watchdog,
     /// Anything else (`STATUS=`, `STOPPING=1`, ...).
     Other,
 }

@@ -54,6 +54,8 @@ pub struct Options {
     pub ready_timeout: Option<Duration>,
     /// How long one migration may take.
     pub migrate_timeout: Duration,
+    /// How long a serving relay may go without its liveness ping (`None`: not watched).
+    pub liveness: Option<Duration>,
 }
 
 /// Why supervision could not start.
@@ -222,6 +224,7 @@ fn timing(opts: &Options, current: &Verified) -> Timing {
             .unwrap_or(HEALTH_WINDOW),
         pause_wait: PAUSE_WAIT,
         stop_timeout: STOP_TIMEOUT,
+        liveness: opts.liveness,
     }
 }
 
@@ -322,6 +325,7 @@ impl World<'_> {
                     match n.kind {
                         notify::Kind::Ready => events.push(Event::Ready(pid)),
                         notify::Kind::Paused => events.push(Event::Paused(pid)),
+                        notify::Kind::Watchdog => events.push(Event::Alive(pid)),
                         notify::Kind::Other => {}
                     }
                 }
@@ -424,6 +428,10 @@ impl World<'_> {
                     log(&message);
                     None
                 }
+                Action::CountHung => {
+                    generation::HUNG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    None
+                }
                 Action::CountRestart => {
                     RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     generation::STREAK.store(
@@ -459,6 +467,7 @@ impl World<'_> {
                 generation::spawn(
                     &self.opts.home,
                     &self.opts.relay,
+                    self.opts.liveness,
                     copy,
                     &self.listener,
                     self.ready.name(),

@@ -407,3 +407,62 @@ fn a_relay_that_keeps_crashing_is_retried_with_a_backoff_and_never_given_up() {
     .unwrap();
     assert_eq!(status.state, Some(wireleap_home::control::State::Starting));
 }
+
+/// A relay that hangs (SIGSTOP: alive, not serving) stops sending its liveness pings; within
+/// the bound (`--liveness 2s`) a new generation starts on the same socket, serves, and the hung
+/// one is killed. Under a new stream every 10 ms no connection is refused: the ones that
+/// arrive meanwhile wait in the socket's backlog for the new generation.
+#[test]
+fn a_hung_relay_is_replaced_within_the_liveness_bound_and_no_open_is_refused() {
+    use crate::support::load::Load;
+    let s = crate::support::supervised::Supervised::start(&["--liveness", "2s"]);
+    let status = |home: &Home| {
+        wireleap_home::control::call(
+            home.path(),
+            &wireleap_home::control::Request::Status,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    // The relay pings every second once ready: let it ping.
+    std::thread::sleep(Duration::from_millis(2100));
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let hung = status(&s.home).pid.unwrap();
+    signal(hung as i32, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    eventually(Duration::from_secs(20), "a new generation serving", || {
+        let st = status(&s.home);
+        st.pid.is_some_and(|p| p != hung)
+            && st.state == Some(wireleap_home::control::State::Serving)
+    });
+    let replaced_in = stopped.elapsed();
+    std::thread::sleep(Duration::from_millis(1000));
+    let counts = load.finish(&s.rt);
+    let refused: Vec<&String> = counts
+        .failed
+        .iter()
+        .filter(|f| f.to_lowercase().contains("refused"))
+        .collect();
+    println!(
+        "hung relay replaced {replaced_in:?} after SIGSTOP (liveness bound 2 s); {} opens ok, {} failed (in flight on the hung one), {} refused",
+        counts.opened,
+        counts.failed.len(),
+        refused.len()
+    );
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert!(
+        counts.failed.len() <= 5,
+        "more failed opens than were in flight: {:?}",
+        counts.failed
+    );
+    assert!(
+        replaced_in < Duration::from_secs(8),
+        "replaced after {replaced_in:?}\n{}",
+        s.log()
+    );
+    eventually(Duration::from_secs(5), "the hung relay to be gone", || {
+        !is_alive(hung as i32)
+    });
+    assert!(s.log().contains("sent no liveness ping"), "{}", s.log());
+}

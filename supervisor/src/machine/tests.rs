@@ -6,6 +6,7 @@ const READY: Duration = Duration::from_secs(30);
 const HEALTH: Duration = Duration::from_secs(10);
 const PAUSE: Duration = Duration::from_secs(5);
 const STOP: Duration = Duration::from_secs(10);
+const LIVE: Duration = Duration::from_secs(3);
 
 fn timing() -> Timing {
     Timing {
@@ -13,6 +14,7 @@ fn timing() -> Timing {
         health_window: HEALTH,
         pause_wait: PAUSE,
         stop_timeout: STOP,
+        liveness: Some(LIVE),
     }
 }
 
@@ -920,4 +922,89 @@ fn failpoint_victims_name_the_old_and_the_new_generation() {
     d.on(Event::Ready(200));
     assert_eq!(d.m.victim(true), Some(200));
     assert_eq!(d.m.victim(false), Some(100));
+}
+
+// === liveness ===
+
+#[test]
+fn a_relay_that_stops_pinging_is_replaced_new_one_ready_first_then_the_hung_one_killed() {
+    let mut d = Drive::serving();
+    d.on(Event::Alive(100));
+    assert!(d.after(LIVE).is_empty(), "within the bound");
+    let a = d.after(Duration::from_millis(1));
+    assert!(a.contains(&Action::CountHung), "{a:?}");
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Successor,
+        binary: Binary::Current
+    }));
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Signal { pid: 100, .. })),
+        "the hung one is not touched before its successor serves"
+    );
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    let a = d.on(Event::Ready(101));
+    assert!(
+        a.contains(&Action::Signal {
+            pid: 100,
+            sig: Sig::Kill
+        }),
+        "{a:?}"
+    );
+    assert!(!a.contains(&Action::Signal {
+        pid: 100,
+        sig: Sig::Hup
+    }));
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 101 });
+    assert!(d.m.draining().is_empty());
+    assert_eq!(d.m.children(), vec![101, 100], "the killed one is awaited");
+    d.exited(100, Exit::Failed("signal: 9".into()));
+    assert_eq!(d.m.children(), vec![101]);
+    // The new one is watched once it pings.
+    d.on(Event::Alive(101));
+    assert!(
+        d.after(LIVE + Duration::from_millis(1))
+            .contains(&Action::CountHung)
+    );
+}
+
+#[test]
+fn a_relay_that_never_pinged_is_not_watched() {
+    let mut d = Drive::serving();
+    assert!(d.after(LIVE * 10).is_empty());
+    // Pings from anyone else change nothing.
+    d.on(Event::Alive(4242));
+    assert!(d.after(LIVE * 10).is_empty());
+}
+
+#[test]
+fn when_the_replacement_fails_the_hung_one_stays_and_is_tried_again() {
+    let mut d = Drive::serving();
+    d.on(Event::Alive(100));
+    d.after(LIVE + Duration::from_millis(1));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    d.crash(101);
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
+    assert!(d.after(LIVE).is_empty());
+    assert!(
+        d.after(Duration::from_millis(1))
+            .contains(&Action::CountHung)
+    );
+}
+
+#[test]
+fn liveness_is_not_judged_during_a_change() {
+    let mut d = Drive::serving();
+    d.on(Event::Alive(100));
+    d.on(Event::Request {
+        id: 1,
+        request: Request::Upgrade("0.8.0".into()),
+    });
+    assert!(!d.after(LIVE * 2).contains(&Action::CountHung));
 }
