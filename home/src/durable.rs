@@ -29,17 +29,31 @@ pub fn write_atomic_from(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    // A fresh name per write (threads of one process write too); never a name someone else
+    // made first: `create_new`, and a retry under the next name.
+    let (tmp, mut f) = {
+        let mut attempt = 0;
+        loop {
+            let tmp = dir.join(format!(
+                ".{name}.tmp{}.{}",
+                std::process::id(),
+                TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)
+            {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         std::io::copy(source, &mut f)?;
         f.flush()?;
@@ -52,6 +66,50 @@ pub fn write_atomic_from(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Temp files made so far by this process (their names are unique).
+static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a path someone else may have planted is neither followed (a
+/// link) nor waited on (a FIFO).
+pub const NO_FOLLOW_NO_BLOCK: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK;
+
+/// Reads at most `cap` bytes of the regular file at `path`, without following a link or
+/// blocking on a FIFO; with `owner`, only a file that user owns.
+///
+/// # Errors
+/// An I/O error; `InvalidData` for a file that is not regular, too large, or not `owner`'s.
+pub fn read_regular(path: &Path, cap: u64, owner: Option<u32>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(NO_FOLLOW_NO_BLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    if !meta.is_file() {
+        return Err(bad(format!("{} is not a regular file", path.display())));
+    }
+    if let Some(uid) = owner
+        && meta.uid() != uid
+    {
+        return Err(bad(format!(
+            "{} belongs to uid {}, not {uid}",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(bad(format!(
+            "{} is larger than {cap} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Fsyncs a folder, so that an entry created or renamed in it survives a crash.

@@ -33,8 +33,15 @@ impl Instance {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(crate::durable::NO_FOLLOW_NO_BLOCK)
             .open(&path)
             .map_err(|e| format!("could not open {}: {e}", path.display()))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(format!(
+                "{} is not a regular file: remove it",
+                path.display()
+            ));
+        }
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, _)) => {

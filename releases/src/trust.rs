@@ -467,33 +467,57 @@ impl Trust {
 
     /// Moves in the roots a relay staged ([`wireleap_home::files::ROOTS_STAGED`]) that follow
     /// the current root as valid rotations, in order; the first that does not is refused (and
-    /// the ones after it). Each staged file is removed.
+    /// the ones after it). The folder is opened without following a link and read through that
+    /// descriptor; only regular files named `<N>.root` in it are read, and only those removed.
     #[must_use]
     pub fn import_staged(&mut self, now: SystemTime) -> Imported {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let mut out = Imported::default();
         let staged = self.dir.with_file_name(wireleap_home::files::ROOTS_STAGED);
-        let mut found: Vec<(u64, PathBuf)> = match std::fs::read_dir(&staged) {
-            Ok(dir) => dir
+        let dir = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECTORY | wireleap_home::durable::NO_FOLLOW_NO_BLOCK)
+            .open(&staged)
+        {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+            Err(e) => {
+                out.refused = Some(format!(
+                    "{}: not a folder that can be read without following a link ({e})",
+                    staged.display()
+                ));
+                return out;
+            }
+        };
+        // Everything below goes through the descriptor: the folder the name led to when
+        // opened, whatever the name leads to now.
+        let through = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let mut found: Vec<(u64, String)> = match std::fs::read_dir(&through) {
+            Ok(entries) => entries
                 .filter_map(|e| {
-                    let p = e.ok()?.path();
-                    let n = p
-                        .file_name()?
-                        .to_str()?
-                        .strip_suffix(ROOT_SUFFIX)?
-                        .parse()
-                        .ok()?;
-                    Some((n, p))
+                    let e = e.ok()?;
+                    if !e.file_type().ok()?.is_file() {
+                        return None;
+                    }
+                    let name = e.file_name().to_str()?.to_owned();
+                    let n = name.strip_suffix(ROOT_SUFFIX)?.parse().ok()?;
+                    Some((n, name))
                 })
                 .collect(),
-            Err(_) => return out,
+            Err(e) => {
+                out.refused = Some(format!("{}: {e}", staged.display()));
+                return out;
+            }
         };
         found.sort();
-        for (n, path) in &found {
+        for (n, name) in &found {
+            let path = through.join(name);
             let current = self.root().map_or(0, Root::version);
             if out.refused.is_none() && *n > current {
                 let accepted = if *n == current + 1 {
-                    read_staged(path)
-                        .and_then(|bytes| self.accept_next(&bytes, now).map(|r| r.version()))
+                    read_staged(&path)
+                        .and_then(|bytes| self.accept_next(&bytes, now).map(Root::version))
                 } else {
                     Err(Error::Trust {
                         reason: format!("root version {current} is trusted here, not {}", n - 1),
@@ -501,10 +525,10 @@ impl Trust {
                 };
                 match accepted {
                     Ok(v) => out.accepted.push(v),
-                    Err(e) => out.refused = Some(format!("{}: {e}", path.display())),
+                    Err(e) => out.refused = Some(format!("{}: {e}", staged.join(name).display())),
                 }
             }
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&path);
         }
         out
     }
@@ -632,23 +656,15 @@ fn safe_dir(dir: &Path) -> Result<bool, Error> {
 /// A staged root: anyone may have written it (its signatures vouch for it), so only its size
 /// is bounded and a link is not followed.
 fn read_staged(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(crate::root::MAX_ROOT_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    if bytes.len() as u64 > crate::root::MAX_ROOT_SIZE {
-        return Err(Error::RootTooLarge {
-            limit: crate::root::MAX_ROOT_SIZE,
-        });
-    }
-    Ok(bytes)
+    wireleap_home::durable::read_regular(path, crate::root::MAX_ROOT_SIZE, None).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData && e.to_string().contains("larger") {
+            Error::RootTooLarge {
+                limit: crate::root::MAX_ROOT_SIZE,
+            }
+        } else {
+            Error::io("read", path, e)
+        }
+    })
 }
 
 fn read_safe(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {

@@ -292,7 +292,21 @@ pub fn verify_release_files(
 ///
 /// [`Error::Io`], [`Error::StatementTooLarge`].
 pub fn read_statement(path: &Path) -> Result<Vec<u8>, Error> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // A statement may sit where someone else could put a link or a FIFO: neither is followed
+    // nor waited on.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(wireleap_home::durable::NO_FOLLOW_NO_BLOCK)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(Error::io(
+            "read",
+            path,
+            std::io::Error::other("not a regular file"),
+        ));
+    }
     let mut bytes = Vec::new();
     file.take(MAX_STATEMENT_SIZE + 1)
         .read_to_end(&mut bytes)

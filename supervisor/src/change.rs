@@ -86,9 +86,12 @@ fn prepare_upgrade(
         upgrade::roll_back(home, asked, None, false);
         return Err(why);
     }
-    let running = version_of(current)?;
+    let running = match &current.version {
+        Some(v) => v.clone(),
+        None => version_of(current)?,
+    };
     let from = running.to_string();
-    let (version, staged) = match upgrade::verify_staged(home, asked, &running) {
+    let (version, mut staged) = match upgrade::verify_staged(home, asked, &running) {
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
@@ -106,7 +109,7 @@ fn prepare_upgrade(
     // The copy must say it is the version its statement signs: one that reports another would
     // be committed as that version and refuse genuine later releases as "not above".
     match version_of(&staged) {
-        Ok(reported) if reported == version => {}
+        Ok(reported) if reported == version => staged.version = Some(reported),
         Ok(reported) => {
             let why = format!(
                 "the staged binary reports version {reported}, but its signed statement is for {v}"
@@ -127,8 +130,10 @@ fn prepare_upgrade(
     if let Err(e) = upgrade::migrate(home, &staged, &from, false) {
         let why = format!("migration failed: {e}");
         log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
-        // A failed `migrate` undid its own steps.
-        upgrade::roll_back(home, &v, None, true);
+        // A migration that failed by itself undid its own steps, but one killed on its
+        // deadline did not: the down-migrations run either way (each is a no-op when its up
+        // did not run).
+        upgrade::roll_back(home, &v, Some((&staged, &from)), true);
         journal(home, &v, Step::RolledBack, &why);
         return Err(why);
     }
@@ -152,12 +157,18 @@ fn prepare_rollback(
     let (prev, to) =
         upgrade::installed_copy(home, &prev_path, &home.join(upgrade::PREV_STATEMENT), None)?;
     let to = to.ok_or("the version of wireleap-relay.prev cannot be read")?;
-    let from = version_of(current)?;
+    let from = match &current.version {
+        Some(v) => v.clone(),
+        None => version_of(current)?,
+    };
     let v = to.to_string();
     step(home, &v, Step::RollbackStarted, &format!("from {from}"));
-    let copied = std::fs::read(home.join(upgrade::CONFIG)).and_then(|bytes| {
-        wireleap_home::durable::write_atomic(&home.join(upgrade::CONFIG_NEXT), &bytes, 0o644)
-    });
+    // config.json is the relay's: read without following a link or waiting on a FIFO, and
+    // the copy given to the relay's user, whose `migrate --down` rewrites it.
+    let next = home.join(upgrade::CONFIG_NEXT);
+    let copied = wireleap_home::durable::read_regular(&home.join(upgrade::CONFIG), 1 << 20, None)
+        .and_then(|bytes| wireleap_home::durable::write_atomic(&next, &bytes, 0o644))
+        .and_then(|()| crate::privsep::give_to_relay(&next));
     let migrated = copied
         .map_err(|e| format!("could not copy config.json: {e}"))
         .and_then(|()| upgrade::migrate(home, current, &v, true));

@@ -3,10 +3,11 @@
 //! [`wireleap_home::control`]. The supervision loop polls it without blocking; a request that
 //! needs time (an upgrade) keeps its connection until the reply.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 
 use wireleap_home::control::MAX_REQUEST;
@@ -20,6 +21,9 @@ pub use wireleap_home::files::CONTROL_SOCKET as SOCKET;
 pub struct Control {
     listener: UnixListener,
     path: PathBuf,
+    /// Requests read by their connection's own thread.
+    read: Receiver<(Request, Pending)>,
+    reader: Sender<(Request, Pending)>,
 }
 
 /// A request's connection, waiting for its reply.
@@ -27,6 +31,9 @@ pub struct Control {
 pub struct Pending {
     conn: UnixStream,
 }
+
+/// How long a client has to send its whole request.
+pub const READ_WAIT: Duration = Duration::from_secs(2);
 
 impl Control {
     /// Binds the socket in `home` (replacing a stale one) with mode 0600.
@@ -45,28 +52,66 @@ impl Control {
         // Under privilege separation the relay's group may ask too (its Upgrader does).
         crate::privsep::share_socket(&path)?;
         listener.set_nonblocking(true)?;
-        Ok(Self { listener, path })
+        let (reader, read) = std::sync::mpsc::channel();
+        Ok(Self {
+            listener,
+            path,
+            read,
+            reader,
+        })
     }
 
-    /// A waiting request, if any. A request that is not one (malformed, unknown, of a newer
-    /// protocol, an upgrade naming no plain version) is answered with why and dropped here.
+    /// A waiting request, if any. Each connection is read on a thread of its own, within
+    /// [`READ_WAIT`] in all, so a slow or silent client never holds the loop. A request that is
+    /// not one (malformed, unknown, of a newer protocol, an upgrade naming no plain version) is
+    /// answered with why and dropped there.
     pub fn poll(&self) -> Option<(Request, Pending)> {
-        let (conn, _) = self.listener.accept().ok()?;
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut line = String::new();
-        let read = BufReader::new(std::io::Read::take(&conn, MAX_REQUEST)).read_line(&mut line);
-        let pending = Pending { conn };
-        match read
-            .map_err(|e| e.to_string())
-            .and_then(|_| Request::parse(&line))
-        {
-            Ok(request) => Some((request, pending)),
-            Err(why) => {
-                crate::run::warn(&format!("control request refused: {why}"));
-                pending.reply(&Reply::error(why));
-                None
+        while let Ok((conn, _)) = self.listener.accept() {
+            let tx = self.reader.clone();
+            std::thread::spawn(move || {
+                if let Some(request) = read_request(conn) {
+                    let _ = tx.send(request);
+                }
+            });
+        }
+        self.read.try_recv().ok()
+    }
+}
+
+/// Reads one request line from `conn` within [`READ_WAIT`].
+fn read_request(conn: UnixStream) -> Option<(Request, Pending)> {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + READ_WAIT;
+    let _ = conn.set_nonblocking(false);
+    let mut line = Vec::new();
+    let mut byte = [0u8; 512];
+    let mut reader = &conn;
+    let read = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break Err(format!("no complete request within {READ_WAIT:?}"));
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        match reader.read(&mut byte) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                line.extend_from_slice(&byte[..n]);
+                if line.contains(&b'\n') || line.len() as u64 >= MAX_REQUEST {
+                    break Ok(());
+                }
             }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let pending = Pending { conn };
+    let text = String::from_utf8_lossy(&line);
+    let first = text.split_inclusive('\n').next().unwrap_or("").to_owned();
+    match read.and_then(|()| Request::parse(&first)) {
+        Ok(request) => Some((request, pending)),
+        Err(why) => {
+            crate::run::warn(&format!("control request refused: {why}"));
+            pending.reply(&Reply::error(why));
+            None
         }
     }
 }

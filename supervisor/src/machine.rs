@@ -29,6 +29,9 @@ use crate::exit;
 
 /// A process id.
 pub type Pid = u32;
+/// How long after a failed commit it is tried again.
+pub const COMMIT_RETRY: Duration = Duration::from_secs(10);
+
 /// A control request waiting for its reply (the loop keeps its connection under this id).
 pub type RequestId = u64;
 
@@ -320,6 +323,8 @@ pub struct Timing {
     pub pause_wait: Duration,
     /// How long a stopping process gets before SIGKILL.
     pub stop_timeout: Duration,
+    /// How long a draining generation gets before SIGKILL (its own drain bound, and some).
+    pub drain_timeout: Duration,
     /// How long a serving generation that pinged once may go without a liveness ping before it
     /// is replaced; `None`: not watched.
     pub liveness: Option<Duration>,
@@ -410,6 +415,22 @@ pub enum Phase {
     },
     /// [`Job::Commit`] runs.
     Committing,
+    /// A commit failed (the disk, say): the new version serves and the commit is tried again
+    /// then.
+    CommitRetry {
+        /// When.
+        at: Instant,
+    },
+    /// The new generation failed and was told to stop: the undo starts once it has exited
+    /// (it must not write the home while its migrations are undone).
+    Failing {
+        /// The failed generation.
+        pid: Pid,
+        /// Why it failed.
+        why: String,
+        /// What follows the undo.
+        after: AfterUndo,
+    },
     /// [`Job::Undo`] runs; then this.
     Undoing(AfterUndo),
     /// Prepared, then the supervisor began to stop: undone once its generations are gone.
@@ -562,7 +583,8 @@ impl Machine {
             .chain(self.stopping.iter().map(|s| s.pid))
             .filter(|p| !self.orphans.contains(p))
             .collect();
-        pids.dedup();
+        let mut seen = std::collections::HashSet::new();
+        pids.retain(|p| seen.insert(*p));
         pids
     }
 
@@ -588,10 +610,12 @@ impl Machine {
     /// before it (`old`: the serving one until the successor takes over, then the last to drain).
     #[must_use]
     pub fn victim(&self, new: bool) -> Option<Pid> {
-        let took_over = self
-            .change
-            .as_ref()
-            .is_none_or(|c| matches!(c.phase, Phase::Watching { .. } | Phase::Committing));
+        let took_over = self.change.as_ref().is_none_or(|c| {
+            matches!(
+                c.phase,
+                Phase::Watching { .. } | Phase::Committing | Phase::CommitRetry { .. }
+            )
+        });
         match (new, self.successor_pid(), took_over) {
             (true, Some(p), _) => Some(p),
             (true, None, true) => self.serving.pid(),
@@ -664,14 +688,20 @@ impl Machine {
                 if now >= *since + self.timing.ready_timeout =>
             {
                 let why = format!("was not ready after {:?}", self.timing.ready_timeout);
-                self.successor_failed(now, &why, out);
+                self.successor_failed(now, &why, false, out);
             }
             _ => {}
         }
         self.check_liveness(now, out);
+        let due = |c: &Change| match c.phase {
+            Phase::Watching { since } => {
+                c.kind == Kind::Rollback || now >= since + self.timing.health_window
+            }
+            Phase::CommitRetry { at } => now >= at,
+            _ => false,
+        };
         if let Some(c) = &mut self.change
-            && let Phase::Watching { since } = c.phase
-            && (c.kind == Kind::Rollback || now >= since + self.timing.health_window)
+            && due(c)
             && let Some(versions) = c.versions.clone()
         {
             c.phase = Phase::Committing;
@@ -746,7 +776,7 @@ impl Machine {
                 if let Some(hung) = self.hung.take() {
                     self.alive = Some((hung, now));
                 }
-                self.after_successor_failed(&format!("could not be started ({why})"), out);
+                self.after_successor_failed(&format!("could not be started ({why})"), None, out);
             }
         }
     }
@@ -769,6 +799,13 @@ impl Machine {
                     "pid {o} (left by a previous supervisor) stops accepting and drains"
                 ));
                 out.signal(o, Sig::Hup);
+            }
+            let drain = now + self.timing.drain_timeout;
+            for &o in &self.orphans {
+                self.stopping.push(Stopping {
+                    pid: o,
+                    kill_at: Some(drain),
+                });
             }
             if !self.told_systemd {
                 self.told_systemd = true;
@@ -804,6 +841,10 @@ impl Machine {
                 ));
                 out.signal(old, Sig::Hup);
                 self.draining.push(old);
+                self.stopping.push(Stopping {
+                    pid: old,
+                    kill_at: Some(now + self.timing.drain_timeout),
+                });
             }
             Serving::Abandoned { pid: old } => {
                 out.log(format!("handover: pid {pid} ready; pid {old} stops"));
@@ -861,7 +902,8 @@ impl Machine {
         }
     }
 
-    fn successor_failed(&mut self, now: Instant, why: &str, out: &mut Out) {
+    /// The successor failed: it `exited` already, or is told to stop now.
+    fn successor_failed(&mut self, now: Instant, why: &str, exited: bool, out: &mut Out) {
         if let Some(hung) = self.hung.take() {
             // It stays, hung; the next liveness bound tries again.
             self.alive = Some((hung, now));
@@ -874,15 +916,21 @@ impl Machine {
                     None => "the committed binary starts again".to_owned(),
                 }
             ));
-            self.stop(now, pid, out);
+            if exited {
+                self.after_successor_failed(why, None, out);
+            } else {
+                self.stop(now, pid, out);
+                self.after_successor_failed(why, Some(pid), out);
+            }
+        } else {
+            self.after_successor_failed(why, None, out);
         }
-        self.after_successor_failed(why, out);
     }
 
     /// The successor is gone without taking over: the change (if any) is undone, and the old
     /// generation serves on (resuming its heartbeats), or the committed binary starts again if
     /// it died meanwhile.
-    fn after_successor_failed(&mut self, why: &str, out: &mut Out) {
+    fn after_successor_failed(&mut self, why: &str, failed: Option<Pid>, out: &mut Out) {
         let gone = matches!(self.serving, Serving::Gone);
         if let Some(c) = &self.change
             && c.phase == Phase::HandingOver
@@ -894,12 +942,16 @@ impl Machine {
             } else {
                 AfterUndo::Resume
             };
-            self.undo(
-                format!("the new version {why} at start"),
-                Cause::Failed,
-                after,
-                out,
-            );
+            let why = format!("the new version {why} at start");
+            match failed {
+                // Undone once it is gone: it must not write the home meanwhile.
+                Some(pid) => {
+                    if let Some(c) = &mut self.change {
+                        c.phase = Phase::Failing { pid, why, after };
+                    }
+                }
+                None => self.undo(why, Cause::Failed, after, out),
+            }
             return;
         }
         if let Some(old) = self.serving.pid() {
@@ -914,6 +966,17 @@ impl Machine {
     fn exited(&mut self, now: Instant, pid: Pid, how: &Exit, out: &mut Out) {
         let was_stopping = self.stopping.iter().any(|s| s.pid == pid);
         self.stopping.retain(|s| s.pid != pid);
+        if let Some(c) = &self.change
+            && let Phase::Failing {
+                pid: failed,
+                why,
+                after,
+            } = &c.phase
+            && *failed == pid
+        {
+            let (why, after) = (why.clone(), *after);
+            self.undo(why, Cause::Failed, after, out);
+        }
         if let Some(i) = self.draining.iter().position(|&p| p == pid) {
             self.draining.remove(i);
             out.log(format!("pid {pid} drained and exited ({how})"));
@@ -925,7 +988,7 @@ impl Machine {
             return;
         }
         if self.successor_pid() == Some(pid) {
-            self.successor_failed(now, &format!("exited ({how})"), out);
+            self.successor_failed(now, &format!("exited ({how})"), true, out);
             return;
         }
         if self.serving.pid() == Some(pid) {
@@ -941,6 +1004,16 @@ impl Machine {
         let abandoned = matches!(self.serving, Serving::Abandoned { .. });
         if self.exiting.is_some() {
             self.serving = Serving::Stopped;
+            return;
+        }
+        if !abandoned && *how == Exit::Graceful {
+            // An operator stopped the relay (`wireleap-relay stop`, SIGTERM): whatever is in
+            // progress, the supervisor stops too; a change is undone without blame.
+            out.log(format!(
+                "relay (pid {pid}) was stopped ({how}); stopping too"
+            ));
+            self.serving = Serving::Stopped;
+            self.begin_exit(now, exit::OK, out);
             return;
         }
         if self.successor.is_some() {
@@ -971,6 +1044,21 @@ impl Machine {
             return;
         }
         if let Some(c) = &self.change
+            && let Phase::CommitRetry { .. } = c.phase
+        {
+            // Not committed yet: the new version starts again from its verified copy.
+            let binary = match c.kind {
+                Kind::Upgrade => Binary::Staged,
+                Kind::Rollback => Binary::Prev,
+            };
+            out.warn(format!(
+                "relay (pid {pid}) exited ({how}) while its commit waits to be tried again; it starts again"
+            ));
+            self.serving = Serving::Launching;
+            out.spawn(Role::Serving, binary);
+            return;
+        }
+        if let Some(c) = &self.change
             && c.phase == Phase::Committing
         {
             // The commit decides which binary is the committed one: it starts once it is done.
@@ -978,14 +1066,6 @@ impl Machine {
                 "relay (pid {pid}) exited ({how}) during the commit; it starts again once the commit is done"
             ));
             self.serving = Serving::Waiting;
-            return;
-        }
-        if !abandoned && *how == Exit::Graceful {
-            out.log(format!(
-                "relay (pid {pid}) was stopped ({how}); stopping too"
-            ));
-            self.serving = Serving::Stopped;
-            self.begin_exit(now, exit::OK, out);
             return;
         }
         self.crashed(now, &format!("relay (pid {pid}) exited ({how})"), out);
@@ -1174,13 +1254,9 @@ impl Machine {
                     to: c.asked.clone(),
                     from: String::new(),
                 });
-                self.change = None;
-                if self.serving == Serving::Waiting && self.exiting.is_none() {
-                    self.serving = Serving::Launching;
-                    out.spawn(Role::Serving, Binary::Current);
-                }
                 match result {
                     Ok(()) => {
+                        self.change = None;
                         let step = match kind {
                             Kind::Upgrade => Step::Committed,
                             Kind::Rollback => Step::RollbackCommitted,
@@ -1191,18 +1267,44 @@ impl Machine {
                             id,
                             answer: Answer::Ok(versions),
                         });
+                        if self.serving == Serving::Waiting && self.exiting.is_none() {
+                            self.serving = Serving::Launching;
+                            out.spawn(Role::Serving, Binary::Current);
+                        }
                     }
                     Err(why) => {
-                        out.warn(format!("{}: committing failed: {why}", versions.to));
+                        // The new version serves; the files are as the journal says. The commit
+                        // is tried again (a full disk gets freed), and a restarted supervisor
+                        // finishes it too.
+                        c.phase = Phase::CommitRetry {
+                            at: now + COMMIT_RETRY,
+                        };
+                        out.warn(format!(
+                            "{}: committing failed: {why}; trying again in {COMMIT_RETRY:?}",
+                            versions.to
+                        ));
                         out.journal(&versions.to, Step::CommitFailed, &why);
                         out.0.push(Action::Reply {
                             id,
                             answer: Answer::Refused {
-                                why,
+                                why: format!(
+                                    "committing failed: {why}; the supervisor tries again"
+                                ),
                                 version: Some(versions.to),
                                 from: None,
                             },
                         });
+                        if self.serving == Serving::Waiting && self.exiting.is_none() {
+                            // Not committed: the new version, from its verified copy.
+                            self.serving = Serving::Launching;
+                            out.spawn(
+                                Role::Serving,
+                                match kind {
+                                    Kind::Upgrade => Binary::Staged,
+                                    Kind::Rollback => Binary::Prev,
+                                },
+                            );
+                        }
                     }
                 }
             }
@@ -1277,11 +1379,13 @@ impl Machine {
     /// Tells `pid` to stop; SIGKILL after the stop timeout.
     fn stop(&mut self, now: Instant, pid: Pid, out: &mut Out) {
         out.signal(pid, Sig::Term);
-        if !self.stopping.iter().any(|s| s.pid == pid) {
-            self.stopping.push(Stopping {
+        let kill_at = now + self.timing.stop_timeout;
+        match self.stopping.iter_mut().find(|s| s.pid == pid) {
+            Some(s) => s.kill_at = s.kill_at.map(|k| k.min(kill_at)),
+            None => self.stopping.push(Stopping {
                 pid,
-                kill_at: Some(now + self.timing.stop_timeout),
-            });
+                kill_at: Some(kill_at),
+            }),
         }
     }
 
@@ -1307,7 +1411,10 @@ impl Machine {
             _ => Serving::Stopped,
         };
         if let Some(c) = &mut self.change
-            && matches!(c.phase, Phase::HandingOver | Phase::Watching { .. })
+            && matches!(
+                c.phase,
+                Phase::HandingOver | Phase::Watching { .. } | Phase::Failing { .. }
+            )
         {
             c.phase = Phase::Interrupted;
         }
@@ -1326,7 +1433,9 @@ impl Machine {
             return;
         }
         match self.change.as_ref().map(|c| &c.phase) {
-            Some(Phase::Interrupted) => {
+            // The journal says `commit-failed`: the next start finishes the commit.
+            Some(Phase::CommitRetry { .. }) => out.0.push(Action::Exit(code)),
+            Some(Phase::Interrupted | Phase::Failing { .. }) => {
                 self.undo(
                     "the supervisor was stopped during the change".to_owned(),
                     match self.change.as_ref().map(|c| c.kind) {

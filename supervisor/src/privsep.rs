@@ -92,6 +92,18 @@ pub fn share_socket(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Gives a file the supervisor made for the relay (the config a rollback migrates down) to the
+/// relay's user, if privileges are separated.
+///
+/// # Errors
+/// An I/O error.
+pub fn give_to_relay(path: &Path) -> std::io::Result<()> {
+    match user() {
+        Some(u) => std::os::unix::fs::lchown(path, Some(u.uid), Some(u.gid)),
+        None => Ok(()),
+    }
+}
+
 /// The files the relay's user must not be able to change: what decides which binary runs next
 /// and what is trusted.
 fn guarded(home: &Path, relay: &Path) -> Vec<PathBuf> {
@@ -108,6 +120,7 @@ fn guarded(home: &Path, relay: &Path) -> Vec<PathBuf> {
         files::STATE,
         files::SKIP_VERSION,
         files::VERIFIED_DIR,
+        files::LOCK,
         "trusted-keys",
     ] {
         paths.push(home.join(name));
@@ -195,6 +208,19 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
             "--relay-user {}: the supervisor must run as root to start the relay as another user",
             user.name
         ));
+    }
+    // The supervisor's passing state: whatever the relay's user put at these names goes (the
+    // supervisor owns the folder).
+    for name in [
+        files::SUPERVISOR_PID,
+        files::CHILDREN,
+        files::MIGRATION_GROUP,
+    ] {
+        let path = home.join(name);
+        if exposed(&path, user).is_some() {
+            crate::run::warn(&format!("{} was the relay user's: removed", path.display()));
+            std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
     }
     // The supervisor's own files are made now, so that the relay's user cannot be the one to
     // create them (it may create files in the home).

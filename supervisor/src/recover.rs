@@ -57,9 +57,14 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
     };
     let done = match last.step {
         Step::Verified | Step::Migrated | Step::Swapped => {
+            // Skipped first: should this recovery itself be cut short (a down-migration that
+            // outlasts systemd's patience), the version still never runs again by itself.
+            upgrade::skip(home, v);
+            // After `verified` the migration may have been running, killed mid-way with the
+            // supervisor: the down-migrations run whenever the staged release still verifies
+            // (each is a no-op when its up did not run).
             let from = started_from(home, v, Step::Verified);
-            let migrated = last.step != Step::Verified;
-            let copy = if migrated && from.is_some() {
+            let copy = if from.is_some() {
                 staged()
                     .map_err(|e| {
                         warn(&format!(
@@ -84,7 +89,7 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
                 last.step
             )
         }
-        Step::Committing => {
+        Step::Committing | Step::CommitFailed => {
             let version = version.clone()?;
             let copy = if home.join(upgrade::NEXT).exists() {
                 match staged() {
@@ -98,6 +103,25 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
                     }
                 }
             } else {
+                // `wireleap-relay.next` is gone (the relay could remove it too): finished only
+                // if `wireleap-relay` is that version by its own statement.
+                let installed = upgrade::installed_copy(
+                    home,
+                    &home.join(upgrade::CURRENT),
+                    &home.join(upgrade::CURRENT_STATEMENT),
+                    None,
+                );
+                if !matches!(&installed, Ok((_, Some(v))) if *v == version) {
+                    journal(
+                        home,
+                        v,
+                        Step::Recovered,
+                        "not committed: the staged release is gone and wireleap-relay is not it",
+                    );
+                    return Some(format!(
+                        "the commit of {v} was under way, but the staged release is gone and wireleap-relay is not {v}: not finished; the home directory needs a look"
+                    ));
+                }
                 None
             };
             match upgrade::commit(home, &version, copy.as_ref()) {
@@ -172,10 +196,7 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
 /// process group ([`upgrade::MIGRATION_GROUP`]) that still works in `home`. Returns how many.
 pub fn leftover_migration(home: &Path) -> usize {
     let file = home.join(upgrade::MIGRATION_GROUP);
-    let Some(group) = std::fs::read_to_string(&file)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-    else {
+    let Some(group) = read_own(&file).and_then(|t| t.trim().parse::<u32>().ok()) else {
         return 0;
     };
     let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
@@ -213,6 +234,14 @@ fn process_group(pid: u32) -> Option<u32> {
     rest.split(' ').nth(2)?.parse().ok()
 }
 
+/// One of the supervisor's own small files: a regular file this user owns (under privilege
+/// separation the relay's user could otherwise plant a link, a FIFO or its own list there).
+fn read_own(path: &Path) -> Option<String> {
+    wireleap_home::durable::read_regular(path, 64 * 1024, Some(rustix::process::geteuid().as_raw()))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// Writes the generations' pids (atomically; a failure is only logged).
 pub fn record_children(home: &Path, pids: &[u32]) {
     let text = serde_json::json!(pids).to_string();
@@ -226,8 +255,7 @@ pub fn record_children(home: &Path, pids: &[u32]) {
 /// Adds one pid to [`CHILDREN`] at once (a generation just started: if the supervisor dies before
 /// its loop rewrites the list, the successor must still find it).
 pub fn add_child(home: &Path, pid: u32) {
-    let mut pids: Vec<u32> = std::fs::read_to_string(home.join(CHILDREN))
-        .ok()
+    let mut pids: Vec<u32> = read_own(&home.join(CHILDREN))
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     if !pids.contains(&pid) {
@@ -239,7 +267,7 @@ pub fn add_child(home: &Path, pid: u32) {
 /// Relay generations a previous supervisor left running in `home`: listed in [`CHILDREN`], alive,
 /// and still a `start --fg` of a relay in `home` (so a reused pid is not mistaken for one).
 pub fn orphans(home: &Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(home.join(CHILDREN)) else {
+    let Some(text) = read_own(&home.join(CHILDREN)) else {
         return Vec::new();
     };
     let pids: Vec<u32> = serde_json::from_str(&text).unwrap_or_default();

@@ -32,6 +32,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const PAUSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a stopping relay gets before SIGKILL (its own shutdown grace is shorter).
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a draining generation may take before SIGKILL: the relay's own drain bound
+/// (120 s) and its shutdown, with a margin.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(135);
 /// Default health window (the anchors: ChromeOS 45 s, Cribl 30 s).
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(30);
 /// The longest the loop waits for a notice before it looks at everything else.
@@ -224,6 +227,7 @@ fn timing(opts: &Options, current: &Verified) -> Timing {
             .unwrap_or(HEALTH_WINDOW),
         pause_wait: PAUSE_WAIT,
         stop_timeout: STOP_TIMEOUT,
+        drain_timeout: DRAIN_TIMEOUT,
         liveness: opts.liveness,
     }
 }
@@ -507,7 +511,9 @@ impl World<'_> {
                 self.copies.prev = None;
                 self.refresh_versions();
             }
-            (Done::Committed(Err(_)) | Done::Undone, _) => {
+            // A failed commit is tried again with the same copies.
+            (Done::Committed(Err(_)), _) => {}
+            (Done::Undone, _) => {
                 self.copies.staged = None;
                 self.copies.prev = None;
             }
@@ -643,7 +649,13 @@ struct PidFile {
 impl PidFile {
     fn write(home: &Path) -> Self {
         let path = home.join(PID_FILE);
-        if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+        // Replaced, never written through: whatever is at the name (a link someone planted)
+        // is not followed.
+        if let Err(e) = wireleap_home::durable::write_atomic(
+            &path,
+            std::process::id().to_string().as_bytes(),
+            0o644,
+        ) {
             warn(&format!("could not write {}: {e}", path.display()));
         }
         Self { path }
@@ -652,12 +664,17 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let mine = std::fs::read_to_string(&self.path)
-            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        let mine = wireleap_home::durable::read_regular(&self.path, 64, Some(own_uid()))
+            .is_ok_and(|t| String::from_utf8_lossy(&t).trim() == std::process::id().to_string());
         if mine {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// This process's effective uid.
+fn own_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 #[cfg(test)]

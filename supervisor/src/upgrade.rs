@@ -174,11 +174,14 @@ pub fn commit(home: &Path, version: &Version, staged: Option<&Verified>) -> Resu
     if let Some(staged) = staged
         && !staged.same_as(&current)
     {
+        // The old binary gets its second name `.prev` first; then the new bytes replace
+        // `wireleap-relay` in one rename. At no moment is there no `wireleap-relay`, and a
+        // failure (a full disk) leaves the old one in place.
         if current.exists() {
-            std::fs::rename(&current, home.join(PREV))
+            link_as(&current, &home.join(PREV))
                 .map_err(io("keeping the old binary as wireleap-relay.prev"))?;
             if home.join(CURRENT_STATEMENT).exists() {
-                std::fs::rename(home.join(CURRENT_STATEMENT), home.join(PREV_STATEMENT))
+                link_as(&home.join(CURRENT_STATEMENT), &home.join(PREV_STATEMENT))
                     .map_err(io("keeping the old statement"))?;
             } else {
                 remove(&home.join(PREV_STATEMENT))?;
@@ -202,6 +205,20 @@ pub fn commit(home: &Path, version: &Version, staged: Option<&Verified>) -> Resu
         .map_err(io("recording the committed version"))?;
     sync_dir(home);
     Ok(())
+}
+
+/// Gives `from` the name `to` too (a hard link under a fresh name, renamed over `to`).
+fn link_as(from: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp = to.with_file_name(format!(
+        ".{}.link{}",
+        to.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(from, &tmp)?;
+    std::fs::rename(&tmp, to).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 fn remove(path: &Path) -> Result<(), Error> {
@@ -305,6 +322,7 @@ fn copy_checked(
         Ok(v) => v,
         Err(e) => {
             crate::run::warn(&e);
+            copy.version.clone_from(&signed);
             return Ok((copy, signed));
         }
     };
@@ -316,6 +334,7 @@ fn copy_checked(
             ));
         }
     }
+    copy.version = Some(reported.clone());
     Ok((copy, Some(reported)))
 }
 

@@ -42,6 +42,8 @@ pub struct Verified {
     source: PathBuf,
     /// The signed statement it matched, if any (installed with it at a commit).
     pub statement: Option<Vec<u8>>,
+    /// The version it reported (or its statement signs), once known.
+    pub version: Option<Version>,
 }
 
 static COPIES: AtomicU64 = AtomicU64::new(0);
@@ -56,7 +58,7 @@ impl Verified {
             |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
         let mut from = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(wireleap_home::durable::NO_FOLLOW_NO_BLOCK)
             .open(source)
             .map_err(|e| at("could not open", source, e))?;
         let meta = from
@@ -103,6 +105,7 @@ impl Verified {
             file: file?,
             source: source.to_owned(),
             statement: None,
+            version: None,
         })
     }
 

@@ -271,4 +271,25 @@ fn a_root_rotation_fetched_by_the_relay_user_reaches_the_supervisor_and_a_forged
         std::fs::read_dir(&staged).map(|d| d.count()).unwrap_or(0) == 0,
         "staged roots left behind"
     );
+    // The staging folder swapped for a link to the trusted roots: nothing there is touched.
+    assert!(as_relay_user(
+        home,
+        &format!("rm -r {0} && ln -s trusted-keys/roots {0}", s(&staged))
+    ));
+    let reply = wireleap_home::control::call(
+        home.path(),
+        &wireleap_home::control::Request::Upgrade {
+            version: "9.9.9".to_owned(),
+        },
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(!reply.ok);
+    for n in ["1.root", "2.root"] {
+        assert!(
+            home.file("trusted-keys/roots").join(n).exists(),
+            "{n} was removed through the link\n{}",
+            sv.log()
+        );
+    }
 }

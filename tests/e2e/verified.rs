@@ -197,7 +197,7 @@ fn a_hanging_migration_is_bounded_and_supervision_goes_on() {
             work.path(),
             &format!("hang-{version}"),
             &format!(
-                "[ \"$1\" = migrate ] && {{ echo run >> '{}'; sleep 619 & echo $! > '{}'; wait; }}\nexec \"{}\" \"$@\"",
+                "[ \"$1\" = migrate ] && [ \"$2\" != --down ] && {{ echo run >> '{}'; sleep 619 & echo $! > '{}'; wait; }}\nexec \"{}\" \"$@\"",
                 runs.display(),
                 child.display(),
                 relay.display()

@@ -7,6 +7,7 @@ const HEALTH: Duration = Duration::from_secs(10);
 const PAUSE: Duration = Duration::from_secs(5);
 const STOP: Duration = Duration::from_secs(10);
 const LIVE: Duration = Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(135);
 
 fn timing() -> Timing {
     Timing {
@@ -14,6 +15,7 @@ fn timing() -> Timing {
         health_window: HEALTH,
         pause_wait: PAUSE,
         stop_timeout: STOP,
+        drain_timeout: DRAIN,
         liveness: Some(LIVE),
     }
 }
@@ -642,7 +644,18 @@ fn a_new_version_that_fails_at_start_is_undone_and_the_old_one_serves_on() {
         }
         let a = match how {
             "exit" => d.crash(200),
-            "timeout" => d.after(READY),
+            "timeout" => {
+                let a = d.after(READY);
+                assert!(a.contains(&Action::Signal {
+                    pid: 200,
+                    sig: Sig::Term
+                }));
+                assert!(
+                    undo_of(&a).is_none(),
+                    "undone while it may still write the home"
+                );
+                d.exited(200, Exit::Graceful)
+            }
             _ => d.on(Event::SpawnFailed {
                 role: Role::Successor,
                 why: "exec format error".into(),
@@ -753,7 +766,7 @@ fn a_relay_that_dies_during_the_commit_starts_again_from_the_committed_binary() 
 }
 
 #[test]
-fn a_failed_commit_is_journaled_and_answered() {
+fn a_failed_commit_is_journaled_answered_and_tried_again_while_the_new_version_serves() {
     let mut d = Drive::serving();
     d.upgrade_watching();
     d.after(HEALTH);
@@ -763,7 +776,96 @@ fn a_failed_commit_is_journaled_and_answered() {
         step: Step::CommitFailed,
         detail: "disk full".into()
     }));
-    assert_eq!(refused(&a).as_deref(), Some("disk full"));
+    assert!(refused(&a).is_some_and(|w| w.contains("disk full")));
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 200 });
+    // The new version crashing meanwhile restarts from its verified copy (not committed).
+    let a = d.crash(200);
+    assert!(
+        a.contains(&Action::Spawn {
+            role: Role::Serving,
+            binary: Binary::Staged
+        }),
+        "{a:?}"
+    );
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 201,
+    });
+    let a = d.after(crate::machine::COMMIT_RETRY);
+    assert!(a.contains(&journal(Step::Committing)), "{a:?}");
+    let a = d.on(Event::Done(Done::Committed(Ok(()))));
+    assert!(a.contains(&journal(Step::Committed)));
+    assert!(d.m.change().is_none());
+}
+
+#[test]
+fn a_stop_while_a_commit_waits_for_its_retry_exits_and_leaves_it_to_the_next_start() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    d.after(HEALTH);
+    d.on(Event::Done(Done::Committed(Err("disk full".into()))));
+    d.on(Event::Signal(OsSignal::Stop));
+    d.exited(100, Exit::Graceful);
+    let a = d.exited(200, Exit::Graceful);
+    assert_eq!(exit_code(&a), Some(exit::OK), "{a:?}");
+}
+
+#[test]
+fn a_draining_generation_that_never_ends_is_killed_after_the_drain_bound() {
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    d.on(Event::Paused(100));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    d.on(Event::Ready(101));
+    assert!(
+        !d.after(DRAIN - Duration::from_millis(1))
+            .iter()
+            .any(|a| matches!(a, Action::Signal { sig: Sig::Kill, .. }))
+    );
+    let a = d.after(Duration::from_millis(1));
+    assert!(
+        a.contains(&Action::Signal {
+            pid: 100,
+            sig: Sig::Kill
+        }),
+        "{a:?}"
+    );
+    d.exited(100, Exit::Failed("signal: 9".into()));
+    assert!(d.m.draining().is_empty());
+    assert_eq!(d.m.children(), vec![101]);
+}
+
+#[test]
+fn a_stop_after_a_successor_died_on_its_own_does_not_wait_for_it_again() {
+    let mut d = Drive::serving();
+    d.on(Event::Signal(OsSignal::Handover));
+    d.on(Event::Paused(100));
+    d.on(Event::Spawned {
+        role: Role::Successor,
+        pid: 101,
+    });
+    d.crash(101);
+    assert_eq!(d.m.children(), vec![100]);
+    d.on(Event::Signal(OsSignal::Stop));
+    assert_eq!(exit_code(&d.exited(100, Exit::Graceful)), Some(exit::OK));
+}
+
+#[test]
+fn an_operator_stopping_the_relay_during_a_change_stops_the_supervisor_without_blame() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    let a = d.exited(200, Exit::Graceful);
+    assert!(a.contains(&Action::Systemd(Notify::Stopping)), "{a:?}");
+    let a = d.exited(100, Exit::Graceful);
+    assert_eq!(
+        undo_of(&a),
+        Some((Kind::Upgrade, Cause::Interrupted)),
+        "{a:?}"
+    );
+    assert_eq!(exit_code(&d.on(Event::Done(Done::Undone))), Some(exit::OK));
 }
 
 #[test]
