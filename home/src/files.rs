@@ -28,6 +28,9 @@ pub const NEXT: &str = "wireleap-relay.next";
 pub const PREV: &str = "wireleap-relay.prev";
 /// The signed statement of [`CURRENT`], kept after a commit.
 pub const CURRENT_STATEMENT: &str = "wireleap-relay.hash";
+/// The staged release's supervisor, when the release carries one (verified by the statement of
+/// [`NEXT`], [`NEXT_STATEMENT`]).
+pub const SUPERVISOR_NEXT: &str = "wireleap-relay-supervisor.next";
 /// The signed statement of [`NEXT`].
 pub const NEXT_STATEMENT: &str = "wireleap-relay.next.hash";
 /// The signed statement of [`PREV`].

@@ -15,13 +15,14 @@
 
 use std::future::Future;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use semver::Version;
 use url::Url;
 
 use crate::Error;
+use crate::FileEntry;
 use crate::durable;
 use crate::keys::TrustedKeys;
 use crate::layout::{Channels, Layout};
@@ -68,6 +69,9 @@ pub struct Destination {
     /// The final path of the statement (e.g. `<home>/wireleap-relay.next.hash`), kept so that
     /// the supervisor can verify again.
     pub statement: PathBuf,
+    /// Where the release's supervisor goes when its statement lists one (e.g.
+    /// `<home>/wireleap-relay-supervisor.next`); `None`: not fetched.
+    pub supervisor: Option<PathBuf>,
 }
 
 /// A release that verified and reached its destination.
@@ -77,6 +81,8 @@ pub struct StagedRelease {
     pub binary: PathBuf,
     /// Where the statement is.
     pub statement_path: PathBuf,
+    /// Where the release's supervisor is, if it carries one and it was asked for.
+    pub supervisor: Option<PathBuf>,
     /// What the statement said.
     pub verified: VerifiedStatement,
 }
@@ -238,18 +244,27 @@ impl Fetcher {
             let url = self
                 .layout
                 .asset_url(&verified.statement.version, &verified.asset)?;
-            // The retry loop is spelled out here: the progress callback is borrowed mutably
-            // by each attempt, which a retry combinator's closure cannot hand out.
-            let mut attempt = 1;
-            let temp = loop {
-                match self
-                    .download_asset(&url, &verified, dest, &mut progress)
-                    .await
-                {
-                    Ok(temp) => break temp,
-                    Err(e) => self.before_retry(e, attempt).await?,
+            let entry = verified.asset_entry()?.clone();
+            let temp = self
+                .download_retrying(&url, &entry, &dest.binary, &mut progress)
+                .await?;
+            // The release's supervisor, verified by the same statement.
+            let supervisor = match (&dest.supervisor, verified.supervisor_entry()) {
+                (Some(path), Some(entry)) => {
+                    let entry = entry.clone();
+                    let url = self
+                        .layout
+                        .asset_url(&verified.statement.version, &entry.name)?;
+                    let temp = self
+                        .download_retrying(&url, &entry, path, &mut |_| {})
+                        .await?;
+                    Some((temp, path.clone()))
                 }
-                attempt += 1;
+                (Some(path), None) => {
+                    let _ = std::fs::remove_file(path);
+                    None
+                }
+                (None, _) => None,
             };
             // Step 12: everything verified; the statement first, so a binary at its final
             // path always has its statement beside it.
@@ -264,15 +279,36 @@ impl Fetcher {
                         source: std::io::Error::other(e.to_string()),
                     })
                     .and_then(|r| r);
-            if let Err(e) = persisted {
-                // Best effort: no statement without its binary. The error that matters is
-                // the one returned.
-                let _ = std::fs::remove_file(&dest.statement);
-                return Err(e);
-            }
+            let persisted = match (persisted, supervisor) {
+                (Ok(()), Some((temp, path))) => {
+                    let at = path.clone();
+                    tokio::task::spawn_blocking(move || durable::persist(temp, &at, 0o755))
+                        .await
+                        .map_err(|e| Error::Io {
+                            op: "stage",
+                            path: path.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                        .and_then(|r| r)
+                        .map(|()| Some(path))
+                }
+                (Ok(()), None) => Ok(None),
+                (Err(e), _) => Err(e),
+            };
+            let supervisor = match persisted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Best effort: no statement without its binaries. The error that matters
+                    // is the one returned.
+                    let _ = std::fs::remove_file(&dest.statement);
+                    let _ = std::fs::remove_file(&dest.binary);
+                    return Err(e);
+                }
+            };
             Ok(StagedRelease {
                 binary: dest.binary.clone(),
                 statement_path: dest.statement.clone(),
+                supervisor,
                 verified,
             })
         })
@@ -461,19 +497,41 @@ impl Fetcher {
         Ok(body)
     }
 
-    /// One attempt at the binary: streamed into a temp file beside `dest.binary`, capped and
-    /// hashed as it arrives (step 11). The temp file is removed on error (dropped).
-    async fn download_asset<F>(
+    /// [`Self::download_asset`], retried as the limits say.
+    async fn download_retrying<F>(
         &self,
         url: &Url,
-        verified: &VerifiedStatement,
-        dest: &Destination,
+        entry: &FileEntry,
+        beside: &Path,
         progress: &mut F,
     ) -> Result<tempfile::NamedTempFile, Error>
     where
         F: FnMut(Progress) + Send,
     {
-        let entry = verified.asset_entry()?;
+        // The retry loop is spelled out here: the progress callback is borrowed mutably by
+        // each attempt, which a retry combinator's closure cannot hand out.
+        let mut attempt = 1;
+        loop {
+            match self.download_asset(url, entry, beside, progress).await {
+                Ok(temp) => return Ok(temp),
+                Err(e) => self.before_retry(e, attempt).await?,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One attempt at a signed file (`entry`): streamed into a temp file beside `beside`,
+    /// capped and hashed as it arrives (step 11). The temp file is removed on error (dropped).
+    async fn download_asset<F>(
+        &self,
+        url: &Url,
+        entry: &FileEntry,
+        beside: &Path,
+        progress: &mut F,
+    ) -> Result<tempfile::NamedTempFile, Error>
+    where
+        F: FnMut(Progress) + Send,
+    {
         let mut check = FileCheck::new(entry);
         let mut response = self.send(url).await?;
         if response.content_length().is_some_and(|n| n > entry.size) {
@@ -482,7 +540,7 @@ impl Fetcher {
                 limit: entry.size,
             });
         }
-        let mut temp = durable::temp_beside(&dest.binary)?;
+        let mut temp = durable::temp_beside(beside)?;
         progress(Progress {
             done: 0,
             total: check.size(),

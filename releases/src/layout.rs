@@ -113,6 +113,13 @@ impl Product {
         Self("wireleap-relay".to_owned())
     }
 
+    /// Its supervisor, `wireleap-relay-supervisor`: a second file of a relay release's
+    /// statement (`wireleap-relay-supervisor_<os>-<arch>`), verified with the relay's.
+    #[must_use]
+    pub fn supervisor() -> Self {
+        Self("wireleap-relay-supervisor".to_owned())
+    }
+
     /// Parses a product name.
     ///
     /// # Errors

@@ -131,6 +131,14 @@ impl ExpiryCheck {
 // === impl VerifiedStatement ===
 
 impl VerifiedStatement {
+    /// The supervisor's entry, if the release carries one
+    /// (`wireleap-relay-supervisor_<os>-<arch>`, [`Product::supervisor`]).
+    #[must_use]
+    pub fn supervisor_entry(&self) -> Option<&FileEntry> {
+        self.statement
+            .file(&asset_name(&Product::supervisor(), &self.statement.target))
+    }
+
     /// The signed entry of the requested asset.
     ///
     /// # Errors

@@ -19,6 +19,7 @@ pub fn destination(home: &Path) -> Destination {
     Destination {
         binary: home.join(NEXT),
         statement: home.join(NEXT_STATEMENT),
+        supervisor: Some(home.join(wireleap_home::files::SUPERVISOR_NEXT)),
     }
 }
 
@@ -60,6 +61,9 @@ pub fn hand_over(home: &Path, version: &Version) -> Handover {
             let staged = destination(home);
             let _ = std::fs::remove_file(&staged.binary);
             let _ = std::fs::remove_file(&staged.statement);
+            if let Some(supervisor) = &staged.supervisor {
+                let _ = std::fs::remove_file(supervisor);
+            }
             Handover::NoSupervisor
         }
         Err(e) => Handover::NoAnswer(e),

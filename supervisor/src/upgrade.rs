@@ -27,7 +27,7 @@ use wireleap_home::skip::SkipList;
 
 pub use wireleap_home::files::{
     CONFIG, CONFIG_NEXT, CONFIG_PREV, CURRENT, CURRENT_STATEMENT, JOURNAL, MIGRATION_GROUP, NEXT,
-    NEXT_STATEMENT, PREV, PREV_STATEMENT, SKIP_VERSION as SKIP, STATE,
+    NEXT_STATEMENT, PREV, PREV_STATEMENT, SKIP_VERSION as SKIP, STATE, SUPERVISOR_NEXT,
 };
 pub use wireleap_home::migrate::MIGRATE_TIMEOUT;
 
@@ -132,7 +132,49 @@ pub fn verify_staged(
         source: std::io::Error::other(e),
     })?;
     copy.check(&home.join(NEXT_STATEMENT), &keys, &expected)?;
+    check_staged_supervisor(home, &copy, &keys, &expected)?;
     Ok((version, copy))
+}
+
+/// The release's own supervisor, staged beside it (`wireleap-relay-supervisor.next`), is
+/// verified by the same statement as the relay (one release, never a mix): a supervisor the
+/// statement does not list, or whose bytes it does not sign, refuses the whole release.
+///
+/// This supervisor does not replace itself yet: the verified file is checked and removed with
+/// the other staged files, and the supervisor that runs stays.
+///
+/// # Errors
+/// [`Error::Verify`], or [`Error::Io`] when the staged supervisor cannot be copied.
+fn check_staged_supervisor(
+    home: &Path,
+    relay: &Verified,
+    keys: &TrustedKeys,
+    expected: &Expected,
+) -> Result<(), Error> {
+    let path = home.join(SUPERVISOR_NEXT);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(());
+    }
+    let bytes = relay.statement.as_deref().unwrap_or_default();
+    let verified = relay_release::verify_statement(bytes, keys, expected)?;
+    let entry = verified.supervisor_entry().ok_or_else(|| {
+        Error::Verify(relay_release::Error::AssetNotListed {
+            asset: relay_release::layout::asset_name(
+                &relay_release::Product::supervisor(),
+                &verified.statement.target,
+            ),
+        })
+    })?;
+    let name = entry.name.clone();
+    let copy = Verified::copy(home, &path).map_err(|e| Error::Io {
+        what: "copying the staged supervisor".into(),
+        source: std::io::Error::other(e),
+    })?;
+    relay_release::verify::verify_file(&copy.path(), &verified, &name)?;
+    crate::run::log(&format!(
+        "the release's supervisor ({name}) verified with it; this supervisor does not replace itself yet and stays"
+    ));
+    Ok(())
 }
 
 /// Runs `<binary> migrate <version>` (up from `version`) or `migrate --down <version>` in
@@ -193,6 +235,7 @@ pub fn commit(home: &Path, version: &Version, staged: Option<&Verified>) -> Resu
     }
     remove(&home.join(NEXT))?;
     remove(&home.join(NEXT_STATEMENT))?;
+    remove(&home.join(SUPERVISOR_NEXT))?;
     if home.join(CONFIG_NEXT).exists() {
         if home.join(CONFIG).exists() {
             std::fs::rename(home.join(CONFIG), home.join(CONFIG_PREV))
@@ -245,6 +288,7 @@ pub fn roll_back(home: &Path, version: &str, undo: Option<(&Verified, &str)>, sk
     let _ = std::fs::remove_file(home.join(CONFIG_NEXT));
     let _ = std::fs::remove_file(home.join(NEXT));
     let _ = std::fs::remove_file(home.join(NEXT_STATEMENT));
+    let _ = std::fs::remove_file(home.join(SUPERVISOR_NEXT));
     if skip_it {
         skip(home, version);
     }

@@ -391,3 +391,79 @@ fn a_committed_relay_whose_version_hangs_does_not_wedge_the_supervisor() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// A release carries the supervisor as a second file of its one signed statement: the relay
+/// stages both, the supervisor verifies both together, and a supervisor file swapped after
+/// staging refuses (and skips) the whole release: never a mix of two releases.
+#[test]
+fn a_release_carries_its_supervisor_verified_with_it_and_a_swapped_one_refuses_the_release() {
+    use crate::support::releases::{release_key, release_tool};
+    let (s, root) = supervised(&["--health-window", "1"], &[]);
+    let home = &s.home;
+    let work = tempfile::tempdir().unwrap();
+    let supervisor = crate::support::process::sibling_bin("wireleap-relay-supervisor");
+    let publish = |version: &str| {
+        let binary = crate::support::releases::reporting(work.path(), &relay_bin(), version);
+        let notes = work.path().join("notes.md");
+        std::fs::write(&notes, format!("# {version}\n")).unwrap();
+        release_tool(&[
+            "publish",
+            "--root",
+            &root.path().display().to_string(),
+            "--key",
+            &release_key().display().to_string(),
+            "--version",
+            version,
+            "--binary",
+            &binary.display().to_string(),
+            "--supervisor",
+            &supervisor.display().to_string(),
+            "--changelog",
+            &notes.display().to_string(),
+        ]);
+    };
+    let upgrade = |version: &str| crate::cli_upgrade::cli(home, &["upgrade", "--yes", version], "");
+
+    publish("9.0.0");
+    let up = upgrade("9.0.0");
+    assert_eq!(up.code, 0, "{up}\n{}", s.log());
+    assert!(
+        s.log()
+            .contains("the release's supervisor (wireleap-relay-supervisor_"),
+        "{}",
+        s.log()
+    );
+    assert!(!home.file("wireleap-relay-supervisor.next").exists());
+
+    // The staged supervisor swapped before the supervisor verifies: the release is refused.
+    publish("9.1.0");
+    let asset = std::fs::read_dir(root.path().join("v9.1.0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_none() && p.to_string_lossy().contains("wireleap-relay_"))
+        .unwrap();
+    let statement = PathBuf::from(format!("{}.hash", asset.display()));
+    std::fs::write(
+        home.file("wireleap-relay-supervisor.next"),
+        b"#!/bin/sh\nexit 0\n",
+    )
+    .unwrap();
+    let asker = stage_and_ask(home, &(asset, statement), "9.1.0");
+    let reply = asker.join().unwrap().unwrap();
+    assert!(!reply.ok, "{}", reply.to_line());
+    let why = reply.error.unwrap_or_default();
+    assert!(why.contains("wireleap-relay-supervisor_"), "{why}");
+    assert!(
+        home.read(".skip-upgrade-version")
+            .lines()
+            .any(|l| l == "9.1.0")
+    );
+    for name in [
+        "wireleap-relay.next",
+        "wireleap-relay.next.hash",
+        "wireleap-relay-supervisor.next",
+    ] {
+        assert!(!home.file(name).exists(), "{name} left behind");
+    }
+    assert_eq!(status(home).version.as_deref(), Some("9.0.0"));
+}

@@ -72,6 +72,10 @@ enum Command {
         /// The built binary.
         #[arg(long)]
         binary: PathBuf,
+        /// The release's supervisor (`wireleap-relay-supervisor`), published beside the relay
+        /// binary and signed by the same statement.
+        #[arg(long)]
+        supervisor: Option<PathBuf>,
         /// The changelog (Markdown). Required on the first publish of a version; later
         /// publishes of other targets must give the same file or none.
         #[arg(long)]
@@ -309,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             version,
             binary,
+            supervisor,
             changelog,
             product,
             target,
@@ -319,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             version,
             binary,
+            supervisor,
             changelog,
             product,
             target,
@@ -455,6 +461,7 @@ struct Publish {
     key: Vec<PathBuf>,
     version: String,
     binary: PathBuf,
+    supervisor: Option<PathBuf>,
     changelog: Option<PathBuf>,
     product: String,
     target: Option<String>,
@@ -500,10 +507,19 @@ fn publish(p: &Publish) -> anyhow::Result<()> {
     check_reported_version(&p.binary, &data, &version, &target)?;
     durable::write_file(&asset_path, &data, 0o755)?;
 
-    let files = vec![
+    let mut files = vec![
         digest(&asset_path, &asset)?,
         digest(&changelog_path, CHANGELOG_NAME)?,
     ];
+    if let Some(supervisor) = &p.supervisor {
+        let name = asset_name(&Product::supervisor(), &target);
+        let path = dir.file_path(&version, &name)?;
+        let data =
+            fs::read(supervisor).with_context(|| format!("reading {}", supervisor.display()))?;
+        durable::write_file(&path, &data, 0o755)?;
+        files.push(digest(&path, &name)?);
+        println!("{}", path.display());
+    }
     let statement = Statement {
         product,
         version: version.clone(),

@@ -34,6 +34,7 @@ fn destination(dir: &Path) -> Destination {
     Destination {
         binary: dir.join("wireleap-relay.next"),
         statement: dir.join("wireleap-relay.next.hash"),
+        supervisor: None,
     }
 }
 

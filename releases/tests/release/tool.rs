@@ -204,7 +204,9 @@ fn import_accepts_a_secret_key_and_refuses_a_public_one() {
     assert!(!out.status.success(), "{}", text(&out));
 }
 
-/// `release-tool publish` output, served as-is, is what the downloader stages for this host.
+/// `release-tool publish` output, served as-is, is what the downloader stages for this host,
+/// with the release's supervisor signed by the same statement; a supervisor the statement does
+/// not sign stages nothing at all.
 #[tokio::test]
 async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
     use relay_release::fetch::{Destination, Fetcher, Limits};
@@ -220,6 +222,7 @@ async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
     script.extend(std::iter::repeat_n(b'#', 100_000 - script.len()));
     std::fs::write(d.join("bin"), script).unwrap();
     std::fs::write(d.join("notes.md"), b"# 0.7.5\n").unwrap();
+    std::fs::write(d.join("sup"), b"#!/bin/sh\necho the supervisor\n").unwrap();
     let root = d.join("root");
     // No --target: the host's OS and architecture.
     ok(tool()
@@ -231,6 +234,8 @@ async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
         .args(["--version", "0.7.5", "--valid-for", "1h"])
         .arg("--binary")
         .arg(d.join("bin"))
+        .arg("--supervisor")
+        .arg(d.join("sup"))
         .arg("--changelog")
         .arg(d.join("notes.md")));
 
@@ -253,6 +258,7 @@ async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
     let dest = Destination {
         binary: staging.join("wireleap-relay.next"),
         statement: staging.join("wireleap-relay.next.hash"),
+        supervisor: Some(staging.join("wireleap-relay-supervisor.next")),
     };
     let staged = fetcher
         .stage_release(&crate::support::project_keys(), &expected, &dest, |_| {})
@@ -270,8 +276,45 @@ async fn published_tree_is_staged_by_the_fetcher_for_this_host() {
         std::fs::read(&dest.binary).unwrap(),
         std::fs::read(d.join("bin")).unwrap()
     );
+    assert_eq!(
+        std::fs::read(staged.supervisor.as_ref().unwrap()).unwrap(),
+        std::fs::read(d.join("sup")).unwrap()
+    );
     let notes = fetcher.fetch_changelog(&staged.verified).await.unwrap();
     assert_eq!(notes, "# 0.7.5\n");
+
+    // The server's supervisor replaced: the release stages nothing.
+    for f in std::fs::read_dir(&staging).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let sup = std::fs::read_dir(root.join("v0.7.5"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("wireleap-relay-supervisor_")
+        })
+        .unwrap();
+    std::fs::write(&sup, b"#!/bin/sh\necho another\n").unwrap();
+    let server = Server::start().await;
+    server.serve_dir("0.7.5", &root.join("v0.7.5"));
+    let fetcher = Fetcher::try_new(
+        Layout::try_new(&server.base_url()).unwrap(),
+        Limits::default(),
+    )
+    .unwrap();
+    let err = fetcher
+        .stage_release(&crate::support::project_keys(), &expected, &dest, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("wireleap-relay-supervisor_"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+    assert!(left.is_empty(), "staged after a bad supervisor: {left:?}");
 }
 
 /// `root init`, `root sign` by two key holders in turn, `root verify`, `root rotate` (one key
