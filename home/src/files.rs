@@ -12,6 +12,12 @@ pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
 pub const CRASH_STREAK_ENV: &str = "WIRELEAP_SUPERVISOR_CRASH_STREAK";
 /// How many hung relays the supervisor replaced before it started this generation.
 pub const HUNG_REPLACED_ENV: &str = "WIRELEAP_SUPERVISOR_HUNG_REPLACED";
+/// Set by a supervisor for the release's supervisor it starts on trial: `<pipe fd>:<lock
+/// fd>:<its own pid>` (where to say it took over; the home's lock it inherits; who must still
+/// be its parent until then).
+pub const TAKEOVER_ENV: &str = "WIRELEAP_SUPERVISOR_TAKEOVER";
+/// Where the supervisor on trial installs itself once it took over (the old one's path).
+pub const SUPERVISOR_INSTALLED_ENV: &str = "WIRELEAP_SUPERVISOR_INSTALLED";
 /// The supervisor's fault-injection hook for the crash-recovery tests.
 pub const FAILPOINT_ENV: &str = "WIRELEAP_SUPERVISOR_FAILPOINT";
 /// The installed path of the binary a supervised generation runs: the supervisor runs a

@@ -20,7 +20,25 @@ pub struct Instance {
     _lock: Flock<std::fs::File>,
 }
 
+impl std::os::fd::AsFd for Instance {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self._lock.as_fd()
+    }
+}
+
 impl Instance {
+    /// Holds the lock a predecessor passed on as descriptor `fd` (the supervisor that hands
+    /// over to the release's own supervisor): the same open file, so the same lock.
+    ///
+    /// # Errors
+    /// The descriptor does not hold the lock.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> Result<Self, String> {
+        let file = std::fs::File::from(fd);
+        Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map(|lock| Self { _lock: lock })
+            .map_err(|(_, e)| format!("the lock handed over is not held: {e}"))
+    }
+
     /// Takes the home's lock for `holder` (e.g. `wireleap-relay-supervisor`).
     ///
     /// # Errors

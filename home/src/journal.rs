@@ -48,6 +48,13 @@ pub enum Step {
     RollbackCommitted,
     /// The rollback failed; the current version serves on.
     RollbackFailed,
+    /// The release's own supervisor, verified, started to take over on trial; detail
+    /// `from <version>`.
+    SupervisorTrial,
+    /// The new supervisor serves and is installed as `wireleap-relay-supervisor`.
+    SupervisorCommitted,
+    /// The new supervisor failed its trial: the old one runs again, and the version is skipped.
+    SupervisorRolledBack,
     /// A step this build does not know.
     #[serde(other)]
     Other,
@@ -91,6 +98,9 @@ impl Step {
             Self::RollbackCommitting => "rollback-committing",
             Self::RollbackCommitted => "rollback-committed",
             Self::RollbackFailed => "rollback-failed",
+            Self::SupervisorTrial => "supervisor-trial",
+            Self::SupervisorCommitted => "supervisor-committed",
+            Self::SupervisorRolledBack => "supervisor-rolled-back",
             Self::Other => "other",
         }
     }

@@ -23,6 +23,8 @@ pub struct Copies {
     pub staged: Option<Arc<Verified>>,
     /// Of `.prev`, once a rollback is prepared.
     pub prev: Option<Arc<Verified>>,
+    /// Of the release's own supervisor, with the release's version, once prepared.
+    pub staged_supervisor: Option<(Arc<Verified>, String)>,
 }
 
 /// How a job ended, with the copy a prepare verified.
@@ -32,6 +34,8 @@ pub struct Outcome {
     pub done: Done,
     /// The copy [`Job::Prepare`] made (the staged release, or `.prev`).
     pub copy: Option<Verified>,
+    /// The release's own supervisor, verified with it.
+    pub supervisor: Option<Verified>,
 }
 
 /// Runs `job` in `home` (whose relay binary is `relay`).
@@ -41,22 +45,27 @@ pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
         Job::Prepare { kind, asked } => {
             let prepared = match kind {
                 Kind::Upgrade => prepare_upgrade(home, relay, &copies.current, asked.as_deref()),
-                Kind::Rollback => prepare_rollback(home, relay, &copies.current),
+                Kind::Rollback => {
+                    prepare_rollback(home, relay, &copies.current).map(|(v, c)| (v, c, None))
+                }
             };
             match prepared {
-                Ok((versions, copy)) => Outcome {
+                Ok((versions, copy, supervisor)) => Outcome {
                     done: Done::Prepared(Ok(versions)),
                     copy: Some(copy),
+                    supervisor,
                 },
                 Err(why) => Outcome {
                     done: Done::Prepared(Err(why)),
                     copy: None,
+                    supervisor: None,
                 },
             }
         }
         Job::Commit { kind, versions } => Outcome {
             done: Done::Committed(commit(home, kind, &versions, copies)),
             copy: None,
+            supervisor: None,
         },
         Job::Undo {
             kind,
@@ -68,6 +77,7 @@ pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
             Outcome {
                 done: Done::Undone,
                 copy: None,
+                supervisor: None,
             }
         }
     }
@@ -80,7 +90,7 @@ fn prepare_upgrade(
     relay: &Path,
     current: &Verified,
     asked: Option<&str>,
-) -> Result<(Versions, Verified), String> {
+) -> Result<(Versions, Verified, Option<Verified>), String> {
     let asked = asked.unwrap_or_default();
     if let Err(why) = upgrade::runs_from_home(home, relay) {
         upgrade::roll_back(home, asked, None, false);
@@ -91,7 +101,7 @@ fn prepare_upgrade(
         None => version_of(current)?,
     };
     let from = running.to_string();
-    let (version, mut staged) = match upgrade::verify_staged(home, asked, &running) {
+    let (version, mut staged, supervisor) = match upgrade::verify_staged(home, asked, &running) {
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
@@ -138,7 +148,7 @@ fn prepare_upgrade(
         return Err(why);
     }
     step(home, &v, Step::Migrated, "");
-    Ok((Versions { to: v, from }, staged))
+    Ok((Versions { to: v, from }, staged, supervisor))
 }
 
 /// The operator's rollback, up to starting the previous binary: `.prev` is copied and checked

@@ -23,6 +23,7 @@
 //! | [`upgrade`] | verify a staged release, journal, migrate, commit or roll back |
 //! | [`recover`] | crash recovery from the journal; taking over a predecessor's generations |
 //! | [`privsep`] | privilege separation: relay processes as the relay's user; the home checked |
+//! | [`swap`] | the supervisor replacing itself with the release's own, on trial |
 //! | [`failpoint`] | the fault-injection hook of the crash-recovery tests |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
 //! | [`budget`] | the restart backoff: quick within the budget, then up to 10 min, never giving up (pure) |
@@ -40,5 +41,6 @@ pub mod notify;
 pub mod privsep;
 pub mod recover;
 pub mod run;
+pub mod swap;
 pub mod upgrade;
 pub mod verified;

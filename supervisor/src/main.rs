@@ -43,6 +43,10 @@ struct Cli {
     /// replaces it (the relay pings twice per period); 0 turns the watch off.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "15s")]
     liveness: Duration,
+    /// How long the release's own supervisor has to take over (serve) before it is killed,
+    /// skipped, and this one serves on.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "60s")]
+    supervisor_trial: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         migrate_timeout,
         relay_user,
         liveness,
+        supervisor_trial,
         command,
     } = cli;
     let home = match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
         ready_timeout,
         migrate_timeout,
         liveness: Some(liveness).filter(|d| !d.is_zero()),
+        supervisor_trial,
         home,
     };
     let code = match run::run(&opts) {

@@ -151,6 +151,20 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
             journal(home, v, Step::Recovered, "unfinished rollback undone");
             format!("the rollback to {v} was unfinished ({}): undone", last.step)
         }
+        Step::SupervisorTrial => {
+            // The release's supervisor did not finish taking over (it, or its predecessor,
+            // died): the binary that runs now is the old one, as it was.
+            upgrade::skip(home, v);
+            journal(
+                home,
+                v,
+                Step::SupervisorRolledBack,
+                "the new supervisor did not finish its trial",
+            );
+            format!(
+                "the supervisor of {v} did not finish its trial: the previous one runs, and {v} is skipped"
+            )
+        }
         Step::RollbackCommitting => {
             let prev = home.join(upgrade::PREV);
             let copy = if prev.exists() {

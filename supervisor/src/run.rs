@@ -59,6 +59,8 @@ pub struct Options {
     pub migrate_timeout: Duration,
     /// How long a serving relay may go without its liveness ping (`None`: not watched).
     pub liveness: Option<Duration>,
+    /// How long the release's own supervisor has to take over.
+    pub supervisor_trial: Duration,
 }
 
 /// Why supervision could not start.
@@ -130,15 +132,23 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let home = opts.home.as_path();
     // First: it refuses a second supervisor (or one beside an unsupervised relay) for this home
     // before it touches anything.
-    let _instance = wireleap_home::instance::Instance::acquire(home, SUPERVISOR_NAME)
-        .map_err(Error::AlreadyRunning)?;
+    // A supervisor started on trial by its predecessor holds the lock it was handed.
+    let mut takeover = crate::swap::Takeover::from_env();
+    let instance = match takeover.as_mut().and_then(|t| t.lock.take()) {
+        Some(lock) => wireleap_home::instance::Instance::adopt(lock),
+        None => wireleap_home::instance::Instance::acquire(home, SUPERVISOR_NAME),
+    }
+    .map_err(Error::AlreadyRunning)?;
     crate::privsep::check(home, &opts.relay).map_err(Error::Privileges)?;
     let ready = ReadySocket::bind(home).map_err(io("readiness socket"))?;
     // Only the instance that holds the home writes its pid file, and only it removes it.
     let _pid_file = PidFile::write(home);
     upgrade::set_migrate_timeout(opts.migrate_timeout);
     recover::leftover_migration(home);
-    if let Some(done) = recover::journal_steps(home, &opts.relay) {
+    // On trial, the journal's `supervisor-trial` is this process's own step.
+    if takeover.is_none()
+        && let Some(done) = recover::journal_steps(home, &opts.relay)
+    {
         log(&format!("recovered: {done}"));
     }
     // Only verified bytes run: the committed binary, copied and checked against its statement.
@@ -178,12 +188,16 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             current: Arc::new(current),
             staged: None,
             prev: None,
+            staged_supervisor: None,
         },
         pending: HashMap::new(),
         next_id: 0,
         jobs,
         versions: Arc::new(Mutex::new(Versions::default())),
         told_systemd: false,
+        takeover,
+        instance: &instance,
+        swap: None,
     };
     world.refresh_versions();
     let mut machine = Machine::new(timing, orphans);
@@ -253,9 +267,15 @@ struct World<'a> {
     jobs: Sender<Outcome>,
     versions: Arc<Mutex<Versions>>,
     told_systemd: bool,
+    /// Set when this supervisor runs on trial, until it has taken over.
+    takeover: Option<crate::swap::Takeover>,
+    /// The home's lock (handed to a successor on trial).
+    instance: &'a wireleap_home::instance::Instance,
+    /// The release's own supervisor to hand over to, once the relay is committed.
+    swap: Option<(Arc<Verified>, String)>,
 }
 
-impl World<'_> {
+impl<'a> World<'a> {
     fn home(&self) -> &Path {
         &self.opts.home
     }
@@ -282,6 +302,16 @@ impl World<'_> {
             if self.told_systemd && status != last_status {
                 self.systemd(&format!("STATUS={status}"));
                 last_status = status;
+            }
+            if self
+                .takeover
+                .as_ref()
+                .is_some_and(crate::swap::Takeover::orphaned)
+            {
+                warn(
+                    "the previous supervisor died before this one took over: giving up (it recovers when started again)",
+                );
+                return Ok(crate::exit::FAILURE);
             }
             if let Some(new) = failpoint::victim()
                 && let Some(pid) = machine.victim(new)
@@ -320,7 +350,7 @@ impl World<'_> {
                 }));
             }
             while let Ok(outcome) = done.try_recv() {
-                self.keep_copy(machine, outcome.copy, &outcome.done);
+                self.keep_copy(machine, outcome.copy, outcome.supervisor, &outcome.done);
                 events.push(Event::Done(outcome.done));
             }
             match self.ready.notice_within(TURN) {
@@ -356,6 +386,14 @@ impl World<'_> {
                 if let Some(code) = self.perform(machine, actions) {
                     return Ok(code);
                 }
+            }
+            if machine.change().is_none()
+                && machine.successor().is_none()
+                && matches!(machine.serving(), crate::machine::Serving::Ready { .. })
+                && !machine.exiting()
+                && let Some((copy, version)) = self.swap.take()
+            {
+                self.swap_supervisor(&copy, &version, watchdog);
             }
         }
     }
@@ -401,6 +439,11 @@ impl World<'_> {
                         std::process::id()
                     ));
                     self.told_systemd = true;
+                    if let Some(t) = self.takeover.as_mut()
+                        && t.pending()
+                    {
+                        t.took_over(&self.opts.home, self.opts.notify_socket.as_deref());
+                    }
                     None
                 }
                 Action::Systemd(Notify::Stopping) => {
@@ -459,6 +502,42 @@ impl World<'_> {
         None
     }
 
+    /// Hands over to the release's own supervisor ([`crate::swap`]): this process exits if it
+    /// took over, else starts itself again.
+    fn swap_supervisor(&mut self, copy: &Verified, version: &str, watchdog: Option<Duration>) {
+        use std::os::fd::AsFd as _;
+        let notify = self.opts.notify_socket.clone();
+        let mut last = Instant::now();
+        let mut ping = || {
+            if let Some(every) = watchdog
+                && last.elapsed() >= every
+            {
+                notify::to_systemd(notify.as_deref(), "WATCHDOG=1");
+                last = Instant::now();
+            }
+        };
+        match crate::swap::hand_over(
+            &self.opts.home,
+            version,
+            copy,
+            self.instance.as_fd(),
+            self.opts.supervisor_trial,
+            &mut ping,
+        ) {
+            crate::swap::Trial::TookOver => {
+                // Nothing of this process's is removed: its sockets, pid file and children are
+                // its successor's now.
+                std::process::exit(i32::from(crate::exit::OK));
+            }
+            crate::swap::Trial::Failed(_) => {
+                let e = crate::swap::restart_self();
+                warn(&format!(
+                    "could not start this supervisor again after the failed trial: {e}; it serves on as it is"
+                ));
+            }
+        }
+    }
+
     fn spawn(&mut self, role: Role, binary: Binary) -> Event {
         let copy = match binary {
             Binary::Current => Some(&self.copies.current),
@@ -490,11 +569,18 @@ impl World<'_> {
     }
 
     /// Keeps the copy a job verified, and moves the copies along when a change commits.
-    fn keep_copy(&mut self, machine: &Machine, copy: Option<Verified>, done: &Done) {
+    fn keep_copy(
+        &mut self,
+        machine: &Machine,
+        copy: Option<Verified>,
+        supervisor: Option<Verified>,
+        done: &Done,
+    ) {
         let kind = machine.change().map(|c| c.kind);
         match (done, kind) {
-            (Done::Prepared(Ok(_)), Some(Kind::Upgrade)) => {
+            (Done::Prepared(Ok(v)), Some(Kind::Upgrade)) => {
                 self.copies.staged = copy.map(Arc::new);
+                self.copies.staged_supervisor = supervisor.map(|s| (Arc::new(s), v.to.clone()));
             }
             (Done::Prepared(Ok(_)), Some(Kind::Rollback)) => {
                 self.copies.prev = copy.map(Arc::new);
@@ -509,6 +595,8 @@ impl World<'_> {
                 }
                 self.copies.staged = None;
                 self.copies.prev = None;
+                // The relay is committed: the release's own supervisor takes over next.
+                self.swap = self.copies.staged_supervisor.take();
                 self.refresh_versions();
             }
             // A failed commit is tried again with the same copies.
@@ -516,6 +604,7 @@ impl World<'_> {
             (Done::Undone, _) => {
                 self.copies.staged = None;
                 self.copies.prev = None;
+                self.copies.staged_supervisor = None;
             }
             _ => {}
         }

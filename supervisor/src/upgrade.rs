@@ -124,7 +124,7 @@ pub fn verify_staged(
     home: &Path,
     version: &str,
     running: &Version,
-) -> Result<(Version, Verified), Error> {
+) -> Result<(Version, Verified, Option<Verified>), Error> {
     let version = parse_version(version).map_err(|_| Error::Version(version.to_owned()))?;
     let (keys, expected) = release_check(home, &version, running)?;
     let mut copy = Verified::copy(home, &home.join(NEXT)).map_err(|e| Error::Io {
@@ -132,16 +132,16 @@ pub fn verify_staged(
         source: std::io::Error::other(e),
     })?;
     copy.check(&home.join(NEXT_STATEMENT), &keys, &expected)?;
-    check_staged_supervisor(home, &copy, &keys, &expected)?;
-    Ok((version, copy))
+    let supervisor = check_staged_supervisor(home, &copy, &keys, &expected)?;
+    Ok((version, copy, supervisor))
 }
 
 /// The release's own supervisor, staged beside it (`wireleap-relay-supervisor.next`), is
 /// verified by the same statement as the relay (one release, never a mix): a supervisor the
 /// statement does not list, or whose bytes it does not sign, refuses the whole release.
 ///
-/// This supervisor does not replace itself yet: the verified file is checked and removed with
-/// the other staged files, and the supervisor that runs stays.
+/// Returns its verified copy: after the relay's commit the supervisor hands over to it
+/// ([`crate::swap`]).
 ///
 /// # Errors
 /// [`Error::Verify`], or [`Error::Io`] when the staged supervisor cannot be copied.
@@ -150,10 +150,10 @@ fn check_staged_supervisor(
     relay: &Verified,
     keys: &TrustedKeys,
     expected: &Expected,
-) -> Result<(), Error> {
+) -> Result<Option<Verified>, Error> {
     let path = home.join(SUPERVISOR_NEXT);
     if std::fs::symlink_metadata(&path).is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let bytes = relay.statement.as_deref().unwrap_or_default();
     let verified = relay_release::verify_statement(bytes, keys, expected)?;
@@ -172,9 +172,9 @@ fn check_staged_supervisor(
     })?;
     relay_release::verify::verify_file(&copy.path(), &verified, &name)?;
     crate::run::log(&format!(
-        "the release's supervisor ({name}) verified with it; this supervisor does not replace itself yet and stays"
+        "the release's supervisor ({name}) verified with it"
     ));
-    Ok(())
+    Ok(Some(copy))
 }
 
 /// Runs `<binary> migrate <version>` (up from `version`) or `migrate --down <version>` in

@@ -128,14 +128,27 @@ impl Verified {
     /// # Errors
     /// The descriptors could not be duplicated or mapped.
     pub fn command(&self, extra: Vec<FdMapping>) -> Result<Command, String> {
+        let mut cmd = self.command_as_supervisor(extra)?;
+        cmd.arg0(wireleap_home::files::CURRENT)
+            .env(wireleap_home::files::RELAY_BINARY_ENV, &self.source);
+        crate::privsep::apply(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// A command that runs the copy as this process's user (the release's own supervisor),
+    /// named `wireleap-relay-supervisor`.
+    ///
+    /// # Errors
+    /// The descriptors could not be duplicated or mapped.
+    pub fn command_as_supervisor(&self, extra: Vec<FdMapping>) -> Result<Command, String> {
         let fd = self
             .file
             .try_clone()
             .map_err(|e| format!("duplicating the binary's descriptor: {e}"))?;
         let mut cmd = Command::new(format!("/proc/self/fd/{BINARY_FD}"));
-        cmd.arg0(wireleap_home::files::CURRENT)
-            .env(wireleap_home::files::RELAY_BINARY_ENV, &self.source);
-        crate::privsep::apply(&mut cmd);
+        cmd.arg0(wireleap_home::files::SUPERVISOR_BIN)
+            .env_remove(wireleap_home::files::TAKEOVER_ENV)
+            .env_remove(wireleap_home::files::SUPERVISOR_INSTALLED_ENV);
         let mut maps = extra;
         maps.push(FdMapping {
             parent_fd: fd.into(),

@@ -19,6 +19,7 @@ mod privsep;
 mod recovery;
 mod staged;
 mod supervisor;
+mod swap;
 mod transport;
 mod trust;
 mod units;

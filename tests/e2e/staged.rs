@@ -53,15 +53,6 @@ fn publish_unchecked(root: &Path, version: &str, binary: &[u8]) {
     .unwrap();
 }
 
-fn journal_steps(home: &crate::support::Home, version: &str) -> Vec<String> {
-    home.read("upgrade-journal.jsonl")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["version"] == version)
-        .filter_map(|e| e["step"].as_str().map(str::to_owned))
-        .collect()
-}
-
 #[test]
 fn a_binary_that_reports_another_version_than_signed_is_refused_before_migrating() {
     let (s, root) = supervised_with_releases();
@@ -76,7 +67,7 @@ fn a_binary_that_reports_another_version_than_signed_is_refused_before_migrating
             .contains("reports version 9.0.1, but its signed statement is for 9.0.0"),
         "{up}"
     );
-    let steps = journal_steps(home, "9.0.0");
+    let steps = home.journal_steps("9.0.0");
     assert!(steps.contains(&"verify-failed".to_owned()), "{steps:?}");
     assert!(
         !steps.iter().any(|s| s == "migrated" || s == "verified"),
@@ -165,13 +156,17 @@ fn a_stop_during_the_health_window_undoes_the_upgrade_without_skipping_it() {
     eventually(
         std::time::Duration::from_secs(60),
         "the new generation to take over",
-        || journal_steps(&s.home, "9.0.0").contains(&"swapped".to_owned()),
+        || {
+            s.home
+                .journal_steps("9.0.0")
+                .contains(&"swapped".to_owned())
+        },
     );
     s.signal(nix::sys::signal::Signal::SIGTERM);
     let status = s.wait_exit(std::time::Duration::from_secs(60));
     assert!(status.success(), "{status:?}\n{}", s.log());
     let _ = upgrade.join();
-    let steps = journal_steps(&s.home, "9.0.0");
+    let steps = s.home.journal_steps("9.0.0");
     assert_eq!(
         steps.last().map(String::as_str),
         Some("recovered"),

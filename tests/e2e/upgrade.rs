@@ -356,14 +356,6 @@ fn journal_time(home: &Home, version: &str, step: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {step} step for {version} in the journal"))
 }
 
-fn journal_steps(home: &Home, version: &str) -> Vec<String> {
-    journal(home)
-        .into_iter()
-        .filter(|v| v["version"] == version)
-        .filter_map(|v| v["step"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// DESIGN.md upgrade steps 1-4 from a heartbeat notice: the relay downloads the release the
 /// stand-in directory announces, verifies and stages it, and asks its supervisor, which commits
 /// it under load with nothing failed or cut and no disenroll. Then a release that crashes inside
@@ -394,13 +386,11 @@ fn heartbeat_notice_upgrades_under_load() {
     eventually(
         Duration::from_secs(60),
         "the upgrade to be handed over",
-        || journal_steps(home, "9.0.0").iter().any(|s| s == "swapped"),
+        || home.journal_steps("9.0.0").iter().any(|s| s == "swapped"),
     );
     let to_ready = announced.elapsed();
     eventually(Duration::from_secs(30), "the upgrade to commit", || {
-        journal_steps(home, "9.0.0")
-            .iter()
-            .any(|s| s == "committed")
+        home.journal_steps("9.0.0").iter().any(|s| s == "committed")
     });
     assert_eq!(
         std::fs::read(home.file("wireleap-relay")).unwrap(),
@@ -458,7 +448,7 @@ fn heartbeat_notice_upgrades_under_load() {
     let crash_later = crash_later(work.path(), &next);
     publish_on_channel(root.path(), "9.1.0", &crash_later);
     eventually(Duration::from_secs(60), "9.1.0 to be rolled back", || {
-        journal_steps(home, "9.1.0")
+        home.journal_steps("9.1.0")
             .iter()
             .any(|s| s == "rolled-back")
     });
@@ -475,13 +465,13 @@ fn heartbeat_notice_upgrades_under_load() {
         standin.relays_requests("POST").len() >= posts + 4
     });
     assert_eq!(
-        journal_steps(home, "9.1.0")
+        home.journal_steps("9.1.0")
             .iter()
             .filter(|s| *s == "verified")
             .count(),
         1,
         "a skipped version was tried again: {:?}",
-        journal_steps(home, "9.1.0")
+        home.journal_steps("9.1.0")
     );
     assert!(home.read("upgrade-state.json").contains("\"9.0.0\""));
     assert!(
@@ -529,7 +519,7 @@ fn heartbeat_notice_upgrades_under_load() {
         standin.relays_requests("POST").len() >= posts + 4
     });
     assert_eq!(
-        journal_steps(home, "9.0.0")
+        home.journal_steps("9.0.0")
             .iter()
             .filter(|s| *s == "verified")
             .count(),

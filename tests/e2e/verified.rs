@@ -27,15 +27,6 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
-fn steps(home: &Home, version: &str) -> Vec<String> {
-    home.read("upgrade-journal.jsonl")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["version"] == version)
-        .filter_map(|e| e["step"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Stages the release `(asset, statement)` as the relay's Upgrader does, and asks the
 /// supervisor for it on a thread of its own.
 fn stage_and_ask(
@@ -80,7 +71,7 @@ fn a_staged_binary_replaced_after_verification_never_runs() {
         let release = publish(root.path(), version, &slow);
         let asker = stage_and_ask(home, &release, version);
         eventually(WAIT, &format!("{version}: {moment}"), || {
-            steps(home, version).iter().any(|s| s == moment)
+            home.journal_steps(version).iter().any(|s| s == moment)
         });
         let evil = script(
             work.path(),
@@ -285,7 +276,7 @@ fn a_hanging_migration_is_bounded_and_supervision_goes_on() {
             .is_ok_and(|st| st.state == Some(wireleap_home::control::State::Serving))
     });
     assert_eq!(
-        steps(&s.home, "9.1.0").last().map(String::as_str),
+        s.home.journal_steps("9.1.0").last().map(String::as_str),
         Some("recovered"),
         "{}",
         s.log()

@@ -61,6 +61,17 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The failed opens whose connection was refused (the listening socket was not there).
+    #[must_use]
+    pub fn refused(&self) -> Vec<&String> {
+        self.failed
+            .iter()
+            .filter(|f| f.to_lowercase().contains("refused"))
+            .collect()
+    }
+}
+
+impl Counts {
     /// Prints the counts after `what`, then asserts that no open failed, no long-lived stream
     /// was cut, and more than `min_opened` opens went through.
     pub fn assert_clean(&self, what: &str, min_opened: u64) {

@@ -36,6 +36,18 @@ pub struct Home {
 }
 
 impl Home {
+    /// The steps the supervisor journaled for `version`, in order.
+    pub fn journal_steps(&self, version: &str) -> Vec<String> {
+        self.read("upgrade-journal.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["version"] == version)
+            .filter_map(|e| e["step"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Home {
     /// A home that trusts the test-only project key (`trusted-keys/test-only-project.pub`),
     /// which signs the tests' releases. No build trusts it: the tests install it here, as an
     /// operator of a private network installs its key.

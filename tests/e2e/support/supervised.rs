@@ -150,6 +150,21 @@ impl Drop for Supervised {
         }
         let _ = self.supervisor.kill();
         let _ = self.supervisor.wait();
+        // A supervisor that took over from this one (the release's own) runs on its own.
+        if let Some(pid) = std::fs::read_to_string(self.home.file("wireleap-relay-supervisor.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..250 {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         for pid in relay_pids_in(self.home.path()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -186,7 +201,14 @@ pub fn relay_pids_in(home: &std::path::Path) -> Vec<u32> {
 /// The supervisor for `home`, as a test starts it: outside systemd (no `NOTIFY_SOCKET`, no
 /// inherited sockets).
 pub fn supervisor_command(home: &Home) -> Command {
-    let mut command = Command::new(sibling_bin("wireleap-relay-supervisor"));
+    // A supervisor installed in the home (as the systemd unit runs it) runs from there.
+    let installed = home.file("wireleap-relay-supervisor");
+    let binary = if installed.exists() {
+        installed
+    } else {
+        sibling_bin("wireleap-relay-supervisor")
+    };
+    let mut command = Command::new(binary);
     command
         .env("WIRELEAP_RELAY_HOME", home.path())
         .env_remove("NOTIFY_SOCKET")

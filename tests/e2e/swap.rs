@@ -1,0 +1,335 @@
+//! The supervisor upgrades itself (issue: the supervisor upgrades itself, never gives up): a
+//! release that carries its own supervisor is committed relay first, then the new supervisor
+//! takes over on trial, under load, without a failed open or a cut stream, and installs itself;
+//! one that crashes at start, or never takes over, is killed, the old supervisor serves on, and
+//! the version is skipped.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wireleap_home::control::{Request, State, call};
+
+use crate::cli_upgrade::{cli, supervised_with_releases_full};
+use crate::support::load::Load;
+use crate::support::process::{relay_bin, sibling_bin};
+use crate::support::releases::{release_key, release_tool, reporting};
+use crate::support::supervised::{Supervised, relay_pids_in};
+use crate::support::{Home, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A supervised relay whose supervisor runs from its home, as the systemd unit runs it.
+fn supervised(args: &[&str]) -> (Supervised, tempfile::TempDir) {
+    supervised_with_releases_full(args, &[], &|home: &Home| {
+        let installed = home.file("wireleap-relay-supervisor");
+        std::fs::copy(sibling_bin("wireleap-relay-supervisor"), &installed).unwrap();
+        std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o755)).unwrap();
+    })
+}
+
+/// Publishes `version`: the relay binary and `supervisor`, one signed statement.
+fn publish(root: &Path, work: &Path, version: &str, supervisor: &Path) -> PathBuf {
+    let binary = reporting(work, &relay_bin(), version);
+    let notes = work.join("notes.md");
+    std::fs::write(&notes, format!("# {version}\n")).unwrap();
+    let s = |p: &Path| p.display().to_string();
+    release_tool(&[
+        "publish",
+        "--root",
+        &s(root),
+        "--key",
+        &s(&release_key()),
+        "--version",
+        version,
+        "--binary",
+        &s(&binary),
+        "--supervisor",
+        &s(supervisor),
+        "--changelog",
+        &s(&notes),
+    ]);
+    std::fs::read_dir(root.join(format!("v{version}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("wireleap-relay-supervisor_")
+        })
+        .unwrap()
+}
+
+fn serving(home: &Home) -> bool {
+    call(home.path(), &Request::Status, Duration::from_secs(2))
+        .is_ok_and(|st| st.state == Some(State::Serving))
+}
+
+fn supervisor_pid(home: &Home) -> u32 {
+    home.read("wireleap-relay-supervisor.pid")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_release_with_a_new_supervisor_commits_both_under_load() {
+    let (mut s, root) = supervised(&["--health-window", "1"]);
+    let work = tempfile::tempdir().unwrap();
+    let old = s.supervisor.id();
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let asset = publish(
+        root.path(),
+        work.path(),
+        "9.0.0",
+        &sibling_bin("wireleap-relay-supervisor"),
+    );
+    let up = cli(&s.home, &["upgrade", "--yes", "9.0.0"], "");
+    assert_eq!(up.code, 0, "{up}\n{}", s.log());
+    eventually(WAIT, "the new supervisor to take over and commit", || {
+        s.home
+            .journal_steps("9.0.0")
+            .contains(&"supervisor-committed".to_owned())
+    });
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "the old supervisor exited {status:?}");
+    let new = supervisor_pid(&s.home);
+    assert_ne!(new, old);
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(new as i32), None).is_ok());
+    assert_eq!(
+        std::fs::read(s.home.file("wireleap-relay-supervisor")).unwrap(),
+        std::fs::read(&asset).unwrap(),
+        "the installed supervisor is not the release's"
+    );
+    eventually(WAIT, "the new supervisor serving", || serving(&s.home));
+    // The long-lived streams end here; then the old generations, drained, exit.
+    let counts = load.finish(&s.rt);
+    eventually(WAIT, "one relay process under the new supervisor", || {
+        relay_pids_in(s.home.path()).len() == 1
+    });
+    println!(
+        "supervisor swap under load: {} opens ok, {} failed; {} of {} long-lived streams cut",
+        counts.opened,
+        counts.failed.len(),
+        counts.cut.len(),
+        counts.long
+    );
+    assert!(
+        counts.failed.is_empty(),
+        "failed opens: {:?}",
+        counts.failed
+    );
+    assert!(counts.cut.is_empty(), "cut streams: {:?}", counts.cut);
+    assert!(counts.opened > 50, "too little load: {}", counts.opened);
+}
+
+#[test]
+fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped() {
+    let (s, root) = supervised(&["--health-window", "1", "--supervisor-trial", "3s"]);
+    let work = tempfile::tempdir().unwrap();
+    let old = s.supervisor.id();
+    let installed = std::fs::read(s.home.file("wireleap-relay-supervisor")).unwrap();
+    let script = |name: &str, body: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    for (version, supervisor, why) in [
+        ("9.1.0", script("crashes", "exit 3"), "it exited"),
+        (
+            "9.2.0",
+            script("hangs", "exec sleep 631"),
+            "did not take over",
+        ),
+    ] {
+        publish(root.path(), work.path(), version, &supervisor);
+        let up = cli(&s.home, &["upgrade", "--yes", version], "");
+        assert_eq!(up.code, 0, "{up}\n{}", s.log());
+        eventually(WAIT, &format!("{version}: the trial to fail"), || {
+            s.home
+                .journal_steps(version)
+                .contains(&"supervisor-rolled-back".to_owned())
+        });
+        assert!(s.log().contains(why), "{why:?} missing\n{}", s.log());
+        eventually(WAIT, "the old supervisor serving again", || {
+            serving(&s.home)
+        });
+        assert_eq!(
+            supervisor_pid(&s.home),
+            old,
+            "not the old supervisor (same pid)"
+        );
+        assert!(
+            s.home
+                .read(".skip-upgrade-version")
+                .lines()
+                .any(|l| l == version)
+        );
+        assert_eq!(
+            std::fs::read(s.home.file("wireleap-relay-supervisor")).unwrap(),
+            installed,
+            "a supervisor that never took over was installed"
+        );
+    }
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 631"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the hung supervisor was left running"
+    );
+    let counts = load.finish(&s.rt);
+    let refused = counts.refused();
+    println!(
+        "failed supervisor trials under load: {} opens ok, {} failed, {} refused",
+        counts.opened,
+        counts.failed.len(),
+        refused.len()
+    );
+    assert!(refused.is_empty(), "refused: {refused:?}");
+}
+
+/// A supervisor killed (SIGKILL) at each step of the swap: right after journaling the trial,
+/// while the new one starts (before it took over), and the new one right after it committed.
+/// Started again, each converges on one serving supervisor with the version's relay, the old
+/// supervisor when the trial did not finish (skipped), the new one when it did.
+#[test]
+fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
+    let work = tempfile::tempdir().unwrap();
+    let supervisor = sibling_bin("wireleap-relay-supervisor");
+    // A new supervisor that takes two seconds to start: the window to kill the old one in.
+    let slow = work.path().join("slow-supervisor");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 2\nexec \"{}\" \"$@\"\n",
+            supervisor.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cases: [(&str, &str, &Path, &str); 3] = [
+        (
+            "trial, before it starts",
+            "supervisor-trial",
+            &supervisor,
+            "supervisor-rolled-back",
+        ),
+        (
+            "trial, while it starts",
+            "",
+            &slow,
+            "supervisor-rolled-back",
+        ),
+        (
+            "committed",
+            "supervisor-committed",
+            &supervisor,
+            "supervisor-committed",
+        ),
+    ];
+    for (case, failpoint, new, want) in cases {
+        let args = ["--health-window", "1"];
+        let (mut s, root) = supervised_with_releases_full(
+            &args,
+            &[("WIRELEAP_SUPERVISOR_FAILPOINT", failpoint)],
+            &|home: &Home| {
+                let installed = home.file("wireleap-relay-supervisor");
+                std::fs::copy(&supervisor, &installed).unwrap();
+                std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o755))
+                    .unwrap();
+            },
+        );
+        let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+        publish(root.path(), work.path(), "9.0.0", new);
+        // The relay's own `upgrade` stages it and asks; its answer does not matter here (the
+        // supervisor it asked may be the one killed).
+        let binary = s.home.file("wireleap-relay");
+        let home = s.home.path().to_path_buf();
+        let asker = std::thread::spawn(move || {
+            std::process::Command::new(binary)
+                .args(["upgrade", "--yes", "9.0.0"])
+                .env("WIRELEAP_RELAY_HOME", home)
+                .stdin(std::process::Stdio::null())
+                .output()
+        });
+        match case {
+            "trial, while it starts" => {
+                eventually(WAIT, "the trial to start", || {
+                    s.log().contains("takes over on trial")
+                });
+                s.signal(nix::sys::signal::Signal::SIGKILL);
+                let _ = s.wait_exit(Duration::from_secs(10));
+            }
+            "trial, before it starts" => {
+                let _ = s.wait_exit(WAIT);
+            }
+            _ => {
+                eventually(WAIT, "the new supervisor to commit", || {
+                    s.home
+                        .journal_steps("9.0.0")
+                        .contains(&"supervisor-committed".to_owned())
+                });
+                // It killed itself at its failpoint; the old one had exited.
+                let _ = s.wait_exit(Duration::from_secs(10));
+                let new = supervisor_pid(&s.home);
+                eventually(
+                    Duration::from_secs(10),
+                    "the new supervisor to be gone",
+                    || {
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(new as i32), None)
+                            .is_err()
+                    },
+                );
+            }
+        }
+        // Started again as systemd does (Restart=on-failure, RestartSec=1): a start that finds
+        // the home still held (by a new supervisor giving up) fails and is tried again.
+        let _ = asker.join();
+        let mut tries = 0;
+        loop {
+            s.restart_supervisor(&args);
+            let up = (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(100));
+                serving(&s.home) || s.supervisor.try_wait().unwrap().is_some()
+            });
+            if up && serving(&s.home) {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 10, "{case}: never served again\n{}", s.log());
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let journal = s.home.journal_steps("9.0.0");
+        let last_swap = journal
+            .iter()
+            .rev()
+            .find(|st| st.starts_with("supervisor-") && st.as_str() != "supervisor-trial");
+        assert_eq!(
+            last_swap.map(String::as_str),
+            Some(want),
+            "{case}: {journal:?}\n{}",
+            s.log()
+        );
+        let st = call(s.home.path(), &Request::Status, Duration::from_secs(5)).unwrap();
+        assert_eq!(st.version.as_deref(), Some("9.0.0"), "{case}");
+        let counts = load.finish(&s.rt);
+        let refused = counts.refused().len();
+        println!(
+            "{case:<24} converged: {want}; {} opens ok, {} failed, {refused} refused",
+            counts.opened,
+            counts.failed.len()
+        );
+        assert_eq!(refused, 0, "{case}: {:?}", counts.failed);
+        assert!(
+            s.rt.block_on(crate::support::load::short_stream(&s.sk, &s.hop, s.target))
+                .is_ok(),
+            "{case}: no stream gets through"
+        );
+    }
+}
