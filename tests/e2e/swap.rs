@@ -78,7 +78,8 @@ fn a_release_with_a_new_supervisor_commits_both_under_load() {
     let (mut s, root) = supervised(&["--health-window", "1"]);
     let work = tempfile::tempdir().unwrap();
     let old = s.supervisor.id();
-    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 20);
+    // A new stream every 10 ms, and 50 long-lived ones.
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 50);
     std::thread::sleep(Duration::from_millis(300));
     let asset = publish(
         root.path(),
