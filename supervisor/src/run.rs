@@ -674,20 +674,26 @@ impl<'a> World<'a> {
         std::thread::spawn(move || {
             let prev = home.join(upgrade::PREV);
             let read = Versions {
-                current: generation::version_of(&current).ok().map(|v| v.to_string()),
+                current: current
+                    .version
+                    .clone()
+                    .or_else(|| generation::version_of(&current).ok())
+                    .map(|v| v.to_string()),
+                // What its statement signs (`.prev` is then neither copied nor run just to be
+                // shown); one installed by hand, without a statement, is asked.
                 prev: prev
                     .exists()
                     .then(|| {
-                        upgrade::installed_copy(
-                            &home,
-                            &prev,
-                            &home.join(upgrade::PREV_STATEMENT),
-                            None,
-                        )
-                        .ok()
+                        let statement = home.join(upgrade::PREV_STATEMENT);
+                        if statement.exists() {
+                            upgrade::signed_version(&home, &statement)
+                        } else {
+                            upgrade::installed_copy(&home, &prev, &statement, None)
+                                .ok()
+                                .and_then(|(_, v)| v)
+                        }
                     })
                     .flatten()
-                    .and_then(|(_, v)| v)
                     .map(|v| v.to_string()),
             };
             if let Ok(mut v) = versions.lock() {

@@ -382,6 +382,22 @@ fn copy_checked(
     Ok((copy, Some(reported)))
 }
 
+/// The version the statement at `statement` signs, its signature checked with the home's trust
+/// (the binary beside it is not read): what `status` shows for `.prev`.
+#[must_use]
+pub fn signed_version(home: &Path, statement: &Path) -> Option<Version> {
+    let keys = Trust::load(home)
+        .ok()?
+        .release_keys(relay_release::ExpiryCheck::UnsafeIgnore)
+        .ok()?;
+    let bytes = relay_release::verify::read_statement(statement).ok()?;
+    let text =
+        relay_release::verify::signed_text(&bytes, &keys, std::time::SystemTime::now()).ok()?;
+    relay_release::Statement::parse(&text.text)
+        .ok()
+        .map(|s| s.version)
+}
+
 /// A fresh verified copy of `wireleap-relay.next` as the release `version` (during recovery: no
 /// floor, no expiry; the version was checked when it was staged).
 ///
