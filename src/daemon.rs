@@ -406,11 +406,11 @@ impl Daemon {
 /// SIGWINCH from the supervisor (while serving or draining): a successor is about to start and
 /// enroll. Heartbeats pause (for [`PAUSE_LEASE`] at most) and, once no directory call is in
 /// flight, the supervisor hears [`PAUSED`]: the directory never hears two generations in turn.
-/// Sends `WATCHDOG=1` every half `period` while the transport actor answers (its mailbox turns:
-/// the relay serves), so that whoever watches (the supervisor, or systemd) replaces a relay that
-/// hangs.
+/// Sends `WATCHDOG=1` three times per `period` while the transport actor answers (its mailbox
+/// turns: the relay serves), so that whoever watches (the supervisor, or systemd) replaces a
+/// relay that hangs, and a relay merely slow for a moment misses no more than a ping or two.
 async fn liveness(transport: Addr<Transport>, notify_socket: Option<String>, period: Duration) {
-    let half = period / 2;
+    let half = period / 3;
     let mut tick = tokio::time::interval(half);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -17,12 +17,25 @@ use crate::files::LOCK as LOCK_FILE;
 /// The held lock; dropping it (or exiting) releases it.
 #[derive(Debug)]
 pub struct Instance {
-    _lock: Flock<std::fs::File>,
+    lock: Held,
+}
+
+/// How the lock is held.
+#[derive(Debug)]
+enum Held {
+    /// Taken here: released on drop.
+    Taken(Flock<std::fs::File>),
+    /// Handed over by a predecessor (the same open file): dropping it only closes this
+    /// descriptor, so a successor that gives up never unlocks its predecessor's lock.
+    Adopted(std::mem::ManuallyDrop<Flock<std::fs::File>>),
 }
 
 impl std::os::fd::AsFd for Instance {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self._lock.as_fd()
+        match &self.lock {
+            Held::Taken(lock) => lock.as_fd(),
+            Held::Adopted(lock) => lock.as_fd(),
+        }
     }
 }
 
@@ -34,9 +47,12 @@ impl Instance {
     /// The descriptor does not hold the lock.
     pub fn adopt(fd: std::os::fd::OwnedFd) -> Result<Self, String> {
         let file = std::fs::File::from(fd);
-        Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map(|lock| Self { _lock: lock })
-            .map_err(|(_, e)| format!("the lock handed over is not held: {e}"))
+        // Taking it again through the same open file succeeds only if that file holds it.
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| format!("the lock handed over is not held: {e}"))?;
+        Ok(Self {
+            lock: Held::Adopted(std::mem::ManuallyDrop::new(lock)),
+        })
     }
 
     /// Takes the home's lock for `holder` (e.g. `wireleap-relay-supervisor`).
@@ -82,7 +98,9 @@ impl Instance {
         let _ = lock.rewind();
         let _ = writeln!(lock, "{} {holder}", std::process::id());
         let _ = lock.sync_all();
-        Ok(Self { _lock: lock })
+        Ok(Self {
+            lock: Held::Taken(lock),
+        })
     }
 }
 

@@ -240,6 +240,10 @@ impl Fetcher {
         F: FnMut(Progress) + Send,
     {
         self.with_deadline(async {
+            // A supervisor staged for an earlier release is not this one's.
+            if let Some(path) = &dest.supervisor {
+                let _ = std::fs::remove_file(path);
+            }
             let verified = self.statement_inner(keys, expected).await?;
             let url = self
                 .layout
@@ -266,45 +270,41 @@ impl Fetcher {
                 }
                 (None, _) => None,
             };
-            // Step 12: everything verified; the statement first, so a binary at its final
-            // path always has its statement beside it.
-            durable::write_file(&dest.statement, &verified.raw, 0o644)?;
-            let binary = dest.binary.clone();
-            let persisted =
-                tokio::task::spawn_blocking(move || durable::persist(temp, &binary, 0o755))
+            // Step 12: everything verified. The release's supervisor first, then the
+            // statement, then the binary: a binary at its final path always has its statement
+            // and (if the release carries one) its supervisor beside it.
+            let persist = |temp: tempfile::NamedTempFile, path: PathBuf| async move {
+                let at = path.clone();
+                tokio::task::spawn_blocking(move || durable::persist(temp, &at, 0o755))
                     .await
                     .map_err(|e| Error::Io {
                         op: "stage",
-                        path: dest.binary.clone(),
+                        path,
                         source: std::io::Error::other(e.to_string()),
                     })
-                    .and_then(|r| r);
-            let persisted = match (persisted, supervisor) {
-                (Ok(()), Some((temp, path))) => {
-                    let at = path.clone();
-                    tokio::task::spawn_blocking(move || durable::persist(temp, &at, 0o755))
-                        .await
-                        .map_err(|e| Error::Io {
-                            op: "stage",
-                            path: path.clone(),
-                            source: std::io::Error::other(e.to_string()),
-                        })
-                        .and_then(|r| r)
-                        .map(|()| Some(path))
-                }
-                (Ok(()), None) => Ok(None),
-                (Err(e), _) => Err(e),
+                    .and_then(|r| r)
             };
-            let supervisor = match persisted {
-                Ok(s) => s,
-                Err(e) => {
-                    // Best effort: no statement without its binaries. The error that matters
-                    // is the one returned.
-                    let _ = std::fs::remove_file(&dest.statement);
-                    let _ = std::fs::remove_file(&dest.binary);
-                    return Err(e);
+            let staged_supervisor = match supervisor {
+                Some((temp, path)) => {
+                    persist(temp, path.clone()).await?;
+                    Some(path)
                 }
+                None => None,
             };
+            let rest = async {
+                durable::write_file(&dest.statement, &verified.raw, 0o644)?;
+                persist(temp, dest.binary.clone()).await
+            };
+            if let Err(e) = rest.await {
+                // Best effort: nothing half staged. The error that matters is the one returned.
+                let _ = std::fs::remove_file(&dest.statement);
+                let _ = std::fs::remove_file(&dest.binary);
+                if let Some(path) = &staged_supervisor {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+            let supervisor = staged_supervisor;
             Ok(StagedRelease {
                 binary: dest.binary.clone(),
                 statement_path: dest.statement.clone(),

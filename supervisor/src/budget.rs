@@ -60,6 +60,12 @@ impl Budget {
         v
     }
 
+    /// The relay served a whole [`WINDOW`]: the streak ends.
+    pub fn reset(&mut self) {
+        self.streak = 0;
+        self.last_restart = None;
+    }
+
     /// Crashes in a row so far.
     #[must_use]
     pub fn streak(&self) -> usize {

@@ -7,13 +7,18 @@ use std::path::Path;
 use crate::recover;
 use crate::run::{Error, io, log};
 
-/// The listener: from systemd socket activation if given; else the socket of a generation a
-/// crashed predecessor left serving; else bound to config.json's address (with `SO_REUSEPORT`,
+/// The listener: the one a predecessor handed over ([`crate::swap`]); from systemd socket
+/// activation if given; else the socket of a generation a crashed predecessor left serving;
+/// else bound to config.json's address (with `SO_REUSEPORT`,
 /// so that a successor can bind beside generations it could not take the socket from).
 ///
 /// # Errors
 /// [`Error::Address`] or [`Error::Io`].
 pub fn listener(home: &Path, orphans: &[u32]) -> Result<TcpListener, Error> {
+    if let Some(l) = crate::swap::inherited_listener() {
+        log("using the listening socket the previous supervisor handed over");
+        return Ok(l);
+    }
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0
         && let Some(l) = fds.take_tcp_listener(0).map_err(io("inherited socket"))?

@@ -29,6 +29,9 @@ use crate::exit;
 
 /// A process id.
 pub type Pid = u32;
+/// How long a relay replaced for hanging gets to drain before SIGKILL.
+pub const HUNG_GRACE: Duration = Duration::from_secs(2);
+
 /// How long after a failed commit it is tried again.
 pub const COMMIT_RETRY: Duration = Duration::from_secs(10);
 
@@ -493,6 +496,9 @@ pub struct Machine {
     alive: Option<(Pid, Instant)>,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
+    /// Since when the serving generation serves (a whole [`crate::budget::WINDOW`] of it ends
+    /// a crash streak).
+    ready_since: Option<(Pid, Instant)>,
 }
 
 impl Machine {
@@ -513,6 +519,7 @@ impl Machine {
             exiting: None,
             alive: None,
             hung: None,
+            ready_since: None,
         }
     }
 
@@ -570,8 +577,9 @@ impl Machine {
         &self.orphans
     }
 
-    /// The supervisor's own children that still run (for its successor after a crash): the
-    /// serving one, the successor, those draining and those told to stop.
+    /// The relay processes this supervisor answers for (for its successor after a crash, or
+    /// the supervisor it hands over to): the serving one, the successor, those draining, those
+    /// told to stop, and the ones a predecessor left that still run.
     #[must_use]
     pub fn children(&self) -> Vec<Pid> {
         let mut pids: Vec<Pid> = self
@@ -581,7 +589,7 @@ impl Machine {
             .chain(self.successor_pid())
             .chain(self.draining.iter().copied())
             .chain(self.stopping.iter().map(|s| s.pid))
-            .filter(|p| !self.orphans.contains(p))
+            .chain(self.orphans.iter().copied())
             .collect();
         let mut seen = std::collections::HashSet::new();
         pids.retain(|p| seen.insert(*p));
@@ -693,6 +701,14 @@ impl Machine {
             _ => {}
         }
         self.check_liveness(now, out);
+        if let (Some((pid, since)), Some(serving)) = (self.ready_since, self.serving.pid())
+            && pid == serving
+            && matches!(self.serving, Serving::Ready { .. })
+            && now.saturating_duration_since(since) >= crate::budget::WINDOW
+            && self.budget.streak() > 0
+        {
+            self.budget.reset();
+        }
         let due = |c: &Change| match c.phase {
             Phase::Watching { since } => {
                 c.kind == Kind::Rollback || now >= since + self.timing.health_window
@@ -790,6 +806,7 @@ impl Machine {
             && p == pid
         {
             self.serving = Serving::Ready { pid };
+            self.ready_since = Some((pid, now));
             out.log(format!(
                 "relay ready (pid {pid}) after {:?}",
                 now.saturating_duration_since(since)
@@ -820,16 +837,18 @@ impl Machine {
 
     fn take_over(&mut self, now: Instant, pid: Pid, out: &mut Out) {
         self.successor = None;
+        self.ready_since = Some((pid, now));
         if let Some(hung) = self.hung.take()
             && self.serving.pid() == Some(hung)
         {
             out.log(format!(
-                "pid {pid} ready and serving; the hung pid {hung} is killed"
+                "pid {pid} ready and serving; the hung pid {hung} is told to drain, and killed in {HUNG_GRACE:?} if it still runs"
             ));
-            out.signal(hung, Sig::Kill);
+            // A relay only slow for a while drains its streams; a hung one is killed soon.
+            out.signal(hung, Sig::Hup);
             self.stopping.push(Stopping {
                 pid: hung,
-                kill_at: None,
+                kill_at: Some(now + HUNG_GRACE),
             });
             self.serving = Serving::Ready { pid };
             return;

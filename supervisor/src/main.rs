@@ -44,7 +44,7 @@ struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "15s")]
     liveness: Duration,
     /// How long the release's own supervisor has to take over (serve) before it is killed,
-    /// skipped, and this one serves on.
+    /// skipped, and this one serves on; at least the ready timeout and 5 s.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "60s")]
     supervisor_trial: Duration,
     #[command(subcommand)]

@@ -198,10 +198,18 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         takeover,
         instance: &instance,
         swap: None,
+        trial: opts
+            .supervisor_trial
+            .max(timing.ready_timeout + Duration::from_secs(5)),
     };
     world.refresh_versions();
     let mut machine = Machine::new(timing, orphans);
-    let first = machine.start();
+    let mut first = machine.start();
+    if std::env::var_os(crate::swap::STOP_AFTER_ENV).is_some() {
+        // A stop arrived during a supervisor's trial, before this start: it is carried out.
+        log("a stop was asked during the supervisor's trial: stopping");
+        first = machine.handle(Instant::now(), Event::Signal(OsSignal::Stop));
+    }
     if let Some(code) = world.perform(&mut machine, first) {
         return Ok(code);
     }
@@ -273,6 +281,8 @@ struct World<'a> {
     instance: &'a wireleap_home::instance::Instance,
     /// The release's own supervisor to hand over to, once the relay is committed.
     swap: Option<(Arc<Verified>, String)>,
+    /// How long it has to take over (its generation must get ready within it).
+    trial: Duration,
 }
 
 impl<'a> World<'a> {
@@ -303,6 +313,9 @@ impl<'a> World<'a> {
                 self.systemd(&format!("STATUS={status}"));
                 last_status = status;
             }
+            if let Some(t) = self.takeover.as_mut() {
+                t.commit_when_accepted(&self.opts.home);
+            }
             if self
                 .takeover
                 .as_ref()
@@ -323,6 +336,11 @@ impl<'a> World<'a> {
                 ));
                 generation::signal(pid, crate::machine::Sig::Kill);
             }
+            // What the next generation's metrics show.
+            generation::STREAK.store(
+                machine.crash_streak() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             // The generations' pids, for a successor after a crash.
             let pids = machine.children();
             if pids != recorded {
@@ -331,6 +349,17 @@ impl<'a> World<'a> {
             }
             let mut events = Vec::new();
             if let Some((request, conn)) = self.control.poll() {
+                if self
+                    .takeover
+                    .as_ref()
+                    .is_some_and(crate::swap::Takeover::pending)
+                    && !matches!(request, crate::control::Request::Status)
+                {
+                    conn.reply(&Reply::error(
+                        "busy: this supervisor is on trial, taking over from the previous one",
+                    ));
+                    continue;
+                }
                 let id = self.next_id;
                 self.next_id += 1;
                 self.pending.insert(id, conn);
@@ -373,6 +402,14 @@ impl<'a> World<'a> {
                 events.push(Event::Exited { pid, how });
             }
             for &pid in machine.orphans() {
+                // One that is this process's own child (it started itself again in place)
+                // is reaped here, not left a zombie.
+                if let Ok(p) = i32::try_from(pid) {
+                    let _ = nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(p),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                    );
+                }
                 if !recover::alive(pid) {
                     events.push(Event::Exited {
                         pid,
@@ -393,7 +430,7 @@ impl<'a> World<'a> {
                 && !machine.exiting()
                 && let Some((copy, version)) = self.swap.take()
             {
-                self.swap_supervisor(&copy, &version, watchdog);
+                self.swap_supervisor(&copy, &version, watchdog, &mut signals);
             }
         }
     }
@@ -442,7 +479,7 @@ impl<'a> World<'a> {
                     if let Some(t) = self.takeover.as_mut()
                         && t.pending()
                     {
-                        t.took_over(&self.opts.home, self.opts.notify_socket.as_deref());
+                        t.took_over();
                     }
                     None
                 }
@@ -481,10 +518,6 @@ impl<'a> World<'a> {
                 }
                 Action::CountRestart => {
                     RESTARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    generation::STREAK.store(
-                        machine.crash_streak() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
                     None
                 }
                 Action::Exit(code) => {
@@ -504,38 +537,56 @@ impl<'a> World<'a> {
 
     /// Hands over to the release's own supervisor ([`crate::swap`]): this process exits if it
     /// took over, else starts itself again.
-    fn swap_supervisor(&mut self, copy: &Verified, version: &str, watchdog: Option<Duration>) {
+    fn swap_supervisor(
+        &mut self,
+        copy: &Verified,
+        version: &str,
+        watchdog: Option<Duration>,
+        signals: &mut Signals,
+    ) {
         use std::os::fd::AsFd as _;
         let notify = self.opts.notify_socket.clone();
         let mut last = Instant::now();
-        let mut ping = || {
+        // Pings systemd meanwhile, and notices a stop (other signals wait for the loop).
+        let mut tend = || {
             if let Some(every) = watchdog
                 && last.elapsed() >= every
             {
                 notify::to_systemd(notify.as_deref(), "WATCHDOG=1");
                 last = Instant::now();
             }
+            signals
+                .pending()
+                .any(|sig| matches!(sig, SIGTERM | SIGINT | SIGQUIT))
         };
-        match crate::swap::hand_over(
+        let trial = crate::swap::hand_over(
             &self.opts.home,
             version,
             copy,
-            self.instance.as_fd(),
-            self.opts.supervisor_trial,
-            &mut ping,
-        ) {
+            crate::swap::Handed {
+                lock: self.instance.as_fd(),
+                listener: self.listener.as_fd(),
+            },
+            self.trial,
+            notify.as_deref(),
+            &mut tend,
+        );
+        let stop_after = match trial {
             crate::swap::Trial::TookOver => {
                 // Nothing of this process's is removed: its sockets, pid file and children are
                 // its successor's now.
                 std::process::exit(i32::from(crate::exit::OK));
             }
-            crate::swap::Trial::Failed(_) => {
-                let e = crate::swap::restart_self();
-                warn(&format!(
-                    "could not start this supervisor again after the failed trial: {e}; it serves on as it is"
-                ));
-            }
-        }
+            crate::swap::Trial::NotStarted(_) => return,
+            crate::swap::Trial::Failed(_) => false,
+            crate::swap::Trial::Stopped => true,
+        };
+        // The new one may have had the generations drain, and started its own: this one
+        // starts again and takes over whatever runs, as after a crash.
+        let e = crate::swap::restart_self(stop_after, self.listener.as_fd());
+        warn(&format!(
+            "could not start this supervisor again after the trial: {e}; it serves on as it is"
+        ));
     }
 
     fn spawn(&mut self, role: Role, binary: Binary) -> Event {

@@ -39,12 +39,21 @@ pub const TRIAL: Duration = Duration::from_secs(60);
 /// The descriptors the new supervisor gets: the pipe it reports on, the lock.
 const PIPE_FD: i32 = 5;
 const LOCK_FD: i32 = 6;
+const LISTENER_FD: i32 = 7;
+
+/// The listening socket a supervisor hands to the one that follows it (its descriptor number):
+/// whatever it came from (systemd's socket activation included), the same socket serves on.
+pub const LISTENER_ENV: &str = "WIRELEAP_SUPERVISOR_LISTENER";
 
 /// Where this supervisor is installed, if it runs from `home` (only then does a commit of its
-/// successor reach the binary that runs next).
+/// successor reach the binary that runs next): the path its predecessor handed over
+/// ([`SUPERVISOR_INSTALLED_ENV`], when it runs from a verified copy itself), else its own.
 #[must_use]
 pub fn installed_path(home: &Path) -> Option<PathBuf> {
-    let exe = std::fs::canonicalize(std::env::current_exe().ok()?).ok()?;
+    let exe = match std::env::var_os(SUPERVISOR_INSTALLED_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => std::fs::canonicalize(std::env::current_exe().ok()?).ok()?,
+    };
     let home = std::fs::canonicalize(home).ok()?;
     (exe.parent() == Some(home.as_path())
         && exe.file_name() == Some(std::ffi::OsStr::new(SUPERVISOR_BIN)))
@@ -58,19 +67,36 @@ pub enum Trial {
     TookOver,
     /// It failed (journaled, skipped, killed): this one starts itself again.
     Failed(String),
+    /// It could not be started (nothing changed; nothing skipped): this one serves on.
+    NotStarted(String),
+    /// A stop arrived during the trial: the new one was killed (not skipped); this one starts
+    /// itself again and then stops.
+    Stopped,
+}
+
+/// What the supervisor hands over: the home's lock and its listening socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Handed<'a> {
+    /// The home's lock.
+    pub lock: BorrowedFd<'a>,
+    /// The listening socket.
+    pub listener: BorrowedFd<'a>,
 }
 
 /// Runs the new supervisor `copy` (the release `version`) on trial, at most `bound`.
-/// `watchdog` pings systemd meanwhile.
+/// `tend` is called on every turn of the wait: it pings systemd's watchdog, and says whether a
+/// stop was asked for.
 #[must_use]
 pub fn hand_over(
     home: &Path,
     version: &str,
     copy: &Verified,
-    lock: BorrowedFd<'_>,
+    handed: Handed<'_>,
     bound: Duration,
-    watchdog: &mut dyn FnMut(),
+    notify_socket: Option<&str>,
+    tend: &mut dyn FnMut() -> bool,
 ) -> Trial {
+    let Handed { lock, listener } = handed;
     let fail = |why: String| {
         warn(&format!(
             "the release's supervisor ({version}) failed its trial: {why}; this one serves on and {version} is skipped"
@@ -79,16 +105,29 @@ pub fn hand_over(
         crate::upgrade::skip(home, version);
         Trial::Failed(why)
     };
+    let not_started = |why: String| {
+        warn(&format!(
+            "the release's supervisor ({version}) is not started: {why}; this one serves on"
+        ));
+        Trial::NotStarted(why)
+    };
     let Some(installed) = installed_path(home) else {
-        return fail("this supervisor does not run from its home directory, so its successor could not be installed".into());
+        return not_started(
+            "this supervisor does not run from its home directory, where its successor would be installed"
+                .into(),
+        );
     };
     let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return fail(format!("a pipe: {e}")),
+        Err(e) => return not_started(format!("a pipe: {e}")),
     };
     let lock = match lock.try_clone_to_owned() {
         Ok(l) => l,
-        Err(e) => return fail(format!("duplicating the lock: {e}")),
+        Err(e) => return not_started(format!("duplicating the lock: {e}")),
+    };
+    let listener = match listener.try_clone_to_owned() {
+        Ok(l) => l,
+        Err(e) => return not_started(format!("duplicating the listener: {e}")),
     };
     let mut cmd = match copy.command_as_supervisor(vec![
         FdMapping {
@@ -99,16 +138,25 @@ pub fn hand_over(
             parent_fd: lock,
             child_fd: LOCK_FD,
         },
+        FdMapping {
+            parent_fd: listener,
+            child_fd: LISTENER_FD,
+        },
     ]) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return not_started(e),
     };
     cmd.args(std::env::args_os().skip(1))
+        // It runs from a nameless copy: it cannot find its home by its own path.
+        .env(wireleap_home::files::HOME_ENV, home)
         .env(
             TAKEOVER_ENV,
             format!("{PIPE_FD}:{LOCK_FD}:{}", std::process::id()),
         )
-        .env(SUPERVISOR_INSTALLED_ENV, &installed);
+        .env(SUPERVISOR_INSTALLED_ENV, &installed)
+        .env(LISTENER_ENV, LISTENER_FD.to_string())
+        // systemd's watchdog is this process's until the new one is the main process.
+        .env_remove("WATCHDOG_PID");
     crate::failpoint::step(home, version, Step::SupervisorTrial, "");
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -126,28 +174,37 @@ pub fn hand_over(
     );
     let deadline = Instant::now() + bound;
     let mut said = Vec::new();
-    let outcome = loop {
-        watchdog();
+    let mut reported = |said: &mut Vec<u8>| {
         let mut buf = [0u8; 64];
-        match read.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                said.extend_from_slice(&buf[..n]);
-                if said.starts_with(b"took over\n") {
-                    break Ok(());
-                }
+        while let Ok(n) = read.read(&mut buf) {
+            if n == 0 {
+                break;
             }
-            _ => {}
+            said.extend_from_slice(&buf[..n]);
+        }
+        said.starts_with(b"took over\n")
+    };
+    let outcome = loop {
+        let stop = tend();
+        // The report first: a new supervisor that took over is not judged by what follows.
+        if reported(&mut said) {
+            break Ok(());
+        }
+        if stop {
+            break Err(None);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            break Err(format!("it exited ({status})"));
+            break Err(Some(format!("it exited ({status})")));
         }
         if Instant::now() >= deadline {
-            break Err(format!("it did not take over within {bound:?}"));
+            break Err(Some(format!("it did not take over within {bound:?}")));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     match outcome {
         Ok(()) => {
+            // systemd follows the new one from now on (only the main process may say so).
+            crate::notify::to_systemd(notify_socket, &format!("MAINPID={}", child.id()));
             log(&format!(
                 "the release's supervisor (pid {}) took over; this one exits",
                 child.id()
@@ -157,21 +214,49 @@ pub fn hand_over(
         Err(why) => {
             let _ = child.kill();
             let _ = child.wait();
-            fail(why)
+            match why {
+                Some(why) => fail(why),
+                None => {
+                    warn(
+                        "stopped during the supervisor's trial: the new one is killed, not skipped",
+                    );
+                    crate::upgrade::journal(
+                        home,
+                        version,
+                        Step::SupervisorRolledBack,
+                        "stopped during the trial",
+                    );
+                    Trial::Stopped
+                }
+            }
         }
     }
 }
 
 /// Starts this supervisor again, in place (same pid): after a failed trial it takes over from
 /// scratch, as after a crash. Returns only if that fails.
-pub fn restart_self() -> std::io::Error {
-    match std::env::current_exe() {
-        Ok(exe) => std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .exec(),
-        Err(e) => e,
+pub fn restart_self(stop_after: bool, listener: BorrowedFd<'_>) -> std::io::Error {
+    use std::os::fd::AsRawFd as _;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args(std::env::args_os().skip(1));
+    // The same listening socket serves on across the restart.
+    if nix::fcntl::fcntl(
+        listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .is_ok()
+    {
+        cmd.env(LISTENER_ENV, listener.as_raw_fd().to_string());
     }
+    if stop_after {
+        cmd.env(STOP_AFTER_ENV, "1");
+    }
+    cmd.exec()
 }
+
+/// Set for a supervisor started again after a stop arrived during a trial: it takes over and
+/// then stops (the stop was asked of it).
+pub const STOP_AFTER_ENV: &str = "WIRELEAP_SUPERVISOR_STOP_AFTER_START";
 
 /// What a supervisor started on trial was handed ([`TAKEOVER_ENV`]).
 #[derive(Debug)]
@@ -181,7 +266,8 @@ pub struct Takeover {
     pub lock: Option<OwnedFd>,
     installed: Option<PathBuf>,
     /// The predecessor: if it dies before this one took over, this one gives up (never two
-    /// supervisors after a crash during the trial).
+    /// supervisors after a crash during the trial); once it is gone after, this one installs
+    /// itself.
     parent: i32,
 }
 
@@ -215,38 +301,12 @@ impl Takeover {
         })
     }
 
-    /// This supervisor serves: it outlives its predecessor from now on, becomes systemd's main
-    /// process, says so to its predecessor, and installs itself where that one ran from.
-    pub fn took_over(&mut self, home: &Path, notify_socket: Option<&str>) {
-        let Some(mut pipe) = self.pipe.take() else {
-            return;
-        };
-        crate::notify::to_systemd(notify_socket, &format!("MAINPID={}", std::process::id()));
-        let _ = pipe.write_all(b"took over\n");
-        drop(pipe);
-        let version = env!("CARGO_PKG_VERSION");
-        let installed = self.installed.take().and_then(|path| {
-            let mut me = std::fs::File::open("/proc/self/exe").ok()?;
-            wireleap_home::durable::write_atomic_from(&path, &mut me, 0o755)
-                .map_err(|e| warn(&format!("installing {}: {e}", path.display())))
-                .ok()
-                .map(|()| path)
-        });
-        match installed {
-            Some(path) => {
-                let last = crate::recover::last_entry(home);
-                let release = last
-                    .filter(|e| e.step == Step::SupervisorTrial)
-                    .map_or_else(|| version.to_owned(), |e| e.version);
-                log(&format!(
-                    "took over from the previous supervisor; installed as {}",
-                    path.display()
-                ));
-                crate::failpoint::step(home, &release, Step::SupervisorCommitted, "");
-            }
-            None => warn(
-                "took over, but could not install this supervisor: the previous binary stays for the next start",
-            ),
+    /// This supervisor serves: it says so to its predecessor, which then makes it systemd's
+    /// main process and exits.
+    pub fn took_over(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"took over\n");
+            log("took over from the previous supervisor; it hands systemd over and exits");
         }
     }
 
@@ -256,12 +316,64 @@ impl Takeover {
         self.pipe.is_some()
     }
 
+    fn parent_gone(&self) -> bool {
+        rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()) != self.parent
+    }
+
     /// Whether the predecessor died before this one took over (it must then give up).
     #[must_use]
     pub fn orphaned(&self) -> bool {
-        self.pending()
-            && rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()) != self.parent
+        self.pending() && self.parent_gone()
     }
+
+    /// Once the predecessor has accepted (it exited after the report), this supervisor
+    /// installs itself where that one ran from, and journals the commit. Call on every turn.
+    pub fn commit_when_accepted(&mut self, home: &Path) {
+        if self.pending() || self.installed.is_none() || !self.parent_gone() {
+            return;
+        }
+        let Some(path) = self.installed.take() else {
+            return;
+        };
+        let release = crate::recover::last_entry(home)
+            .filter(|e| e.step == Step::SupervisorTrial)
+            .map_or_else(|| env!("CARGO_PKG_VERSION").to_owned(), |e| e.version);
+        let installed = std::fs::File::open("/proc/self/exe")
+            .and_then(|mut me| wireleap_home::durable::write_atomic_from(&path, &mut me, 0o755));
+        match installed {
+            Ok(()) => {
+                log(&format!("installed as {}", path.display()));
+                crate::failpoint::step(home, &release, Step::SupervisorCommitted, "");
+            }
+            Err(e) => warn(&format!(
+                "took over, but could not install this supervisor as {}: {e}; the previous binary stays for the next start",
+                path.display()
+            )),
+        }
+    }
+}
+/// The listening socket a predecessor handed over ([`LISTENER_ENV`]), if it is one.
+#[must_use]
+pub fn inherited_listener() -> Option<std::net::TcpListener> {
+    let fd: i32 = std::env::var(LISTENER_ENV).ok()?.parse().ok()?;
+    if fd <= 2 || std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_err() {
+        return None;
+    }
+    let fd = adopt_one(fd);
+    let _ = nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    rustix::net::sockopt::socket_acceptconn(&fd)
+        .unwrap_or(false)
+        .then(|| std::net::TcpListener::from(fd))
+}
+
+#[allow(unsafe_code)]
+fn adopt_one(fd: i32) -> OwnedFd {
+    // SAFETY: the predecessor passed this descriptor to this process for this purpose only
+    // (LISTENER_ENV names it); it is open, and nothing else in this process owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Takes ownership of the two descriptors a predecessor passed (checked open, distinct, not

@@ -152,11 +152,20 @@ fn check_staged_supervisor(
     expected: &Expected,
 ) -> Result<Option<Verified>, Error> {
     let path = home.join(SUPERVISOR_NEXT);
-    if std::fs::symlink_metadata(&path).is_err() {
-        return Ok(None);
-    }
     let bytes = relay.statement.as_deref().unwrap_or_default();
     let verified = relay_release::verify_statement(bytes, keys, expected)?;
+    if std::fs::symlink_metadata(&path).is_err() {
+        // A relay stages the supervisor before the binary, so a staged binary without it
+        // comes from a relay that does not fetch supervisors (an older one): the relay is
+        // upgraded, this supervisor stays.
+        if let Some(entry) = verified.supervisor_entry() {
+            crate::run::log(&format!(
+                "the release carries its supervisor ({}), but the relay did not stage it: this supervisor stays",
+                entry.name
+            ));
+        }
+        return Ok(None);
+    }
     let entry = verified.supervisor_entry().ok_or_else(|| {
         Error::Verify(relay_release::Error::AssetNotListed {
             asset: relay_release::layout::asset_name(

@@ -128,7 +128,15 @@ fn a_release_with_a_new_supervisor_commits_both_under_load() {
 
 #[test]
 fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped() {
-    let (s, root) = supervised(&["--health-window", "1", "--supervisor-trial", "3s"]);
+    // The trial is at least the ready timeout and some: 5 s + 5 s here.
+    let (s, root) = supervised(&[
+        "--health-window",
+        "1",
+        "--ready-timeout",
+        "5",
+        "--supervisor-trial",
+        "3s",
+    ]);
     let work = tempfile::tempdir().unwrap();
     let old = s.supervisor.id();
     let installed = std::fs::read(s.home.file("wireleap-relay-supervisor")).unwrap();

@@ -181,7 +181,7 @@ fn first_start_ready_tells_systemd_once_and_drains_orphans() {
         pid: 100,
     });
     assert_eq!(d.m.shown(), Shown::Starting);
-    assert_eq!(d.m.children(), vec![100], "orphans are not its children");
+    assert_eq!(d.m.children(), vec![100, 7, 8], "the ones it answers for");
     let a = d.on(Event::Ready(100));
     for o in [7, 8] {
         assert!(a.contains(&Action::Signal {
@@ -1052,14 +1052,18 @@ fn a_relay_that_stops_pinging_is_replaced_new_one_ready_first_then_the_hung_one_
     assert!(
         a.contains(&Action::Signal {
             pid: 100,
+            sig: Sig::Hup
+        }),
+        "{a:?}"
+    );
+    let a = d.after(crate::machine::HUNG_GRACE);
+    assert!(
+        a.contains(&Action::Signal {
+            pid: 100,
             sig: Sig::Kill
         }),
         "{a:?}"
     );
-    assert!(!a.contains(&Action::Signal {
-        pid: 100,
-        sig: Sig::Hup
-    }));
     assert_eq!(d.m.serving(), &Serving::Ready { pid: 101 });
     assert!(d.m.draining().is_empty());
     assert_eq!(d.m.children(), vec![101, 100], "the killed one is awaited");
@@ -1109,4 +1113,21 @@ fn liveness_is_not_judged_during_a_change() {
         request: Request::Upgrade("0.8.0".into()),
     });
     assert!(!d.after(LIVE * 2).contains(&Action::CountHung));
+}
+
+#[test]
+fn a_minute_of_serving_ends_the_crash_streak() {
+    let mut d = Drive::serving();
+    d.crash(100);
+    d.after(crate::budget::BACKOFF_BASE);
+    d.on(Event::Spawned {
+        role: Role::Serving,
+        pid: 101,
+    });
+    d.on(Event::Ready(101));
+    assert_eq!(d.m.crash_streak(), 1);
+    d.after(crate::budget::WINDOW - Duration::from_millis(1));
+    assert_eq!(d.m.crash_streak(), 1);
+    d.after(Duration::from_millis(1));
+    assert_eq!(d.m.crash_streak(), 0);
 }
