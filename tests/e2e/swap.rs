@@ -342,3 +342,53 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
         );
     }
 }
+
+/// A stop (`systemctl stop`: SIGTERM to the supervisor) during a supervisor's trial kills the
+/// new one without skipping the version, and is carried out: every relay stops, the supervisor
+/// exits 0, nothing is left running.
+#[test]
+fn a_stop_during_the_trial_is_carried_out_and_skips_nothing() {
+    let (mut s, root) = supervised(&[
+        "--health-window",
+        "1",
+        "--ready-timeout",
+        "5",
+        "--supervisor-trial",
+        "30s",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let hangs = work.path().join("hangs");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 637\n").unwrap();
+    std::fs::set_permissions(&hangs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    publish(root.path(), work.path(), "9.0.0", &hangs);
+    let up = cli(&s.home, &["upgrade", "--yes", "9.0.0"], "");
+    assert_eq!(up.code, 0, "{up}\n{}", s.log());
+    eventually(WAIT, "the trial", || {
+        s.log().contains("takes over on trial")
+    });
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = s.wait_exit(WAIT);
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert!(
+        s.home
+            .journal_steps("9.0.0")
+            .contains(&"supervisor-rolled-back".to_owned()),
+        "{}",
+        s.log()
+    );
+    assert!(
+        !s.home.read(".skip-upgrade-version").contains("9.0.0"),
+        "a stop is not the version's fault"
+    );
+    eventually(Duration::from_secs(20), "every relay to stop", || {
+        relay_pids_in(s.home.path()).is_empty()
+    });
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 637"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the new supervisor was left running"
+    );
+}
