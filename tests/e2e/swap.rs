@@ -110,20 +110,7 @@ fn a_release_with_a_new_supervisor_commits_both_under_load() {
     eventually(WAIT, "one relay process under the new supervisor", || {
         relay_pids_in(s.home.path()).len() == 1
     });
-    println!(
-        "supervisor swap under load: {} opens ok, {} failed; {} of {} long-lived streams cut",
-        counts.opened,
-        counts.failed.len(),
-        counts.cut.len(),
-        counts.long
-    );
-    assert!(
-        counts.failed.is_empty(),
-        "failed opens: {:?}",
-        counts.failed
-    );
-    assert!(counts.cut.is_empty(), "cut streams: {:?}", counts.cut);
-    assert!(counts.opened > 50, "too little load: {}", counts.opened);
+    counts.assert_clean("supervisor swap under load", 50);
 }
 
 #[test]

@@ -44,10 +44,7 @@ impl Drive {
                 binary: Binary::Current
             }]
         );
-        d.on(Event::Spawned {
-            role: Role::Serving,
-            pid: 100,
-        });
+        d.spawned(Role::Serving, 100);
         let a = d.on(Event::Ready(100));
         assert!(a.contains(&Action::Systemd(Notify::Ready)), "{a:?}");
         assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
@@ -56,6 +53,10 @@ impl Drive {
 
     fn on(&mut self, event: Event) -> Vec<Action> {
         self.m.handle(self.now, event)
+    }
+
+    fn spawned(&mut self, role: Role, pid: Pid) -> Vec<Action> {
+        self.on(Event::Spawned { role, pid })
     }
 
     fn after(&mut self, d: Duration) -> Vec<Action> {
@@ -101,10 +102,7 @@ impl Drive {
             }),
             "{a:?}"
         );
-        self.on(Event::Spawned {
-            role: Role::Successor,
-            pid: 200,
-        });
+        self.spawned(Role::Successor, 200);
         assert_eq!(self.m.successor_pid(), Some(200));
     }
 
@@ -176,10 +174,7 @@ fn exit_code(a: &[Action]) -> Option<u8> {
 #[test]
 fn first_start_ready_tells_systemd_once_and_drains_orphans() {
     let mut d = Drive::new(vec![7, 8]);
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 100,
-    });
+    d.spawned(Role::Serving, 100);
     assert_eq!(d.m.shown(), Shown::Starting);
     assert_eq!(d.m.children(), vec![100, 7, 8], "the ones it answers for");
     let a = d.on(Event::Ready(100));
@@ -201,10 +196,7 @@ fn first_start_ready_tells_systemd_once_and_drains_orphans() {
 #[test]
 fn a_generation_that_never_gets_ready_is_stopped_killed_and_counted_as_a_crash() {
     let mut d = Drive::new(Vec::new());
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 100,
-    });
+    d.spawned(Role::Serving, 100);
     assert!(d.after(READY - Duration::from_millis(1)).is_empty());
     let a = d.after(Duration::from_millis(1));
     assert!(a.contains(&Action::Signal {
@@ -250,10 +242,7 @@ fn a_crash_restarts_after_a_backoff_and_past_the_budget_it_backs_off_and_never_g
             role: Role::Serving,
             binary: Binary::Current
         }));
-        d.on(Event::Spawned {
-            role: Role::Serving,
-            pid: pid + 1,
-        });
+        d.spawned(Role::Serving, pid + 1);
     }
 }
 
@@ -273,10 +262,7 @@ fn a_relay_stopped_by_the_operator_stops_the_supervisor_after_the_others() {
     let mut d = Drive::serving();
     d.on(Event::Signal(OsSignal::Handover));
     d.on(Event::Paused(100));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     d.on(Event::Ready(101));
     assert_eq!(d.m.draining(), &[100]);
     let a = d.exited(101, Exit::Graceful);
@@ -330,10 +316,7 @@ fn reload_and_dump_go_to_the_serving_generation_and_status_always_answers() {
 #[test]
 fn stop_terminates_everyone_kills_the_slow_and_exits_once_all_are_gone() {
     let mut d = Drive::new(vec![7]);
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 100,
-    });
+    d.spawned(Role::Serving, 100);
     d.on(Event::Ready(100));
     let a = d.on(Event::Signal(OsSignal::Stop));
     assert!(a.contains(&Action::Systemd(Notify::Stopping)));
@@ -416,10 +399,7 @@ fn handover_pauses_starts_the_successor_and_drains_the_old_one() {
         role: Role::Successor,
         binary: Binary::Current
     }));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     assert_eq!(d.m.children(), vec![100, 101]);
     let a = d.on(Event::Ready(101));
     assert!(a.contains(&Action::Signal {
@@ -447,10 +427,7 @@ fn a_pause_nobody_confirms_times_out_and_the_successor_starts_anyway() {
 #[test]
 fn handover_is_refused_while_starting() {
     let mut d = Drive::new(Vec::new());
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 100,
-    });
+    d.spawned(Role::Serving, 100);
     let a = d.on(Event::Signal(OsSignal::Handover));
     assert!(d.m.successor().is_none(), "{a:?}");
 }
@@ -461,10 +438,7 @@ fn a_successor_that_exits_or_never_gets_ready_leaves_the_old_one_serving() {
         let mut d = Drive::serving();
         d.on(Event::Signal(OsSignal::Handover));
         d.on(Event::Paused(100));
-        d.on(Event::Spawned {
-            role: Role::Successor,
-            pid: 101,
-        });
+        d.spawned(Role::Successor, 101);
         let a = if never_ready {
             let a = d.after(READY);
             assert!(
@@ -520,10 +494,7 @@ fn the_serving_one_dying_during_a_handover_lets_the_successor_take_over() {
         "{a:?}"
     );
     assert_eq!(d.m.serving(), &Serving::Gone);
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     let a = d.on(Event::Ready(101));
     assert!(
         !a.iter()
@@ -534,10 +505,7 @@ fn the_serving_one_dying_during_a_handover_lets_the_successor_take_over() {
     let mut d = Drive::serving();
     d.on(Event::Signal(OsSignal::Handover));
     d.on(Event::Paused(100));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     d.crash(100);
     let a = d.crash(101);
     assert!(
@@ -596,10 +564,7 @@ fn a_refused_upgrade_changes_nothing() {
 #[test]
 fn an_upgrade_is_refused_unless_the_relay_serves() {
     let mut d = Drive::new(Vec::new());
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 100,
-    });
+    d.spawned(Role::Serving, 100);
     let a = d.on(Event::Request {
         id: 1,
         request: Request::Upgrade("0.8.0".into()),
@@ -737,10 +702,7 @@ fn a_relay_that_crashes_while_a_release_is_prepared_is_replaced_by_the_new_versi
             ..
         }
     )));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 200,
-    });
+    d.spawned(Role::Successor, 200);
     let a = d.on(Event::Ready(200));
     assert!(a.contains(&journal(Step::Swapped)));
     assert_eq!(d.m.serving(), &Serving::Ready { pid: 200 });
@@ -787,10 +749,7 @@ fn a_failed_commit_is_journaled_answered_and_tried_again_while_the_new_version_s
         }),
         "{a:?}"
     );
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 201,
-    });
+    d.spawned(Role::Serving, 201);
     let a = d.after(crate::machine::COMMIT_RETRY);
     assert!(a.contains(&journal(Step::Committing)), "{a:?}");
     let a = d.on(Event::Done(Done::Committed(Ok(()))));
@@ -815,10 +774,7 @@ fn a_draining_generation_that_never_ends_is_killed_after_the_drain_bound() {
     let mut d = Drive::serving();
     d.on(Event::Signal(OsSignal::Handover));
     d.on(Event::Paused(100));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     d.on(Event::Ready(101));
     assert!(
         !d.after(DRAIN - Duration::from_millis(1))
@@ -843,10 +799,7 @@ fn a_stop_after_a_successor_died_on_its_own_does_not_wait_for_it_again() {
     let mut d = Drive::serving();
     d.on(Event::Signal(OsSignal::Handover));
     d.on(Event::Paused(100));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     d.crash(101);
     assert_eq!(d.m.children(), vec![100]);
     d.on(Event::Signal(OsSignal::Stop));
@@ -948,10 +901,7 @@ fn a_rollback_commits_as_soon_as_the_previous_version_serves() {
         role: Role::Successor,
         binary: Binary::Prev
     }));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 300,
-    });
+    d.spawned(Role::Successor, 300);
     let a = d.on(Event::Ready(300));
     let steps: Vec<Step> = a
         .iter()
@@ -978,10 +928,7 @@ fn a_rollback_whose_generation_fails_is_undone_and_the_current_version_serves_on
     });
     d.on(Event::Done(Done::Prepared(Ok(versions()))));
     d.on(Event::Paused(100));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 300,
-    });
+    d.spawned(Role::Successor, 300);
     let a = d.crash(300);
     assert_eq!(undo_of(&a).map(|u| u.0), Some(Kind::Rollback));
     d.on(Event::Done(Done::Undone));
@@ -1044,10 +991,7 @@ fn a_relay_that_stops_pinging_is_replaced_new_one_ready_first_then_the_hung_one_
             .any(|x| matches!(x, Action::Signal { pid: 100, .. })),
         "the hung one is not touched before its successor serves"
     );
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     let a = d.on(Event::Ready(101));
     assert!(
         a.contains(&Action::Signal {
@@ -1091,10 +1035,7 @@ fn when_the_replacement_fails_the_hung_one_stays_and_is_tried_again() {
     let mut d = Drive::serving();
     d.on(Event::Alive(100));
     d.after(LIVE + Duration::from_millis(1));
-    d.on(Event::Spawned {
-        role: Role::Successor,
-        pid: 101,
-    });
+    d.spawned(Role::Successor, 101);
     d.crash(101);
     assert_eq!(d.m.serving(), &Serving::Ready { pid: 100 });
     assert!(d.after(LIVE).is_empty());
@@ -1120,10 +1061,7 @@ fn a_minute_of_serving_ends_the_crash_streak() {
     let mut d = Drive::serving();
     d.crash(100);
     d.after(crate::budget::BACKOFF_BASE);
-    d.on(Event::Spawned {
-        role: Role::Serving,
-        pid: 101,
-    });
+    d.spawned(Role::Serving, 101);
     d.on(Event::Ready(101));
     assert_eq!(d.m.crash_streak(), 1);
     d.after(crate::budget::WINDOW - Duration::from_millis(1));
