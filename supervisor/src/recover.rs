@@ -248,6 +248,36 @@ fn process_group(pid: u32) -> Option<u32> {
     rest.split(' ').nth(2)?.parse().ok()
 }
 
+/// Removes the partial downloads (`.<name>.*.part`) a relay killed mid-download left in `home`,
+/// once they are an hour old (a download in progress is never that old: it is bounded far
+/// below); returns how many.
+pub fn stale_downloads(home: &Path) -> usize {
+    let hour = std::time::Duration::from_secs(3600);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(home).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = [upgrade::NEXT, upgrade::SUPERVISOR_NEXT]
+            .iter()
+            .any(|n| name.starts_with(&format!(".{n}.")) && name.ends_with(".part"));
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= hour);
+        if ours && old && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        log(&format!(
+            "removed {removed} partial download(s) a relay left"
+        ));
+    }
+    removed
+}
+
 /// One of the supervisor's own small files: a regular file this user owns (under privilege
 /// separation the relay's user could otherwise plant a link, a FIFO or its own list there).
 fn read_own(path: &Path) -> Option<String> {
@@ -337,4 +367,29 @@ pub fn adopt_listener(pids: &[u32]) -> Option<(u32, OwnedFd)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_partial_downloads_of_the_staged_files_are_removed() {
+        let home = tempfile::tempdir().unwrap();
+        let make = |name: &str, age: std::time::Duration| {
+            let path = home.path().join(name);
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_modified(std::time::SystemTime::now() - age).unwrap();
+            path
+        };
+        let hour = std::time::Duration::from_secs(3601);
+        let old_relay = make(".wireleap-relay.next.Ab12.part", hour);
+        let old_supervisor = make(".wireleap-relay-supervisor.next.Cd34.part", hour);
+        let fresh = make(".wireleap-relay.next.Ef56.part", std::time::Duration::ZERO);
+        let other = make(".config.json.x.part", hour);
+        assert_eq!(stale_downloads(home.path()), 2);
+        assert!(!old_relay.exists() && !old_supervisor.exists());
+        assert!(fresh.exists(), "a download in progress");
+        assert!(other.exists(), "not a staged file's");
+    }
 }

@@ -145,6 +145,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let _pid_file = PidFile::write(home);
     upgrade::set_migrate_timeout(opts.migrate_timeout);
     recover::leftover_migration(home);
+    recover::stale_downloads(home);
     // On trial, the journal's `supervisor-trial` is this process's own step.
     if takeover.is_none()
         && let Some(done) = recover::journal_steps(home, &opts.relay)
