@@ -361,6 +361,9 @@ pub enum Serving {
     Restarting {
         /// When to start again.
         at: Instant,
+        /// What starts then (the committed binary; the new version's verified copy while its
+        /// commit waits to be tried again).
+        binary: Binary,
     },
     /// Waiting for an undo before the committed binary starts again.
     Waiting,
@@ -496,6 +499,8 @@ pub struct Machine {
     alive: Option<(Pid, Instant)>,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
+    /// No hung generation is replaced before then (past the crash budget).
+    hung_hold: Option<Instant>,
     /// Since when the serving generation serves (a whole [`crate::budget::WINDOW`] of it ends
     /// a crash streak).
     ready_since: Option<(Pid, Instant)>,
@@ -519,6 +524,7 @@ impl Machine {
             exiting: None,
             alive: None,
             hung: None,
+            hung_hold: None,
             ready_since: None,
         }
     }
@@ -678,9 +684,9 @@ impl Machine {
                 self.stop(now, pid, out);
                 self.serving = Serving::Abandoned { pid };
             }
-            Serving::Restarting { at } if now >= at && self.exiting.is_none() => {
+            Serving::Restarting { at, binary } if now >= at && self.exiting.is_none() => {
                 self.serving = Serving::Launching;
-                out.spawn(Role::Serving, Binary::Current);
+                out.spawn(Role::Serving, binary);
             }
             _ => {}
         }
@@ -748,8 +754,19 @@ impl Machine {
             || self.successor.is_some()
             || self.change.is_some()
             || self.exiting.is_some()
+            || self.hung_hold.is_some_and(|until| now < until)
         {
             return;
+        }
+        // Replacements count as crashes: a relay that keeps hanging (or is too slow to ping)
+        // is replaced ever less often, not every few seconds.
+        let verdict = self.budget.crash(now);
+        if let Verdict::BackOff(delay) = verdict {
+            out.warn(format!(
+                "relays replaced for hanging {} times in a row: the next replacement waits at least {delay:?}",
+                self.budget.streak()
+            ));
+            self.hung_hold = Some(now + delay);
         }
         out.warn(format!(
             "relay (pid {pid}) sent no liveness ping for {:?}: it hangs; a new generation starts, then it is killed",
@@ -1065,16 +1082,20 @@ impl Machine {
         if let Some(c) = &self.change
             && let Phase::CommitRetry { .. } = c.phase
         {
-            // Not committed yet: the new version starts again from its verified copy.
+            // Not committed yet: the new version starts again from its verified copy, after
+            // the backoff.
             let binary = match c.kind {
                 Kind::Upgrade => Binary::Staged,
                 Kind::Rollback => Binary::Prev,
             };
-            out.warn(format!(
-                "relay (pid {pid}) exited ({how}) while its commit waits to be tried again; it starts again"
-            ));
-            self.serving = Serving::Launching;
-            out.spawn(Role::Serving, binary);
+            self.crashed_restart(
+                now,
+                &format!(
+                    "relay (pid {pid}) exited ({how}) while its commit waits to be tried again"
+                ),
+                binary,
+                out,
+            );
             return;
         }
         if let Some(c) = &self.change
@@ -1093,6 +1114,11 @@ impl Machine {
     /// The serving generation crashed (or could not start): restart after the backoff, a long
     /// one past the crash budget (it never gives up).
     fn crashed(&mut self, now: Instant, what: &str, out: &mut Out) {
+        self.crashed_restart(now, what, Binary::Current, out);
+    }
+
+    /// [`Self::crashed`], restarting `binary`.
+    fn crashed_restart(&mut self, now: Instant, what: &str, binary: Binary, out: &mut Out) {
         if self.exiting.is_some() {
             self.serving = Serving::Stopped;
             return;
@@ -1109,7 +1135,10 @@ impl Machine {
                 crate::budget::WINDOW
             )),
         }
-        self.serving = Serving::Restarting { at: now + delay };
+        self.serving = Serving::Restarting {
+            at: now + delay,
+            binary,
+        };
     }
 
     /// Crashes in a row so far (the relay's metrics show it).

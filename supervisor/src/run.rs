@@ -698,7 +698,7 @@ impl<'a> World<'a> {
                     .map_or("wireleap-relay.prev", |v| v.to.as_str())
             ),
             (State::Upgrading, Some(c)) => format!("upgrading to {}", c.asked),
-            (_, None) if let crate::machine::Serving::Restarting { at } = machine.serving() => {
+            (_, None) if let crate::machine::Serving::Restarting { at, .. } = machine.serving() => {
                 format!(
                     "relay exited {} times in a row; next try in {}s",
                     machine.crash_streak(),

@@ -232,7 +232,7 @@ fn a_crash_restarts_after_a_backoff_and_past_the_budget_it_backs_off_and_never_g
             |x| matches!(x, Action::Log { warn: true, message } if message.contains("backing off")),
         );
         assert_eq!(backing_off, n > crate::budget::MAX_CRASHES, "{n}: {a:?}");
-        let Serving::Restarting { at } = *d.m.serving() else {
+        let Serving::Restarting { at, .. } = *d.m.serving() else {
             panic!("{:?}", d.m.serving());
         };
         // Nothing starts before the backoff ends.
@@ -740,8 +740,11 @@ fn a_failed_commit_is_journaled_answered_and_tried_again_while_the_new_version_s
     }));
     assert!(refused(&a).is_some_and(|w| w.contains("disk full")));
     assert_eq!(d.m.serving(), &Serving::Ready { pid: 200 });
-    // The new version crashing meanwhile restarts from its verified copy (not committed).
+    // The new version crashing meanwhile restarts from its verified copy (not committed), after
+    // the backoff.
     let a = d.crash(200);
+    assert!(a.contains(&Action::CountRestart), "{a:?}");
+    let a = d.after(crate::budget::BACKOFF_BASE);
     assert!(
         a.contains(&Action::Spawn {
             role: Role::Serving,
@@ -1068,4 +1071,30 @@ fn a_minute_of_serving_ends_the_crash_streak() {
     assert_eq!(d.m.crash_streak(), 1);
     d.after(Duration::from_millis(1));
     assert_eq!(d.m.crash_streak(), 0);
+}
+
+#[test]
+fn a_relay_that_keeps_hanging_is_replaced_ever_less_often() {
+    let mut d = Drive::serving();
+    let mut pid = 100;
+    for n in 1..=crate::budget::MAX_CRASHES + 1 {
+        d.on(Event::Alive(pid));
+        let a = d.after(LIVE + Duration::from_millis(1));
+        assert!(a.contains(&Action::CountHung), "{n}: {a:?}");
+        let held = a.iter().any(|x| {
+            matches!(x, Action::Log { warn: true, message } if message.contains("the next replacement waits"))
+        });
+        assert_eq!(held, n > crate::budget::MAX_CRASHES, "{n}: {a:?}");
+        d.spawned(Role::Successor, pid + 1);
+        d.on(Event::Ready(pid + 1));
+        d.exited(pid, Exit::Failed("signal: 9".into()));
+        pid += 1;
+    }
+    // The next one hangs at once: not replaced before the hold ends.
+    d.on(Event::Alive(pid));
+    assert!(!d.after(LIVE * 2).contains(&Action::CountHung));
+    assert!(
+        d.after(crate::budget::BACKOFF_LONG)
+            .contains(&Action::CountHung)
+    );
 }
