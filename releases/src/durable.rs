@@ -69,15 +69,7 @@ pub fn write_file(dest: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
 ///
 /// [`Error::Io`].
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
-    #[cfg(unix)]
-    {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync directory", dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    wireleap_home::durable::sync_dir(dir).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 fn parent_dir(path: &Path) -> &Path {

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::fd::AsFd as _;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,7 +120,6 @@ impl Children {
 pub fn exit_of(status: ExitStatus) -> Exit {
     match status.code() {
         Some(c) if GRACEFUL.contains(&c) => Exit::Graceful,
-        _ if status.signal().is_some() => Exit::Failed(status.to_string()),
         _ => Exit::Failed(status.to_string()),
     }
 }

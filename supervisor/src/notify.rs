@@ -47,19 +47,6 @@ impl ReadySocket {
         &self.name
     }
 
-    /// Waits up to `wait` for a datagram; `Some(pid)` if it says `READY=1`, with the sender's
-    /// pid as the kernel reports it (`SO_PASSCRED`; 0 if unknown), so that a READY is never
-    /// credited to the wrong generation. Other notices are dropped.
-    ///
-    /// # Errors
-    /// An I/O error other than a timeout.
-    pub fn ready_within(&self, wait: Duration) -> io::Result<Option<u32>> {
-        Ok(self
-            .notice_within(wait)?
-            .filter(|n| n.kind == Kind::Ready)
-            .map(|n| n.pid))
-    }
-
     /// Waits up to `wait` for a datagram and says what it was and who sent it.
     ///
     /// # Errors

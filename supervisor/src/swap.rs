@@ -282,11 +282,10 @@ impl Takeover {
             parts.next()?.parse().ok()?,
             parts.next()?.parse().ok()?,
         );
-        let open = |fd: i32| std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok();
-        if pipe == lock || pipe <= 2 || lock <= 2 || !open(pipe) || !open(lock) {
+        if pipe == lock || !passed(pipe) || !passed(lock) {
             return None;
         }
-        let (pipe, lock) = adopt(pipe, lock);
+        let (pipe, lock) = (adopt_one(pipe), adopt_one(lock));
         for fd in [&pipe, &lock] {
             let _ = nix::fcntl::fcntl(
                 fd,
@@ -356,7 +355,7 @@ impl Takeover {
 #[must_use]
 pub fn inherited_listener() -> Option<std::net::TcpListener> {
     let fd: i32 = std::env::var(LISTENER_ENV).ok()?.parse().ok()?;
-    if fd <= 2 || std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_err() {
+    if !passed(fd) {
         return None;
     }
     let fd = adopt_one(fd);
@@ -369,19 +368,16 @@ pub fn inherited_listener() -> Option<std::net::TcpListener> {
         .then(|| std::net::TcpListener::from(fd))
 }
 
-#[allow(unsafe_code)]
-fn adopt_one(fd: i32) -> OwnedFd {
-    // SAFETY: the predecessor passed this descriptor to this process for this purpose only
-    // (LISTENER_ENV names it); it is open, and nothing else in this process owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// Whether `fd` may be a descriptor a predecessor passed: open, not a standard stream.
+fn passed(fd: i32) -> bool {
+    fd > 2 && std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok()
 }
 
-/// Takes ownership of the two descriptors a predecessor passed (checked open, distinct, not
-/// the standard streams).
+/// Takes ownership of a descriptor a predecessor passed ([`passed`]).
 #[allow(unsafe_code)]
-fn adopt(pipe: i32, lock: i32) -> (OwnedFd, OwnedFd) {
-    // SAFETY: the predecessor mapped both descriptors into this process for this purpose
-    // only (TAKEOVER_ENV names them); they are open, distinct, and nothing else in this
-    // process owns or closes them.
-    unsafe { (OwnedFd::from_raw_fd(pipe), OwnedFd::from_raw_fd(lock)) }
+fn adopt_one(fd: i32) -> OwnedFd {
+    // SAFETY: the predecessor passed this descriptor to this process for one purpose only
+    // (TAKEOVER_ENV or LISTENER_ENV names it); it is open (checked by `passed`), each is taken
+    // once, and nothing else in this process owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }

@@ -131,8 +131,8 @@ pub fn verify_staged(
         what: "copying the staged binary".into(),
         source: std::io::Error::other(e),
     })?;
-    copy.check(&home.join(NEXT_STATEMENT), &keys, &expected)?;
-    let supervisor = check_staged_supervisor(home, &copy, &keys, &expected)?;
+    let verified = copy.check(&home.join(NEXT_STATEMENT), &keys, &expected)?;
+    let supervisor = check_staged_supervisor(home, &verified)?;
     Ok((version, copy, supervisor))
 }
 
@@ -147,13 +147,9 @@ pub fn verify_staged(
 /// [`Error::Verify`], or [`Error::Io`] when the staged supervisor cannot be copied.
 fn check_staged_supervisor(
     home: &Path,
-    relay: &Verified,
-    keys: &TrustedKeys,
-    expected: &Expected,
+    verified: &relay_release::VerifiedStatement,
 ) -> Result<Option<Verified>, Error> {
     let path = home.join(SUPERVISOR_NEXT);
-    let bytes = relay.statement.as_deref().unwrap_or_default();
-    let verified = relay_release::verify_statement(bytes, keys, expected)?;
     if std::fs::symlink_metadata(&path).is_err() {
         // A relay stages the supervisor before the binary, so a staged binary without it
         // comes from a relay that does not fetch supervisors (an older one): the relay is
@@ -179,7 +175,7 @@ fn check_staged_supervisor(
         what: "copying the staged supervisor".into(),
         source: std::io::Error::other(e),
     })?;
-    relay_release::verify::verify_file(&copy.path(), &verified, &name)?;
+    relay_release::verify::verify_file(&copy.path(), verified, &name)?;
     crate::run::log(&format!(
         "the release's supervisor ({name}) verified with it"
     ));
@@ -399,12 +395,7 @@ pub fn signed_version(home: &Path, statement: &Path) -> Option<Version> {
         .ok()?
         .release_keys(relay_release::ExpiryCheck::UnsafeIgnore)
         .ok()?;
-    let bytes = relay_release::verify::read_statement(statement).ok()?;
-    let text =
-        relay_release::verify::signed_text(&bytes, &keys, std::time::SystemTime::now()).ok()?;
-    relay_release::Statement::parse(&text.text)
-        .ok()
-        .map(|s| s.version)
+    crate::verified::signed_version(statement, &keys).ok()
 }
 
 /// A fresh verified copy of `wireleap-relay.next` as the release `version` (during recovery: no

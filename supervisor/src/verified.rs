@@ -178,14 +178,8 @@ impl Verified {
         let keys = trust
             .release_keys(ExpiryCheck::UnsafeIgnore)
             .map_err(|e| e.to_string())?;
-        let signed = || {
-            let bytes = read_statement(statement)?;
-            let text =
-                relay_release::verify::signed_text(&bytes, &keys, std::time::SystemTime::now())?;
-            Ok::<_, relay_release::Error>(relay_release::Statement::parse(&text.text)?.version)
-        };
         let at = |e: relay_release::Error| format!("{}: {e}", statement.display());
-        let version = signed().map_err(at)?;
+        let version = signed_version(statement, &keys).map_err(at)?;
         let expected = Expected {
             product: Product::relay(),
             version: version.clone(),
@@ -197,7 +191,8 @@ impl Verified {
         Ok(Some(version))
     }
 
-    /// Checks the copy against the statement at `statement` (read once, kept for the commit).
+    /// Checks the copy against the statement at `statement` (read once, kept for the commit);
+    /// returns the verified statement (for the other files it signs).
     ///
     /// # Errors
     /// The verification's error.
@@ -206,13 +201,13 @@ impl Verified {
         statement: &Path,
         keys: &relay_release::TrustedKeys,
         expected: &Expected,
-    ) -> Result<(), relay_release::Error> {
+    ) -> Result<relay_release::VerifiedStatement, relay_release::Error> {
         let bytes = read_statement(statement)?;
         let verified = verify_statement(&bytes, keys, expected)?;
         let asset = verified.asset.clone();
         verify_file(&self.path(), &verified, &asset)?;
         self.statement = Some(bytes);
-        Ok(())
+        Ok(verified)
     }
 
     /// Writes exactly these bytes to `dest` (durably, mode 0755), and the statement they
@@ -240,6 +235,20 @@ impl Verified {
             _ => false,
         }
     }
+}
+
+/// The version the statement at `statement` signs, its signature checked with `keys` (only
+/// the signed text is read; no file it lists is).
+///
+/// # Errors
+/// The statement cannot be read, is not signed by `keys`, or is malformed.
+pub fn signed_version(
+    statement: &Path,
+    keys: &relay_release::TrustedKeys,
+) -> Result<Version, relay_release::Error> {
+    let bytes = read_statement(statement)?;
+    let text = relay_release::verify::signed_text(&bytes, keys, std::time::SystemTime::now())?;
+    Ok(relay_release::Statement::parse(&text.text)?.version)
 }
 
 /// The folder for the copies: created 0700; one that is a link, or not this user's, is refused.
