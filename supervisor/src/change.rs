@@ -137,6 +137,22 @@ fn prepare_upgrade(
         }
     }
     step(home, &v, Step::Verified, &format!("from {from}"));
+    // The release's own supervisor must start here before anything changes: one that cannot
+    // (it crashes, hangs, or refuses this home) would fail its trial after the relay's commit.
+    if let Some(supervisor) = &supervisor {
+        match crate::swap::preflight(home, supervisor) {
+            Ok(said) => log(&format!(
+                "upgrade to {v}: the release's supervisor passed its preflight ({said})"
+            )),
+            Err(e) => {
+                let why = format!("the release's supervisor failed before it ran: {e}");
+                log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
+                journal(home, &v, Step::SupervisorRolledBack, &why);
+                upgrade::roll_back(home, &v, None, true);
+                return Err(why);
+            }
+        }
+    }
     if let Err(e) = upgrade::migrate(home, &staged, &from, false) {
         let why = format!("migration failed: {e}");
         log(&format!("upgrade to {v}: {why}; {v} will be skipped"));

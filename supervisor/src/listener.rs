@@ -52,7 +52,11 @@ fn bind_reuseport(address: &str) -> std::io::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-fn address(path: &Path) -> Result<String, Error> {
+/// config.json's `address`, as a socket address to bind.
+///
+/// # Errors
+/// [`Error::Address`]: the file cannot be read, or names no address.
+pub fn address(path: &Path) -> Result<String, Error> {
     let err = |why: String| Error::Address {
         path: path.display().to_string(),
         why,

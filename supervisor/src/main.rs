@@ -47,6 +47,10 @@ struct Cli {
     /// skipped, and this one serves on; at least the ready timeout and 5 s.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "60s")]
     supervisor_trial: Duration,
+    /// Check the arguments and the home as a start would, print the version and exit, running
+    /// nothing (a supervisor runs a release's own supervisor so before it hands over to it).
+    #[arg(long, hide = true)]
+    preflight: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         relay_user,
         liveness,
         supervisor_trial,
+        preflight,
         command,
     } = cli;
     let home = match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
@@ -126,6 +131,10 @@ fn main() -> ExitCode {
             }
         },
     };
+    // A guardian of a supervisor's trial (started by the supervisor it replaces, `swap`).
+    if let Some(code) = wireleap_relay_supervisor::swap::guard_from_env(&home) {
+        return ExitCode::from(code);
+    }
     if let Some(Command::Ctl { request }) = command {
         return ctl_command(&home, &request);
     }
@@ -150,7 +159,11 @@ fn main() -> ExitCode {
         supervisor_trial,
         home,
     };
-    let code = match run::run(&opts) {
+    let code = match if preflight {
+        run::preflight(&opts)
+    } else {
+        run::run(&opts)
+    } {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e}");

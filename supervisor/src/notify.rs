@@ -131,7 +131,9 @@ pub fn watchdog_interval() -> Option<Duration> {
     {
         return None;
     }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
+    // A third: a ping may be late by one period when the main process changes (a swap's
+    // guardian and the supervisor each ping on their own clock).
+    (usec > 0).then(|| Duration::from_micros(usec / 3))
 }
 
 /// Sends `message` to systemd if it asked for notifications (best effort).

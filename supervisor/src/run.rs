@@ -199,10 +199,13 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         takeover,
         instance: &instance,
         swap: None,
-        trial: opts
-            .supervisor_trial
-            .max(timing.ready_timeout + Duration::from_secs(5)),
     };
+    // A release's supervisor has this long for its preflight and, after, to take over (its
+    // generation must get ready within it).
+    crate::swap::set_trial(
+        opts.supervisor_trial
+            .max(timing.ready_timeout + Duration::from_secs(5)),
+    );
     world.refresh_versions();
     let mut machine = Machine::new(timing, orphans);
     let mut first = machine.start();
@@ -215,6 +218,24 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         return Ok(code);
     }
     world.turn(&mut machine, signals, &done)
+}
+
+/// `--preflight`: what a start checks before it takes the home (the arguments, the home's
+/// ownership, config.json's address), with nothing taken, bound or started; prints this
+/// supervisor's version and control protocol.
+///
+/// # Errors
+/// As [`run`] would fail for them.
+pub fn preflight(opts: &Options) -> Result<u8, Error> {
+    crate::privsep::check(&opts.home, &opts.relay).map_err(Error::Privileges)?;
+    listener::address(&opts.home.join(wireleap_home::files::CONFIG))?;
+    println!(
+        "wireleap-relay-supervisor {} (control protocol {}): ready to take over {}",
+        env!("CARGO_PKG_VERSION"),
+        wireleap_home::control::PROTOCOL,
+        opts.home.display()
+    );
+    Ok(crate::exit::OK)
 }
 
 /// `<relay>.hash`: the statement beside a binary (`wireleap-relay.hash` for the home's).
@@ -282,8 +303,6 @@ struct World<'a> {
     instance: &'a wireleap_home::instance::Instance,
     /// The release's own supervisor to hand over to, once the relay is committed.
     swap: Option<(Arc<Verified>, String)>,
-    /// How long it has to take over (its generation must get ready within it).
-    trial: Duration,
 }
 
 impl<'a> World<'a> {
@@ -317,16 +336,6 @@ impl<'a> World<'a> {
             if let Some(t) = self.takeover.as_mut() {
                 t.commit_when_accepted(&self.opts.home);
             }
-            if self
-                .takeover
-                .as_ref()
-                .is_some_and(crate::swap::Takeover::orphaned)
-            {
-                warn(
-                    "the previous supervisor died before this one took over: giving up (it recovers when started again)",
-                );
-                return Ok(crate::exit::FAILURE);
-            }
             if let Some(new) = failpoint::victim()
                 && let Some(pid) = machine.victim(new)
             {
@@ -347,6 +356,17 @@ impl<'a> World<'a> {
             if pids != recorded {
                 recover::record_children(self.home(), &pids);
                 recorded = pids;
+            }
+            // After the record: the supervisor started again finds this one's generation.
+            if self
+                .takeover
+                .as_mut()
+                .is_some_and(crate::swap::Takeover::orphaned)
+            {
+                warn(
+                    "the trial's guardian died before this one took over: giving up (it recovers when started again)",
+                );
+                return Ok(crate::exit::FAILURE);
             }
             let mut events = Vec::new();
             if let Some((request, conn)) = self.control.poll() {
@@ -431,7 +451,7 @@ impl<'a> World<'a> {
                 && !machine.exiting()
                 && let Some((copy, version)) = self.swap.take()
             {
-                self.swap_supervisor(&copy, &version, watchdog, &mut signals);
+                self.swap_supervisor(&copy, &version);
             }
         }
     }
@@ -522,6 +542,11 @@ impl<'a> World<'a> {
                     None
                 }
                 Action::Exit(code) => {
+                    if code == crate::exit::OK
+                        && let Some(t) = self.takeover.as_mut()
+                    {
+                        t.stopped();
+                    }
                     let _ = std::fs::remove_file(self.home().join(recover::CHILDREN));
                     for (_, conn) in self.pending.drain() {
                         conn.reply(&Reply::error("the supervisor stopped"));
@@ -536,31 +561,11 @@ impl<'a> World<'a> {
         None
     }
 
-    /// Hands over to the release's own supervisor ([`crate::swap`]): this process exits if it
-    /// took over, else starts itself again.
-    fn swap_supervisor(
-        &mut self,
-        copy: &Verified,
-        version: &str,
-        watchdog: Option<Duration>,
-        signals: &mut Signals,
-    ) {
+    /// Replaces this process's image with the release's own supervisor, on trial
+    /// ([`crate::swap`]); returns only when that could not begin (this one serves on).
+    fn swap_supervisor(&mut self, copy: &Verified, version: &str) {
         use std::os::fd::AsFd as _;
-        let notify = self.opts.notify_socket.clone();
-        let mut last = Instant::now();
-        // Pings systemd meanwhile, and notices a stop (other signals wait for the loop).
-        let mut tend = || {
-            if let Some(every) = watchdog
-                && last.elapsed() >= every
-            {
-                notify::to_systemd(notify.as_deref(), "WATCHDOG=1");
-                last = Instant::now();
-            }
-            signals
-                .pending()
-                .any(|sig| matches!(sig, SIGTERM | SIGINT | SIGQUIT))
-        };
-        let trial = crate::swap::hand_over(
+        let _why = crate::swap::exec_successor(
             &self.opts.home,
             version,
             copy,
@@ -568,26 +573,8 @@ impl<'a> World<'a> {
                 lock: self.instance.as_fd(),
                 listener: self.listener.as_fd(),
             },
-            self.trial,
-            notify.as_deref(),
-            &mut tend,
+            self.opts.notify_socket.as_deref(),
         );
-        let stop_after = match trial {
-            crate::swap::Trial::TookOver => {
-                // Nothing of this process's is removed: its sockets, pid file and children are
-                // its successor's now.
-                std::process::exit(i32::from(crate::exit::OK));
-            }
-            crate::swap::Trial::NotStarted(_) => return,
-            crate::swap::Trial::Failed(_) => false,
-            crate::swap::Trial::Stopped => true,
-        };
-        // The new one may have had the generations drain, and started its own: this one
-        // starts again and takes over whatever runs, as after a crash.
-        let e = crate::swap::restart_self(stop_after, self.listener.as_fd());
-        warn(&format!(
-            "could not start this supervisor again after the trial: {e}; it serves on as it is"
-        ));
     }
 
     fn spawn(&mut self, role: Role, binary: Binary) -> Event {

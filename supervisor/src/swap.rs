@@ -1,33 +1,38 @@
-//! The supervisor replaces itself with the release's own supervisor, on trial.
+//! The supervisor replaces itself with the release's own supervisor, in place and on trial.
 //!
 //! After a release's relay is committed, a release that carries its supervisor (verified with
-//! the relay by one statement, [`crate::upgrade`]) takes over from the running one:
+//! the relay by one statement, [`crate::upgrade`]) replaces the running one in the same process:
 //!
-//! 1. the old supervisor journals `supervisor-trial` and starts the new one from its verified
-//!    copy, handing it the home's lock (the same open file) and a pipe; should the old one die
-//!    before the new one took over, the new one gives up too (never two supervisors);
-//! 2. the new one takes over as a restarted supervisor would ([`crate::recover`]): it binds the
-//!    control and readiness sockets, takes the listening socket from the running generations,
-//!    starts its own generation, and once that serves has the old generations drain;
-//! 3. then it tells systemd it is the main process (`MAINPID=`), says so on the pipe, and the
-//!    old supervisor exits without touching the generations;
-//! 4. the new one installs its own bytes as `wireleap-relay-supervisor` (the path the old one
-//!    ran from, which the unit names) and journals `supervisor-committed`.
+//! 0. while the release is prepared, its supervisor runs once with `--preflight` (bounded by
+//!    the trial): one that does not start, crashes or hangs there never runs as the supervisor;
+//!    the release is refused and skipped ([`preflight`]);
+//! 1. the supervisor journals `supervisor-trial` and starts a guardian: its own binary, given
+//!    the listening socket and the read end of a pipe; it makes the guardian systemd's main
+//!    process for the trial (`MAINPID=`);
+//! 2. it execs the release's supervisor from its verified copy ([`exec_successor`]): same pid,
+//!    so the relay generations stay its children; the home's lock and the listening socket
+//!    stay open across the exec. The new image takes over as a restarted supervisor would
+//!    ([`crate::recover`]): it binds the control and readiness sockets again, starts its own
+//!    generation on the same socket, and once that serves has the old generations drain;
+//! 3. then it says so on the pipe; the guardian makes it systemd's main process again and
+//!    exits; the new image installs its own bytes as `wireleap-relay-supervisor` (the path the
+//!    unit names) and journals `supervisor-committed`.
 //!
-//! A new supervisor that exits, or does not take over within the trial, is killed; the old one
-//! journals `supervisor-rolled-back`, skips the version, and starts itself again (same pid:
-//! systemd sees nothing), taking over whatever generations run then. A new one that dies after
-//! taking over but before installing itself leaves the old binary in place: systemd (or an
-//! operator) starts the old one, which recovers from the journal's `supervisor-trial` the same
-//! way. Nothing installs a supervisor that never served.
+//! The guardian ([`guard`]) ends a trial that fails: when the new image exits, or does not take
+//! over within the trial, it kills it, journals `supervisor-rolled-back`, skips the version and
+//! execs the old supervisor in its own process, which takes over the generations that run then.
+//! Because the unit's binary changes only at the commit, a supervisor killed at any step (the
+//! guardian included) is replaced by systemd with the old one, which recovers from the
+//! journal's `supervisor-trial` the same way. Nothing installs a supervisor that never served.
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use command_fds::FdMapping;
+use command_fds::{CommandFdExt as _, FdMapping};
 use wireleap_home::files::{SUPERVISOR_BIN, SUPERVISOR_INSTALLED_ENV, TAKEOVER_ENV};
 use wireleap_home::journal::Step;
 
@@ -36,7 +41,8 @@ use crate::verified::Verified;
 
 /// How long the new supervisor has to take over by default.
 pub const TRIAL: Duration = Duration::from_secs(60);
-/// The descriptors the new supervisor gets: the pipe it reports on, the lock.
+/// The descriptors handed across the exec (and to the guardian): the pipe, the lock, the
+/// listening socket.
 const PIPE_FD: i32 = 5;
 const LOCK_FD: i32 = 6;
 const LISTENER_FD: i32 = 7;
@@ -44,6 +50,24 @@ const LISTENER_FD: i32 = 7;
 /// The listening socket a supervisor hands to the one that follows it (its descriptor number):
 /// whatever it came from (systemd's socket activation included), the same socket serves on.
 pub const LISTENER_ENV: &str = "WIRELEAP_SUPERVISOR_LISTENER";
+
+/// Set for a guardian: `<pipe fd>:<pid on trial>:<trial in ms>:<version>`.
+pub const GUARD_ENV: &str = "WIRELEAP_SUPERVISOR_GUARD";
+
+/// The trial, in milliseconds (set once at start, read by the prepare job's preflight).
+static TRIAL_MS: AtomicU64 = AtomicU64::new(60_000);
+
+/// Sets how long a release's supervisor has to pass its preflight and to take over.
+pub fn set_trial(bound: Duration) {
+    TRIAL_MS.store(
+        u64::try_from(bound.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+fn trial() -> Duration {
+    Duration::from_millis(TRIAL_MS.load(Ordering::Relaxed))
+}
 
 /// Where this supervisor is installed, if it runs from `home` (only then does a commit of its
 /// successor reach the binary that runs next): the path its predecessor handed over
@@ -60,18 +84,34 @@ pub fn installed_path(home: &Path) -> Option<PathBuf> {
     .then_some(exe)
 }
 
-/// How a trial ended.
-#[derive(Debug)]
-pub enum Trial {
-    /// The new supervisor took over: this one exits now, touching nothing.
-    TookOver,
-    /// It failed (journaled, skipped, killed): this one starts itself again.
-    Failed(String),
-    /// It could not be started (nothing changed; nothing skipped): this one serves on.
-    NotStarted(String),
-    /// A stop arrived during the trial: the new one was killed (not skipped); this one starts
-    /// itself again and then stops.
-    Stopped,
+/// Runs the release's supervisor `copy` once with this one's arguments and `--preflight`,
+/// bounded by the trial: it must parse them, find and check the home, and exit 0. Returns what
+/// it printed.
+///
+/// # Errors
+/// Why it failed (it exited, or did not answer in time): the release is not to run.
+pub fn preflight(home: &Path, copy: &Verified) -> Result<String, String> {
+    let mut cmd = copy.command_as_supervisor(Vec::new())?;
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--preflight")
+        .env(wireleap_home::files::HOME_ENV, home);
+    let bound = trial();
+    let out = wireleap_home::migrate::bounded(cmd, bound)
+        .map_err(|e| format!("its preflight {e} (the trial is {bound:?})"))?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let said = said.trim();
+        return Err(format!(
+            "it exited ({}) in its preflight{}",
+            out.status,
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", said.lines().last().unwrap_or_default())
+            }
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// What the supervisor hands over: the home's lock and its listening socket.
@@ -83,33 +123,23 @@ pub struct Handed<'a> {
     pub listener: BorrowedFd<'a>,
 }
 
-/// Runs the new supervisor `copy` (the release `version`) on trial, at most `bound`.
-/// `tend` is called on every turn of the wait: it pings systemd's watchdog, and says whether a
-/// stop was asked for.
+/// Replaces this process's image with the release's supervisor `copy` (the release `version`),
+/// on trial under a guardian. Returns only when that could not begin, with why: nothing
+/// changed then (the guardian, if it started, is gone again), and this one serves on.
 #[must_use]
-pub fn hand_over(
+pub fn exec_successor(
     home: &Path,
     version: &str,
     copy: &Verified,
     handed: Handed<'_>,
-    bound: Duration,
     notify_socket: Option<&str>,
-    tend: &mut dyn FnMut() -> bool,
-) -> Trial {
+) -> String {
     let Handed { lock, listener } = handed;
-    let fail = |why: String| {
-        warn(&format!(
-            "the release's supervisor ({version}) failed its trial: {why}; this one serves on and {version} is skipped"
-        ));
-        crate::upgrade::journal(home, version, Step::SupervisorRolledBack, &why);
-        crate::upgrade::skip(home, version);
-        Trial::Failed(why)
-    };
     let not_started = |why: String| {
         warn(&format!(
             "the release's supervisor ({version}) is not started: {why}; this one serves on"
         ));
-        Trial::NotStarted(why)
+        why
     };
     let Some(installed) = installed_path(home) else {
         return not_started(
@@ -117,18 +147,46 @@ pub fn hand_over(
                 .into(),
         );
     };
-    let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => return not_started(format!("a pipe: {e}")),
+    let dup = |fd: BorrowedFd<'_>, what: &str| {
+        fd.try_clone_to_owned()
+            .map_err(|e| format!("duplicating the {what}: {e}"))
     };
-    let lock = match lock.try_clone_to_owned() {
-        Ok(l) => l,
-        Err(e) => return not_started(format!("duplicating the lock: {e}")),
+    let fds = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("a pipe: {e}"))
+        .and_then(|pipe| Ok((pipe, dup(listener, "listener")?, dup(listener, "listener")?)))
+        .and_then(|(pipe, l1, l2)| Ok((pipe, l1, l2, dup(lock, "lock")?)));
+    let ((read, write), for_guard, for_new, lock) = match fds {
+        Ok(f) => f,
+        Err(why) => return not_started(why),
     };
-    let listener = match listener.try_clone_to_owned() {
-        Ok(l) => l,
-        Err(e) => return not_started(format!("duplicating the listener: {e}")),
-    };
+    let me = std::process::id();
+    let bound = trial();
+    let mut guardian = std::process::Command::new("/proc/self/exe");
+    guardian
+        .arg0(SUPERVISOR_BIN)
+        .args(std::env::args_os().skip(1))
+        .env(wireleap_home::files::HOME_ENV, home)
+        .env(
+            GUARD_ENV,
+            format!("{PIPE_FD}:{me}:{}:{version}", bound.as_millis()),
+        )
+        .env(LISTENER_ENV, LISTENER_FD.to_string())
+        // It pings systemd's watchdog while it is the main process.
+        .env_remove("WATCHDOG_PID")
+        .env_remove(TAKEOVER_ENV)
+        .env_remove(STOP_AFTER_ENV);
+    if let Err(e) = guardian.fd_mappings(vec![
+        FdMapping {
+            parent_fd: read,
+            child_fd: PIPE_FD,
+        },
+        FdMapping {
+            parent_fd: for_guard,
+            child_fd: LISTENER_FD,
+        },
+    ]) {
+        return not_started(format!("passing descriptors to the guardian: {e}"));
+    }
     let mut cmd = match copy.command_as_supervisor(vec![
         FdMapping {
             parent_fd: write,
@@ -139,112 +197,255 @@ pub fn hand_over(
             child_fd: LOCK_FD,
         },
         FdMapping {
-            parent_fd: listener,
+            parent_fd: for_new,
             child_fd: LISTENER_FD,
         },
     ]) {
         Ok(c) => c,
         Err(e) => return not_started(e),
     };
+    crate::failpoint::step(home, version, Step::SupervisorTrial, "");
+    let rolled_back = |why: String| {
+        crate::upgrade::journal(home, version, Step::SupervisorRolledBack, &why);
+        not_started(why)
+    };
+    let mut guardian = match guardian.spawn() {
+        Ok(g) => g,
+        Err(e) => return rolled_back(format!("its guardian could not be started: {e}")),
+    };
+    let guard_pid = guardian.id();
+    // systemd follows the guardian during the trial: should this process die, it is not the
+    // service's end (only the main process may say so).
+    crate::notify::to_systemd(notify_socket, &format!("MAINPID={guard_pid}"));
     cmd.args(std::env::args_os().skip(1))
         // It runs from a nameless copy: it cannot find its home by its own path.
         .env(wireleap_home::files::HOME_ENV, home)
-        .env(
-            TAKEOVER_ENV,
-            format!("{PIPE_FD}:{LOCK_FD}:{}", std::process::id()),
-        )
+        .env(TAKEOVER_ENV, format!("{PIPE_FD}:{LOCK_FD}:{guard_pid}"))
         .env(SUPERVISOR_INSTALLED_ENV, &installed)
-        .env(LISTENER_ENV, LISTENER_FD.to_string())
-        // systemd's watchdog is this process's until the new one is the main process.
-        .env_remove("WATCHDOG_PID");
-    crate::failpoint::step(home, version, Step::SupervisorTrial, "");
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(format!("could not be started: {e}")),
-    };
+        .env(LISTENER_ENV, LISTENER_FD.to_string());
     log(&format!(
-        "the release's supervisor ({version}, pid {}) takes over on trial ({bound:?})",
-        child.id()
+        "the release's supervisor ({version}) takes over on trial ({bound:?}) in this process (pid {me}), guarded by pid {guard_pid}"
     ));
-    drop(cmd);
-    let mut read = std::fs::File::from(read);
+    let e = cmd.exec();
+    // Still the old image: the guardian goes, systemd follows this process again.
+    let _ = guardian.kill();
+    let _ = guardian.wait();
+    crate::notify::to_systemd(notify_socket, &format!("MAINPID={me}"));
+    rolled_back(format!("it could not be executed: {e}"))
+}
+
+/// How a trial the guardian watches ended.
+enum Ended {
+    TookOver,
+    Stopped,
+    Failed(String),
+    /// A stop was asked of the guardian (systemd's main process during the trial).
+    StopAsked,
+}
+
+/// Whether this process is a guardian ([`GUARD_ENV`]); if so, watches the trial and returns
+/// the exit code (or execs the old supervisor again, [`restart_self`]).
+#[must_use]
+pub fn guard_from_env(home: &Path) -> Option<u8> {
+    let spec = std::env::var(GUARD_ENV).ok()?;
+    let mut parts = spec.splitn(4, ':');
+    let pipe: i32 = parts.next()?.parse().ok()?;
+    let pid: i32 = parts.next()?.parse().ok()?;
+    let ms: u64 = parts.next()?.parse().ok()?;
+    let version = parts.next()?.to_owned();
+    if !passed(pipe) {
+        return None;
+    }
+    let pipe = adopt_one(pipe);
+    let listener = inherited_listener();
+    Some(guard(
+        home,
+        &version,
+        pid,
+        std::fs::File::from(pipe),
+        listener.as_ref().map(std::os::fd::AsFd::as_fd),
+        Duration::from_millis(ms),
+    ))
+}
+
+/// The guardian's watch over the new image in `pid` (its parent), at most `bound`.
+fn guard(
+    home: &Path,
+    version: &str,
+    pid: i32,
+    mut pipe: std::fs::File,
+    listener: Option<BorrowedFd<'_>>,
+    bound: Duration,
+) -> u8 {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    let notify_socket = std::env::var("NOTIFY_SOCKET").ok();
+    let to_systemd = |m: &str| crate::notify::to_systemd(notify_socket.as_deref(), m);
+    let watchdog = crate::notify::watchdog_interval();
+    // It pings at once: it is systemd's main process from now on.
+    let mut last_ping: Option<Instant> = None;
+    let mut signals = match signal_hook::iterator::Signals::new([
+        SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP,
+    ]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn(&format!("guardian: signal handlers: {e}"));
+            None
+        }
+    };
     let _ = nix::fcntl::fcntl(
-        read.as_fd(),
+        pipe.as_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     );
+    let target = nix::unistd::Pid::from_raw(pid);
     let deadline = Instant::now() + bound;
     let mut said = Vec::new();
-    let mut reported = |said: &mut Vec<u8>| {
+    let mut closed = false;
+    let ended = loop {
+        if let Some(every) = watchdog
+            && last_ping.is_none_or(|at| at.elapsed() >= every)
+        {
+            to_systemd("WATCHDOG=1");
+            last_ping = Some(Instant::now());
+        }
         let mut buf = [0u8; 64];
-        while let Ok(n) = read.read(&mut buf) {
-            if n == 0 {
-                break;
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) if said.len() < 256 => said.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
+                Err(_) => break,
             }
-            said.extend_from_slice(&buf[..n]);
         }
-        said.starts_with(b"took over\n")
-    };
-    let outcome = loop {
-        let stop = tend();
         // The report first: a new supervisor that took over is not judged by what follows.
-        if reported(&mut said) {
-            break Ok(());
+        if said.starts_with(b"took over\n") {
+            break Ended::TookOver;
         }
-        if stop {
-            break Err(None);
+        if said.starts_with(b"stopped\n") {
+            break Ended::Stopped;
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            break Err(Some(format!("it exited ({status})")));
-        }
-        if Instant::now() >= deadline {
-            break Err(Some(format!("it did not take over within {bound:?}")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    match outcome {
-        Ok(()) => {
-            // systemd follows the new one from now on (only the main process may say so).
-            crate::notify::to_systemd(notify_socket, &format!("MAINPID={}", child.id()));
-            log(&format!(
-                "the release's supervisor (pid {}) took over; this one exits",
-                child.id()
-            ));
-            Trial::TookOver
-        }
-        Err(why) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            match why {
-                Some(why) => fail(why),
-                None => {
-                    warn(
-                        "stopped during the supervisor's trial: the new one is killed, not skipped",
-                    );
-                    crate::upgrade::journal(
-                        home,
-                        version,
-                        Step::SupervisorRolledBack,
-                        "stopped during the trial",
-                    );
-                    Trial::Stopped
+        let mut stop = false;
+        if let Some(signals) = signals.as_mut() {
+            for sig in signals.pending() {
+                match sig {
+                    SIGTERM | SIGINT | SIGQUIT => stop = true,
+                    // Reloads and dumps are the supervisor's: passed on.
+                    other => {
+                        if let Ok(s) = nix::sys::signal::Signal::try_from(other) {
+                            let _ = nix::sys::signal::kill(target, s);
+                        }
+                    }
                 }
             }
         }
+        if stop {
+            break Ended::StopAsked;
+        }
+        let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+        if closed || parent != pid {
+            break Ended::Failed("it exited".to_owned());
+        }
+        if Instant::now() >= deadline {
+            break Ended::Failed(format!("it did not take over within {bound:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stop_after = match ended {
+        Ended::TookOver => {
+            to_systemd(&format!("MAINPID={pid}"));
+            log(&format!(
+                "guardian: the release's supervisor ({version}, pid {pid}) took over; the guardian exits"
+            ));
+            return crate::exit::OK;
+        }
+        Ended::Stopped => {
+            warn(&format!(
+                "guardian: the release's supervisor ({version}) was stopped during its trial; not skipped"
+            ));
+            crate::upgrade::journal(
+                home,
+                version,
+                Step::SupervisorRolledBack,
+                "stopped during the trial",
+            );
+            return crate::exit::OK;
+        }
+        Ended::Failed(why) => {
+            warn(&format!(
+                "the release's supervisor ({version}) failed its trial: {why}; the previous supervisor starts again and {version} is skipped"
+            ));
+            kill_and_wait(pid);
+            crate::upgrade::journal(home, version, Step::SupervisorRolledBack, &why);
+            crate::upgrade::skip(home, version);
+            false
+        }
+        Ended::StopAsked => {
+            warn("stopped during the supervisor's trial: the new one is killed, not skipped");
+            kill_and_wait(pid);
+            crate::upgrade::journal(
+                home,
+                version,
+                Step::SupervisorRolledBack,
+                "stopped during the trial",
+            );
+            true
+        }
+    };
+    // The old supervisor, in this process, takes over whatever generations run now, once the
+    // home's lock is free (a process the failed image started may hold it a little longer).
+    drop(signals);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match wireleap_home::instance::Instance::acquire(home, crate::run::SUPERVISOR_NAME) {
+            Ok(lock) => {
+                drop(lock);
+                break;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                warn(&format!("guardian: {e}"));
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let e = restart_self(stop_after, listener);
+    warn(&format!(
+        "guardian: could not start the previous supervisor again: {e}"
+    ));
+    crate::exit::FAILURE
+}
+
+/// Kills `pid` and waits (bounded) until it is gone: its lock is free then.
+fn kill_and_wait(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = u32::try_from(pid).unwrap_or_default();
+    while crate::recover::alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 /// Starts this supervisor again, in place (same pid): after a failed trial it takes over from
 /// scratch, as after a crash. Returns only if that fails.
-pub fn restart_self(stop_after: bool, listener: BorrowedFd<'_>) -> std::io::Error {
+pub fn restart_self(stop_after: bool, listener: Option<BorrowedFd<'_>>) -> std::io::Error {
     use std::os::fd::AsRawFd as _;
     let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.args(std::env::args_os().skip(1));
+    cmd.args(std::env::args_os().skip(1))
+        .env_remove(GUARD_ENV)
+        .env_remove(LISTENER_ENV)
+        .env_remove(TAKEOVER_ENV);
     // The same listening socket serves on across the restart.
-    if nix::fcntl::fcntl(
-        listener,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .is_ok()
+    if let Some(listener) = listener
+        && nix::fcntl::fcntl(
+            listener,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .is_ok()
     {
         cmd.env(LISTENER_ENV, listener.as_raw_fd().to_string());
     }
@@ -265,10 +466,13 @@ pub struct Takeover {
     /// The home's lock, held.
     pub lock: Option<OwnedFd>,
     installed: Option<PathBuf>,
-    /// The predecessor: if it dies before this one took over, this one gives up (never two
-    /// supervisors after a crash during the trial); once it is gone after, this one installs
-    /// itself.
-    parent: i32,
+    /// The guardian of the trial (this process's child), or a predecessor that waits as this
+    /// one's parent (as supervisors before the in-place exec handed over): if it dies before
+    /// this one took over, this one gives up (never two supervisors after a crash during the
+    /// trial); once it is gone after, this one installs itself.
+    guardian: i32,
+    /// The guardian was seen gone (reaped, when it was this process's child).
+    gone: bool,
 }
 
 impl Takeover {
@@ -277,7 +481,7 @@ impl Takeover {
     pub fn from_env() -> Option<Self> {
         let spec = std::env::var(TAKEOVER_ENV).ok()?;
         let mut parts = spec.split(':');
-        let (pipe, lock, parent): (i32, i32, i32) = (
+        let (pipe, lock, guardian): (i32, i32, i32) = (
             parts.next()?.parse().ok()?,
             parts.next()?.parse().ok()?,
             parts.next()?.parse().ok()?,
@@ -296,16 +500,27 @@ impl Takeover {
             pipe: Some(std::fs::File::from(pipe)),
             lock: Some(lock),
             installed: std::env::var_os(SUPERVISOR_INSTALLED_ENV).map(PathBuf::from),
-            parent,
+            guardian,
+            gone: false,
         })
     }
 
-    /// This supervisor serves: it says so to its predecessor, which then makes it systemd's
-    /// main process and exits.
+    /// This supervisor serves: it says so to its guardian, which then makes it systemd's
+    /// main process again and exits.
     pub fn took_over(&mut self) {
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(b"took over\n");
-            log("took over from the previous supervisor; it hands systemd over and exits");
+            log(
+                "took over from the previous supervisor; its guardian hands systemd back and exits",
+            );
+        }
+    }
+
+    /// A stop was carried out during the trial: the guardian is told (it exits, skipping
+    /// nothing) before this process exits.
+    pub fn stopped(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"stopped\n");
         }
     }
 
@@ -315,20 +530,38 @@ impl Takeover {
         self.pipe.is_some()
     }
 
-    fn parent_gone(&self) -> bool {
-        rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()) != self.parent
+    fn guardian_gone(&mut self) -> bool {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        if self.gone {
+            return true;
+        }
+        let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+        self.gone = if parent == self.guardian {
+            false
+        } else {
+            match waitpid(
+                nix::unistd::Pid::from_raw(self.guardian),
+                Some(WaitPidFlag::WNOHANG),
+            ) {
+                Ok(WaitStatus::StillAlive) => false,
+                Ok(_) => true,
+                // Not this process's child: a predecessor that waited as its parent is gone.
+                Err(_) => !crate::recover::alive(u32::try_from(self.guardian).unwrap_or_default()),
+            }
+        };
+        self.gone
     }
 
-    /// Whether the predecessor died before this one took over (it must then give up).
+    /// Whether the guardian died before this one took over (it must then give up).
     #[must_use]
-    pub fn orphaned(&self) -> bool {
-        self.pending() && self.parent_gone()
+    pub fn orphaned(&mut self) -> bool {
+        self.pending() && self.guardian_gone()
     }
 
     /// Once the predecessor has accepted (it exited after the report), this supervisor
     /// installs itself where that one ran from, and journals the commit. Call on every turn.
     pub fn commit_when_accepted(&mut self, home: &Path) {
-        if self.pending() || self.installed.is_none() || !self.parent_gone() {
+        if self.pending() || self.installed.is_none() || !self.guardian_gone() {
             return;
         }
         let Some(path) = self.installed.take() else {

@@ -1,8 +1,9 @@
 //! The supervisor upgrades itself (issue: the supervisor upgrades itself, never gives up): a
 //! release that carries its own supervisor is committed relay first, then the new supervisor
-//! takes over on trial, under load, without a failed open or a cut stream, and installs itself;
-//! one that crashes at start, or never takes over, is killed, the old supervisor serves on, and
-//! the version is skipped.
+//! is exec'd in place (same pid) on trial, under load, without a failed open or a cut stream,
+//! and installs itself; one that crashes at start, or never takes over, is refused before it
+//! runs (its preflight) or killed by the trial's guardian, the old supervisor serves on, and the
+//! version is skipped.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,40 @@ fn supervisor_pid(home: &Home) -> u32 {
         .unwrap()
 }
 
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The pid of the trial's guardian, from the supervisor's log (the latest trial).
+fn guardian_pid(log: &str) -> u32 {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split("guarded by pid ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no trial in the log:\n{log}"))
+}
+
+/// A stand-in for a release's supervisor: it passes the preflight (the real supervisor answers
+/// it), then runs `body` in place of the supervisor.
+fn fails_after_preflight(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *--preflight*) exec \"{}\" \"$@\";; esac\n{body}\n",
+            sibling_bin("wireleap-relay-supervisor").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 #[test]
 fn a_release_with_a_new_supervisor_commits_both_under_load() {
     let (mut s, root) = supervised(&["--health-window", "1"]);
@@ -94,11 +129,17 @@ fn a_release_with_a_new_supervisor_commits_both_under_load() {
             .journal_steps("9.0.0")
             .contains(&"supervisor-committed".to_owned())
     });
-    let status = s.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "the old supervisor exited {status:?}");
-    let new = supervisor_pid(&s.home);
-    assert_ne!(new, old);
-    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(new as i32), None).is_ok());
+    // Exec'd in place: the same process, still running, its pid file unchanged.
+    assert!(
+        s.supervisor.try_wait().unwrap().is_none(),
+        "the supervisor process exited\n{}",
+        s.log()
+    );
+    assert_eq!(supervisor_pid(&s.home), old);
+    let guardian = guardian_pid(&s.log());
+    eventually(Duration::from_secs(10), "the guardian to exit", || {
+        !running(guardian)
+    });
     assert_eq!(
         std::fs::read(s.home.file("wireleap-relay-supervisor")).unwrap(),
         std::fs::read(&asset).unwrap(),
@@ -110,13 +151,26 @@ fn a_release_with_a_new_supervisor_commits_both_under_load() {
     eventually(WAIT, "one relay process under the new supervisor", || {
         relay_pids_in(s.home.path()).len() == 1
     });
+    // The relay generation is the supervisor's own child.
+    let relay = relay_pids_in(s.home.path())[0];
+    let stat = std::fs::read_to_string(format!("/proc/{relay}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, old, "the relay is not the supervisor's child");
     counts.assert_clean("supervisor swap under load", 50);
 }
 
 #[test]
 fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped() {
     // The trial is at least the ready timeout and some: 5 s + 5 s here.
-    let (s, root) = supervised(&[
+    let (mut s, root) = supervised(&[
         "--health-window",
         "1",
         "--ready-timeout",
@@ -134,17 +188,35 @@ fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped(
         path
     };
     let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
-    for (version, supervisor, why) in [
-        ("9.1.0", script("crashes", "exit 3"), "it exited"),
+    // Refused by their preflight: the old supervisor never stopped (same process); then two
+    // that pass it and fail once exec'd: the guardian kills them and starts the old one again.
+    for (version, supervisor, why, preflight) in [
+        ("9.1.0", script("crashes", "exit 3"), "it exited", true),
         (
             "9.2.0",
             script("hangs", "exec sleep 631"),
+            "did not finish",
+            true,
+        ),
+        (
+            "9.3.0",
+            fails_after_preflight(work.path(), "crashes-later", "exit 3"),
+            "it exited",
+            false,
+        ),
+        (
+            "9.4.0",
+            fails_after_preflight(work.path(), "hangs-later", "exec sleep 631"),
             "did not take over",
+            false,
         ),
     ] {
+        let before = supervisor_pid(&s.home);
         publish(root.path(), work.path(), version, &supervisor);
         let up = cli(&s.home, &["upgrade", "--yes", version], "");
-        assert_eq!(up.code, 0, "{up}\n{}", s.log());
+        if preflight {
+            assert_ne!(up.code, 0, "{version}: {up}");
+        }
         eventually(WAIT, &format!("{version}: the trial to fail"), || {
             s.home
                 .journal_steps(version)
@@ -154,11 +226,21 @@ fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped(
         eventually(WAIT, "the old supervisor serving again", || {
             serving(&s.home)
         });
-        assert_eq!(
-            supervisor_pid(&s.home),
-            old,
-            "not the old supervisor (same pid)"
-        );
+        if preflight {
+            assert_eq!(
+                supervisor_pid(&s.home),
+                before,
+                "{version}: not the old supervisor (same pid)"
+            );
+            assert!(running(before));
+        } else {
+            // The guardian is the old supervisor now.
+            let guardian = guardian_pid(&s.log());
+            eventually(WAIT, "the guardian's pid file", || {
+                supervisor_pid(&s.home) == guardian
+            });
+            assert!(!running(before), "{version}: the failed supervisor runs on");
+        }
         assert!(
             s.home
                 .read(".skip-upgrade-version")
@@ -171,6 +253,8 @@ fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped(
             "a supervisor that never took over was installed"
         );
     }
+    let _ = s.wait_exit(Duration::from_secs(10));
+    assert_ne!(supervisor_pid(&s.home), old);
     let left = std::process::Command::new("pgrep")
         .args(["-f", "sleep 631"])
         .output()
@@ -191,9 +275,10 @@ fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped(
 }
 
 /// A supervisor killed (SIGKILL) at each step of the swap: right after journaling the trial,
-/// while the new one starts (before it took over), and the new one right after it committed.
-/// Started again, each converges on one serving supervisor with the version's relay, the old
-/// supervisor when the trial did not finish (skipped), the new one when it did.
+/// the new image while it starts (before it took over), the trial's guardian then, and the new
+/// one right after it committed. Started again (as systemd would, when its main process died),
+/// each converges on one serving supervisor with the version's relay, the old supervisor when
+/// the trial did not finish (skipped), the new one when it did.
 #[test]
 fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
     let work = tempfile::tempdir().unwrap();
@@ -209,7 +294,7 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
     )
     .unwrap();
     std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cases: [(&str, &str, &Path, &str); 3] = [
+    let cases: [(&str, &str, &Path, &str); 4] = [
         (
             "trial, before it starts",
             "supervisor-trial",
@@ -222,6 +307,7 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
             &slow,
             "supervisor-rolled-back",
         ),
+        ("trial, its guardian", "", &slow, "supervisor-rolled-back"),
         (
             "committed",
             "supervisor-committed",
@@ -261,6 +347,27 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
                 });
                 s.signal(nix::sys::signal::Signal::SIGKILL);
                 let _ = s.wait_exit(Duration::from_secs(10));
+                // The guardian starts the old supervisor again in its own process.
+                let guardian = guardian_pid(&s.log());
+                let served = (0..600).any(|_| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    supervisor_pid(&s.home) == guardian && serving(&s.home)
+                });
+                assert!(served, "the guardian does not serve\n{}", s.log());
+            }
+            "trial, its guardian" => {
+                eventually(WAIT, "the trial to start", || {
+                    s.log().contains("takes over on trial")
+                });
+                let guardian = guardian_pid(&s.log());
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(guardian as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                // The new image gives up once it finds its guardian gone (systemd would start
+                // the unit again: its main process died).
+                let _ = s.wait_exit(WAIT);
             }
             "trial, before it starts" => {
                 let _ = s.wait_exit(WAIT);
@@ -330,9 +437,9 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
     }
 }
 
-/// A stop (`systemctl stop`: SIGTERM to the supervisor) during a supervisor's trial kills the
-/// new one without skipping the version, and is carried out: every relay stops, the supervisor
-/// exits 0, nothing is left running.
+/// A stop (`systemctl stop`: SIGTERM to the main process, the guardian during a trial) during a
+/// supervisor's trial kills the new one without skipping the version, and is carried out: every
+/// relay stops, the supervisor exits, nothing is left running.
 #[test]
 fn a_stop_during_the_trial_is_carried_out_and_skips_nothing() {
     let (mut s, root) = supervised(&[
@@ -344,18 +451,29 @@ fn a_stop_during_the_trial_is_carried_out_and_skips_nothing() {
         "30s",
     ]);
     let work = tempfile::tempdir().unwrap();
-    let hangs = work.path().join("hangs");
-    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 637\n").unwrap();
-    std::fs::set_permissions(&hangs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hangs = fails_after_preflight(work.path(), "hangs", "exec sleep 637");
     publish(root.path(), work.path(), "9.0.0", &hangs);
     let up = cli(&s.home, &["upgrade", "--yes", "9.0.0"], "");
     assert_eq!(up.code, 0, "{up}\n{}", s.log());
     eventually(WAIT, "the trial", || {
         s.log().contains("takes over on trial")
     });
-    s.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = s.wait_exit(WAIT);
-    assert!(status.success(), "{status:?}\n{}", s.log());
+    let guardian = guardian_pid(&s.log());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guardian as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The new image is killed; the old supervisor, started again in the guardian's process,
+    // stops.
+    let _ = s.wait_exit(WAIT);
+    eventually(WAIT, "the supervisor to stop", || !running(guardian));
+    assert!(
+        s.log()
+            .contains("a stop was asked during the supervisor's trial"),
+        "{}",
+        s.log()
+    );
     assert!(
         s.home
             .journal_steps("9.0.0")

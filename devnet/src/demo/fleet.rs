@@ -187,7 +187,9 @@ fn separate(dir: &Path, home: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     for entry in std::fs::read_dir(home).with_context(|| format!("reading {}", home.display()))? {
         let path = entry?.path();
-        if path.file_name() != Some(std::ffi::OsStr::new(CURRENT)) {
+        if path.file_name() != Some(std::ffi::OsStr::new(CURRENT))
+            && path.file_name() != Some(std::ffi::OsStr::new(SUPERVISOR_BIN))
+        {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
                 .with_context(|| format!("giving {} to {RELAY_USER}", path.display()))?;
         }
@@ -222,6 +224,10 @@ impl Relay {
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
         std::fs::copy(&bins.relay, home.join(CURRENT))
             .with_context(|| format!("copying the relay binary into {}", home.display()))?;
+        // The supervisor runs from the home, as the unit runs it: a release's own supervisor
+        // is installed there.
+        std::fs::copy(&bins.supervisor, home.join(SUPERVISOR_BIN))
+            .with_context(|| format!("copying the supervisor into {}", home.display()))?;
         let out = Command::new(home.join(CURRENT))
             .arg("init")
             .env("WIRELEAP_RELAY_HOME", &home)
@@ -307,7 +313,7 @@ impl Relay {
         health_window: Duration,
     ) -> anyhow::Result<Self> {
         let log = std::fs::File::create(home.join(LOG)).context("creating the supervisor log")?;
-        let mut cmd = Command::new(&bins.supervisor);
+        let mut cmd = Command::new(home.join(SUPERVISOR_BIN));
         if relay_user().is_some() {
             cmd.args(["--relay-user", RELAY_USER]);
         }
@@ -387,6 +393,15 @@ impl Relay {
         wireleap_home::skip::SkipList::load(&self.home)
             .map(|l| l.versions.iter().map(ToString::to_string).collect())
             .unwrap_or_default()
+    }
+
+    /// The pid in the supervisor's pid file (its own, kept across its upgrade in place).
+    pub(crate) fn supervisor_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.home.join(wireleap_home::files::SUPERVISOR_PID))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// The version the installed binary reports (`wireleap-relay version`).

@@ -335,13 +335,35 @@ fn demo(
         .join()
         .map_err(|_| anyhow::anyhow!("stamping {good} panicked"))??;
     out.say(format!(
-        "▸ publishing {good} (signed) and setting the default channel to it"
+        "▸ publishing {good} (signed; it carries the relay and its own supervisor) and setting the default channel to it"
     ));
-    releaser.publish(&good, &next, "the demo's good release")?;
+    releaser.publish(
+        &good,
+        &next,
+        Some(&bins.supervisor),
+        "the demo's good release",
+    )?;
     out.say(format!(
         "  the directory now announces {good} in its heartbeat replies; the relays download, verify and hand over"
     ));
     follow(out, &load, &mut relays, net, &good, true)?;
+    for r in &relays {
+        // Exec'd in place: the pid the demo started is the supervisor that runs now.
+        let same = r.supervisor_pid() == Some(r.supervisor) && fleet.exited(r.supervisor).is_none();
+        if !same {
+            bail!(
+                "the {} relay's supervisor is not the process the demo started (pid {}, pid file {:?})\n{}",
+                r.role,
+                r.supervisor,
+                r.supervisor_pid(),
+                r.log_tail(15)
+            );
+        }
+        out.say(format!(
+            "  {:<9} supervisor upgraded in place: pid {} runs the release's supervisor (its relay is still its child) and installed it for its next start",
+            r.role, r.supervisor
+        ));
+    }
     pause(out, &load, Duration::from_secs(1))?;
     let through_upgrade = rt.block_on(load.finish());
     out.say(counts_line(
@@ -357,7 +379,7 @@ fn demo(
     out.say(format!(
         "▸ publishing {broken} (signed, but broken: it dies a second after it starts)"
     ));
-    releaser.publish(&broken, &bad, "the demo's broken release")?;
+    releaser.publish(&broken, &bad, None, "the demo's broken release")?;
     follow(out, &load, &mut relays, net, &broken, false)?;
     let posts = heartbeats(net);
     let more = MORE_HEARTBEATS * relays.len();
@@ -491,6 +513,7 @@ fn follow(
                     && matches!(
                         s.step,
                         Kind::RolledBack
+                            | Kind::SupervisorRolledBack
                             | Kind::VerifyFailed
                             | Kind::CommitFailed
                             | Kind::MigrateDownFailed
@@ -509,6 +532,7 @@ fn follow(
             finished[i] = finished[i]
                 || if good {
                     r.reached(version, Kind::Committed)
+                        && r.reached(version, Kind::SupervisorCommitted)
                         && reported_version(net, &r.pubkey).as_deref() == Some(version)
                 } else {
                     r.reached(version, Kind::RolledBack)
@@ -566,6 +590,14 @@ fn describe(s: &Step) -> String {
         Kind::Migrated => format!("{}: home directory migrated to it", s.version),
         Kind::Committed => format!(
             "{}: committed after the {HEALTH_WINDOW:?} health window",
+            s.version
+        ),
+        Kind::SupervisorTrial => format!(
+            "{}: its own supervisor replaces this one in place (same pid), on trial under a guardian",
+            s.version
+        ),
+        Kind::SupervisorCommitted => format!(
+            "{}: its supervisor took over (new relay generation ready, the old one drained) and installed itself",
             s.version
         ),
         Kind::RolledBack => format!(

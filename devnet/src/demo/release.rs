@@ -90,7 +90,8 @@ impl Releaser {
         Ok(path)
     }
 
-    /// `release-tool publish` of `binary` as `version`, then `channel set default version`.
+    /// `release-tool publish` of `binary` (and the release's own `supervisor`, if given) as
+    /// `version`, then `channel set default version`.
     ///
     /// # Errors
     /// The tool's message.
@@ -98,12 +99,13 @@ impl Releaser {
         &self,
         version: &str,
         binary: &Path,
+        supervisor: Option<&Path>,
         changelog: &str,
     ) -> anyhow::Result<()> {
         let notes = self.work.join(format!("changelog-{version}.md"));
         std::fs::write(&notes, format!("# {version}\n\n- {changelog}\n"))
             .context("writing the changelog")?;
-        self.run(&[
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "publish".as_ref(),
             "--root".as_ref(),
             self.root.as_os_str(),
@@ -115,7 +117,11 @@ impl Releaser {
             binary.as_os_str(),
             "--changelog".as_ref(),
             notes.as_os_str(),
-        ])?;
+        ];
+        if let Some(supervisor) = supervisor {
+            args.extend(["--supervisor".as_ref(), supervisor.as_os_str()]);
+        }
+        self.run(&args)?;
         self.run(&[
             "channel".as_ref(),
             "set".as_ref(),
