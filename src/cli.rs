@@ -91,7 +91,7 @@ pub enum Command {
     /// supervisor when it runs.
     Rollback,
     /// Internal, run by the supervisor when it starts: print config.json's `supervisor` settings
-    /// as JSON (`health_window_secs`, `ready_timeout_secs`; only those that are set).
+    /// as JSON (`health_window_secs`, `ready_timeout_secs`, `max_memory_bytes`; only those that are set).
     #[command(hide = true)]
     SupervisorSettings,
     /// Internal, run by `start`: leave the terminal's session, then become the supervisor.

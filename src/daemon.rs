@@ -296,7 +296,13 @@ impl Daemon {
             usage,
         };
         info!(phase = %Phase::Serving, "ready");
+        if self.watchdog.is_some() {
+            // The first liveness ping before READY: whoever watches knows from the start that
+            // this generation pings (one that hangs right after READY is then caught).
+            notify::send(self.notify_socket.as_deref(), "WATCHDOG=1");
+        }
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
+        fault::after_ready();
         if let Some(every) = self.watchdog {
             actix_rt::spawn(liveness(
                 actors.transport.clone(),
@@ -524,5 +530,29 @@ fn log_release_trust(home: &std::path::Path, auto_upgrade: bool) {
             }
         }
         Err(e) => tracing::warn!("release trust unusable, upgrades will be refused: {e}"),
+    }
+}
+
+/// Fault injection for the supervisor's health tests (like the supervisor's failpoint): with
+/// `WIRELEAP_RELAY_FAULT=leak`, a relay that got ready then allocates (and touches) 16 MiB every
+/// 100 ms, up to 2 GiB. A release under test sets it in a wrapper script; nothing else does.
+mod fault {
+    /// The fault-injection variable.
+    pub(super) const FAULT_ENV: &str = "WIRELEAP_RELAY_FAULT";
+
+    pub(super) fn after_ready() {
+        if std::env::var(FAULT_ENV).as_deref() != Ok("leak") {
+            return;
+        }
+        tracing::warn!("{FAULT_ENV}=leak: this relay now leaks memory (a test fault)");
+        std::thread::spawn(|| {
+            let mut kept: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..128 {
+                kept.push(vec![1u8; 16 << 20]);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            std::thread::park();
+            drop(kept);
+        });
     }
 }

@@ -162,6 +162,7 @@ fn supervisor_settings(home: &Path) -> u8 {
             let waits = wireleap_home::control::Waits {
                 health_window: s.health_window,
                 ready_timeout: s.ready_timeout,
+                max_memory: s.max_memory,
             };
             println!("{}", waits.to_json());
             exit::OK

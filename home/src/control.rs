@@ -41,7 +41,13 @@ pub struct Waits {
     pub health_window: Option<Duration>,
     /// `supervisor.ready_timeout`.
     pub ready_timeout: Option<Duration>,
+    /// `supervisor.max_memory`: the resident memory a new version may reach inside its health
+    /// window, in bytes.
+    pub max_memory: Option<u64>,
 }
+
+/// The key of [`Waits::max_memory`] in the `supervisor-settings` reply.
+const MAX_MEMORY_JSON: &str = "max_memory_bytes";
 
 impl Waits {
     /// Each wait with its key in the `supervisor-settings` reply (seconds) and in config.json.
@@ -57,11 +63,14 @@ impl Waits {
     /// that are set.
     #[must_use]
     pub fn to_json(&self) -> String {
-        let out: serde_json::Map<String, serde_json::Value> = self
+        let mut out: serde_json::Map<String, serde_json::Value> = self
             .entries()
             .into_iter()
             .filter_map(|(json, _, d)| Some((json.to_owned(), d?.as_secs_f64().into())))
             .collect();
+        if let Some(bytes) = self.max_memory {
+            out.insert(MAX_MEMORY_JSON.to_owned(), bytes.into());
+        }
         serde_json::Value::Object(out).to_string()
     }
 
@@ -78,6 +87,9 @@ impl Waits {
         Self {
             health_window: health,
             ready_timeout: ready,
+            max_memory: value
+                .get(MAX_MEMORY_JSON)
+                .and_then(serde_json::Value::as_u64),
         }
     }
 }

@@ -238,7 +238,13 @@ pub struct SupervisorSettings {
     pub health_window: Option<Duration>,
     /// How long a new generation has to report ready before it is given up.
     pub ready_timeout: Option<Duration>,
+    /// The resident memory a new version may reach inside its health window before it is
+    /// rolled back, in bytes.
+    pub max_memory: Option<u64>,
 }
+
+/// The smallest `supervisor.max_memory` accepted (a relay needs more to start).
+pub const MIN_SUPERVISOR_MEMORY: u64 = 16 << 20;
 
 /// The longest `supervisor.health_window` and `supervisor.ready_timeout` accepted.
 pub const MAX_SUPERVISOR_WAIT: Duration = Duration::from_secs(3600);
@@ -398,7 +404,7 @@ const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interv
 const REST_API_KEYS: &[&str] = &["address", "addr", "socket_umask"];
 const DANGER_ZONE_KEYS: &[&str] = &["allow_loopback"];
 const METRICS_KEYS: &[&str] = &["address"];
-const SUPERVISOR_KEYS: &[&str] = &["health_window", "ready_timeout"];
+const SUPERVISOR_KEYS: &[&str] = &["health_window", "ready_timeout", "max_memory"];
 const CONTRACT_KEYS: &[&str] = &[
     "role",
     "address",
@@ -609,9 +615,24 @@ impl Walker {
         };
         let health_window = wait("health_window", true);
         let ready_timeout = wait("ready_timeout", false);
+        let max_memory = match m.get("max_memory").filter(|v| !v.is_null()) {
+            None => Some(None),
+            Some(raw) => match self.datasize_or("supervisor.max_memory", Some(raw)) {
+                Some(bytes) if bytes < MIN_SUPERVISOR_MEMORY => {
+                    self.problem(
+                        "supervisor.max_memory",
+                        format!("must be at least 16MB, found {}", format_datasize(bytes)),
+                    );
+                    None
+                }
+                Some(bytes) => Some(Some(bytes)),
+                None => None,
+            },
+        };
         Some(SupervisorSettings {
             health_window: health_window?,
             ready_timeout: ready_timeout?,
+            max_memory: max_memory?,
         })
     }
 

@@ -292,4 +292,16 @@ fn supervisor_waits() {
         found[0].to_string(),
         r#"supervisor.health_windw: unknown key (did you mean "health_window"?)"#
     );
+    assert_eq!(
+        ok(&base(r#"{"max_memory":"512MB"}"#)).supervisor.max_memory,
+        Some(512 << 20)
+    );
+    for bad in [
+        r#"{"max_memory":"1MB"}"#,
+        r#"{"max_memory":1000}"#,
+        r#"{"max_memory":"lots"}"#,
+    ] {
+        let found = problems(&base(bad));
+        assert_eq!(found[0].path, "supervisor.max_memory", "{bad}: {found:?}");
+    }
 }

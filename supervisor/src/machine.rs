@@ -213,6 +213,13 @@ pub enum Event {
     Paused(Pid),
     /// A generation's liveness ping (`WATCHDOG=1`): it serves.
     Alive(Pid),
+    /// The resident memory of a generation whose health window runs (read from `/proc`).
+    Memory {
+        /// Its pid.
+        pid: Pid,
+        /// Its resident set, in bytes.
+        bytes: u64,
+    },
     /// A process the supervisor watches ended.
     Exited {
         /// Its pid.
@@ -331,6 +338,9 @@ pub struct Timing {
     /// How long a serving generation that pinged once may go without a liveness ping before it
     /// is replaced; `None`: not watched.
     pub liveness: Option<Duration>,
+    /// A new version whose resident memory passes this inside its health window is rolled
+    /// back; `None`: not watched.
+    pub max_memory: Option<u64>,
 }
 
 /// The serving generation.
@@ -494,9 +504,9 @@ pub struct Machine {
     budget: Budget,
     told_systemd: bool,
     exiting: Option<u8>,
-    /// The serving generation's last liveness ping (a generation that never pinged, such as
-    /// an older relay, is not watched).
-    alive: Option<(Pid, Instant)>,
+    /// The last liveness ping of the serving generation and of its successor (a generation
+    /// that never pinged, such as an older relay, is not watched).
+    pings: Vec<(Pid, Instant)>,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
     /// No hung generation is replaced before then (past the crash budget).
@@ -522,7 +532,7 @@ impl Machine {
             budget: Budget::default(),
             told_systemd: false,
             exiting: None,
-            alive: None,
+            pings: Vec::new(),
             hung: None,
             hung_hold: None,
             ready_since: None,
@@ -649,8 +659,23 @@ impl Machine {
             Event::Ready(pid) => self.ready(now, pid, &mut out),
             Event::Paused(pid) => self.paused(pid, &mut out),
             Event::Alive(pid) => {
-                if self.serving.pid() == Some(pid) {
-                    self.alive = Some((pid, now));
+                if self.serving.pid() == Some(pid) || self.successor_pid() == Some(pid) {
+                    self.pinged(pid, Some(now));
+                }
+            }
+            Event::Memory { pid, bytes } => {
+                if let Some(bound) = self.timing.max_memory
+                    && bytes > bound
+                    && self.watched() == Some(pid)
+                {
+                    self.unhealthy(
+                        format!(
+                            "memory: {} MiB resident, above the bound of {} MiB",
+                            bytes >> 20,
+                            bound >> 20
+                        ),
+                        &mut out,
+                    );
                 }
             }
             Event::Exited { pid, how } => self.exited(now, pid, &how, &mut out),
@@ -715,9 +740,18 @@ impl Machine {
         {
             self.budget.reset();
         }
+        self.check_window(now, out);
+        // A new version that pinged is committed only on a fresh ping: one that hangs at the
+        // end of its window is caught by the liveness bound first.
+        let fresh = match (self.timing.liveness, self.watched()) {
+            (Some(bound), Some(pid)) => self
+                .last_ping(pid)
+                .is_none_or(|at| now.saturating_duration_since(at) <= bound / 2),
+            _ => true,
+        };
         let due = |c: &Change| match c.phase {
             Phase::Watching { since } => {
-                c.kind == Kind::Rollback || now >= since + self.timing.health_window
+                c.kind == Kind::Rollback || (now >= since + self.timing.health_window && fresh)
             }
             Phase::CommitRetry { at } => now >= at,
             _ => false,
@@ -739,18 +773,96 @@ impl Machine {
         }
     }
 
+    /// The new version inside its health window: the serving generation of an upgrade being
+    /// watched.
+    #[must_use]
+    pub fn watched(&self) -> Option<Pid> {
+        match (&self.change, &self.serving) {
+            (
+                Some(Change {
+                    kind: Kind::Upgrade,
+                    phase: Phase::Watching { .. },
+                    ..
+                }),
+                Serving::Ready { pid },
+            ) => Some(*pid),
+            _ => None,
+        }
+    }
+
+    fn last_ping(&self, pid: Pid) -> Option<Instant> {
+        self.pings
+            .iter()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, at)| *at)
+    }
+
+    /// Records (or, with `None`, forgets) `pid`'s last ping; only live generations are kept.
+    fn pinged(&mut self, pid: Pid, at: Option<Instant>) {
+        let keep = [self.serving.pid(), self.successor_pid(), self.hung];
+        self.pings
+            .retain(|(p, _)| *p != pid && keep.contains(&Some(*p)));
+        if let Some(at) = at {
+            self.pings.push((pid, at));
+        }
+    }
+
+    /// The health window's liveness criterion: a new version that pinged (before or after it
+    /// was ready) and then is silent for longer than the liveness bound fails it.
+    fn check_window(&mut self, now: Instant, out: &mut Out) {
+        let (Some(bound), Some(pid)) = (self.timing.liveness, self.watched()) else {
+            return;
+        };
+        if let Some(at) = self.last_ping(pid)
+            && now.saturating_duration_since(at) > bound
+        {
+            self.unhealthy(
+                format!(
+                    "liveness: no ping for {:?} (the bound is {bound:?}): it hangs",
+                    now.saturating_duration_since(at)
+                ),
+                out,
+            );
+        }
+    }
+
+    /// The new version failed a criterion of its health window (`what` names it): it is
+    /// killed at once (it may hang: no drain), the change is undone once it is gone, and the
+    /// old binary serves again; the version is skipped. Connections wait in the listening
+    /// socket's backlog meanwhile: none is refused.
+    fn unhealthy(&mut self, what: String, out: &mut Out) {
+        let Some(pid) = self.watched() else {
+            return;
+        };
+        let why = format!("health: {what}");
+        out.warn(format!(
+            "the new version (pid {pid}) failed its health window: {why}; it is killed and the old version serves again"
+        ));
+        out.signal(pid, Sig::Kill);
+        self.stopping.push(Stopping { pid, kill_at: None });
+        self.serving = Serving::Waiting;
+        self.pinged(pid, None);
+        if let Some(c) = &mut self.change {
+            c.phase = Phase::Failing {
+                pid,
+                why,
+                after: AfterUndo::StartCurrent,
+            };
+        }
+    }
+
     /// A serving generation that pinged before and is silent for longer than the liveness
     /// bound hangs: a new generation starts at once (no pause: the hung one cannot confirm
     /// it), and the hung one is killed once the new one is ready.
     fn check_liveness(&mut self, now: Instant, out: &mut Out) {
-        let (Some(bound), Serving::Ready { pid }, Some((pinged, at))) =
-            (self.timing.liveness, &self.serving, self.alive)
-        else {
+        let (Some(bound), Serving::Ready { pid }) = (self.timing.liveness, &self.serving) else {
             return;
         };
         let pid = *pid;
-        if pinged != pid
-            || now.saturating_duration_since(at) <= bound
+        let Some(at) = self.last_ping(pid) else {
+            return;
+        };
+        if now.saturating_duration_since(at) <= bound
             || self.successor.is_some()
             || self.change.is_some()
             || self.exiting.is_some()
@@ -773,7 +885,7 @@ impl Machine {
             now.saturating_duration_since(at)
         ));
         out.0.push(Action::CountHung);
-        self.alive = None;
+        self.pinged(pid, None);
         self.hung = Some(pid);
         self.successor = Some(Successor::Launching {
             binary: Binary::Current,
@@ -807,7 +919,7 @@ impl Machine {
             Role::Successor => {
                 self.successor = None;
                 if let Some(hung) = self.hung.take() {
-                    self.alive = Some((hung, now));
+                    self.pinged(hung, Some(now));
                 }
                 self.after_successor_failed(&format!("could not be started ({why})"), None, out);
             }
@@ -942,7 +1054,7 @@ impl Machine {
     fn successor_failed(&mut self, now: Instant, why: &str, exited: bool, out: &mut Out) {
         if let Some(hung) = self.hung.take() {
             // It stays, hung; the next liveness bound tries again.
-            self.alive = Some((hung, now));
+            self.pinged(hung, Some(now));
         }
         if let Some(Successor::Starting { pid, .. }) = self.successor.take() {
             out.log(format!(

@@ -43,6 +43,11 @@ struct Cli {
     /// replaces it (the relay pings twice per period); 0 turns the watch off.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "15s")]
     liveness: Duration,
+    /// The resident memory a new version may reach inside its health window before it is
+    /// rolled back and skipped, in config.json's data-size syntax (512MB, 1GB; 1 KB = 1024 B); 0 turns the
+    /// check off [default: config.json's supervisor.max_memory, else 1GB].
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    max_memory: Option<u64>,
     /// How long the release's own supervisor has to take over (serve) before it is killed,
     /// skipped, and this one serves on; at least the ready timeout and 5 s.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "60s")]
@@ -87,6 +92,12 @@ fn duration(text: &str) -> Result<Duration, String> {
     wireleap_home::value::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// A data size in config.json's syntax (`512MB`), or a bare number of bytes.
+fn size(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .or_else(|_| wireleap_home::value::parse_datasize(text).map_err(|e| e.to_string()))
+}
+
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match duration(text)? {
         Duration::ZERO => Err("must be more than 0".to_owned()),
@@ -114,6 +125,7 @@ fn main() -> ExitCode {
         migrate_timeout,
         relay_user,
         liveness,
+        max_memory,
         supervisor_trial,
         preflight,
         command,
@@ -156,6 +168,7 @@ fn main() -> ExitCode {
         ready_timeout,
         migrate_timeout,
         liveness: Some(liveness).filter(|d| !d.is_zero()),
+        max_memory,
         supervisor_trial,
         home,
     };

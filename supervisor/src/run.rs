@@ -59,6 +59,9 @@ pub struct Options {
     pub migrate_timeout: Duration,
     /// How long a serving relay may go without its liveness ping (`None`: not watched).
     pub liveness: Option<Duration>,
+    /// The resident memory a new version may reach inside its health window (a flag, 0 for
+    /// none; else config.json's; else [`MAX_MEMORY`]).
+    pub max_memory: Option<u64>,
     /// How long the release's own supervisor has to take over.
     pub supervisor_trial: Duration,
 }
@@ -248,7 +251,10 @@ fn statement_of(relay: &Path) -> PathBuf {
 /// The waits: the flags, else config.json's `supervisor` section (read by the relay's own
 /// parser, `supervisor-settings`), else the defaults.
 fn timing(opts: &Options, current: &Verified) -> Timing {
-    let configured = if opts.health_window.is_none() || opts.ready_timeout.is_none() {
+    let configured = if opts.health_window.is_none()
+        || opts.ready_timeout.is_none()
+        || opts.max_memory.is_none()
+    {
         generation::settings(current, &opts.home)
             .map(|out| Waits::from_json(&out))
             .unwrap_or_default()
@@ -259,6 +265,12 @@ fn timing(opts: &Options, current: &Verified) -> Timing {
         if let Some(d) = d {
             log(&format!("config.json: supervisor.{key} {d:?}"));
         }
+    }
+    if let Some(bytes) = configured.max_memory {
+        log(&format!(
+            "config.json: supervisor.max_memory {} MiB",
+            bytes >> 20
+        ));
     }
     Timing {
         ready_timeout: opts
@@ -273,8 +285,17 @@ fn timing(opts: &Options, current: &Verified) -> Timing {
         stop_timeout: STOP_TIMEOUT,
         drain_timeout: DRAIN_TIMEOUT,
         liveness: opts.liveness,
+        max_memory: opts
+            .max_memory
+            .or(configured.max_memory)
+            .or(Some(MAX_MEMORY))
+            .filter(|&b| b > 0),
     }
 }
+
+/// The resident memory a new version may reach inside its health window by default: far above
+/// what a relay needs (tens of MiB), so that only a leak or a runaway allocation passes it.
+pub const MAX_MEMORY: u64 = 1 << 30;
 
 /// The versions of the installed binaries, for `status` (read beside the loop).
 #[derive(Debug, Default, Clone)]
@@ -321,6 +342,7 @@ impl<'a> World<'a> {
         let mut last_watchdog = Instant::now();
         let mut last_status = String::new();
         let mut recorded: Vec<u32> = Vec::new();
+        let mut last_memory = Instant::now();
         loop {
             if let Some(every) = watchdog
                 && last_watchdog.elapsed() >= every
@@ -421,6 +443,15 @@ impl<'a> World<'a> {
             }
             for (pid, how) in self.children.reap() {
                 events.push(Event::Exited { pid, how });
+            }
+            // A new version's memory, once a second inside its health window.
+            if let Some(pid) = machine.watched()
+                && last_memory.elapsed() >= Duration::from_secs(1)
+            {
+                last_memory = Instant::now();
+                if let Some(bytes) = generation::resident(pid) {
+                    events.push(Event::Memory { pid, bytes });
+                }
             }
             for &pid in machine.orphans() {
                 // One that is this process's own child (it started itself again in place)
@@ -820,10 +851,11 @@ mod tests {
         let both = Waits {
             health_window: Some(Duration::from_millis(2500)),
             ready_timeout: Some(Duration::from_secs(45)),
+            max_memory: Some(512 << 20),
         };
         assert_eq!(
             both.to_json(),
-            r#"{"health_window_secs":2.5,"ready_timeout_secs":45.0}"#
+            r#"{"health_window_secs":2.5,"ready_timeout_secs":45.0,"max_memory_bytes":536870912}"#
         );
         assert_eq!(Waits::from_json(both.to_json().as_bytes()), both);
         let one = Waits {

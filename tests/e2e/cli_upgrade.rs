@@ -30,7 +30,7 @@ pub(crate) fn publish_on_channel(root: &Path, version: &str) {
 
 /// Runs the relay binary `binary` (the home's own copy: its home is its folder, as in
 /// production) with `stdin` as its input, bounded by [`COMMAND_WAIT`].
-fn run_binary(binary: &Path, args: &[&str], stdin: &str) -> Run {
+pub(crate) fn run_binary(binary: &Path, args: &[&str], stdin: &str) -> Run {
     let mut child = Command::new(binary)
         .args(args)
         .env_remove("WIRELEAP_RELAY_HOME")

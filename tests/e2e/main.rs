@@ -11,6 +11,7 @@ mod apache;
 mod cli_upgrade;
 mod config;
 mod enrollment;
+mod health;
 mod identity;
 mod ledger;
 mod lifecycle;

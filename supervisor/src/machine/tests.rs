@@ -17,8 +17,11 @@ fn timing() -> Timing {
         stop_timeout: STOP,
         drain_timeout: DRAIN,
         liveness: Some(LIVE),
+        max_memory: Some(MEMORY),
     }
 }
+
+const MEMORY: u64 = 100 << 20;
 
 /// A machine driven with a clock the test moves.
 struct Drive {
@@ -109,6 +112,11 @@ impl Drive {
     /// The upgrade's new generation took over: the health window runs.
     fn upgrade_watching(&mut self) {
         self.upgrade_prepared();
+        self.upgrade_watching_from_prepared();
+    }
+
+    /// As [`Self::upgrade_watching`], the successor already started.
+    fn upgrade_watching_from_prepared(&mut self) {
         let a = self.on(Event::Ready(200));
         assert!(a.contains(&journal(Step::Swapped)), "{a:?}");
         assert!(a.contains(&Action::Signal {
@@ -1097,4 +1105,121 @@ fn a_relay_that_keeps_hanging_is_replaced_ever_less_often() {
         d.after(crate::budget::BACKOFF_LONG)
             .contains(&Action::CountHung)
     );
+}
+
+// === the health window: criteria besides "did not exit" ===
+
+/// The new version failed a criterion: killed at once, the change undone once it is gone (the
+/// reason names the criterion), then the old binary starts again and the version is refused.
+fn assert_unhealthy(d: &mut Drive, a: &[Action], criterion: &str) {
+    assert!(
+        a.contains(&Action::Signal {
+            pid: 200,
+            sig: Sig::Kill
+        }),
+        "{a:?}"
+    );
+    assert_eq!(d.m.serving(), &Serving::Waiting);
+    assert!(undo_of(a).is_none(), "not before it is gone");
+    let a = d.exited(200, Exit::Failed("killed".into()));
+    assert_eq!(undo_of(&a), Some((Kind::Upgrade, Cause::Failed)));
+    let a = d.on(Event::Done(Done::Undone));
+    assert!(
+        refused(&a).is_some_and(|w| w.contains(&format!("health: {criterion}"))),
+        "{a:?}"
+    );
+    assert!(a.contains(&Action::Spawn {
+        role: Role::Serving,
+        binary: Binary::Current
+    }));
+    assert!(d.m.change().is_none());
+}
+
+#[test]
+fn a_new_version_that_stops_pinging_in_its_window_is_rolled_back() {
+    let mut d = Drive::serving();
+    d.upgrade_prepared();
+    // It pinged before it was ready (a relay pings just before READY), then hangs.
+    d.on(Event::Alive(200));
+    d.upgrade_watching_from_prepared();
+    assert!(d.after(LIVE).is_empty(), "within the bound");
+    let a = d.after(Duration::from_millis(1));
+    assert_unhealthy(&mut d, &a, "liveness");
+}
+
+#[test]
+fn a_new_version_whose_last_ping_is_stale_at_the_end_of_its_window_is_not_committed() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    // Pings until shortly before the window ends, then none: the window's end finds the last
+    // ping older than half the bound; the liveness bound then fails it.
+    d.after(HEALTH - LIVE / 2 - Duration::from_millis(10));
+    d.on(Event::Alive(200));
+    let a = d.after(LIVE / 2 + Duration::from_millis(20));
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
+    let a = d.after(LIVE);
+    assert_unhealthy(&mut d, &a, "liveness");
+}
+
+#[test]
+fn a_new_version_that_keeps_pinging_commits_after_its_window() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    let mut committed = false;
+    for _ in 0..20 {
+        d.on(Event::Alive(200));
+        let a = d.after(LIVE / 3);
+        if a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. })))
+        {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed);
+}
+
+#[test]
+fn a_new_version_above_the_memory_bound_in_its_window_is_rolled_back() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    assert!(
+        d.on(Event::Memory {
+            pid: 200,
+            bytes: MEMORY
+        })
+        .is_empty()
+    );
+    // Another process's memory, or the old generation's, is not the new version's.
+    assert!(
+        d.on(Event::Memory {
+            pid: 100,
+            bytes: MEMORY * 4
+        })
+        .is_empty()
+    );
+    let a = d.on(Event::Memory {
+        pid: 200,
+        bytes: MEMORY + 1,
+    });
+    assert_unhealthy(&mut d, &a, "memory");
+}
+
+#[test]
+fn memory_is_judged_only_inside_an_upgrades_window() {
+    let mut d = Drive::serving();
+    assert!(
+        d.on(Event::Memory {
+            pid: 100,
+            bytes: MEMORY * 4
+        })
+        .is_empty()
+    );
+    assert_eq!(d.m.watched(), None);
+    d.upgrade_watching();
+    assert_eq!(d.m.watched(), Some(200));
 }

@@ -1,0 +1,140 @@
+//! Health that means serving (issue: fleet-safe upgrades): a new version is committed only if,
+//! through its health window, it keeps its liveness pings and stays under the memory bound.
+//! One that hangs right after READY (SIGSTOP) or leaks memory is rolled back inside the window,
+//! named in the journal and `status`, skipped, and no connection is refused meanwhile.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use wireleap_home::control::{Request, State, call};
+
+use crate::cli_upgrade::{cli, supervised_with_releases_full};
+use crate::support::eventually;
+use crate::support::load::Load;
+use crate::support::process::relay_bin;
+use crate::support::releases::publish;
+use crate::support::supervised::Supervised;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Upgrades to `version` (published from `binary`) in the background; returns its outcome.
+fn upgrade_in_background(
+    s: &Supervised,
+    version: &str,
+) -> std::thread::JoinHandle<crate::support::process::Run> {
+    let home = s.home.file("wireleap-relay");
+    let version = version.to_owned();
+    std::thread::spawn(move || {
+        crate::cli_upgrade::run_binary(&home, &["upgrade", "--yes", &version], "")
+    })
+}
+
+/// The journal's last entry for `version` with `step`, as `detail`.
+fn detail_of(s: &Supervised, version: &str, step: &str) -> Option<String> {
+    wireleap_home::journal::read(s.home.path())
+        .into_iter()
+        .rev()
+        .find(|e| e.version == version && e.step.as_str() == step)
+        .map(|e| e.detail)
+}
+
+/// After a failed window: the old version serves, the version is skipped, `status` names the
+/// criterion, and no open was refused.
+fn assert_rolled_back(s: &Supervised, version: &str, criterion: &str, load: Load) {
+    let detail = detail_of(s, version, "rolled-back")
+        .unwrap_or_else(|| panic!("{version} not rolled back\n{}", s.log()));
+    assert!(
+        detail.contains(&format!("health: {criterion}")),
+        "{detail}\n{}",
+        s.log()
+    );
+    eventually(WAIT, "the old version serving again", || {
+        call(s.home.path(), &Request::Status, Duration::from_secs(2)).is_ok_and(|st| {
+            st.state == Some(State::Serving) && st.version.as_deref() != Some(version)
+        })
+    });
+    let st = call(s.home.path(), &Request::Status, Duration::from_secs(5)).unwrap();
+    let last = serde_json::to_string(&st.last).unwrap();
+    assert!(
+        last.contains(&format!("health: {criterion}")),
+        "status does not name the criterion: {last}"
+    );
+    assert!(
+        s.home
+            .read(".skip-upgrade-version")
+            .lines()
+            .any(|l| l == version)
+    );
+    let counts = load.finish(&s.rt);
+    let refused = counts.refused();
+    println!(
+        "{version} ({criterion}) rolled back: {} opens ok, {} failed (in flight on it), {} refused",
+        counts.opened,
+        counts.failed.len(),
+        refused.len()
+    );
+    assert!(refused.is_empty(), "refused: {refused:?}");
+}
+
+#[test]
+fn a_release_that_hangs_after_ready_is_rolled_back_inside_its_window() {
+    // A long window: the hang must be caught by its liveness, not outlived by the window.
+    let (s, root) =
+        supervised_with_releases_full(&["--health-window", "30", "--liveness", "3s"], &[], &|_| {});
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    publish(root.path(), "9.1.0", &relay_bin());
+    let before = call(s.home.path(), &Request::Status, Duration::from_secs(5))
+        .unwrap()
+        .pid
+        .unwrap();
+    let asked = upgrade_in_background(&s, "9.1.0");
+    eventually(WAIT, "the new version to take over", || {
+        s.home
+            .journal_steps("9.1.0")
+            .contains(&"swapped".to_owned())
+    });
+    let new = call(s.home.path(), &Request::Status, Duration::from_secs(5))
+        .unwrap()
+        .pid
+        .unwrap();
+    assert_ne!(new, before);
+    kill(Pid::from_raw(new as i32), Signal::SIGSTOP).unwrap();
+    let stopped = std::time::Instant::now();
+    let out = asked.join().unwrap();
+    assert_ne!(out.code, 0, "{out}");
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "not inside the window: {took:?}"
+    );
+    println!("hung after READY: rolled back {took:?} after SIGSTOP (liveness bound 3 s)");
+    assert_rolled_back(&s, "9.1.0", "liveness", load);
+}
+
+#[test]
+fn a_release_that_leaks_memory_is_rolled_back_inside_its_window() {
+    let (s, root) = supervised_with_releases_full(
+        &["--health-window", "30", "--max-memory", "200MB"],
+        &[],
+        &|_| {},
+    );
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    // The release: the relay with its test fault on (it leaks once ready).
+    let work = tempfile::tempdir().unwrap();
+    let leaky = work.path().join("wireleap-relay");
+    std::fs::write(
+        &leaky,
+        format!(
+            "#!/bin/sh\nWIRELEAP_RELAY_FAULT=leak exec \"{}\" \"$@\"\n",
+            relay_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&leaky, std::fs::Permissions::from_mode(0o755)).unwrap();
+    publish(root.path(), "9.2.0", &leaky);
+    let out = cli(&s.home, &["upgrade", "--yes", "9.2.0"], "");
+    assert_ne!(out.code, 0, "{out}");
+    assert_rolled_back(&s, "9.2.0", "memory", load);
+}
