@@ -94,6 +94,23 @@ pub enum Command {
     /// as JSON (`health_window_secs`, `ready_timeout_secs`, `max_memory_bytes`; only those that are set).
     #[command(hide = true)]
     SupervisorSettings,
+    /// Internal, run by the supervisor inside a new version's health window: PING the relay
+    /// through its public socket at ADDRESS (TLS 1.3, HTTP/2) COUNT times; each answer must be
+    /// PONG from this home's key.pub.
+    #[command(hide = true)]
+    Probe {
+        /// The listening socket's address.
+        address: std::net::SocketAddr,
+        /// How many pings, each on a new connection.
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// The bound on each, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        /// The wait between two pings, in milliseconds (they spread over a health window).
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+    },
     /// Internal, run by `start`: leave the terminal's session, then become the supervisor.
     #[command(hide = true)]
     DetachSupervisor {

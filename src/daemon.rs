@@ -533,15 +533,34 @@ fn log_release_trust(home: &std::path::Path, auto_upgrade: bool) {
     }
 }
 
-/// Fault injection for the supervisor's health tests (like the supervisor's failpoint): with
-/// `WIRELEAP_RELAY_FAULT=leak`, a relay that got ready then allocates (and touches) 16 MiB every
-/// 100 ms, up to 2 GiB. A release under test sets it in a wrapper script; nothing else does.
-mod fault {
+/// Fault injection for the supervisor's health tests (like the supervisor's failpoint), set by
+/// a release under test in a wrapper script; nothing else sets it. Once ready, a relay with
+/// `WIRELEAP_RELAY_FAULT=`
+/// - `leak` allocates (and touches) 16 MiB every 100 ms, up to 2 GiB;
+/// - `blackhole` accepts streams and never answers them (its liveness pings go on).
+pub(crate) mod fault {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     /// The fault-injection variable.
-    pub(super) const FAULT_ENV: &str = "WIRELEAP_RELAY_FAULT";
+    const FAULT_ENV: &str = "WIRELEAP_RELAY_FAULT";
+
+    static BLACKHOLE: AtomicBool = AtomicBool::new(false);
+
+    /// Whether streams go unanswered.
+    pub(crate) fn blackhole() -> bool {
+        BLACKHOLE.load(Ordering::Relaxed)
+    }
 
     pub(super) fn after_ready() {
-        if std::env::var(FAULT_ENV).as_deref() != Ok("leak") {
+        let fault = std::env::var(FAULT_ENV).unwrap_or_default();
+        if fault == "blackhole" {
+            tracing::warn!(
+                "{FAULT_ENV}=blackhole: this relay now answers no stream (a test fault)"
+            );
+            BLACKHOLE.store(true, Ordering::Relaxed);
+            return;
+        }
+        if fault != "leak" {
             return;
         }
         tracing::warn!("{FAULT_ENV}=leak: this relay now leaks memory (a test fault)");

@@ -39,6 +39,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod migrate;
 pub mod operator;
+pub mod probe;
 pub mod restapi;
 pub mod status;
 pub mod telemetry;

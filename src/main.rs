@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser as _;
 use wireleap_relay::cli::{self, Cli, Command};
@@ -74,6 +75,20 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
         },
         Command::CheckConfig => check_config(home),
         Command::SupervisorSettings => supervisor_settings(home),
+        Command::Probe {
+            address,
+            count,
+            timeout,
+            interval_ms,
+        } => probe(
+            home,
+            address,
+            count,
+            (
+                Duration::from_secs(timeout),
+                Duration::from_millis(interval_ms),
+            ),
+        ),
         Command::Migrate {
             version: other,
             down,
@@ -152,6 +167,51 @@ fn trust_warnings(home: &Path, auto_upgrade: bool) -> Vec<String> {
         )],
         Ok(trust) => trust.warnings(std::time::SystemTime::now()),
         Err(e) => vec![format!("upgrades will be refused: {e}")],
+    }
+}
+
+/// `probe`: exit 0 when every ping through `address` was answered PONG by this home's key.
+fn probe(
+    home: &Path,
+    address: std::net::SocketAddr,
+    count: u32,
+    (timeout, interval): (Duration, Duration),
+) -> u8 {
+    let path = home.join(wireleap_relay::identity::files::PUB);
+    let origin = match std::fs::read_to_string(&path) {
+        // key.pub is a JSON string (spec §1.3), as the reference writes it.
+        Ok(text) => {
+            serde_json::from_str::<String>(text.trim()).unwrap_or_else(|_| text.trim().to_owned())
+        }
+        Err(e) => {
+            eprintln!("wireleap-relay probe: {}: {e}", path.display());
+            return exit::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wireleap-relay probe: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match runtime.block_on(wireleap_relay::probe::probe(
+        address, &origin, count, timeout, interval,
+    )) {
+        Ok(slowest) => {
+            println!(
+                "{count} PONG from {origin} through {address}; the slowest took {} ms",
+                slowest.as_millis()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("wireleap-relay probe: {e}");
+            exit::FAILURE
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub mod servicekey;
 pub mod sharetoken;
 pub mod signed;
 pub mod status;
+#[cfg(feature = "tls-client")]
+pub mod tls_client;
 pub mod version;
 
 pub use entry::{RelayEntry, RelayList, Role, Versions};

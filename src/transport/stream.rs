@@ -34,6 +34,10 @@ pub(crate) async fn handle(
     mut respond: SendResponse<Chunk>,
 ) {
     let mut stream_metrics = crate::metrics::stream_started();
+    if crate::daemon::fault::blackhole() {
+        // The test fault: streams are accepted and never answered.
+        std::future::pending::<()>().await;
+    }
     // §6.3 step 1: the method.
     if request.method() != Method::PUT {
         debug!(method = %request.method(), "method not allowed");

@@ -62,6 +62,14 @@ pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
                 },
             }
         }
+        Job::Probe { pid } => Outcome {
+            done: Done::Probed {
+                pid,
+                outcome: probe(copies.staged.as_deref()),
+            },
+            copy: None,
+            supervisor: None,
+        },
         Job::Commit { kind, versions } => Outcome {
             done: Done::Committed(commit(home, kind, &versions, copies)),
             copy: None,
@@ -80,6 +88,75 @@ pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
                 supervisor: None,
             }
         }
+    }
+}
+
+/// Where the probe reaches the relay, how many pings it sends and how far apart (set once at
+/// start).
+static PROBE: std::sync::OnceLock<(std::net::SocketAddr, u32, std::time::Duration)> =
+    std::sync::OnceLock::new();
+
+/// Each ping's bound (a relay answers PING at once, without any I/O of its own).
+const PING_TIMEOUT_SECS: u64 = 2;
+
+/// Sets the probe's target: the listening socket's own address (a wildcard address is reached
+/// on loopback), its count of pings, and the health window they spread over (the last one
+/// near its end: a version that stops answering midway is seen).
+pub fn set_probe(listening: std::net::SocketAddr, count: u32, window: std::time::Duration) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut at = listening;
+    if at.ip().is_unspecified() {
+        at.set_ip(if at.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        });
+    }
+    let interval = window.checked_div(count.max(1)).unwrap_or_default();
+    let _ = PROBE.set((at, count, interval));
+}
+
+/// The new version's own `probe` through the public socket (it is the only generation that
+/// accepts while its window runs), bounded.
+fn probe(staged: Option<&Verified>) -> crate::machine::Probe {
+    use crate::machine::Probe;
+    let (Some(&(address, count, interval)), Some(binary)) = (PROBE.get(), staged) else {
+        return Probe::Unavailable("nothing to probe with".into());
+    };
+    let mut cmd = match binary.command(Vec::new()) {
+        Ok(c) => c,
+        Err(e) => return Probe::Unavailable(e),
+    };
+    cmd.args([
+        "probe".to_owned(),
+        address.to_string(),
+        "--count".to_owned(),
+        count.to_string(),
+        "--timeout".to_owned(),
+        PING_TIMEOUT_SECS.to_string(),
+        "--interval-ms".to_owned(),
+        interval.as_millis().to_string(),
+    ]);
+    let bound = (std::time::Duration::from_secs(PING_TIMEOUT_SECS) + interval) * count
+        + std::time::Duration::from_secs(5);
+    match wireleap_home::migrate::bounded(cmd, bound) {
+        Ok(out) if out.status.success() => {
+            Probe::Passed(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        }
+        // A relay that does not know the command answers with clap's usage error (exit 2).
+        Ok(out)
+            if out.status.code() == Some(2)
+                && String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand") =>
+        {
+            Probe::Unavailable("it has no probe command".into())
+        }
+        Ok(out) => Probe::Failed(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("wireleap-relay probe: ")
+                .to_owned(),
+        ),
+        Err(e) => Probe::Failed(format!("the probe {e}")),
     }
 }
 

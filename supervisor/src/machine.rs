@@ -164,6 +164,12 @@ pub enum Job {
         /// Between which versions.
         versions: Versions,
     },
+    /// The in-band probe of a new version inside its health window: PINGs through the public
+    /// listening socket, answered by the relay's own key.
+    Probe {
+        /// The generation probed (the only one accepting then).
+        pid: Pid,
+    },
     /// Undo a prepared change: migrations back, staged files gone, skipped if it failed.
     Undo {
         /// Upgrade or rollback.
@@ -186,6 +192,24 @@ pub enum Done {
     Committed(Result<(), String>),
     /// [`Job::Undo`].
     Undone,
+    /// [`Job::Probe`].
+    Probed {
+        /// The generation probed.
+        pid: Pid,
+        /// How it went.
+        outcome: Probe,
+    },
+}
+
+/// How a probe went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Every ping was answered PONG by the relay's key (what it printed).
+    Passed(String),
+    /// One was not: why.
+    Failed(String),
+    /// The version cannot probe (a relay built before the command): not judged.
+    Unavailable(String),
 }
 
 /// Something that happened.
@@ -341,6 +365,8 @@ pub struct Timing {
     /// A new version whose resident memory passes this inside its health window is rolled
     /// back; `None`: not watched.
     pub max_memory: Option<u64>,
+    /// Whether a new version must pass the in-band probe ([`Job::Probe`]) inside its window.
+    pub probe: bool,
 }
 
 /// The serving generation.
@@ -507,6 +533,9 @@ pub struct Machine {
     /// The last liveness ping of the serving generation and of its successor (a generation
     /// that never pinged, such as an older relay, is not watched).
     pings: Vec<(Pid, Instant)>,
+    /// The probe of the new version being watched: `(pid, passed)`, `passed` false while it
+    /// runs.
+    probe: Option<(Pid, bool)>,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
     /// No hung generation is replaced before then (past the crash budget).
@@ -533,6 +562,7 @@ impl Machine {
             told_systemd: false,
             exiting: None,
             pings: Vec::new(),
+            probe: None,
             hung: None,
             hung_hold: None,
             ready_since: None,
@@ -749,9 +779,15 @@ impl Machine {
                 .is_none_or(|at| now.saturating_duration_since(at) <= bound / 2),
             _ => true,
         };
+        // And only once its probe passed (a probe is bounded: it ends).
+        let probed = match (self.probe, self.watched()) {
+            (Some((pid, passed)), Some(watched)) => pid != watched || passed,
+            _ => true,
+        };
         let due = |c: &Change| match c.phase {
             Phase::Watching { since } => {
-                c.kind == Kind::Rollback || (now >= since + self.timing.health_window && fresh)
+                c.kind == Kind::Rollback
+                    || (now >= since + self.timing.health_window && fresh && probed)
             }
             Phase::CommitRetry { at } => now >= at,
             _ => false,
@@ -823,6 +859,29 @@ impl Machine {
                 ),
                 out,
             );
+        }
+    }
+
+    fn probed(&mut self, now: Instant, pid: Pid, outcome: Probe, out: &mut Out) {
+        if self.watched() != Some(pid) || self.probe.is_none_or(|(p, _)| p != pid) {
+            return;
+        }
+        match outcome {
+            Probe::Passed(said) => {
+                out.log(format!(
+                    "the new version (pid {pid}) passed its probe: {said}"
+                ));
+                self.probe = Some((pid, true));
+                self.tick(now, out);
+            }
+            Probe::Unavailable(why) => {
+                out.warn(format!(
+                    "the new version (pid {pid}) cannot be probed ({why}): its window judges the rest"
+                ));
+                self.probe = Some((pid, true));
+                self.tick(now, out);
+            }
+            Probe::Failed(why) => self.unhealthy(format!("probe: {why}"), out),
         }
     }
 
@@ -1009,6 +1068,10 @@ impl Machine {
                 Kind::Rollback => Step::RollbackSwapped,
             };
             out.journal(&v.to, step, "");
+            if c.kind == Kind::Upgrade && self.timing.probe {
+                self.probe = Some((pid, false));
+                out.0.push(Action::Job(Job::Probe { pid }));
+            }
             // A rollback returns to a version that ran before: it commits once ready.
             self.tick(now, out);
         }
@@ -1344,6 +1407,10 @@ impl Machine {
     }
 
     fn done(&mut self, now: Instant, done: Done, out: &mut Out) {
+        if let Done::Probed { pid, outcome } = done {
+            self.probed(now, pid, outcome, out);
+            return;
+        }
         let Some(c) = self.change.as_mut() else {
             out.warn(format!("a job ended with no change in progress: {done:?}"));
             return;

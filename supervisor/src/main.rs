@@ -48,6 +48,10 @@ struct Cli {
     /// check off [default: config.json's supervisor.max_memory, else 1GB].
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
+    /// How many PINGs a new version must answer through the public socket (TLS, HTTP/2, with
+    /// its own key as origin) inside its health window; 0 turns the probe off.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    probe_count: u32,
     /// How long the release's own supervisor has to take over (serve) before it is killed,
     /// skipped, and this one serves on; at least the ready timeout and 5 s.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "60s")]
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
         relay_user,
         liveness,
         max_memory,
+        probe_count,
         supervisor_trial,
         preflight,
         command,
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
         migrate_timeout,
         liveness: Some(liveness).filter(|d| !d.is_zero()),
         max_memory,
+        probe_count,
         supervisor_trial,
         home,
     };

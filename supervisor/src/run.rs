@@ -62,6 +62,8 @@ pub struct Options {
     /// The resident memory a new version may reach inside its health window (a flag, 0 for
     /// none; else config.json's; else [`MAX_MEMORY`]).
     pub max_memory: Option<u64>,
+    /// How many pings the in-band probe of a new version sends (0: no probe).
+    pub probe_count: u32,
     /// How long the release's own supervisor has to take over.
     pub supervisor_trial: Duration,
 }
@@ -174,6 +176,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let listener = listener::listener(home, &orphans)?;
     let local = listener.local_addr().map_err(io("listener address"))?;
     log(&format!("listening on {local}"));
+    change::set_probe(local, opts.probe_count, timing.health_window);
     log(&format!(
         "health window {:?}, ready timeout {:?}",
         timing.health_window, timing.ready_timeout
@@ -290,6 +293,7 @@ fn timing(opts: &Options, current: &Verified) -> Timing {
             .or(configured.max_memory)
             .or(Some(MAX_MEMORY))
             .filter(|&b| b > 0),
+        probe: opts.probe_count > 0,
     }
 }
 

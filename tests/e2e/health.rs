@@ -1,7 +1,8 @@
 //! Health that means serving (issue: fleet-safe upgrades): a new version is committed only if,
-//! through its health window, it keeps its liveness pings and stays under the memory bound.
-//! One that hangs right after READY (SIGSTOP) or leaks memory is rolled back inside the window,
-//! named in the journal and `status`, skipped, and no connection is refused meanwhile.
+//! through its health window, it answers PINGs through the public socket, keeps its liveness
+//! pings and stays under the memory bound. One that hangs right after READY (SIGSTOP), answers
+//! nothing, or leaks memory is rolled back inside the window, named in the journal and
+//! `status`, skipped, and no connection is refused meanwhile.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
@@ -121,20 +122,50 @@ fn a_release_that_leaks_memory_is_rolled_back_inside_its_window() {
         &|_| {},
     );
     let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
-    // The release: the relay with its test fault on (it leaks once ready).
     let work = tempfile::tempdir().unwrap();
-    let leaky = work.path().join("wireleap-relay");
+    publish(root.path(), "9.2.0", &faulty(work.path(), "leak"));
+    let out = cli(&s.home, &["upgrade", "--yes", "9.2.0"], "");
+    assert_ne!(out.code, 0, "{out}");
+    assert_rolled_back(&s, "9.2.0", "memory", load);
+}
+
+#[test]
+fn a_release_that_stops_relaying_and_answers_nothing_is_rolled_back_inside_its_window() {
+    // It keeps pinging (its actors run) and its memory is fine: only the probe through the
+    // public socket sees it.
+    let (s, root) = supervised_with_releases_full(&["--health-window", "30"], &[], &|_| {});
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    let work = tempfile::tempdir().unwrap();
+    publish(root.path(), "9.3.0", &faulty(work.path(), "blackhole"));
+    let out = cli(&s.home, &["upgrade", "--yes", "9.3.0"], "");
+    assert_ne!(out.code, 0, "{out}");
+    assert_rolled_back(&s, "9.3.0", "probe", load);
+}
+
+#[test]
+fn a_good_release_passes_its_probe_and_commits() {
+    let (s, root) = supervised_with_releases_full(&["--health-window", "1"], &[], &|_| {});
+    publish(root.path(), "9.4.0", &relay_bin());
+    let out = cli(&s.home, &["upgrade", "--yes", "9.4.0"], "");
+    assert_eq!(out.code, 0, "{out}\n{}", s.log());
+    assert!(
+        s.log().contains("passed its probe: 3 PONG from"),
+        "{}",
+        s.log()
+    );
+}
+
+/// A release: the relay with its test fault `fault` on (`WIRELEAP_RELAY_FAULT`).
+fn faulty(dir: &std::path::Path, fault: &str) -> std::path::PathBuf {
+    let path = dir.join("wireleap-relay");
     std::fs::write(
-        &leaky,
+        &path,
         format!(
-            "#!/bin/sh\nWIRELEAP_RELAY_FAULT=leak exec \"{}\" \"$@\"\n",
+            "#!/bin/sh\nWIRELEAP_RELAY_FAULT={fault} exec \"{}\" \"$@\"\n",
             relay_bin().display()
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&leaky, std::fs::Permissions::from_mode(0o755)).unwrap();
-    publish(root.path(), "9.2.0", &leaky);
-    let out = cli(&s.home, &["upgrade", "--yes", "9.2.0"], "");
-    assert_ne!(out.code, 0, "{out}");
-    assert_rolled_back(&s, "9.2.0", "memory", load);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }

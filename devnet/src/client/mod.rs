@@ -10,7 +10,7 @@
 //! client is never the bottleneck of a benchmark; all knobs are in [`ClientConfig`].
 
 mod stream;
-pub mod tls;
+pub use wireleap_protocol::tls_client as tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,6 +18,7 @@ fn timing() -> Timing {
         drain_timeout: DRAIN,
         liveness: Some(LIVE),
         max_memory: Some(MEMORY),
+        probe: false,
     }
 }
 
@@ -1222,4 +1223,66 @@ fn memory_is_judged_only_inside_an_upgrades_window() {
     assert_eq!(d.m.watched(), None);
     d.upgrade_watching();
     assert_eq!(d.m.watched(), Some(200));
+}
+
+#[test]
+fn with_a_probe_a_new_version_commits_only_once_it_passed_and_one_that_fails_is_rolled_back() {
+    let probing = || {
+        let mut d = Drive::serving();
+        d.m = Machine::new(
+            Timing {
+                probe: true,
+                ..timing()
+            },
+            Vec::new(),
+        );
+        let _ = d.m.start();
+        d.spawned(Role::Serving, 100);
+        d.on(Event::Ready(100));
+        d
+    };
+    let mut d = probing();
+    d.upgrade_prepared();
+    let a = d.on(Event::Ready(200));
+    assert!(a.contains(&Action::Job(Job::Probe { pid: 200 })), "{a:?}");
+    // The window ends before the probe does: no commit until it passed.
+    let a = d.after(HEALTH);
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
+    let a = d.on(Event::Done(Done::Probed {
+        pid: 200,
+        outcome: Probe::Passed("3 PONG".into()),
+    }));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
+
+    let mut d = probing();
+    d.upgrade_prepared();
+    d.on(Event::Ready(200));
+    let a = d.on(Event::Done(Done::Probed {
+        pid: 200,
+        outcome: Probe::Failed("ping 1 of 3: no answer within 5s".into()),
+    }));
+    assert_unhealthy(&mut d, &a, "probe");
+
+    // A version that cannot probe is not judged by it.
+    let mut d = probing();
+    d.upgrade_prepared();
+    d.on(Event::Ready(200));
+    d.after(HEALTH);
+    let a = d.on(Event::Done(Done::Probed {
+        pid: 200,
+        outcome: Probe::Unavailable("it has no probe command".into()),
+    }));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
 }

@@ -1,4 +1,5 @@
-//! TLS for the circuit client: TLS 1.3 only, ALPN `h2`, and **no certificate verification**.
+//! TLS for a client of a relay (the circuit client, the relay's own probe): TLS 1.3 only, ALPN
+//! `h2`, and **no certificate verification**.
 //!
 //! Wireleap clients do not verify relay certificates (spec §6.1): a relay's identity is bound
 //! by the sharetoken, not by TLS. [`AcceptAnyServerCertificate`] therefore accepts every
