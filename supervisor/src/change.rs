@@ -221,11 +221,18 @@ fn prepare_upgrade(
             Ok(said) => log(&format!(
                 "upgrade to {v}: the release's supervisor passed its preflight ({said})"
             )),
-            Err(e) => {
+            Err((fault, e)) => {
                 let why = format!("the release's supervisor failed before it ran: {e}");
-                log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
+                log(&format!(
+                    "upgrade to {v}: {why}; {}",
+                    if fault {
+                        format!("{v} will be skipped")
+                    } else {
+                        "not skipped: the next notice tries again".to_owned()
+                    }
+                ));
                 journal(home, &v, Step::SupervisorRolledBack, &why);
-                upgrade::roll_back(home, &v, None, true);
+                upgrade::roll_back(home, &v, None, fault);
                 return Err(why);
             }
         }

@@ -138,6 +138,11 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     // First: it refuses a second supervisor (or one beside an unsupervised relay) for this home
     // before it touches anything.
     // A supervisor started on trial by its predecessor holds the lock it was handed.
+    // Its signals are caught from the first moment (an image exec'd on trial must not be ended
+    // by a reload or a stop meant for the supervisor while it starts); they wait for the loop.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP])
+        .map_err(io("signal handlers"))?;
+    crate::swap::keep_own_binary();
     let mut takeover = crate::swap::Takeover::from_env();
     let instance = match takeover.as_mut().and_then(|t| t.lock.take()) {
         Some(lock) => wireleap_home::instance::Instance::adopt(lock),
@@ -181,8 +186,6 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         "health window {:?}, ready timeout {:?}",
         timing.health_window, timing.ready_timeout
     ));
-    let signals = Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP])
-        .map_err(io("signal handlers"))?;
     let control = Control::bind(home).map_err(io("control socket"))?;
     let (jobs, done) = std::sync::mpsc::channel();
     let mut world = World {
@@ -214,12 +217,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     );
     world.refresh_versions();
     let mut machine = Machine::new(timing, orphans);
-    let mut first = machine.start();
-    if std::env::var_os(crate::swap::STOP_AFTER_ENV).is_some() {
-        // A stop arrived during a supervisor's trial, before this start: it is carried out.
-        log("a stop was asked during the supervisor's trial: stopping");
-        first = machine.handle(Instant::now(), Event::Signal(OsSignal::Stop));
-    }
+    let first = machine.start();
     if let Some(code) = world.perform(&mut machine, first) {
         return Ok(code);
     }
@@ -387,12 +385,11 @@ impl<'a> World<'a> {
             if self
                 .takeover
                 .as_mut()
-                .is_some_and(crate::swap::Takeover::orphaned)
+                .is_some_and(crate::swap::Takeover::guardian_lost)
             {
                 warn(
-                    "the trial's guardian died before this one took over: giving up (it recovers when started again)",
+                    "the trial's guardian died before this supervisor took over: it goes on unguarded",
                 );
-                return Ok(crate::exit::FAILURE);
             }
             let mut events = Vec::new();
             if let Some((request, conn)) = self.control.poll() {
@@ -532,14 +529,15 @@ impl<'a> World<'a> {
                         std::process::id()
                     ));
                     self.told_systemd = true;
-                    if let Some(t) = self.takeover.as_mut()
-                        && t.pending()
-                    {
+                    if let Some(t) = self.takeover.as_mut() {
                         t.took_over();
                     }
                     None
                 }
                 Action::Systemd(Notify::Stopping) => {
+                    if let Some(t) = self.takeover.as_mut() {
+                        t.stopping();
+                    }
                     self.systemd("STOPPING=1");
                     None
                 }
@@ -577,11 +575,6 @@ impl<'a> World<'a> {
                     None
                 }
                 Action::Exit(code) => {
-                    if code == crate::exit::OK
-                        && let Some(t) = self.takeover.as_mut()
-                    {
-                        t.stopped();
-                    }
                     let _ = std::fs::remove_file(self.home().join(recover::CHILDREN));
                     for (_, conn) in self.pending.drain() {
                         conn.reply(&Reply::error("the supervisor stopped"));
@@ -600,7 +593,7 @@ impl<'a> World<'a> {
     /// ([`crate::swap`]); returns only when that could not begin (this one serves on).
     fn swap_supervisor(&mut self, copy: &Verified, version: &str) {
         use std::os::fd::AsFd as _;
-        let _why = crate::swap::exec_successor(
+        let outcome = crate::swap::exec_successor(
             &self.opts.home,
             version,
             copy,
@@ -608,8 +601,20 @@ impl<'a> World<'a> {
                 lock: self.instance.as_fd(),
                 listener: self.listener.as_fd(),
             },
-            self.opts.notify_socket.as_deref(),
         );
+        if let crate::swap::NotSwapped::NotStarted(_) = outcome {
+            return;
+        }
+        // The exec failed, its descriptor mappings perhaps half done: this
+        // supervisor starts again from scratch on the same socket (same pid, still systemd's
+        // main process), or exits for systemd to start it again.
+        let listening =
+            rustix::net::sockopt::socket_acceptconn(self.listener.as_fd()).unwrap_or(false);
+        let e = crate::swap::restart_self(listening.then(|| self.listener.as_fd()));
+        warn(&format!(
+            "could not start this supervisor again after a failed exec: {e}; exiting"
+        ));
+        std::process::exit(i32::from(crate::exit::FAILURE));
     }
 
     fn spawn(&mut self, role: Role, binary: Binary) -> Event {

@@ -4,26 +4,27 @@
 //! the relay by one statement, [`crate::upgrade`]) replaces the running one in the same process:
 //!
 //! 0. while the release is prepared, its supervisor runs once with `--preflight` (bounded by
-//!    the trial): one that does not start, crashes or hangs there never runs as the supervisor;
-//!    the release is refused and skipped ([`preflight`]);
+//!    the trial): one that crashes, hangs or refuses the home there never runs as the
+//!    supervisor; the release is refused and skipped ([`preflight`]);
 //! 1. the supervisor journals `supervisor-trial` and starts a guardian: its own binary, given
-//!    the listening socket and the read end of a pipe; it makes the guardian systemd's main
-//!    process for the trial (`MAINPID=`);
+//!    the listening socket and the read end of a pipe;
 //! 2. it execs the release's supervisor from its verified copy ([`exec_successor`]): same pid,
-//!    so the relay generations stay its children; the home's lock and the listening socket
-//!    stay open across the exec. The new image takes over as a restarted supervisor would
-//!    ([`crate::recover`]): it binds the control and readiness sockets again, starts its own
-//!    generation on the same socket, and once that serves has the old generations drain;
-//! 3. then it says so on the pipe; the guardian makes it systemd's main process again and
-//!    exits; the new image installs its own bytes as `wireleap-relay-supervisor` (the path the
-//!    unit names) and journals `supervisor-committed`.
+//!    so it stays systemd's main process and the relay generations stay its children; the
+//!    home's lock and the listening socket stay open across the exec. The new image takes over
+//!    as a restarted supervisor would ([`crate::recover`]): it binds the control and readiness
+//!    sockets again, starts its own generation on the same socket, and once that serves has
+//!    the old generations drain;
+//! 3. then it says so on the pipe and the guardian exits; the new image installs its own bytes
+//!    as `wireleap-relay-supervisor` (the path the unit names) and journals
+//!    `supervisor-committed`.
 //!
 //! The guardian ([`guard`]) ends a trial that fails: when the new image exits, or does not take
-//! over within the trial, it kills it, journals `supervisor-rolled-back`, skips the version and
-//! execs the old supervisor in its own process, which takes over the generations that run then.
-//! Because the unit's binary changes only at the commit, a supervisor killed at any step (the
-//! guardian included) is replaced by systemd with the old one, which recovers from the
-//! journal's `supervisor-trial` the same way. Nothing installs a supervisor that never served.
+//! over within the trial, it kills it, journals `supervisor-rolled-back` and skips the version.
+//! Under systemd, the death of the main process has the unit started again, with the unit's
+//! binary, which changes only at the commit: the old supervisor, which recovers from the
+//! journal and takes over the generations still serving. Without systemd the guardian execs the
+//! old supervisor itself. A supervisor killed at any step is replaced the same way. Nothing
+//! installs a supervisor that never served.
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
@@ -89,29 +90,48 @@ pub fn installed_path(home: &Path) -> Option<PathBuf> {
 /// it printed.
 ///
 /// # Errors
-/// Why it failed (it exited, or did not answer in time): the release is not to run.
-pub fn preflight(home: &Path, copy: &Verified) -> Result<String, String> {
-    let mut cmd = copy.command_as_supervisor(Vec::new())?;
+/// Why it failed, and whether that is the release's fault (it crashed, hung, or refused the
+/// arguments: skip it) or not (it could not be started here, or refused the home as this one
+/// would now: the operator's to fix; the release installs once fixed).
+pub fn preflight(home: &Path, copy: &Verified) -> Result<String, (bool, String)> {
+    let mut cmd = copy
+        .command_as_supervisor(Vec::new())
+        .map_err(|e| (false, e))?;
     cmd.args(std::env::args_os().skip(1))
         .arg("--preflight")
         .env(wireleap_home::files::HOME_ENV, home);
     let bound = trial();
-    let out = wireleap_home::migrate::bounded(cmd, bound)
-        .map_err(|e| format!("its preflight {e} (the trial is {bound:?})"))?;
+    let out = wireleap_home::migrate::bounded(cmd, bound).map_err(|e| {
+        let fault = !e.starts_with("could not be started");
+        (fault, format!("its preflight {e} (the trial is {bound:?})"))
+    })?;
     if !out.status.success() {
+        let fault = out.status.code() != Some(i32::from(crate::exit::CONFIG));
         let said = String::from_utf8_lossy(&out.stderr);
         let said = said.trim();
-        return Err(format!(
-            "it exited ({}) in its preflight{}",
-            out.status,
-            if said.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", said.lines().last().unwrap_or_default())
-            }
+        return Err((
+            fault,
+            format!(
+                "it exited ({}) in its preflight{}",
+                out.status,
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", said.lines().last().unwrap_or_default())
+                }
+            ),
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Why [`exec_successor`] returned.
+#[derive(Debug)]
+pub enum NotSwapped {
+    /// Nothing changed: this supervisor serves on.
+    NotStarted(String),
+    /// The exec failed after its descriptors were arranged: this supervisor must start again.
+    ExecFailed(String),
 }
 
 /// What the supervisor hands over: the home's lock and its listening socket.
@@ -124,22 +144,22 @@ pub struct Handed<'a> {
 }
 
 /// Replaces this process's image with the release's supervisor `copy` (the release `version`),
-/// on trial under a guardian. Returns only when that could not begin, with why: nothing
-/// changed then (the guardian, if it started, is gone again), and this one serves on.
+/// on trial under a guardian. Returns only when that could not begin, with why; if the exec
+/// itself failed, this process's descriptors 4 to 7 may have been replaced: the caller starts
+/// it again ([`restart_self`]).
 #[must_use]
 pub fn exec_successor(
     home: &Path,
     version: &str,
     copy: &Verified,
     handed: Handed<'_>,
-    notify_socket: Option<&str>,
-) -> String {
+) -> NotSwapped {
     let Handed { lock, listener } = handed;
     let not_started = |why: String| {
         warn(&format!(
             "the release's supervisor ({version}) is not started: {why}; this one serves on"
         ));
-        why
+        NotSwapped::NotStarted(why)
     };
     let Some(installed) = installed_path(home) else {
         return not_started(
@@ -173,8 +193,7 @@ pub fn exec_successor(
         .env(LISTENER_ENV, LISTENER_FD.to_string())
         // It pings systemd's watchdog while it is the main process.
         .env_remove("WATCHDOG_PID")
-        .env_remove(TAKEOVER_ENV)
-        .env_remove(STOP_AFTER_ENV);
+        .env_remove(TAKEOVER_ENV);
     if let Err(e) = guardian.fd_mappings(vec![
         FdMapping {
             parent_fd: read,
@@ -214,9 +233,6 @@ pub fn exec_successor(
         Err(e) => return rolled_back(format!("its guardian could not be started: {e}")),
     };
     let guard_pid = guardian.id();
-    // systemd follows the guardian during the trial: should this process die, it is not the
-    // service's end (only the main process may say so).
-    crate::notify::to_systemd(notify_socket, &format!("MAINPID={guard_pid}"));
     cmd.args(std::env::args_os().skip(1))
         // It runs from a nameless copy: it cannot find its home by its own path.
         .env(wireleap_home::files::HOME_ENV, home)
@@ -227,11 +243,16 @@ pub fn exec_successor(
         "the release's supervisor ({version}) takes over on trial ({bound:?}) in this process (pid {me}), guarded by pid {guard_pid}"
     ));
     let e = cmd.exec();
-    // Still the old image: the guardian goes, systemd follows this process again.
+    // Still the old image, its descriptors 4 to 7 perhaps replaced: the guardian goes, and the
+    // caller starts this supervisor again from scratch.
     let _ = guardian.kill();
     let _ = guardian.wait();
-    crate::notify::to_systemd(notify_socket, &format!("MAINPID={me}"));
-    rolled_back(format!("it could not be executed: {e}"))
+    let why = format!("it could not be executed: {e}");
+    crate::upgrade::journal(home, version, Step::SupervisorRolledBack, &why);
+    warn(&format!(
+        "the release's supervisor ({version}) is not started: {why}; this one starts again"
+    ));
+    NotSwapped::ExecFailed(why)
 }
 
 /// How a trial the guardian watches ended.
@@ -239,8 +260,6 @@ enum Ended {
     TookOver,
     Stopped,
     Failed(String),
-    /// A stop was asked of the guardian (systemd's main process during the trial).
-    StopAsked,
 }
 
 /// Whether this process is a guardian ([`GUARD_ENV`]); if so, watches the trial and returns
@@ -257,6 +276,10 @@ pub fn guard_from_env(home: &Path) -> Option<u8> {
         return None;
     }
     let pipe = adopt_one(pipe);
+    let _ = nix::fcntl::fcntl(
+        &pipe,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let listener = inherited_listener();
     Some(guard(
         home,
@@ -268,7 +291,8 @@ pub fn guard_from_env(home: &Path) -> Option<u8> {
     ))
 }
 
-/// The guardian's watch over the new image in `pid` (its parent), at most `bound`.
+/// The guardian's watch over the new image in `pid` (its parent), at most `bound` unless the
+/// image said it is stopping.
 fn guard(
     home: &Path,
     version: &str,
@@ -278,11 +302,8 @@ fn guard(
     bound: Duration,
 ) -> u8 {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
-    let notify_socket = std::env::var("NOTIFY_SOCKET").ok();
-    let to_systemd = |m: &str| crate::notify::to_systemd(notify_socket.as_deref(), m);
-    let watchdog = crate::notify::watchdog_interval();
-    // It pings at once: it is systemd's main process from now on.
-    let mut last_ping: Option<Instant> = None;
+    // Signals are the supervisor's (a process group's stop reaches both): a stop ends the
+    // watch, leaving the supervisor to carry it out; the others are ignored here.
     let mut signals = match signal_hook::iterator::Signals::new([
         SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGHUP,
     ]) {
@@ -296,17 +317,11 @@ fn guard(
         pipe.as_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     );
-    let target = nix::unistd::Pid::from_raw(pid);
     let deadline = Instant::now() + bound;
     let mut said = Vec::new();
     let mut closed = false;
+    let parent_is_it = || rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get()) == pid;
     let ended = loop {
-        if let Some(every) = watchdog
-            && last_ping.is_none_or(|at| at.elapsed() >= every)
-        {
-            to_systemd("WATCHDOG=1");
-            last_ping = Some(Instant::now());
-        }
         let mut buf = [0u8; 64];
         loop {
             match pipe.read(&mut buf) {
@@ -323,38 +338,28 @@ fn guard(
         if said.starts_with(b"took over\n") {
             break Ended::TookOver;
         }
-        if said.starts_with(b"stopped\n") {
-            break Ended::Stopped;
+        let stopping = said.starts_with(b"stopping\n");
+        if signals.as_mut().is_some_and(|s| {
+            s.pending()
+                .any(|sig| matches!(sig, SIGTERM | SIGINT | SIGQUIT))
+        }) {
+            log("guardian: stopped; the supervisor on trial carries on by itself");
+            return crate::exit::OK;
         }
-        let mut stop = false;
-        if let Some(signals) = signals.as_mut() {
-            for sig in signals.pending() {
-                match sig {
-                    SIGTERM | SIGINT | SIGQUIT => stop = true,
-                    // Reloads and dumps are the supervisor's: passed on.
-                    other => {
-                        if let Ok(s) = nix::sys::signal::Signal::try_from(other) {
-                            let _ = nix::sys::signal::kill(target, s);
-                        }
-                    }
-                }
-            }
+        if closed || !parent_is_it() {
+            break if stopping {
+                Ended::Stopped
+            } else {
+                Ended::Failed("it exited".to_owned())
+            };
         }
-        if stop {
-            break Ended::StopAsked;
-        }
-        let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-        if closed || parent != pid {
-            break Ended::Failed("it exited".to_owned());
-        }
-        if Instant::now() >= deadline {
+        if !stopping && Instant::now() >= deadline {
             break Ended::Failed(format!("it did not take over within {bound:?}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let stop_after = match ended {
+    let why = match ended {
         Ended::TookOver => {
-            to_systemd(&format!("MAINPID={pid}"));
             log(&format!(
                 "guardian: the release's supervisor ({version}, pid {pid}) took over; the guardian exits"
             ));
@@ -372,27 +377,23 @@ fn guard(
             );
             return crate::exit::OK;
         }
-        Ended::Failed(why) => {
-            warn(&format!(
-                "the release's supervisor ({version}) failed its trial: {why}; the previous supervisor starts again and {version} is skipped"
-            ));
-            kill_and_wait(pid);
-            crate::upgrade::journal(home, version, Step::SupervisorRolledBack, &why);
-            crate::upgrade::skip(home, version);
-            false
-        }
-        Ended::StopAsked => {
-            warn("stopped during the supervisor's trial: the new one is killed, not skipped");
-            kill_and_wait(pid);
-            crate::upgrade::journal(
-                home,
-                version,
-                Step::SupervisorRolledBack,
-                "stopped during the trial",
-            );
-            true
-        }
+        Ended::Failed(why) => why,
     };
+    warn(&format!(
+        "the release's supervisor ({version}) failed its trial: {why}; {version} is skipped and the previous supervisor starts again"
+    ));
+    crate::upgrade::journal(home, version, Step::SupervisorRolledBack, &why);
+    crate::upgrade::skip(home, version);
+    // Only while it is still this process's parent: a pid that died may be another's by now.
+    if parent_is_it() {
+        kill_and_wait(pid);
+    }
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        // systemd saw its main process die: it starts the unit again, with the unit's binary
+        // (the previous supervisor), which takes over the generations still serving.
+        log("guardian: systemd starts the previous supervisor again");
+        return crate::exit::OK;
+    }
     // The old supervisor, in this process, takes over whatever generations run now, once the
     // home's lock is free (a process the failed image started may hold it a little longer).
     drop(signals);
@@ -410,7 +411,7 @@ fn guard(
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    let e = restart_self(stop_after, listener);
+    let e = restart_self(listener);
     warn(&format!(
         "guardian: could not start the previous supervisor again: {e}"
     ));
@@ -432,7 +433,7 @@ fn kill_and_wait(pid: i32) {
 
 /// Starts this supervisor again, in place (same pid): after a failed trial it takes over from
 /// scratch, as after a crash. Returns only if that fails.
-pub fn restart_self(stop_after: bool, listener: Option<BorrowedFd<'_>>) -> std::io::Error {
+pub fn restart_self(listener: Option<BorrowedFd<'_>>) -> std::io::Error {
     use std::os::fd::AsRawFd as _;
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.args(std::env::args_os().skip(1))
@@ -449,15 +450,8 @@ pub fn restart_self(stop_after: bool, listener: Option<BorrowedFd<'_>>) -> std::
     {
         cmd.env(LISTENER_ENV, listener.as_raw_fd().to_string());
     }
-    if stop_after {
-        cmd.env(STOP_AFTER_ENV, "1");
-    }
     cmd.exec()
 }
-
-/// Set for a supervisor started again after a stop arrived during a trial: it takes over and
-/// then stops (the stop was asked of it).
-pub const STOP_AFTER_ENV: &str = "WIRELEAP_SUPERVISOR_STOP_AFTER_START";
 
 /// What a supervisor started on trial was handed ([`TAKEOVER_ENV`]).
 #[derive(Debug)]
@@ -473,6 +467,8 @@ pub struct Takeover {
     guardian: i32,
     /// The guardian was seen gone (reaped, when it was this process's child).
     gone: bool,
+    /// This supervisor took over (its generation serves).
+    took: bool,
 }
 
 impl Takeover {
@@ -502,12 +498,16 @@ impl Takeover {
             installed: std::env::var_os(SUPERVISOR_INSTALLED_ENV).map(PathBuf::from),
             guardian,
             gone: false,
+            took: false,
         })
     }
 
     /// This supervisor serves: it says so to its guardian, which then makes it systemd's
     /// main process again and exits.
     pub fn took_over(&mut self) {
+        if std::mem::replace(&mut self.took, true) {
+            return;
+        }
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(b"took over\n");
             log(
@@ -516,11 +516,11 @@ impl Takeover {
         }
     }
 
-    /// A stop was carried out during the trial: the guardian is told (it exits, skipping
-    /// nothing) before this process exits.
-    pub fn stopped(&mut self) {
-        if let Some(mut pipe) = self.pipe.take() {
-            let _ = pipe.write_all(b"stopped\n");
+    /// A stop began during the trial: the guardian is told (it no longer holds the trial's
+    /// bound against this process, and skips nothing when it exits).
+    pub fn stopping(&mut self) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = pipe.write_all(b"stopping\n");
         }
     }
 
@@ -552,16 +552,21 @@ impl Takeover {
         self.gone
     }
 
-    /// Whether the guardian died before this one took over (it must then give up).
+    /// Whether the guardian died before this one took over (then, once): this supervisor goes
+    /// on unguarded; it installs itself only once it took over.
     #[must_use]
-    pub fn orphaned(&mut self) -> bool {
-        self.pending() && self.guardian_gone()
+    pub fn guardian_lost(&mut self) -> bool {
+        let lost = self.pending() && self.guardian_gone();
+        if lost {
+            self.pipe = None;
+        }
+        lost
     }
 
     /// Once the predecessor has accepted (it exited after the report), this supervisor
     /// installs itself where that one ran from, and journals the commit. Call on every turn.
     pub fn commit_when_accepted(&mut self, home: &Path) {
-        if self.pending() || self.installed.is_none() || !self.guardian_gone() {
+        if !self.took || self.pending() || self.installed.is_none() || !self.guardian_gone() {
             return;
         }
         let Some(path) = self.installed.take() else {
@@ -599,6 +604,31 @@ pub fn inherited_listener() -> Option<std::net::TcpListener> {
     rustix::net::sockopt::socket_acceptconn(&fd)
         .unwrap_or(false)
         .then(|| std::net::TcpListener::from(fd))
+}
+
+/// A supervisor that runs from a verified copy (exec'd through `/proc/self/fd/4`) keeps that
+/// descriptor to itself: the relays it starts do not inherit it.
+pub fn keep_own_binary() {
+    use std::os::unix::fs::MetadataExt as _;
+    let fd = crate::verified::BINARY_FD;
+    let same =
+        |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    let (Ok(own), Ok(passed)) = (
+        std::fs::metadata("/proc/self/exe"),
+        std::fs::metadata(format!("/proc/self/fd/{fd}")),
+    ) else {
+        return;
+    };
+    if same(&own, &passed) {
+        #[allow(unsafe_code)]
+        // SAFETY: descriptor 4 is open (its metadata was just read) and is this process's own
+        // binary, which nothing else in this process owns; it is only borrowed to set a flag.
+        let binary = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = nix::fcntl::fcntl(
+            binary,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
 }
 
 /// Whether `fd` may be a descriptor a predecessor passed: open, not a standard stream.

@@ -149,7 +149,6 @@ impl Verified {
         cmd.arg0(wireleap_home::files::SUPERVISOR_BIN)
             .env_remove(wireleap_home::files::TAKEOVER_ENV)
             .env_remove(wireleap_home::files::SUPERVISOR_INSTALLED_ENV)
-            .env_remove(crate::swap::STOP_AFTER_ENV)
             .env_remove(crate::swap::LISTENER_ENV);
         let mut maps = extra;
         maps.push(FdMapping {

@@ -31,7 +31,18 @@ fn supervised(args: &[&str]) -> (Supervised, tempfile::TempDir) {
 
 /// Publishes `version`: the relay binary and `supervisor`, one signed statement.
 fn publish(root: &Path, work: &Path, version: &str, supervisor: &Path) -> PathBuf {
-    let binary = reporting(work, &relay_bin(), version);
+    publish_with(root, work, version, &relay_bin(), supervisor)
+}
+
+/// As [`publish`], with `relay` as the release's relay binary.
+fn publish_with(
+    root: &Path,
+    work: &Path,
+    version: &str,
+    relay: &Path,
+    supervisor: &Path,
+) -> PathBuf {
+    let binary = reporting(work, relay, version);
     let notes = work.join("notes.md");
     std::fs::write(&notes, format!("# {version}\n")).unwrap();
     let s = |p: &Path| p.display().to_string();
@@ -275,7 +286,8 @@ fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped(
 }
 
 /// A supervisor killed (SIGKILL) at each step of the swap: right after journaling the trial,
-/// the new image while it starts (before it took over), the trial's guardian then, and the new
+/// the new image while it starts (before it took over), the trial's guardian then (the image
+/// goes on unguarded and commits), and the new
 /// one right after it committed. Started again (as systemd would, when its main process died),
 /// each converges on one serving supervisor with the version's relay, the old supervisor when
 /// the trial did not finish (skipped), the new one when it did.
@@ -307,7 +319,7 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
             &slow,
             "supervisor-rolled-back",
         ),
-        ("trial, its guardian", "", &slow, "supervisor-rolled-back"),
+        ("trial, its guardian", "", &slow, "supervisor-committed"),
         (
             "committed",
             "supervisor-committed",
@@ -365,9 +377,13 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
                     nix::sys::signal::Signal::SIGKILL,
                 )
                 .unwrap();
-                // The new image gives up once it finds its guardian gone (systemd would start
-                // the unit again: its main process died).
-                let _ = s.wait_exit(WAIT);
+                // The new image goes on unguarded: it takes over and commits, same process.
+                eventually(WAIT, "the unguarded supervisor to commit", || {
+                    s.home
+                        .journal_steps("9.0.0")
+                        .contains(&"supervisor-committed".to_owned())
+                });
+                assert!(s.supervisor.try_wait().unwrap().is_none(), "{}", s.log());
             }
             "trial, before it starts" => {
                 let _ = s.wait_exit(WAIT);
@@ -437,43 +453,55 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
     }
 }
 
-/// A stop (`systemctl stop`: SIGTERM to the main process, the guardian during a trial) during a
-/// supervisor's trial kills the new one without skipping the version, and is carried out: every
-/// relay stops, the supervisor exits, nothing is left running.
+/// A stop (`systemctl stop`: SIGTERM to the main process, the supervisor's pid) during a
+/// supervisor's trial is carried out by the new image: every relay stops, the supervisor exits
+/// 0, nothing is left running, and the version is not skipped. The release's relay takes three
+/// seconds to start, so the new image is still on trial when the stop arrives.
 #[test]
 fn a_stop_during_the_trial_is_carried_out_and_skips_nothing() {
     let (mut s, root) = supervised(&[
         "--health-window",
         "1",
         "--ready-timeout",
-        "5",
-        "--supervisor-trial",
-        "30s",
+        "10",
+        "--probe-count",
+        "0",
     ]);
     let work = tempfile::tempdir().unwrap();
-    let hangs = fails_after_preflight(work.path(), "hangs", "exec sleep 637");
-    publish(root.path(), work.path(), "9.0.0", &hangs);
+    let slow_relay = work.path().join("wireleap-relay");
+    std::fs::write(
+        &slow_relay,
+        format!(
+            "#!/bin/sh\n[ \"$1 $2\" = \"start --fg\" ] && sleep 3\nexec \"{}\" \"$@\"\n",
+            relay_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow_relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+    publish_with(
+        root.path(),
+        work.path(),
+        "9.0.0",
+        &slow_relay,
+        &sibling_bin("wireleap-relay-supervisor"),
+    );
     let up = cli(&s.home, &["upgrade", "--yes", "9.0.0"], "");
     assert_eq!(up.code, 0, "{up}\n{}", s.log());
     eventually(WAIT, "the trial", || {
         s.log().contains("takes over on trial")
     });
     let guardian = guardian_pid(&s.log());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(guardian as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    // The new image is killed; the old supervisor, started again in the guardian's process,
-    // stops.
-    let _ = s.wait_exit(WAIT);
-    eventually(WAIT, "the supervisor to stop", || !running(guardian));
+    // Its generation starting (the relay sleeps), not taken over yet.
+    std::thread::sleep(Duration::from_millis(1000));
     assert!(
-        s.log()
-            .contains("a stop was asked during the supervisor's trial"),
-        "{}",
+        !s.log().contains("took over from the previous supervisor"),
+        "the trial ended too soon\n{}",
         s.log()
     );
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = s.wait_exit(WAIT);
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    eventually(WAIT, "the guardian to exit", || !running(guardian));
     assert!(
         s.home
             .journal_steps("9.0.0")
@@ -488,12 +516,4 @@ fn a_stop_during_the_trial_is_carried_out_and_skips_nothing() {
     eventually(Duration::from_secs(20), "every relay to stop", || {
         relay_pids_in(s.home.path()).is_empty()
     });
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 637"])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "the new supervisor was left running"
-    );
 }
