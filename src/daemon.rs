@@ -303,6 +303,12 @@ impl Daemon {
         }
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
         fault::after_ready();
+        if self.notify_socket.is_some() {
+            actix_rt::spawn(report_enrollment(
+                actors.enrollment.clone(),
+                self.notify_socket.clone(),
+            ));
+        }
         if let Some(every) = self.watchdog {
             actix_rt::spawn(liveness(
                 actors.transport.clone(),
@@ -429,6 +435,35 @@ async fn liveness(transport: Addr<Transport>, notify_socket: Option<String>, per
     }
 }
 
+/// Tells the supervisor, whenever it changes, in how many of its contracts this generation is
+/// enrolled ([`wireleap_home::control::ENROLLED`]; a contract whose usage cap was reached
+/// counts as enrolled: it is out by design). The supervisor requires a new version to be in all
+/// at the end of its health window.
+async fn report_enrollment(enrollment: Addr<Enrollment>, notify_socket: Option<String>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let Ok(states) = enrollment.send(directory::ContractStatuses).await else {
+            return;
+        };
+        let now = (
+            states
+                .iter()
+                .filter(|s| s.enrolled || s.network_cap_reached)
+                .count(),
+            states.len(),
+        );
+        if last != Some(now) {
+            notify::send(
+                notify_socket.as_deref(),
+                &format!("{}{}/{}", wireleap_home::control::ENROLLED, now.0, now.1),
+            );
+            last = Some(now);
+        }
+    }
+}
+
 async fn pause(enrollment: &Addr<Enrollment>, notify_socket: Option<&str>) {
     let paused = enrollment
         .send(directory::PauseHeartbeats { lease: PAUSE_LEASE })
@@ -537,7 +572,9 @@ fn log_release_trust(home: &std::path::Path, auto_upgrade: bool) {
 /// a release under test in a wrapper script; nothing else sets it. Once ready, a relay with
 /// `WIRELEAP_RELAY_FAULT=`
 /// - `leak` allocates (and touches) 16 MiB every 100 ms, up to 2 GiB;
-/// - `blackhole` accepts streams and never answers them (its liveness pings go on).
+/// - `blackhole` accepts streams and never answers them (its liveness pings go on);
+///
+/// and from its start, with `no-enroll`, every enrollment and heartbeat fails.
 pub(crate) mod fault {
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -545,6 +582,12 @@ pub(crate) mod fault {
     const FAULT_ENV: &str = "WIRELEAP_RELAY_FAULT";
 
     static BLACKHOLE: AtomicBool = AtomicBool::new(false);
+
+    /// Whether enrollments and heartbeats fail.
+    pub(crate) fn no_enroll() -> bool {
+        static NO_ENROLL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *NO_ENROLL.get_or_init(|| std::env::var(FAULT_ENV).as_deref() == Ok("no-enroll"))
+    }
 
     /// Whether streams go unanswered.
     pub(crate) fn blackhole() -> bool {

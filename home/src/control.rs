@@ -33,6 +33,18 @@ pub const MAX_REQUEST: u64 = 4096;
 /// paused and no directory call of its own is in flight.
 pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
 
+/// What a generation tells the supervisor (on the readiness socket) whenever its count of
+/// contracts it is enrolled in changes: `WIRELEAP_ENROLLED=<enrolled>/<contracts>`.
+pub const ENROLLED: &str = "WIRELEAP_ENROLLED=";
+
+/// Reads an [`ENROLLED`] line: `(enrolled, contracts)`.
+#[must_use]
+pub fn parse_enrolled(line: &str) -> Option<(u32, u32)> {
+    let (k, n) = line.strip_prefix(ENROLLED)?.split_once('/')?;
+    let (k, n) = (k.parse().ok()?, n.parse().ok()?);
+    (k <= n).then_some((k, n))
+}
+
 /// The waits config.json sets (its `supervisor` section), as the relay reads them and tells the
 /// supervisor (`wireleap-relay supervisor-settings`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

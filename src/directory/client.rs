@@ -215,6 +215,12 @@ impl Client {
         entry: &RelayEntry,
         with_dir_version: bool,
     ) -> Result<Status, Error> {
+        if crate::daemon::fault::no_enroll() {
+            return Err(Error::Challenge {
+                url: relays_url.to_owned(),
+                why: "the test fault no-enroll".to_owned(),
+            });
+        }
         let body = entry.to_json().into_bytes();
         let interfaces: &[Interface] = if with_dir_version {
             &[Interface::RelayDir, Interface::RelayContract]

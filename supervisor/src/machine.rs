@@ -237,6 +237,15 @@ pub enum Event {
     Paused(Pid),
     /// A generation's liveness ping (`WATCHDOG=1`): it serves.
     Alive(Pid),
+    /// A generation's count of contracts it is enrolled in changed.
+    Enrolled {
+        /// Its pid.
+        pid: Pid,
+        /// Enrolled in so many.
+        enrolled: u32,
+        /// Of so many contracts.
+        contracts: u32,
+    },
     /// The resident memory of a generation whose health window runs (read from `/proc`).
     Memory {
         /// Its pid.
@@ -536,6 +545,11 @@ pub struct Machine {
     /// The probe of the new version being watched: `(pid, passed)`, `passed` false while it
     /// runs.
     probe: Option<(Pid, bool)>,
+    /// The last enrollment count each live generation reported: `(pid, enrolled, contracts)`.
+    enrolled: Vec<(Pid, u32, u32)>,
+    /// Whether the generation that handed over to the one serving was enrolled in all its
+    /// contracts then.
+    old_enrolled_all: bool,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
     /// No hung generation is replaced before then (past the crash budget).
@@ -563,6 +577,8 @@ impl Machine {
             exiting: None,
             pings: Vec::new(),
             probe: None,
+            enrolled: Vec::new(),
+            old_enrolled_all: false,
             hung: None,
             hung_hold: None,
             ready_since: None,
@@ -693,6 +709,18 @@ impl Machine {
                     self.pinged(pid, Some(now));
                 }
             }
+            Event::Enrolled {
+                pid,
+                enrolled,
+                contracts,
+            } => {
+                let live = [self.serving.pid(), self.successor_pid()];
+                self.enrolled
+                    .retain(|(p, _, _)| *p != pid && live.contains(&Some(*p)));
+                if live.contains(&Some(pid)) {
+                    self.enrolled.push((pid, enrolled, contracts));
+                }
+            }
             Event::Memory { pid, bytes } => {
                 if let Some(bound) = self.timing.max_memory
                     && bytes > bound
@@ -779,6 +807,25 @@ impl Machine {
                 .is_none_or(|at| now.saturating_duration_since(at) <= bound / 2),
             _ => true,
         };
+        // At the end of its window a new version must be enrolled in every contract, unless
+        // the old one was not either when it handed over (the directory's trouble, not the
+        // release's): a version that reports no count (an older relay) is not judged.
+        if let (Some(pid), Some(c)) = (self.watched(), &self.change)
+            && let Phase::Watching { since } = c.phase
+            && now >= since + self.timing.health_window
+            && let Some(&(_, enrolled, contracts)) =
+                self.enrolled.iter().find(|(p, _, _)| *p == pid)
+            && enrolled < contracts
+            && self.old_enrolled_all
+        {
+            self.unhealthy(
+                format!(
+                    "enrollment: enrolled in {enrolled} of its {contracts} contracts at the end of its window (the previous version was in all)"
+                ),
+                out,
+            );
+            return;
+        }
         // And only once its probe passed (a probe is bounded: it ends).
         let probed = match (self.probe, self.watched()) {
             (Some((pid, passed)), Some(watched)) => pid != watched || passed,
@@ -1024,6 +1071,12 @@ impl Machine {
     }
 
     fn take_over(&mut self, now: Instant, pid: Pid, out: &mut Out) {
+        // Whether the generation handing over was enrolled in all its contracts (unknown: an
+        // older relay that does not say; the new one is then not judged by it).
+        self.old_enrolled_all = self
+            .serving
+            .pid()
+            .is_some_and(|old| self.enrolled.iter().any(|&(p, k, n)| p == old && k == n));
         self.successor = None;
         self.ready_since = Some((pid, now));
         if let Some(hung) = self.hung.take()

@@ -88,6 +88,11 @@ impl ReadySocket {
             Kind::Watchdog
         } else if text.lines().any(|l| l == PAUSED) {
             Kind::Paused
+        } else if let Some((k, n)) = text
+            .lines()
+            .find_map(wireleap_home::control::parse_enrolled)
+        {
+            Kind::Enrolled(k, n)
         } else {
             Kind::Other
         };
@@ -118,6 +123,8 @@ pub enum Kind {
     Paused,
     /// `WATCHDOG=1`: the generation's liveness ping.
     Watchdog,
+    /// `WIRELEAP_ENROLLED=k/n`: enrolled in `k` of its `n` contracts.
+    Enrolled(u32, u32),
     /// Anything else (`STATUS=`, `STOPPING=1`, ...).
     Other,
 }

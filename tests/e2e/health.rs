@@ -1,8 +1,8 @@
 //! Health that means serving (issue: fleet-safe upgrades): a new version is committed only if,
 //! through its health window, it answers PINGs through the public socket, keeps its liveness
-//! pings and stays under the memory bound. One that hangs right after READY (SIGSTOP), answers
-//! nothing, or leaks memory is rolled back inside the window, named in the journal and
-//! `status`, skipped, and no connection is refused meanwhile.
+//! pings, stays under the memory bound, and ends it enrolled in every contract. One that hangs
+//! right after READY (SIGSTOP), answers nothing, leaks memory or cannot enroll is rolled back,
+//! named in the journal and `status`, skipped, and no connection is refused meanwhile.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
@@ -140,6 +140,17 @@ fn a_release_that_stops_relaying_and_answers_nothing_is_rolled_back_inside_its_w
     let out = cli(&s.home, &["upgrade", "--yes", "9.3.0"], "");
     assert_ne!(out.code, 0, "{out}");
     assert_rolled_back(&s, "9.3.0", "probe", load);
+}
+
+#[test]
+fn a_release_that_cannot_enroll_is_rolled_back_at_the_end_of_its_window() {
+    let (s, root) = supervised_with_releases_full(&["--health-window", "3"], &[], &|_| {});
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    let work = tempfile::tempdir().unwrap();
+    publish(root.path(), "9.5.0", &faulty(work.path(), "no-enroll"));
+    let out = cli(&s.home, &["upgrade", "--yes", "9.5.0"], "");
+    assert_ne!(out.code, 0, "{out}");
+    assert_rolled_back(&s, "9.5.0", "enrollment", load);
 }
 
 #[test]

@@ -1286,3 +1286,68 @@ fn with_a_probe_a_new_version_commits_only_once_it_passed_and_one_that_fails_is_
         "{a:?}"
     );
 }
+
+#[test]
+fn a_new_version_not_enrolled_everywhere_at_the_end_of_its_window_is_rolled_back_unless_the_old_was_not_either()
+ {
+    let mut d = Drive::serving();
+    d.on(Event::Enrolled {
+        pid: 100,
+        enrolled: 2,
+        contracts: 2,
+    });
+    d.upgrade_watching();
+    d.on(Event::Enrolled {
+        pid: 200,
+        enrolled: 1,
+        contracts: 2,
+    });
+    let a = d.after(HEALTH);
+    assert_unhealthy(&mut d, &a, "enrollment");
+
+    // One that enrolls late in its window commits.
+    let mut d = Drive::serving();
+    d.on(Event::Enrolled {
+        pid: 100,
+        enrolled: 2,
+        contracts: 2,
+    });
+    d.upgrade_watching();
+    d.on(Event::Enrolled {
+        pid: 200,
+        enrolled: 0,
+        contracts: 2,
+    });
+    d.after(HEALTH / 2);
+    d.on(Event::Enrolled {
+        pid: 200,
+        enrolled: 2,
+        contracts: 2,
+    });
+    let a = d.after(HEALTH / 2);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
+
+    // The directory is down for both: not the release's fault.
+    let mut d = Drive::serving();
+    d.on(Event::Enrolled {
+        pid: 100,
+        enrolled: 0,
+        contracts: 2,
+    });
+    d.upgrade_watching();
+    d.on(Event::Enrolled {
+        pid: 200,
+        enrolled: 0,
+        contracts: 2,
+    });
+    let a = d.after(HEALTH);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
+}
