@@ -304,8 +304,9 @@ impl Daemon {
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
         fault::after_ready();
         if self.notify_socket.is_some() {
-            actix_rt::spawn(report_enrollment(
+            actix_rt::spawn(report(
                 actors.enrollment.clone(),
+                actors.transport.clone(),
                 self.notify_socket.clone(),
             ));
         }
@@ -435,15 +436,33 @@ async fn liveness(transport: Addr<Transport>, notify_socket: Option<String>, per
     }
 }
 
-/// Tells the supervisor, whenever it changes, in how many of its contracts this generation is
-/// enrolled ([`wireleap_home::control::ENROLLED`]; a contract whose usage cap was reached
-/// counts as enrolled: it is out by design). The supervisor requires a new version to be in all
-/// at the end of its health window.
-async fn report_enrollment(enrollment: Addr<Enrollment>, notify_socket: Option<String>) {
+/// Tells the supervisor, each second when they changed, what it judges a new version by at
+/// the end of its health window:
+/// - in how many of its contracts this generation is enrolled
+///   ([`wireleap_home::control::ENROLLED`]; a contract whose usage cap was reached counts as
+///   enrolled: it is out by design);
+/// - its counts of streams admitted and refused since it started
+///   ([`wireleap_home::control::STREAMS`]).
+async fn report(
+    enrollment: Addr<Enrollment>,
+    transport: Addr<Transport>,
+    notify_socket: Option<String>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = None;
+    let mut last_streams = None;
     loop {
         tick.tick().await;
+        if let Ok(t) = transport.send(transport::TransportStatus).await {
+            let now = (t.streams_admitted, t.streams_refused);
+            if last_streams != Some(now) {
+                notify::send(
+                    notify_socket.as_deref(),
+                    &format!("{}{}/{}", wireleap_home::control::STREAMS, now.0, now.1),
+                );
+                last_streams = Some(now);
+            }
+        }
         let Ok(states) = enrollment.send(directory::ContractStatuses).await else {
             return;
         };
@@ -574,6 +593,8 @@ fn log_release_trust(home: &std::path::Path, auto_upgrade: bool) {
 /// - `leak` allocates (and touches) 16 MiB every 100 ms, up to 2 GiB;
 /// - `blackhole` accepts streams and never answers them (its liveness pings go on);
 ///
+/// - `refuse` refuses every stream but PING (503);
+///
 /// and from its start, with `no-enroll`, every enrollment and heartbeat fails.
 pub(crate) mod fault {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -589,6 +610,13 @@ pub(crate) mod fault {
         *NO_ENROLL.get_or_init(|| std::env::var(FAULT_ENV).as_deref() == Ok("no-enroll"))
     }
 
+    static REFUSE: AtomicBool = AtomicBool::new(false);
+
+    /// Whether streams are refused.
+    pub(crate) fn refuse() -> bool {
+        REFUSE.load(Ordering::Relaxed)
+    }
+
     /// Whether streams go unanswered.
     pub(crate) fn blackhole() -> bool {
         BLACKHOLE.load(Ordering::Relaxed)
@@ -596,6 +624,13 @@ pub(crate) mod fault {
 
     pub(super) fn after_ready() {
         let fault = std::env::var(FAULT_ENV).unwrap_or_default();
+        if fault == "refuse" {
+            tracing::warn!(
+                "{FAULT_ENV}=refuse: this relay now refuses every stream (a test fault)"
+            );
+            REFUSE.store(true, Ordering::Relaxed);
+            return;
+        }
         if fault == "blackhole" {
             tracing::warn!(
                 "{FAULT_ENV}=blackhole: this relay now answers no stream (a test fault)"

@@ -37,6 +37,17 @@ pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
 /// contracts it is enrolled in changes: `WIRELEAP_ENROLLED=<enrolled>/<contracts>`.
 pub const ENROLLED: &str = "WIRELEAP_ENROLLED=";
 
+/// What a generation tells the supervisor (on the readiness socket) when its counts of streams
+/// since it started changed: `WIRELEAP_STREAMS=<admitted>/<refused>`.
+pub const STREAMS: &str = "WIRELEAP_STREAMS=";
+
+/// Reads a [`STREAMS`] line: `(admitted, refused)`.
+#[must_use]
+pub fn parse_streams(line: &str) -> Option<(u64, u64)> {
+    let (a, r) = line.strip_prefix(STREAMS)?.split_once('/')?;
+    Some((a.parse().ok()?, r.parse().ok()?))
+}
+
 /// Reads an [`ENROLLED`] line: `(enrolled, contracts)`.
 #[must_use]
 pub fn parse_enrolled(line: &str) -> Option<(u32, u32)> {

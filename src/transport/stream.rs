@@ -66,6 +66,16 @@ pub(crate) async fn handle(
             pong(&mut respond, origin_relay);
             return;
         }
+        Ok(wireleap_protocol::Request::Connect(_)) if crate::daemon::fault::refuse() => {
+            refuse(
+                shared,
+                &mut respond,
+                503,
+                "test fault".to_owned(),
+                origin_relay,
+            );
+            return;
+        }
         Ok(wireleap_protocol::Request::Connect(c)) => c,
         Err(e) => {
             refuse(shared, &mut respond, 400, e.to_string(), origin_relay);

@@ -237,6 +237,15 @@ pub enum Event {
     Paused(Pid),
     /// A generation's liveness ping (`WATCHDOG=1`): it serves.
     Alive(Pid),
+    /// A generation's counts of streams since it started (with its liveness ping).
+    Streams {
+        /// Its pid.
+        pid: Pid,
+        /// Admitted.
+        admitted: u64,
+        /// Refused (with a status).
+        refused: u64,
+    },
     /// A generation's count of contracts it is enrolled in changed.
     Enrolled {
         /// Its pid.
@@ -376,6 +385,20 @@ pub struct Timing {
     pub max_memory: Option<u64>,
     /// Whether a new version must pass the in-band probe ([`Job::Probe`]) inside its window.
     pub probe: bool,
+}
+
+/// A new version is judged by its share of refused streams once it saw this many.
+pub const MIN_STREAMS_JUDGED: u64 = 20;
+
+/// How much larger than the old version's share of refused streams a new version's may be
+/// (clients' own mistakes are refused by both alike).
+pub const REFUSED_MARGIN: f64 = 0.1;
+
+/// The share of streams refused, if any were seen.
+#[allow(clippy::cast_precision_loss)]
+fn refused_share(admitted: u64, refused: u64) -> Option<f64> {
+    let all = admitted.checked_add(refused)?;
+    (all > 0).then(|| refused as f64 / all as f64)
 }
 
 /// The serving generation.
@@ -550,6 +573,10 @@ pub struct Machine {
     /// Whether the generation that handed over to the one serving was enrolled in all its
     /// contracts then.
     old_enrolled_all: bool,
+    /// The last counts of streams each live generation reported: `(pid, admitted, refused)`.
+    streams: Vec<(Pid, u64, u64)>,
+    /// The share of streams the generation that handed over had refused, over its life.
+    old_refused: Option<f64>,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
     /// No hung generation is replaced before then (past the crash budget).
@@ -579,6 +606,8 @@ impl Machine {
             probe: None,
             enrolled: Vec::new(),
             old_enrolled_all: false,
+            streams: Vec::new(),
+            old_refused: None,
             hung: None,
             hung_hold: None,
             ready_since: None,
@@ -709,6 +738,18 @@ impl Machine {
                     self.pinged(pid, Some(now));
                 }
             }
+            Event::Streams {
+                pid,
+                admitted,
+                refused,
+            } => {
+                let live = [self.serving.pid(), self.successor_pid()];
+                self.streams
+                    .retain(|(p, _, _)| *p != pid && live.contains(&Some(*p)));
+                if live.contains(&Some(pid)) {
+                    self.streams.push((pid, admitted, refused));
+                }
+            }
             Event::Enrolled {
                 pid,
                 enrolled,
@@ -821,6 +862,27 @@ impl Machine {
             self.unhealthy(
                 format!(
                     "enrollment: enrolled in {enrolled} of its {contracts} contracts at the end of its window (the previous version was in all)"
+                ),
+                out,
+            );
+            return;
+        }
+        // Nor may it refuse a larger share of its streams than the old one did (judged once it
+        // saw enough of them to tell).
+        if let (Some(pid), Some(c)) = (self.watched(), &self.change)
+            && let Phase::Watching { since } = c.phase
+            && now >= since + self.timing.health_window
+            && let Some(&(_, admitted, refused)) = self.streams.iter().find(|(p, _, _)| *p == pid)
+            && let Some(share) = refused_share(admitted, refused)
+            && admitted + refused >= MIN_STREAMS_JUDGED
+            && share > self.old_refused.unwrap_or(0.0) + REFUSED_MARGIN
+        {
+            self.unhealthy(
+                format!(
+                    "streams: refused {refused} of {} ({:.0} %), the previous version {:.0} %",
+                    admitted + refused,
+                    share * 100.0,
+                    self.old_refused.unwrap_or(0.0) * 100.0
                 ),
                 out,
             );
@@ -1073,6 +1135,12 @@ impl Machine {
     fn take_over(&mut self, now: Instant, pid: Pid, out: &mut Out) {
         // Whether the generation handing over was enrolled in all its contracts (unknown: an
         // older relay that does not say; the new one is then not judged by it).
+        self.old_refused = self.serving.pid().and_then(|old| {
+            self.streams
+                .iter()
+                .find(|&&(p, _, _)| p == old)
+                .and_then(|&(_, a, r)| refused_share(a, r))
+        });
         self.old_enrolled_all = self
             .serving
             .pid()

@@ -433,6 +433,13 @@ impl<'a> World<'a> {
                         notify::Kind::Ready => events.push(Event::Ready(pid)),
                         notify::Kind::Paused => events.push(Event::Paused(pid)),
                         notify::Kind::Watchdog => events.push(Event::Alive(pid)),
+                        notify::Kind::Streams(admitted, refused) => {
+                            events.push(Event::Streams {
+                                pid,
+                                admitted,
+                                refused,
+                            });
+                        }
                         notify::Kind::Enrolled(enrolled, contracts) => {
                             events.push(Event::Enrolled {
                                 pid,

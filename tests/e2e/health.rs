@@ -154,6 +154,17 @@ fn a_release_that_cannot_enroll_is_rolled_back_at_the_end_of_its_window() {
 }
 
 #[test]
+fn a_release_that_refuses_streams_is_rolled_back_at_the_end_of_its_window() {
+    let (s, root) = supervised_with_releases_full(&["--health-window", "3"], &[], &|_| {});
+    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    let work = tempfile::tempdir().unwrap();
+    publish(root.path(), "9.6.0", &faulty(work.path(), "refuse"));
+    let out = cli(&s.home, &["upgrade", "--yes", "9.6.0"], "");
+    assert_ne!(out.code, 0, "{out}");
+    assert_rolled_back(&s, "9.6.0", "streams", load);
+}
+
+#[test]
 fn a_good_release_passes_its_probe_and_commits() {
     let (s, root) = supervised_with_releases_full(&["--health-window", "1"], &[], &|_| {});
     publish(root.path(), "9.4.0", &relay_bin());

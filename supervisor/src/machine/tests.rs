@@ -1351,3 +1351,35 @@ fn a_new_version_not_enrolled_everywhere_at_the_end_of_its_window_is_rolled_back
         "{a:?}"
     );
 }
+
+#[test]
+fn a_new_version_refusing_more_of_its_streams_than_the_old_one_is_rolled_back() {
+    let streams = |d: &mut Drive, pid, admitted, refused| {
+        d.on(Event::Streams {
+            pid,
+            admitted,
+            refused,
+        })
+    };
+    // The old one refused 5 %; the new one 50 % of 40.
+    let mut d = Drive::serving();
+    streams(&mut d, 100, 950, 50);
+    d.upgrade_watching();
+    streams(&mut d, 200, 20, 20);
+    let a = d.after(HEALTH);
+    assert_unhealthy(&mut d, &a, "streams");
+
+    // Within the margin, or too few to tell: committed.
+    for (admitted, refused) in [(90, 10), (5, 10)] {
+        let mut d = Drive::serving();
+        streams(&mut d, 100, 950, 50);
+        d.upgrade_watching();
+        streams(&mut d, 200, admitted, refused);
+        let a = d.after(HEALTH);
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+            "{admitted}/{refused}: {a:?}"
+        );
+    }
+}
