@@ -161,7 +161,11 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
     let restarts = env.var(metrics::SUPERVISOR_RESTARTS_ENV);
     let metrics_facts = metrics::Facts::new(&version.to_string(), restarts.as_deref())
         .with_crash_streak(env.var(wireleap_home::files::CRASH_STREAK_ENV).as_deref())
-        .with_hung_replaced(env.var(wireleap_home::files::HUNG_REPLACED_ENV).as_deref());
+        .with_hung_replaced(env.var(wireleap_home::files::HUNG_REPLACED_ENV).as_deref())
+        .with_health_rollbacks(
+            env.var(wireleap_home::files::HEALTH_ROLLBACKS_ENV)
+                .as_deref(),
+        );
     let api =
         directory::client::Client::try_new(identity.signing_key().clone(), &version.to_string())
             .map_err(|e| Error::Runtime(std::io::Error::other(e)))?;

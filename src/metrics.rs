@@ -276,6 +276,8 @@ pub struct Facts {
     pub supervisor_crash_streak: u64,
     /// Hung relays the supervisor replaced before it started this process.
     pub supervisor_hung_replaced: u64,
+    /// New versions the supervisor rolled back, by failed health criterion.
+    pub supervisor_health_rollbacks: Vec<(String, u64)>,
 }
 
 impl Facts {
@@ -289,7 +291,27 @@ impl Facts {
             supervised: parsed.is_some(),
             supervisor_crash_streak: 0,
             supervisor_hung_replaced: 0,
+            supervisor_health_rollbacks: Vec::new(),
         }
+    }
+
+    /// With the supervisor's counts of new versions rolled back by health criterion
+    /// ([`wireleap_home::files::HEALTH_ROLLBACKS_ENV`], `name=count,...`; at most 8, names of
+    /// lowercase letters).
+    #[must_use]
+    pub fn with_health_rollbacks(mut self, counts: Option<&str>) -> Self {
+        self.supervisor_health_rollbacks = counts
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                let name_ok =
+                    !k.is_empty() && k.len() <= 16 && k.bytes().all(|b| b.is_ascii_lowercase());
+                name_ok.then_some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .take(8)
+            .collect();
+        self
     }
 
     /// With the crash streak the supervisor passed ([`wireleap_home::files::CRASH_STREAK_ENV`]).
@@ -454,6 +476,21 @@ fn render_facts(facts: &Facts, out: &mut String) {
         "Relays the supervisor replaced for not sending their liveness ping, before it started this process.",
         facts.supervisor_hung_replaced,
     );
+    if !facts.supervisor_health_rollbacks.is_empty() {
+        header(
+            out,
+            "wireleap_relay_supervisor_health_rollbacks",
+            "gauge",
+            "New versions the supervisor rolled back inside their health window, by the criterion they failed, before it started this process.",
+        );
+        for (criterion, n) in &facts.supervisor_health_rollbacks {
+            let _ = writeln!(
+                out,
+                "wireleap_relay_supervisor_health_rollbacks{{criterion=\"{}\"}} {n}",
+                label(criterion)
+            );
+        }
+    }
 }
 
 /// The whole scrape: the registry, the facts, and what the actors answer.
@@ -650,6 +687,29 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_rollbacks_from_the_supervisor_are_a_labelled_gauge_and_bad_entries_are_dropped() {
+        let facts = Facts::new("1.0.0", Some("0"))
+            .with_health_rollbacks(Some("liveness=1,memory=0,BAD=3,probe=x,streams=2"));
+        assert_eq!(
+            facts.supervisor_health_rollbacks,
+            vec![
+                ("liveness".to_owned(), 1),
+                ("memory".to_owned(), 0),
+                ("streams".to_owned(), 2)
+            ]
+        );
+        let mut out = String::new();
+        render_facts(&facts, &mut out);
+        assert!(
+            out.contains("wireleap_relay_supervisor_health_rollbacks{criterion=\"liveness\"} 1")
+        );
+        assert!(out.contains("# TYPE wireleap_relay_supervisor_health_rollbacks gauge"));
+        let mut none = String::new();
+        render_facts(&Facts::new("1.0.0", None), &mut none);
+        assert!(!none.contains("health_rollbacks"));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_count_matches() {

@@ -12,6 +12,9 @@ pub const RESTARTS_ENV: &str = "WIRELEAP_SUPERVISOR_RESTARTS";
 pub const CRASH_STREAK_ENV: &str = "WIRELEAP_SUPERVISOR_CRASH_STREAK";
 /// How many hung relays the supervisor replaced before it started this generation.
 pub const HUNG_REPLACED_ENV: &str = "WIRELEAP_SUPERVISOR_HUNG_REPLACED";
+/// The new versions the supervisor rolled back for a failed health criterion, by criterion
+/// (`liveness=0,memory=1,...`), for the relay's `/metrics`.
+pub const HEALTH_ROLLBACKS_ENV: &str = "WIRELEAP_SUPERVISOR_HEALTH_ROLLBACKS";
 /// Set by a supervisor for the release's supervisor it starts on trial: `<pipe fd>:<lock
 /// fd>:<its own pid>` (where to say it took over; the home's lock it inherits; who must still
 /// be its parent until then).

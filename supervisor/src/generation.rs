@@ -36,6 +36,28 @@ pub static STREAK: AtomicU64 = AtomicU64::new(0);
 /// Hung relays replaced so far; each generation gets it in
 /// [`wireleap_home::files::HUNG_REPLACED_ENV`].
 pub static HUNG: AtomicU64 = AtomicU64::new(0);
+/// New versions rolled back for each health criterion ([`crate::machine::CRITERIA`]); each
+/// generation gets them in [`wireleap_home::files::HEALTH_ROLLBACKS_ENV`].
+pub static UNHEALTHY: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// Counts a new version rolled back for `criterion`.
+pub fn count_unhealthy(criterion: &str) {
+    if let Some(i) = crate::machine::CRITERIA
+        .iter()
+        .position(|c| *c == criterion)
+    {
+        UNHEALTHY[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn unhealthy_counts() -> String {
+    crate::machine::CRITERIA
+        .iter()
+        .zip(&UNHEALTHY)
+        .map(|(c, n)| format!("{c}={}", n.load(Ordering::Relaxed)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// Starts `binary start --fg` in `home` with the listener as descriptor 3 (`LISTEN_FDS=1`) and
 /// `ready` as its `NOTIFY_SOCKET`; `installed` is where the relay binary lives (what a staged
@@ -70,6 +92,10 @@ pub fn spawn(
         .env(
             wireleap_home::files::HUNG_REPLACED_ENV,
             HUNG.load(Ordering::Relaxed).to_string(),
+        )
+        .env(
+            wireleap_home::files::HEALTH_ROLLBACKS_ENV,
+            unhealthy_counts(),
         )
         .env("NOTIFY_SOCKET", ready)
         .env(RESTARTS_ENV, RESTARTS.load(Ordering::Relaxed).to_string())

@@ -360,6 +360,9 @@ pub enum Action {
     CountRestart,
     /// A relay that hung is replaced (counted for the metrics).
     CountHung,
+    /// A new version failed this health criterion (one of [`CRITERIA`]; counted for the
+    /// metrics).
+    CountUnhealthy(&'static str),
     /// Exit with this code (every child is gone).
     Exit(u8),
 }
@@ -387,12 +390,24 @@ pub struct Timing {
     pub probe: bool,
 }
 
+/// The health criteria a new version is judged by inside its window, as the journal and the
+/// metrics name them.
+pub const CRITERIA: [&str; 5] = ["liveness", "memory", "probe", "enrollment", "streams"];
+
 /// A new version is judged by its share of refused streams once it saw this many.
 pub const MIN_STREAMS_JUDGED: u64 = 20;
 
 /// How much larger than the old version's share of refused streams a new version's may be
 /// (clients' own mistakes are refused by both alike).
 pub const REFUSED_MARGIN: f64 = 0.1;
+
+/// Keeps `report` as the latest of its generation's, and only the reports of `live` ones.
+fn latest<T>(reports: &mut Vec<(Pid, T, T)>, live: [Option<Pid>; 2], report: (Pid, T, T)) {
+    reports.retain(|(p, _, _)| *p != report.0 && live.contains(&Some(*p)));
+    if live.contains(&Some(report.0)) {
+        reports.push(report);
+    }
+}
 
 /// The share of streams refused, if any were seen.
 #[allow(clippy::cast_precision_loss)]
@@ -744,11 +759,7 @@ impl Machine {
                 refused,
             } => {
                 let live = [self.serving.pid(), self.successor_pid()];
-                self.streams
-                    .retain(|(p, _, _)| *p != pid && live.contains(&Some(*p)));
-                if live.contains(&Some(pid)) {
-                    self.streams.push((pid, admitted, refused));
-                }
+                latest(&mut self.streams, live, (pid, admitted, refused));
             }
             Event::Enrolled {
                 pid,
@@ -756,11 +767,7 @@ impl Machine {
                 contracts,
             } => {
                 let live = [self.serving.pid(), self.successor_pid()];
-                self.enrolled
-                    .retain(|(p, _, _)| *p != pid && live.contains(&Some(*p)));
-                if live.contains(&Some(pid)) {
-                    self.enrolled.push((pid, enrolled, contracts));
-                }
+                latest(&mut self.enrolled, live, (pid, enrolled, contracts));
             }
             Event::Memory { pid, bytes } => {
                 if let Some(bound) = self.timing.max_memory
@@ -1003,6 +1010,9 @@ impl Machine {
             return;
         };
         let why = format!("health: {what}");
+        if let Some(criterion) = CRITERIA.iter().find(|c| what.starts_with(*c)) {
+            out.0.push(Action::CountUnhealthy(criterion));
+        }
         out.warn(format!(
             "the new version (pid {pid}) failed its health window: {why}; it is killed and the old version serves again"
         ));

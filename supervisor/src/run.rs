@@ -580,6 +580,10 @@ impl<'a> World<'a> {
                     log(&message);
                     None
                 }
+                Action::CountUnhealthy(criterion) => {
+                    generation::count_unhealthy(criterion);
+                    None
+                }
                 Action::CountHung => {
                     generation::HUNG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     None
