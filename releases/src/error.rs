@@ -433,6 +433,17 @@ impl Error {
         }
     }
 
+    /// Whether the failure rules the version out for good, whoever serves the files: only what
+    /// a valid signature itself says (a statement of this exact product, target and version
+    /// that lists no asset for this platform). Everything else a download meets (a 404 from a
+    /// mirror that lags, a statement of another version replayed in its place, a forged or
+    /// truncated file, a deadline) may be an outage or an attacker on the path, and is tried
+    /// again later: skipping for it would let one bad response freeze a fleet.
+    #[must_use]
+    pub fn rules_out_version(&self) -> bool {
+        matches!(self, Self::AssetNotListed { .. })
+    }
+
     /// Whether the failure is the fault of what the release server or the directory sent
     /// (bad, forged, stale or unsafe data), as opposed to a local problem (disk, config,
     /// keys). The Upgrader skips a version for a peer fault; a local fault is reported to the
@@ -489,5 +500,32 @@ pub(crate) fn clip(text: &str) -> String {
         let mut s: String = text.chars().take(MAX).collect();
         s.push('…');
         s
+    }
+}
+
+#[cfg(test)]
+mod rules_out_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_signed_statement_without_this_platform_rules_a_version_out() {
+        assert!(
+            Error::AssetNotListed {
+                asset: "wireleap-relay_linux-x86_64".into()
+            }
+            .rules_out_version()
+        );
+        for e in [
+            Error::HttpStatus {
+                url: "https://r/v9.0.0/x.hash".into(),
+                status: 404,
+            },
+            Error::NoSignedBlock,
+            Error::DeadlineExceeded {
+                deadline: Duration::from_secs(900),
+            },
+        ] {
+            assert!(!e.rules_out_version(), "{e}");
+        }
     }
 }

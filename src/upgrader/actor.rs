@@ -32,6 +32,20 @@ pub struct Upgrader {
     in_progress: Option<semver::Version>,
     /// How the last upgrade job ended.
     last_outcome: Option<String>,
+    /// The version whose download last failed without being skipped: how often in a row, and
+    /// not before when it is tried again.
+    failing: Option<(semver::Version, u32, std::time::Instant)>,
+}
+
+/// The wait after the `failures`-th failed download of one version in a row: a minute,
+/// doubling, at most six hours (a mirror that lags, an outage, or an attacker on the path is
+/// neither hammered nor allowed to freeze the version for good).
+#[must_use]
+pub(super) fn backoff(failures: u32) -> std::time::Duration {
+    const FIRST: u64 = 60;
+    const MAX: u64 = 6 * 3600;
+    let doublings = failures.saturating_sub(1).min(16);
+    std::time::Duration::from_secs((FIRST << doublings).min(MAX))
 }
 
 impl Upgrader {
@@ -51,6 +65,7 @@ impl Upgrader {
             release_url,
             in_progress: None,
             last_outcome: None,
+            failing: None,
         }
     }
 
@@ -115,6 +130,19 @@ impl Handler<UpgradeNotice> for Upgrader {
             Decision::Upgrade(v) => format!("upgrade to {v}"),
             Decision::Ignore(why) => format!("ignored {}: {why}", msg.version),
         });
+        if let Decision::Upgrade(version) = &decision
+            && let Some((failed, times, until)) = &self.failing
+            && failed == version
+            && std::time::Instant::now() < *until
+        {
+            let wait = until.saturating_duration_since(std::time::Instant::now());
+            info!(version = %version, failures = times, retry_in = ?wait, "upgrade notice dropped: the last download failed; waiting before trying again");
+            self.last_decision = Some(format!(
+                "retrying {version} in {}s (its download failed {times} times in a row)",
+                wait.as_secs()
+            ));
+            return;
+        }
         if let Decision::Upgrade(version) = decision {
             self.in_progress = Some(version.clone());
             let job = job::run(
@@ -129,6 +157,24 @@ impl Handler<UpgradeNotice> for Upgrader {
                     _ => warn!("{outcome}"),
                 }
                 act.in_progress = None;
+                act.failing = match &outcome {
+                    Outcome::Failed {
+                        version,
+                        skipped: false,
+                        ..
+                    } => {
+                        let times = match &act.failing {
+                            Some((v, n, _)) if v == version => n + 1,
+                            _ => 1,
+                        };
+                        Some((
+                            version.clone(),
+                            times,
+                            std::time::Instant::now() + backoff(times),
+                        ))
+                    }
+                    _ => None,
+                };
                 act.last_outcome = Some(outcome.to_string());
             }));
         }
@@ -180,5 +226,21 @@ impl Handler<UpgraderStatus> for Upgrader {
             in_progress: self.in_progress.as_ref().map(ToString::to_string),
             last_outcome: self.last_outcome.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_download_waits_a_minute_doubling_to_six_hours() {
+        let mins = |n| backoff(n).as_secs() / 60;
+        assert_eq!(
+            (1..=10).map(mins).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 360]
+        );
+        assert_eq!(backoff(u32::MAX).as_secs(), 6 * 3600);
+        assert_eq!(backoff(0).as_secs(), 60);
     }
 }

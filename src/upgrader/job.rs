@@ -3,7 +3,9 @@
 //! verifies again and swaps generations.
 //!
 //! Outcomes and what they leave behind (spec §3.10, with our differences):
-//! - the release does not verify or the server has no such release: the version is skipped,
+//! - a validly signed statement rules the version out (no asset for this platform): the version
+//!   is skipped; anything else the download meets (no such file yet, a replayed or forged
+//!   statement, a deadline) is tried again after a backoff ([`super::actor`]), never skipped,
 //!   nothing is staged;
 //! - the server cannot be reached (after the fetcher's retries): nothing is skipped, the next
 //!   notice tries again;
@@ -99,7 +101,7 @@ pub async fn run(
     match stage(&home, &base, &trust, &running, &version).await {
         Ok(()) => {}
         Err(e) => {
-            let skip = e.is_peer_fault() && !e.is_retryable();
+            let skip = e.rules_out_version();
             if skip && let Err(e) = wireleap_home::skip::SkipList::add(&home, &version) {
                 warn!(version = %version, error = %e, "could not add the version to the skip list");
             }

@@ -3,6 +3,8 @@
 //! pings, stays under the memory bound, and ends it enrolled in every contract. One that hangs
 //! right after READY (SIGSTOP), answers nothing, leaks memory or cannot enroll is rolled back,
 //! named in the journal and `status`, skipped, and no connection is refused meanwhile.
+//! What a download meets (a release not published yet) is no health verdict: it is retried
+//! after a backoff, never skipped.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
@@ -190,4 +192,39 @@ fn faulty(dir: &std::path::Path, fault: &str) -> std::path::PathBuf {
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// A version announced before its files are published (the release server answers 404, as a
+/// lagging mirror does) is not skipped: the relay tries again after a backoff, and the release
+/// installs once it is there.
+#[test]
+fn a_version_announced_before_its_files_exist_is_not_skipped_and_installs_later() {
+    let root = tempfile::tempdir().unwrap();
+    let standin = crate::support::standin::Standin::start_with(wireleap_devnet::Config {
+        releases_root: Some(root.path().to_path_buf()),
+        ..wireleap_devnet::Config::default()
+    });
+    let extra = format!(
+        r#""release_url": "{}", "auto_upgrade": true,"#,
+        standin.net.releases_url()
+    );
+    let s = Supervised::start_prepared(standin, &extra, &["--health-window", "1"], &[], &|_| {});
+    crate::support::releases::set_channel(root.path(), "9.7.0");
+    eventually(WAIT, "the announced version's download to fail", || {
+        s.log()
+            .lines()
+            .any(|l| l.contains("9.7.0") && l.contains("will try again"))
+    });
+    assert!(
+        !s.home.read(".skip-upgrade-version").contains("9.7.0"),
+        "a 404 skipped the version\n{}",
+        s.log()
+    );
+    // Later notices wait for the backoff instead of downloading again at once.
+    eventually(WAIT, "a notice held back by the backoff", || {
+        s.log().contains("waiting before trying again")
+    });
+    publish(root.path(), "9.7.0", &relay_bin());
+    let out = cli(&s.home, &["upgrade", "--yes", "9.7.0"], "");
+    assert_eq!(out.code, 0, "{out}\n{}", s.log());
 }
