@@ -62,8 +62,19 @@ impl SkipList {
     /// Adds `version` to the file in `home` (once; the other lines, comments included, stay).
     ///
     /// # Errors
-    /// An I/O error reading or writing the file.
+    /// An I/O error reading or writing the file; a version longer than [`MAX_VERSION_LEN`]
+    /// (`InvalidInput`: nothing sane is that long, and the file must stay small).
     pub fn add(home: &Path, version: &Version) -> std::io::Result<()> {
+        let shown = version.to_string();
+        if shown.len() > MAX_VERSION_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a version of {} bytes is not added to the skip list (at most {MAX_VERSION_LEN})",
+                    shown.len()
+                ),
+            ));
+        }
         let path = home.join(crate::files::SKIP_VERSION);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -83,9 +94,23 @@ impl SkipList {
     }
 }
 
+/// The longest version acted on, announced or skipped (in bytes, as written): the relay ignores
+/// a longer announced version, and the skip list takes none.
+pub const MAX_VERSION_LEN: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_too_long_is_not_added() {
+        let home = tempfile::tempdir().unwrap();
+        let long = Version::parse(&format!("1.0.0-{}", "a".repeat(100))).unwrap();
+        let e = SkipList::add(home.path(), &long).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(!home.path().join(crate::files::SKIP_VERSION).exists());
+        SkipList::add(home.path(), &Version::parse("1.0.0").unwrap()).unwrap();
+    }
 
     #[test]
     fn bare_quoted_and_several_versions() {

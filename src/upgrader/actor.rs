@@ -103,6 +103,22 @@ impl Handler<UpgradeNotice> for Upgrader {
     type Result = ();
 
     fn handle(&mut self, msg: UpgradeNotice, ctx: &mut Self::Context) {
+        let shown = msg.version.to_string();
+        if shown.len() > wireleap_home::skip::MAX_VERSION_LEN {
+            warn!(
+                contract = %msg.contract,
+                length = shown.len(),
+                start = %shown.chars().take(32).collect::<String>(),
+                "upgrade notice ignored: the announced version is longer than {} bytes",
+                wireleap_home::skip::MAX_VERSION_LEN
+            );
+            self.last_decision = Some(format!(
+                "ignored a version of {} bytes (at most {})",
+                shown.len(),
+                wireleap_home::skip::MAX_VERSION_LEN
+            ));
+            return;
+        }
         info!(version = %msg.version, contract = %msg.contract, "received upgrade notice");
         if self.announced.as_ref().is_none_or(|v| msg.version > *v) {
             self.announced = Some(msg.version.clone());
@@ -232,6 +248,35 @@ impl Handler<UpgraderStatus> for Upgrader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_rt::test]
+    async fn an_announced_version_too_long_is_ignored_and_never_downloaded() {
+        let home = tempfile::tempdir().unwrap();
+        let up = Upgrader::new(
+            home.path().to_path_buf(),
+            true,
+            semver::Version::new(1, 0, 0),
+            None,
+        )
+        .start();
+        let long = semver::Version::parse(&format!("2.0.0-{}", "x".repeat(200))).unwrap();
+        up.send(UpgradeNotice {
+            version: long,
+            contract: "https://contract.example".into(),
+        })
+        .await
+        .unwrap();
+        let state = up.send(UpgraderStatus).await.unwrap();
+        assert!(
+            state
+                .last_decision
+                .as_deref()
+                .is_some_and(|d| d.starts_with("ignored a version of 206 bytes")),
+            "{state:?}"
+        );
+        assert_eq!(state.announced, None);
+        assert_eq!(state.in_progress, None);
+    }
 
     #[test]
     fn a_failing_download_waits_a_minute_doubling_to_six_hours() {

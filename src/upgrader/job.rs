@@ -68,6 +68,9 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// How long the changelog may take once the release is staged.
+const CHANGELOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs one upgrade to `version`.
 pub async fn run(
     home: PathBuf,
@@ -146,12 +149,15 @@ async fn stage(
         "release verified and staged as {}",
         NEXT
     );
-    match fetcher.fetch_changelog(&staged.verified).await {
-        Ok(text) => {
+    // The changelog is only shown: a slow one must not hold the staged release back from
+    // the supervisor.
+    match tokio::time::timeout(CHANGELOG_WAIT, fetcher.fetch_changelog(&staged.verified)).await {
+        Ok(Ok(text)) => {
             let shown: Vec<&str> = text.lines().take(20).collect();
             info!(version = %version, "changelog:\n{}", shown.join("\n"));
         }
-        Err(e) => warn!(version = %version, error = %e, "no changelog"),
+        Ok(Err(e)) => warn!(version = %version, error = %e, "no changelog"),
+        Err(_) => warn!(version = %version, "no changelog: not fetched within {CHANGELOG_WAIT:?}"),
     }
     Ok(())
 }
