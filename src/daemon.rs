@@ -445,7 +445,7 @@ async fn liveness(transport: Addr<Transport>, notify_socket: Option<String>, per
 /// - in how many of its contracts this generation is enrolled
 ///   ([`wireleap_home::control::ENROLLED`]; a contract whose usage cap was reached counts as
 ///   enrolled: it is out by design);
-/// - its counts of streams admitted and refused since it started
+/// - its counts of streams admitted, and refused for its own failure, since it started
 ///   ([`wireleap_home::control::STREAMS`]).
 async fn report(
     enrollment: Addr<Enrollment>,
@@ -458,7 +458,9 @@ async fn report(
     loop {
         tick.tick().await;
         if let Ok(t) = transport.send(transport::TransportStatus).await {
-            let now = (t.streams_admitted, t.streams_refused);
+            // The relay's own failures only: a client's mistakes (or a stranger's junk) must not
+            // decide whether a version stays.
+            let now = (t.streams_admitted, t.streams_failed);
             if last_streams != Some(now) {
                 notify::send(
                     notify_socket.as_deref(),

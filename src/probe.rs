@@ -1,8 +1,8 @@
 //! `wireleap-relay probe`: the in-band health check the supervisor asks of a new version inside
 //! its health window. It connects to the relay's public listening socket as a client would (TLS
 //! 1.3, ALPN `h2`, spec §6.1), opens a `PING` stream (spec §6.3 step 4) and requires the answer
-//! `200 "PONG"` with the relay's own public key as `origin`, `count` times `interval` apart,
-//! each on a new connection and bounded by `timeout`.
+//! `200 "PONG"` with the relay's own public key as `origin`, `count` times, each `interval`
+//! after the last (the first too), each on a new connection and bounded by `timeout`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -95,9 +95,14 @@ pub async fn probe(
 ) -> Result<Duration, String> {
     let mut slowest = Duration::ZERO;
     for i in 1..=count {
-        if i > 1 {
-            tokio::time::sleep(interval).await;
-        }
+        // Each ping `interval` after the last, the first too (at least a moment): the
+        // generation that handed over may not have stopped accepting at once.
+        tokio::time::sleep(if i == 1 {
+            interval.max(Duration::from_millis(200))
+        } else {
+            interval
+        })
+        .await;
         let started = Instant::now();
         let answered = ping(addr, timeout)
             .await

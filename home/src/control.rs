@@ -38,7 +38,8 @@ pub const PAUSED: &str = "WIRELEAP_HEARTBEATS=paused";
 pub const ENROLLED: &str = "WIRELEAP_ENROLLED=";
 
 /// What a generation tells the supervisor (on the readiness socket) when its counts of streams
-/// since it started changed: `WIRELEAP_STREAMS=<admitted>/<refused>`.
+/// since it started changed: `WIRELEAP_STREAMS=<admitted>/<failed>`, `failed` the streams it
+/// refused for its own failure (a 5xx other than the target's), not a client's mistake.
 pub const STREAMS: &str = "WIRELEAP_STREAMS=";
 
 /// Reads a [`STREAMS`] line: `(admitted, refused)`.

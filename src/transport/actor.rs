@@ -255,6 +255,8 @@ pub struct TransportStatusReply {
     pub streams_admitted: u64,
     /// Streams refused with a status (or 405) since start.
     pub streams_refused: u64,
+    /// Of those, refused for the relay's own failure (a 5xx other than the target's).
+    pub streams_failed: u64,
 }
 
 impl Handler<TransportStatus> for Transport {
@@ -269,6 +271,7 @@ impl Handler<TransportStatus> for Transport {
             open_streams: c.open_streams.load(Ordering::Relaxed),
             streams_admitted: c.admitted.load(Ordering::Relaxed),
             streams_refused: c.refused.load(Ordering::Relaxed),
+            streams_failed: c.failed.load(Ordering::Relaxed),
         }
     }
 }

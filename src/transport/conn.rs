@@ -70,6 +70,8 @@ pub(crate) struct Counters {
     pub(crate) admitted: AtomicU64,
     /// Streams refused with a status since start.
     pub(crate) refused: AtomicU64,
+    /// Of those, refused for the relay's own failure (a 5xx other than 502 and 504).
+    pub(crate) failed: AtomicU64,
 }
 
 /// What every connection and stream task shares.

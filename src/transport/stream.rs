@@ -221,6 +221,13 @@ fn status_trailer(status: &Status) -> HeaderMap {
 }
 
 /// Refuses a stream: the 200 head, then the status in the trailer (spec §6.7).
+/// Whether a refusal with `code` is the relay's own failure (a 5xx other than the target's:
+/// 502 and 504 say the target could not be reached), not the client's mistake: what the
+/// supervisor compares between a new version and the old.
+fn relay_fault(code: u16) -> bool {
+    code >= 500 && code != 502 && code != 504
+}
+
 fn refuse(
     shared: &Shared,
     respond: &mut SendResponse<Chunk>,
@@ -229,6 +236,9 @@ fn refuse(
     origin: &str,
 ) {
     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+    if relay_fault(code) {
+        shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+    }
     crate::metrics::stream_failed(code);
     debug!(code, description = %description, "stream refused");
     let status = Status::new(code, description).with_origin(origin);

@@ -32,9 +32,38 @@ pub struct Upgrader {
     in_progress: Option<semver::Version>,
     /// How the last upgrade job ended.
     last_outcome: Option<String>,
-    /// The version whose download last failed without being skipped: how often in a row, and
-    /// not before when it is tried again.
-    failing: Option<(semver::Version, u32, std::time::Instant)>,
+    /// Versions whose last attempt failed for the release server's fault, or that the
+    /// supervisor refused without a skip, or that no supervisor took: how often in a row, and
+    /// not before when each is tried again (at most [`FAILING_KEPT`], the oldest forgotten).
+    failing: Vec<(semver::Version, u32, std::time::Instant)>,
+}
+
+/// How many failing versions the upgrader remembers (a directory announcing ever new versions
+/// cannot grow it).
+const FAILING_KEPT: usize = 8;
+
+impl Upgrader {
+    /// Remembers how a job ended: `waits` (a version to hold back) backs off once more; a
+    /// committed version is forgotten.
+    fn note_outcome(&mut self, outcome: &Outcome, waits: Option<semver::Version>) {
+        if let Outcome::Committed(v) = outcome {
+            self.failing.retain(|(f, _, _)| f != v);
+        }
+        let Some(version) = waits else {
+            return;
+        };
+        let times = self
+            .failing
+            .iter()
+            .find(|(v, _, _)| *v == version)
+            .map_or(1, |(_, n, _)| n + 1);
+        self.failing.retain(|(v, _, _)| *v != version);
+        if self.failing.len() >= FAILING_KEPT {
+            self.failing.remove(0);
+        }
+        self.failing
+            .push((version, times, std::time::Instant::now() + backoff(times)));
+    }
 }
 
 /// The wait after the `failures`-th failed download of one version in a row: a minute,
@@ -65,7 +94,7 @@ impl Upgrader {
             release_url,
             in_progress: None,
             last_outcome: None,
-            failing: None,
+            failing: Vec::new(),
         }
     }
 
@@ -147,8 +176,7 @@ impl Handler<UpgradeNotice> for Upgrader {
             Decision::Ignore(why) => format!("ignored {}: {why}", msg.version),
         });
         if let Decision::Upgrade(version) = &decision
-            && let Some((failed, times, until)) = &self.failing
-            && failed == version
+            && let Some((_, times, until)) = self.failing.iter().find(|(v, _, _)| v == version)
             && std::time::Instant::now() < *until
         {
             let wait = until.saturating_duration_since(std::time::Instant::now());
@@ -173,24 +201,17 @@ impl Handler<UpgradeNotice> for Upgrader {
                     _ => warn!("{outcome}"),
                 }
                 act.in_progress = None;
-                act.failing = match &outcome {
+                let waits = match &outcome {
                     Outcome::Failed {
                         version,
-                        skipped: false,
+                        server: true,
                         ..
-                    } => {
-                        let times = match &act.failing {
-                            Some((v, n, _)) if v == version => n + 1,
-                            _ => 1,
-                        };
-                        Some((
-                            version.clone(),
-                            times,
-                            std::time::Instant::now() + backoff(times),
-                        ))
                     }
+                    | Outcome::RolledBack(version, _)
+                    | Outcome::Unsupervised(version) => Some(version.clone()),
                     _ => None,
                 };
+                act.note_outcome(&outcome, waits);
                 act.last_outcome = Some(outcome.to_string());
             }));
         }

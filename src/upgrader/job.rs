@@ -38,6 +38,9 @@ pub enum Outcome {
         why: String,
         /// Whether the version went into `.skip-upgrade-version`.
         skipped: bool,
+        /// Whether the release server or the path to it is at fault (the version waits for a
+        /// backoff before it is tried again); a local problem is tried on the next notice.
+        server: bool,
     },
     /// The release verified but no supervisor runs this relay.
     Unsupervised(Version),
@@ -52,6 +55,7 @@ impl std::fmt::Display for Outcome {
                 version,
                 why,
                 skipped,
+                ..
             } => {
                 let then = if *skipped {
                     "; skipped from now on"
@@ -82,6 +86,7 @@ pub async fn run(
         version: version.clone(),
         why,
         skipped,
+        server: false,
     };
     let Some(base) = release_url else {
         return fail(
@@ -99,7 +104,14 @@ pub async fn run(
     // server gets wrong says nothing about this release: it is not skipped for it.
     let trust = match follow_roots(&home, &base).await {
         Ok(trust) => trust,
-        Err(e) => return fail(format!("release root: {e}"), false),
+        Err(e) => {
+            return Outcome::Failed {
+                version: version.clone(),
+                why: format!("release root: {e}"),
+                skipped: false,
+                server: e.is_peer_fault(),
+            };
+        }
     };
     match stage(&home, &base, &trust, &running, &version).await {
         Ok(()) => {}
@@ -108,7 +120,12 @@ pub async fn run(
             if skip && let Err(e) = wireleap_home::skip::SkipList::add(&home, &version) {
                 warn!(version = %version, error = %e, "could not add the version to the skip list");
             }
-            return fail(e.to_string(), skip);
+            return Outcome::Failed {
+                version: version.clone(),
+                why: e.to_string(),
+                skipped: skip,
+                server: !skip && e.is_peer_fault(),
+            };
         }
     }
     ask_supervisor(home, version).await
@@ -172,11 +189,13 @@ async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
             version,
             why: format!("no answer from the supervisor: {e}"),
             skipped: false,
+            server: false,
         },
         Err(e) => Outcome::Failed {
             version,
             why: e.to_string(),
             skipped: false,
+            server: false,
         },
     }
 }

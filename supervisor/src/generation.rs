@@ -104,7 +104,7 @@ pub fn spawn(
             STREAK.load(Ordering::Relaxed).to_string(),
         );
     if let Some(every) = liveness {
-        // The relay pings (`WATCHDOG=1` on its NOTIFY_SOCKET) twice per period.
+        // The relay pings (`WATCHDOG=1` on its NOTIFY_SOCKET) three times per period.
         cmd.env("WATCHDOG_USEC", every.as_micros().to_string());
     }
     cmd.spawn()

@@ -237,13 +237,14 @@ pub enum Event {
     Paused(Pid),
     /// A generation's liveness ping (`WATCHDOG=1`): it serves.
     Alive(Pid),
-    /// A generation's counts of streams since it started (with its liveness ping).
+    /// A generation's counts of streams since it started (`WIRELEAP_STREAMS`, each second when
+    /// they changed).
     Streams {
         /// Its pid.
         pid: Pid,
         /// Admitted.
         admitted: u64,
-        /// Refused (with a status).
+        /// Refused for its own failure (a 5xx other than the target's).
         refused: u64,
     },
     /// A generation's count of contracts it is enrolled in changed.
@@ -393,6 +394,9 @@ pub struct Timing {
 /// The health criteria a new version is judged by inside its window, as the journal and the
 /// metrics name them.
 pub const CRITERIA: [&str; 5] = ["liveness", "memory", "probe", "enrollment", "streams"];
+
+/// How long after its window a new version's probe may still report.
+pub const PROBE_GRACE: Duration = Duration::from_secs(120);
 
 /// A new version is judged by its share of refused streams once it saw this many.
 pub const MIN_STREAMS_JUDGED: u64 = 20;
@@ -895,7 +899,20 @@ impl Machine {
             );
             return;
         }
-        // And only once its probe passed (a probe is bounded: it ends).
+        // And only once its probe passed. A probe is bounded and always reports; should its
+        // report never come, the version does not wait for it forever.
+        if let (Some(pid), Some((probed, false)), Some(c)) =
+            (self.watched(), self.probe, &self.change)
+            && probed == pid
+            && let Phase::Watching { since } = c.phase
+            && now >= since + self.timing.health_window + PROBE_GRACE
+        {
+            self.unhealthy(
+                format!("probe: no result {PROBE_GRACE:?} after the window"),
+                out,
+            );
+            return;
+        }
         let probed = match (self.probe, self.watched()) {
             (Some((pid, passed)), Some(watched)) => pid != watched || passed,
             _ => true,

@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, value_name = "USER")]
     relay_user: Option<String>,
     /// How long a serving relay may go without its liveness ping before a new generation
-    /// replaces it (the relay pings twice per period); 0 turns the watch off.
+    /// replaces it (the relay pings three times per period); 0 turns the watch off.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "15s")]
     liveness: Duration,
     /// The resident memory a new version may reach inside its health window before it is
@@ -148,6 +148,9 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Every command it runs (`version`, `probe`, `migrate`, ...) runs from a nameless verified
+    // copy, which cannot find the home by its own path: each is told.
+    wireleap_relay_supervisor::verified::set_home(&home);
     // A guardian of a supervisor's trial (started by the supervisor it replaces, `swap`).
     if let Some(code) = wireleap_relay_supervisor::swap::guard_from_env(&home) {
         return ExitCode::from(code);
@@ -187,6 +190,14 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             match e {
+                // On trial (an image exec'd by its predecessor) a refusal is a failed trial,
+                // which systemd must answer with a restart of the unit's (old) binary: 78 would
+                // stop it for good.
+                run::Error::Config(..) | run::Error::Address { .. } | run::Error::Privileges(_)
+                    if std::env::var_os(wireleap_home::files::TAKEOVER_ENV).is_some() =>
+                {
+                    exit::FAILURE
+                }
                 run::Error::Config(..) | run::Error::Address { .. } | run::Error::Privileges(_) => {
                     exit::CONFIG
                 }

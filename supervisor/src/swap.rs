@@ -191,7 +191,8 @@ pub fn exec_successor(
             format!("{PIPE_FD}:{me}:{}:{version}", bound.as_millis()),
         )
         .env(LISTENER_ENV, LISTENER_FD.to_string())
-        // It pings systemd's watchdog while it is the main process.
+        // Not the main process: it never pings systemd's watchdog.
+        .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .env_remove(TAKEOVER_ENV);
     if let Err(e) = guardian.fd_mappings(vec![
@@ -462,8 +463,8 @@ pub struct Takeover {
     installed: Option<PathBuf>,
     /// The guardian of the trial (this process's child), or a predecessor that waits as this
     /// one's parent (as supervisors before the in-place exec handed over): if it dies before
-    /// this one took over, this one gives up (never two supervisors after a crash during the
-    /// trial); once it is gone after, this one installs itself.
+    /// this one took over, this one goes on unguarded; once it is gone after this one took
+    /// over, this one installs itself.
     guardian: i32,
     /// The guardian was seen gone (reaped, when it was this process's child).
     gone: bool,
@@ -502,17 +503,15 @@ impl Takeover {
         })
     }
 
-    /// This supervisor serves: it says so to its guardian, which then makes it systemd's
-    /// main process again and exits.
+    /// This supervisor serves: it says so to its guardian, which exits (a predecessor of the
+    /// earlier design makes it systemd's main process first).
     pub fn took_over(&mut self) {
         if std::mem::replace(&mut self.took, true) {
             return;
         }
         if let Some(mut pipe) = self.pipe.take() {
             let _ = pipe.write_all(b"took over\n");
-            log(
-                "took over from the previous supervisor; its guardian hands systemd back and exits",
-            );
+            log("took over from the previous supervisor; its guardian exits");
         }
     }
 

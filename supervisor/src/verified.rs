@@ -34,6 +34,15 @@ pub const BINARY_FD: i32 = 4;
 /// The largest binary copied (a relay binary with debug information is about 100 MB).
 pub const MAX_BINARY: u64 = 1 << 30;
 
+/// The home every command run from a copy is told ([`set_home`]).
+static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the home directory every command run from a verified copy gets in its environment (a
+/// nameless copy cannot find the home by its own path). Set once, at start.
+pub fn set_home(home: &Path) {
+    let _ = HOME.set(home.to_path_buf());
+}
+
 /// A private, read-only copy of a binary.
 #[derive(Debug)]
 pub struct Verified {
@@ -141,6 +150,14 @@ impl Verified {
     /// # Errors
     /// The descriptors could not be duplicated or mapped.
     pub fn command_as_supervisor(&self, extra: Vec<FdMapping>) -> Result<Command, String> {
+        let mut cmd = self.bare_command(extra)?;
+        if let Some(home) = HOME.get() {
+            cmd.env(wireleap_home::files::HOME_ENV, home);
+        }
+        Ok(cmd)
+    }
+
+    fn bare_command(&self, extra: Vec<FdMapping>) -> Result<Command, String> {
         let fd = self
             .file
             .try_clone()

@@ -228,3 +228,27 @@ fn a_version_announced_before_its_files_exist_is_not_skipped_and_installs_later(
     let out = cli(&s.home, &["upgrade", "--yes", "9.7.0"], "");
     assert_eq!(out.code, 0, "{out}\n{}", s.log());
 }
+
+/// As the systemd unit runs it: no `WIRELEAP_RELAY_HOME`, the supervisor installed in the home.
+/// Every relay command it runs from a nameless verified copy (`version`, `probe`, ...) is told
+/// the home, so an upgrade passes its probe and commits.
+#[test]
+fn without_the_home_variable_as_the_unit_runs_it_an_upgrade_is_probed_and_commits() {
+    let (s, root) = supervised_with_releases_full(
+        &["--health-window", "1"],
+        &[("WIRELEAP_RELAY_HOME", "")],
+        &|home: &crate::support::Home| {
+            let installed = home.file("wireleap-relay-supervisor");
+            std::fs::copy(
+                crate::support::process::sibling_bin("wireleap-relay-supervisor"),
+                &installed,
+            )
+            .unwrap();
+            std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o755)).unwrap();
+        },
+    );
+    publish(root.path(), "9.8.0", &relay_bin());
+    let out = cli(&s.home, &["upgrade", "--yes", "9.8.0"], "");
+    assert_eq!(out.code, 0, "{out}\n{}", s.log());
+    assert!(s.log().contains("passed its probe"), "{}", s.log());
+}

@@ -1383,3 +1383,29 @@ fn a_new_version_refusing_more_of_its_streams_than_the_old_one_is_rolled_back() 
         );
     }
 }
+
+#[test]
+fn a_probe_that_never_reports_fails_the_version_after_a_grace() {
+    let mut d = Drive::new(Vec::new());
+    d.m = Machine::new(
+        Timing {
+            probe: true,
+            ..timing()
+        },
+        Vec::new(),
+    );
+    let _ = d.m.start();
+    d.spawned(Role::Serving, 100);
+    d.on(Event::Ready(100));
+    d.upgrade_prepared();
+    d.on(Event::Ready(200));
+    let a = d.after(HEALTH + crate::machine::PROBE_GRACE - Duration::from_millis(1));
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
+        "{a:?}"
+    );
+    assert_eq!(d.m.watched(), Some(200));
+    let a = d.after(Duration::from_millis(2));
+    assert_unhealthy(&mut d, &a, "probe");
+}
