@@ -38,7 +38,8 @@ pub static STREAK: AtomicU64 = AtomicU64::new(0);
 pub static HUNG: AtomicU64 = AtomicU64::new(0);
 /// New versions rolled back for each health criterion ([`crate::machine::CRITERIA`]); each
 /// generation gets them in [`wireleap_home::files::HEALTH_ROLLBACKS_ENV`].
-pub static UNHEALTHY: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+pub static UNHEALTHY: [AtomicU64; crate::machine::CRITERIA.len()] =
+    [const { AtomicU64::new(0) }; crate::machine::CRITERIA.len()];
 
 /// Counts a new version rolled back for `criterion`.
 pub fn count_unhealthy(criterion: &str) {

@@ -862,9 +862,7 @@ impl Machine {
         // At the end of its window a new version must be enrolled in every contract, unless
         // the old one was not either when it handed over (the directory's trouble, not the
         // release's): a version that reports no count (an older relay) is not judged.
-        if let (Some(pid), Some(c)) = (self.watched(), &self.change)
-            && let Phase::Watching { since } = c.phase
-            && now >= since + self.timing.health_window
+        if let Some((pid, _)) = self.window_over(now)
             && let Some(&(_, enrolled, contracts)) =
                 self.enrolled.iter().find(|(p, _, _)| *p == pid)
             && enrolled < contracts
@@ -880,9 +878,7 @@ impl Machine {
         }
         // Nor may it refuse a larger share of its streams than the old one did (judged once it
         // saw enough of them to tell).
-        if let (Some(pid), Some(c)) = (self.watched(), &self.change)
-            && let Phase::Watching { since } = c.phase
-            && now >= since + self.timing.health_window
+        if let Some((pid, _)) = self.window_over(now)
             && let Some(&(_, admitted, refused)) = self.streams.iter().find(|(p, _, _)| *p == pid)
             && let Some(share) = refused_share(admitted, refused)
             && admitted + refused >= MIN_STREAMS_JUDGED
@@ -901,11 +897,9 @@ impl Machine {
         }
         // And only once its probe passed. A probe is bounded and always reports; should its
         // report never come, the version does not wait for it forever.
-        if let (Some(pid), Some((probed, false)), Some(c)) =
-            (self.watched(), self.probe, &self.change)
-            && probed == pid
-            && let Phase::Watching { since } = c.phase
-            && now >= since + self.timing.health_window + PROBE_GRACE
+        if let Some((pid, over)) = self.window_over(now)
+            && self.probe == Some((pid, false))
+            && over >= PROBE_GRACE
         {
             self.unhealthy(
                 format!("probe: no result {PROBE_GRACE:?} after the window"),
@@ -1000,22 +994,26 @@ impl Machine {
             return;
         }
         match outcome {
-            Probe::Passed(said) => {
-                out.log(format!(
-                    "the new version (pid {pid}) passed its probe: {said}"
-                ));
-                self.probe = Some((pid, true));
-                self.tick(now, out);
-            }
-            Probe::Unavailable(why) => {
-                out.warn(format!(
-                    "the new version (pid {pid}) cannot be probed ({why}): its window judges the rest"
-                ));
-                self.probe = Some((pid, true));
-                self.tick(now, out);
-            }
-            Probe::Failed(why) => self.unhealthy(format!("probe: {why}"), out),
+            Probe::Passed(said) => out.log(format!(
+                "the new version (pid {pid}) passed its probe: {said}"
+            )),
+            Probe::Unavailable(why) => out.warn(format!(
+                "the new version (pid {pid}) cannot be probed ({why}): its window judges the rest"
+            )),
+            Probe::Failed(why) => return self.unhealthy(format!("probe: {why}"), out),
         }
+        self.probe = Some((pid, true));
+        self.tick(now, out);
+    }
+
+    /// The new version whose health window has run out at `now`, and for how long it has.
+    fn window_over(&self, now: Instant) -> Option<(Pid, Duration)> {
+        let pid = self.watched()?;
+        let Phase::Watching { since } = self.change.as_ref()?.phase else {
+            return None;
+        };
+        let end = since + self.timing.health_window;
+        (now >= end).then(|| (pid, now.saturating_duration_since(end)))
     }
 
     /// The new version failed a criterion of its health window (`what` names it): it is
