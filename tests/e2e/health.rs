@@ -116,54 +116,48 @@ fn a_release_that_hangs_after_ready_is_rolled_back_inside_its_window() {
     assert_rolled_back(&s, "9.1.0", "liveness", load);
 }
 
-#[test]
-fn a_release_that_leaks_memory_is_rolled_back_inside_its_window() {
-    let (s, root) = supervised_with_releases_full(
-        &["--health-window", "30", "--max-memory", "200MB"],
-        &[],
-        &|_| {},
-    );
+/// Under load, an upgrade to `version`, the relay with its test fault `fault` on: refused,
+/// rolled back for `criterion` ([`assert_rolled_back`]).
+fn a_faulty_release_is_rolled_back(args: &[&str], version: &str, fault: &str, criterion: &str) {
+    let (s, root) = supervised_with_releases_full(args, &[], &|_| {});
     let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
     let work = tempfile::tempdir().unwrap();
-    publish(root.path(), "9.2.0", &faulty(work.path(), "leak"));
-    let out = cli(&s.home, &["upgrade", "--yes", "9.2.0"], "");
+    publish(root.path(), version, &faulty(work.path(), fault));
+    let out = cli(&s.home, &["upgrade", "--yes", version], "");
     assert_ne!(out.code, 0, "{out}");
-    assert_rolled_back(&s, "9.2.0", "memory", load);
+    assert_rolled_back(&s, version, criterion, load);
+}
+
+#[test]
+fn a_release_that_leaks_memory_is_rolled_back_inside_its_window() {
+    a_faulty_release_is_rolled_back(
+        &["--health-window", "30", "--max-memory", "200MB"],
+        "9.2.0",
+        "leak",
+        "memory",
+    );
 }
 
 #[test]
 fn a_release_that_stops_relaying_and_answers_nothing_is_rolled_back_inside_its_window() {
     // It keeps pinging (its actors run) and its memory is fine: only the probe through the
     // public socket sees it.
-    let (s, root) = supervised_with_releases_full(&["--health-window", "30"], &[], &|_| {});
-    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
-    let work = tempfile::tempdir().unwrap();
-    publish(root.path(), "9.3.0", &faulty(work.path(), "blackhole"));
-    let out = cli(&s.home, &["upgrade", "--yes", "9.3.0"], "");
-    assert_ne!(out.code, 0, "{out}");
-    assert_rolled_back(&s, "9.3.0", "probe", load);
+    a_faulty_release_is_rolled_back(&["--health-window", "30"], "9.3.0", "blackhole", "probe");
 }
 
 #[test]
 fn a_release_that_cannot_enroll_is_rolled_back_at_the_end_of_its_window() {
-    let (s, root) = supervised_with_releases_full(&["--health-window", "3"], &[], &|_| {});
-    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
-    let work = tempfile::tempdir().unwrap();
-    publish(root.path(), "9.5.0", &faulty(work.path(), "no-enroll"));
-    let out = cli(&s.home, &["upgrade", "--yes", "9.5.0"], "");
-    assert_ne!(out.code, 0, "{out}");
-    assert_rolled_back(&s, "9.5.0", "enrollment", load);
+    a_faulty_release_is_rolled_back(
+        &["--health-window", "3"],
+        "9.5.0",
+        "no-enroll",
+        "enrollment",
+    );
 }
 
 #[test]
 fn a_release_that_refuses_streams_is_rolled_back_at_the_end_of_its_window() {
-    let (s, root) = supervised_with_releases_full(&["--health-window", "3"], &[], &|_| {});
-    let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
-    let work = tempfile::tempdir().unwrap();
-    publish(root.path(), "9.6.0", &faulty(work.path(), "refuse"));
-    let out = cli(&s.home, &["upgrade", "--yes", "9.6.0"], "");
-    assert_ne!(out.code, 0, "{out}");
-    assert_rolled_back(&s, "9.6.0", "streams", load);
+    a_faulty_release_is_rolled_back(&["--health-window", "3"], "9.6.0", "refuse", "streams");
 }
 
 #[test]

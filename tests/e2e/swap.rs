@@ -14,7 +14,7 @@ use wireleap_home::control::{Request, State, call};
 use crate::cli_upgrade::{cli, supervised_with_releases_full};
 use crate::support::load::Load;
 use crate::support::process::{relay_bin, sibling_bin};
-use crate::support::releases::{release_key, release_tool, reporting};
+use crate::support::releases::{publish_release, release_key};
 use crate::support::supervised::{Supervised, relay_pids_in};
 use crate::support::{Home, eventually};
 
@@ -30,37 +30,13 @@ fn supervised(args: &[&str]) -> (Supervised, tempfile::TempDir) {
 }
 
 /// Publishes `version`: the relay binary and `supervisor`, one signed statement.
-fn publish(root: &Path, work: &Path, version: &str, supervisor: &Path) -> PathBuf {
-    publish_with(root, work, version, &relay_bin(), supervisor)
+fn publish(root: &Path, version: &str, supervisor: &Path) -> PathBuf {
+    publish_with(root, version, &relay_bin(), supervisor)
 }
 
-/// As [`publish`], with `relay` as the release's relay binary.
-fn publish_with(
-    root: &Path,
-    work: &Path,
-    version: &str,
-    relay: &Path,
-    supervisor: &Path,
-) -> PathBuf {
-    let binary = reporting(work, relay, version);
-    let notes = work.join("notes.md");
-    std::fs::write(&notes, format!("# {version}\n")).unwrap();
-    let s = |p: &Path| p.display().to_string();
-    release_tool(&[
-        "publish",
-        "--root",
-        &s(root),
-        "--key",
-        &s(&release_key()),
-        "--version",
-        version,
-        "--binary",
-        &s(&binary),
-        "--supervisor",
-        &s(supervisor),
-        "--changelog",
-        &s(&notes),
-    ]);
+/// As [`publish`], with `relay` as the release's relay binary; returns the supervisor's asset.
+fn publish_with(root: &Path, version: &str, relay: &Path, supervisor: &Path) -> PathBuf {
+    publish_release(root, version, relay, &[release_key()], Some(supervisor));
     std::fs::read_dir(root.join(format!("v{version}")))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -122,14 +98,12 @@ fn fails_after_preflight(dir: &Path, name: &str, body: &str) -> PathBuf {
 #[test]
 fn a_release_with_a_new_supervisor_commits_both_under_load() {
     let (mut s, root) = supervised(&["--health-window", "1"]);
-    let work = tempfile::tempdir().unwrap();
     let old = s.supervisor.id();
     // A new stream every 10 ms, and 50 long-lived ones.
     let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 50);
     std::thread::sleep(Duration::from_millis(300));
     let asset = publish(
         root.path(),
-        work.path(),
         "9.0.0",
         &sibling_bin("wireleap-relay-supervisor"),
     );
@@ -223,7 +197,7 @@ fn a_new_supervisor_that_crashes_or_never_takes_over_is_rolled_back_and_skipped(
         ),
     ] {
         let before = supervisor_pid(&s.home);
-        publish(root.path(), work.path(), version, &supervisor);
+        publish(root.path(), version, &supervisor);
         let up = cli(&s.home, &["upgrade", "--yes", version], "");
         if preflight {
             assert_ne!(up.code, 0, "{version}: {up}");
@@ -340,7 +314,7 @@ fn kill_nine_at_every_step_of_the_supervisor_swap_converges() {
             },
         );
         let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
-        publish(root.path(), work.path(), "9.0.0", new);
+        publish(root.path(), "9.0.0", new);
         // The relay's own `upgrade` stages it and asks; its answer does not matter here (the
         // supervisor it asked may be the one killed).
         let binary = s.home.file("wireleap-relay");
@@ -480,7 +454,6 @@ fn a_stop_during_the_trial_is_carried_out_and_skips_nothing() {
     std::fs::set_permissions(&slow_relay, std::fs::Permissions::from_mode(0o755)).unwrap();
     publish_with(
         root.path(),
-        work.path(),
         "9.0.0",
         &slow_relay,
         &sibling_bin("wireleap-relay-supervisor"),

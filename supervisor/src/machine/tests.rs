@@ -171,6 +171,21 @@ fn undo_of(a: &[Action]) -> Option<(Kind, Cause)> {
     })
 }
 
+/// Whether `a` starts a commit.
+fn commits(a: &[Action]) -> bool {
+    a.iter()
+        .any(|x| matches!(x, Action::Job(Job::Commit { .. })))
+}
+
+/// `pid` says it is enrolled in `enrolled` of `contracts`.
+fn enrolled(pid: Pid, enrolled: u32, contracts: u32) -> Event {
+    Event::Enrolled {
+        pid,
+        enrolled,
+        contracts,
+    }
+}
+
 fn exit_code(a: &[Action]) -> Option<u8> {
     a.iter().find_map(|x| match x {
         Action::Exit(c) => Some(*c),
@@ -1157,11 +1172,7 @@ fn a_new_version_whose_last_ping_is_stale_at_the_end_of_its_window_is_not_commit
     d.after(HEALTH - LIVE / 2 - Duration::from_millis(10));
     d.on(Event::Alive(200));
     let a = d.after(LIVE / 2 + Duration::from_millis(20));
-    assert!(
-        !a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(!commits(&a), "{a:?}");
     let a = d.after(LIVE);
     assert_unhealthy(&mut d, &a, "liveness");
 }
@@ -1174,9 +1185,7 @@ fn a_new_version_that_keeps_pinging_commits_after_its_window() {
     for _ in 0..20 {
         d.on(Event::Alive(200));
         let a = d.after(LIVE / 3);
-        if a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. })))
-        {
+        if commits(&a) {
             committed = true;
             break;
         }
@@ -1247,20 +1256,12 @@ fn with_a_probe_a_new_version_commits_only_once_it_passed_and_one_that_fails_is_
     assert!(a.contains(&Action::Job(Job::Probe { pid: 200 })), "{a:?}");
     // The window ends before the probe does: no commit until it passed.
     let a = d.after(HEALTH);
-    assert!(
-        !a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(!commits(&a), "{a:?}");
     let a = d.on(Event::Done(Done::Probed {
         pid: 200,
         outcome: Probe::Passed("3 PONG".into()),
     }));
-    assert!(
-        a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(commits(&a), "{a:?}");
 
     let mut d = probing();
     d.upgrade_prepared();
@@ -1280,76 +1281,36 @@ fn with_a_probe_a_new_version_commits_only_once_it_passed_and_one_that_fails_is_
         pid: 200,
         outcome: Probe::Unavailable("it has no probe command".into()),
     }));
-    assert!(
-        a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(commits(&a), "{a:?}");
 }
 
 #[test]
 fn a_new_version_not_enrolled_everywhere_at_the_end_of_its_window_is_rolled_back_unless_the_old_was_not_either()
  {
     let mut d = Drive::serving();
-    d.on(Event::Enrolled {
-        pid: 100,
-        enrolled: 2,
-        contracts: 2,
-    });
+    d.on(enrolled(100, 2, 2));
     d.upgrade_watching();
-    d.on(Event::Enrolled {
-        pid: 200,
-        enrolled: 1,
-        contracts: 2,
-    });
+    d.on(enrolled(200, 1, 2));
     let a = d.after(HEALTH);
     assert_unhealthy(&mut d, &a, "enrollment");
 
     // One that enrolls late in its window commits.
     let mut d = Drive::serving();
-    d.on(Event::Enrolled {
-        pid: 100,
-        enrolled: 2,
-        contracts: 2,
-    });
+    d.on(enrolled(100, 2, 2));
     d.upgrade_watching();
-    d.on(Event::Enrolled {
-        pid: 200,
-        enrolled: 0,
-        contracts: 2,
-    });
+    d.on(enrolled(200, 0, 2));
     d.after(HEALTH / 2);
-    d.on(Event::Enrolled {
-        pid: 200,
-        enrolled: 2,
-        contracts: 2,
-    });
+    d.on(enrolled(200, 2, 2));
     let a = d.after(HEALTH / 2);
-    assert!(
-        a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(commits(&a), "{a:?}");
 
     // The directory is down for both: not the release's fault.
     let mut d = Drive::serving();
-    d.on(Event::Enrolled {
-        pid: 100,
-        enrolled: 0,
-        contracts: 2,
-    });
+    d.on(enrolled(100, 0, 2));
     d.upgrade_watching();
-    d.on(Event::Enrolled {
-        pid: 200,
-        enrolled: 0,
-        contracts: 2,
-    });
+    d.on(enrolled(200, 0, 2));
     let a = d.after(HEALTH);
-    assert!(
-        a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(commits(&a), "{a:?}");
 }
 
 #[test]
@@ -1376,11 +1337,7 @@ fn a_new_version_refusing_more_of_its_streams_than_the_old_one_is_rolled_back() 
         d.upgrade_watching();
         streams(&mut d, 200, admitted, refused);
         let a = d.after(HEALTH);
-        assert!(
-            a.iter()
-                .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-            "{admitted}/{refused}: {a:?}"
-        );
+        assert!(commits(&a), "{admitted}/{refused}: {a:?}");
     }
 }
 
@@ -1400,11 +1357,7 @@ fn a_probe_that_never_reports_fails_the_version_after_a_grace() {
     d.upgrade_prepared();
     d.on(Event::Ready(200));
     let a = d.after(HEALTH + crate::machine::PROBE_GRACE - Duration::from_millis(1));
-    assert!(
-        !a.iter()
-            .any(|x| matches!(x, Action::Job(Job::Commit { .. }))),
-        "{a:?}"
-    );
+    assert!(!commits(&a), "{a:?}");
     assert_eq!(d.m.watched(), Some(200));
     let a = d.after(Duration::from_millis(2));
     assert_unhealthy(&mut d, &a, "probe");

@@ -71,6 +71,17 @@ pub fn publish_signed(
     binary: &Path,
     keys: &[PathBuf],
 ) -> (PathBuf, PathBuf) {
+    publish_release(root, version, binary, keys, None)
+}
+
+/// As [`publish_signed`], the release carrying `supervisor` too (signed by the same statement).
+pub fn publish_release(
+    root: &Path,
+    version: &str,
+    binary: &Path,
+    keys: &[PathBuf],
+    supervisor: Option<&Path>,
+) -> (PathBuf, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     let binary = &reporting(work.path(), binary, version);
     let changelog = root.join("changelog.md");
@@ -88,6 +99,10 @@ pub fn publish_signed(
     for key in keys {
         args.push("--key".into());
         args.push(key.display().to_string());
+    }
+    if let Some(supervisor) = supervisor {
+        args.push("--supervisor".into());
+        args.push(supervisor.display().to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     release_tool(
@@ -107,7 +122,13 @@ pub fn publish_signed(
     let asset = std::fs::read_dir(root.join(format!("v{version}")))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_none())
+        .find(|p| {
+            p.extension().is_none()
+                && !p.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .starts_with("wireleap-relay-supervisor_")
+                })
+        })
         .unwrap();
     let statement = PathBuf::from(format!("{}.hash", asset.display()));
     (asset, statement)
