@@ -175,6 +175,7 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         version: version.clone(),
         relay_pubkey: identity.public_key_b64(),
         identity_pubkey: wireleap_protocol::PublicKey::from(identity.signing_key()),
+        identity: identity.clone(),
         api,
         watchdog: notify::watchdog_interval(
             env.var("WATCHDOG_USEC").as_deref(),
@@ -195,6 +196,8 @@ struct Daemon {
     version: semver::Version,
     relay_pubkey: String,
     identity_pubkey: wireleap_protocol::PublicKey,
+    /// For phased rollouts (position) and signed upgrade outcome reports.
+    identity: Identity,
     api: directory::client::Client,
     notify_socket: Option<String>,
     /// How often the supervisor (or systemd) wants `WATCHDOG=1`, if it does.
@@ -248,6 +251,11 @@ impl Daemon {
             self.config.auto_upgrade,
             self.version.clone(),
             self.config.release_url.clone(),
+        )
+        .with_rollouts(
+            self.identity.clone(),
+            self.config.release_check_interval,
+            self.config.release_stale_after,
         )
         .start();
         let enrollment = Enrollment::new(

@@ -552,6 +552,29 @@ pub async fn render(facts: &Facts, source: &StatusSource) -> String {
             "Versions in .skip-upgrade-version.",
             u.skipped.len() as u64,
         );
+        if let Some(age) = u.release_info_age_secs {
+            single(
+                &mut out,
+                "wireleap_relay_release_info_age_seconds",
+                "gauge",
+                "Seconds since the release server's channel information or a rollout document was last fetched and valid (freeze detection: alert when it grows past release_stale_after).",
+                age,
+            );
+            single(
+                &mut out,
+                "wireleap_relay_release_info_stale",
+                "gauge",
+                "1 when release information is older than release_stale_after.",
+                u64::from(u.release_info_stale),
+            );
+        }
+        single(
+            &mut out,
+            "wireleap_relay_upgrade_held_back",
+            "gauge",
+            "1 when an announced version waits for its rollout step or is halted.",
+            u64::from(u.held_back.is_some()),
+        );
     }
     out
 }

@@ -311,6 +311,20 @@ pub fn call(home: &Path, request: &Request, wait: Duration) -> std::io::Result<R
     serde_json::from_str(&line).map_err(std::io::Error::other)
 }
 
+/// The health criteria a new version is judged by inside its window, as the journal, the
+/// metrics and the outcome reports name them.
+pub const HEALTH_CRITERIA: [&str; 5] = ["liveness", "memory", "probe", "enrollment", "streams"];
+
+/// How a refusal for a failed health criterion starts: `health: <criterion>: <detail>`.
+pub const HEALTH_PREFIX: &str = "health: ";
+
+/// The health criterion a supervisor's refusal names, if it names one.
+#[must_use]
+pub fn failed_criterion(why: &str) -> Option<&'static str> {
+    let rest = why.strip_prefix(HEALTH_PREFIX)?;
+    HEALTH_CRITERIA.into_iter().find(|c| rest.starts_with(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

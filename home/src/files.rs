@@ -67,6 +67,16 @@ pub const CONFIG_PREV: &str = "config.json.prev";
 
 /// Versions automatic upgrades skip (see [`crate::skip`]).
 pub const SKIP_VERSION: &str = ".skip-upgrade-version";
+/// The highest rollout-document serial the relay accepted for each version (JSON object),
+/// so that an older document cannot be replayed over a halt or a recall. Written by the relay.
+pub const ROLLOUT_SEEN: &str = "rollout-seen.json";
+/// Signed upgrade outcome reports not yet delivered to the release server, and how far the
+/// journal has been reported (JSON, at most a few dozen reports). Written by the relay: the
+/// generation that runs after a change reports its outcome from the journal.
+pub const OUTCOME_REPORTS: &str = "upgrade-reports.json";
+/// What the relay last learnt from the release server, for `status` (JSON, written by the
+/// relay's Upgrader after each check; [`crate::state::ReleaseInfo`]).
+pub const RELEASE_INFO: &str = "release-info.json";
 /// The supervisor's journal of upgrade steps, one JSON object per line.
 pub const JOURNAL: &str = "upgrade-journal.jsonl";
 /// The highest committed version.

@@ -28,6 +28,56 @@ pub fn record_committed(home: &Path, version: &Version) -> std::io::Result<()> {
     crate::durable::write_atomic(&home.join(STATE), state.as_bytes(), 0o644)
 }
 
+/// What the relay last learnt from the release server ([`crate::files::RELEASE_INFO`]): for
+/// `status`, and for freeze detection (the age of the information).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReleaseInfo {
+    /// When channel information or a rollout document was last fetched and valid (ms since
+    /// the epoch; 0: never).
+    pub fresh_ms: u64,
+    /// Since when the relay has been trying (ms since the epoch): the age when never fresh.
+    pub since_ms: u64,
+    /// Past this age (seconds), the information is stale.
+    pub stale_after_secs: u64,
+    /// What the last rollout document said.
+    pub rollout: Option<String>,
+    /// A version held back by its rollout.
+    pub held_back: Option<String>,
+}
+
+impl ReleaseInfo {
+    /// Reads the file of `home` (`None`: absent or unreadable).
+    #[must_use]
+    pub fn load(home: &std::path::Path) -> Option<Self> {
+        let bytes =
+            crate::durable::read_regular(&home.join(crate::files::RELEASE_INFO), 64 * 1024, None)
+                .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Writes it to `home`.
+    ///
+    /// # Errors
+    ///
+    /// The write's.
+    pub fn save(&self, home: &std::path::Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::durable::write_atomic(&home.join(crate::files::RELEASE_INFO), &bytes, 0o644)
+    }
+
+    /// The age in seconds at `now_ms`, and whether it is stale.
+    #[must_use]
+    pub fn age(&self, now_ms: u64) -> (u64, bool) {
+        let from = if self.fresh_ms > 0 {
+            self.fresh_ms
+        } else {
+            self.since_ms
+        };
+        let age = now_ms.saturating_sub(from) / 1000;
+        (age, age > self.stale_after_secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

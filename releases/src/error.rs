@@ -245,6 +245,54 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    // === rollout documents and outcome reports ===
+    /// The trusted root has no `rollout` role (or only key files are trusted): no rollout
+    /// document can be trusted, so none gates an upgrade.
+    #[error("the trusted release root has no rollout role: rollout documents cannot be verified")]
+    NoRolloutRole,
+    /// A rollout document's signed text is not a valid document.
+    #[error("malformed rollout document: {reason}")]
+    MalformedRollout {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rollout document of another version was served in place of the one asked for.
+    #[error("rollout document asked for version {asked} is signed for version {signed}")]
+    RolloutVersionMismatch {
+        /// The version asked for.
+        asked: semver::Version,
+        /// The version it is signed for.
+        signed: semver::Version,
+    },
+    /// A rollout document past its expiry (short-lived: an old halt or schedule replayed, or a
+    /// rollout service that stopped signing).
+    #[error("rollout document expired at {expires} (now {now})")]
+    RolloutExpired {
+        /// Its expiry, RFC 3339.
+        expires: String,
+        /// The time of the check, RFC 3339.
+        now: String,
+    },
+    /// A rollout document older than one this relay already accepted: a replay (for example a
+    /// schedule served again over a halt).
+    #[error(
+        "rollout document of {version} has serial {serial}, older than serial {seen} accepted before: a replay"
+    )]
+    RolloutReplayed {
+        /// The version.
+        version: semver::Version,
+        /// Its serial.
+        serial: u64,
+        /// The highest serial accepted before.
+        seen: u64,
+    },
+    /// An upgrade outcome report that is not well formed or not validly signed.
+    #[error("outcome report refused: {reason}")]
+    BadReport {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A root older than (or as old as) the newest accepted one was offered: a replay.
     #[error("root version {offered} is not newer than the trusted root version {trusted}")]
     RootRollback {

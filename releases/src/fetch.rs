@@ -93,7 +93,16 @@ pub struct Fetcher {
     client: reqwest::Client,
     layout: Layout,
     limits: Limits,
+    /// Sent as [`RELAY_HEADER`] with each request, so that a rollout service can count which
+    /// relays fetched what (a relay's public key is public).
+    relay: Option<String>,
 }
+
+/// The header that names the asking relay (its public key) to the release server.
+pub const RELAY_HEADER: &str = "wireleap-relay";
+
+/// The deadline for a rollout document or a report: small documents.
+pub const SMALL_DEADLINE: Duration = Duration::from_secs(30);
 
 // === impl Limits ===
 
@@ -156,6 +165,89 @@ impl Fetcher {
             client,
             layout,
             limits,
+            relay: None,
+        })
+    }
+
+    /// Names the asking relay (its public key) in every request.
+    #[must_use]
+    pub fn with_relay(mut self, relay: String) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// The rollout document of `version` (`<base>/v<VERSION>/rollout`), verified with the
+    /// rollout role's `keys` at `now`, `seen` being the highest serial accepted before for it.
+    /// `None`: the server has none (HTTP 404), the version is not phased.
+    ///
+    /// # Errors
+    ///
+    /// Download errors; the errors of [`crate::rollout::verify`].
+    pub async fn fetch_rollout(
+        &self,
+        version: &Version,
+        keys: &TrustedKeys,
+        now: std::time::SystemTime,
+        seen: Option<u64>,
+    ) -> Result<Option<crate::rollout::VerifiedRollout>, Error> {
+        let url = self
+            .layout
+            .file_url(version, crate::rollout::ROLLOUT_NAME)?;
+        let fetch = self.retrying(|| {
+            self.get_bounded(&url, MAX_STATEMENT_SIZE, || Error::MalformedRollout {
+                reason: format!("larger than {MAX_STATEMENT_SIZE} bytes"),
+            })
+        });
+        let bytes = match tokio::time::timeout(SMALL_DEADLINE, fetch).await {
+            Err(_) => {
+                return Err(Error::DeadlineExceeded {
+                    deadline: SMALL_DEADLINE,
+                });
+            }
+            Ok(Err(Error::HttpStatus { status: 404, .. })) => return Ok(None),
+            Ok(r) => r?,
+        };
+        crate::rollout::verify(&bytes, keys, version, now, seen).map(Some)
+    }
+
+    /// POSTs a signed outcome report (`<base>/reports`), once. The server answers 2xx when it
+    /// took it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`], [`Error::Stalled`], [`Error::Transfer`] (worth retrying later),
+    /// [`Error::HttpStatus`] (retryable for a 5xx, 408 or 429; anything else will not change).
+    pub async fn post_report(&self, envelope: Vec<u8>) -> Result<(), Error> {
+        let url = self.join_base(crate::outcome::REPORTS_PATH)?;
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .body(envelope);
+        if let Some(relay) = &self.relay {
+            request = request.header(RELAY_HEADER, relay);
+        }
+        let response =
+            tokio::time::timeout(self.limits.read_gap.min(SMALL_DEADLINE), request.send())
+                .await
+                .map_err(|_| Error::Stalled {
+                    url: url.to_string(),
+                    gap: self.limits.read_gap.min(SMALL_DEADLINE),
+                })?
+                .map_err(|e| classify(&url, &e))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::HttpStatus {
+                url: url.to_string(),
+                status: response.status().as_u16(),
+            })
+        }
+    }
+
+    fn join_base(&self, path: &str) -> Result<Url, Error> {
+        self.layout.base().join(path).map_err(|e| Error::Url {
+            reason: format!("cannot join {path:?} to the base URL: {e}"),
         })
     }
 
@@ -443,7 +535,11 @@ impl Fetcher {
 
     /// Sends a GET and waits for the headers (read-gap bounded); checks the status.
     async fn send(&self, url: &Url) -> Result<reqwest::Response, Error> {
-        let send = self.client.get(url.clone()).send();
+        let mut request = self.client.get(url.clone());
+        if let Some(relay) = &self.relay {
+            request = request.header(RELAY_HEADER, relay);
+        }
+        let send = request.send();
         let response = tokio::time::timeout(self.limits.read_gap, send)
             .await
             .map_err(|_| Error::Stalled {

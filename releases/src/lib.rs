@@ -15,12 +15,16 @@
 //! - [`manifest`]: the signed statement's text: render and parse.
 //! - [`keys`]: the keys trusted for a role, with its threshold, and signing keys.
 //! - [`root`]: the signed root: keys, roles, thresholds, version, expiry; rotation.
+//! - [`rollout`]: phased rollouts: the signed rollout document, positions, the schedule.
+//! - [`outcome`]: upgrade outcome reports signed by relays, and how a rollout service counts
+//!   them and decides to halt.
 //! - [`trust`]: what a home directory and the build trust (roots, key files), with the
 //!   permission checks.
 //! - [`sign`]: clear-signing a statement (release tool and tests only).
 //! - [`verify`]: steps 1-11, offline.
 //! - [`durable`]: temp file + fsync + rename (step 12).
 //! - [`fetch`] (feature `fetch`): download with caps, timeouts and retries, then stage.
+//! - [`service`] (feature `service`): the rollout service of `release-tool rollout serve`.
 //!
 //! This crate never runs, installs or swaps a binary: it only says whether a release is
 //! genuine and puts verified bytes where it is told.
@@ -32,7 +36,11 @@ pub mod fetch;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod outcome;
+pub mod rollout;
 pub mod root;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod sign;
 pub mod stamp;
 pub mod trust;

@@ -265,6 +265,21 @@ impl Trust {
         Ok(keys)
     }
 
+    /// The keys that may sign rollout documents, with the threshold: the root's `rollout`
+    /// role. Empty without a root or without that role (no rollout document is then trusted:
+    /// [`crate::rollout::verify`] says [`Error::NoRolloutRole`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RootExpired`] when the root in effect has expired at `now`.
+    pub fn rollout_keys(&self, now: SystemTime) -> Result<TrustedKeys, Error> {
+        let Some((root, _)) = &self.root else {
+            return Ok(TrustedKeys::empty().with_role(Role::Rollout));
+        };
+        root.check_expiry(now)?;
+        Ok(root.keys_for(Role::Rollout))
+    }
+
     /// The root in effect, if any.
     #[must_use]
     pub fn root(&self) -> Option<&Root> {

@@ -36,6 +36,11 @@ pub const DEFAULT_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Default heartbeat interval (the reference's fixed 5 minutes, spec §4.5).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
+/// Default `release_check_interval`: how often the release server's channel information and
+/// rollout documents are fetched.
+pub const DEFAULT_RELEASE_CHECK_INTERVAL: Duration = Duration::from_secs(600);
+/// Default `release_stale_after`: release information older than this is reported as stale.
+pub const DEFAULT_RELEASE_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// The channel a single contract follows when it names none (spec §2.3 rule 4).
 pub const DEFAULT_CHANNEL: &str = "default";
 /// An example `metrics.address` for error messages and docs (Prometheus's exporter port range).
@@ -74,6 +79,12 @@ pub struct Config {
     /// Base URL of the signed releases the Upgrader downloads (our extension, spec §10 #11;
     /// layout in `releases/SPEC.md`); `None` = automatic upgrades cannot download.
     pub release_url: Option<url::Url>,
+    /// How often the release server's channel information and the rollout documents of the
+    /// running and the announced version are fetched (our extension).
+    pub release_check_interval: Duration,
+    /// Release information older than this is reported as stale in `status`, the metrics and
+    /// the log: an outage or an attacker may be hiding new releases (our extension).
+    pub release_stale_after: Duration,
     /// How the supervisor judges a new version (our extension); unset keys keep its defaults.
     pub supervisor: SupervisorSettings,
 }
@@ -398,6 +409,8 @@ const TOP_KEYS: &[&str] = &[
     "heartbeat_interval",
     "metrics",
     "release_url",
+    "release_check_interval",
+    "release_stale_after",
     "supervisor",
 ];
 const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interval", "archive_dir"];
@@ -514,6 +527,28 @@ impl Walker {
                 }
             }),
         };
+        let at_least_a_second = |me: &mut Self, key: &str, d: Duration| {
+            if d < Duration::from_secs(1) {
+                me.problem(key, "must be at least 1s");
+                None
+            } else {
+                Some(d)
+            }
+        };
+        let release_check_interval = self
+            .duration_or(
+                "release_check_interval",
+                get("release_check_interval"),
+                DEFAULT_RELEASE_CHECK_INTERVAL,
+            )
+            .and_then(|d| at_least_a_second(self, "release_check_interval", d));
+        let release_stale_after = self
+            .duration_or(
+                "release_stale_after",
+                get("release_stale_after"),
+                DEFAULT_RELEASE_STALE_AFTER,
+            )
+            .and_then(|d| at_least_a_second(self, "release_stale_after", d));
         let bufsize = match get("bufsize") {
             None => NonZeroUsize::new(DEFAULT_BUFSIZE),
             Some(v) => match v.as_u64().map(usize::try_from) {
@@ -592,6 +627,8 @@ impl Walker {
             heartbeat_interval: heartbeat_interval?,
             metrics: metrics?,
             release_url: release_url?,
+            release_check_interval: release_check_interval?,
+            release_stale_after: release_stale_after?,
             supervisor: supervisor?,
         })
     }

@@ -297,6 +297,29 @@ fn describe(home: &Path, spid: i32, reply: &Reply, now: SystemTime) -> String {
         None => none.to_owned(),
     };
     let _ = writeln!(t, "  last upgrade step: {last}");
+    if let Some(info) = wireleap_home::state::ReleaseInfo::load(home) {
+        let now_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let (age, stale) = info.age(now_ms);
+        let fetched = if info.fresh_ms > 0 {
+            format!("fetched {}", ago(info.fresh_ms, now))
+        } else {
+            format!("never fetched (trying for {age}s)")
+        };
+        let warning = if stale {
+            format!(
+                "; STALE: older than {}s, an outage or an attacker may be hiding new releases",
+                info.stale_after_secs
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(t, "  release info:      {fetched}{warning}");
+        if let Some(rollout) = &info.rollout {
+            let _ = writeln!(t, "  rollout:           {rollout}");
+        }
+    }
     t
 }
 

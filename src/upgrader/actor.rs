@@ -10,6 +10,9 @@ use tracing::{info, warn};
 
 use super::job::{self, Outcome};
 use super::policy::{Decision, decide};
+use super::rollout::{self, Check};
+use crate::identity::Identity;
+use relay_release::rollout::Gate;
 use wireleap_home::skip::SkipList;
 use wireleap_home::state::highest_committed;
 
@@ -36,7 +39,44 @@ pub struct Upgrader {
     /// supervisor refused without a skip, or that no supervisor took: how often in a row, and
     /// not before when each is tried again (at most [`FAILING_KEPT`], the oldest forgotten).
     failing: Vec<(semver::Version, u32, std::time::Instant)>,
+    /// Phased rollouts and freeze detection.
+    rollouts: Rollouts,
 }
+
+/// The Upgrader's part in phased rollouts, outcome reports and freeze detection.
+#[derive(Debug)]
+struct Rollouts {
+    /// The relay's identity: its position in a rollout, and its signature on reports. `None`:
+    /// no rollout document is fetched (every version acts at once) and nothing is reported.
+    identity: Option<Identity>,
+    /// How often release information is fetched (config `release_check_interval`).
+    check_interval: std::time::Duration,
+    /// When release information counts as stale (config `release_stale_after`).
+    stale_after: std::time::Duration,
+    /// When the Upgrader started (the age of release information never fetched).
+    started_at: std::time::SystemTime,
+    /// When channel information or a rollout document was last fetched and valid.
+    fresh_at: Option<std::time::SystemTime>,
+    /// When staleness was last logged.
+    stale_logged: Option<std::time::Instant>,
+    /// A version held back by its rollout (its step has not come, or it is halted), checked
+    /// again at each poll, each notice, and when its step opens.
+    pending: Option<semver::Version>,
+    /// The version whose rollout document is being fetched.
+    checking: Option<semver::Version>,
+    /// The timer that checks `pending` again when its step opens.
+    wake: Option<SpawnHandle>,
+    /// When a rollout document was last asked for (notices, which come with every heartbeat,
+    /// ask again for a held-back version at most once per check interval).
+    last_check: Option<std::time::Instant>,
+    /// What the last rollout document said, for `status`.
+    last: Option<String>,
+    /// A recall of the running version is being carried out.
+    recalling: bool,
+}
+
+/// How often staleness is logged while it lasts.
+const STALE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How many failing versions the upgrader remembers (a directory announcing ever new versions
 /// cannot grow it).
@@ -95,7 +135,311 @@ impl Upgrader {
             in_progress: None,
             last_outcome: None,
             failing: Vec::new(),
+            rollouts: Rollouts {
+                identity: None,
+                check_interval: crate::config::DEFAULT_RELEASE_CHECK_INTERVAL,
+                stale_after: crate::config::DEFAULT_RELEASE_STALE_AFTER,
+                started_at: std::time::SystemTime::now(),
+                fresh_at: None,
+                stale_logged: None,
+                pending: None,
+                checking: None,
+                wake: None,
+                last_check: None,
+                last: None,
+                recalling: false,
+            },
         }
+    }
+
+    /// Takes part in phased rollouts as `identity`, fetching release information every
+    /// `check_interval` and calling it stale after `stale_after`.
+    #[must_use]
+    pub fn with_rollouts(
+        mut self,
+        identity: Identity,
+        check_interval: std::time::Duration,
+        stale_after: std::time::Duration,
+    ) -> Self {
+        self.rollouts.identity = Some(identity);
+        self.rollouts.check_interval = check_interval;
+        self.rollouts.stale_after = stale_after;
+        self
+    }
+
+    /// Release server and identity, when both are configured.
+    fn rollout_parts(&self) -> Option<(url::Url, Identity)> {
+        Some((self.release_url.clone()?, self.rollouts.identity.clone()?))
+    }
+
+    /// Asks the rollout document whether `version` may start now, and starts it if so.
+    fn consider(&mut self, version: semver::Version, ctx: &mut Context<Self>) {
+        if self.in_progress.is_some() || self.rollouts.checking.is_some() {
+            return;
+        }
+        let Some((base, identity)) = self.rollout_parts() else {
+            self.start_job(version, ctx);
+            return;
+        };
+        self.rollouts.checking = Some(version.clone());
+        self.rollouts.last_check = Some(std::time::Instant::now());
+        let home = self.home.clone();
+        let asked = version.clone();
+        let check = async move { rollout::check(&home, &base, &identity, &asked).await };
+        ctx.spawn(check.into_actor(self).map(move |result, act, ctx| {
+            act.rollouts.checking = None;
+            act.on_check(version, result, ctx);
+            act.save_info();
+        }));
+    }
+
+    fn on_check(
+        &mut self,
+        version: semver::Version,
+        result: Result<Check, relay_release::Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(handle) = self.rollouts.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        let (gate, position, serial) = match result {
+            Ok(Check::NotPhased) => {
+                self.rollouts.pending = None;
+                self.rollouts.last = Some(format!("{version}: no rollout document, not phased"));
+                self.start_job(version, ctx);
+                return;
+            }
+            Err(e) => {
+                warn!(version = %version, error = %e, "rollout document refused: not acting on the version");
+                self.rollouts.last = Some(format!("{version}: rollout document refused: {e}"));
+                self.rollouts.pending = Some(version);
+                return;
+            }
+            Ok(Check::Phased {
+                gate,
+                position,
+                serial,
+                ..
+            }) => (gate, position, serial),
+        };
+        self.rollouts.fresh_at = Some(std::time::SystemTime::now());
+        match gate {
+            Gate::Open { step } => {
+                info!(version = %version, step = step + 1, position = format!("{position:.2}%"), serial, "rollout step open: upgrading");
+                self.rollouts.last = Some(format!(
+                    "{version}: step {} open at position {position:.2}% (rollout serial {serial})",
+                    step + 1
+                ));
+                self.rollouts.pending = None;
+                self.start_job(version, ctx);
+            }
+            Gate::Wait { step, opens } => {
+                let when = opens.map_or_else(
+                    || "no step reaches it yet".to_owned(),
+                    |t| format!("opens at {}", relay_release::manifest::format_time(t)),
+                );
+                info!(version = %version, position = format!("{position:.2}%"), step = step.map(|s| s + 1), %when, "rollout: waiting for this relay's step");
+                self.rollouts.last = Some(format!(
+                    "{version}: waiting, position {position:.2}% is in step {} which {when} (rollout serial {serial})",
+                    step.map_or_else(|| "none".to_owned(), |s| (s + 1).to_string())
+                ));
+                if let Some(opens) = opens {
+                    let wait = opens
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                        + std::time::Duration::from_millis(200);
+                    self.rollouts.wake = Some(ctx.run_later(wait, |act, ctx| {
+                        act.rollouts.wake = None;
+                        act.recheck(ctx);
+                    }));
+                }
+                self.rollouts.pending = Some(version);
+            }
+            Gate::Halted => {
+                warn!(version = %version, serial, "rollout halted: not starting the version");
+                self.rollouts.last = Some(format!(
+                    "{version}: rollout halted (rollout serial {serial}); not started"
+                ));
+                self.rollouts.pending = Some(version);
+            }
+        }
+    }
+
+    /// Checks a held-back version again.
+    fn recheck(&mut self, ctx: &mut Context<Self>) {
+        if let Some(version) = self.rollouts.pending.clone()
+            && !self.skip_list().versions.contains(&version)
+        {
+            self.consider(version, ctx);
+        }
+    }
+
+    /// Fetches release information: the channels (freshness), undelivered reports, the
+    /// running version's rollout (a recall), then a held-back version again.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let Some((base, identity)) = self.rollout_parts() else {
+            return;
+        };
+        let home = self.home.clone();
+        let running = self.running.clone();
+        // Only a version this home upgraded to can be recalled to `.prev`.
+        let upgraded = home.join(wireleap_home::files::PREV).exists()
+            && highest_committed(&home).as_ref() == Some(&running);
+        let work = async move {
+            rollout::queue_from_journal(&home, &identity);
+            let fresh = rollout::channels_fresh(&base, &identity).await;
+            let (delivered, queued) = rollout::deliver(&home, &base, &identity).await;
+            let recall = if upgraded {
+                Some(rollout::check(&home, &base, &identity, &running).await)
+            } else {
+                None
+            };
+            (fresh, delivered, queued, recall)
+        };
+        ctx.spawn(work.into_actor(self).map(|(fresh, delivered, queued, recall), act, ctx| {
+            let now = std::time::SystemTime::now();
+            match fresh {
+                Ok(()) => act.rollouts.fresh_at = Some(now),
+                Err(e) => info!(error = %e, "release channel information not fetched"),
+            }
+            if delivered > 0 {
+                info!(delivered, queued, "upgrade outcome reports delivered");
+            }
+            match recall {
+                Some(Ok(Check::Phased { recall: true, serial, .. })) if !act.rollouts.recalling => {
+                    act.rollouts.fresh_at = Some(now);
+                    act.recall(serial);
+                }
+                Some(Ok(Check::Phased { .. })) => act.rollouts.fresh_at = Some(now),
+                Some(Err(e)) => info!(version = %act.running, error = %e, "rollout document of the running version not fetched"),
+                _ => {}
+            }
+            act.log_if_stale(now);
+            act.save_info();
+            act.recheck(ctx);
+        }));
+    }
+
+    /// The running version is recalled: skip it and ask the supervisor to go back to `.prev`.
+    fn recall(&mut self, serial: u64) {
+        self.rollouts.recalling = true;
+        let version = self.running.clone();
+        warn!(version = %version, serial, "the running version is recalled by its rollout: rolling back to the previous version");
+        self.rollouts.last = Some(format!(
+            "{version}: recalled (rollout serial {serial}); rolling back"
+        ));
+        if let Err(e) = SkipList::add(&self.home, &version) {
+            warn!(version = %version, error = %e, "could not add the recalled version to the skip list");
+        }
+        let home = self.home.clone();
+        actix::spawn(async move {
+            let asked = tokio::task::spawn_blocking(move || {
+                wireleap_home::control::call(
+                    &home,
+                    &wireleap_home::control::Request::Rollback,
+                    super::handover::SUPERVISOR_WAIT,
+                )
+            })
+            .await;
+            match asked {
+                Ok(Ok(reply)) if reply.ok => {
+                    info!(version = %version, to = ?reply.version, "recall done: the previous version serves");
+                }
+                Ok(Ok(reply)) => {
+                    warn!(version = %version, error = ?reply.error, "recall: the supervisor did not roll back");
+                }
+                Ok(Err(e)) => {
+                    warn!(version = %version, error = %e, "recall: no supervisor answered")
+                }
+                Err(e) => warn!(version = %version, error = %e, "recall: the request failed"),
+            }
+        });
+    }
+
+    /// What the relay knows of the release server (`None`: it fetches nothing).
+    fn info(&self) -> Option<wireleap_home::state::ReleaseInfo> {
+        self.rollout_parts()?;
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        Some(wireleap_home::state::ReleaseInfo {
+            fresh_ms: self.rollouts.fresh_at.map_or(0, ms),
+            since_ms: ms(self.rollouts.started_at),
+            stale_after_secs: self.rollouts.stale_after.as_secs(),
+            rollout: self.rollouts.last.clone(),
+            held_back: self.rollouts.pending.as_ref().map(ToString::to_string),
+        })
+    }
+
+    /// How old release information is, and whether that is stale.
+    fn freshness(&self, now: std::time::SystemTime) -> Option<(u64, bool)> {
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Some(self.info()?.age(now_ms))
+    }
+
+    /// Writes [`wireleap_home::files::RELEASE_INFO`] for `status`.
+    fn save_info(&self) {
+        if let Some(info) = self.info()
+            && let Err(e) = info.save(&self.home)
+        {
+            warn!(error = %e, "could not write {}", wireleap_home::files::RELEASE_INFO);
+        }
+    }
+
+    fn log_if_stale(&mut self, now: std::time::SystemTime) {
+        let Some((age, true)) = self.freshness(now) else {
+            return;
+        };
+        if self
+            .rollouts
+            .stale_logged
+            .is_some_and(|t| t.elapsed() < STALE_LOG_EVERY)
+        {
+            return;
+        }
+        self.rollouts.stale_logged = Some(std::time::Instant::now());
+        warn!(
+            age_secs = age,
+            stale_after = ?self.rollouts.stale_after,
+            "release information is stale: no channel information or rollout document could be fetched for {age} s; an outage or an attacker may be hiding new releases"
+        );
+    }
+
+    /// Starts the upgrade job of `version`.
+    fn start_job(&mut self, version: semver::Version, ctx: &mut Context<Self>) {
+        self.in_progress = Some(version.clone());
+        let job = job::run(
+            self.home.clone(),
+            self.release_url.clone(),
+            self.running.clone(),
+            version,
+            self.rollouts
+                .identity
+                .as_ref()
+                .map(Identity::public_key_b64),
+        );
+        ctx.spawn(job.into_actor(self).map(|outcome, act, _| {
+            match &outcome {
+                Outcome::Committed(_) => info!("{outcome}"),
+                _ => warn!("{outcome}"),
+            }
+            act.in_progress = None;
+            let waits = match &outcome {
+                Outcome::Failed {
+                    version,
+                    server: true,
+                    ..
+                }
+                | Outcome::RolledBack(version, _)
+                | Outcome::Unsupervised(version) => Some(version.clone()),
+                _ => None,
+            };
+            act.note_outcome(&outcome, waits);
+            act.last_outcome = Some(outcome.to_string());
+        }));
     }
 
     fn skip_list(&self) -> SkipList {
@@ -116,6 +460,15 @@ impl Upgrader {
 
 impl Actor for Upgrader {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.rollout_parts().is_some() {
+            // At once: reports the last generation could not send, and the running version's
+            // recall.
+            self.poll(ctx);
+            ctx.run_interval(self.rollouts.check_interval, Self::poll);
+        }
+    }
 }
 
 /// A directory said "upgrade to `version`" (heartbeat reply 202, spec §3.3).
@@ -188,32 +541,14 @@ impl Handler<UpgradeNotice> for Upgrader {
             return;
         }
         if let Decision::Upgrade(version) = decision {
-            self.in_progress = Some(version.clone());
-            let job = job::run(
-                self.home.clone(),
-                self.release_url.clone(),
-                self.running.clone(),
-                version,
-            );
-            ctx.spawn(job.into_actor(self).map(|outcome, act, _| {
-                match &outcome {
-                    Outcome::Committed(_) => info!("{outcome}"),
-                    _ => warn!("{outcome}"),
-                }
-                act.in_progress = None;
-                let waits = match &outcome {
-                    Outcome::Failed {
-                        version,
-                        server: true,
-                        ..
-                    }
-                    | Outcome::RolledBack(version, _)
-                    | Outcome::Unsupervised(version) => Some(version.clone()),
-                    _ => None,
-                };
-                act.note_outcome(&outcome, waits);
-                act.last_outcome = Some(outcome.to_string());
-            }));
+            let asked_lately = self.rollouts.pending.as_ref() == Some(&version)
+                && self
+                    .rollouts
+                    .last_check
+                    .is_some_and(|t| t.elapsed() < self.rollouts.check_interval);
+            if !asked_lately {
+                self.consider(version, ctx);
+            }
         }
     }
 }
@@ -242,6 +577,15 @@ pub struct UpgraderState {
     pub in_progress: Option<String>,
     /// How the last upgrade ended.
     pub last_outcome: Option<String>,
+    /// What the last rollout document said (position, step, halt, recall).
+    pub rollout: Option<String>,
+    /// A version held back by its rollout.
+    pub held_back: Option<String>,
+    /// Seconds since channel information or a rollout document was last fetched (`None`:
+    /// no release server or identity, nothing is fetched).
+    pub release_info_age_secs: Option<u64>,
+    /// Whether that is older than `release_stale_after`.
+    pub release_info_stale: bool,
 }
 
 impl Handler<UpgraderStatus> for Upgrader {
@@ -262,6 +606,12 @@ impl Handler<UpgraderStatus> for Upgrader {
             highest_committed: highest_committed(&self.home).map(|v| v.to_string()),
             in_progress: self.in_progress.as_ref().map(ToString::to_string),
             last_outcome: self.last_outcome.clone(),
+            rollout: self.rollouts.last.clone(),
+            held_back: self.rollouts.pending.as_ref().map(ToString::to_string),
+            release_info_age_secs: self.freshness(std::time::SystemTime::now()).map(|f| f.0),
+            release_info_stale: self
+                .freshness(std::time::SystemTime::now())
+                .is_some_and(|f| f.1),
         }
     }
 }

@@ -81,6 +81,7 @@ pub async fn run(
     release_url: Option<url::Url>,
     running: Version,
     version: Version,
+    relay: Option<String>,
 ) -> Outcome {
     let fail = |why: String, skipped: bool| Outcome::Failed {
         version: version.clone(),
@@ -102,7 +103,7 @@ pub async fn run(
     }
     // Newer roots first: a rotation may add or remove the keys this release needs. A root the
     // server gets wrong says nothing about this release: it is not skipped for it.
-    let trust = match follow_roots(&home, &base).await {
+    let trust = match follow_roots(&home, &base, relay.clone()).await {
         Ok(trust) => trust,
         Err(e) => {
             return Outcome::Failed {
@@ -113,7 +114,7 @@ pub async fn run(
             };
         }
     };
-    match stage(&home, &base, &trust, &running, &version).await {
+    match stage(&home, &base, relay, &trust, &running, &version).await {
         Ok(()) => {}
         Err(e) => {
             let skip = e.rules_out_version();
@@ -132,22 +133,40 @@ pub async fn run(
 }
 
 /// The home's trust, after following the release server's root rotations.
-async fn follow_roots(home: &Path, base: &url::Url) -> Result<Trust, relay_release::Error> {
-    let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
+async fn follow_roots(
+    home: &Path,
+    base: &url::Url,
+    relay: Option<String>,
+) -> Result<Trust, relay_release::Error> {
+    let fetcher = fetcher(base, relay)?;
     let mut trust = Trust::load(home)?;
     fetcher.update_root(&mut trust).await?;
     Ok(trust)
+}
+
+/// A downloader for `base` that names the asking relay (its public key) to the release server,
+/// when given.
+pub(super) fn fetcher(
+    base: &url::Url,
+    relay: Option<String>,
+) -> Result<Fetcher, relay_release::Error> {
+    let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
+    Ok(match relay {
+        Some(relay) => fetcher.with_relay(relay),
+        None => fetcher,
+    })
 }
 
 /// Downloads, verifies and stages the release.
 async fn stage(
     home: &Path,
     base: &url::Url,
+    relay: Option<String>,
     trust: &Trust,
     running: &Version,
     version: &Version,
 ) -> Result<(), relay_release::Error> {
-    let fetcher = Fetcher::try_new(Layout::try_new(base.as_str())?, Limits::default())?;
+    let fetcher = fetcher(base, relay)?;
     let (keys, expected) = relay_release::trust::release_check(trust, home, version, running)?;
     let dest = destination(home);
     let mut last_tenth = 0;

@@ -11,5 +11,6 @@ mod actor;
 pub mod handover;
 pub mod job;
 pub mod policy;
+pub mod rollout;
 
 pub use actor::{UpgradeNotice, Upgrader, UpgraderState, UpgraderStatus};

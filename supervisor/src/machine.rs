@@ -391,9 +391,9 @@ pub struct Timing {
     pub probe: bool,
 }
 
-/// The health criteria a new version is judged by inside its window, as the journal and the
-/// metrics name them.
-pub const CRITERIA: [&str; 5] = ["liveness", "memory", "probe", "enrollment", "streams"];
+/// The health criteria a new version is judged by inside its window (owned by the home crate:
+/// the relay's outcome reports name them too).
+pub use wireleap_home::control::HEALTH_CRITERIA as CRITERIA;
 
 /// How long after its window a new version's probe may still report.
 pub const PROBE_GRACE: Duration = Duration::from_secs(120);
@@ -1024,7 +1024,7 @@ impl Machine {
         let Some(pid) = self.watched() else {
             return;
         };
-        let why = format!("health: {what}");
+        let why = format!("{}{what}", wireleap_home::control::HEALTH_PREFIX);
         if let Some(criterion) = CRITERIA.iter().find(|c| what.starts_with(*c)) {
             out.0.push(Action::CountUnhealthy(criterion));
         }

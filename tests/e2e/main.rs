@@ -18,6 +18,7 @@ mod lifecycle;
 mod metrics;
 mod privsep;
 mod recovery;
+mod rollout;
 mod staged;
 mod supervisor;
 mod swap;

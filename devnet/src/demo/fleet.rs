@@ -220,7 +220,31 @@ impl Relay {
         contract_url: &str,
         releases_url: &str,
     ) -> anyhow::Result<(PathBuf, String)> {
-        let home = dir.join(role);
+        Self::init_named(
+            bins,
+            dir,
+            role,
+            role,
+            contract_url,
+            releases_url,
+            &serde_json::json!({}),
+        )
+    }
+
+    /// As [`Self::init`], the home named `name`, with `extra` top-level config.json fields.
+    ///
+    /// # Errors
+    /// What failed, with the relay's own message.
+    pub(crate) fn init_named(
+        bins: &Bins,
+        dir: &Path,
+        name: &str,
+        role: &str,
+        contract_url: &str,
+        releases_url: &str,
+        extra: &serde_json::Value,
+    ) -> anyhow::Result<(PathBuf, String)> {
+        let home = dir.join(name);
         std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
         std::fs::copy(&bins.relay, home.join(CURRENT))
             .with_context(|| format!("copying the relay binary into {}", home.display()))?;
@@ -241,13 +265,16 @@ impl Relay {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "address": "127.0.0.1:0",
             "heartbeat_interval": "500ms",
             "release_url": releases_url,
             "danger_zone": {"allow_loopback": true},
             "contracts": {contract_url: {"address": "wireleap://127.0.0.1:13499", "role": role}},
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         std::fs::write(home.join("config.json"), format!("{config:#}\n"))
             .context("writing config.json")?;
         if let Some((uid, gid)) = relay_user() {
@@ -312,6 +339,22 @@ impl Relay {
         pubkey: String,
         health_window: Duration,
     ) -> anyhow::Result<Self> {
+        Self::spawn(fleet, bins, role, home, pubkey, health_window)?.ready(fleet)
+    }
+
+    /// Starts the supervisor of the relay in `home` without waiting for it: [`Starting::ready`]
+    /// waits.
+    ///
+    /// # Errors
+    /// The supervisor could not be started.
+    pub(crate) fn spawn(
+        fleet: &Fleet,
+        bins: &Bins,
+        role: &'static str,
+        home: PathBuf,
+        pubkey: String,
+        health_window: Duration,
+    ) -> anyhow::Result<Starting> {
         let log = std::fs::File::create(home.join(LOG)).context("creating the supervisor log")?;
         let mut cmd = Command::new(home.join(SUPERVISOR_BIN));
         if relay_user().is_some() {
@@ -331,6 +374,36 @@ impl Relay {
         let supervisor = fleet
             .spawn(cmd)
             .with_context(|| format!("starting {}", bins.supervisor.display()))?;
+        Ok(Starting {
+            role,
+            home,
+            pubkey,
+            supervisor,
+        })
+    }
+}
+
+/// A relay whose supervisor was started: [`Self::ready`] waits for it.
+#[derive(Debug)]
+pub(crate) struct Starting {
+    role: &'static str,
+    home: PathBuf,
+    pubkey: String,
+    supervisor: u32,
+}
+
+impl Starting {
+    /// Waits until the relay is ready and listening.
+    ///
+    /// # Errors
+    /// The supervisor exited, or did not get ready within [`START_WAIT`]: with its log's tail.
+    pub(crate) fn ready(self, fleet: &Fleet) -> anyhow::Result<Relay> {
+        let Self {
+            role,
+            home,
+            pubkey,
+            supervisor,
+        } = self;
         let deadline = Instant::now() + START_WAIT;
         let addr = loop {
             let text = std::fs::read_to_string(home.join(LOG)).unwrap_or_default();
@@ -358,7 +431,7 @@ impl Relay {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        Ok(Self {
+        Ok(Relay {
             role,
             home,
             pubkey,
@@ -367,7 +440,9 @@ impl Relay {
             seen: 0,
         })
     }
+}
 
+impl Relay {
     /// Every step journaled so far.
     pub(crate) fn journal(&self) -> Vec<Step> {
         wireleap_home::journal::read(&self.home)

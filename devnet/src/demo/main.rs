@@ -16,6 +16,7 @@
 //! with `--keep`).
 
 mod fleet;
+mod phased;
 mod release;
 mod traffic;
 
@@ -66,6 +67,10 @@ struct Cli {
     /// Keep the temp dir (homes, logs, release tree) and print where it is.
     #[arg(long)]
     keep: bool,
+    /// Instead: N relays (1 to 50) and phased rollouts: a good release wave by wave, a bad one
+    /// halted after its first wave, a recall.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=50))]
+    fleet: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +103,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(n) = cli.fleet {
+        return fleet_main(&rt, &bins, dir, usize::from(n), &mut out, started, cli.keep);
+    }
     let outcome = run(&rt, &bins, dir.path(), &mut out);
     let (code, keep) = match outcome {
         Ok(summary) => {
@@ -138,6 +146,60 @@ fn main() -> ExitCode {
         let path = dir.keep();
         out.say(format!(
             "kept {} (relay homes with supervisor.log and upgrade-journal.jsonl, the release tree)",
+            path.display()
+        ));
+    }
+    code
+}
+
+/// `--fleet N`: the phased-rollout demo ([`phased`]); its verdict and the temp dir's fate.
+fn fleet_main(
+    rt: &tokio::runtime::Runtime,
+    bins: &Bins,
+    dir: tempfile::TempDir,
+    n: usize,
+    out: &mut Out,
+    started: Instant,
+    keep: bool,
+) -> ExitCode {
+    let (code, keep) = match phased::run(rt, bins, dir.path(), n, out) {
+        Ok(summary) => {
+            out.say("");
+            for line in &summary.lines {
+                out.say(line);
+            }
+            if summary.problems.is_empty() {
+                out.say(format!(
+                    "fleet demo passed in {:.0} s: the good release reached the {n} relays wave by wave, the bad one was halted after its first wave, the recall brought every relay back.",
+                    started.elapsed().as_secs_f64()
+                ));
+                (ExitCode::SUCCESS, keep)
+            } else {
+                out.say(format!(
+                    "fleet demo FAILED after {:.0} s:",
+                    started.elapsed().as_secs_f64()
+                ));
+                for p in &summary.problems {
+                    out.say(format!("  - {p}"));
+                }
+                (ExitCode::FAILURE, true)
+            }
+        }
+        Err(e) => {
+            out.say(format!(
+                "fleet demo FAILED after {:.0} s: {e:#}",
+                started.elapsed().as_secs_f64()
+            ));
+            (
+                ExitCode::FAILURE,
+                keep || !SIGNALLED.load(Ordering::Relaxed),
+            )
+        }
+    };
+    if keep {
+        let path = dir.keep();
+        out.say(format!(
+            "kept {} (relay homes, the release tree, the rollout service's state and log)",
             path.display()
         ));
     }

@@ -102,6 +102,21 @@ impl Releaser {
         supervisor: Option<&Path>,
         changelog: &str,
     ) -> anyhow::Result<()> {
+        self.publish_files(version, binary, supervisor, changelog)?;
+        self.set_channel(version)
+    }
+
+    /// `release-tool publish`, without pointing a channel at it.
+    ///
+    /// # Errors
+    /// The tool's message.
+    pub(crate) fn publish_files(
+        &self,
+        version: &str,
+        binary: &Path,
+        supervisor: Option<&Path>,
+        changelog: &str,
+    ) -> anyhow::Result<()> {
         let notes = self.work.join(format!("changelog-{version}.md"));
         std::fs::write(&notes, format!("# {version}\n\n- {changelog}\n"))
             .context("writing the changelog")?;
@@ -121,7 +136,14 @@ impl Releaser {
         if let Some(supervisor) = supervisor {
             args.extend(["--supervisor".as_ref(), supervisor.as_os_str()]);
         }
-        self.run(&args)?;
+        self.run(&args).map(drop)
+    }
+
+    /// `release-tool channel set default <version>`: the directory announces it.
+    ///
+    /// # Errors
+    /// The tool's message.
+    pub(crate) fn set_channel(&self, version: &str) -> anyhow::Result<()> {
         self.run(&[
             "channel".as_ref(),
             "set".as_ref(),
@@ -130,20 +152,25 @@ impl Releaser {
             "default".as_ref(),
             version.as_ref(),
         ])
+        .map(drop)
     }
 
-    /// Runs the tool to completion, bounded by [`TOOL_WAIT`]; killed on Ctrl-C.
-    fn run(&self, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    /// Runs the tool to completion, bounded by [`TOOL_WAIT`]; killed on Ctrl-C. Returns what it
+    /// printed.
+    pub(crate) fn run(&self, args: &[&std::ffi::OsStr]) -> anyhow::Result<String> {
         let what = args
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
         let stderr_path = self.work.join(format!("release-tool-{what}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).context("creating release-tool's log")?;
+        let stdout_path = self.work.join(format!("release-tool-{what}.stdout"));
+        let stdout =
+            std::fs::File::create(&stdout_path).context("creating release-tool's output")?;
         let mut child = Command::new(&self.tool)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("running {}", self.tool.display()))?;
@@ -176,6 +203,6 @@ impl Releaser {
                     .trim()
             );
         }
-        Ok(())
+        std::fs::read_to_string(&stdout_path).context("reading release-tool's output")
     }
 }

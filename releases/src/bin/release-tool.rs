@@ -133,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         command: ChannelCommand,
     },
+    /// Phased rollouts: the rollout service and its commands (docs/releasing.md).
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Verify a release statement and binary, as the upgrader would.
     Verify {
         /// The statement (`ASSET.hash`).
@@ -254,6 +259,97 @@ enum RootCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Serve a release tree with signed rollout documents, count the relays' outcome reports
+    /// and halt a rollout automatically; runs until SIGTERM. Prints its address when ready.
+    Serve {
+        /// The release tree to serve (what `publish` writes).
+        #[arg(long)]
+        tree: PathBuf,
+        /// The state folder: plans, counts, the admin socket.
+        #[arg(long)]
+        state: PathBuf,
+        /// A secret key of the root's rollout role (repeatable, up to its threshold).
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
+        /// Where to listen for HTTP.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// How long each rollout document is valid: `<n>h`, `<n>m` or `<n>s` (at most 24h).
+        #[arg(long, default_value = "6h")]
+        lifetime: String,
+    },
+    /// Start (or restart) the rollout of a version that is published in the tree.
+    Start {
+        /// The service's state folder.
+        #[arg(long)]
+        state: PathBuf,
+        /// The version.
+        version: String,
+        /// The schedule: `OFFSET:PERCENT,...` with cumulative percents, e.g. `0:10,1d:50,2d:100`
+        /// (offsets as `<n>d`, `<n>h`, `<n>m`, `<n>s`, or seconds).
+        #[arg(long)]
+        steps: String,
+        /// Rollbacks reported in one step that halt the rollout.
+        #[arg(long, default_value_t = relay_release::service::DEFAULT_HALT_AFTER)]
+        halt_after: u64,
+        /// When the schedule starts, RFC 3339 UTC; default: now.
+        #[arg(long)]
+        start: Option<String>,
+        /// Print the service's reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Halt a rollout: no relay that has not started the version starts it.
+    Halt {
+        /// The service's state folder.
+        #[arg(long)]
+        state: PathBuf,
+        /// The version.
+        version: String,
+        /// Why (shown by `status`).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the service's reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a halted or recalled rollout (its counts start again).
+    Resume {
+        /// The service's state folder.
+        #[arg(long)]
+        state: PathBuf,
+        /// The version.
+        version: String,
+        /// Print the service's reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recall a version: relays that committed it go back to their previous version.
+    Recall {
+        /// The service's state folder.
+        #[arg(long)]
+        state: PathBuf,
+        /// The version.
+        version: String,
+        /// Print the service's reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each rollout: schedule, counts per step, halt, downloads.
+    Status {
+        /// The service's state folder.
+        #[arg(long)]
+        state: PathBuf,
+        /// Only this version.
+        version: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ChannelCommand {
     /// Point a channel at a version (written atomically).
     Set {
@@ -347,6 +443,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign { key, file } => sign_in_place(&key, &file),
         Command::Root { command } => root_command(command),
+        Command::Rollout { command } => rollout_command(command),
         Command::Clearsign { key, input, output } => {
             let key = SigningKey::from_file(&key)?;
             let text = fs::read_to_string(&input)
@@ -876,6 +973,177 @@ fn target_or_host(target: Option<&str>) -> anyhow::Result<Target> {
 }
 
 /// Parses `<n>d`, `<n>h`, `<n>m` or `<n>s`.
+fn rollout_command(command: RolloutCommand) -> anyhow::Result<()> {
+    use relay_release::service::{self, AdminRequest};
+    let (state, request, json) = match command {
+        RolloutCommand::Serve {
+            tree,
+            state,
+            key,
+            listen,
+            lifetime,
+        } => {
+            let lifetime = parse_span(&lifetime)?;
+            if lifetime > relay_release::rollout::MAX_LIFETIME {
+                bail!("--lifetime is at most 24h: a rollout document is short-lived");
+            }
+            let opts = service::Options {
+                tree,
+                state,
+                keys: signing_keys(&key)?,
+                lifetime,
+                listen,
+            };
+            tracing_subscriber_init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            return runtime.block_on(service::serve(opts, |addr, admin| {
+                println!(
+                    "rollout service listening on http://{addr}/ (admin socket {})",
+                    admin.display()
+                );
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            }));
+        }
+        RolloutCommand::Start {
+            state,
+            version,
+            steps,
+            halt_after,
+            start,
+            json,
+        } => (
+            state,
+            AdminRequest::Start {
+                version,
+                steps: parse_steps(&steps)?,
+                halt_after,
+                start,
+            },
+            json,
+        ),
+        RolloutCommand::Halt {
+            state,
+            version,
+            reason,
+            json,
+        } => (state, AdminRequest::Halt { version, reason }, json),
+        RolloutCommand::Resume {
+            state,
+            version,
+            json,
+        } => (state, AdminRequest::Resume { version }, json),
+        RolloutCommand::Recall {
+            state,
+            version,
+            json,
+        } => (state, AdminRequest::Recall { version }, json),
+        RolloutCommand::Status {
+            state,
+            version,
+            json,
+        } => (state, AdminRequest::Status { version }, json),
+    };
+    let reply = service::admin_call(&state, &request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+    }
+    if !reply.ok {
+        bail!(
+            "{}",
+            reply
+                .error
+                .unwrap_or_else(|| "the rollout service refused".to_owned())
+        );
+    }
+    if !json {
+        for r in &reply.rollouts {
+            print_rollout(r);
+        }
+    }
+    Ok(())
+}
+
+/// Logs of the service to stderr, info and above.
+fn tracing_subscriber_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+fn print_rollout(r: &relay_release::service::RolloutStatus) {
+    let state = if r.recall {
+        "RECALLED".to_owned()
+    } else if r.halted {
+        format!(
+            "HALTED at {} ({})",
+            r.halted_at.as_deref().unwrap_or("?"),
+            r.halt_reason.as_deref().unwrap_or("no reason given")
+        )
+    } else {
+        format!("at {}%", r.percent_now)
+    };
+    println!(
+        "{}: {state}; serial {}, started {}",
+        r.version, r.serial, r.start
+    );
+    for (i, (step, count)) in r.steps.iter().zip(&r.per_step).enumerate() {
+        println!(
+            "  step {}: +{}s {:>5}%  committed {:>4}  rolled back {:>4}",
+            i + 1,
+            step.after_secs,
+            step.percent,
+            count.committed,
+            count.rolled_back
+        );
+    }
+    println!(
+        "  halts after {} rollbacks in a step; downloads {} by {} relays",
+        r.halt_after, r.downloads, r.downloaders
+    );
+    if !r.criteria.is_empty() {
+        let list: Vec<String> = r.criteria.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!("  rollbacks by criterion: {}", list.join(", "));
+    }
+    if let Some(ms) = r.first_rollback_to_halt_ms {
+        println!("  first rollback report to halt: {ms} ms");
+    }
+    if r.halted {
+        println!(
+            "  relays that fetched the halt: {}{}",
+            r.saw_halt,
+            r.halt_to_last_seen_ms
+                .map(|ms| format!(" (the last {ms} ms after it)"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// `OFFSET:PERCENT,...`, e.g. `0:10,1d:50,2d:100`.
+fn parse_steps(text: &str) -> anyhow::Result<Vec<relay_release::rollout::Step>> {
+    text.split(',')
+        .map(|part| {
+            let (offset, percent) = part
+                .split_once(':')
+                .with_context(|| format!("step {part:?} is not OFFSET:PERCENT"))?;
+            let after_secs = match offset.trim().parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => parse_span(offset.trim())?.as_secs(),
+            };
+            let percent: f64 = percent
+                .trim()
+                .trim_end_matches('%')
+                .parse()
+                .with_context(|| format!("step {part:?}: {percent:?} is not a percent"))?;
+            Ok(relay_release::rollout::Step {
+                after_secs,
+                percent,
+            })
+        })
+        .collect()
+}
+
 fn parse_span(text: &str) -> anyhow::Result<Duration> {
     let split = text.len().saturating_sub(1);
     let (num, unit) = (text.get(..split), text.get(split..));

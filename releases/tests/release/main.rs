@@ -12,6 +12,7 @@
 mod attacks;
 mod fetch;
 mod interop;
+mod rollout;
 mod roots;
 mod support;
 mod tool;

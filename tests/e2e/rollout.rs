@@ -1,0 +1,235 @@
+//! Phased rollouts (issue: fleet-safe upgrades), end to end with 20 relays under their
+//! supervisors: `wireleap-demo --fleet 20` publishes a good release with a schedule of
+//! 10 % / 50 % / 100 %, a release that fails the probe on every relay, and recalls the good one.
+//! The demo checks what it shows; this test checks again, on its own, from what the run left
+//! behind: each relay's journal against its position (from its `key.pub` and the version), and
+//! the rollout service's state (its downloads per relay, its halt).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_release::rollout::{position, step_of};
+use wireleap_home::journal::Step as Kind;
+
+use crate::support::process::sibling_bin;
+
+const RELAYS: usize = 20;
+/// Bound on the whole demo.
+const DEMO_WAIT: Duration = Duration::from_secs(900);
+
+struct Run {
+    stdout: String,
+    kept: PathBuf,
+}
+
+fn fleet_demo() -> Run {
+    let out_path = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(sibling_bin("wireleap-demo"))
+        .args(["--fleet", &RELAYS.to_string(), "--keep"])
+        .stdin(Stdio::null())
+        .stdout(out_path.reopen().unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEMO_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the fleet demo did not finish within {DEMO_WAIT:?}:\n{}",
+                std::fs::read_to_string(out_path.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = std::fs::read_to_string(out_path.path()).unwrap();
+    println!("{stdout}");
+    assert!(status.success(), "the fleet demo failed ({status})");
+    let kept = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kept "))
+        .and_then(|l| l.split_whitespace().next())
+        .map(PathBuf::from)
+        .expect("the demo names the folder it kept");
+    Run { stdout, kept }
+}
+
+struct Member {
+    name: String,
+    key: wireleap_protocol::PublicKey,
+    journal: Vec<wireleap_home::journal::Entry>,
+}
+
+fn members(dir: &Path) -> Vec<Member> {
+    let mut out = Vec::new();
+    for i in 0..RELAYS {
+        let name = format!("relay-{i:02}");
+        let home = dir.join(&name);
+        let key: String =
+            serde_json::from_str(&std::fs::read_to_string(home.join("key.pub")).unwrap()).unwrap();
+        out.push(Member {
+            name,
+            key: wireleap_protocol::PublicKey::try_from_b64(&key).unwrap(),
+            journal: wireleap_home::journal::read(&home),
+        });
+    }
+    out
+}
+
+fn at(m: &Member, version: &str, step: Kind) -> Option<u64> {
+    m.journal
+        .iter()
+        .find(|e| e.version == version && e.step == step)
+        .map(|e| e.time_ms)
+}
+
+#[test]
+fn twenty_relays_take_a_good_release_in_step_order_a_bad_one_halts_after_its_first_step_and_a_recall_brings_them_back()
+ {
+    let run = fleet_demo();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run.kept.join("rollout-state/rollouts.json")).unwrap(),
+    )
+    .unwrap();
+    let plans = state["plans"].as_object().unwrap();
+    let plan = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        plans
+            .iter()
+            .find(|(_, p)| pred(p))
+            .map(|(v, p)| (v.clone(), p.clone()))
+            .unwrap()
+    };
+    let (good, good_plan) = plan(&|p| p["recall"].as_bool() == Some(true));
+    let (bad, bad_plan) = plan(&|p| p["recall"].as_bool() == Some(false));
+    let steps = |p: &serde_json::Value| -> Vec<relay_release::rollout::Step> {
+        serde_json::from_value(p["steps"].clone()).unwrap()
+    };
+    let members = members(&run.kept);
+    let v = |s: &str| semver::Version::parse(s).unwrap();
+
+    // The good release: every relay committed it, none before its step opened.
+    let good_steps = steps(&good_plan);
+    let start = good_plan["start_ms"].as_u64().unwrap();
+    let mut per_step: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for m in &members {
+        let pos = position(m.key.as_bytes(), &v(&good));
+        let step = step_of(&good_steps, pos).unwrap();
+        let opens = start + good_steps[step].after_secs * 1000;
+        let committed = at(m, &good, Kind::Committed)
+            .unwrap_or_else(|| panic!("{} never committed {good}", m.name));
+        assert!(
+            committed >= opens,
+            "{} (position {pos:.2}%, step {}) committed {good} {} ms before its step opened",
+            m.name,
+            step + 1,
+            opens - committed
+        );
+        per_step.entry(step).or_default().push(committed - start);
+    }
+    for (step, times) in &per_step {
+        println!(
+            "{good} step {}: {} relays committed between +{:.1} s and +{:.1} s (opens +{} s)",
+            step + 1,
+            times.len(),
+            *times.iter().min().unwrap() as f64 / 1000.0,
+            *times.iter().max().unwrap() as f64 / 1000.0,
+            good_steps[*step].after_secs
+        );
+    }
+
+    // The bad release: only relays of its first step tried it, and only they downloaded it.
+    let bad_steps = steps(&bad_plan);
+    let first: Vec<&Member> = members
+        .iter()
+        .filter(|m| position(m.key.as_bytes(), &v(&bad)) < bad_steps[0].percent)
+        .collect();
+    let tried: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.journal.iter().any(|e| e.version == bad))
+        .collect();
+    assert!(!tried.is_empty(), "no relay tried {bad}");
+    for m in &tried {
+        assert!(
+            first.iter().any(|f| f.name == m.name),
+            "{} tried {bad} outside its first step",
+            m.name
+        );
+        assert!(
+            at(m, &bad, Kind::RolledBack).is_some(),
+            "{} tried {bad} and did not roll it back",
+            m.name
+        );
+    }
+    assert_eq!(bad_plan["halted"].as_bool(), Some(true), "{bad_plan}");
+    let downloaders: Vec<String> =
+        serde_json::from_value(state["downloads"][&bad]["relays"].clone()).unwrap();
+    for relay in &downloaders {
+        assert!(
+            first.iter().any(|f| f.key.to_b64() == *relay),
+            "{relay} downloaded {bad} and is not in its first step"
+        );
+    }
+    let halt = bad_plan["halted_ms"].as_u64().unwrap();
+    let first_rollback = bad_plan["first_rollback_ms"].as_u64().unwrap();
+    let saw: Vec<u64> = bad_plan["saw_halt"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        saw.len(),
+        RELAYS - tried.len(),
+        "every relay that did not try {bad} fetched the halt"
+    );
+    let first_rolled_back = tried
+        .iter()
+        .filter_map(|m| at(m, &bad, Kind::RolledBack))
+        .min()
+        .unwrap();
+    println!(
+        "{bad}: blast radius {}/{RELAYS} (first step {}), downloaded by {} relays; first rollback (journal) to halt {} ms, of which first rollback report to halt {} ms; halt to every waiting relay having seen it {} ms",
+        tried.len(),
+        first.len(),
+        downloaders.len(),
+        halt.saturating_sub(first_rolled_back),
+        halt - first_rollback,
+        saw.iter().max().unwrap() - halt
+    );
+
+    // The recall: every relay went back, and no stream failed through it.
+    let original = crate::support::process::Home::new()
+        .ok(&["version"])
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    for m in &members {
+        let home = run.kept.join(&m.name);
+        let installed = Command::new(home.join("wireleap-relay"))
+            .arg("version")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&installed.stdout).trim(),
+            original,
+            "{} is not back on {original}",
+            m.name
+        );
+    }
+    let recall = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("through the recall:"))
+        .unwrap();
+    assert!(recall.contains(", 0 failed;"), "{recall}");
+    std::fs::remove_dir_all(&run.kept).unwrap();
+}
