@@ -218,13 +218,7 @@ fn probe(
 fn supervisor_settings(home: &Path) -> u8 {
     match config::load(&home.join(home::files::CONFIG)) {
         Ok(loaded) => {
-            let s = loaded.config.supervisor;
-            let waits = wireleap_home::control::Waits {
-                health_window: s.health_window,
-                ready_timeout: s.ready_timeout,
-                max_memory: s.max_memory,
-            };
-            println!("{}", waits.to_json());
+            println!("{}", loaded.config.supervisor.to_json());
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),

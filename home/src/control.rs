@@ -57,8 +57,9 @@ pub fn parse_enrolled(line: &str) -> Option<(u32, u32)> {
     (k <= n).then_some((k, n))
 }
 
-/// The waits config.json sets (its `supervisor` section), as the relay reads them and tells the
-/// supervisor (`wireleap-relay supervisor-settings`).
+/// The settings config.json's `supervisor` section holds (how a new version is judged), as the
+/// relay reads them and tells the supervisor (`wireleap-relay supervisor-settings`). Unset: the
+/// supervisor's flag or default applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Waits {
     /// `supervisor.health_window`.
@@ -68,18 +69,34 @@ pub struct Waits {
     /// `supervisor.max_memory`: the resident memory a new version may reach inside its health
     /// window, in bytes.
     pub max_memory: Option<u64>,
+    /// `supervisor.liveness`: how long a relay may go without its liveness ping (0: not
+    /// watched).
+    pub liveness: Option<Duration>,
+    /// `supervisor.probe_count`: PINGs a new version must answer through the public socket
+    /// inside its window (0: no probe).
+    pub probe_count: Option<u32>,
+    /// `supervisor.refused_margin`: how many percentage points more of its streams a new
+    /// version may refuse or fail than the old one did.
+    pub refused_margin: Option<u32>,
+    /// `supervisor.require_enrollment`: whether a new version must end its window enrolled in
+    /// every contract (when the old one was).
+    pub require_enrollment: Option<bool>,
 }
 
-/// The key of [`Waits::max_memory`] in the `supervisor-settings` reply.
+/// The keys of [`Waits`]' other fields in the `supervisor-settings` reply.
 const MAX_MEMORY_JSON: &str = "max_memory_bytes";
+const PROBE_COUNT_JSON: &str = "probe_count";
+const REFUSED_MARGIN_JSON: &str = "refused_margin_percent";
+const REQUIRE_ENROLLMENT_JSON: &str = "require_enrollment";
 
 impl Waits {
     /// Each wait with its key in the `supervisor-settings` reply (seconds) and in config.json.
     #[must_use]
-    pub fn entries(&self) -> [(&'static str, &'static str, Option<Duration>); 2] {
+    pub fn entries(&self) -> [(&'static str, &'static str, Option<Duration>); 3] {
         [
             ("health_window_secs", "health_window", self.health_window),
             ("ready_timeout_secs", "ready_timeout", self.ready_timeout),
+            ("liveness_secs", "liveness", self.liveness),
         ]
     }
 
@@ -95,6 +112,15 @@ impl Waits {
         if let Some(bytes) = self.max_memory {
             out.insert(MAX_MEMORY_JSON.to_owned(), bytes.into());
         }
+        if let Some(n) = self.probe_count {
+            out.insert(PROBE_COUNT_JSON.to_owned(), n.into());
+        }
+        if let Some(n) = self.refused_margin {
+            out.insert(REFUSED_MARGIN_JSON.to_owned(), n.into());
+        }
+        if let Some(b) = self.require_enrollment {
+            out.insert(REQUIRE_ENROLLMENT_JSON.to_owned(), b.into());
+        }
         serde_json::Value::Object(out).to_string()
     }
 
@@ -102,18 +128,30 @@ impl Waits {
     #[must_use]
     pub fn from_json(bytes: &[u8]) -> Self {
         let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-        let [health, ready] = Self::default().entries().map(|(json, _, _)| {
+        let [health, ready, liveness] = Self::default().entries().map(|(json, _, _)| {
             value
                 .get(json)
                 .and_then(serde_json::Value::as_f64)
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
         });
+        let small = |key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+        };
         Self {
             health_window: health,
             ready_timeout: ready,
             max_memory: value
                 .get(MAX_MEMORY_JSON)
                 .and_then(serde_json::Value::as_u64),
+            liveness,
+            probe_count: small(PROBE_COUNT_JSON),
+            refused_margin: small(REFUSED_MARGIN_JSON),
+            require_enrollment: value
+                .get(REQUIRE_ENROLLMENT_JSON)
+                .and_then(serde_json::Value::as_bool),
         }
     }
 }

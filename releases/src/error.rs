@@ -286,6 +286,18 @@ pub enum Error {
         /// The highest serial accepted before.
         seen: u64,
     },
+    /// The release server answers that a version is not phased (404) after this relay
+    /// accepted a rollout document for it: a document stripped on the way (an attacker on a
+    /// plain-HTTP path would otherwise bypass a schedule or a halt), or a server that lost it.
+    #[error(
+        "the release server has no rollout document for {version}, after this relay accepted serial {seen} of one: not acting on it"
+    )]
+    RolloutWithdrawn {
+        /// The version.
+        version: semver::Version,
+        /// The highest serial accepted before.
+        seen: u64,
+    },
     /// An upgrade outcome report that is not well formed or not validly signed.
     #[error("outcome report refused: {reason}")]
     BadReport {

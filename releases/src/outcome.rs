@@ -248,6 +248,24 @@ impl Tally {
         *n = if add { *n + 1 } else { n.saturating_sub(1) };
     }
 
+    /// How many relays reported.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Whether no relay reported.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+    }
+
+    /// Whether `relay` reported.
+    #[must_use]
+    pub fn has(&self, relay: &PublicKey) -> bool {
+        self.relays.contains_key(relay)
+    }
+
     /// The counts of each of `steps` steps.
     #[must_use]
     pub fn per_step(&self, steps: usize) -> Vec<StepCount> {

@@ -61,6 +61,9 @@ pub const MAX_SKEW: Duration = Duration::from_secs(300);
 /// The most steps a schedule may have.
 pub const MAX_STEPS: usize = 64;
 
+/// The latest a step may open after the start: a year.
+pub const MAX_OFFSET_SECS: u64 = 366 * 24 * 3600;
+
 /// One step of a schedule: from `after_secs` after the start, `percent` of the relays (in all,
 /// not in addition) may take the version.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -126,6 +129,8 @@ pub struct VerifiedRollout {
     pub version: semver::Version,
     /// Its start.
     pub start: SystemTime,
+    /// When it was issued (signed: how fresh the release server's information is).
+    pub issued: SystemTime,
     /// Its expiry.
     pub expires: SystemTime,
     /// Who signed it (uppercase hex fingerprints).
@@ -294,6 +299,12 @@ impl Document {
         let mut before: Option<Step> = None;
         for (i, step) in self.steps.iter().enumerate() {
             let n = i + 1;
+            if step.after_secs > MAX_OFFSET_SECS {
+                return Err(malformed(format!(
+                    "step {n}: after_secs {} is more than a year",
+                    step.after_secs
+                )));
+            }
             if !step.percent.is_finite() || step.percent <= 0.0 || step.percent > 100.0 {
                 return Err(malformed(format!(
                     "step {n}: percent {} is not above 0 and at most 100",
@@ -330,7 +341,7 @@ impl Document {
     pub fn opens(&self, start: SystemTime, step: usize) -> Option<SystemTime> {
         self.steps
             .get(step)
-            .map(|s| start + Duration::from_secs(s.after_secs))
+            .and_then(|s| start.checked_add(Duration::from_secs(s.after_secs)))
     }
 }
 
@@ -410,6 +421,7 @@ pub fn verify(
     Ok(VerifiedRollout {
         version: signed_version,
         start,
+        issued,
         expires,
         signers: signed.signers,
         document,
@@ -524,8 +536,39 @@ mod tests {
     fn a_document_signed_by_a_key_without_the_rollout_role_is_refused() {
         let k = keys();
         let now = SystemTime::now();
-        let bytes = doc(now).sign(&[k.release], now).unwrap();
-        let err = verify(&bytes, &k.trusted, &v("0.9.0"), now, None).unwrap_err();
+        // A root that trusts both keys: one for releases (and roots), one for rollouts.
+        let cert = |key: &SigningKey| {
+            crate::keys::parse_certs(&key.public_armored().unwrap(), "test")
+                .unwrap()
+                .remove(0)
+        };
+        let role = |key: &SigningKey| crate::root::RoleKeys {
+            threshold: 1,
+            keys: vec![key.fingerprint()],
+        };
+        let root = crate::Root::new(
+            1,
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+            vec![cert(&k.rollout), cert(&k.release)],
+            [
+                (crate::Role::Root, role(&k.release)),
+                (crate::Role::Release, role(&k.release)),
+                (crate::Role::Rollout, role(&k.rollout)),
+            ]
+            .into(),
+        )
+        .unwrap();
+        let rollout_keys = root.keys_for(crate::Role::Rollout);
+        let good = doc(now)
+            .sign(std::slice::from_ref(&k.rollout), now)
+            .unwrap();
+        assert!(verify(&good, &rollout_keys, &v("0.9.0"), now, None).is_ok());
+        // The release key is trusted by this root, but not for rollouts.
+        let bytes = doc(now)
+            .sign(std::slice::from_ref(&k.release), now)
+            .unwrap();
+        let err = verify(&bytes, &rollout_keys, &v("0.9.0"), now, None).unwrap_err();
         assert!(matches!(err, Error::UnknownKey { .. }), "{err}");
         // A root without a rollout role trusts no rollout document at all.
         let none = TrustedKeys::empty().with_role(crate::Role::Rollout);
@@ -564,6 +607,7 @@ mod tests {
         assert!(bad(steps(&[(0, 101.0)]), 60).contains("at most 100"));
         assert!(bad(steps(&[]), 60).contains("0 steps"));
         assert!(bad(steps(&[(0, 100.0)]), 2 * 24 * 3600).contains("short-lived"));
+        assert!(bad(steps(&[(0, 10.0), (u64::MAX, 100.0)]), 60).contains("more than a year"));
         let err = Document::parse(r#"{"format":"x"}"#).unwrap_err();
         assert!(matches!(err, Error::MalformedRollout { .. }), "{err}");
     }

@@ -66,7 +66,14 @@ pub struct Options {
     pub lifetime: Duration,
     /// Where it listens for HTTP.
     pub listen: SocketAddr,
+    /// Count the reports of any validly signed relay key, not only of relays that downloaded
+    /// the version here (for a service behind a front server that serves the binaries itself).
+    pub open_reports: bool,
 }
+
+/// The most relays remembered per version (reports, downloads, halts seen): made-up keys cannot
+/// grow the state without bound.
+pub const MAX_TRACKED: usize = 100_000;
 
 /// One version's rollout, as the service keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +100,10 @@ pub struct Plan {
     pub tally: Tally,
     /// When the first rollback report was counted (ms).
     pub first_rollback_ms: Option<u64>,
+    /// Reports of upgrades that ended before this (ms) are not counted: they belong to an
+    /// earlier attempt (before a start or a resume), or are replayed.
+    #[serde(default)]
+    pub counted_since_ms: u64,
     /// Relays that fetched a halted document, with when they first did (ms).
     pub saw_halt: BTreeMap<String, u64>,
 }
@@ -106,7 +117,7 @@ pub struct Downloads {
     pub relays: BTreeSet<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Persisted {
     plans: BTreeMap<String, Plan>,
     downloads: BTreeMap<String, Downloads>,
@@ -256,13 +267,19 @@ impl Plan {
         crate::rollout::percent_at(&self.steps, self.start(), SystemTime::now())
     }
 
+    /// The next serial: above the last, and from the clock, so that a service that lost its
+    /// state still issues serials above what relays accepted before.
+    fn next_serial(&mut self) {
+        self.serial = (self.serial + 1).max(now_ms());
+    }
+
     /// Halts it (a new serial).
     fn halt(&mut self, reason: String) {
         if !self.halted {
             self.halted = true;
             self.halted_ms = Some(now_ms());
             self.halt_reason = Some(reason);
-            self.serial += 1;
+            self.next_serial();
         }
     }
 
@@ -308,11 +325,12 @@ impl Shared {
         self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes the state if counts changed since the last write.
+    /// Writes the state if counts changed since the last write (serialized outside the lock,
+    /// so requests are not held up by the write).
     fn save_if_changed(&self) {
         if self.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            let state = self.lock();
-            self.save(&state);
+            let snapshot = self.lock().clone();
+            self.save(&snapshot);
         }
     }
 
@@ -339,6 +357,7 @@ impl Shared {
             if plan.halted
                 && let Some(relay) = relay
                 && !plan.saw_halt.contains_key(relay)
+                && plan.saw_halt.len() < MAX_TRACKED
             {
                 plan.saw_halt.insert(relay.to_owned(), now_ms());
                 self.changed();
@@ -360,19 +379,54 @@ impl Shared {
             .and_then(|d| d.sign(&self.opts.keys, now))
             .map_err(|e| e.to_string())?;
         let bytes = Arc::new(bytes);
-        signed.insert(version.to_owned(), (plan.serial, now, bytes.clone()));
+        // A request that read the plan before a halt must not replace the halted document.
+        if signed
+            .get(version)
+            .is_none_or(|(serial, _, _)| *serial <= plan.serial)
+        {
+            signed.insert(version.to_owned(), (plan.serial, now, bytes.clone()));
+        }
         Ok(Some(bytes))
     }
 
     /// Counts a report; halts when the threshold is passed.
     fn report(&self, report: &Report) -> Result<Counted, (StatusCode, String)> {
         let mut state = self.lock();
+        let downloaded = self.opts.open_reports
+            || state
+                .downloads
+                .get(&report.version)
+                .is_some_and(|d| d.relays.contains(&report.relay.to_b64()));
         let Some(plan) = state.plans.get_mut(&report.version) else {
             return Err((
                 StatusCode::NOT_FOUND,
                 format!("no rollout of version {}", report.version),
             ));
         };
+        let ended = crate::manifest::parse_time(&report.time).map_or(0, ms);
+        // A minute of clock skew between a relay and the service is tolerated.
+        if ended.saturating_add(60_000) < plan.counted_since_ms {
+            return Err((
+                StatusCode::CONFLICT,
+                "the report is older than the rollout's last start or resume: not counted"
+                    .to_owned(),
+            ));
+        }
+        if !downloaded {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "relay {} did not download {} here: not counted",
+                    report.relay, report.version
+                ),
+            ));
+        }
+        if plan.tally.len() >= MAX_TRACKED && !plan.tally.has(&report.relay) {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many relays reported on this version".to_owned(),
+            ));
+        }
         let percent = plan.percent_now();
         let counted = plan.tally.record(report, &plan.steps, percent);
         if let Counted::Step(step) = counted {
@@ -397,7 +451,9 @@ impl Shared {
         let mut state = self.lock();
         let d = state.downloads.entry(version.to_owned()).or_default();
         d.count += 1;
-        if let Some(relay) = relay {
+        if let Some(relay) = relay
+            && d.relays.len() < MAX_TRACKED
+        {
             d.relays.insert(relay.to_owned());
         }
         self.changed();
@@ -438,7 +494,12 @@ impl Shared {
                 if let Err(e) = self.has_statement(&version) {
                     return fail(e);
                 }
-                let serial = state.plans.get(&version).map_or(1, |p| p.serial + 1);
+                let serial = state
+                    .plans
+                    .get(&version)
+                    .map_or(0, |p| p.serial)
+                    .saturating_add(1)
+                    .max(now_ms());
                 let plan = Plan {
                     version: version.clone(),
                     start_ms: ms(start),
@@ -451,6 +512,7 @@ impl Shared {
                     recall: false,
                     tally: Tally::default(),
                     first_rollback_ms: None,
+                    counted_since_ms: now_ms(),
                     saw_halt: BTreeMap::new(),
                 };
                 if let Err(e) = plan.document(SystemTime::now(), self.opts.lifetime) {
@@ -475,9 +537,10 @@ impl Shared {
                     plan.halt_reason = None;
                     plan.halted_ms = None;
                     plan.first_rollback_ms = None;
+                    plan.counted_since_ms = now_ms();
                     plan.saw_halt.clear();
                     plan.tally = Tally::default();
-                    plan.serial += 1;
+                    plan.next_serial();
                 }
             }
             AdminRequest::Recall { version } => {
@@ -487,7 +550,7 @@ impl Shared {
                 plan.halt("recalled".to_owned());
                 if !plan.recall {
                     plan.recall = true;
-                    plan.serial += 1;
+                    plan.next_serial();
                 }
             }
         }
@@ -535,6 +598,26 @@ pub async fn serve(opts: Options, ready: impl FnOnce(SocketAddr, &Path)) -> anyh
     use anyhow::Context as _;
     std::fs::create_dir_all(&opts.state)
         .with_context(|| format!("create {}", opts.state.display()))?;
+    // Only the release manager's user may read the state or reach the admin socket in it.
+    std::fs::set_permissions(
+        &opts.state,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("chmod {}", opts.state.display()))?;
+    let lock_path = opts.state.join("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("open {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "another rollout service uses {} ({e})",
+                opts.state.display()
+            )
+        })?;
     let state_path = opts.state.join(STATE_FILE);
     let persisted = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -595,6 +678,8 @@ pub async fn serve(opts: Options, ready: impl FnOnce(SocketAddr, &Path)) -> anyh
 async fn admin_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let shared = shared.clone();

@@ -242,17 +242,8 @@ pub struct Metrics {
 
 /// `supervisor` (our extension): read by `wireleap-relay-supervisor` when it starts (through the
 /// hidden `supervisor-settings` command), so that `wireleap-relay start` needs no flags. A flag
-/// given to the supervisor wins over these.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SupervisorSettings {
-    /// How long a new version must run without exiting before it is committed.
-    pub health_window: Option<Duration>,
-    /// How long a new generation has to report ready before it is given up.
-    pub ready_timeout: Option<Duration>,
-    /// The resident memory a new version may reach inside its health window before it is
-    /// rolled back, in bytes.
-    pub max_memory: Option<u64>,
-}
+/// given to the supervisor wins over these. The type is the one the supervisor reads.
+pub type SupervisorSettings = wireleap_home::control::Waits;
 
 /// The smallest `supervisor.max_memory` accepted (a relay needs more to start).
 pub const MIN_SUPERVISOR_MEMORY: u64 = 16 << 20;
@@ -417,7 +408,15 @@ const NETWORK_USAGE_KEYS: &[&str] = &["timeframe", "global_limit", "write_interv
 const REST_API_KEYS: &[&str] = &["address", "addr", "socket_umask"];
 const DANGER_ZONE_KEYS: &[&str] = &["allow_loopback"];
 const METRICS_KEYS: &[&str] = &["address"];
-const SUPERVISOR_KEYS: &[&str] = &["health_window", "ready_timeout", "max_memory"];
+const SUPERVISOR_KEYS: &[&str] = &[
+    "health_window",
+    "ready_timeout",
+    "max_memory",
+    "liveness",
+    "probe_count",
+    "refused_margin",
+    "require_enrollment",
+];
 const CONTRACT_KEYS: &[&str] = &[
     "role",
     "address",
@@ -652,6 +651,7 @@ impl Walker {
         };
         let health_window = wait("health_window", true);
         let ready_timeout = wait("ready_timeout", false);
+        let liveness = wait("liveness", true);
         let max_memory = match m.get("max_memory").filter(|v| !v.is_null()) {
             None => Some(None),
             Some(raw) => match self.datasize_or("supervisor.max_memory", Some(raw)) {
@@ -666,10 +666,36 @@ impl Walker {
                 None => None,
             },
         };
+        let mut small = |key: &str, max: u32| {
+            let path = format!("supervisor.{key}");
+            let Some(raw) = m.get(key).filter(|v| !v.is_null()) else {
+                return Some(None);
+            };
+            match raw.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if n <= max => Some(Some(n)),
+                _ => {
+                    self.problem(
+                        &path,
+                        format!("must be a whole number from 0 to {max}, found {raw}"),
+                    );
+                    None
+                }
+            }
+        };
+        let probe_count = small("probe_count", 20);
+        let refused_margin = small("refused_margin", 100);
+        let require_enrollment = match m.get("require_enrollment").filter(|v| !v.is_null()) {
+            None => Some(None),
+            Some(raw) => self.boolean("supervisor.require_enrollment", raw).map(Some),
+        };
         Some(SupervisorSettings {
             health_window: health_window?,
             ready_timeout: ready_timeout?,
             max_memory: max_memory?,
+            liveness: liveness?,
+            probe_count: probe_count?,
+            refused_margin: refused_margin?,
+            require_enrollment: require_enrollment?,
         })
     }
 

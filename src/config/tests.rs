@@ -304,4 +304,30 @@ fn supervisor_waits() {
         let found = problems(&base(bad));
         assert_eq!(found[0].path, "supervisor.max_memory", "{bad}: {found:?}");
     }
+    let c = ok(&base(
+        r#"{"liveness":"5s","probe_count":0,"refused_margin":25,"require_enrollment":false}"#,
+    ));
+    assert_eq!(c.supervisor.liveness, Some(Duration::from_secs(5)));
+    assert_eq!(c.supervisor.probe_count, Some(0));
+    assert_eq!(c.supervisor.refused_margin, Some(25));
+    assert_eq!(c.supervisor.require_enrollment, Some(false));
+    // What the supervisor reads back is what the relay parsed.
+    assert_eq!(
+        SupervisorSettings::from_json(c.supervisor.to_json().as_bytes()),
+        c.supervisor
+    );
+    for (bad, path) in [
+        (r#"{"probe_count":21}"#, "supervisor.probe_count"),
+        (r#"{"probe_count":"3"}"#, "supervisor.probe_count"),
+        (r#"{"refused_margin":101}"#, "supervisor.refused_margin"),
+        (r#"{"refused_margin":-1}"#, "supervisor.refused_margin"),
+        (
+            r#"{"require_enrollment":"yes"}"#,
+            "supervisor.require_enrollment",
+        ),
+        (r#"{"liveness":"2h"}"#, "supervisor.liveness"),
+    ] {
+        let found = problems(&base(bad));
+        assert_eq!(found[0].path, path, "{bad}: {found:?}");
+    }
 }

@@ -73,6 +73,8 @@ struct Rollouts {
     last: Option<String>,
     /// A recall of the running version is being carried out.
     recalling: bool,
+    /// A poll is under way (the next waits for it).
+    polling: bool,
 }
 
 /// How often staleness is logged while it lasts.
@@ -148,6 +150,7 @@ impl Upgrader {
                 last_check: None,
                 last: None,
                 recalling: false,
+                polling: false,
             },
         }
     }
@@ -164,6 +167,17 @@ impl Upgrader {
         self.rollouts.identity = Some(identity);
         self.rollouts.check_interval = check_interval;
         self.rollouts.stale_after = stale_after;
+        // Freshness survives restarts: a relay restarted daily must still show information
+        // that has not been fetched for days.
+        if let Some(info) = wireleap_home::state::ReleaseInfo::load(&self.home) {
+            let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            if info.fresh_ms > 0 {
+                self.rollouts.fresh_at = Some(at(info.fresh_ms));
+            }
+            if info.since_ms > 0 {
+                self.rollouts.started_at = at(info.since_ms).min(self.rollouts.started_at);
+            }
+        }
         self
     }
 
@@ -219,10 +233,13 @@ impl Upgrader {
                 gate,
                 position,
                 serial,
+                issued,
                 ..
-            }) => (gate, position, serial),
+            }) => {
+                self.fresh(issued);
+                (gate, position, serial)
+            }
         };
-        self.rollouts.fresh_at = Some(std::time::SystemTime::now());
         match gate {
             Gate::Open { step } => {
                 info!(version = %version, step = step + 1, position = format!("{position:.2}%"), serial, "rollout step open: upgrading");
@@ -280,6 +297,10 @@ impl Upgrader {
         let Some((base, identity)) = self.rollout_parts() else {
             return;
         };
+        if self.rollouts.polling {
+            return;
+        }
+        self.rollouts.polling = true;
         let home = self.home.clone();
         let running = self.running.clone();
         // Only a version this home upgraded to can be recalled to `.prev`.
@@ -297,20 +318,24 @@ impl Upgrader {
             (fresh, delivered, queued, recall)
         };
         ctx.spawn(work.into_actor(self).map(|(fresh, delivered, queued, recall), act, ctx| {
+            act.rollouts.polling = false;
             let now = std::time::SystemTime::now();
             match fresh {
-                Ok(()) => act.rollouts.fresh_at = Some(now),
+                Ok(()) => act.fresh(now),
                 Err(e) => info!(error = %e, "release channel information not fetched"),
             }
             if delivered > 0 {
                 info!(delivered, queued, "upgrade outcome reports delivered");
             }
             match recall {
-                Some(Ok(Check::Phased { recall: true, serial, .. })) if !act.rollouts.recalling => {
-                    act.rollouts.fresh_at = Some(now);
-                    act.recall(serial);
+                Some(Ok(Check::Phased {
+                    recall, serial, issued, ..
+                })) => {
+                    act.fresh(issued);
+                    if recall && !act.rollouts.recalling {
+                        act.recall(serial, ctx);
+                    }
                 }
-                Some(Ok(Check::Phased { .. })) => act.rollouts.fresh_at = Some(now),
                 Some(Err(e)) => info!(version = %act.running, error = %e, "rollout document of the running version not fetched"),
                 _ => {}
             }
@@ -321,7 +346,7 @@ impl Upgrader {
     }
 
     /// The running version is recalled: skip it and ask the supervisor to go back to `.prev`.
-    fn recall(&mut self, serial: u64) {
+    fn recall(&mut self, serial: u64, ctx: &mut Context<Self>) {
         self.rollouts.recalling = true;
         let version = self.running.clone();
         warn!(version = %version, serial, "the running version is recalled by its rollout: rolling back to the previous version");
@@ -332,7 +357,7 @@ impl Upgrader {
             warn!(version = %version, error = %e, "could not add the recalled version to the skip list");
         }
         let home = self.home.clone();
-        actix::spawn(async move {
+        let asked = async move {
             let asked = tokio::task::spawn_blocking(move || {
                 wireleap_home::control::call(
                     &home,
@@ -341,19 +366,32 @@ impl Upgrader {
                 )
             })
             .await;
-            match asked {
+            let why = match asked {
                 Ok(Ok(reply)) if reply.ok => {
                     info!(version = %version, to = ?reply.version, "recall done: the previous version serves");
+                    return true;
                 }
-                Ok(Ok(reply)) => {
-                    warn!(version = %version, error = ?reply.error, "recall: the supervisor did not roll back");
-                }
-                Ok(Err(e)) => {
-                    warn!(version = %version, error = %e, "recall: no supervisor answered")
-                }
-                Err(e) => warn!(version = %version, error = %e, "recall: the request failed"),
-            }
-        });
+                Ok(Ok(reply)) => reply
+                    .error
+                    .unwrap_or_else(|| "the supervisor did not roll back".to_owned()),
+                Ok(Err(e)) => format!("no supervisor answered: {e}"),
+                Err(e) => e.to_string(),
+            };
+            warn!(version = %version, error = %why, "recall not done; trying again at the next check");
+            false
+        };
+        ctx.spawn(asked.into_actor(self).map(|done, act, _| {
+            // Done: this generation is being replaced. Not done: the next check asks again.
+            act.rollouts.recalling = done;
+        }));
+    }
+
+    /// Release information as fresh as `at` (a fetch that succeeded now, or the issue time of
+    /// a signed rollout document), never going back.
+    fn fresh(&mut self, at: std::time::SystemTime) {
+        if self.rollouts.fresh_at.is_none_or(|f| at > f) {
+            self.rollouts.fresh_at = Some(at);
+        }
     }
 
     /// What the relay knows of the release server (`None`: it fetches nothing).

@@ -47,6 +47,8 @@ pub enum Check {
         serial: u64,
         /// Whether the version is recalled.
         recall: bool,
+        /// When the document was issued.
+        issued: SystemTime,
     },
 }
 
@@ -69,22 +71,27 @@ pub async fn check(
     version: &Version,
 ) -> Result<Check, Error> {
     let now = SystemTime::now();
-    // Without a rollout role nothing is phased, and nothing is asked for. Trust that cannot be
-    // loaded is the upgrade job's to report (it needs the same trust).
-    let Ok(keys) = Trust::load(home).and_then(|t| t.rollout_keys(now)) else {
-        return Ok(Check::NotPhased);
-    };
+    let fetcher = fetcher(base, identity)?;
+    // Trust that cannot be loaded holds the version back (it is not "not phased"); a rotation
+    // may change the rollout keys, so it is followed first.
+    let mut trust = Trust::load(home)?;
+    fetcher.update_root(&mut trust).await?;
+    let keys = trust.rollout_keys(now)?;
+    // Without a rollout role nothing is phased, and nothing is asked for.
     if keys.is_empty() {
         return Ok(Check::NotPhased);
     }
-    let fetcher = fetcher(base, identity)?;
-    let seen = load_seen(home);
+    let seen = load_seen(home).get(&version.to_string()).copied();
     let key = wireleap_protocol::PublicKey::from(identity.signing_key());
-    match fetcher
-        .fetch_rollout(version, &keys, now, seen.get(&version.to_string()).copied())
-        .await
-    {
-        Ok(None) => Ok(Check::NotPhased),
+    match fetcher.fetch_rollout(version, &keys, now, seen).await {
+        Ok(None) => match seen {
+            // Once phased, a version stays phased: a 404 now is a stripped document.
+            Some(seen) => Err(Error::RolloutWithdrawn {
+                version: version.clone(),
+                seen,
+            }),
+            None => Ok(Check::NotPhased),
+        },
         Err(e) => Err(e),
         Ok(Some(doc)) => {
             remember_serial(home, version, doc.document.serial);
@@ -94,6 +101,7 @@ pub async fn check(
                 position: at,
                 serial: doc.document.serial,
                 recall: doc.document.recall,
+                issued: doc.issued,
             })
         }
     }
@@ -105,7 +113,18 @@ pub async fn check(
 ///
 /// Download errors, [`Error::Channels`].
 pub async fn channels_fresh(base: &url::Url, identity: &Identity) -> Result<(), Error> {
-    fetcher(base, identity)?.fetch_channels().await.map(|_| ())
+    let fetcher = fetcher(base, identity)?;
+    match tokio::time::timeout(
+        relay_release::fetch::SMALL_DEADLINE,
+        fetcher.fetch_channels(),
+    )
+    .await
+    {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(Error::DeadlineExceeded {
+            deadline: relay_release::fetch::SMALL_DEADLINE,
+        }),
+    }
 }
 
 fn load_seen(home: &Path) -> BTreeMap<String, u64> {

@@ -387,8 +387,15 @@ pub struct Timing {
     /// A new version whose resident memory passes this inside its health window is rolled
     /// back; `None`: not watched.
     pub max_memory: Option<u64>,
-    /// Whether a new version must pass the in-band probe ([`Job::Probe`]) inside its window.
-    pub probe: bool,
+    /// How many PINGs a new version must answer in the in-band probe ([`Job::Probe`]) inside
+    /// its window (0: no probe).
+    pub probe_count: u32,
+    /// How many percentage points more of its streams a new version may refuse than the old
+    /// one did.
+    pub refused_margin_percent: u32,
+    /// Whether a new version must end its window enrolled in every contract (when the old one
+    /// was).
+    pub require_enrollment: bool,
 }
 
 /// The health criteria a new version is judged by inside its window (owned by the home crate:
@@ -401,9 +408,9 @@ pub const PROBE_GRACE: Duration = Duration::from_secs(120);
 /// A new version is judged by its share of refused streams once it saw this many.
 pub const MIN_STREAMS_JUDGED: u64 = 20;
 
-/// How much larger than the old version's share of refused streams a new version's may be
-/// (clients' own mistakes are refused by both alike).
-pub const REFUSED_MARGIN: f64 = 0.1;
+/// How much larger than the old version's share of refused streams a new version's may be by
+/// default, in percentage points (clients' own mistakes are refused by both alike).
+pub const REFUSED_MARGIN_PERCENT: u32 = 10;
 
 /// Keeps `report` as the latest of its generation's, and only the reports of `live` ones.
 fn latest<T>(reports: &mut Vec<(Pid, T, T)>, live: [Option<Pid>; 2], report: (Pid, T, T)) {
@@ -867,6 +874,7 @@ impl Machine {
                 self.enrolled.iter().find(|(p, _, _)| *p == pid)
             && enrolled < contracts
             && self.old_enrolled_all
+            && self.timing.require_enrollment
         {
             self.unhealthy(
                 format!(
@@ -882,7 +890,9 @@ impl Machine {
             && let Some(&(_, admitted, refused)) = self.streams.iter().find(|(p, _, _)| *p == pid)
             && let Some(share) = refused_share(admitted, refused)
             && admitted + refused >= MIN_STREAMS_JUDGED
-            && share > self.old_refused.unwrap_or(0.0) + REFUSED_MARGIN
+            && share
+                > self.old_refused.unwrap_or(0.0)
+                    + f64::from(self.timing.refused_margin_percent) / 100.0
         {
             self.unhealthy(
                 format!(
@@ -1214,7 +1224,7 @@ impl Machine {
                 Kind::Rollback => Step::RollbackSwapped,
             };
             out.journal(&v.to, step, "");
-            if c.kind == Kind::Upgrade && self.timing.probe {
+            if c.kind == Kind::Upgrade && self.timing.probe_count > 0 {
                 self.probe = Some((pid, false));
                 out.0.push(Action::Job(Job::Probe { pid }));
             }

@@ -40,18 +40,20 @@ struct Cli {
     #[arg(long, value_name = "USER")]
     relay_user: Option<String>,
     /// How long a serving relay may go without its liveness ping before a new generation
-    /// replaces it (the relay pings three times per period); 0 turns the watch off.
-    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "15s")]
-    liveness: Duration,
+    /// replaces it (the relay pings three times per period); 0 turns the watch off [default:
+    /// config.json's supervisor.liveness, else 15s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    liveness: Option<Duration>,
     /// The resident memory a new version may reach inside its health window before it is
     /// rolled back and skipped, in config.json's data-size syntax (512MB, 1GB; 1 KB = 1024 B); 0 turns the
     /// check off [default: config.json's supervisor.max_memory, else 1GB].
     #[arg(long, value_name = "SIZE", value_parser = size)]
     max_memory: Option<u64>,
     /// How many PINGs a new version must answer through the public socket (TLS, HTTP/2, with
-    /// its own key as origin) inside its health window; 0 turns the probe off.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    probe_count: u32,
+    /// its own key as origin) inside its health window; 0 turns the probe off [default:
+    /// config.json's supervisor.probe_count, else 3].
+    #[arg(long, value_name = "N")]
+    probe_count: Option<u32>,
     /// How long the release's own supervisor has to take over (serve) before it is killed,
     /// skipped, and this one serves on; at least the ready timeout and 5 s.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "60s")]
@@ -175,7 +177,7 @@ fn main() -> ExitCode {
         health_window,
         ready_timeout,
         migrate_timeout,
-        liveness: Some(liveness).filter(|d| !d.is_zero()),
+        liveness,
         max_memory,
         probe_count,
         supervisor_trial,

@@ -37,6 +37,10 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(135);
 /// Default health window (the anchors: ChromeOS 45 s, Cribl 30 s).
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(30);
+/// How long a serving relay may go without its liveness ping by default.
+pub const LIVENESS: Duration = Duration::from_secs(15);
+/// How many PINGs a new version must answer through the public socket by default.
+pub const PROBE_COUNT: u32 = 3;
 /// The longest the loop waits for a notice before it looks at everything else.
 const TURN: Duration = Duration::from_millis(50);
 
@@ -57,13 +61,15 @@ pub struct Options {
     pub ready_timeout: Option<Duration>,
     /// How long one migration may take.
     pub migrate_timeout: Duration,
-    /// How long a serving relay may go without its liveness ping (`None`: not watched).
+    /// How long a serving relay may go without its liveness ping (a flag, 0 for not watched;
+    /// else config.json's; else [`LIVENESS`]).
     pub liveness: Option<Duration>,
     /// The resident memory a new version may reach inside its health window (a flag, 0 for
     /// none; else config.json's; else [`MAX_MEMORY`]).
     pub max_memory: Option<u64>,
-    /// How many pings the in-band probe of a new version sends (0: no probe).
-    pub probe_count: u32,
+    /// How many pings the in-band probe of a new version sends (a flag, 0 for no probe; else
+    /// config.json's; else [`PROBE_COUNT`]).
+    pub probe_count: Option<u32>,
     /// How long the release's own supervisor has to take over.
     pub supervisor_trial: Duration,
 }
@@ -181,7 +187,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let listener = listener::listener(home, &orphans)?;
     let local = listener.local_addr().map_err(io("listener address"))?;
     log(&format!("listening on {local}"));
-    change::set_probe(local, opts.probe_count, timing.health_window);
+    change::set_probe(local, timing.probe_count, timing.health_window);
     log(&format!(
         "health window {:?}, ready timeout {:?}",
         timing.health_window, timing.ready_timeout
@@ -190,6 +196,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     let (jobs, done) = std::sync::mpsc::channel();
     let mut world = World {
         opts,
+        liveness: timing.liveness,
         listener,
         ready,
         control,
@@ -252,16 +259,10 @@ fn statement_of(relay: &Path) -> PathBuf {
 /// The waits: the flags, else config.json's `supervisor` section (read by the relay's own
 /// parser, `supervisor-settings`), else the defaults.
 fn timing(opts: &Options, current: &Verified) -> Timing {
-    let configured = if opts.health_window.is_none()
-        || opts.ready_timeout.is_none()
-        || opts.max_memory.is_none()
-    {
-        generation::settings(current, &opts.home)
-            .map(|out| Waits::from_json(&out))
-            .unwrap_or_default()
-    } else {
-        Waits::default()
-    };
+    // Always read: some settings (the refusal margin, the enrollment criterion) have no flag.
+    let configured = generation::settings(current, &opts.home)
+        .map(|out| Waits::from_json(&out))
+        .unwrap_or_default();
     for (_, key, d) in configured.entries() {
         if let Some(d) = d {
             log(&format!("config.json: supervisor.{key} {d:?}"));
@@ -285,13 +286,24 @@ fn timing(opts: &Options, current: &Verified) -> Timing {
         pause_wait: PAUSE_WAIT,
         stop_timeout: STOP_TIMEOUT,
         drain_timeout: DRAIN_TIMEOUT,
-        liveness: opts.liveness,
+        liveness: opts
+            .liveness
+            .or(configured.liveness)
+            .or(Some(LIVENESS))
+            .filter(|d| !d.is_zero()),
         max_memory: opts
             .max_memory
             .or(configured.max_memory)
             .or(Some(MAX_MEMORY))
             .filter(|&b| b > 0),
-        probe: opts.probe_count > 0,
+        probe_count: opts
+            .probe_count
+            .or(configured.probe_count)
+            .unwrap_or(PROBE_COUNT),
+        refused_margin_percent: configured
+            .refused_margin
+            .unwrap_or(crate::machine::REFUSED_MARGIN_PERCENT),
+        require_enrollment: configured.require_enrollment.unwrap_or(true),
     }
 }
 
@@ -310,6 +322,9 @@ struct Versions {
 /// waiting for their replies.
 struct World<'a> {
     opts: &'a Options,
+    /// How long a relay may go without its liveness ping (the flag, config.json or the
+    /// default; `None`: not watched): each relay is told.
+    liveness: Option<Duration>,
     listener: TcpListener,
     ready: ReadySocket,
     control: Control,
@@ -647,7 +662,7 @@ impl<'a> World<'a> {
                 generation::spawn(
                     &self.opts.home,
                     &self.opts.relay,
-                    self.opts.liveness,
+                    self.liveness,
                     copy,
                     &self.listener,
                     self.ready.name(),
@@ -879,10 +894,14 @@ mod tests {
             health_window: Some(Duration::from_millis(2500)),
             ready_timeout: Some(Duration::from_secs(45)),
             max_memory: Some(512 << 20),
+            liveness: Some(Duration::from_secs(5)),
+            probe_count: Some(0),
+            refused_margin: Some(20),
+            require_enrollment: Some(false),
         };
         assert_eq!(
             both.to_json(),
-            r#"{"health_window_secs":2.5,"ready_timeout_secs":45.0,"max_memory_bytes":536870912}"#
+            r#"{"health_window_secs":2.5,"ready_timeout_secs":45.0,"liveness_secs":5.0,"max_memory_bytes":536870912,"probe_count":0,"refused_margin_percent":20,"require_enrollment":false}"#
         );
         assert_eq!(Waits::from_json(both.to_json().as_bytes()), both);
         let one = Waits {

@@ -123,12 +123,14 @@ fn twenty_relays_take_a_good_release_in_step_order_a_bad_one_halts_after_its_fir
         let opens = start + good_steps[step].after_secs * 1000;
         let committed = at(m, &good, Kind::Committed)
             .unwrap_or_else(|| panic!("{} never committed {good}", m.name));
+        // Its first step of the change (the download verified): after its step opened.
+        let started = at(m, &good, Kind::Verified).unwrap();
         assert!(
-            committed >= opens,
-            "{} (position {pos:.2}%, step {}) committed {good} {} ms before its step opened",
+            started >= opens,
+            "{} (position {pos:.2}%, step {}) started {good} {} ms before its step opened",
             m.name,
             step + 1,
-            opens - committed
+            opens - started
         );
         per_step.entry(step).or_default().push(committed - start);
     }
@@ -232,4 +234,60 @@ fn twenty_relays_take_a_good_release_in_step_order_a_bad_one_halts_after_its_fir
         .unwrap();
     assert!(recall.contains(", 0 failed;"), "{recall}");
     std::fs::remove_dir_all(&run.kept).unwrap();
+}
+
+/// Freeze detection: a relay whose release server cannot be reached says, after
+/// `release_stale_after`, that its release information is stale (in `status` and the log), and
+/// one that reaches it says when it last fetched it.
+#[test]
+fn a_relay_cut_off_from_its_release_server_says_its_release_information_is_stale() {
+    use crate::support::standin::Standin;
+    use crate::support::supervised::Supervised;
+    // Nothing listens on the discard port of loopback.
+    let cut = Supervised::start_with(
+        Standin::start(),
+        r#""release_url": "http://127.0.0.1:9/", "release_check_interval": "1s", "release_stale_after": "2s","#,
+        &["--health-window", "1"],
+    );
+    let mut last = String::new();
+    crate::support::eventually(
+        Duration::from_secs(30),
+        "status to say the release information is stale",
+        || {
+            last = cut.home.run(&["status"]).stdout;
+            last.contains("release info:") && last.contains("STALE")
+        },
+    );
+    println!("{last}");
+    assert!(last.contains("never fetched"), "{last}");
+    crate::support::eventually(Duration::from_secs(10), "a warning in the log", || {
+        cut.log().contains("release information is stale")
+    });
+
+    // Reaching a release server with channel information: fresh.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tree.path().join("channels.json"),
+        r#"{"relay": {"default": "0.1.0"}}"#,
+    )
+    .unwrap();
+    let standin = Standin::start_with(wireleap_devnet::Config {
+        releases_root: Some(tree.path().to_path_buf()),
+        ..wireleap_devnet::Config::default()
+    });
+    let url = standin.net.releases_url().to_owned();
+    let fine = Supervised::start_with(
+        standin,
+        &format!(
+            r#""release_url": "{url}", "release_check_interval": "1s", "release_stale_after": "2s","#
+        ),
+        &["--health-window", "1"],
+    );
+    crate::support::eventually(Duration::from_secs(30), "status to show a fetch", || {
+        last = fine.home.run(&["status"]).stdout;
+        last.contains("release info:      fetched")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let status = fine.home.run(&["status"]).stdout;
+    assert!(!status.contains("STALE"), "{status}");
 }

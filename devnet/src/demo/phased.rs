@@ -313,12 +313,14 @@ fn fleet_demo(
                 if committed.contains_key(&i) {
                     continue;
                 }
-                let Some(at) = m
-                    .relay
-                    .journal()
-                    .iter()
-                    .find(|s| s.version == good && s.step == Kind::Committed)
-                    .map(|s| s.time_ms)
+                let journal = m.relay.journal();
+                let time = |step: Kind| {
+                    journal
+                        .iter()
+                        .find(|s| s.version == good && s.step == step)
+                        .map(|s| s.time_ms)
+                };
+                let (Some(at), Some(verified)) = (time(Kind::Committed), time(Kind::Verified))
                 else {
                     continue;
                 };
@@ -326,17 +328,19 @@ fn fleet_demo(
                 let pos = position(&m.key, &good);
                 let (step, opens) = step_of(&GOOD_STEPS, pos);
                 let after = at.saturating_sub(t0);
+                let began = verified.saturating_sub(t0);
                 out.say(format!(
-                "  {}  position {pos:>5.2}%  step {}  (opens +{opens:>2} s)  committed {good} at +{:.1} s",
-                m.name,
-                step + 1,
-                after as f64 / 1000.0
-            ));
-                if after < opens * 1000 {
+                    "  {}  position {pos:>5.2}%  step {}  (opens +{opens:>2} s)  downloaded and verified {good} at +{:.1} s, committed at +{:.1} s",
+                    m.name,
+                    step + 1,
+                    began as f64 / 1000.0,
+                    after as f64 / 1000.0
+                ));
+                if began < opens * 1000 {
                     summary.problems.push(format!(
-                        "{} committed {good} at +{:.1} s, before its step {} opened (+{opens} s)",
+                        "{} started {good} at +{:.1} s, before its step {} opened (+{opens} s)",
                         m.name,
-                        after as f64 / 1000.0,
+                        began as f64 / 1000.0,
                         step + 1
                     ));
                 }

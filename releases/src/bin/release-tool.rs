@@ -278,6 +278,10 @@ enum RolloutCommand {
         /// How long each rollout document is valid: `<n>h`, `<n>m` or `<n>s` (at most 24h).
         #[arg(long, default_value = "6h")]
         lifetime: String,
+        /// Count the outcome reports of any validly signed relay key, not only of relays that
+        /// downloaded the version from this service (when a front server serves the binaries).
+        #[arg(long)]
+        open_reports: bool,
     },
     /// Start (or restart) the rollout of a version that is published in the tree.
     Start {
@@ -982,6 +986,7 @@ fn rollout_command(command: RolloutCommand) -> anyhow::Result<()> {
             key,
             listen,
             lifetime,
+            open_reports,
         } => {
             let lifetime = parse_span(&lifetime)?;
             if lifetime > relay_release::rollout::MAX_LIFETIME {
@@ -993,6 +998,7 @@ fn rollout_command(command: RolloutCommand) -> anyhow::Result<()> {
                 keys: signing_keys(&key)?,
                 lifetime,
                 listen,
+                open_reports,
             };
             tracing_subscriber_init();
             let runtime = tokio::runtime::Runtime::new()?;

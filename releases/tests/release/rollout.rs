@@ -140,7 +140,10 @@ fn the_service_schedules_counts_reports_halts_and_recalls_and_old_documents_are_
         text(&out)
     );
     let started = admin(&state, &["start", VERSION, "--steps", "0:10,1h:100"]);
-    assert_eq!(started["rollouts"][0]["serial"], 1, "{started}");
+    assert!(
+        started["rollouts"][0]["serial"].as_u64().unwrap() > 0,
+        "{started}"
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,25 +173,27 @@ fn the_service_schedules_counts_reports_halts_and_recalls_and_old_documents_are_
     let first_doc = reqwest_get(&rt, &format!("{}v{VERSION}/rollout", service.url));
 
     // A download is counted with the relay that named itself.
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let r = client
-            .get(format!(
-                "{}v{VERSION}/wireleap-relay_linux-x86_64",
-                service.url
-            ))
-            .header(
-                relay_release::fetch::RELAY_HEADER,
-                PublicKey::from(&early).to_b64(),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.bytes().await.unwrap().as_ref(), b"binary");
-    });
+    let download = |key: &SigningKey| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!(
+                    "{}v{VERSION}/wireleap-relay_linux-x86_64",
+                    service.url
+                ))
+                .header(
+                    relay_release::fetch::RELAY_HEADER,
+                    PublicKey::from(key).to_b64(),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.bytes().await.unwrap().as_ref(), b"binary");
+        });
+    };
 
-    // Reports: a forged one is refused; one from a step not open is not counted; two
-    // rollbacks in step 1 halt it.
+    // Reports: a forged one is refused; one from a relay that did not download the version
+    // here is not counted (made-up keys cannot halt a rollout for free); one from a step not
+    // open is not counted; two rollbacks in step 1 halt it.
     let post = |bytes: Vec<u8>| rt.block_on(fetcher(&early).post_report(bytes));
     let mut forged = String::from_utf8(report(&early, Outcome::Committed)).unwrap();
     forged = forged.replace("committed", "rolled-back");
@@ -196,6 +201,12 @@ fn the_service_schedules_counts_reports_halts_and_recalls_and_old_documents_are_
         post(forged.into_bytes()),
         Err(Error::HttpStatus { status: 400, .. })
     ));
+    assert!(matches!(
+        post(report(&early, Outcome::RolledBack)),
+        Err(Error::HttpStatus { status: 403, .. })
+    ));
+    download(&early);
+    download(&late);
     post(report(&late, Outcome::RolledBack)).unwrap();
     post(report(&early, Outcome::RolledBack)).unwrap();
     post(report(&early, Outcome::RolledBack)).unwrap();
@@ -204,35 +215,33 @@ fn the_service_schedules_counts_reports_halts_and_recalls_and_old_documents_are_
         st["rollouts"][0]["halted"], false,
         "one relay counts once: {st}"
     );
-    post(report(&relay_key(Some(10.0)), Outcome::RolledBack)).unwrap();
+    let second = relay_key(Some(10.0));
+    download(&second);
+    post(report(&second, Outcome::RolledBack)).unwrap();
     let st = admin(&state, &["status", VERSION]);
     let r = &st["rollouts"][0];
     assert_eq!(r["halted"], true, "{st}");
     assert_eq!(r["per_step"][0]["rolled_back"], 2, "{st}");
     assert_eq!(r["per_step"][1]["rolled_back"], 0, "{st}");
-    assert_eq!(r["downloads"], 1, "{st}");
-    assert_eq!(r["downloaders"], 1, "{st}");
+    assert_eq!(r["downloads"], 3, "{st}");
+    assert_eq!(r["downloaders"], 3, "{st}");
     assert_eq!(r["criteria"]["probe"], 2, "{st}");
     assert!(r["first_rollback_to_halt_ms"].is_u64(), "{st}");
 
     // The halted document has a higher serial; the one before it is a replay from now on.
-    let halted = fetch(&late, Some(1)).unwrap().unwrap();
-    assert_eq!(halted.document.serial, 2);
+    let first_serial = doc.document.serial;
+    let halted = fetch(&late, Some(first_serial)).unwrap().unwrap();
+    assert!(halted.document.serial > first_serial);
     assert_eq!(halted.gate(at(&late), SystemTime::now()), Gate::Halted);
-    let replay =
-        relay_release::rollout::verify(&first_doc, &rollout_keys(), &v, SystemTime::now(), Some(2))
-            .unwrap_err();
-    assert!(
-        matches!(
-            replay,
-            Error::RolloutReplayed {
-                serial: 1,
-                seen: 2,
-                ..
-            }
-        ),
-        "{replay}"
-    );
+    let replay = relay_release::rollout::verify(
+        &first_doc,
+        &rollout_keys(),
+        &v,
+        SystemTime::now(),
+        Some(halted.document.serial),
+    )
+    .unwrap_err();
+    assert!(matches!(replay, Error::RolloutReplayed { .. }), "{replay}");
     assert_eq!(
         admin(&state, &["status", VERSION])["rollouts"][0]["saw_halt"],
         1
@@ -244,22 +253,44 @@ fn the_service_schedules_counts_reports_halts_and_recalls_and_old_documents_are_
     let st = admin(&state, &["status"]);
     assert_eq!(st["rollouts"][0]["halted"], true, "{st}");
     admin(&state, &["resume", VERSION]);
+    // A report of an upgrade that ended before the resume belongs to the halted attempt.
+    let old = Report::new(
+        PublicKey::from(&second),
+        &v,
+        &semver::Version::parse("0.9.0").unwrap(),
+        Outcome::RolledBack,
+        Some("probe"),
+        SystemTime::now() - Duration::from_secs(600),
+    )
+    .sign(&second)
+    .unwrap();
+    let f = Fetcher::try_new(Layout::try_new(&service.url).unwrap(), Limits::default()).unwrap();
+    assert!(matches!(
+        rt.block_on(f.post_report(old)),
+        Err(Error::HttpStatus { status: 409, .. })
+    ));
     let recalled = admin(&state, &["recall", VERSION]);
     assert_eq!(recalled["rollouts"][0]["recall"], true, "{recalled}");
     let text = String::from_utf8(admin_text(&state, &["status"]).stdout).unwrap();
     assert!(text.contains("RECALLED"), "{text}");
     let fetcher =
         Fetcher::try_new(Layout::try_new(&service.url).unwrap(), Limits::default()).unwrap();
-    let doc = rt
-        .block_on(fetcher.fetch_rollout(&v, &rollout_keys(), SystemTime::now(), Some(2)))
+    let recalled_doc = rt
+        .block_on(fetcher.fetch_rollout(
+            &v,
+            &rollout_keys(),
+            SystemTime::now(),
+            Some(halted.document.serial),
+        ))
         .unwrap()
         .unwrap();
     assert!(
-        doc.document.recall && doc.document.halted,
+        recalled_doc.document.recall && recalled_doc.document.halted,
         "{:?}",
-        doc.document
+        recalled_doc.document
     );
-    assert!(doc.document.serial > 3);
+    // Resume and recall each issued a new serial.
+    assert!(recalled_doc.document.serial >= halted.document.serial + 2);
     // A version without a plan is not phased (404).
     let none = rt
         .block_on(fetcher.fetch_rollout(

@@ -18,7 +18,9 @@ fn timing() -> Timing {
         drain_timeout: DRAIN,
         liveness: Some(LIVE),
         max_memory: Some(MEMORY),
-        probe: false,
+        probe_count: 0,
+        refused_margin_percent: crate::machine::REFUSED_MARGIN_PERCENT,
+        require_enrollment: true,
     }
 }
 
@@ -1240,7 +1242,7 @@ fn with_a_probe_a_new_version_commits_only_once_it_passed_and_one_that_fails_is_
         let mut d = Drive::serving();
         d.m = Machine::new(
             Timing {
-                probe: true,
+                probe_count: 3,
                 ..timing()
             },
             Vec::new(),
@@ -1346,7 +1348,7 @@ fn a_probe_that_never_reports_fails_the_version_after_a_grace() {
     let mut d = Drive::new(Vec::new());
     d.m = Machine::new(
         Timing {
-            probe: true,
+            probe_count: 3,
             ..timing()
         },
         Vec::new(),
