@@ -74,6 +74,9 @@ pub const ROLLOUT_SEEN: &str = "rollout-seen.json";
 /// journal has been reported (JSON, at most a few dozen reports). Written by the relay: the
 /// generation that runs after a change reports its outcome from the journal.
 pub const OUTCOME_REPORTS: &str = "upgrade-reports.json";
+/// The bytes of each version's binary downloaded today (JSON, written by the relay's Upgrader):
+/// the daily download budget per version.
+pub const DOWNLOAD_BUDGET: &str = "download-budget.json";
 /// What the relay last learnt from the release server, for `status` (JSON, written by the
 /// relay's Upgrader after each check; [`crate::state::ReleaseInfo`]).
 pub const RELEASE_INFO: &str = "release-info.json";

@@ -72,6 +72,77 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// How many times over its size one version's binary may be downloaded per day (every attempt
+/// counts what it received): a release server or a path that truncates or corrupts every
+/// download cannot make a relay spend unbounded bandwidth on it.
+pub const DOWNLOADS_PER_DAY: u64 = 4;
+
+/// The download budget of one UTC day ([`wireleap_home::files::DOWNLOAD_BUDGET`]).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Budget {
+    /// Days since the epoch.
+    day: u64,
+    /// Per version: bytes received today, and the binary's signed size.
+    versions: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl Budget {
+    fn today() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400)
+    }
+
+    fn load(home: &Path) -> Self {
+        let path = home.join(wireleap_home::files::DOWNLOAD_BUDGET);
+        let budget: Self = wireleap_home::durable::read_regular(&path, 64 * 1024, None)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if budget.day == Self::today() {
+            budget
+        } else {
+            Self {
+                day: Self::today(),
+                versions: std::collections::BTreeMap::new(),
+            }
+        }
+    }
+
+    /// Why `version` may not be downloaded again today, if it may not.
+    fn exhausted(&self, version: &Version) -> Option<String> {
+        let &(spent, size) = self.versions.get(&version.to_string())?;
+        (size > 0 && spent >= DOWNLOADS_PER_DAY * size).then(|| {
+            format!(
+                "its download budget for today is spent ({spent} bytes, {DOWNLOADS_PER_DAY} times its size): not downloading it again before 00:00 UTC"
+            )
+        })
+    }
+
+    fn add(home: &Path, version: &Version, bytes: u64, size: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut budget = Self::load(home);
+        let entry = budget.versions.entry(version.to_string()).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add(bytes);
+        entry.1 = entry.1.max(size);
+        while budget.versions.len() > 16 {
+            let first = budget.versions.keys().next().cloned();
+            if let Some(k) = first {
+                budget.versions.remove(&k);
+            }
+        }
+        let path = home.join(wireleap_home::files::DOWNLOAD_BUDGET);
+        let written = serde_json::to_vec(&budget)
+            .map_err(std::io::Error::other)
+            .and_then(|b| wireleap_home::durable::write_atomic(&path, &b, 0o644));
+        if let Err(e) = written {
+            warn!(path = %path.display(), error = %e, "could not record the download budget");
+        }
+    }
+}
+
 /// How long the changelog may take once the release is staged.
 const CHANGELOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -114,6 +185,14 @@ pub async fn run(
             };
         }
     };
+    if let Some(why) = Budget::load(&home).exhausted(&version) {
+        return Outcome::Failed {
+            version: version.clone(),
+            why,
+            skipped: false,
+            server: true,
+        };
+    }
     match stage(&home, &base, relay, &trust, &running, &version).await {
         Ok(()) => {}
         Err(e) => {
@@ -170,15 +249,27 @@ async fn stage(
     let (keys, expected) = relay_release::trust::release_check(trust, home, version, running)?;
     let dest = destination(home);
     let mut last_tenth = 0;
+    // Bytes received over every attempt, for the daily budget.
+    let (mut received, mut last_done, mut size) = (0u64, 0u64, 0u64);
     let staged = fetcher
         .stage_release(&keys, &expected, &dest, |p| {
+            // A smaller count than the last: a new attempt started from zero.
+            received += if p.done >= last_done {
+                p.done - last_done
+            } else {
+                p.done
+            };
+            last_done = p.done;
+            size = p.total;
             let tenth = (p.done * 10).checked_div(p.total).unwrap_or(10);
             if tenth > last_tenth {
                 last_tenth = tenth;
                 info!(version = %version, done = p.done, total = p.total, "downloading");
             }
         })
-        .await?;
+        .await;
+    Budget::add(home, version, received, size);
+    let staged = staged?;
     info!(
         version = %version,
         signers = %staged.verified.signers.join(","),
@@ -216,5 +307,31 @@ async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
             skipped: false,
             server: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_downloaded_four_times_over_today_waits_for_tomorrow() {
+        let home = tempfile::tempdir().unwrap();
+        let v = Version::new(1, 2, 3);
+        Budget::add(home.path(), &v, 250, 100);
+        assert_eq!(Budget::load(home.path()).exhausted(&v), None);
+        Budget::add(home.path(), &v, 150, 100);
+        let why = Budget::load(home.path()).exhausted(&v).unwrap();
+        assert!(why.contains("400 bytes"), "{why}");
+        assert_eq!(
+            Budget::load(home.path()).exhausted(&Version::new(1, 2, 4)),
+            None
+        );
+        // Yesterday's spending does not count.
+        let path = home.path().join(wireleap_home::files::DOWNLOAD_BUDGET);
+        let mut old = Budget::load(home.path());
+        old.day -= 1;
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(Budget::load(home.path()).exhausted(&v), None);
     }
 }

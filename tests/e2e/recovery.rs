@@ -132,7 +132,12 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let st = status(&home);
+    // A loaded machine may delay one answer: ask until the supervisor answers.
+    let mut st = serde_json::Value::Null;
+    eventually(WAIT, &format!("{spec}: a status answer"), || {
+        st = status(&home);
+        !st.is_null()
+    });
     let version = st["version"].as_str().unwrap_or("?").to_owned();
     let last_step = st["last"]["step"].as_str().unwrap_or("?").to_owned();
     // A version during whose change the supervisor died is not tried again by itself.
@@ -178,7 +183,7 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
         _ => {
             assert!(
                 installed == original,
-                "{spec}: the old version runs from other bytes"
+                "{spec}: the old version runs from other bytes (status {st})"
             );
             // Invariant 7: no downgrade; the highest committed is not above what runs.
             assert!(
