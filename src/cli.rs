@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "wireleap-relay",
     disable_version_flag = true,
-    after_help = "The home directory is the folder of the executable (symlinks resolved), or $WIRELEAP_RELAY_HOME."
+    after_help = "The home directory is the folder of the executable (symlinks resolved), or $WIRELEAP_RELAY_HOME.\n`wireleap-relay --version` prints the version (as `version` does)."
 )]
 pub struct Cli {
     /// The command to run.
@@ -39,8 +39,13 @@ pub enum Command {
     Restart,
     /// Make the daemon re-read config.json (SIGUSR1).
     Reload,
-    /// Report whether the daemon runs (exit 0 running, 1 not running, 2 unknown).
-    Status,
+    /// Report whether the daemon runs (exit 0 running, 1 not running, 2 unknown), with its
+    /// enrollment, sharetokens and upgrades.
+    Status {
+        /// One JSON object instead (docs/status.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate config.json; print OK or every problem.
     CheckConfig,
     /// Show the relay's balance, accepted tokens and withdrawals at its contract(s).
@@ -48,8 +53,12 @@ pub enum Command {
         /// Only this contract (default: every contract in config.json).
         #[arg(long, value_name = "URL")]
         contract: Option<String>,
-        /// Print the contracts' replies as indented JSON (the reference's output).
-        #[arg(long)]
+        /// A summary for people (with the local ledger's counts) instead of the reference's
+        /// indented JSON per contract.
+        #[arg(long, conflicts_with = "json")]
+        human: bool,
+        /// Print the reference's JSON (the default; kept for scripts that pass it).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Withdraw earnings from a contract.
@@ -66,6 +75,9 @@ pub enum Command {
         /// Print the contract's reply as indented JSON.
         #[arg(long)]
         json: bool,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Apply this version's migrations to the home directory: `migrate FROM` copies config.json
     /// to config.json.next and migrates it (and the ledger) up from FROM; `migrate --down TO`

@@ -322,6 +322,7 @@ impl Daemon {
                 self.notify_socket.clone(),
             ));
         }
+        actix_rt::spawn(publish_status(self.home.clone(), actors.status.clone()));
         if let Some(every) = self.watchdog {
             actix_rt::spawn(liveness(
                 actors.transport.clone(),
@@ -414,7 +415,7 @@ impl Daemon {
             .await
         {
             Ok(s) => {
-                info!(added = ?s.added, updated = ?s.updated, removed = ?s.removed, refused = ?s.refused, "config reloaded")
+                info!(added = ?s.added, updated = ?s.updated, removed = ?s.removed, refused = ?s.refused, heartbeats = ?s.heartbeats, "config reloaded")
             }
             Err(e) => error!(error = %e, "reload: enrollment did not answer"),
         }
@@ -425,6 +426,41 @@ impl Daemon {
     async fn dump_status(&self, actors: &Actors) {
         println!("{}", actors.status.json().await);
         save_usage(&actors.usage).await;
+    }
+}
+
+/// How often the serving relay's state is written for `status`.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes [`wireleap_home::files::RELAY_STATUS`] every [`STATUS_EVERY`] when the state changed
+/// (and at least once a minute, so that its age tells whether the relay still writes it).
+async fn publish_status(home: PathBuf, status: StatusSource) {
+    let path = home.join(wireleap_home::files::RELAY_STATUS);
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<(serde_json::Value, std::time::Instant)> = None;
+    loop {
+        tick.tick().await;
+        let state = status.json().await;
+        if last
+            .as_ref()
+            .is_some_and(|(v, at)| *v == state && at.elapsed() < Duration::from_secs(60))
+        {
+            continue;
+        }
+        let mut object = state.clone();
+        if let Some(map) = object.as_object_mut() {
+            map.insert("pid".into(), std::process::id().into());
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            map.insert("time_ms".into(), ms.into());
+        }
+        let bytes = serde_json::to_vec_pretty(&object).unwrap_or_default();
+        match wireleap_home::durable::write_atomic(&path, &bytes, 0o644) {
+            Ok(()) => last = Some((state, std::time::Instant::now())),
+            Err(e) => warn!(path = %path.display(), error = %e, "could not write the status file"),
+        }
     }
 }
 

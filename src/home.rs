@@ -42,11 +42,12 @@ pub enum Error {
     },
 }
 
-/// Resolves the home directory and creates it if missing.
+/// Resolves the home directory and, with `create`, creates it if missing (only commands that
+/// write a home create it: a mistyped `WIRELEAP_RELAY_HOME` given to `status` creates nothing).
 ///
 /// # Errors
 /// [`Error::Executable`] or [`Error::Create`].
-pub fn resolve(env: &dyn Environment) -> Result<PathBuf, Error> {
+pub fn resolve(env: &dyn Environment, create: bool) -> Result<PathBuf, Error> {
     let dir = match env.var(HOME_ENV).filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
@@ -57,10 +58,12 @@ pub fn resolve(env: &dyn Environment) -> Result<PathBuf, Error> {
                 .unwrap_or_else(|| PathBuf::from("/"))
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Create {
-        path: dir.clone(),
-        source,
-    })?;
+    if create {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Create {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     Ok(std::fs::canonicalize(&dir).unwrap_or(dir))
 }
 

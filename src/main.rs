@@ -12,6 +12,14 @@ use wireleap_relay::operator::{control, rollback, supervised, upgrade};
 use wireleap_relay::{config, daemon, exit, ledger, telemetry, version};
 
 fn main() -> ExitCode {
+    // `--version` (and `-V`) print what `version` prints: the version stamped into this binary.
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag] = args.as_slice()
+        && matches!(flag.as_str(), "--version" | "-V" | "-version")
+    {
+        println!("wireleap-relay {}", version::software_str());
+        return ExitCode::SUCCESS;
+    }
     let cli = match Cli::try_parse_from(cli::normalize(std::env::args())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -32,7 +40,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(exit::FAILURE);
     };
-    let home = match home::resolve(&env) {
+    // Only the commands that make a home create it.
+    let create = matches!(cli.command, Command::Init { .. } | Command::Start { .. });
+    let home = match home::resolve(&env, create) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");
@@ -110,7 +120,7 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             }
             control_result(control::reload(home))
         }
-        Command::Status => control::status(home),
+        Command::Status { json } => control::status(home, json),
         Command::Upgrade { yes, version: to } => upgrade::run(home, version, yes, to.as_deref()),
         Command::Rollback => rollback::run(home),
         Command::DetachSupervisor { supervisor, relay } => {
@@ -118,10 +128,12 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             eprintln!("error: could not run {}: {e}", supervisor.display());
             exit::FAILURE
         }
-        Command::Balance { contract, json } => payout_result(ledger::payout::balance(
+        Command::Balance {
+            contract, human, ..
+        } => payout_result(ledger::payout::balance(
             home,
             contract.as_deref(),
-            json,
+            !human,
             &version.to_string(),
         )),
         Command::Withdraw {
@@ -129,12 +141,14 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             destination,
             amount,
             json,
+            yes,
         } => payout_result(ledger::payout::withdraw(
             home,
             contract.as_deref(),
             &destination,
             amount,
             json,
+            yes,
             &version.to_string(),
         )),
     }

@@ -74,6 +74,10 @@ pub const ROLLOUT_SEEN: &str = "rollout-seen.json";
 /// journal has been reported (JSON, at most a few dozen reports). Written by the relay: the
 /// generation that runs after a change reports its outcome from the journal.
 pub const OUTCOME_REPORTS: &str = "upgrade-reports.json";
+/// The serving relay's own state for `status`: per contract enrollment, last heartbeat and its
+/// error, sharetoken counts, the upgrader's state (the REST `/api/status` object, with `pid`
+/// and `time_ms`). Written by the relay every few seconds when it changed.
+pub const RELAY_STATUS: &str = "relay-status.json";
 /// The bytes of each version's binary downloaded today (JSON, written by the relay's Upgrader):
 /// the daily download budget per version.
 pub const DOWNLOAD_BUDGET: &str = "download-budget.json";

@@ -96,6 +96,8 @@ struct Slot {
     relays_url: Option<String>,
     /// Set while the contract's usage is over its soft or hard cap (spec §2.5).
     capped: Option<Level>,
+    /// Wakes the task's heartbeat loop for a heartbeat now (a reload, spec §1.4).
+    beat: Arc<tokio::sync::Notify>,
 }
 
 /// What the relay knows about one contract (shown by `status` and the REST API).
@@ -244,6 +246,7 @@ impl Enrollment {
             me: ctx.address(),
             upgrader: self.upgrader.clone(),
             speaking: self.speaking.clone(),
+            beat: slot.beat.clone(),
         };
         tokio::spawn(task.run());
     }
@@ -268,6 +271,7 @@ impl Slot {
             task: CancellationToken::new(),
             relays_url: None,
             capped: None,
+            beat: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -315,6 +319,7 @@ struct ContractTask {
     me: Addr<Enrollment>,
     upgrader: Recipient<UpgradeNotice>,
     speaking: Arc<tokio::sync::RwLock<()>>,
+    beat: Arc<tokio::sync::Notify>,
 }
 
 impl ContractTask {
@@ -389,7 +394,11 @@ impl ContractTask {
         let mut ticker = tokio::time::interval_at(start, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                // A reload: a heartbeat now, the next a full interval later.
+                () = self.beat.notified() => ticker.reset(),
+            }
             let heartbeat = self.post(&relays_url, false);
             let result = crate::metrics::timed_heartbeat(heartbeat).await;
             match &result {
@@ -567,6 +576,8 @@ pub struct ReloadSummary {
     pub removed: Vec<String>,
     /// Changes refused, with the reason (a role change needs a restart, as in the reference).
     pub refused: Vec<String>,
+    /// Unchanged enrolled contracts that get a heartbeat now.
+    pub heartbeats: Vec<String>,
 }
 
 impl Handler<ApplyConfig> for Enrollment {
@@ -619,7 +630,15 @@ impl Handler<ApplyConfig> for Enrollment {
                     summary.updated.push(url.to_string());
                     true
                 }
-                Some(_) => false,
+                Some(slot) => {
+                    // Unchanged: the reference re-announces an enrolled relay at once (spec
+                    // §1.4), which operators use after a directory outage.
+                    if slot.state.enrolled {
+                        slot.beat.notify_one();
+                        summary.heartbeats.push(url.to_string());
+                    }
+                    false
+                }
             };
             if restart {
                 self.spawn_task(url, ctx);

@@ -26,8 +26,9 @@ const MAX_REPLY: usize = 1 << 20;
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server could not be reached or the connection broke.
-    #[error("{url}: {source}")]
+    /// The server could not be reached or the connection broke; the message carries every
+    /// cause (connection refused, DNS, TLS, timeout), not only reqwest's first line.
+    #[error("{url}: {}", chain(source))]
     Network {
         /// The URL called.
         url: String,
@@ -80,7 +81,28 @@ pub enum Error {
     },
 }
 
+/// An error with its causes: `a: b: c` (each cause once).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl Error {
+    /// Whether the request provably never reached the server (the connection could not be
+    /// made): only such a failure may be retried for a call that must not happen twice.
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, Error::Network { source, .. } if source.is_connect())
+    }
+
     /// Whether the same call may succeed later (network trouble, 500, 502, 503).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -359,15 +381,23 @@ impl Client {
             url: url.clone(),
             why: e.to_string(),
         })?;
-        let reply = self
-            .call_retrying(
-                Method::POST,
-                &url,
-                &body,
-                &[Interface::RelayContract],
-                retry,
-            )
-            .await?;
+        // Money moves: the POST is sent again only when it provably never left (a refused
+        // connection). After a timeout, a 5xx or a reply that does not decode it may have been
+        // carried out; the contract's withdrawals list tells.
+        let mut attempt = 1;
+        let reply = loop {
+            match self
+                .call(Method::POST, &url, &body, &[Interface::RelayContract], &[])
+                .await
+            {
+                Err(e) if e.is_unsent() && attempt < retry.attempts => {
+                    tracing::debug!(error = %e, attempt, "withdrawal not sent; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(retry.delay).await;
+                }
+                other => break other?,
+            }
+        };
         decode(&url, &reply.body)
     }
 

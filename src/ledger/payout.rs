@@ -2,10 +2,11 @@
 //! contracts, read and spent from the command line.
 //!
 //! Requests are signed with the relay key and carry the relay-contract version header only, as
-//! the reference's commands do; the contract's replies are passed through as JSON. `--json`
-//! prints what the reference prints (indented JSON per contract); without it the output is made
-//! for people, plus the local ledger's counts. Who calls it: `main` (the commands). It never
-//! runs inside the daemon.
+//! the reference's commands do; the contract's replies are passed through as JSON. `balance`
+//! prints what the reference prints (indented JSON per contract); with `--human` the output is
+//! made for people, plus the local ledger's counts. `withdraw` asks before it moves money
+//! (`--yes` does not), and never sends its POST twice once it may have reached the contract.
+//! Who calls it: `main` (the commands). It never runs inside the daemon.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -85,17 +86,19 @@ pub fn balance(
     Ok(text)
 }
 
-/// `withdraw [--contract URL] --destination D --amount N [--json]`. Without `--contract`,
-/// config.json must name exactly one contract.
+/// `withdraw [--contract URL] --destination D --amount N [--json] [--yes]`. Without
+/// `--contract`, config.json must name exactly one contract. Without `--yes` it asks on the
+/// terminal, and refuses when there is none.
 ///
 /// # Errors
-/// [`Error::Usage`] for bad arguments, or the contract's refusal.
+/// [`Error::Usage`] for bad arguments or no confirmation, or the contract's refusal.
 pub fn withdraw(
     home: &Path,
     contract: Option<&str>,
     destination: &str,
     amount: i64,
     json: bool,
+    yes: bool,
     software: &str,
 ) -> Result<String, Error> {
     let amount = u64::try_from(amount)
@@ -116,6 +119,13 @@ pub fn withdraw(
             }
         },
     };
+    if !yes
+        && !confirm(&format!(
+            "withdraw {amount} to {destination:?} from {contract}?"
+        ))?
+    {
+        return Err(Error::Usage("not confirmed: nothing was sent".into()));
+    }
     let client = signed_client(home, software)?;
     let reply = block_on(client.withdraw(&contract, amount, destination, Retry::PERFORM))??;
     if json {
@@ -128,6 +138,32 @@ pub fn withdraw(
         field("amount"),
         field("destination"),
         field("state"),
+    ))
+}
+
+/// Asks `question` on the terminal; only "y" or "yes" confirms.
+///
+/// # Errors
+/// [`Error::Usage`] when stdin is not a terminal (a script must say `--yes`).
+fn confirm(question: &str) -> Result<bool, Error> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "withdraw moves money and stdin is not a terminal to ask on: pass --yes to confirm"
+                .into(),
+        ));
+    }
+    let mut stderr = std::io::stderr();
+    let _ = write!(stderr, "{question} [y/N] ");
+    let _ = stderr.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::Setup(format!("could not read the answer: {e}")))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
     ))
 }
 
@@ -242,9 +278,9 @@ mod tests {
     #[test]
     fn ledger_payout_withdraw_checks_arguments_before_any_call() {
         let home = tempfile::tempdir().unwrap();
-        let e = withdraw(home.path(), Some("http://c"), "d", 0, false, "0.7.0").unwrap_err();
+        let e = withdraw(home.path(), Some("http://c"), "d", 0, false, true, "0.7.0").unwrap_err();
         assert!(matches!(e, Error::Usage(_)), "{e}");
-        let e = withdraw(home.path(), Some("http://c"), " ", 5, false, "0.7.0").unwrap_err();
+        let e = withdraw(home.path(), Some("http://c"), " ", 5, false, true, "0.7.0").unwrap_err();
         assert!(matches!(e, Error::Usage(_)), "{e}");
     }
 }

@@ -89,14 +89,41 @@ pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| Error::Io { what, source }
 }
 
-/// `status`: prints one line (a supervised relay: the details below it); returns the exit code
-/// (0 running, 1 not running, 2 unreadable).
-pub fn status(home: &Path) -> u8 {
+/// `status`: prints the reference's line, then the details below it (the relay's enrollment,
+/// sharetokens and upgrades; a supervised relay's supervisor); with `json` one JSON object
+/// instead (`docs/status.md`). Returns the exit code (0 running, 1 not running, 2 unreadable).
+/// A home directory that does not exist is not created.
+pub fn status(home: &Path, json: bool) -> u8 {
+    let now = std::time::SystemTime::now();
+    if !home.is_dir() {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"running": false, "pid": null, "error": format!("no home directory {}", home.display())})
+            );
+        } else {
+            println!(
+                "wireleap-relay is not running (there is no home directory {})",
+                home.display()
+            );
+        }
+        return 1;
+    }
     let supervisor = supervised::supervisor_state(home);
     if let State::Running(spid) = supervisor {
-        return supervised::status(home, spid);
+        return supervised::status(home, spid, json);
     }
-    match pidfile::state(&home.join(files::PID)) {
+    let state = pidfile::state(&home.join(files::PID));
+    if json {
+        let (running, pid, code) = match &state {
+            State::Running(pid) => (true, Some(*pid), 0),
+            State::Unreadable(_) => (false, None, 2),
+            _ => (false, None, 1),
+        };
+        println!("{}", super::report::json(home, running, pid, None, now));
+        return code;
+    }
+    match state {
         // The supervisor died without cleaning up (killed) and took no relay with it to report.
         State::Absent if matches!(supervisor, State::Stale(_)) => {
             println!(
@@ -107,6 +134,10 @@ pub fn status(home: &Path) -> u8 {
         }
         State::Running(pid) => {
             println!("wireleap-relay is running, pid {pid}");
+            print!(
+                "{}",
+                super::report::lines(super::report::relay_state(home, Some(pid)).as_ref(), now)
+            );
             0
         }
         State::Absent => {

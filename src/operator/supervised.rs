@@ -215,16 +215,37 @@ pub fn reload(home: &Path, spid: i32) -> Result<i32, Error> {
 /// `status` of a supervised relay: the reference's first line, then version, state, supervisor,
 /// channel, highest committed and previous version, skipped versions and the last upgrade step.
 /// Returns 0 (running) or 2 (the supervisor did not answer).
-pub fn status(home: &Path, spid: i32) -> u8 {
+pub fn status(home: &Path, spid: i32, json: bool) -> u8 {
     let reply = match status_reply(home) {
         Ok(r) => r,
         Err(e) => {
-            println!("could not read wireleap-relay status");
-            eprintln!("{SUPERVISOR_BIN} (pid {spid}) did not answer on its control socket: {e}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"running": null, "error": format!("{SUPERVISOR_BIN} (pid {spid}) did not answer on its control socket: {e}")})
+                );
+            } else {
+                println!("could not read wireleap-relay status");
+                eprintln!(
+                    "{SUPERVISOR_BIN} (pid {spid}) did not answer on its control socket: {e}"
+                );
+            }
             return 2;
         }
     };
-    print!("{}", describe(home, spid, &reply, SystemTime::now()));
+    let now = SystemTime::now();
+    if json {
+        let mut supervisor = serde_json::to_value(&reply).unwrap_or_default();
+        if let Some(map) = supervisor.as_object_mut() {
+            map.insert("supervisor_pid".into(), spid.into());
+        }
+        println!(
+            "{}",
+            super::report::json(home, true, relay_pid(&reply), Some(supervisor), now)
+        );
+        return 0;
+    }
+    print!("{}", describe(home, spid, &reply, now));
     0
 }
 
@@ -297,6 +318,10 @@ fn describe(home: &Path, spid: i32, reply: &Reply, now: SystemTime) -> String {
         None => none.to_owned(),
     };
     let _ = writeln!(t, "  last upgrade step: {last}");
+    t.push_str(&super::report::lines(
+        super::report::relay_state(home, relay_pid(reply)).as_ref(),
+        now,
+    ));
     if let Some(info) = wireleap_home::state::ReleaseInfo::load(home) {
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)

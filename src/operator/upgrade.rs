@@ -397,17 +397,24 @@ pub fn confirm(input: &mut dyn BufRead, out: &mut dyn Write, question: &str) -> 
     Answer::Unanswered
 }
 
-/// The download progress bar: one line on stderr, redrawn with a carriage return when the
-/// percentage changes.
+/// The download progress bar: on a terminal one line on stderr, redrawn with a carriage return
+/// when the percentage changes; elsewhere (a log file, a pipe) one plain line per quarter, no
+/// `\r` redraws.
 #[derive(Debug)]
 struct Bar {
     label: String,
     shown: Option<u64>,
+    terminal: bool,
 }
 
 impl Bar {
     fn new(label: String) -> Self {
-        Self { label, shown: None }
+        use std::io::IsTerminal as _;
+        Self {
+            label,
+            shown: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
     }
 
     fn draw(&mut self, p: Progress) {
@@ -415,16 +422,25 @@ impl Bar {
             .checked_div(p.total)
             .unwrap_or(100)
             .min(100);
-        if self.shown == Some(percent) {
+        let step = if self.terminal {
+            percent
+        } else {
+            percent / 25 * 25
+        };
+        if self.shown == Some(step) {
             return;
         }
-        self.shown = Some(percent);
-        eprint!("\r{}", bar_line(&self.label, p, percent));
+        self.shown = Some(step);
+        if self.terminal {
+            eprint!("\r{}", bar_line(&self.label, p, percent));
+        } else {
+            eprintln!("{}", bar_line(&self.label, p, percent));
+        }
         let _ = std::io::stderr().flush();
     }
 
     fn finish(&self) {
-        if self.shown.is_some() {
+        if self.terminal && self.shown.is_some() {
             eprintln!();
         }
     }

@@ -209,6 +209,44 @@ fn another_minor_version_is_a_clear_error_naming_both() {
     home.ok(&["stop"]);
 }
 
+/// A reload with an unchanged config.json re-announces the relay at once to every contract it is
+/// enrolled in (spec §1.4): one heartbeat each within a second, long before the next one is due.
+#[test]
+fn a_reload_with_an_unchanged_config_heartbeats_every_enrolled_contract_at_once() {
+    let (a, b) = (Standin::start(), Standin::start());
+    let text = config(&[
+        (a.net.contract_url(), Some("default")),
+        (b.net.contract_url(), None),
+    ])
+    .replace(
+        r#""heartbeat_interval": "300ms""#,
+        r#""heartbeat_interval": "1h""#,
+    );
+    let home = Home::with_config(&text);
+    let key = pubkey(&home);
+    home.ok(&["start"]);
+    a.wait_enrolled(&key, Duration::from_secs(30));
+    b.wait_enrolled(&key, Duration::from_secs(30));
+    let posts = |s: &Standin| s.relays_requests("POST").len();
+    let before = (posts(&a), posts(&b));
+    home.ok(&["reload"]);
+    let asked = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "a heartbeat to each contract",
+        || posts(&a) > before.0 && posts(&b) > before.1,
+    );
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "heartbeats {took:?} after the reload"
+    );
+    // One each: not an enrollment again.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((posts(&a), posts(&b)), (before.0 + 1, before.1 + 1));
+    home.ok(&["stop"]);
+}
+
 #[test]
 fn reload_enrolls_an_added_contract_and_disenrolls_a_removed_one() {
     let (a, b) = (Standin::start(), Standin::start());

@@ -182,12 +182,14 @@ fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_o
     assert!(sub.header("idempotency-key").is_some());
 
     // `balance` and `withdraw` (spec §5.7): relay-contract header only.
-    let run = home.ok(&["balance", "--json"]);
+    // The reference's JSON by default; `--json` is still accepted.
+    let run = home.ok(&["balance"]);
+    assert_eq!(run.stdout, home.ok(&["balance", "--json"]).stdout);
     let b: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(b["contract"], s.net.contract_url());
     assert_eq!(b["balance"]["available"], 30);
     assert_eq!(b["tokens"].as_array().unwrap().len(), 30);
-    let run = home.ok(&["balance"]);
+    let run = home.ok(&["balance", "--human"]);
     assert!(run.stdout.contains("available:   30 usd"), "{run}");
     assert!(
         run.stdout
@@ -201,6 +203,7 @@ fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_o
         "-amount",
         "12",
         "--json",
+        "--yes",
     ]);
     let w: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(
@@ -227,6 +230,52 @@ fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_o
         r#"{"amount":12,"type":"TODO","destination":"acct_x"}"#
     );
     home.ok(&["stop"]);
+}
+
+/// A withdrawal moves money: it is not sent without confirmation, and once its POST may have
+/// reached the contract (here a 500 after the contract read it) it is never sent again.
+#[test]
+fn a_withdrawal_is_confirmed_and_its_post_is_never_sent_twice() {
+    let s = Standin::start();
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let posts = || {
+        s.net
+            .requests_to(Server::Contract)
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/payout/withdrawals")
+            .count()
+    };
+    // No terminal to ask on, no --yes: refused, nothing sent.
+    let run = home.run(&["withdraw", "--destination", "acct_x", "--amount", "5"]);
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("pass --yes"), "{run}");
+    assert_eq!(posts(), 0);
+    // The contract fails the request after reading it: the relay does not send it again (the
+    // reference retries it, twice, 5 s apart).
+    let withdraw = |more: &[&str]| {
+        let base = [
+            "withdraw",
+            "--destination",
+            "acct_x",
+            "--amount",
+            "5",
+            "--yes",
+        ];
+        home.run(&[&base[..], more].concat())
+    };
+    s.net.set_contract_500(1);
+    let run = withdraw(&[]);
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("500"), "{run}");
+    assert_eq!(posts(), 1, "the withdrawal POST was sent more than once");
+    // A contract that cannot be reached at all: the error says why (the cause, not only
+    // "error sending request").
+    let run = withdraw(&["--contract", "http://127.0.0.1:9"]);
+    assert_ne!(run.code, 0, "{run}");
+    assert!(
+        run.stderr.to_lowercase().contains("connection refused"),
+        "the cause is missing: {run}"
+    );
 }
 
 #[test]

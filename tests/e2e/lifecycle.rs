@@ -260,6 +260,26 @@ fn version_and_usage() {
     let run = home.ok(&["version", "-v"]);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(semver::Version::parse(lines[0]).is_ok(), "{run}");
+    // `--version` (and `-V`) print the same version, as the supervisor's `--version` does.
+    for flag in ["--version", "-V"] {
+        let v = home.ok(&[flag]);
+        assert_eq!(
+            v.stdout.trim(),
+            format!("wireleap-relay {}", lines[0]),
+            "{v}"
+        );
+    }
+    let sup = std::process::Command::new(crate::support::process::sibling_bin(
+        "wireleap-relay-supervisor",
+    ))
+    .arg("--version")
+    .output()
+    .unwrap();
+    assert!(sup.status.success());
+    assert!(
+        String::from_utf8_lossy(&sup.stdout).starts_with("wireleap-relay-supervisor "),
+        "{sup:?}"
+    );
     // The reference's lines first; then ours: what this relay trusts to sign its releases.
     assert!(lines[5].starts_with("release trust: "), "{run}");
     assert_eq!(

@@ -20,6 +20,7 @@ mod privsep;
 mod recovery;
 mod rollout;
 mod staged;
+mod status;
 mod supervisor;
 mod swap;
 mod transport;
