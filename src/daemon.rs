@@ -322,7 +322,7 @@ impl Daemon {
                 self.notify_socket.clone(),
             ));
         }
-        actix_rt::spawn(publish_status(self.home.clone(), actors.status.clone()));
+        let publisher = actix_rt::spawn(publish_status(self.home.clone(), actors.status.clone()));
         if let Some(every) = self.watchdog {
             actix_rt::spawn(liveness(
                 actors.transport.clone(),
@@ -356,6 +356,8 @@ impl Daemon {
             }
         };
         notify::send(self.notify_socket.as_deref(), "STOPPING=1");
+        // The status file is the next generation's from now on (or nobody's).
+        publisher.abort();
         // Scrapes go to the next generation (it shares the port) while this one drains.
         if let Some(metrics) = &metrics {
             metrics.stop();
@@ -433,18 +435,23 @@ impl Daemon {
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// Writes [`wireleap_home::files::RELAY_STATUS`] every [`STATUS_EVERY`] when the state changed
-/// (and at least once a minute, so that its age tells whether the relay still writes it).
+/// or another process wrote the file last (a generation that handed over), and at least once a
+/// minute, so that its age tells whether the relay still writes it. Stopped when the relay stops
+/// serving. The write runs off the serving threads and is not synced (a lost file is rewritten).
 async fn publish_status(home: PathBuf, status: StatusSource) {
     let path = home.join(wireleap_home::files::RELAY_STATUS);
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<(serde_json::Value, std::time::Instant)> = None;
+    let mut failed_before = false;
     loop {
         tick.tick().await;
         let state = status.json().await;
-        if last
-            .as_ref()
-            .is_some_and(|(v, at)| *v == state && at.elapsed() < Duration::from_secs(60))
+        let ours = crate::operator::report::written_by(&home) == Some(std::process::id());
+        if ours
+            && last
+                .as_ref()
+                .is_some_and(|(v, at)| *v == state && at.elapsed() < Duration::from_secs(60))
         {
             continue;
         }
@@ -457,11 +464,43 @@ async fn publish_status(home: PathBuf, status: StatusSource) {
             map.insert("time_ms".into(), ms.into());
         }
         let bytes = serde_json::to_vec_pretty(&object).unwrap_or_default();
-        match wireleap_home::durable::write_atomic(&path, &bytes, 0o644) {
-            Ok(()) => last = Some((state, std::time::Instant::now())),
-            Err(e) => warn!(path = %path.display(), error = %e, "could not write the status file"),
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_unsynced(&target, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match written {
+            Ok(()) => {
+                last = Some((state, std::time::Instant::now()));
+                failed_before = false;
+            }
+            Err(e) if !failed_before => {
+                failed_before = true;
+                warn!(path = %path.display(), error = %e, "could not write the status file");
+            }
+            Err(_) => {}
         }
     }
+}
+
+/// Replaces `path` with `bytes` (a temp file renamed over it: a reader never sees half a file),
+/// without an fsync: the file is rewritten every few seconds anyway.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".{}.tmp", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(&temp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
 }
 
 /// SIGWINCH from the supervisor (while serving or draining): a successor is about to start and

@@ -234,6 +234,10 @@ impl Enrollment {
             // Paused or handed over: [`ResumeHeartbeats`] starts it, if anything does.
             return;
         }
+        // A wake-up per task: a reload's wake-up never outlives the task it was meant for.
+        if let Some(slot) = self.contracts.get_mut(url) {
+            slot.beat = Arc::new(tokio::sync::Notify::new());
+        }
         let Some(slot) = self.contracts.get(url) else {
             return;
         };
@@ -633,7 +637,7 @@ impl Handler<ApplyConfig> for Enrollment {
                 Some(slot) => {
                     // Unchanged: the reference re-announces an enrolled relay at once (spec
                     // §1.4), which operators use after a directory outage.
-                    if slot.state.enrolled {
+                    if slot.state.enrolled && self.quiet == Quiet::No {
                         slot.beat.notify_one();
                         summary.heartbeats.push(url.to_string());
                     }

@@ -11,27 +11,48 @@ use wireleap_home::files::RELAY_STATUS;
 /// The cap on the status file.
 const MAX_STATUS: u64 = 1024 * 1024;
 
+/// A status file older than this is not the relay's current state: the relay rewrites it at
+/// least once a minute while it serves.
+const MAX_STATUS_AGE_MS: u64 = 120_000;
+
+/// The pid that wrote the status file last, if it can be read.
+#[must_use]
+pub fn written_by(home: &Path) -> Option<u32> {
+    let bytes =
+        wireleap_home::durable::read_regular(&home.join(RELAY_STATUS), MAX_STATUS, None).ok()?;
+    let state: Value = serde_json::from_slice(&bytes).ok()?;
+    state["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
 /// Milliseconds since the epoch.
 pub(super) fn now_ms(now: SystemTime) -> u64 {
     now.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The serving relay's own state, when the file was written by `pid` (another process wrote it:
-/// a generation that is gone, or a relay of another run).
+/// The serving relay's own state: only when the file was written by `pid`, the relay serving now
+/// (not a generation that is gone, not a relay of another run), and recently (a relay that hangs
+/// stops rewriting it).
 #[must_use]
 pub fn relay_state(home: &Path, pid: Option<i32>) -> Option<Value> {
+    let pid = pid?;
     let bytes =
         wireleap_home::durable::read_regular(&home.join(RELAY_STATUS), MAX_STATUS, None).ok()?;
     let state: Value = serde_json::from_slice(&bytes).ok()?;
-    let written_by = state["pid"].as_i64();
-    match pid {
-        Some(pid) if written_by != Some(i64::from(pid)) => None,
-        _ => Some(state),
-    }
+    let fresh = state["time_ms"]
+        .as_u64()
+        .is_some_and(|t| now_ms(SystemTime::now()).saturating_sub(t) <= MAX_STATUS_AGE_MS);
+    (state["pid"].as_i64() == Some(i64::from(pid)) && fresh).then_some(state)
 }
 
-/// How many of the relay's contracts it is enrolled in.
+/// Text from a peer (a directory's error reply) made safe for a terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// How many of the relay's contracts it is enrolled in (0 of 0: the relay did not say).
 fn enrolled(state: &Value) -> (usize, usize) {
     let contracts = state["relay_status"]
         .as_array()
@@ -51,13 +72,15 @@ pub fn lines(state: Option<&Value>, now: SystemTime) -> String {
     let Some(state) = state else {
         let _ = writeln!(
             t,
-            "  relay state:       not reported yet (the relay writes {RELAY_STATUS} once it serves)"
+            "  relay state:       not reported (the serving relay writes {RELAY_STATUS} every few seconds; none recent)"
         );
         return t;
     };
     let now_s = i64::try_from(now_ms(now) / 1000).unwrap_or(i64::MAX);
     let (yes, all) = enrolled(state);
-    let summary = if yes == all {
+    let summary = if all == 0 {
+        "unknown (the relay did not report its contracts)".to_owned()
+    } else if yes == all {
         format!("in all {all} of its contracts")
     } else {
         format!("NOT in {} of its {all} contracts", all - yes)
@@ -69,20 +92,22 @@ pub fn lines(state: Option<&Value>, now: SystemTime) -> String {
         let beat = c["last_heartbeat"]
             .as_i64()
             .map(|t| format!("last heartbeat {}s ago", now_s.saturating_sub(t).max(0)));
-        let error = c["last_error"].as_str();
+        let error = c["last_error"].as_str().map(printable);
         let line = if c["status"]["enrolled"].as_bool() == Some(true) {
             let mut s = format!("enrolled as {role}");
             if let Some(beat) = beat {
                 s.push_str(&format!(", {beat}"));
             }
-            if let Some(e) = error {
+            if let Some(e) = &error {
                 s.push_str(&format!("; last heartbeat failed: {e}"));
             }
             s
         } else {
             format!(
                 "NOT enrolled ({role}): {}",
-                error.unwrap_or("no answer from its directory yet")
+                error
+                    .as_deref()
+                    .unwrap_or("no answer from its directory yet")
             )
         };
         let _ = writeln!(t, "  contract {url}: {line}");
@@ -145,11 +170,15 @@ pub fn json(
             "held_back": info.held_back,
         })
     });
-    let (enrolled_in, contracts) = relay.as_ref().map_or((0, 0), enrolled);
+    let enrolled = relay
+        .as_ref()
+        .map(enrolled)
+        .filter(|&(_, all)| all > 0)
+        .map(|(yes, all)| yes == all);
     json!({
         "running": running,
         "pid": pid,
-        "enrolled": relay.as_ref().map(|_| enrolled_in == contracts),
+        "enrolled": enrolled,
         "supervisor": supervisor,
         "relay": relay,
         "release_info": release,

@@ -227,6 +227,15 @@ fn a_reload_with_an_unchanged_config_heartbeats_every_enrolled_contract_at_once(
     home.ok(&["start"]);
     a.wait_enrolled(&key, Duration::from_secs(30));
     b.wait_enrolled(&key, Duration::from_secs(30));
+    // The relay itself knows it is enrolled in both (the directory's list comes first).
+    eventually(
+        Duration::from_secs(30),
+        "status to show both enrolled",
+        || {
+            serde_json::from_str::<serde_json::Value>(&home.run(&["status", "--json"]).stdout)
+                .is_ok_and(|v| v["enrolled"] == true)
+        },
+    );
     let posts = |s: &Standin| s.relays_requests("POST").len();
     let before = (posts(&a), posts(&b));
     home.ok(&["reload"]);

@@ -360,3 +360,59 @@ fn metrics_publish_the_supervisors_restart_count_and_survive_a_handover() {
     let scraped = scrape(metrics);
     assert_eq!(scraped.get("wireleap_relay_supervisor_restarts"), 1.0);
 }
+
+/// The alert rules shipped for operators (docs/monitoring/alerts.yml) are valid and only use
+/// metrics the relay exports.
+#[test]
+fn the_shipped_alert_rules_check_and_name_only_exported_metrics() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring/alerts.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let documented = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"),
+    )
+    .unwrap();
+    for name in text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("wireleap_relay_"))
+    {
+        assert!(
+            documented.contains(name),
+            "{name} is not a documented metric"
+        );
+    }
+    // The Grafana dashboard is JSON, and its queries name documented metrics too.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring/dashboard.json"),
+    )
+    .unwrap();
+    let board: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(board["panels"].as_array().is_some_and(|p| p.len() > 5));
+    for name in dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("wireleap_relay_"))
+    {
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            documented.contains(base),
+            "dashboard: {name} is not a documented metric"
+        );
+    }
+    match Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => println!(
+            "SKIPPED: promtool check rules (promtool is not installed; scripts/test installs it)"
+        ),
+    }
+}

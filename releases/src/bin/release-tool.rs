@@ -641,6 +641,14 @@ fn publish(p: &Publish) -> anyhow::Result<()> {
         signers.join(", "),
         format_time(expires)
     );
+    // What every relay downloads (and hashes) for this release.
+    let sizes: Vec<String> = statement
+        .files
+        .iter()
+        .filter(|f| f.name != CHANGELOG_NAME)
+        .map(|f| format!("{} {:.1} MB", f.name, f.size as f64 / 1e6))
+        .collect();
+    println!("sizes: {}", sizes.join(", "));
     Ok(())
 }
 
