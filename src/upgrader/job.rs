@@ -223,6 +223,27 @@ async fn follow_roots(
     Ok(trust)
 }
 
+/// Whether `dest` holds a release of `expected` that verifies now: the statement, the binary,
+/// and the release's supervisor when the statement lists one.
+fn already_staged(
+    dest: &relay_release::fetch::Destination,
+    keys: &relay_release::TrustedKeys,
+    expected: &relay_release::Expected,
+) -> bool {
+    let Ok(verified) =
+        relay_release::verify_release_files(&dest.statement, &dest.binary, keys, expected)
+    else {
+        return false;
+    };
+    match (verified.supervisor_entry(), &dest.supervisor) {
+        (None, _) => true,
+        (Some(entry), Some(path)) => {
+            relay_release::verify::verify_file(path, &verified, &entry.name).is_ok()
+        }
+        (Some(_), None) => false,
+    }
+}
+
 /// A downloader for `base` that names the asking relay (its public key) to the release server,
 /// when given.
 pub(super) fn fetcher(
@@ -248,6 +269,12 @@ async fn stage(
     let fetcher = fetcher(base, relay)?;
     let (keys, expected) = relay_release::trust::release_check(trust, home, version, running)?;
     let dest = destination(home);
+    // What a previous attempt staged and still verifies (the supervisor was busy, say) is not
+    // downloaded again.
+    if already_staged(&dest, &keys, &expected) {
+        info!(version = %version, "already staged, and it verifies again: not downloading it again");
+        return Ok(());
+    }
     let mut last_tenth = 0;
     // Bytes received over every attempt, for the daily budget.
     let (mut received, mut last_done, mut size) = (0u64, 0u64, 0u64);
@@ -313,6 +340,56 @@ async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_release_that_still_verifies_is_not_downloaded_again() {
+        use relay_release::{
+            Expected, ExpiryCheck, FileEntry, Product, SigningKey, Statement, Target, VersionFloor,
+            layout::asset_name, manifest::whole_seconds, sign,
+        };
+        use std::time::{Duration, SystemTime};
+        let home = tempfile::tempdir().unwrap();
+        let dest = destination(home.path());
+        let issued = whole_seconds(SystemTime::now() - Duration::from_secs(60));
+        let key =
+            SigningKey::generate_at("test <t@example.test>", issued - Duration::from_secs(60))
+                .unwrap();
+        let target = Target::host().unwrap();
+        let asset = asset_name(&Product::relay(), &target);
+        std::fs::write(&dest.binary, b"the relay").unwrap();
+        let entry = FileEntry::digest(
+            &asset,
+            std::fs::File::open(&dest.binary).unwrap(),
+            &dest.binary,
+        )
+        .unwrap();
+        let version = Version::new(9, 9, 9);
+        let statement = Statement {
+            product: Product::relay(),
+            version: version.clone(),
+            target: target.clone(),
+            issued,
+            expires: issued + Duration::from_secs(3600),
+            files: vec![entry],
+        };
+        let signed = sign::sign_statement(&key, &statement, &asset).unwrap();
+        std::fs::write(&dest.statement, signed).unwrap();
+        let expected = Expected {
+            product: Product::relay(),
+            version,
+            target,
+            floor: VersionFloor::Above {
+                running: Version::new(1, 0, 0),
+                highest_committed: None,
+            },
+            expiry: ExpiryCheck::At(SystemTime::now()),
+        };
+        let keys = key.trusted().unwrap();
+        assert!(already_staged(&dest, &keys, &expected));
+        // Changed since: downloaded again.
+        std::fs::write(&dest.binary, b"the relax").unwrap();
+        assert!(!already_staged(&dest, &keys, &expected));
+    }
 
     #[test]
     fn a_version_downloaded_four_times_over_today_waits_for_tomorrow() {
