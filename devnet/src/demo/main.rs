@@ -103,37 +103,60 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(n) = cli.fleet {
-        return fleet_main(&rt, &bins, dir, usize::from(n), &mut out, started, cli.keep);
-    }
-    let outcome = run(&rt, &bins, dir.path(), &mut out);
-    let (code, keep) = match outcome {
-        Ok(summary) => {
-            let problems = summary.problems();
+    let (name, outcome, kept) = if let Some(n) = cli.fleet {
+        let n = usize::from(n);
+        let outcome = phased::run(&rt, &bins, dir.path(), n, &mut out).map(|summary| {
+            out.say("");
+            for line in &summary.lines {
+                out.say(line);
+            }
+            let passed = format!(
+                "the good release reached the {n} relays wave by wave, the bad one was halted after its first wave, the recall brought every relay back."
+            );
+            (summary.problems, passed)
+        });
+        (
+            "fleet demo",
+            outcome,
+            "relay homes, the release tree, the rollout service's state and log",
+        )
+    } else {
+        let outcome = run(&rt, &bins, dir.path(), &mut out).map(|summary| {
             out.say("");
             out.say(summary.table());
-            if problems.is_empty() {
-                out.say(format!(
-                    "demo passed in {:.0} s: no stream failed through the upgrade, every relay runs {} and skips {}.",
-                    started.elapsed().as_secs_f64(),
-                    summary.good,
-                    summary.broken
-                ));
-                (ExitCode::SUCCESS, cli.keep)
-            } else {
-                out.say(format!(
-                    "demo FAILED after {:.0} s:",
-                    started.elapsed().as_secs_f64()
-                ));
-                for p in &problems {
-                    out.say(format!("  - {p}"));
-                }
-                (ExitCode::FAILURE, true)
+            let passed = format!(
+                "no stream failed through the upgrade, every relay runs {} and skips {}.",
+                summary.good, summary.broken
+            );
+            (summary.problems(), passed)
+        });
+        (
+            "demo",
+            outcome,
+            "relay homes with supervisor.log and upgrade-journal.jsonl, the release tree",
+        )
+    };
+    let (code, keep) = match outcome {
+        Ok((problems, passed)) if problems.is_empty() => {
+            out.say(format!(
+                "{name} passed in {:.0} s: {passed}",
+                started.elapsed().as_secs_f64()
+            ));
+            (ExitCode::SUCCESS, cli.keep)
+        }
+        Ok((problems, _)) => {
+            out.say(format!(
+                "{name} FAILED after {:.0} s:",
+                started.elapsed().as_secs_f64()
+            ));
+            for p in &problems {
+                out.say(format!("  - {p}"));
             }
+            (ExitCode::FAILURE, true)
         }
         Err(e) => {
             out.say(format!(
-                "demo FAILED after {:.0} s: {e:#}",
+                "{name} FAILED after {:.0} s: {e:#}",
                 started.elapsed().as_secs_f64()
             ));
             (
@@ -144,64 +167,7 @@ fn main() -> ExitCode {
     };
     if keep {
         let path = dir.keep();
-        out.say(format!(
-            "kept {} (relay homes with supervisor.log and upgrade-journal.jsonl, the release tree)",
-            path.display()
-        ));
-    }
-    code
-}
-
-/// `--fleet N`: the phased-rollout demo ([`phased`]); its verdict and the temp dir's fate.
-fn fleet_main(
-    rt: &tokio::runtime::Runtime,
-    bins: &Bins,
-    dir: tempfile::TempDir,
-    n: usize,
-    out: &mut Out,
-    started: Instant,
-    keep: bool,
-) -> ExitCode {
-    let (code, keep) = match phased::run(rt, bins, dir.path(), n, out) {
-        Ok(summary) => {
-            out.say("");
-            for line in &summary.lines {
-                out.say(line);
-            }
-            if summary.problems.is_empty() {
-                out.say(format!(
-                    "fleet demo passed in {:.0} s: the good release reached the {n} relays wave by wave, the bad one was halted after its first wave, the recall brought every relay back.",
-                    started.elapsed().as_secs_f64()
-                ));
-                (ExitCode::SUCCESS, keep)
-            } else {
-                out.say(format!(
-                    "fleet demo FAILED after {:.0} s:",
-                    started.elapsed().as_secs_f64()
-                ));
-                for p in &summary.problems {
-                    out.say(format!("  - {p}"));
-                }
-                (ExitCode::FAILURE, true)
-            }
-        }
-        Err(e) => {
-            out.say(format!(
-                "fleet demo FAILED after {:.0} s: {e:#}",
-                started.elapsed().as_secs_f64()
-            ));
-            (
-                ExitCode::FAILURE,
-                keep || !SIGNALLED.load(Ordering::Relaxed),
-            )
-        }
-    };
-    if keep {
-        let path = dir.keep();
-        out.say(format!(
-            "kept {} (relay homes, the release tree, the rollout service's state and log)",
-            path.display()
-        ));
+        out.say(format!("kept {} ({kept})", path.display()));
     }
     code
 }

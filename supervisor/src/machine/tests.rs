@@ -1238,20 +1238,6 @@ fn memory_is_judged_only_inside_an_upgrades_window() {
 
 #[test]
 fn with_a_probe_a_new_version_commits_only_once_it_passed_and_one_that_fails_is_rolled_back() {
-    let probing = || {
-        let mut d = Drive::serving();
-        d.m = Machine::new(
-            Timing {
-                probe_count: 3,
-                ..timing()
-            },
-            Vec::new(),
-        );
-        let _ = d.m.start();
-        d.spawned(Role::Serving, 100);
-        d.on(Event::Ready(100));
-        d
-    };
     let mut d = probing();
     d.upgrade_prepared();
     let a = d.on(Event::Ready(200));
@@ -1343,8 +1329,8 @@ fn a_new_version_refusing_more_of_its_streams_than_the_old_one_is_rolled_back() 
     }
 }
 
-#[test]
-fn a_probe_that_never_reports_fails_the_version_after_a_grace() {
+/// A machine that probes new versions, with a relay serving (pid 100).
+fn probing() -> Drive {
     let mut d = Drive::new(Vec::new());
     d.m = Machine::new(
         Timing {
@@ -1356,6 +1342,12 @@ fn a_probe_that_never_reports_fails_the_version_after_a_grace() {
     let _ = d.m.start();
     d.spawned(Role::Serving, 100);
     d.on(Event::Ready(100));
+    d
+}
+
+#[test]
+fn a_probe_that_never_reports_fails_the_version_after_a_grace() {
+    let mut d = probing();
     d.upgrade_prepared();
     d.on(Event::Ready(200));
     let a = d.after(HEALTH + crate::machine::PROBE_GRACE - Duration::from_millis(1));
