@@ -16,10 +16,15 @@ fn the_units_verify() {
     );
     for name in ["wireleap-relay.service", "wireleap-relay.socket"] {
         let text = std::fs::read_to_string(units.join(name)).unwrap();
-        let text = text.replace(
-            "/opt/wireleap-relay/wireleap-relay-supervisor",
-            supervisor.to_str().unwrap(),
-        );
+        let text = text
+            .replace(
+                "/opt/wireleap-relay/wireleap-relay-supervisor",
+                supervisor.to_str().unwrap(),
+            )
+            .replace(
+                "/opt/wireleap-relay/wireleap-relay reload",
+                &format!("{} reload", relay_bin().display()),
+            );
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
