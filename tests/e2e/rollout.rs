@@ -291,3 +291,145 @@ fn a_relay_cut_off_from_its_release_server_says_its_release_information_is_stale
     let status = fine.home.run(&["status"]).stdout;
     assert!(!status.contains("STALE"), "{status}");
 }
+
+/// The rollout gate on one supervised relay that trusts a root with a rollout role: an expired
+/// rollout document holds the announced version back (nothing is downloaded, `status` says
+/// why), so do a halt and an older document replayed over it, and a valid newer one lets it
+/// through.
+#[test]
+fn an_expired_rollout_document_holds_the_version_back_and_a_valid_one_lets_it_through() {
+    use crate::support::process::relay_bin;
+    use crate::support::releases::{publish, release_tool, set_channel, stamped, test_key};
+    use crate::support::standin::Standin;
+    use crate::support::supervised::Supervised;
+    use relay_release::rollout::{Document, steps};
+    use std::time::SystemTime;
+
+    let tree = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.display().to_string();
+    // The network's root: A signs roots, the project key releases, E rollout documents.
+    let root1 = work.path().join("1.root");
+    release_tool(&[
+        "root",
+        "init",
+        "--out",
+        &s(&root1),
+        "--key",
+        &s(&test_key("root-a", "pub")),
+        "--threshold",
+        "1",
+        "--release-key",
+        &s(&test_key("project", "pub")),
+        "--rollout-key",
+        &s(&test_key("root-e", "pub")),
+    ]);
+    release_tool(&[
+        "root",
+        "sign",
+        "--key",
+        &s(&test_key("root-a", "key")),
+        &s(&root1),
+    ]);
+    let standin = Standin::start_with(wireleap_devnet::Config {
+        releases_root: Some(tree.path().to_path_buf()),
+        ..wireleap_devnet::Config::default()
+    });
+    let extra = format!(
+        r#""release_url": "{}", "release_check_interval": "1s", "supervisor": {{"health_window": "1s"}},"#,
+        standin.net.releases_url()
+    );
+    let trust_the_root = |home: &crate::support::Home| {
+        use std::os::unix::fs::PermissionsExt as _;
+        // With a root, the root alone decides: no key file beside it.
+        let _ = std::fs::remove_file(home.file("trusted-keys/test-only-project.pub"));
+        let roots = home.file("trusted-keys/roots");
+        std::fs::create_dir_all(&roots).unwrap();
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(&root1, roots.join("1.root")).unwrap();
+    };
+    let sv = Supervised::start_prepared(standin, &extra, &[], &[], &trust_the_root);
+    let home = &sv.home;
+
+    let version = semver::Version::new(9, 1, 0);
+    let key = relay_release::SigningKey::from_file(&test_key("root-e", "key")).unwrap();
+    let document = |serial: u64, issued: SystemTime, halted: bool| {
+        Document::new(
+            &version,
+            serial,
+            issued,
+            Duration::from_secs(3600),
+            issued,
+            steps(&[(0, 100.0)]),
+            halted,
+            false,
+        )
+        .unwrap()
+        .sign(std::slice::from_ref(&key), issued)
+        .unwrap()
+    };
+    let binary = stamped(work.path(), &relay_bin(), "9.1.0");
+    publish(tree.path(), "9.1.0", &binary);
+    let place = tree.path().join("v9.1.0/rollout");
+    // Issued two hours ago, valid for one: expired.
+    std::fs::write(
+        &place,
+        document(1, SystemTime::now() - Duration::from_secs(7200), false),
+    )
+    .unwrap();
+    set_channel(tree.path(), "9.1.0");
+
+    let said = || {
+        wireleap_home::state::ReleaseInfo::load(home.path())
+            .and_then(|i| i.rollout)
+            .unwrap_or_default()
+    };
+    crate::support::eventually(
+        Duration::from_secs(30),
+        "the relay to refuse the expired document",
+        || said().contains("refused") && said().contains("expired"),
+    );
+    println!("held back: {}", said());
+    let status = home.run(&["status"]).stdout;
+    assert!(status.contains("rollout document refused"), "{status}");
+    // Held back: nothing downloaded, nothing journaled.
+    std::thread::sleep(Duration::from_secs(3));
+    let asset_gets = || {
+        sv.standin
+            .net
+            .requests_to(wireleap_devnet::Server::Releases)
+            .into_iter()
+            .filter(|r| r.path.starts_with("/v9.1.0/wireleap-relay_"))
+            .count()
+    };
+    assert_eq!(asset_gets(), 0, "the held-back version was downloaded");
+    assert!(home.journal_steps("9.1.0").is_empty());
+
+    // Halted (serial 5), then an older "go" (serial 2) replayed over the halt: still held back.
+    std::fs::write(&place, document(5, SystemTime::now(), true)).unwrap();
+    crate::support::eventually(Duration::from_secs(30), "the relay to see the halt", || {
+        said().contains("rollout halted")
+    });
+    std::fs::write(&place, document(2, SystemTime::now(), false)).unwrap();
+    crate::support::eventually(
+        Duration::from_secs(30),
+        "the relay to refuse the replayed document",
+        || said().contains("a replay"),
+    );
+    println!("held back: {}", said());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(asset_gets(), 0, "the held-back version was downloaded");
+    assert!(home.journal_steps("9.1.0").is_empty());
+
+    // A valid document (a newer serial): the version goes through.
+    std::fs::write(&place, document(6, SystemTime::now(), false)).unwrap();
+    crate::support::eventually(Duration::from_secs(90), "9.1.0 to commit", || {
+        home.journal_steps("9.1.0").iter().any(|s| s == "committed")
+    });
+    assert!(
+        sv.log()
+            .contains("rollout step open: upgrading version=9.1.0"),
+        "{}",
+        sv.log()
+    );
+}
