@@ -458,10 +458,7 @@ async fn publish_status(home: PathBuf, status: StatusSource) {
         let mut object = state.clone();
         if let Some(map) = object.as_object_mut() {
             map.insert("pid".into(), std::process::id().into());
-            let ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            map.insert("time_ms".into(), ms.into());
+            map.insert("time_ms".into(), wireleap_home::time::now_ms().into());
         }
         let bytes = serde_json::to_vec_pretty(&object).unwrap_or_default();
         let target = path.clone();

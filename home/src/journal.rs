@@ -120,10 +120,7 @@ impl std::fmt::Display for Step {
 /// An I/O error.
 pub fn append(home: &Path, version: &str, step: Step, detail: &str) -> std::io::Result<()> {
     let entry = Entry {
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
+        time_ms: crate::time::now_ms(),
         version: version.to_owned(),
         step,
         detail: detail.to_owned(),

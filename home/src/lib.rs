@@ -23,4 +23,5 @@ pub mod log;
 pub mod migrate;
 pub mod skip;
 pub mod state;
+pub mod time;
 pub mod value;

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -225,18 +225,7 @@ struct Shared {
     signed: Mutex<BTreeMap<String, Signed>>,
 }
 
-fn now_ms() -> u64 {
-    ms(SystemTime::now())
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn at_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
+use wireleap_home::time::{at_ms, ms, now_ms};
 
 fn time_text(ms: u64) -> String {
     crate::manifest::format_time(at_ms(ms))

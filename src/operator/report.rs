@@ -24,12 +24,6 @@ pub fn written_by(home: &Path) -> Option<u32> {
     state["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
 }
 
-/// Milliseconds since the epoch.
-pub(super) fn now_ms(now: SystemTime) -> u64 {
-    now.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The serving relay's own state: only when the file was written by `pid`, the relay serving now
 /// (not a generation that is gone, not a relay of another run), and recently (a relay that hangs
 /// stops rewriting it).
@@ -41,7 +35,7 @@ pub fn relay_state(home: &Path, pid: Option<i32>) -> Option<Value> {
     let state: Value = serde_json::from_slice(&bytes).ok()?;
     let fresh = state["time_ms"]
         .as_u64()
-        .is_some_and(|t| now_ms(SystemTime::now()).saturating_sub(t) <= MAX_STATUS_AGE_MS);
+        .is_some_and(|t| wireleap_home::time::now_ms().saturating_sub(t) <= MAX_STATUS_AGE_MS);
     (state["pid"].as_i64() == Some(i64::from(pid)) && fresh).then_some(state)
 }
 
@@ -76,7 +70,7 @@ pub fn lines(state: Option<&Value>, now: SystemTime) -> String {
         );
         return t;
     };
-    let now_s = i64::try_from(now_ms(now) / 1000).unwrap_or(i64::MAX);
+    let now_s = i64::try_from(wireleap_home::time::ms(now) / 1000).unwrap_or(i64::MAX);
     let (yes, all) = enrolled(state);
     let summary = if all == 0 {
         "unknown (the relay did not report its contracts)".to_owned()
@@ -160,7 +154,7 @@ pub fn json(
         None
     };
     let release = wireleap_home::state::ReleaseInfo::load(home).map(|info| {
-        let (age, stale) = info.age(now_ms(now));
+        let (age, stale) = info.age(wireleap_home::time::ms(now));
         json!({
             "fetched_ms": (info.fresh_ms > 0).then_some(info.fresh_ms),
             "age_secs": age,

@@ -323,10 +323,7 @@ fn describe(home: &Path, spid: i32, reply: &Reply, now: SystemTime) -> String {
         now,
     ));
     if let Some(info) = wireleap_home::state::ReleaseInfo::load(home) {
-        let now_ms = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let (age, stale) = info.age(now_ms);
+        let (age, stale) = info.age(wireleap_home::time::ms(now));
         let fetched = if info.fresh_ms > 0 {
             format!("fetched {}", ago(info.fresh_ms, now))
         } else {
@@ -350,11 +347,7 @@ fn describe(home: &Path, spid: i32, reply: &Reply, now: SystemTime) -> String {
 
 /// `time_ms` (milliseconds since the epoch) as "12s ago", "5m ago", "3h ago", "2d ago".
 fn ago(time_ms: u64, now: SystemTime) -> String {
-    let now_ms = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let secs = now_ms.saturating_sub(time_ms) / 1000;
+    let secs = wireleap_home::time::ms(now).saturating_sub(time_ms) / 1000;
     match secs {
         0..60 => format!("{secs}s ago"),
         60..3600 => format!("{}m ago", secs / 60),

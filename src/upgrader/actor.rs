@@ -170,7 +170,7 @@ impl Upgrader {
         // Freshness survives restarts: a relay restarted daily must still show information
         // that has not been fetched for days.
         if let Some(info) = wireleap_home::state::ReleaseInfo::load(&self.home) {
-            let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            let at = wireleap_home::time::at_ms;
             if info.fresh_ms > 0 {
                 self.rollouts.fresh_at = Some(at(info.fresh_ms));
             }
@@ -397,10 +397,7 @@ impl Upgrader {
     /// What the relay knows of the release server (`None`: it fetches nothing).
     fn info(&self) -> Option<wireleap_home::state::ReleaseInfo> {
         self.rollout_parts()?;
-        let ms = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        };
+        let ms = wireleap_home::time::ms;
         Some(wireleap_home::state::ReleaseInfo {
             fresh_ms: self.rollouts.fresh_at.map_or(0, ms),
             since_ms: ms(self.rollouts.started_at),
@@ -412,10 +409,7 @@ impl Upgrader {
 
     /// How old release information is, and whether that is stale.
     fn freshness(&self, now: std::time::SystemTime) -> Option<(u64, bool)> {
-        let now_ms = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Some(self.info()?.age(now_ms))
+        Some(self.info()?.age(wireleap_home::time::ms(now)))
     }
 
     /// Writes [`wireleap_home::files::RELEASE_INFO`] for `status`.

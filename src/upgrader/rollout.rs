@@ -180,13 +180,7 @@ const REPORT_AGE_MS: u64 = 24 * 3600 * 1000;
 pub fn queue_from_journal(home: &Path, identity: &Identity) {
     let mut reports = load_reports(home);
     let journal = wireleap_home::journal::read(home);
-    let now = u64::try_from(
-        SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX);
+    let now = wireleap_home::time::now_ms();
     let relay = wireleap_protocol::PublicKey::from(identity.signing_key());
     let mut until = reports.journal_ms;
     for (i, entry) in journal.iter().enumerate() {
@@ -221,7 +215,7 @@ pub fn queue_from_journal(home: &Path, identity: &Identity) {
             &from,
             outcome,
             criterion,
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(entry.time_ms),
+            wireleap_home::time::at_ms(entry.time_ms),
         );
         match report.sign(identity.signing_key()) {
             Ok(envelope) => reports

@@ -326,24 +326,8 @@ impl Relay {
         Ok(trusted)
     }
 
-    /// Starts the supervisor of the relay in `home` (its stderr to [`LOG`]) and waits until the
-    /// relay is ready and listening.
-    ///
-    /// # Errors
-    /// The supervisor exited, or did not get ready within [`START_WAIT`]: with its log's tail.
-    pub(crate) fn start(
-        fleet: &Fleet,
-        bins: &Bins,
-        role: &'static str,
-        home: PathBuf,
-        pubkey: String,
-        health_window: Duration,
-    ) -> anyhow::Result<Self> {
-        Self::spawn(fleet, bins, role, home, pubkey, health_window)?.ready(fleet)
-    }
-
-    /// Starts the supervisor of the relay in `home` without waiting for it: [`Starting::ready`]
-    /// waits.
+    /// Starts the supervisor of the relay in `home` (its stderr to [`LOG`]) without waiting for
+    /// it: [`Starting::ready`] waits until the relay is ready and listening.
     ///
     /// # Errors
     /// The supervisor could not be started.

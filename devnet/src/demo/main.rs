@@ -198,18 +198,9 @@ fn run(
     dir: &Path,
     out: &mut Out,
 ) -> anyhow::Result<Summary> {
-    let root = dir.join("releases");
-    let work = dir.join("work");
-    for d in [&root, &work] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    let (root, work) = folders(dir)?;
     out.say("▸ starting the stand-in network (contract, directory, release server)");
-    let net = rt
-        .block_on(Devnet::start(Config {
-            releases_root: Some(root.clone()),
-            ..Config::default()
-        }))
-        .context("starting the stand-in network")?;
+    let net = start_network(rt, &root)?;
     out.say(format!(
         "  contract {}  directory {}  releases {}",
         net.contract_url(),
@@ -278,7 +269,7 @@ fn demo(
                 "  {role:<9} trusts the demo network's release key {key} (the public TEST-ONLY key in releases/testdata/keys, installed in its trusted-keys/: no build trusts a key)"
             ));
         }
-        let relay = Relay::start(fleet, bins, role, home, pubkey, HEALTH_WINDOW)?;
+        let relay = Relay::spawn(fleet, bins, role, home, pubkey, HEALTH_WINDOW)?.ready(fleet)?;
         out.say(format!(
             "  {:<9} listening on {}  key {}…  supervisor pid {}",
             relay.role,
@@ -469,6 +460,30 @@ fn demo(
         after,
         killed_at_stop: 0,
     })
+}
+
+/// The demo's release tree and work folder in `dir`, created.
+///
+/// # Errors
+/// Creating them.
+fn folders(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (root, work) = (dir.join("releases"), dir.join("work"));
+    for d in [&root, &work] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok((root, work))
+}
+
+/// The stand-in network (contract, directory, and a release server for `root`), in `rt`.
+///
+/// # Errors
+/// It could not start.
+fn start_network(rt: &tokio::runtime::Runtime, root: &Path) -> anyhow::Result<Devnet> {
+    rt.block_on(Devnet::start(Config {
+        releases_root: Some(root.to_path_buf()),
+        ..Config::default()
+    }))
+    .context("starting the stand-in network")
 }
 
 /// A background thread. Dropped before it was joined (the demo gave up), it tells the thread to

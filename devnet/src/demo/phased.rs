@@ -14,11 +14,11 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use wireleap_devnet::Devnet;
 use wireleap_devnet::client::{Hop, activate_servicekey};
-use wireleap_devnet::{Config, Devnet};
 use wireleap_home::journal::Step as Kind;
 use wireleap_protocol::PublicKey;
 
@@ -84,11 +84,7 @@ fn position(key: &PublicKey, version: &str) -> f64 {
     })
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use wireleap_home::time::now_ms;
 
 fn write_key(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -105,12 +101,8 @@ pub(crate) fn run(
     n: usize,
     out: &mut Out,
 ) -> anyhow::Result<Summary> {
-    let tree = dir.join("releases");
-    let work = dir.join("work");
+    let (tree, work) = crate::folders(dir)?;
     let state = dir.join("rollout-state");
-    for d in [&tree, &work] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
     let releaser = Releaser::new(&bins.release_tool, &tree, &work)?;
     // The network's root: root key A, release key "project", rollout key E (all TEST-ONLY).
     let keys = work.join("keys");
@@ -146,12 +138,7 @@ pub(crate) fn run(
     out.say("▸ the network's root (TEST-ONLY keys): one root key, the release key, and a rollout key held by the rollout service");
 
     out.say("▸ starting the stand-in network (contract, directory) and the rollout service");
-    let net = rt
-        .block_on(Devnet::start(Config {
-            releases_root: Some(tree.clone()),
-            ..Config::default()
-        }))
-        .context("starting the stand-in network")?;
+    let net = crate::start_network(rt, &tree)?;
     let fleet = Fleet::default();
     let result = fleet_demo(
         rt, bins, dir, n, out, &net, &fleet, &releaser, &tree, &state, &keys, &root1,
@@ -651,8 +638,7 @@ fn rollout(releaser: &Releaser, state: &Path, args: &[&str]) -> anyhow::Result<u
     st["start"]
         .as_str()
         .and_then(relay_release::manifest::parse_time)
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(wireleap_home::time::ms)
         .context("the rollout status has no start")
 }
 
