@@ -140,6 +140,14 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
                 .map_err(Error::AlreadyRunning)?,
         )
     };
+    // A port of the REST API or the metrics that another relay holds refuses the start here,
+    // before the relay enrolls or accepts a stream (the servers test it again when they bind).
+    if let Some(api) = &config.rest_api {
+        restapi::check(api, home)?;
+    }
+    if let Some(m) = &config.metrics {
+        metrics::check(m.address, home)?;
+    }
     let pid_path = home.join(files::PID);
     pidfile::write_own(&pid_path).map_err(|source| Error::PidFile {
         path: pid_path.clone(),
@@ -290,13 +298,13 @@ impl Daemon {
             usage: usage.clone(),
         };
         let rest = match &self.config.rest_api {
-            Some(api) => Some(restapi::start(api, status.clone()).await?),
+            Some(api) => Some(restapi::start(api, &self.home, status.clone()).await?),
             None => None,
         };
         let metrics = match &self.config.metrics {
             Some(m) => {
                 let facts = self.metrics_facts.clone();
-                Some(metrics::start(m.address, facts, status.clone()).await?)
+                Some(metrics::start(m.address, &self.home, facts, status.clone()).await?)
             }
             None => None,
         };

@@ -20,6 +20,7 @@
 //! | [`usage`] | network usage per contract, caps, `stats.json` and its archive |
 //! | [`restapi`] | the REST status API (`GET /api/status`) |
 //! | [`metrics`] | Prometheus counters (atomics) and `GET /metrics` |
+//! | [`shared_port`] | the metrics and REST ports: shared with the next generation, no one else |
 //! | [`status`] | the status object shared by SIGUSR2 and the REST API |
 //! | [`telemetry`] | the tracing subscriber |
 //! | [`exit`] | process exit codes |
@@ -41,6 +42,7 @@ pub mod migrate;
 pub mod operator;
 pub mod probe;
 pub mod restapi;
+pub mod shared_port;
 pub mod status;
 pub mod telemetry;
 pub mod transport;

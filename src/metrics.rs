@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,11 +29,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::directory::ContractStatuses;
+use crate::shared_port;
 use crate::status::StatusSource;
 use crate::upgrader::UpgraderStatus;
 
@@ -41,6 +43,8 @@ use crate::upgrader::UpgraderStatus;
 pub use wireleap_home::files::RESTARTS_ENV as SUPERVISOR_RESTARTS_ENV;
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The config.json key of the address, for messages.
+const OPTION: &str = "metrics.address";
 /// How long the actors have to answer a scrape, each.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -584,13 +588,13 @@ pub async fn render(facts: &Facts, source: &StatusSource) -> String {
 /// Errors starting the metrics server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The address could not be bound.
+    /// The address could not be bound, or another relay (or process) holds the port.
     #[error("could not start the metrics server on {address}: {source}")]
     Bind {
         /// The configured address.
         address: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        source: shared_port::Error,
     },
 }
 
@@ -609,19 +613,35 @@ impl MetricsHandle {
     }
 }
 
-/// Binds `address` (shared with the next generation, see [`bind`]) and serves `GET /metrics` in
-/// the background.
+/// Whether the server can bind `address`: free, or held only by this relay's previous
+/// generation (see [`crate::shared_port`]). Run before the relay starts anything.
+///
+/// # Errors
+/// [`Error::Bind`].
+pub fn check(address: SocketAddr, home: &Path) -> Result<(), Error> {
+    shared_port::check(address, OPTION, home).map_err(|source| Error::Bind { address, source })
+}
+
+/// Binds `address` and serves `GET /metrics` in the background. The port is shared with the
+/// next generation during a handover (the kernel spreads scrapes over both until the old one
+/// stops its server at the start of its drain) and with no other relay
+/// ([`crate::shared_port`]).
 ///
 /// # Errors
 /// [`Error::Bind`].
 pub async fn start(
     address: SocketAddr,
+    home: &Path,
     facts: Facts,
     source: StatusSource,
 ) -> Result<MetricsHandle, Error> {
     let bind_err = |source| Error::Bind { address, source };
-    let listener = bind(address).map_err(bind_err)?;
-    let bound = listener.local_addr().map_err(bind_err)?;
+    let listener = shared_port::bind(address, OPTION, home)
+        .await
+        .map_err(bind_err)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| bind_err(shared_port::Error::Io(e)))?;
     info!(address = %bound, "metrics on http://{bound}/metrics");
     let stop = CancellationToken::new();
     let state = Arc::new((facts, source));
@@ -630,21 +650,6 @@ pub async fn start(
         stop,
         address: bound,
     })
-}
-
-/// Binds with `SO_REUSEPORT`: during a handover the next relay generation binds the same port
-/// while this one still runs (the kernel spreads scrapes over both until the old one stops its
-/// server at the start of its drain). Only processes of the same user can share the port.
-fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(address)?;
-    socket.listen(128)
 }
 
 async fn serve(listener: TcpListener, state: Arc<(Facts, StatusSource)>, stop: CancellationToken) {

@@ -3,11 +3,13 @@
 //! a JSON status body, other paths 404. The reply is the same object SIGUSR2 prints.
 //!
 //! Off unless `rest_api.address` is set. The unix socket file is replaced at start and removed
-//! at shutdown. Who calls it: the daemon, once, after the actors run.
+//! at shutdown. A TCP port is shared with the relay's next generation during a handover, and
+//! with no other relay ([`crate::shared_port`]). Who calls it: the daemon, once before it starts
+//! anything ([`check`]), once after the actors run ([`start`]).
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::{RestAddress, RestApi};
+use crate::shared_port;
 use crate::status::StatusSource;
+
+/// The config.json key of the address, for messages.
+const OPTION: &str = "rest_api.address";
 
 /// Errors starting the API.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,14 @@ pub enum Error {
         address: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// The TCP port could not be bound, or another relay (or process) holds it.
+    #[error("could not start the REST API on {address}: {source}")]
+    Port {
+        /// The configured address.
+        address: String,
+        /// Why.
+        source: shared_port::Error,
     },
 }
 
@@ -63,11 +77,37 @@ impl RestApiHandle {
     }
 }
 
+/// Whether the API can bind its TCP address: free, or held only by this relay's previous
+/// generation (see [`crate::shared_port`]). A unix socket is not checked (its file is
+/// replaced). Run before the relay starts anything.
+///
+/// # Errors
+/// [`Error::Bind`] when the address does not resolve, [`Error::Port`].
+pub fn check(config: &RestApi, home: &Path) -> Result<(), Error> {
+    let RestAddress::Http(hostport) = &config.address else {
+        return Ok(());
+    };
+    let address = std::net::ToSocketAddrs::to_socket_addrs(hostport.as_str())
+        .and_then(|mut a| a.next().ok_or_else(resolves_to_nothing))
+        .map_err(|source| Error::Bind {
+            address: hostport.clone(),
+            source,
+        })?;
+    shared_port::check(address, OPTION, home).map_err(|source| Error::Port {
+        address: hostport.clone(),
+        source,
+    })
+}
+
 /// Binds the configured address and serves in the background.
 ///
 /// # Errors
-/// [`Error::Bind`].
-pub async fn start(config: &RestApi, source: StatusSource) -> Result<RestApiHandle, Error> {
+/// [`Error::Bind`], [`Error::Port`].
+pub async fn start(
+    config: &RestApi,
+    home: &Path,
+    source: StatusSource,
+) -> Result<RestApiHandle, Error> {
     let (listener, address) = match &config.address {
         RestAddress::Unix(path) => {
             let address = format!("file://{}", path.display());
@@ -86,10 +126,19 @@ pub async fn start(config: &RestApi, source: StatusSource) -> Result<RestApiHand
             (Listener::Unix(l, path.clone()), address)
         }
         RestAddress::Http(hostport) => {
-            let l = bind_shared(hostport).await.map_err(|source| Error::Bind {
-                address: hostport.clone(),
-                source,
-            })?;
+            let address = tokio::net::lookup_host(hostport)
+                .await
+                .and_then(|mut a| a.next().ok_or_else(resolves_to_nothing))
+                .map_err(|source| Error::Bind {
+                    address: hostport.clone(),
+                    source,
+                })?;
+            let l = shared_port::bind(address, OPTION, home)
+                .await
+                .map_err(|source| Error::Port {
+                    address: hostport.clone(),
+                    source,
+                })?;
             let bound = l
                 .local_addr()
                 .map(|a| a.to_string())
@@ -119,22 +168,8 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// Binds `host:port` with `SO_REUSEPORT`, so that during a handover the next relay generation
-/// binds it while this one still serves.
-async fn bind_shared(hostport: &str) -> std::io::Result<TcpListener> {
-    let address = tokio::net::lookup_host(hostport)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(address)?;
-    socket.listen(128)
+fn resolves_to_nothing() -> std::io::Error {
+    std::io::Error::other("the address resolves to nothing")
 }
 
 async fn serve(listener: Listener, source: Arc<StatusSource>, stop: CancellationToken) {

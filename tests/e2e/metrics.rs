@@ -1,6 +1,8 @@
 //! Prometheus metrics of the real relay binary (issue #8): streams through the stand-in network,
 //! some refused, then `GET /metrics` shows what a user expects and passes `promtool check
-//! metrics`; a relay restarted by its supervisor publishes the restart count.
+//! metrics`; a relay restarted by its supervisor publishes the restart count. The metrics and
+//! REST ports are the relay's own (issue #18): its next generation shares them through a
+//! handover, and a relay of another home is refused.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -23,6 +25,8 @@ use crate::support::{Home, eventually};
 
 /// Every wait is bounded by this.
 const WAIT: Duration = Duration::from_secs(30);
+/// What a generation logs when it binds a port its previous generation still holds.
+pub(crate) const SHARING: &str = "sharing the port with this relay's previous generation";
 
 /// One scrape: the raw text and its samples by `name{labels}`.
 struct Scrape {
@@ -43,35 +47,51 @@ impl Scrape {
 
 /// `GET /metrics` over plain HTTP/1.1; asserts 200 and the exposition content type.
 fn scrape(addr: SocketAddr) -> Scrape {
-    let mut tcp = std::net::TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        tcp,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply).unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
+    try_scrape(addr).unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
+}
+
+/// `GET /metrics`; what went wrong if it was not a 200 with the exposition content type.
+fn try_scrape(addr: SocketAddr) -> Result<Scrape, String> {
+    let reply = http_get(addr, "/metrics")?;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of the headers in {reply:?}"))?;
+    if !head.starts_with("HTTP/1.1 200")
+        || !head
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4")
+    {
+        return Err(format!("unexpected reply head: {head}"));
+    }
     // hyper sends a full body with a content-length here (no chunked encoding).
     let samples = body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse::<f64>().unwrap())
+            l.rsplit_once(' ')
+                .and_then(|(series, value)| Some((series.to_owned(), value.parse::<f64>().ok()?)))
+                .ok_or_else(|| format!("not a sample: {l:?}"))
         })
-        .collect();
-    Scrape {
+        .collect::<Result<_, _>>()?;
+    Ok(Scrape {
         text: body.to_owned(),
         samples,
-    }
+    })
+}
+
+/// `GET path` over plain HTTP/1.1 with `Connection: close`: the whole reply.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, WAIT).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(WAIT))
+        .map_err(|e| e.to_string())?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    Ok(reply)
 }
 
 /// The metrics address the relay logged.
@@ -311,12 +331,15 @@ fn metrics_off_by_default_and_a_bad_address_is_a_config_error_with_its_key() {
 #[test]
 fn metrics_publish_the_supervisors_restart_count_and_survive_a_handover() {
     let sup = Supervised::start(&[]);
-    // The next generation reads a config with metrics on a fixed port.
+    // The next generation reads a config with metrics and the REST API on fixed ports.
     let port = free_port();
+    let rest: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let config = sup.home.read("config.json");
     let with_metrics = config.replacen(
         r#""heartbeat_interval""#,
-        &format!(r#""metrics": {{"address": "127.0.0.1:{port}"}}, "heartbeat_interval""#),
+        &format!(
+            r#""metrics": {{"address": "127.0.0.1:{port}"}}, "rest_api": {{"address": "http://{rest}"}}, "heartbeat_interval""#
+        ),
         1,
     );
     assert_ne!(config, with_metrics);
@@ -343,8 +366,26 @@ fn metrics_publish_the_supervisors_restart_count_and_survive_a_handover() {
     assert_eq!(scraped.get("wireleap_relay_supervisor_crash_streak"), 1.0);
     promtool_check(&scraped.text);
 
-    // A handover: the next generation binds the same metrics port while this one still runs.
+    assert!(rest_status(rest).is_ok());
+
+    // A handover: the next generation binds the same metrics and REST ports while this one
+    // still runs (this home's previous generation: shared), and scrapes go on meanwhile.
     let restarted = sup.home.pid().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match try_scrape(metrics).and_then(|_| rest_status(rest)) {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed)
+        }
+    });
     sup.signal(nix::sys::signal::Signal::SIGHUP);
     eventually(WAIT, "the next generation's metrics", || {
         sup.log().matches(&line).count() == 2
@@ -352,13 +393,194 @@ fn metrics_publish_the_supervisors_restart_count_and_survive_a_handover() {
     eventually(WAIT, "the old generation to exit", || {
         !crate::support::process::is_alive(restarted)
     });
-    assert!(
-        !sup.log().contains("could not start the metrics server"),
-        "{}",
-        sup.log()
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = scraper.join().unwrap();
+    eprintln!("scrapes through the handover: {ok} ok, {failed:?} failed");
+    let log = sup.log();
+    assert!(!log.contains("could not start the metrics server"), "{log}");
+    assert!(!log.contains("could not start the REST API"), "{log}");
+    assert_eq!(
+        log.matches(&format!("REST API listening address=http://{rest}"))
+            .count(),
+        2,
+        "{log}"
     );
+    // Both ports were still held by the old generation when the next one bound them.
+    for option in ["metrics.address", "rest_api.address"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(SHARING) && l.contains(option)),
+            "{option}: {log}"
+        );
+    }
+    let next = sup.home.pid().unwrap();
+    assert_ne!(next, restarted, "{log}");
+    assert!(crate::support::process::is_alive(next), "{log}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} scrapes failed through the handover: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 0);
     let scraped = scrape(metrics);
     assert_eq!(scraped.get("wireleap_relay_supervisor_restarts"), 1.0);
+    assert!(rest_status(rest).is_ok());
+}
+
+/// A hung generation still holds the metrics port when its replacement starts, and cannot answer
+/// anything: the replacement still recognises it as this relay's own (by its socket, not by
+/// asking it) and shares the port.
+#[test]
+fn a_hung_relay_holding_the_metrics_port_is_replaced() {
+    let port = free_port();
+    let extra = format!(r#""metrics": {{"address": "127.0.0.1:{port}"}},"#);
+    let sup = Supervised::start_with(Standin::start(), &extra, &["--liveness", "2s"]);
+    let metrics: SocketAddr = ([127, 0, 0, 1], port).into();
+    scrape(metrics);
+    let line = format!("metrics on http://127.0.0.1:{port}/metrics");
+    // It pings every second once ready: let it ping, then stop it.
+    std::thread::sleep(Duration::from_millis(2100));
+    let hung = sup.home.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    eventually(WAIT, "the replacement's metrics", || {
+        sup.log().matches(&line).count() == 2
+    });
+    eventually(WAIT, "the hung relay to be gone", || {
+        !crate::support::process::is_alive(hung)
+    });
+    let log = sup.log();
+    assert!(log.contains("sent no liveness ping"), "{log}");
+    assert!(!log.contains("could not start the metrics server"), "{log}");
+    assert_eq!(log.matches(SHARING).count(), 1, "{log}");
+    assert_ne!(sup.home.pid(), Some(hung));
+    assert_eq!(
+        scrape(metrics).get("wireleap_relay_supervisor_hung_replaced"),
+        1.0
+    );
+}
+
+/// `GET /api/status` answered 200.
+fn rest_status(addr: SocketAddr) -> Result<(), String> {
+    let reply = http_get(addr, "/api/status")?;
+    if reply.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("REST API: {reply}"))
+    }
+}
+
+/// Relay A serves metrics and the REST API on fixed ports; relay B, in another home (same
+/// user), configured with either port, must refuse to start and say why, and A keeps serving.
+#[test]
+fn a_relay_of_another_home_on_the_same_metrics_or_rest_port_is_refused() {
+    let s = Standin::start();
+    let metrics_port = free_port();
+    let rest: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let a = relay::start(
+        &s,
+        "backing",
+        &format!(
+            r#""metrics": {{"address": "127.0.0.1:{metrics_port}"}}, "rest_api": {{"address": "http://{rest}"}}"#
+        ),
+    );
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    assert_eq!(
+        metrics_addr(&a.home.read("wireleap-relay.log")),
+        Some(metrics)
+    );
+    let a_pid = a.home.pid().unwrap();
+    let before = scrape(metrics);
+    rest_status(rest).unwrap();
+
+    let b_config = |extra: &str| {
+        format!(
+            r#"{{"address": "127.0.0.1:0", {extra}, "danger_zone": {{"allow_loopback": true}},
+                "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}}}}"#,
+            s.net.contract_url()
+        )
+    };
+    let cases = [
+        (
+            format!(r#""metrics": {{"address": "127.0.0.1:{metrics_port}"}}"#),
+            format!("could not start the metrics server on {metrics}"),
+            "metrics.address",
+        ),
+        (
+            format!(
+                r#""metrics": {{"address": "127.0.0.1:{}"}}, "rest_api": {{"address": "http://{rest}"}}"#,
+                free_port()
+            ),
+            format!("could not start the REST API on {rest}"),
+            "rest_api.address",
+        ),
+    ];
+    for (extra, failure, option) in cases {
+        let b = Home::with_config(&b_config(&extra));
+        let run = run_bounded(&b, &["start", "--fg"]);
+        let said = run.all();
+        assert_eq!(run.code, 1, "B must fail to start:\n{run}");
+        for expected in [
+            failure.as_str(),
+            &format!("the port is held by pid {a_pid} (wireleap-relay"),
+            "another relay (or another process) listens there",
+            &format!("Give {option} in config.json a free port"),
+        ] {
+            assert!(said.contains(expected), "{expected:?} not in:\n{run}");
+        }
+        // Refused before it enrolled or listened.
+        assert!(!said.contains("listening for H/2 requests"), "{run}");
+    }
+
+    // A kept serving its own metrics and API.
+    assert!(crate::support::process::is_alive(a_pid));
+    let after = scrape(metrics);
+    assert_eq!(
+        after.get("wireleap_relay_streams_total"),
+        before.get("wireleap_relay_streams_total")
+    );
+    rest_status(rest).unwrap();
+    assert!(
+        !a.home
+            .read("wireleap-relay.log")
+            .contains("could not start"),
+        "{}",
+        a.home.read("wireleap-relay.log")
+    );
+}
+
+/// Runs `wireleap-relay ARGS` in `home` and waits for its exit, its output in files of the home;
+/// a relay still running after [`WAIT`] is killed and fails the test.
+fn run_bounded(home: &Home, args: &[&str]) -> crate::support::process::Run {
+    let out = std::fs::File::create(home.file("run.out")).unwrap();
+    let err = std::fs::File::create(home.file("run.err")).unwrap();
+    let mut child = home.command(args).stdout(out).stderr(err).spawn().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`{}` still runs after {WAIT:?}:\n{}{}",
+                args.join(" "),
+                home.read("run.out"),
+                home.read("run.err")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    crate::support::process::Run {
+        code: status.code().unwrap_or(-1),
+        stdout: home.read("run.out"),
+        stderr: home.read("run.err"),
+    }
 }
 
 /// The alert rules shipped for operators (docs/monitoring/alerts.yml) are valid and only use

@@ -86,12 +86,27 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     if !root() {
         return;
     }
+    // With metrics on a fixed port: the new generation (the relay's user, like the old one)
+    // must recognise the old one as its own to share the port (issue #18).
+    let port = crate::support::webserver::free_port();
     let (s, releases) = supervised_with_releases_full(
         &["--health-window", "2", "--relay-user", &NOBODY.to_string()],
         &[],
-        &lay_out,
+        &|home: &Home| {
+            let config = home.read("config.json");
+            let with_metrics = config.replacen(
+                r#""heartbeat_interval""#,
+                &format!(r#""metrics": {{"address": "127.0.0.1:{port}"}}, "heartbeat_interval""#),
+                1,
+            );
+            assert_ne!(config, with_metrics);
+            home.write("config.json", &with_metrics);
+            lay_out(home);
+        },
     );
     let home = &s.home;
+    let metrics_line = format!("metrics on http://127.0.0.1:{port}/metrics");
+    assert_eq!(s.log().matches(&metrics_line).count(), 1, "{}", s.log());
     assert!(
         s.log()
             .contains("privilege separation: relay processes run as"),
@@ -147,6 +162,11 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
         assert_eq!(uid_of(pid), NOBODY);
     }
     assert!(!as_relay_user(home, "echo x >> wireleap-relay"));
+    let log = s.log();
+    assert_eq!(log.matches(&metrics_line).count(), 2, "{log}");
+    assert!(!log.contains("could not start the metrics server"), "{log}");
+    assert_eq!(log.matches(crate::metrics::SHARING).count(), 1, "{log}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
 }
 
 #[test]
