@@ -2,16 +2,20 @@
 //!
 //! See `devnet/README.md` for the commands, the ready line and the admin API.
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wireleap_devnet::client::{self, CircuitClient, ClientConfig, Hop, StreamEnd};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use wireleap_devnet::client::{
+    self, CircuitClient, ClientConfig, ClientError, H2Stream, Hop, StreamEnd, exit,
+};
 use wireleap_devnet::{Config, Devnet, Switches};
 use wireleap_protocol::{Network, PublicKey, Servicekey};
 
@@ -31,6 +35,7 @@ enum Command {
     /// Run the contract, directory and release server until SIGINT/SIGTERM.
     Serve(ServeArgs),
     /// Open one stream through relays to a target and pipe stdin/stdout through it.
+    #[command(after_help = client::exit::HELP)]
     Client(ClientArgs),
     /// Activate a fresh servicekey at a contract and print it as JSON.
     Mint {
@@ -109,13 +114,29 @@ struct ClientArgs {
     /// Only PING the first relay and print its answer.
     #[arg(long)]
     ping: bool,
-    /// After stdin ends, keep reading the answer until it is idle this long (ms).
+    /// After stdin ends and all of it was sent, keep reading the answer until none came for
+    /// this long (ms), then end our side (the relay then closes the target: no half-close).
     #[arg(long, default_value_t = 1000)]
     idle_ms: u64,
+    /// After ending our side, wait at most this long (ms) for the stream's end, still copying
+    /// the answer to stdout; without an end by then, exit 4.
+    #[arg(long, default_value_t = 5000)]
+    end_timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are "errors" that go to stdout and exit 0.
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEVNET_LOG")
@@ -142,6 +163,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Not a graceful shutdown: a read of stdin blocks a runtime thread until the input ends,
+    // and the client is done whatever stdin still holds.
+    rt.shutdown_background();
     match res {
         Ok(code) => code,
         Err(e) => {
@@ -261,50 +285,183 @@ async fn run_client(a: ClientArgs) -> anyhow::Result<ExitCode> {
     }
     let target = a.target.unwrap_or_default();
     let net = if a.udp { Network::Udp } else { Network::Tcp };
-    let mut stream = c.open(&target, net).await?;
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut stdin_open = true;
-    let idle = Duration::from_millis(a.idle_ms);
-    loop {
-        tokio::select! {
-            r = stdin.read(&mut buf), if stdin_open => {
-                let n = r?;
-                if n == 0 {
-                    stdin_open = false;
-                } else {
-                    stream.send_chunk(bytes::Bytes::copy_from_slice(&buf[..n])).await?;
-                }
-            }
-            c = stream.recv_chunk() => match c {
-                Ok(Some(d)) => { stdout.write_all(&d).await?; stdout.flush().await?; }
-                Ok(None) | Err(_) => break,
-            },
-            _ = tokio::time::sleep(idle), if !stdin_open => {
-                stream.finish();
-                break;
-            }
+    let mut stream = match c.open(&target, net).await {
+        Ok(s) => s,
+        Err(ClientError::Status { hop, status }) => {
+            eprintln!(
+                "wireleap-devnet client: hop {hop} refused the circuit: {}",
+                status.to_json()
+            );
+            return Ok(ExitCode::from(exit::STATUS));
         }
-    }
-    stream.finish();
-    let end = tokio::time::timeout(Duration::from_secs(5), stream.wait_end())
-        .await
-        .unwrap_or(StreamEnd::Clean);
-    match end {
-        StreamEnd::Status(s) => {
-            eprintln!("{}", s.to_json());
-            Ok(ExitCode::from(2))
+        Err(e) => return Err(e.into()),
+    };
+    let timing = Timing {
+        idle: Duration::from_millis(a.idle_ms),
+        end_timeout: Duration::from_millis(a.end_timeout_ms),
+    };
+    let ended = pipe(
+        &mut stream,
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+        a.udp,
+        timing,
+    )
+    .await?;
+    let end = match ended {
+        Ended::Ended(end) => end,
+        Ended::NoEnd => {
+            eprintln!(
+                "wireleap-devnet client: no end of the stream within {:?} after our side ended",
+                timing.end_timeout
+            );
+            return Ok(ExitCode::from(exit::END_TIMEOUT));
         }
+    };
+    match &end {
+        StreamEnd::Clean => {}
+        StreamEnd::Status(s) => eprintln!(
+            "wireleap-devnet client: the stream ended with an error status: {}",
+            s.to_json()
+        ),
         StreamEnd::Http(code, _) => {
-            eprintln!("relay answered HTTP {code}");
-            Ok(ExitCode::from(2))
+            eprintln!("wireleap-devnet client: the relay answered HTTP {code}, not 200");
         }
         StreamEnd::Reset(e) => {
-            eprintln!("stream reset: {e}");
-            Ok(ExitCode::from(2))
+            eprintln!("wireleap-devnet client: stream reset (or a connection under it lost): {e}");
         }
-        StreamEnd::Clean | StreamEnd::Open => Ok(ExitCode::SUCCESS),
+        StreamEnd::Open => eprintln!("wireleap-devnet client: the stream did not end"),
+    }
+    Ok(ExitCode::from(exit::of_end(&end)))
+}
+
+/// The two waits of [`pipe`].
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// After stdin ended and all of it was sent: how long without an answer ends our side.
+    idle: Duration,
+    /// After our side ended: how long the stream has to end.
+    end_timeout: Duration,
+}
+
+/// How [`pipe`] came back.
+#[derive(Debug)]
+enum Ended {
+    /// The stream ended (the response and its trailer were read, or it failed).
+    Ended(StreamEnd),
+    /// Our side ended, and the stream's end did not come within [`Timing::end_timeout`].
+    NoEnd,
+}
+
+/// What one poll of the stream brought: both directions are polled every time, so a send
+/// waiting for window never keeps the answer from being read, and the other way round.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The pending chunk went out (`Ok`, possibly in part), or sending failed.
+    sent: Option<io::Result<usize>>,
+    /// A chunk of the answer, its end (`Ok(None)`), or a failure (the end says which).
+    received: Option<io::Result<Option<Bytes>>>,
+}
+
+/// Copies `input` into `stream` and the answer to `output`, both at once, until the stream ends
+/// (see [`Ended`]).
+///
+/// Reads from `input` wait while a chunk is pending (waiting for send window); the answer is
+/// read all the while. When `input` ends and all of it was sent, our side ends after the answer
+/// has been idle for [`Timing::idle`] (the relay closes the target when we end: no half-close,
+/// spec §6.5); from then the stream has [`Timing::end_timeout`] to end. If sending fails (the
+/// relay ended or reset the stream) the answer is read to its end, as long. With `datagrams`
+/// each read of `input` goes out whole as one DATA frame (one UDP datagram).
+async fn pipe(
+    stream: &mut H2Stream,
+    mut input: impl AsyncRead + Unpin,
+    mut output: impl AsyncWrite + Unpin,
+    datagrams: bool,
+    timing: Timing,
+) -> anyhow::Result<Ended> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // Read from `input`, not yet sent.
+    let mut pending = Bytes::new();
+    let mut input_open = true;
+    // When the answer was last active (or all input was sent), once input has ended.
+    let mut quiet_since: Option<Instant> = None;
+    // When our side ended (or sending failed).
+    let mut ended_at: Option<Instant> = None;
+    let ended = loop {
+        let idle_at = match (quiet_since, ended_at) {
+            (Some(t), None) => Some(t + timing.idle),
+            _ => None,
+        };
+        let end_by = ended_at.map(|t| t + timing.end_timeout);
+        let reading_input = input_open && pending.is_empty() && ended_at.is_none();
+        let progress = std::future::poll_fn(|cx| {
+            let mut p = Progress::default();
+            if !pending.is_empty() {
+                let min = if datagrams { pending.len() } else { 1 };
+                if let Poll::Ready(r) = stream.poll_send(cx, &mut pending, min) {
+                    p.sent = Some(r);
+                }
+            }
+            if let Poll::Ready(r) = stream.poll_chunk(cx) {
+                p.received = Some(r);
+            }
+            if p.sent.is_some() || p.received.is_some() {
+                Poll::Ready(p)
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::select! {
+            r = input.read(&mut buf), if reading_input => {
+                let n = r.context("reading stdin")?;
+                if n == 0 {
+                    input_open = false;
+                    quiet_since = Some(Instant::now());
+                } else {
+                    pending = Bytes::copy_from_slice(&buf[..n]);
+                }
+            }
+            p = progress => {
+                // Input is read again once `pending` is empty, so its end comes after all of
+                // it was sent.
+                match p.sent {
+                    Some(Ok(_)) | None => {}
+                    Some(Err(e)) => {
+                        // The relay ended or reset the stream: the answer says how.
+                        tracing::debug!(error = %e, "sending failed");
+                        pending.clear();
+                        input_open = false;
+                        ended_at.get_or_insert_with(Instant::now);
+                    }
+                }
+                match p.received {
+                    Some(Ok(Some(d))) => {
+                        output.write_all(&d).await.context("writing stdout")?;
+                        output.flush().await.context("writing stdout")?;
+                        if quiet_since.is_some() {
+                            quiet_since = Some(Instant::now());
+                        }
+                    }
+                    Some(Ok(None) | Err(_)) => break Ended::Ended(stream.end()),
+                    None => {}
+                }
+            }
+            () = sleep_until(idle_at) => {
+                stream.finish();
+                ended_at = Some(Instant::now());
+            }
+            () = sleep_until(end_by) => break Ended::NoEnd,
+        }
+    };
+    stream.finish();
+    Ok(ended)
+}
+
+/// Sleeps until `at`; never returns without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,6 +9,7 @@ mod support;
 
 mod apache;
 mod cli_upgrade;
+mod client;
 mod config;
 mod enrollment;
 mod health;

@@ -9,6 +9,7 @@
 //! Flow-control windows are large by default (16 MiB connection, 4 MiB stream) so that the
 //! client is never the bottleneck of a benchmark; all knobs are in [`ClientConfig`].
 
+pub mod exit;
 mod stream;
 pub use wireleap_protocol::tls_client as tls;
 

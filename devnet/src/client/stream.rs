@@ -222,39 +222,57 @@ impl H2Stream {
     /// datagram in UDP mode; the relay's max frame size must allow it).
     ///
     /// # Errors
-    /// An I/O error when the stream was reset.
-    pub async fn send_chunk(&mut self, data: Bytes) -> io::Result<()> {
-        let want = data.len();
-        self.send.reserve_capacity(want);
-        loop {
-            if self.send.capacity() >= want {
-                break;
-            }
-            match std::future::poll_fn(|cx| self.send.poll_capacity(cx)).await {
-                Some(Ok(n)) if n >= want => break,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(self.settle_now(io::Error::other(e)).await),
+    /// An I/O error when the stream was reset or finished.
+    pub async fn send_chunk(&mut self, mut data: Bytes) -> io::Result<()> {
+        let min = data.len();
+        std::future::poll_fn(|cx| self.poll_send(cx, &mut data, min))
+            .await
+            .map(drop)
+    }
+
+    /// Polls to send the front of `data` as one DATA frame: once at least `min` bytes of
+    /// flow-control capacity are ours (`min` is capped at `data.len()`), sends as much of `data`
+    /// as the capacity covers and advances `data` past it. `Ready(Ok(n))` says how many bytes
+    /// went; `min = data.len()` keeps `data` whole (a UDP datagram), `min = 1` sends a byte
+    /// stream as the window allows. While `Pending` nothing was sent, so the caller may poll
+    /// other work (such as reading the response) and come back with the same `data`.
+    ///
+    /// # Errors
+    /// An I/O error when the stream was reset or finished (a `wl-status` that came before the
+    /// reset is then in [`H2Stream::end`] and in the error).
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+        min: usize,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.finished {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream finished",
+            )));
+        }
+        let min = min.clamp(1, data.len());
+        self.send.reserve_capacity(data.len());
+        while self.send.capacity() < min {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(self.write_error(cx, io::Error::other(e)))),
                 None => {
                     let e = io::Error::new(io::ErrorKind::BrokenPipe, "stream closed");
-                    return Err(self.settle_now(e).await);
+                    return Poll::Ready(Err(self.write_error(cx, e)));
                 }
             }
         }
-        match self.send.send_data(data, false) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.settle_now(io::Error::other(e)).await),
+        let n = self.send.capacity().min(data.len());
+        let chunk = data.split_to(n);
+        match self.send.send_data(chunk, false) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(self.write_error(cx, io::Error::other(e)))),
         }
-    }
-
-    async fn settle_now(&mut self, e: io::Error) -> io::Error {
-        let mut e = Some(e);
-        std::future::poll_fn(|cx| {
-            let err = e
-                .take()
-                .unwrap_or_else(|| io::Error::other("stream closed"));
-            Poll::Ready(self.write_error(cx, err))
-        })
-        .await
     }
 
     /// Ends our side (END_STREAM). The relay then closes the remote (no half-close, §6.5).
