@@ -100,7 +100,7 @@ struct ClientArgs {
     relays: Vec<String>,
     /// Relay public key (base64url, quotes allowed, or `@FILE` such as a relay's key.pub);
     /// one per --relay, same order.
-    #[arg(long = "relay-pubkey")]
+    #[arg(long = "relay-pubkey", allow_hyphen_values = true)]
     relay_pubkeys: Vec<String>,
     /// Circuit length when relays come from the directory.
     #[arg(long, default_value_t = 1)]
@@ -473,5 +473,27 @@ mod tests {
     #[test]
     fn cli_shape() {
         Cli::command().debug_assert();
+    }
+
+    /// Base64url keys may begin with `-`: such a key is the option's value, not an option.
+    #[test]
+    fn a_relay_key_may_begin_with_a_dash() {
+        let cli = Cli::try_parse_from([
+            "wireleap-devnet",
+            "client",
+            "--servicekey",
+            "sk.json",
+            "--relay",
+            "wireleap://127.0.0.1:1",
+            "--relay-pubkey",
+            "-yAbc",
+            "--target",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        let Command::Client(args) = cli.command else {
+            panic!("not the client command");
+        };
+        assert_eq!(args.relay_pubkeys, ["-yAbc"]);
     }
 }
