@@ -13,6 +13,7 @@
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`cli`] | the command line: flags and `ctl` requests |
 //! | [`exit`] | exit codes (the systemd unit uses them) |
 //! | [`machine`] | the state machine: states, events, actions, one transition function, no I/O |
 //! | [`run`] | the loop: performs the machine's actions, turns what happens into events |
@@ -31,6 +32,7 @@
 
 pub mod budget;
 pub mod change;
+pub mod cli;
 pub mod control;
 pub mod exit;
 pub mod failpoint;
