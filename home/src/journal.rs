@@ -5,7 +5,7 @@
 //! reads as [`Step::Other`], which recovery leaves alone.
 
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -126,11 +126,23 @@ pub fn append(home: &Path, version: &str, step: Step, detail: &str) -> std::io::
         detail: detail.to_owned(),
     };
     let line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
+    let path = home.join(JOURNAL);
+    let mut file = match std::fs::OpenOptions::new()
         .append(true)
+        .create_new(true)
         .mode(0o644)
-        .open(home.join(JOURNAL))?;
+        .open(&path)
+    {
+        Ok(file) => {
+            // Readable by the relay's user (its `status`) whatever the creator's umask.
+            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            file
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::OpenOptions::new().append(true).open(&path)?
+        }
+        Err(e) => return Err(e),
+    };
     writeln!(file, "{line}")?;
     file.sync_all()
 }

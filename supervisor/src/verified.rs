@@ -98,10 +98,17 @@ impl Verified {
             .mode(0o755)
             .open(&name)
             .map_err(|e| at("could not create", &name, e))?;
-        let copied = std::io::copy(&mut (&mut from).take(MAX_BINARY), &mut to)
-            .and_then(|_| to.flush())
-            .and_then(|()| to.sync_all())
-            .map_err(|e| at("could not copy to", &name, e));
+        // The mode exactly, whatever the supervisor's umask (under `UMask=0077` the copy would
+        // otherwise be 0700, and the relay's user could not run it).
+        let copied = to
+            .set_permissions(std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| at("could not set the mode of", &name, e))
+            .and_then(|()| {
+                std::io::copy(&mut (&mut from).take(MAX_BINARY), &mut to)
+                    .and_then(|_| to.flush())
+                    .and_then(|()| to.sync_all())
+                    .map_err(|e| at("could not copy to", &name, e))
+            });
         // Read-only from here: the writable descriptor closes (a file open for writing cannot
         // be executed), and the name goes.
         let file = copied.and_then(|()| {
