@@ -17,6 +17,7 @@ mod identity;
 mod ledger;
 mod lifecycle;
 mod metrics;
+mod package;
 mod privsep;
 mod recovery;
 mod rollout;

@@ -1,0 +1,336 @@
+//! The Debian package (`scripts/deb`), built from this run's binaries and installed for real
+//! with `dpkg -i` on this machine: the system user, the home with its identity, the units
+//! (`systemd-analyze verify`, with the man pages they name), man pages and completions, the relay
+//! started from it as the unit starts it, a reinstall that keeps the operator's files, removal
+//! and purge. Needs root and dpkg, and a machine without the package, its home or its user;
+//! otherwise it says SKIPPED.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use wireleap_devnet::client::{Hop, activate_servicekey};
+use wireleap_protocol::PublicKey;
+
+use crate::support::eventually;
+use crate::support::load::short_stream;
+use crate::support::process::relay_bin;
+use crate::support::standin::Standin;
+use crate::support::supervised::relay_pids_in;
+use crate::support::target::tcp_echo;
+use crate::support::webserver::free_port;
+
+const HOME: &str = "/opt/wireleap-relay";
+const USER: &str = "wireleap";
+const UNIT: &str = "/lib/systemd/system/wireleap-relay.service";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Why this machine cannot take the package, if it cannot.
+fn unsuitable() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("installing a package needs root".into());
+    }
+    for tool in ["dpkg", "dpkg-deb", "useradd", "runuser"] {
+        if run("sh", &["-c", &format!("command -v {tool}")])
+            .status
+            .success()
+        {
+            continue;
+        }
+        return Some(format!("{tool} is missing"));
+    }
+    if run("dpkg", &["-s", "wireleap-relay"]).status.success() {
+        return Some("the package is installed on this machine already".into());
+    }
+    if Path::new(HOME).exists() {
+        return Some(format!("{HOME} exists already"));
+    }
+    if run("getent", &["passwd", USER]).status.success() {
+        return Some(format!("the user {USER} exists already"));
+    }
+    None
+}
+
+/// Leaves the machine as the test found it, whatever happened.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = run("dpkg", &["--purge", "wireleap-relay"]);
+        let _ = std::fs::remove_dir_all(HOME);
+        let _ = run("userdel", &[USER]);
+        let _ = run("groupdel", &[USER]);
+        let _ = std::fs::remove_file(
+            "/etc/systemd/system/multi-user.target.wants/wireleap-relay.service",
+        );
+    }
+}
+
+/// The package, built from the binaries this run built, uncompressed (fast).
+fn build_package(out: &Path) -> PathBuf {
+    let bin_dir = relay_bin().parent().unwrap().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/deb");
+    let built = Command::new(&script)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--out")
+        .arg(out)
+        .args(["--compress", "none"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "scripts/deb: {stdout}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // The sizes are printed (the bounds are enforced for release builds).
+    assert!(stdout.contains("wireleap-relay-supervisor "), "{stdout}");
+    eprintln!("{stdout}");
+    let debs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "{debs:?}");
+    debs.into_iter().next().unwrap()
+}
+
+fn uid_gid(name: &str) -> (u32, u32) {
+    let line = ok("getent", &["passwd", name]);
+    let fields: Vec<&str> = line.trim().split(':').collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
+}
+
+fn sha(path: &str) -> String {
+    ok("sha256sum", &[path])
+}
+
+#[test]
+fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() {
+    if let Some(why) = unsuitable() {
+        eprintln!("SKIPPED: the Debian package test: {why}");
+        return;
+    }
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let deb = build_package(dir.path());
+    let deb = deb.to_str().unwrap();
+
+    // What the package says it is.
+    let info = ok("dpkg-deb", &["-f", deb, "Package", "Version", "Depends"]);
+    assert!(info.contains("Package: wireleap-relay"), "{info}");
+    assert!(
+        info.contains(&format!("Version: {}-1", env!("CARGO_PKG_VERSION"))),
+        "{info}"
+    );
+    assert!(info.contains("libc6 (>= 2."), "{info}");
+
+    // Installed: the user, the home, the identity, the binaries, the unit enabled but not started.
+    let installed = ok("dpkg", &["-i", deb]);
+    assert!(
+        installed.contains("write /opt/wireleap-relay/config.json"),
+        "the operator is told what to do next: {installed}"
+    );
+    let (uid, gid) = uid_gid(USER);
+    assert!(
+        ok("getent", &["passwd", USER])
+            .trim()
+            .ends_with(":/usr/sbin/nologin"),
+        "a system user without a shell"
+    );
+    let home = std::fs::metadata(HOME).unwrap();
+    assert_eq!(
+        (home.uid(), home.gid(), home.mode() & 0o7777),
+        (0, gid, 0o1770)
+    );
+    let seed = std::fs::metadata(format!("{HOME}/key.seed")).unwrap();
+    assert_eq!((seed.uid(), seed.mode() & 0o777), (uid, 0o600), "key.seed");
+    for bin in ["wireleap-relay", "wireleap-relay-supervisor"] {
+        let m = std::fs::metadata(format!("{HOME}/{bin}")).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755), "{bin}");
+    }
+    let trusted = std::fs::metadata(format!("{HOME}/trusted-keys/roots")).unwrap();
+    assert_eq!((trusted.uid(), trusted.mode() & 0o777), (0, 0o755));
+    let version = format!("{}\n", env!("CARGO_PKG_VERSION"));
+    assert!(ok("/usr/bin/wireleap-relay", &["--version"]).ends_with(&version));
+    assert!(ok("/usr/sbin/wireleap-relay-supervisor", &["--version"]).ends_with(&version));
+    assert!(
+        Path::new("/etc/systemd/system/multi-user.target.wants/wireleap-relay.service").exists(),
+        "the unit is enabled"
+    );
+    for file in [
+        "/usr/share/man/man1/wireleap-relay.1.gz",
+        "/usr/share/man/man1/wireleap-relay-status.1.gz",
+        "/usr/share/man/man1/wireleap-relay-supervisor.1.gz",
+        "/usr/share/bash-completion/completions/wireleap-relay",
+        "/usr/share/zsh/vendor-completions/_wireleap-relay-supervisor",
+        "/usr/share/fish/vendor_completions.d/wireleap-relay.fish",
+        "/etc/logrotate.d/wireleap-relay",
+        "/usr/share/doc/wireleap-relay/examples/config.json",
+    ] {
+        assert!(Path::new(file).exists(), "{file} is not installed");
+    }
+
+    // The installed units verify, the man pages they name included (when `man` is here).
+    let man = if run("sh", &["-c", "command -v man"]).status.success() {
+        "--man=yes"
+    } else {
+        "--man=no"
+    };
+    let verify = run(
+        "systemd-analyze",
+        &[
+            "verify",
+            man,
+            UNIT,
+            "/lib/systemd/system/wireleap-relay.socket",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "systemd-analyze verify: {stderr}");
+    assert!(!stderr.contains("wireleap-relay"), "warnings: {stderr}");
+    let security = run("systemd-analyze", &["security", "--offline=yes", UNIT]);
+    let score = String::from_utf8_lossy(&security.stdout);
+    if let Some(line) = score.lines().find(|l| l.contains("Overall exposure level")) {
+        eprintln!("{line}");
+    }
+
+    // The example config passes check-config as it is (the operator edits its values).
+    let seed_before = sha(&format!("{HOME}/key.seed"));
+    std::fs::copy(
+        "/usr/share/doc/wireleap-relay/examples/config.json",
+        format!("{HOME}/config.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(format!("{HOME}/config.json"), Some(uid), Some(gid)).unwrap();
+    let check = run(
+        "runuser",
+        &["-u", USER, "--", "/usr/bin/wireleap-relay", "check-config"],
+    );
+    assert!(check.status.success(), "{check:?}");
+
+    // A config for the stand-in network, then the supervisor as the unit starts it.
+    let standin = Standin::start();
+    let port = free_port();
+    std::fs::write(
+        format!("{HOME}/config.json"),
+        format!(
+            r#"{{"address": "127.0.0.1:{port}", "heartbeat_interval": "500ms",
+                "danger_zone": {{"allow_loopback": true}}, "auto_upgrade": false,
+                "contracts": {{"{}": {{"address": "wireleap://127.0.0.1:{port}", "role": "backing"}}}}}}"#,
+            standin.net.contract_url()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        format!("{HOME}/config.json"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let exec_start: Vec<&str> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let log = dir.path().join("supervisor.log");
+    let mut supervisor = Command::new(exec_start[0])
+        .args(&exec_start[1..])
+        .current_dir(HOME)
+        .env_remove("WIRELEAP_RELAY_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(WAIT, "the packaged relay to be ready", || {
+        read_log().contains("relay ready")
+    });
+    let key: String =
+        serde_json::from_str(&std::fs::read_to_string(format!("{HOME}/key.pub")).unwrap()).unwrap();
+    standin.wait_enrolled(&key, WAIT);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hop = Hop::new(
+        format!("wireleap://127.0.0.1:{port}"),
+        PublicKey::try_from_b64(&key).unwrap(),
+    );
+    let target = rt.block_on(tcp_echo());
+    let sk = rt
+        .block_on(activate_servicekey(standin.net.contract_url()))
+        .unwrap();
+    eventually(WAIT, "a stream through the packaged relay", || {
+        rt.block_on(short_stream(&sk, &hop, target)).is_ok()
+    });
+    let relays = relay_pids_in(Path::new(HOME));
+    assert!(!relays.is_empty());
+    for pid in relays {
+        let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
+        assert_eq!(owner, uid, "the relay (pid {pid}) runs as {USER}");
+    }
+    let status = run("/usr/bin/wireleap-relay", &["status"]);
+    assert!(status.status.success(), "{status:?}\n{}", read_log());
+
+    // A reinstall over the running relay keeps the operator's files and its identity.
+    let config_before = sha(&format!("{HOME}/config.json"));
+    let again = ok("dpkg", &["-i", deb]);
+    assert!(
+        again.contains("kept /opt/wireleap-relay/wireleap-relay"),
+        "{again}"
+    );
+    assert_eq!(sha(&format!("{HOME}/config.json")), config_before);
+    assert_eq!(sha(&format!("{HOME}/key.seed")), seed_before);
+    assert!(rt.block_on(short_stream(&sk, &hop, target)).is_ok());
+
+    kill(
+        Pid::from_raw(i32::try_from(supervisor.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut exited = None;
+    eventually(WAIT, "the supervisor to stop", || {
+        exited = supervisor.try_wait().unwrap();
+        exited.is_some()
+    });
+    assert_eq!(exited.unwrap().code(), Some(0), "{}", read_log());
+
+    // Removed: the package's files go, the relay's earnings stay; purged: the same, said.
+    ok("dpkg", &["-r", "wireleap-relay"]);
+    assert!(!Path::new("/usr/lib/wireleap-relay/wireleap-relay").exists());
+    assert!(!Path::new("/usr/bin/wireleap-relay").exists());
+    assert!(Path::new(&format!("{HOME}/key.seed")).exists());
+    let purged = ok("dpkg", &["--purge", "wireleap-relay"]);
+    assert!(purged.contains("kept /opt/wireleap-relay"), "{purged}");
+    assert!(!Path::new("/etc/logrotate.d/wireleap-relay").exists());
+    assert_eq!(sha(&format!("{HOME}/key.seed")), seed_before);
+}
