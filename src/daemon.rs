@@ -288,11 +288,15 @@ impl Daemon {
                 warn!(budget = ?FIRST_ROUND_BUDGET, "first enrollment round still running; accepting anyway")
             }
         }
-        let transport = transport.start();
+        // The transport's address before it runs: the REST API and the metrics bind first, so
+        // that when one cannot (a port taken, a socket folder it may not write), the daemon
+        // stops with that error before the transport accepts anything.
+        let transport_context = actix::Context::<Transport>::new();
+        let transport_addr = transport_context.address();
         let status = StatusSource {
             version: self.version.to_string(),
             enrollment: enrollment.clone(),
-            transport: transport.clone(),
+            transport: transport_addr,
             ledger: ledger.clone(),
             upgrader,
             usage: usage.clone(),
@@ -308,6 +312,7 @@ impl Daemon {
             }
             None => None,
         };
+        let transport = transport_context.run(transport);
         let actors = Actors {
             ledger,
             enrollment,

@@ -148,6 +148,36 @@ fn start_fails_with_the_reason_when_the_port_is_taken() {
     assert!(home.pid().is_none(), "a pid file was left behind");
 }
 
+/// A REST socket the relay cannot create (here a path longer than a unix socket's name may be;
+/// under systemd, a folder it may not write) stops the start with that reason, and nothing
+/// panics: the transport does not run before the REST API and the metrics are bound.
+#[test]
+fn a_rest_socket_that_cannot_be_created_fails_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("s".repeat(120));
+    std::fs::create_dir(&long).unwrap();
+    let socket = long.join("relay.sock");
+    let with_rest = config("127.0.0.1:0").replacen(
+        r#""contracts""#,
+        &format!(
+            r#""rest_api": {{"address": "file://{}"}}, "contracts""#,
+            socket.display()
+        ),
+        1,
+    );
+    let home = Home::with_config(&with_rest);
+    let run = home.run(&["start", "--fg"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.all().contains(&format!(
+            "could not start the REST API on file://{}",
+            socket.display()
+        )),
+        "the reason is missing:\n{run}"
+    );
+    assert!(!run.all().contains("panicked"), "{run}");
+}
+
 #[test]
 fn start_with_a_bad_config_fails_with_every_problem() {
     let home = Home::with_config(r#"{"address": "127.0.0.1:0", "timeout": "soon"}"#);
