@@ -297,6 +297,9 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     for pid in relays {
         let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
         assert_eq!(owner, uid, "the relay (pid {pid}) runs as {USER}");
+        // Named for ps and pgrep, though it runs its verified copy through /proc/self/fd.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), "wireleap-relay");
     }
     let status = run("/usr/bin/wireleap-relay", &["status"]);
     assert!(status.status.success(), "{status:?}\n{}", read_log());
@@ -329,6 +332,15 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     assert!(!Path::new("/usr/lib/wireleap-relay/wireleap-relay").exists());
     assert!(!Path::new("/usr/bin/wireleap-relay").exists());
     assert!(Path::new(&format!("{HOME}/key.seed")).exists());
+    let masked = Path::new("/etc/systemd/system/wireleap-relay.service");
+    assert!(masked.is_symlink(), "a removed package's unit is masked");
+    // Installed again before a purge: unmasked, enabled, the relay's files as they were.
+    ok("dpkg", &["-i", deb]);
+    assert!(!masked.exists() && !masked.is_symlink(), "still masked");
+    assert!(
+        Path::new("/etc/systemd/system/multi-user.target.wants/wireleap-relay.service").exists()
+    );
+    assert_eq!(sha(&format!("{HOME}/key.seed")), seed_before);
     let purged = ok("dpkg", &["--purge", "wireleap-relay"]);
     assert!(purged.contains("kept /opt/wireleap-relay"), "{purged}");
     assert!(!Path::new("/etc/logrotate.d/wireleap-relay").exists());

@@ -41,9 +41,11 @@ fn lay_out(home: &Home) {
     }
     std::os::unix::fs::chown(home.path(), Some(0), Some(NOBODY)).unwrap();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o1770)).unwrap();
-    // The supervisor, started next, inherits the unit's `UMask=0077` (each test is its own
-    // process): what it creates for the relay's user must still be usable by it.
+    // The supervisor, started next, inherits the unit's `UMask=0077` and `Group=` (the relay's
+    // group; each test is its own process): what it creates for the relay's user must still be
+    // usable by it, and no more.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY)).unwrap();
 }
 
 /// `sh -c script` in `home` as the relay's user; whether it succeeded.
