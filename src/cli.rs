@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand};
 
-/// wireleap-relay: a relay for the Wireleap network.
+/// A relay for the Wireleap network, wire-compatible with the reference relay 0.6.x.
 #[derive(Debug, Parser)]
 #[command(
     name = "wireleap-relay",

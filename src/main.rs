@@ -12,6 +12,9 @@ use wireleap_relay::operator::{control, rollback, supervised, upgrade};
 use wireleap_relay::{config, daemon, exit, ledger, telemetry, version};
 
 fn main() -> ExitCode {
+    // Under the supervisor this runs as a verified copy through /proc/self/fd/<n>, which names
+    // the process "<n>": named for ps, pgrep and the journal (before any thread starts).
+    let _ = nix::sys::prctl::set_name(c"wireleap-relay");
     // `--version` (and `-V`) print what `version` prints: the version stamped into this binary.
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag] = args.as_slice()

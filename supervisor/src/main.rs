@@ -14,6 +14,9 @@ use wireleap_relay_supervisor::exit;
 use wireleap_relay_supervisor::run::{self, HOME_ENV, Options};
 
 fn main() -> ExitCode {
+    // A release's supervisor is run from its verified copy through /proc/self/fd/<n>, which
+    // names the process "<n>": named for ps, pgrep and the journal.
+    let _ = nix::sys::prctl::set_name(c"wireleap-relay-supervisor");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
