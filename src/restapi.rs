@@ -84,8 +84,14 @@ impl RestApiHandle {
 /// # Errors
 /// [`Error::Bind`] when the address does not resolve, [`Error::Port`].
 pub fn check(config: &RestApi, home: &Path) -> Result<(), Error> {
-    let RestAddress::Http(hostport) = &config.address else {
-        return Ok(());
+    let hostport = match &config.address {
+        RestAddress::Http(hostport) => hostport,
+        RestAddress::Unix(path) => {
+            return socket_folder_usable(path).map_err(|source| Error::Bind {
+                address: format!("file://{}", path.display()),
+                source,
+            });
+        }
     };
     let address = std::net::ToSocketAddrs::to_socket_addrs(hostport.as_str())
         .and_then(|mut a| a.next().ok_or_else(resolves_to_nothing))
@@ -96,6 +102,32 @@ pub fn check(config: &RestApi, home: &Path) -> Result<(), Error> {
     shared_port::check(address, OPTION, home).map_err(|source| Error::Port {
         address: hostport.clone(),
         source,
+    })
+}
+
+/// Whether this process may create the unix socket `path`: its folder exists, and this user
+/// may write and search it (under systemd, `/run/wireleap` of the unit's `RuntimeDirectory=`).
+///
+/// # Errors
+/// Why not, naming the folder.
+pub fn socket_folder_usable(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("/"));
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|errno| {
+        std::io::Error::new(
+            std::io::Error::from(errno).kind(),
+            format!(
+                "cannot create a socket in {}: {}",
+                dir.display(),
+                errno.desc()
+            ),
+        )
     })
 }
 

@@ -178,6 +178,44 @@ fn a_rest_socket_that_cannot_be_created_fails_the_start_with_the_reason() {
     assert!(!run.all().contains("panicked"), "{run}");
 }
 
+/// A REST socket in a folder that does not exist (under systemd: the unit's /run/wireleap not
+/// created, or not the relay's to write): check-config warns, and the relay refuses to start
+/// before it enrolls, naming the folder.
+#[test]
+fn a_rest_socket_folder_that_is_missing_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("missing");
+    let socket = folder.join("relay.sock");
+    let home = Home::with_config(&config("127.0.0.1:0").replacen(
+        r#""contracts""#,
+        &format!(
+            r#""rest_api": {{"address": "file://{}"}}, "contracts""#,
+            socket.display()
+        ),
+        1,
+    ));
+    let check = home.run(&["check-config"]);
+    assert_eq!(check.code, 0, "{check}");
+    assert!(
+        check.stderr.contains(&format!(
+            "warning: rest_api.address: cannot create a socket in {}: No such file or directory",
+            folder.display()
+        )),
+        "{check}"
+    );
+    let run = home.run(&["start", "--fg"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.all().contains(&format!(
+            "could not start the REST API on file://{}: cannot create a socket in {}",
+            socket.display(),
+            folder.display()
+        )),
+        "{run}"
+    );
+    assert!(!run.all().contains("listening for H/2 requests"), "{run}");
+}
+
 #[test]
 fn start_with_a_bad_config_fails_with_every_problem() {
     let home = Home::with_config(r#"{"address": "127.0.0.1:0", "timeout": "soon"}"#);
