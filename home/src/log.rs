@@ -33,6 +33,13 @@ pub fn init(program: &'static str) {
     let _ = if var("RELAY_LOG_FORMAT").as_deref() == Some("json") {
         builder.json().try_init()
     } else if stderr_is_the_journal() {
+        // A panic's own text reaches the journal at the default priority (info); an error line
+        // first makes it show under `journalctl -p err`.
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            tracing::error!("{}", panic_line(info.location(), info.payload()));
+            print(info);
+        }));
         builder
             .event_format(Prefixed {
                 program,
@@ -65,6 +72,20 @@ fn stderr_is_the_journal() -> bool {
         return false;
     };
     stream == format!("{}:{}", stat.st_dev, stat.st_ino)
+}
+
+/// A panic in one line (journald gives each line its own priority): where, then what.
+fn panic_line(location: Option<&std::panic::Location<'_>>, payload: &dyn std::any::Any) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    let what = what.replace('\n', " ");
+    match location {
+        Some(at) => format!("panicked at {}:{}: {what}", at.file(), at.line()),
+        None => format!("panicked: {what}"),
+    }
 }
 
 /// The syslog priority of a level, as journald reads it at the start of a line.
@@ -109,6 +130,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_is_one_line_with_where_and_what() {
+        let here = std::panic::Location::caller();
+        let line = panic_line(Some(here), &String::from("bad\nthing"));
+        assert_eq!(
+            line,
+            format!("panicked at {}:{}: bad thing", here.file(), here.line())
+        );
+        assert_eq!(panic_line(None, &"static"), "panicked: static");
+        assert_eq!(panic_line(None, &42_u8), "panicked: (no message)");
+    }
 
     #[derive(Clone, Default)]
     struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
