@@ -166,17 +166,23 @@ fn check_config(home: &Path) -> u8 {
             for w in trust_warnings(home, loaded.config.auto_upgrade) {
                 eprintln!("warning: {w}");
             }
-            // A warning, not an error: check-config may run as another user than the relay, or
-            // before systemd created the unit's /run/wireleap.
+            // Not an error: check-config may run as another user than the relay, or before
+            // systemd created the unit's runtime folder (/run/wireleap).
             if let Some(config::RestApi {
                 address: config::RestAddress::Unix(path),
                 ..
             }) = &loaded.config.rest_api
                 && let Err(e) = wireleap_relay::restapi::socket_folder_usable(path)
             {
-                eprintln!(
-                    "warning: rest_api.address: {e} (as this user; the relay needs it when it starts)"
-                );
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    eprintln!(
+                        "note: rest_api.address: {e}: the relay needs the folder when it starts (the systemd unit creates /run/wireleap then)"
+                    );
+                } else {
+                    eprintln!(
+                        "warning: rest_api.address: {e} (as this user; the relay needs it when it starts)"
+                    );
+                }
             }
             println!("OK");
             exit::OK

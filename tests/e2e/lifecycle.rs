@@ -198,7 +198,7 @@ fn a_rest_socket_folder_that_is_missing_is_named() {
     assert_eq!(check.code, 0, "{check}");
     assert!(
         check.stderr.contains(&format!(
-            "warning: rest_api.address: cannot create a socket in {}: No such file or directory",
+            "note: rest_api.address: cannot create a socket in {}: No such file or directory: the relay needs the folder when it starts",
             folder.display()
         )),
         "{check}"
