@@ -18,6 +18,7 @@ use wireleap_protocol::PublicKey;
 use crate::support::eventually;
 use crate::support::load::short_stream;
 use crate::support::process::relay_bin;
+use crate::support::releases::stamped;
 use crate::support::standin::Standin;
 use crate::support::supervised::relay_pids_in;
 use crate::support::target::tcp_echo;
@@ -75,11 +76,24 @@ fn unsuitable() -> Option<String> {
     None
 }
 
-/// Leaves the machine as the test found it, whatever happened.
+/// Leaves the machine as the test found it, whatever happened: no process of the relay's user
+/// left (the package's prerm stops only the systemd unit), no package, home or user.
 struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Ok(out) = Command::new("id").args(["-u", USER]).output()
+            && let Ok(uid) = String::from_utf8_lossy(&out.stdout).trim().parse::<u32>()
+        {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let pid = entry.file_name().to_string_lossy().parse::<i32>();
+                if let Ok(pid) = pid
+                    && entry.metadata().is_ok_and(|m| m.uid() == uid)
+                {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
         let _ = run("dpkg", &["--purge", "wireleap-relay"]);
         let _ = std::fs::remove_dir_all(HOME);
         let _ = run("userdel", &[USER]);
@@ -120,6 +134,17 @@ fn build_package(out: &Path) -> PathBuf {
     debs.into_iter().next().unwrap()
 }
 
+/// The supervisor started as the unit starts it; killed (with it its relays, which it stops,
+/// or the cleanup kills) if the test fails first.
+struct Supervisor(std::process::Child);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn uid_gid(name: &str) -> (u32, u32) {
     let line = ok("getent", &["passwd", name]);
     let fields: Vec<&str> = line.trim().split(':').collect();
@@ -145,7 +170,11 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     let info = ok("dpkg-deb", &["-f", deb, "Package", "Version", "Depends"]);
     assert!(info.contains("Package: wireleap-relay"), "{info}");
     assert!(
-        info.contains(&format!("Version: {}-1", env!("CARGO_PKG_VERSION"))),
+        // A semver pre-release (0.8.0-rc.1) is 0.8.0~rc.1 for dpkg.
+        info.contains(&format!(
+            "Version: {}-1",
+            env!("CARGO_PKG_VERSION").replacen('-', "~", 1)
+        )),
         "{info}"
     );
     assert!(info.contains("libc6 (>= 2."), "{info}");
@@ -260,15 +289,17 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
         .split_whitespace()
         .collect();
     let log = dir.path().join("supervisor.log");
-    let mut supervisor = Command::new(exec_start[0])
-        .args(&exec_start[1..])
-        .current_dir(HOME)
-        .env_remove("WIRELEAP_RELAY_HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut supervisor = Supervisor(
+        Command::new(exec_start[0])
+            .args(&exec_start[1..])
+            .current_dir(HOME)
+            .env_remove("WIRELEAP_RELAY_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     eventually(WAIT, "the packaged relay to be ready", || {
         read_log().contains("relay ready")
@@ -316,16 +347,38 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     assert!(rt.block_on(short_stream(&sk, &hop, target)).is_ok());
 
     kill(
-        Pid::from_raw(i32::try_from(supervisor.id()).unwrap()),
+        Pid::from_raw(i32::try_from(supervisor.0.id()).unwrap()),
         Signal::SIGTERM,
     )
     .unwrap();
     let mut exited = None;
     eventually(WAIT, "the supervisor to stop", || {
-        exited = supervisor.try_wait().unwrap();
+        exited = supervisor.0.try_wait().unwrap();
         exited.is_some()
     });
     assert_eq!(exited.unwrap().code(), Some(0), "{}", read_log());
+
+    // A relay that upgraded itself past the package (root's, with its signed statement) is
+    // kept, statement and all; one the relay's user could have written is replaced, and its
+    // statement goes with it.
+    let relay = format!("{HOME}/wireleap-relay");
+    let newer = stamped(dir.path(), &relay_bin(), "9.0.0");
+    std::fs::copy(&newer, &relay).unwrap();
+    std::fs::write(format!("{relay}.hash"), "statement").unwrap();
+    let kept = ok("dpkg", &["-i", deb]);
+    assert!(kept.contains(&format!("kept {relay} 9.0.0")), "{kept}");
+    assert!(ok(&relay, &["--version"]).ends_with("9.0.0\n"));
+    assert!(Path::new(&format!("{relay}.hash")).exists());
+    std::os::unix::fs::chown(&relay, Some(uid), None).unwrap();
+    let replaced = ok("dpkg", &["-i", deb]);
+    assert!(
+        replaced.contains(&format!("{relay} is not root's alone")),
+        "{replaced}"
+    );
+    assert!(ok(&relay, &["--version"]).ends_with(&version));
+    let m = std::fs::metadata(&relay).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
+    assert!(!Path::new(&format!("{relay}.hash")).exists());
 
     // Removed: the package's files go, the relay's earnings stay; purged: the same, said.
     ok("dpkg", &["-r", "wireleap-relay"]);
