@@ -15,7 +15,8 @@ use wireleap_relay_supervisor::run::{self, HOME_ENV, Options};
 
 fn main() -> ExitCode {
     // A release's supervisor is run from its verified copy through /proc/self/fd/<n>, which
-    // names the process "<n>": named for ps, pgrep and the journal.
+    // names the process "<n>": named as when it runs from its file (the kernel keeps 15 bytes:
+    // `wireleap-relay-`; `pgrep -f wireleap-relay-supervisor` finds it).
     let _ = nix::sys::prctl::set_name(c"wireleap-relay-supervisor");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
