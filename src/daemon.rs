@@ -194,6 +194,15 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         metrics_facts,
     };
     let result = system.block_on(daemon.serve(tls));
+    if result.is_err() {
+        // Actors started before the failure first run (their `started` sets timers) while the
+        // runtime is still there: dropped with it unpolled, they would panic in its drop.
+        system.block_on(async {
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
     pidfile::remove_if_own(&pid_path, own_pid);
     result
 }
@@ -266,39 +275,17 @@ impl Daemon {
             self.config.release_stale_after,
         )
         .start();
-        let enrollment = Enrollment::new(
-            &self.config,
-            admission,
-            self.api.clone(),
-            self.identity_pubkey,
-            &self.version.to_string(),
-            upgrader.clone().recipient(),
-        )
-        .start();
-        // Accept only once every contract had its first enrollment attempt: a generation that
-        // takes over a shared listener must not refuse streams as "not available" meanwhile.
-        // Connections made until then wait in the listener's backlog.
-        match enrollment
-            .send(directory::WaitFirstRound)
-            .timeout(FIRST_ROUND_BUDGET)
-            .await
-        {
-            Ok(()) => info!("first enrollment round done"),
-            Err(_) => {
-                warn!(budget = ?FIRST_ROUND_BUDGET, "first enrollment round still running; accepting anyway")
-            }
-        }
-        // The transport's address before it runs: the REST API and the metrics bind first, so
-        // that when one cannot (a port taken, a socket folder it may not write), the daemon
-        // stops with that error before the transport accepts anything.
+        // The actors' addresses before they run: the REST API and the metrics bind first, so
+        // that when one cannot (a port taken, a socket it may not create), the daemon stops
+        // with that error before it enrolls or accepts anything.
+        let enrollment_context = actix::Context::<Enrollment>::new();
         let transport_context = actix::Context::<Transport>::new();
-        let transport_addr = transport_context.address();
         let status = StatusSource {
             version: self.version.to_string(),
-            enrollment: enrollment.clone(),
-            transport: transport_addr,
+            enrollment: enrollment_context.address(),
+            transport: transport_context.address(),
             ledger: ledger.clone(),
-            upgrader,
+            upgrader: upgrader.clone(),
             usage: usage.clone(),
         };
         let rest = match &self.config.rest_api {
@@ -312,6 +299,27 @@ impl Daemon {
             }
             None => None,
         };
+        let enrollment = enrollment_context.run(Enrollment::new(
+            &self.config,
+            admission,
+            self.api.clone(),
+            self.identity_pubkey,
+            &self.version.to_string(),
+            upgrader.recipient(),
+        ));
+        // Accept only once every contract had its first enrollment attempt: a generation that
+        // takes over a shared listener must not refuse streams as "not available" meanwhile.
+        // Connections made until then wait in the listener's backlog.
+        match enrollment
+            .send(directory::WaitFirstRound)
+            .timeout(FIRST_ROUND_BUDGET)
+            .await
+        {
+            Ok(()) => info!("first enrollment round done"),
+            Err(_) => {
+                warn!(budget = ?FIRST_ROUND_BUDGET, "first enrollment round still running; accepting anyway")
+            }
+        }
         let transport = transport_context.run(transport);
         let actors = Actors {
             ledger,
