@@ -211,7 +211,6 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
         next_id: 0,
         jobs,
         versions: Arc::new(Mutex::new(Versions::default())),
-        told_systemd: false,
         takeover,
         instance: &instance,
         swap: None,
@@ -334,7 +333,6 @@ struct World<'a> {
     next_id: u64,
     jobs: Sender<Outcome>,
     versions: Arc<Mutex<Versions>>,
-    told_systemd: bool,
     /// Set when this supervisor runs on trial, until it has taken over.
     takeover: Option<crate::swap::Takeover>,
     /// The home's lock (handed to a successor on trial).
@@ -368,7 +366,8 @@ impl<'a> World<'a> {
                 last_watchdog = Instant::now();
             }
             let status = self.status_line(machine);
-            if self.told_systemd && status != last_status {
+            // Before READY too: while a start keeps failing, `systemctl status` says so.
+            if status != last_status {
                 self.systemd(&format!("STATUS={status}"));
                 last_status = status;
             }
@@ -557,7 +556,6 @@ impl<'a> World<'a> {
                         "READY=1\nSTATUS=relay pid {pid}\nMAINPID={}",
                         std::process::id()
                     ));
-                    self.told_systemd = true;
                     if let Some(t) = self.takeover.as_mut() {
                         t.took_over();
                     }
