@@ -162,11 +162,7 @@ fn transport_fronting_behind_apache_carries_streams_but_moves_a_refusals_trailer
     let Some(apache) = start_apache(relay_addr) else {
         panic!("apache2 is not installed (apt-get install apache2; .ci/run installs it)");
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::support::runtime();
     rt.block_on(async {
         let echo = tcp_echo().await;
         let sk = client::activate_servicekey(s.net.contract_url())

@@ -21,6 +21,7 @@ use wireleap_protocol::{PublicKey, Servicekey, unix_now};
 
 use crate::support::process::sibling_bin;
 use crate::support::relay::{self, StartedRelay};
+use crate::support::runtime;
 use crate::support::standin::Standin;
 use crate::support::{Home, eventually};
 
@@ -32,14 +33,6 @@ const SLOW_READ: usize = 16 * 1024;
 const SLOW_DELAY: Duration = Duration::from_millis(1);
 /// The slow echo's socket buffers (each way).
 const SLOW_BUFFER: u32 = 16 * 1024;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len)

@@ -16,6 +16,7 @@ use wireleap_protocol::{
     InitPayload, Network, PublicKey, Servicekey, Sharetoken, Status, unix_now,
 };
 
+use crate::support::runtime;
 use crate::support::standin::Standin;
 use crate::support::{Home, eventually};
 
@@ -553,14 +554,6 @@ async fn stream_status(
         .await
         .ok()
         .flatten()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn closed_port() -> SocketAddr {

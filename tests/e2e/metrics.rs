@@ -162,11 +162,7 @@ fn metrics_count_streams_bytes_errors_tokens_and_pass_promtool() {
     );
     let metrics = metrics_addr(&home.read("wireleap-relay.log")).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::support::runtime();
     let target = rt.block_on(tcp_echo());
     let sk = rt.block_on(client::activate_servicekey(&contract)).unwrap();
     eventually(WAIT, "a first admitted stream", || {

@@ -15,7 +15,6 @@ use nix::unistd::Pid;
 use wireleap_devnet::client::{Hop, activate_servicekey};
 use wireleap_protocol::PublicKey;
 
-use crate::support::eventually;
 use crate::support::load::short_stream;
 use crate::support::process::relay_bin;
 use crate::support::releases::stamped;
@@ -23,6 +22,7 @@ use crate::support::standin::Standin;
 use crate::support::supervised::relay_pids_in;
 use crate::support::target::tcp_echo;
 use crate::support::webserver::free_port;
+use crate::support::{eventually, runtime};
 
 const HOME: &str = "/opt/wireleap-relay";
 const USER: &str = "wireleap";
@@ -307,11 +307,7 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     let key: String =
         serde_json::from_str(&std::fs::read_to_string(format!("{HOME}/key.pub")).unwrap()).unwrap();
     standin.wait_enrolled(&key, WAIT);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let hop = Hop::new(
         format!("wireleap://127.0.0.1:{port}"),
         PublicKey::try_from_b64(&key).unwrap(),

@@ -17,6 +17,7 @@ use wireleap_protocol::{
     InitPayload, Network, PublicKey, Servicekey, Sharetoken, Status, unix_now,
 };
 
+use crate::support::runtime;
 use crate::support::standin::Standin;
 use crate::support::target::{tcp_echo, udp_echo};
 use crate::support::webserver::WebServer;
@@ -64,14 +65,6 @@ impl Relay {
     fn pid(&self) -> i32 {
         self.home.pid().unwrap()
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -17,6 +17,7 @@ use wireleap_devnet::client::{
 };
 use wireleap_protocol::{Network, PublicKey, Servicekey};
 
+use crate::support::runtime;
 use crate::support::standin::Standin;
 use crate::support::target::tcp_echo;
 use crate::support::{Home, eventually};
@@ -92,14 +93,6 @@ fn status(api: &str) -> Value {
 
 fn stats(home: &Home) -> Value {
     serde_json::from_str(&home.read("stats.json")).unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// A client whose first stream through `hop` is admitted (enrollment reaches the relay's gate

@@ -11,3 +11,12 @@ pub mod tls;
 pub mod webserver;
 
 pub use process::{Home, eventually};
+
+/// The runtime a test drives its clients and targets on: two workers, timers and I/O.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

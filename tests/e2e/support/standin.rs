@@ -20,11 +20,7 @@ impl Standin {
     }
 
     pub fn start_with(config: Config) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = super::runtime();
         let net = rt.block_on(Devnet::start(config)).unwrap();
         Self { net, _rt: rt }
     }

@@ -82,11 +82,7 @@ impl Supervised {
             format!("wireleap://{addr}"),
             PublicKey::try_from_b64(&key).unwrap(),
         );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = super::runtime();
         let target = rt.block_on(tcp_echo());
         let sk = rt
             .block_on(activate_servicekey(standin.net.contract_url()))
