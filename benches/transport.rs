@@ -91,6 +91,8 @@ fn main() {
 // === the relay process ===
 
 fn relay_child(contract_id: &str, home: &std::path::Path, durable: bool) {
+    // As the relay's `main` does.
+    wireleap_relay::memory::map_code_on_demand();
     let identity = Identity::generate();
     identity.write_all(home, false).unwrap();
     let tls = transport::tls::server_config(home).unwrap();
@@ -115,16 +117,19 @@ fn relay_child(contract_id: &str, home: &std::path::Path, durable: bool) {
             Ledger::try_open(home, &config, client, admission.clone()).unwrap()
         } else {
             Ledger::new()
-        }
-        .start();
+        };
+        let admitter = ledger.admitter();
+        let _ledger = ledger.start();
         let deps = Deps {
             relay_pubkey: identity.public_key_b64(),
             admission,
-            ledger: ledger.recipient(),
+            ledger: admitter,
         };
         let t = Transport::bind(&config, tls, deps).await.unwrap();
         let addr = t.local_addr();
         let _transport = t.start();
+        // As the daemon does once it is serving.
+        wireleap_relay::memory::release_startup_code();
         println!("{addr} {}", identity.public_key_b64());
         std::io::stdout().flush().unwrap();
         // Runs until the parent closes stdin.

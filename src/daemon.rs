@@ -252,12 +252,13 @@ impl Daemon {
             &self.config,
             self.api.clone(),
             admission.clone(),
-        )?
-        .start();
+        )?;
+        let admitter = ledger.admitter();
+        let ledger = ledger.start();
         let deps = transport::Deps {
             relay_pubkey: self.relay_pubkey.clone(),
             admission: admission.clone(),
-            ledger: ledger.clone().recipient(),
+            ledger: admitter,
         };
         let transport = Transport::bind(&self.config, tls, deps).await?;
         let bound = transport.local_addr();
@@ -335,6 +336,8 @@ impl Daemon {
             notify::send(self.notify_socket.as_deref(), "WATCHDOG=1");
         }
         notify::send(self.notify_socket.as_deref(), "READY=1\nSTATUS=serving");
+        // Start-up's code ran once; only what serving uses comes back (see `memory`).
+        crate::memory::release_startup_code();
         fault::after_ready();
         if self.notify_socket.is_some() {
             actix_rt::spawn(report(

@@ -9,6 +9,7 @@
 //! | [`home`] | the home directory and the environment |
 //! | [`config`] | `config.json`: parsing, validation, the typed [`config::Config`] |
 //! | [`identity`] | `key.seed`, `key.pub` and the TLS certificate |
+//! | [`memory`] | where resident memory goes; the executable's pages mapped on use |
 //! | [`lifecycle`] | the daemon's pid file, readiness, signals, shutdown phases |
 //! | [`operator`] | the commands that act on a relay: start, stop, status, reload, upgrade, rollback |
 //! | [`daemon`] | `start --fg`: startup, the actor system, shutdown |
@@ -37,6 +38,7 @@ pub mod home;
 pub mod identity;
 pub mod ledger;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod operator;

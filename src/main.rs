@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     // Under the supervisor this runs as a verified copy through /proc/self/fd/<n>, which names
     // the process "<n>": named for ps, pgrep and the journal (before any thread starts).
     let _ = nix::sys::prctl::set_name(c"wireleap-relay");
+    // Code pages are mapped as they are used, not 64 KiB around each (most of the resident set).
+    wireleap_relay::memory::map_code_on_demand();
     // `--version` (and `-V`) print what `version` prints: the version stamped into this binary.
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag] = args.as_slice()

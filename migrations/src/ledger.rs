@@ -9,8 +9,9 @@
 //! Who calls it: the relay at startup (schema, import), the supervisor and `migrate` through the
 //! registry. It must never log a token's content.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde_json::Value;
@@ -84,6 +85,16 @@ pub const PAGE_SIZE: i64 = 2048;
 /// every admission of its group; this is the bound if that thread falls behind.
 pub const WAL_AUTOCHECKPOINT: i64 = 32_000;
 
+/// The largest `ledger.db-wal` kept once a checkpoint has emptied it (`journal_size_limit`,
+/// bytes): the file is truncated to this when the WAL starts over, instead of keeping the size
+/// of the longest stretch between two restarts.
+pub const JOURNAL_SIZE_LIMIT: i64 = 4 << 20;
+/// The WAL size (bytes) from which the relay's background checkpoint makes the WAL start over
+/// ([`checkpoint_restart`]) instead of only copying frames ([`checkpoint`]): under continuous
+/// intake a passive checkpoint never catches up with the last commit, and the WAL would grow
+/// without end (66 MB after 100 000 tokens, measured).
+pub const WAL_RESTART_BYTES: u64 = 2 << 20;
+
 /// Opens (creating) a ledger database with the ledger's settings: WAL, `synchronous=FULL`
 /// (every commit is fsynced: a token survives power loss once admitted), a busy timeout, a
 /// large page cache and a high auto-checkpoint bound (measured: 2.5× the intake of the
@@ -100,6 +111,12 @@ pub fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
+    // `journal_size_limit` answers with a row too.
+    let _limit: i64 = conn.query_row(
+        &format!("PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}"),
+        [],
+        |r| r.get(0),
+    )?;
     Ok(conn)
 }
 
@@ -110,6 +127,28 @@ pub fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
 /// The SQLite error.
 pub fn checkpoint(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+/// A checkpoint that copies every committed frame and makes the next commit start the WAL over
+/// from its beginning (`RESTART`), so the file stops growing. It waits for a transaction being
+/// written to end and holds new ones back while it copies: run it when [`checkpoint`] has
+/// already copied most frames, so that is short.
+///
+/// # Errors
+/// The SQLite error (`SQLITE_BUSY` when a reader kept the WAL past the busy timeout).
+pub fn checkpoint_restart(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+}
+
+/// The checkpoint of a graceful stop: everything copied into the database file and the WAL
+/// truncated to nothing (`TRUNCATE`). While another process (the next generation during a
+/// hand-over) writes, it waits for that transaction to end and holds new ones back for the
+/// copy, which the background checkpoints keep short.
+///
+/// # Errors
+/// The SQLite error (`SQLITE_BUSY` when another process kept the WAL past the busy timeout).
+pub fn checkpoint_truncate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }
 
 /// `PRAGMA user_version`.
@@ -170,6 +209,8 @@ pub struct ImportReport {
     pub already_present: usize,
     /// Files that are not sharetokens, moved below `sharetokens/malformed/` (new locations).
     pub malformed: Vec<PathBuf>,
+    /// The store was as the last import left it: no file was read.
+    pub unchanged: bool,
 }
 
 /// The fields of a store file the ledger needs.
@@ -188,23 +229,28 @@ struct Parsed {
 /// `sharetokens/malformed/<same relative path>` and reported. Token files stay where they are;
 /// a second import adds nothing.
 ///
+/// Once: the tokens and a fingerprint of the store's folders ([`STORE_IMPORTS_TABLE`]: each
+/// folder's inode, change and modification times, taken before it was listed) are committed in
+/// one transaction, and an import that finds every folder unchanged reads no file
+/// ([`ImportReport::unchanged`]). A file added, removed or renamed anywhere below the root
+/// changes its folder's change time, so a store copied in or written by a reference relay
+/// after a rollback is imported again; a kill -9 during an import leaves neither the tokens
+/// nor the fingerprint, and the next start imports again. A folder changed in the last
+/// [`SETTLE`] is not trusted (its change time may not move again for a file added within the
+/// same clock tick): the next start lists the store again.
+///
 /// # Errors
 /// [`Error::Io`] reading the tree, [`Error::Content`] from the database.
 pub fn import_store(home: &Path) -> Result<ImportReport, Error> {
+    import_store_settled(home, SETTLE)
+}
+
+/// [`import_store`], trusting folders left alone for `settle`.
+fn import_store_settled(home: &Path, settle: Duration) -> Result<ImportReport, Error> {
     let root = home.join(STORE_DIR);
     let mut report = ImportReport::default();
     if !root.is_dir() {
         return Ok(report);
-    }
-    let mut files = Vec::new();
-    walk(&root, &root, &mut files)?;
-    let mut tokens = Vec::new();
-    for rel in files {
-        let path = root.join(&rel);
-        match read_token(&path) {
-            Some(t) => tokens.push(t),
-            None => report.malformed.push(move_aside(&root, &rel)?),
-        }
     }
     let db = home.join(DB_FILE);
     let sql = |source: rusqlite::Error| Error::Content {
@@ -213,6 +259,28 @@ pub fn import_store(home: &Path) -> Result<ImportReport, Error> {
     };
     let mut conn = open(&db).map_err(sql)?;
     ensure_schema(&conn).map_err(sql)?;
+    conn.execute_batch(STORE_IMPORTS).map_err(sql)?;
+    if store_unchanged(&conn, &root).map_err(sql)? {
+        report.unchanged = true;
+        return Ok(report);
+    }
+    let started = SystemTime::now();
+    let mut files = Vec::new();
+    let mut folders = Vec::new();
+    walk(&root, &root, &mut files, &mut folders)?;
+    let mut tokens = Vec::new();
+    for rel in files {
+        let path = root.join(&rel);
+        match read_token(&path) {
+            Some(t) => tokens.push(t),
+            None => report.malformed.push(move_aside(&root, &rel)?),
+        }
+    }
+    // Moving files aside changed their folders: list the store once more next time.
+    let settled = report.malformed.is_empty()
+        && folders
+            .iter()
+            .all(|(_, f)| f.changed + settle.as_nanos() as i128 <= nanos(started));
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
@@ -246,8 +314,97 @@ pub fn import_store(home: &Path) -> Result<ImportReport, Error> {
             }
         }
     }
+    tx.execute(&format!("DELETE FROM {STORE_IMPORTS_TABLE}"), [])
+        .map_err(sql)?;
+    if settled {
+        let mut stmt = tx
+            .prepare(&format!(
+                "INSERT INTO {STORE_IMPORTS_TABLE} (folder, inode, changed_ns, modified_ns)
+                 VALUES (?1, ?2, ?3, ?4)"
+            ))
+            .map_err(sql)?;
+        for (rel, f) in &folders {
+            stmt.execute(params![
+                rel.to_string_lossy(),
+                f.inode,
+                f.changed.to_string(),
+                f.modified.to_string()
+            ])
+            .map_err(sql)?;
+        }
+    }
     tx.commit().map_err(sql)?;
     Ok(report)
+}
+
+/// The table of [`import_store`]'s fingerprint: one row per folder of the store (the root is
+/// `""`). Additive, like [`PRUNE_INDEX`]: `user_version` stays, and a relay that does not know
+/// it imports every time, as before.
+pub const STORE_IMPORTS_TABLE: &str = "store_imports";
+const STORE_IMPORTS: &str = "
+CREATE TABLE IF NOT EXISTS store_imports (
+    folder      TEXT    PRIMARY KEY,
+    inode       INTEGER NOT NULL,
+    changed_ns  TEXT    NOT NULL,
+    modified_ns TEXT    NOT NULL
+);
+";
+/// How long a folder must have been left alone before its fingerprint is trusted.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// What identifies a folder's listing: it moves whenever an entry is added, removed or
+/// renamed (or the times are set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Folder {
+    inode: i64,
+    /// ctime, nanoseconds since the epoch.
+    changed: i128,
+    /// mtime, nanoseconds since the epoch.
+    modified: i128,
+}
+
+impl Folder {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            inode: m.ino() as i64,
+            changed: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            modified: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
+fn nanos(t: SystemTime) -> i128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Whether the fingerprint recorded by the last import matches every folder as it is now (no
+/// fingerprint: `false`). Costs one `stat` per folder, whatever the number of files.
+fn store_unchanged(conn: &Connection, root: &Path) -> Result<bool, rusqlite::Error> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT folder, inode, changed_ns, modified_ns FROM {STORE_IMPORTS_TABLE}"
+    ))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    Ok(rows.iter().all(|(rel, inode, changed, modified)| {
+        Folder::of(&root.join(rel)).is_ok_and(|f| {
+            f.inode == *inode
+                && changed.parse() == Ok(f.changed)
+                && modified.parse() == Ok(f.modified)
+        })
+    }))
 }
 
 /// Writes every pending token of `<home>/ledger.db` that has no file yet to
@@ -305,12 +462,20 @@ pub fn export_pending(home: &Path) -> Result<usize, Error> {
     Ok(written)
 }
 
-/// Relative paths of every `*.json` file below `dir`, skipping `<root>/malformed`.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+/// Relative paths of every `*.json` file below `dir`, skipping `<root>/malformed`, and every
+/// folder listed with its fingerprint as it was before it was listed.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    folders: &mut Vec<(PathBuf, Folder)>,
+) -> Result<(), Error> {
     let io = |source| Error::Io {
         path: dir.to_owned(),
         source,
     };
+    let folder = Folder::of(dir).map_err(io)?;
+    folders.push((dir.strip_prefix(root).unwrap_or(dir).to_owned(), folder));
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .collect::<Result<_, _>>()
@@ -323,7 +488,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
             if dir == root && entry.file_name() == MALFORMED_DIR {
                 continue;
             }
-            walk(root, &path, out)?;
+            walk(root, &path, out, folders)?;
         } else if kind.is_file()
             && path.extension().is_some_and(|e| e == "json")
             && let Ok(rel) = path.strip_prefix(root)
@@ -499,10 +664,58 @@ mod tests {
             ImportReport {
                 imported: 0,
                 already_present: 20,
-                malformed: vec![]
+                malformed: vec![],
+                unchanged: false,
             }
         );
         assert_eq!(count(home.path()), 20);
+    }
+
+    #[test]
+    fn ledger_import_reads_the_store_once_and_again_only_when_a_folder_changed() {
+        let home = tempfile::tempdir().unwrap();
+        let root = home.path().join(STORE_DIR);
+        let (c1, c2) = (b64(1, 43), b64(2, 43));
+        let put = |c: &str, n: u64| {
+            let (sig, json) = token(c, n);
+            std::fs::create_dir_all(root.join(c)).unwrap();
+            let file = root.join(c).join(format!("{sig}.json"));
+            std::fs::write(&file, json).unwrap();
+            file
+        };
+        let first_file = put(&c1, 0);
+        for n in 1..5 {
+            put(&c1, n);
+        }
+        let import = || import_store_settled(home.path(), Duration::ZERO).unwrap();
+        let r = import();
+        assert_eq!((r.imported, r.unchanged), (5, false));
+        // Rewritten in place, a file does not change its folder: the import reads no file (this
+        // one would be moved aside as malformed if it were read).
+        let (_, json) = token(&c1, 0);
+        std::fs::write(&first_file, "{not a token").unwrap();
+        let r = import();
+        assert!(r.unchanged && r.malformed.is_empty(), "{r:?}");
+        assert!(first_file.exists());
+        std::fs::write(&first_file, json).unwrap();
+        // A token added to a contract's folder, then a new contract's folder: each is imported.
+        put(&c1, 5);
+        let r = import();
+        assert_eq!((r.imported, r.already_present, r.unchanged), (1, 5, false));
+        put(&c2, 6);
+        let r = import();
+        assert_eq!((r.imported, r.already_present, r.unchanged), (1, 6, false));
+        assert!(import().unchanged);
+        // A token removed (a reference relay submitted it) makes the next import list again.
+        std::fs::remove_file(&first_file).unwrap();
+        assert!(!import().unchanged);
+        assert!(import().unchanged);
+        // A folder changed within the settle time is not trusted: listed again next time.
+        put(&c1, 7);
+        let r = import_store(home.path()).unwrap();
+        assert_eq!((r.imported, r.unchanged), (1, false));
+        assert!(!import_store(home.path()).unwrap().unchanged);
+        assert_eq!(count(home.path()), 8);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `sharetokens/malformed/`; token files stay, so `up` is idempotent and a rollback finds the
 //! store intact. `down` writes every still-pending token of the ledger back as a store file, so
 //! the reference relay submits what this relay earned. The relay also runs the import at every
-//! start (a store copied in later is picked up).
+//! start: a store copied in later is picked up, and a store that did not change since the last
+//! import costs a `stat` per folder, not a read per file.
 
 use semver::Version;
 

@@ -88,6 +88,13 @@ impl Ledger {
         })
     }
 
+    /// The handle the transport admits tokens with (take it before starting the actor).
+    pub fn admitter(&self) -> Admitter {
+        Admitter {
+            writer: self.writer.clone(),
+        }
+    }
+
     fn start_round(&mut self, ctx: &mut Context<Self>) {
         let Some(sub) = self.submitter.clone() else {
             return;
@@ -139,7 +146,8 @@ async fn prune(writer: &Writer) -> usize {
 }
 
 /// Imports a reference relay's `sharetokens/` store (migration m0003's `up`, run at every start
-/// so a store copied in later is picked up). A failure is logged, not fatal: the files stay.
+/// so a store copied in later is picked up; a store unchanged since the last import is not
+/// read again). A failure is logged, not fatal: the files stay.
 fn import_reference_store(home: &Path) {
     match relay_migrations::ledger::import_store(home) {
         Ok(r) => {
@@ -218,15 +226,33 @@ impl Handler<AdmitToken> for Ledger {
     type Result = ResponseFuture<Result<(), AdmitError>>;
 
     fn handle(&mut self, AdmitToken(token): AdmitToken, _ctx: &mut Self::Context) -> Self::Result {
-        let writer = self.writer.clone();
-        Box::pin(async move {
-            let row = Row::try_from_token(&token).map_err(|e| AdmitError::Store(e.to_string()))?;
-            match writer.admit(row).await {
-                Ok(Inserted::New) => Ok(()),
-                Ok(Inserted::Duplicate) => Err(AdmitError::Duplicate),
-                Err(e) => Err(AdmitError::Store(e)),
-            }
-        })
+        let admitter = self.admitter();
+        Box::pin(async move { admitter.admit(&token).await })
+    }
+}
+
+/// The stream path's way into the ledger: a token goes straight to the writer thread and the
+/// answer comes straight back, without passing through the actor's thread (two thread hops
+/// fewer on every stream's set-up than [`AdmitToken`]). Same store, same replay check, same
+/// durability: `Ok` only once the token is on disk.
+#[derive(Debug, Clone)]
+pub struct Admitter {
+    writer: Writer,
+}
+
+impl Admitter {
+    /// Stores a verified sharetoken, refusing a replay; resolves once it is durable.
+    ///
+    /// # Errors
+    /// [`AdmitError::Duplicate`] for a replay, [`AdmitError::Store`] when it could not be
+    /// stored (the stream must then be refused).
+    pub async fn admit(&self, token: &Sharetoken) -> Result<(), AdmitError> {
+        let row = Row::try_from_token(token).map_err(|e| AdmitError::Store(e.to_string()))?;
+        match self.writer.admit(row).await {
+            Ok(Inserted::New) => Ok(()),
+            Ok(Inserted::Duplicate) => Err(AdmitError::Duplicate),
+            Err(e) => Err(AdmitError::Store(e)),
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! their settlement window closes (spec §5.4–§5.6, §10 #4).
 //!
 //! # Layout
-//! - [`actor`](Ledger): the actor and its messages (transport: [`AdmitToken`]; daemon:
+//! - [`actor`](Ledger): the actor and its messages (transport: [`Admitter`]; daemon:
 //!   [`Flush`], [`LedgerCounts`]).
 //! - [`store`]: the database (schema, group-commit insert, claims, outcomes, counts).
 //! - [`writer`]: the thread that owns the connection; async callers never block on disk.
@@ -26,7 +26,7 @@ pub mod store;
 pub mod submit;
 pub mod writer;
 
-pub use actor::{AdmitError, AdmitToken, Flush, Ledger, LedgerCounts, TokenCounts};
+pub use actor::{AdmitError, AdmitToken, Admitter, Flush, Ledger, LedgerCounts, TokenCounts};
 pub use store::{DB_FILE, Store};
 
 /// Why the ledger could not start.

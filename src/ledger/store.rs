@@ -503,14 +503,13 @@ impl Store {
             .optional()?)
     }
 
-    /// Folds the WAL into the main file (best effort; used at shutdown so the file is
-    /// self-contained for backups).
+    /// Folds the WAL into the main file and truncates the WAL to nothing (used at a graceful
+    /// stop: the file is self-contained for backups, and no WAL is left behind).
     ///
     /// # Errors
     /// [`Error::Sql`].
     pub fn checkpoint(&self) -> Result<(), Error> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        relay_migrations::ledger::checkpoint_truncate(&self.conn)?;
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use super::Error;
 use super::conn::{self, Counters, Limits, MAX_SEND_BUFFER, Shared, Slot};
 use crate::config::Config;
 use crate::directory::Admission;
-use crate::ledger::AdmitToken;
+use crate::ledger::Admitter;
 
 /// What the transport needs from the rest of the relay, built before it starts.
 #[derive(Clone)]
@@ -33,7 +33,7 @@ pub struct Deps {
     /// Which contracts are admitted (kept current by the Enrollment actor).
     pub admission: Admission,
     /// Where sharetokens are admitted (the Ledger actor): replay check and durable storage.
-    pub ledger: Recipient<AdmitToken>,
+    pub ledger: Admitter,
 }
 
 impl std::fmt::Debug for Deps {

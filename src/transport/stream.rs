@@ -21,7 +21,7 @@ use wireleap_protocol::{PublicKey, Status, unix_now};
 
 use super::conn::Shared;
 use super::splice::{self, Budget, Chunk, SpliceEnd};
-use crate::ledger::{AdmitError, AdmitToken};
+use crate::ledger::AdmitError;
 
 /// How long the ledger has to store a token before the stream is refused.
 const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,13 +109,47 @@ pub(crate) async fn handle(
         refuse(shared, &mut respond, 400, e.to_string(), origin_relay);
         return;
     }
-    // §5.4 rule 5: stored (and replay-checked) before the dial, so a failed dial still earns it.
-    let admitted = shared
-        .deps
-        .ledger
-        .send(AdmitToken(token))
-        .timeout(LEDGER_TIMEOUT)
-        .await;
+    // §6.3 step 8: errors about the target name the target.
+    let origin = if remote.is_target() {
+        ORIGIN_TARGET
+    } else {
+        origin_relay
+    };
+    // §5.4 rule 5 and §6.3 steps 9-11: the token is stored (and replay-checked) while the
+    // target is dialled, and nothing moves until both are done: no byte reaches the target
+    // before its token is durable, and a refused token (a replay, a storage failure) drops the
+    // dialled connection unused. The refusals keep their order: the ledger's first, then the
+    // loopback guard's, then the dial's, so a failed dial still earns its token.
+    let admit = tokio::time::timeout(LEDGER_TIMEOUT, shared.deps.ledger.admit(&token));
+    let dial = async {
+        // §6.3 step 9: the loopback guard.
+        if !shared.limits.allow_loopback
+            && let Err(e) = remote.check_loopback()
+        {
+            return Err((400, e.to_string()));
+        }
+        if remote.is_target() {
+            debug!(protocol = %network, "dialing {network} connection to (target)");
+        } else {
+            debug!(protocol = %network, remote = %remote, "dialing {network} connection to {remote}");
+        }
+        let dialed =
+            crate::metrics::timed_dial(splice::dial(network, &remote, shared.limits.dial_timeout))
+                .await;
+        dialed.map_err(|e| {
+            debug!(error = %e, "dial failed");
+            (if e.is_timeout() { 408 } else { 502 }, e.to_string())
+        })
+    };
+    let (mut admit, mut dial) = (std::pin::pin!(admit), std::pin::pin!(dial));
+    let mut dialed = None;
+    let admitted = loop {
+        tokio::select! {
+            biased;
+            a = &mut admit => break a,
+            d = &mut dial, if dialed.is_none() => dialed = Some(d),
+        }
+    };
     match admitted {
         Ok(Ok(())) => {}
         Ok(Err(e @ AdmitError::Duplicate)) => {
@@ -127,43 +161,26 @@ pub(crate) async fn handle(
             refuse(shared, &mut respond, 500, e.to_string(), origin_relay);
             return;
         }
-        Err(e) => {
-            debug!(error = %e, "ledger did not answer");
-            let why = format!("could not store sharetoken: ledger unavailable ({e})");
+        Err(_) => {
+            debug!("ledger did not answer");
+            let why = format!(
+                "could not store sharetoken: ledger unavailable (no answer within {} s)",
+                LEDGER_TIMEOUT.as_secs()
+            );
             refuse(shared, &mut respond, 500, why, origin_relay);
             return;
         }
     }
     shared.counters.admitted.fetch_add(1, Ordering::Relaxed);
     crate::metrics::token_admitted();
-    // §6.3 step 8: errors about the target name the target.
-    let origin = if remote.is_target() {
-        ORIGIN_TARGET
-    } else {
-        origin_relay
+    let dialed = match dialed {
+        Some(d) => d,
+        None => dial.await,
     };
-    // §6.3 step 9: the loopback guard.
-    if !shared.limits.allow_loopback
-        && let Err(e) = remote.check_loopback()
-    {
-        refuse(shared, &mut respond, 400, e.to_string(), origin);
-        return;
-    }
-    // §6.3 step 10-11.
-    if remote.is_target() {
-        debug!(protocol = %network, "dialing {network} connection to (target)");
-    } else {
-        debug!(protocol = %network, remote = %remote, "dialing {network} connection to {remote}");
-    }
-    let dialed =
-        crate::metrics::timed_dial(splice::dial(network, &remote, shared.limits.dial_timeout))
-            .await;
     let remote_conn = match dialed {
         Ok(r) => r,
-        Err(e) => {
-            debug!(error = %e, "dial failed");
-            let code = if e.is_timeout() { 408 } else { 502 };
-            refuse(shared, &mut respond, code, e.to_string(), origin);
+        Err((code, why)) => {
+            refuse(shared, &mut respond, code, why, origin);
             return;
         }
     };

@@ -74,11 +74,10 @@ impl Net {
         };
         config.danger_zone.allow_loopback = true;
         edit(&mut config);
-        let ledger = Ledger::new().start();
         let deps = Deps {
             relay_pubkey: identity.public_key_b64(),
             admission: self.admission.clone(),
-            ledger: ledger.recipient(),
+            ledger: Ledger::new().admitter(),
         };
         let transport = Transport::bind(&config, tls, deps).await.unwrap();
         let addr = transport.local_addr();
