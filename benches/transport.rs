@@ -16,14 +16,23 @@
 //! bytes to the TLS target. No HTTP/2, no sharetoken. They are the least a relay process can be,
 //! so their ratios show what this machine allows any relay to reach.
 //!
-//! Section 5 starts a second relay process whose Ledger is the durable one (the SQLite file with
-//! its WAL flushed before a stream is admitted, in a home under the target dir) and measures what
-//! it adds to a stream's set-up against the in-memory one, alone and under the highest load the
-//! client offers.
+//! Section 4 measures stream set-up latency (open + 1-byte echo) through one relay and through
+//! a 3-hop circuit, each with the in-memory ledger and with the durable one (relay processes
+//! whose Ledger is the SQLite file, its WAL flushed before a stream's bytes move, in homes under
+//! the target dir), beside the direct-TLS baseline (a new TLS connection and the same echo), one
+//! stream at a time and under the highest load the client offers, in interleaved rounds.
+//!
+//! Section 5 runs the relay daemon itself (the release `wireleap-relay`, enrolled at a stand-in
+//! network started in this process, durable ledger, REST and metrics on): its memory at start,
+//! under 200 concurrent 1 MiB streams, and every 100 000 tiny streams of a soak; then the WAL and
+//! the bytes per token after a graceful stop. Section 6 times how long the daemon takes to
+//! listen in a home adopted from a reference relay with a large `sharetokens/` store, at its
+//! first start (the import) and its second.
 //!
 //! Environment knobs: `BENCH_MB` (single-stream size, default 128), `BENCH_STREAMS` (concurrent
 //! streams, default 1000), `BENCH_SETUPS` (set-up samples, default 2000), `BENCH_SECS` (tiny
-//! stream phase, default 3).
+//! stream phase, default 3), `BENCH_SOAK` (tiny streams through the daemon, default 1 000 000),
+//! `BENCH_ADOPTED` (reference token files of the adopted home, default 100 000).
 
 #![allow(
     clippy::unwrap_used,
@@ -49,7 +58,7 @@ use wireleap_relay::config::{self, ListenAddress};
 use wireleap_relay::directory::Admission;
 use wireleap_relay::directory::client::Client;
 use wireleap_relay::identity::Identity;
-use wireleap_relay::ledger::Ledger;
+use wireleap_relay::ledger::{Flush, Ledger};
 use wireleap_relay::transport::{self, Deps, Transport};
 
 const CONFIG: &str = r#"{"address":"127.0.0.1:0","auto_submit_interval":"0",
@@ -119,7 +128,7 @@ fn relay_child(contract_id: &str, home: &std::path::Path, durable: bool) {
             Ledger::new()
         };
         let admitter = ledger.admitter();
-        let _ledger = ledger.start();
+        let ledger = ledger.start();
         let deps = Deps {
             relay_pubkey: identity.public_key_b64(),
             admission,
@@ -139,6 +148,8 @@ fn relay_child(contract_id: &str, home: &std::path::Path, durable: bool) {
         })
         .await
         .unwrap();
+        // A graceful stop's last step, as the daemon's: the WAL folded in and truncated.
+        ledger.send(Flush).await.unwrap();
     });
 }
 
@@ -277,6 +288,11 @@ impl RelayProc {
         let conn = relay_migrations::ledger::open(&db).unwrap();
         conn.query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// Its `ledger.db-wal` now (0 when there is none).
+    fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(self.home.path().join("ledger.db-wal")).map_or(0, |m| m.len())
     }
 
     fn stop(&mut self) {
@@ -739,53 +755,17 @@ async fn parent() {
     );
     drop(clients);
 
-    // 3. Stream set-up latency: open + 1-byte echo through the relay on a warm client
-    //    connection; baseline: a new TLS connection to the target + the same echo.
+    // 3. Admitted streams per second with tiny streams (64 workers on 1 connection).
     let c = new_client(&contract);
-    let mut lat = one_at_a_time(&c, &target_s, setups).await;
-    lat.sort();
-    let mut base = Vec::with_capacity(setups);
-    for _ in 0..setups {
-        let t = Instant::now();
-        let mut d = direct.connect().await;
-        echo1(&mut d).await;
-        base.push(t.elapsed());
-    }
-    base.sort();
-    println!("stream set-up latency over {setups} streams (open + 1-byte echo):");
-    println!(
-        "  relay p50 {}  p90 {}  p99 {}   baseline (new TLS connection) p50 {}  p99 {}   (target p99 < 2 ms)",
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.9)),
-        ms(pct(&lat, 0.99)),
-        ms(pct(&base, 0.5)),
-        ms(pct(&base, 0.99))
-    );
-
-    // 4. Admitted streams per second with tiny streams (64 workers on 1 connection).
+    one_at_a_time(&c, &target_s, 20).await;
     let cpu_before = relay.cpu();
     let admitted = tiny_load(&c, &target_s, Duration::from_secs(secs))
         .await
         .len() as u64;
     let relay_rate = admitted as f64 / secs as f64;
     let cpu_per_stream = relay.cpu().saturating_sub(cpu_before) / admitted.max(1) as u32;
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let (direct, count) = (direct.clone(), count.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let mut d = direct.connect().await;
-                echo1(&mut d).await;
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for h in tasks {
-        h.await.unwrap();
-    }
-    let base_rate = count.load(Ordering::Relaxed) as f64 / secs as f64;
+    let base_rate =
+        direct_load(&direct, Duration::from_secs(secs)).await.len() as f64 / secs as f64;
     println!("tiny streams (open + 1-byte echo), 64 concurrent workers, {secs} s:");
     println!(
         "  relay {relay_rate:8.0} admitted streams/s   baseline {base_rate:8.0} TLS connections/s"
@@ -796,58 +776,187 @@ async fn parent() {
     );
     println!("relay peak RSS (VmHWM): {} KiB", relay.status_kib("VmHWM:"));
 
-    // 5. What the durable ledger adds to a stream: the same measurements through a second relay
-    //    whose ledger is the SQLite file, against the in-memory one, interleaved rounds.
-    let mut durable = RelayProc::start(&contract_id, true);
-    let dhop = Hop::new(format!("wireleap://{}", durable.addr), durable.pubkey);
-    let (cm, cd) = (c, client_via(&dhop, &contract));
+    // 4. Stream set-up latency through one relay and through a 3-hop circuit, with the durable
+    //    ledger beside the in-memory one, and the direct-TLS baseline, in interleaved rounds.
+    let extra = [
+        RelayProc::start(&contract_id, false),
+        RelayProc::start(&contract_id, false),
+    ];
+    let mut durables = [
+        RelayProc::start(&contract_id, true),
+        RelayProc::start(&contract_id, true),
+        RelayProc::start(&contract_id, true),
+    ];
+    let circuit = |relays: &[&RelayProc]| {
+        let hops = relays
+            .iter()
+            .map(|r| Hop::new(format!("wireleap://{}", r.addr), r.pubkey))
+            .collect();
+        let now = unix_now();
+        let sk = client::servicekey_signed_by(&contract, now + 3600, now + 7200);
+        Arc::new(CircuitClient::new(sk, hops, ClientConfig::default()).unwrap())
+    };
+    drop(c);
+    let paths = [
+        ("1 hop, in-memory ledger", circuit(&[&relay])),
+        ("1 hop, durable ledger", circuit(&[&durables[0]])),
+        (
+            "3 hops, in-memory ledgers",
+            circuit(&[&relay, &extra[0], &extra[1]]),
+        ),
+        (
+            "3 hops, durable ledgers",
+            circuit(&[&durables[0], &durables[1], &durables[2]]),
+        ),
+    ];
     let rounds = 3;
-    let (mut alone, mut loaded) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-    let mut admitted = [0usize; 2];
+    let mut alone: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
+    let mut loaded: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
+    for (_, c) in &paths {
+        // Warm-up: every hop's connection is open before anything is measured.
+        one_at_a_time(c, &target_s, 20).await;
+    }
     for _round in 0..rounds {
-        for (i, c) in [&cm, &cd].into_iter().enumerate() {
-            alone[i].extend(one_at_a_time(c, &target_s, setups / rounds).await);
-            let under_load = tiny_load(c, &target_s, Duration::from_secs(secs)).await;
-            admitted[i] += under_load.len();
-            loaded[i].extend(under_load);
+        alone[0].extend(direct_one_at_a_time(&direct, setups / rounds).await);
+        for (i, (_, c)) in paths.iter().enumerate() {
+            alone[i + 1].extend(one_at_a_time(c, &target_s, setups / rounds).await);
+        }
+        loaded[0].extend(direct_load(&direct, Duration::from_secs(secs)).await);
+        for (i, (_, c)) in paths.iter().enumerate() {
+            loaded[i + 1].extend(tiny_load(c, &target_s, Duration::from_secs(secs)).await);
         }
     }
     for v in alone.iter_mut().chain(loaded.iter_mut()) {
         v.sort();
     }
-    let rate = |n: usize| n as f64 / (rounds as u64 * secs) as f64;
-    // Signed: on a shared machine the durable run can come out ahead.
-    let added = |v: &[Vec<Duration>; 2]| {
-        (pct(&v[1], 0.99).as_secs_f64() - pct(&v[0], 0.99).as_secs_f64()) * 1e3
-    };
-    durable.stop();
+    for d in &mut durables {
+        d.stop();
+    }
+    // Tokens the durable relays admitted: one per stream and hop, the warm-up's included.
+    let admitted_durable =
+        alone[2].len() + loaded[2].len() + 20 + 3 * (alone[4].len() + loaded[4].len() + 20);
     println!(
-        "durable ledger on the stream path: a second relay whose ledger is the SQLite file, {rounds} interleaved rounds:"
+        "stream set-up latency (open + 1-byte echo), {rounds} interleaved rounds; durable = the SQLite ledger, the token on disk before any byte moves:"
     );
+    for (title, lat) in [
+        (
+            format!(
+                "one stream at a time ({} streams each)",
+                setups / rounds * rounds
+            ),
+            &alone,
+        ),
+        (
+            format!("under load (64 workers, {secs} s per round)"),
+            &loaded,
+        ),
+    ] {
+        println!("  {title}:");
+        let base = &lat[0];
+        println!(
+            "    {:<28} p50 {}  p99 {}   ({:.0}/s)",
+            "direct TLS (baseline)",
+            ms(pct(base, 0.5)),
+            ms(pct(base, 0.99)),
+            base.len() as f64 / (rounds as u64 * secs) as f64
+        );
+        for (i, (name, _)) in paths.iter().enumerate() {
+            let v = &lat[i + 1];
+            let mut extra_text = format!(
+                "p99 / baseline p99 {:.2}{}",
+                ratio(pct(v, 0.99), pct(base, 0.99)),
+                if i == 1 { " (target ≤ 1.50)" } else { "" }
+            );
+            if i % 2 == 1 {
+                // Signed: on a shared machine the durable run can come out ahead.
+                let mem = &lat[i];
+                extra_text.push_str(&format!(
+                    "; durable adds p50 {:+.3} ms (target ≤ 0.1), p99 {:+.3} ms (target ≤ 0.5)",
+                    added_ms(pct(v, 0.5), pct(mem, 0.5)),
+                    added_ms(pct(v, 0.99), pct(mem, 0.99)),
+                ));
+            }
+            println!(
+                "    {name:<28} p50 {}  p99 {}   {extra_text}",
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
+            );
+        }
+    }
+    let db = durables[0]
+        .home
+        .path()
+        .join(relay_migrations::ledger::DB_FILE);
+    let stored: i64 = durables.iter().map(RelayProc::tokens_stored).sum();
     println!(
-        "  set-up one at a time ({} streams each): in-memory p50 {} p99 {}   durable p50 {} p99 {}   p99 added {:+.3} ms",
-        alone[0].len(),
-        ms(pct(&alone[0], 0.5)),
-        ms(pct(&alone[0], 0.99)),
-        ms(pct(&alone[1], 0.5)),
-        ms(pct(&alone[1], 0.99)),
-        added(&alone),
+        "  durable ledgers after a graceful stop: {stored} tokens stored (admitted: {admitted_durable}), {} bytes per token in ledger.db, largest WAL left {} bytes (target ≤ 4 MiB)",
+        bytes_per_token(&db),
+        durables.iter().map(RelayProc::wal_bytes).max().unwrap_or(0),
     );
-    println!(
-        "  set-up under load (64 workers): in-memory {:.0}/s p50 {} p99 {}   durable {:.0}/s p50 {} p99 {}   p99 added {:+.3} ms (target < 5 ms)",
-        rate(admitted[0]),
-        ms(pct(&loaded[0], 0.5)),
-        ms(pct(&loaded[0], 0.99)),
-        rate(admitted[1]),
-        ms(pct(&loaded[1], 0.5)),
-        ms(pct(&loaded[1], 0.99)),
-        added(&loaded),
-    );
-    println!(
-        "  tokens in the durable ledger after the run: {} (streams admitted through it: {})",
-        durable.tokens_stored(),
-        alone[1].len() + admitted[1]
-    );
+    drop((paths, extra, durables, relay));
+
+    // 5. The relay daemon itself (the release binary, durable ledger, REST and metrics on,
+    //    enrolled at a stand-in network in this process): memory at start, under 200 concurrent
+    //    1 MiB streams, and over a soak of tiny streams; then the WAL after a graceful stop.
+    daemon_memory(&target_s, env_num("BENCH_SOAK", 1_000_000)).await;
+
+    // 6. Start time of a home adopted from a reference relay with a large sharetokens/ store.
+    adopted_home_start(env_num("BENCH_ADOPTED", 100_000) as usize).await;
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn added_ms(a: Duration, b: Duration) -> f64 {
+    (a.as_secs_f64() - b.as_secs_f64()) * 1e3
+}
+
+/// `ledger.db`'s size over the tokens in it.
+fn bytes_per_token(db: &std::path::Path) -> u64 {
+    let conn = relay_migrations::ledger::open(db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
+        .unwrap();
+    std::fs::metadata(db).map_or(0, |m| m.len()) / n.max(1) as u64
+}
+
+/// Set-up latencies of the baseline: a new TLS connection to the target and a 1-byte echo.
+async fn direct_one_at_a_time(direct: &Direct, n: usize) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut d = direct.connect().await;
+        echo1(&mut d).await;
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
+/// The baseline under the same load as [`tiny_load`]: 64 workers, each a new TLS connection
+/// and a 1-byte echo after the other, for `d`.
+async fn direct_load(direct: &Arc<Direct>, d: Duration) -> Vec<Duration> {
+    let deadline = Instant::now() + d;
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let direct = direct.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let mut d = direct.connect().await;
+                    echo1(&mut d).await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    all
 }
 
 /// Set-up latencies (open + 1-byte echo) of `n` streams opened one after the other.
@@ -888,4 +997,268 @@ async fn tiny_load(c: &Arc<CircuitClient>, target: &str, d: Duration) -> Vec<Dur
         all.extend(w.await.unwrap());
     }
     all
+}
+
+/// Streams (open + 1-byte echo) by 64 workers until `n` have been opened.
+async fn tiny_count(c: &Arc<CircuitClient>, target: &str, n: u64) {
+    let opened = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (c, target, opened) = (c.clone(), target.to_owned(), opened.clone());
+            tokio::spawn(async move {
+                while opened.fetch_add(1, Ordering::Relaxed) < n {
+                    let mut s = c.open(&target, Network::Tcp).await.unwrap();
+                    echo1(&mut s).await;
+                    s.finish();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
+// === the relay daemon (sections 5 and 6) ===
+
+/// A `wireleap-relay start --fg` process (the release binary) in a home of its own.
+struct DaemonProc {
+    child: Child,
+    /// Its log lines (stderr), read by a thread so the pipe never fills.
+    lines: std::sync::mpsc::Receiver<String>,
+    started: Instant,
+}
+
+impl DaemonProc {
+    /// Writes an identity and a config (durable ledger, REST and metrics on, submission off,
+    /// upgrades off) for `contract` into `home`; returns the relay's public key.
+    fn prepare(home: &std::path::Path, contract: &str, port: u16) -> PublicKey {
+        let identity = Identity::generate();
+        identity.write_all(home, false).unwrap();
+        let config = serde_json::json!({
+            "address": format!("127.0.0.1:{port}"),
+            "auto_submit_interval": "0",
+            "auto_upgrade": false,
+            "contracts": {contract: {"address": format!("wireleap://127.0.0.1:{port}"), "role": "backing"}},
+            "danger_zone": {"allow_loopback": true},
+            "rest_api": {"address": "http://127.0.0.1:0"},
+            "metrics": {"address": "127.0.0.1:0"},
+        });
+        std::fs::write(home.join("config.json"), config.to_string()).unwrap();
+        PublicKey::try_from_b64(&identity.public_key_b64()).unwrap()
+    }
+
+    fn start(home: &std::path::Path) -> Self {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wireleap-relay"))
+            .args(["start", "--fg"])
+            .env("WIRELEAP_RELAY_HOME", home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            started,
+        }
+    }
+
+    /// Waits (at most `within`) for a log line containing `needle`; returns how long after the
+    /// start it came.
+    fn wait_for(&self, needle: &str, within: Duration) -> Duration {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return self.started.elapsed(),
+                Ok(_) => {}
+                Err(e) => panic!("the relay did not log {needle:?} within {within:?}: {e}"),
+            }
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, and the wait for the exit (at most a minute).
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the relay did not stop within a minute of SIGTERM");
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Section 5: the daemon's memory at start, under 200 concurrent 1 MiB streams, and over
+/// `soak` tiny streams; the WAL and bytes per token after a graceful stop.
+async fn daemon_memory(target: &str, soak: u64) {
+    let net = wireleap_devnet::network::Devnet::start(Default::default())
+        .await
+        .unwrap();
+    let home = tempfile::Builder::new()
+        .prefix("transport-bench-daemon")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let port = free_port();
+    let pubkey = DaemonProc::prepare(home.path(), net.contract_url(), port);
+    let daemon = DaemonProc::start(home.path());
+    daemon.wait_for("phase=serving", Duration::from_secs(60));
+    let at_ready = daemon.rss_kib();
+    // What it holds once start-up is over and nothing happens (a heartbeat at most).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = daemon.rss_kib();
+    let hop = Hop::new(format!("wireleap://127.0.0.1:{port}"), pubkey);
+    let client = Arc::new(
+        CircuitClient::new(net.mint_servicekey(), vec![hop], ClientConfig::default()).unwrap(),
+    );
+    println!(
+        "the relay daemon (release binary, enrolled, durable ledger, REST and metrics on), VmRSS:"
+    );
+    println!(
+        "  at start: {} when ready, {} idle 2 s later, start-up's code released (target ≤ 8 MB = 7.6 MiB)",
+        mib(at_ready),
+        mib(idle)
+    );
+    let sampler = RssSampler::start(daemon.child.id());
+    let streams: Vec<_> = (0..200)
+        .map(|_| {
+            let (c, target) = (client.clone(), target.to_owned());
+            tokio::spawn(async move {
+                let mut s = c.open(&target, Network::Tcp).await.unwrap();
+                download(&mut s, 1 << 20).await;
+                s.finish();
+            })
+        })
+        .collect();
+    for s in streams {
+        s.await.unwrap();
+    }
+    println!(
+        "  200 concurrent streams × 1 MiB: peak {} (target ≤ 24 MB = 22.9 MiB)",
+        mib(sampler.finish())
+    );
+    let mut done = 0;
+    let mut first = None;
+    let mut last = 0;
+    while done < soak {
+        let n = (soak - done).min(100_000);
+        let t = Instant::now();
+        tiny_count(&client, target, n).await;
+        done += n;
+        last = daemon.rss_kib();
+        first.get_or_insert(last);
+        println!(
+            "  after {done:>9} tiny streams: {} ({:.0} streams/s)",
+            mib(last),
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+    if let Some(first) = first {
+        println!(
+            "  growth from the first 100 000 to {done}: {:+.1} MiB (target ≤ 5 MB = 4.8 MiB)",
+            (last as f64 - first as f64) / 1024.0
+        );
+    }
+    drop(client);
+    daemon.stop();
+    let db = home.path().join(relay_migrations::ledger::DB_FILE);
+    let wal = std::fs::metadata(home.path().join("ledger.db-wal")).map_or(0, |m| m.len());
+    println!(
+        "  after a graceful stop: WAL {wal} bytes (target ≤ 4 MiB), {} bytes per token in ledger.db",
+        bytes_per_token(&db)
+    );
+}
+
+/// Section 6: time to listen for a home adopted from a reference relay with `n` token files,
+/// first start (the import) and second, beside an empty home in the same run.
+async fn adopted_home_start(n: usize) {
+    let contract = "https://contract.invalid";
+    let new_home = || {
+        tempfile::Builder::new()
+            .prefix("transport-bench-adopted")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+    };
+    let listen_once = |home: &std::path::Path| {
+        let d = DaemonProc::start(home);
+        let t = d.wait_for("listening for H/2 requests", Duration::from_secs(120));
+        d.stop();
+        t
+    };
+    let empty = new_home();
+    DaemonProc::prepare(empty.path(), contract, free_port());
+    listen_once(empty.path());
+    let baseline = listen_once(empty.path());
+    let home = new_home();
+    DaemonProc::prepare(home.path(), contract, free_port());
+    let cid = PublicKey::from(&generate_signing_key()).to_b64();
+    let dir = home.path().join("sharetokens").join(&cid);
+    std::fs::create_dir_all(&dir).unwrap();
+    let relay = PublicKey::from(&generate_signing_key()).to_b64();
+    let csig = wireleap_protocol::keys::generate_signing_key();
+    let csig = wireleap_protocol::keys::sign(&csig, b"contract").to_b64();
+    for i in 0..n {
+        // The reference's file: a compact sharetoken (spec §5.3), named by its signature. The
+        // import checks shapes, not signatures, so any well-formed values serve.
+        let sk = format!("{:0>43}", format!("sk{i}"));
+        let sig = format!("{:0>86}", format!("sig{i}"));
+        let json = format!(
+            r#"{{"version":0,"public_key":"{sk}","timestamp":1795312780,"relay_pubkey":"{relay}","share_key":"","signature":"{sig}","nonce":"00112233445566778899aabbccddeeff","contract":{{"settlement_open":1795312840,"settlement_close":1795316380,"public_key":"{cid}","signature":"{csig}"}}}}"#
+        );
+        std::fs::write(dir.join(format!("{sig}.json")), json).unwrap();
+    }
+    // The import trusts a folder left alone for a moment (see relay_migrations::ledger::SETTLE).
+    tokio::time::sleep(relay_migrations::ledger::SETTLE).await;
+    let first = listen_once(home.path());
+    let second = listen_once(home.path());
+    let third = listen_once(home.path());
+    println!("time to listen, a home adopted from a reference relay with {n} sharetoken files:");
+    println!(
+        "  first start (imports the store) {}   second {}   third {}   empty home (baseline) {}   second / baseline {:.2} (target: second ≤ 300 ms)",
+        ms(first),
+        ms(second),
+        ms(third),
+        ms(baseline),
+        ratio(second, baseline)
+    );
 }

@@ -132,7 +132,8 @@ mod tests {
 
     #[test]
     fn memory_maps_lines_parse_files_and_skip_anonymous_ones() {
-        let file = "55d0c0a00000-55d0c1400000 r-xp 00200000 fe:01 1311 /opt/wireleap/wireleap-relay";
+        let file =
+            "55d0c0a00000-55d0c1400000 r-xp 00200000 fe:01 1311 /opt/wireleap/wireleap-relay";
         assert_eq!(
             Mapping::parse(file),
             Some(Mapping {

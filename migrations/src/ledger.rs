@@ -90,10 +90,10 @@ pub const WAL_AUTOCHECKPOINT: i64 = 32_000;
 /// of the longest stretch between two restarts.
 pub const JOURNAL_SIZE_LIMIT: i64 = 4 << 20;
 /// The WAL size (bytes) from which the relay's background checkpoint makes the WAL start over
-/// ([`checkpoint_restart`]) instead of only copying frames ([`checkpoint`]): under continuous
-/// intake a passive checkpoint never catches up with the last commit, and the WAL would grow
-/// without end (66 MB after 100 000 tokens, measured).
-pub const WAL_RESTART_BYTES: u64 = 2 << 20;
+/// ([`checkpoint_restart`]) after a passive one ([`checkpoint`]): under continuous intake a
+/// passive checkpoint never catches up with the last commit, and the WAL would grow without
+/// end (66 MB after 100 000 tokens, measured).
+pub const WAL_RESTART_BYTES: u64 = 3 << 20;
 
 /// Opens (creating) a ledger database with the ledger's settings: WAL, `synchronous=FULL`
 /// (every commit is fsynced: a token survives power loss once admitted), a busy timeout, a

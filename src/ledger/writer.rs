@@ -176,11 +176,12 @@ impl Writer {
 
 /// Folds the WAL into the database file every [`CHECKPOINT_EVERY`] on a connection of its own,
 /// so the writer's commits never pay for a checkpoint (which would delay a whole group of
-/// admissions). Passive (it never blocks the writer) until the WAL reaches
-/// [`WAL_RESTART_BYTES`]: then one checkpoint makes the WAL start over, holding the writer
-/// back only while it copies what the passive ones had not yet (the last tick's commits), and
-/// `journal_size_limit` truncates the file. Without it, under continuous intake the WAL never
-/// starts over and grows without bound.
+/// admissions). Passive: it never blocks the writer. But under continuous intake the writer
+/// commits while each one runs, so none ever copies the last frame, the WAL never starts over
+/// and grows without bound (66 MB after 100 000 tokens, measured). So once the WAL reaches
+/// [`WAL_RESTART_BYTES`], a passive checkpoint is followed at once by one that makes the WAL
+/// start over: it holds the writer back only while it copies the frames committed during the
+/// passive one and syncs the database file, and `journal_size_limit` then truncates the file.
 fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>) {
     let conn = match relay_migrations::ledger::open(path) {
         Ok(c) => c,
@@ -193,12 +194,12 @@ fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>) {
     wal.push("-wal");
     let wal = std::path::PathBuf::from(wal);
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-        let done = if size >= WAL_RESTART_BYTES {
-            relay_migrations::ledger::checkpoint_restart(&conn)
-        } else {
-            relay_migrations::ledger::checkpoint(&conn)
-        };
+        let mut done = relay_migrations::ledger::checkpoint(&conn);
+        if done.is_ok() && std::fs::metadata(&wal).is_ok_and(|m| m.len() >= WAL_RESTART_BYTES) {
+            // The passive one just copied nearly everything: what is left for the one that
+            // holds the writer back is the commits made meanwhile, and the database's fsync.
+            done = relay_migrations::ledger::checkpoint_restart(&conn);
+        }
         if let Err(e) = done {
             debug!(error = %e, "ledger: checkpoint skipped");
         }
@@ -311,14 +312,20 @@ mod tests {
 
     fn row(i: usize) -> Row {
         // Random-looking signatures spread inserts over the replay index, as real ones do.
-        let sig = format!("{:064x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060));
+        let sig = format!(
+            "{:064x}",
+            (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060)
+        );
         Row {
             contract: "c".into(),
             servicekey: format!("sk{i}"),
             signature: sig.clone(),
             settlement_open: 10,
             settlement_close: 20,
-            body: format!("{{\"signature\":\"{sig}\",\"pad\":\"{}\"}}", "x".repeat(500)),
+            body: format!(
+                "{{\"signature\":\"{sig}\",\"pad\":\"{}\"}}",
+                "x".repeat(500)
+            ),
         }
     }
 
