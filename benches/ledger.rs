@@ -213,19 +213,13 @@ fn raw_insert(home: &std::path::Path, tokens: &[Sharetoken], budget: Duration) -
             break;
         }
         conn.execute(
-            "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
-                 settlement_close, body, admitted_at, next_attempt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO tokens (body, settlement_open, settlement_close, admitted_at,
+                 next_attempt)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             rusqlite::params![
-                t.contract
-                    .public_key
-                    .map(|k| k.to_b64())
-                    .unwrap_or_default(),
-                t.public_key.to_b64(),
-                t.signature.to_b64(),
+                serde_json::to_string(t).unwrap(),
                 t.contract.settlement_open,
                 t.contract.settlement_close,
-                serde_json::to_string(t).unwrap(),
                 unix_now(),
                 t.contract.settlement_open + 1,
             ],

@@ -286,7 +286,7 @@ impl RelayProc {
     fn tokens_stored(&self) -> i64 {
         let db = self.home.path().join(relay_migrations::ledger::DB_FILE);
         let conn = relay_migrations::ledger::open(&db).unwrap();
-        conn.query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
+        conn.query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
             .unwrap()
     }
 
@@ -916,7 +916,7 @@ fn added_ms(a: Duration, b: Duration) -> f64 {
 fn bytes_per_token(db: &std::path::Path) -> u64 {
     let conn = relay_migrations::ledger::open(db).unwrap();
     let n: i64 = conn
-        .query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
         .unwrap();
     std::fs::metadata(db).map_or(0, |m| m.len()) / n.max(1) as u64
 }

@@ -27,7 +27,9 @@ pub const STORE_DIR: &str = "sharetokens";
 /// Where malformed store files are moved (v0.3.8 layout), below [`STORE_DIR`].
 pub const MALFORMED_DIR: &str = "malformed";
 /// The schema version of [`SCHEMA_V1`] (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_V1_VERSION: i64 = 1;
+/// The schema version of [`SCHEMA_V2`]: the current one (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a statement waits for another process holding the write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A store file larger than this is not a sharetoken.
@@ -53,6 +55,104 @@ CREATE TABLE IF NOT EXISTS sharetokens (
     UNIQUE (contract, servicekey, signature)
 );
 CREATE INDEX IF NOT EXISTS sharetokens_due ON sharetokens (state, next_attempt);
+";
+
+/// The schema, version 2 (migration m0005): one row per token, no larger than it needs to be.
+/// The token's JSON (`body`, as submitted) is kept once: the contract, servicekey and signature
+/// columns of version 1 repeated 172 bytes of it in the row and again in the replay index. The
+/// replay key is the token's signature, read from the body ([`KEY_EXPR`]): two tokens that
+/// differ in any signed field have different signatures (the servicekey signs them all, its own
+/// key and the contract's included), so a key of the signature alone refuses exactly the
+/// replays the version 1 key `(contract, servicekey, signature)` refused. `state` is a small
+/// integer ([`STATE_PENDING`] …). Measured: 1272 → about 800 bytes per token in `ledger.db`.
+pub const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    id               INTEGER PRIMARY KEY,
+    body             TEXT    NOT NULL CHECK (json_extract(body, '$.signature') IS NOT NULL),
+    settlement_open  INTEGER NOT NULL,
+    settlement_close INTEGER NOT NULL,
+    state            INTEGER NOT NULL DEFAULT 0,
+    admitted_at      INTEGER NOT NULL,
+    next_attempt     INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    settled_at       INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_key ON tokens (json_extract(body, '$.signature'));
+CREATE INDEX IF NOT EXISTS tokens_due ON tokens (state, next_attempt);
+CREATE INDEX IF NOT EXISTS tokens_settled ON tokens (settlement_close) WHERE state IN (1, 2);
+";
+/// The replay key of [`SCHEMA_V2`], as its unique index `tokens_key` spells it (a query uses
+/// the index only if it repeats the expression word for word).
+pub const KEY_EXPR: &str = "json_extract(body, '$.signature')";
+/// `tokens.state`: admitted, not yet accepted by the contract.
+pub const STATE_PENDING: i64 = 0;
+/// `tokens.state`: accepted, no archive configured.
+pub const STATE_SUBMITTED: i64 = 1;
+/// `tokens.state`: accepted and written to the archive.
+pub const STATE_ARCHIVED: i64 = 2;
+/// `tokens.state`: the settlement window closed before acceptance.
+pub const STATE_EXPIRED: i64 = 3;
+/// The condition of `tokens_settled`, verbatim.
+pub const SETTLED_WHERE: &str = "state IN (1, 2)";
+
+/// Version 1's `state` text of a version 2 `state` (SQL over a column named `state`).
+const STATE_AS_TEXT: &str = "CASE state WHEN 0 THEN 'pending' WHEN 1 THEN 'submitted' \
+    WHEN 2 THEN 'archived' ELSE 'expired' END";
+/// Version 2's `state` of a version 1 `state` text (SQL over a column named `state`).
+const STATE_AS_INT: &str = "CASE state WHEN 'pending' THEN 0 WHEN 'submitted' THEN 1 \
+    WHEN 'archived' THEN 2 ELSE 3 END";
+
+/// While the schema is version 2, a relay that knows only version 1 may still write (the
+/// previous generation during a hand-over): its insert into `sharetokens` is refused as a
+/// duplicate if the token is in `tokens` (`RAISE(IGNORE)`: it sees no row inserted, which it
+/// reports as "duplicate sharetoken"), and otherwise moved into `tokens` at once, so `tokens`
+/// is the only place a token is, and the only one the replay check and submission read.
+const V2_FORWARD: &str = "
+CREATE TRIGGER IF NOT EXISTS v1_insert_is_a_replay BEFORE INSERT ON sharetokens
+WHEN EXISTS (SELECT 1 FROM tokens WHERE json_extract(body, '$.signature') = NEW.signature)
+BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER IF NOT EXISTS v1_insert_moves_to_tokens AFTER INSERT ON sharetokens
+BEGIN
+    INSERT INTO tokens (body, settlement_open, settlement_close, state, admitted_at,
+                        next_attempt, attempts, last_error, settled_at)
+    VALUES (NEW.body, NEW.settlement_open, NEW.settlement_close,
+            CASE NEW.state WHEN 'pending' THEN 0 WHEN 'submitted' THEN 1
+                           WHEN 'archived' THEN 2 ELSE 3 END,
+            NEW.admitted_at, NEW.next_attempt, NEW.attempts, NEW.last_error, NEW.settled_at);
+    DELETE FROM sharetokens WHERE id = NEW.id;
+END;
+";
+const V2_FORWARD_DROP: &str = "
+DROP TRIGGER IF EXISTS v1_insert_is_a_replay;
+DROP TRIGGER IF EXISTS v1_insert_moves_to_tokens;
+";
+/// The same the other way, after a `down` to version 1 while a version 2 relay still writes
+/// (the failed generation draining during a rollback): its tokens land in `sharetokens`.
+const V1_FORWARD: &str = "
+CREATE TRIGGER IF NOT EXISTS v2_insert_is_a_replay BEFORE INSERT ON tokens
+WHEN EXISTS (SELECT 1 FROM sharetokens
+             WHERE contract = json_extract(NEW.body, '$.contract.public_key')
+               AND servicekey = json_extract(NEW.body, '$.public_key')
+               AND signature = json_extract(NEW.body, '$.signature'))
+BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER IF NOT EXISTS v2_insert_moves_to_sharetokens AFTER INSERT ON tokens
+BEGIN
+    INSERT INTO sharetokens (contract, servicekey, signature, settlement_open, settlement_close,
+                             body, state, admitted_at, next_attempt, attempts, last_error,
+                             settled_at)
+    VALUES (json_extract(NEW.body, '$.contract.public_key'), json_extract(NEW.body, '$.public_key'),
+            json_extract(NEW.body, '$.signature'), NEW.settlement_open, NEW.settlement_close,
+            NEW.body,
+            CASE NEW.state WHEN 0 THEN 'pending' WHEN 1 THEN 'submitted'
+                           WHEN 2 THEN 'archived' ELSE 'expired' END,
+            NEW.admitted_at, NEW.next_attempt, NEW.attempts, NEW.last_error, NEW.settled_at);
+    DELETE FROM tokens WHERE id = NEW.id;
+END;
+";
+const V1_FORWARD_DROP: &str = "
+DROP TRIGGER IF EXISTS v2_insert_is_a_replay;
+DROP TRIGGER IF EXISTS v2_insert_moves_to_sharetokens;
 ";
 
 /// The index that finds settled tokens whose settlement window has closed, so the ledger can
@@ -166,7 +266,8 @@ pub fn schema_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
 /// The SQLite error.
 pub fn ensure_schema(conn: &Connection) -> Result<(), rusqlite::Error> {
     ensure_schema_v1(conn)?;
-    ensure_prune_index(conn)
+    ensure_prune_index(conn)?;
+    ensure_schema_v2(conn)
 }
 
 /// [`SCHEMA_V1`] (migration m0002): creates the table if `user_version` is below 1.
@@ -174,13 +275,102 @@ pub fn ensure_schema(conn: &Connection) -> Result<(), rusqlite::Error> {
 /// # Errors
 /// The SQLite error.
 pub fn ensure_schema_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
-    if schema_version(conn)? >= SCHEMA_VERSION {
+    if schema_version(conn)? >= SCHEMA_V1_VERSION {
         return Ok(());
     }
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(SCHEMA_V1)?;
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.pragma_update(None, "user_version", SCHEMA_V1_VERSION)?;
     tx.commit()
+}
+
+/// [`SCHEMA_V2`] (migration m0005's `up`; the relay runs it at start): in one transaction,
+/// every row of `sharetokens` moves to `tokens` (its state and attempts kept), the triggers
+/// that forward a version 1 relay's inserts are created, and `user_version` becomes 2. Safe
+/// while a version 1 relay writes the same file: it waits for the write lock, and from its
+/// commit on every insert of that relay is replay-checked against `tokens` and moved there. A
+/// database at version 2 already is left alone (one read).
+///
+/// # Errors
+/// The SQLite error.
+pub fn ensure_schema_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
+    if schema_version(conn)? >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    in_write_transaction(conn, || {
+        if schema_version(conn)? >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        conn.execute_batch(SCHEMA_V2)?;
+        conn.execute_batch(V1_FORWARD_DROP)?;
+        conn.execute(
+            &format!(
+                "INSERT INTO tokens (body, settlement_open, settlement_close, state, admitted_at,
+                                     next_attempt, attempts, last_error, settled_at)
+                 SELECT body, settlement_open, settlement_close, {STATE_AS_INT}, admitted_at,
+                        next_attempt, attempts, last_error, settled_at
+                 FROM sharetokens WHERE true
+                 ON CONFLICT DO NOTHING"
+            ),
+            [],
+        )?;
+        conn.execute("DELETE FROM sharetokens", [])?;
+        conn.execute_batch(V2_FORWARD)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    })
+}
+
+/// Back to [`SCHEMA_V1`] (migration m0005's `down`): in one transaction, every row of
+/// `tokens` moves back to `sharetokens` (its replay key columns read from the body), the
+/// forwarding triggers turn around (a version 2 relay still writing lands its tokens in
+/// `sharetokens`), and `user_version` becomes 1. `tokens` stays, empty. A database below
+/// version 2 is left alone.
+///
+/// # Errors
+/// The SQLite error.
+pub fn downgrade_schema_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
+    if schema_version(conn)? < SCHEMA_VERSION {
+        return Ok(());
+    }
+    in_write_transaction(conn, || {
+        if schema_version(conn)? < SCHEMA_VERSION {
+            return Ok(());
+        }
+        conn.execute_batch(V2_FORWARD_DROP)?;
+        conn.execute(
+            &format!(
+                "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
+                                          settlement_close, body, state, admitted_at,
+                                          next_attempt, attempts, last_error, settled_at)
+                 SELECT json_extract(body, '$.contract.public_key'),
+                        json_extract(body, '$.public_key'), json_extract(body, '$.signature'),
+                        settlement_open, settlement_close, body, {STATE_AS_TEXT}, admitted_at,
+                        next_attempt, attempts, last_error, settled_at
+                 FROM tokens WHERE true
+                 ON CONFLICT DO NOTHING"
+            ),
+            [],
+        )?;
+        conn.execute("DELETE FROM tokens", [])?;
+        conn.execute_batch(V1_FORWARD)?;
+        conn.pragma_update(None, "user_version", SCHEMA_V1_VERSION)
+    })
+}
+
+/// Runs `f` inside `BEGIN IMMEDIATE` … `COMMIT` (rolled back if it fails): the write lock is
+/// taken first, so another process's transaction is waited for, never upgraded into a deadlock.
+fn in_write_transaction(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<(), rusqlite::Error>,
+) -> Result<(), rusqlite::Error> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f() {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// [`PRUNE_INDEX`] (migration m0004's `up`). Building it over a large existing ledger holds the
@@ -426,9 +616,14 @@ pub fn export_pending(home: &Path) -> Result<usize, Error> {
     if schema_version(&conn).map_err(sql)? < 1 {
         return Ok(0);
     }
-    let mut stmt = conn
-        .prepare("SELECT contract, signature, body FROM sharetokens WHERE state = 'pending'")
-        .map_err(sql)?;
+    // Both layouts: `tokens` holds them at version 2 (`sharetokens` is then empty).
+    let query = if schema_version(&conn).map_err(sql)? >= SCHEMA_VERSION {
+        "SELECT json_extract(body, '$.contract.public_key'), json_extract(body, '$.signature'),
+                body FROM tokens WHERE state = 0"
+    } else {
+        "SELECT contract, signature, body FROM sharetokens WHERE state = 'pending'"
+    };
+    let mut stmt = conn.prepare(query).map_err(sql)?;
     let rows = stmt
         .query_map([], |r| {
             Ok((
@@ -592,7 +787,7 @@ mod tests {
 
     fn count(home: &Path) -> i64 {
         let conn = open(&home.join(DB_FILE)).unwrap();
-        conn.query_row("SELECT count(*) FROM sharetokens", [], |r| r.get(0))
+        conn.query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
             .unwrap()
     }
 
@@ -639,7 +834,8 @@ mod tests {
         for sig in &sigs {
             let n: i64 = conn
                 .query_row(
-                    "SELECT count(*) FROM sharetokens WHERE signature = ?1 AND state = 'pending'",
+                    "SELECT count(*) FROM tokens
+                     WHERE json_extract(body, '$.signature') = ?1 AND state = 0",
                     [sig],
                     |r| r.get(0),
                 )
@@ -650,7 +846,7 @@ mod tests {
         let (_, json) = token(&b64(1, 43), 0);
         let body: String = conn
             .query_row(
-                "SELECT body FROM sharetokens WHERE signature = ?1",
+                "SELECT body FROM tokens WHERE json_extract(body, '$.signature') = ?1",
                 [&sigs[0]],
                 |r| r.get(0),
             )
@@ -775,6 +971,200 @@ mod tests {
         m.up(&ctx).unwrap();
         assert!(has_index());
         assert_eq!(count(home.path()), 20);
+    }
+
+    /// The statement a version 1 relay admits a token with (what 0.7.0 before m0005 runs,
+    /// word for word), so the tests play the previous generation during a hand-over.
+    const V1_ADMIT: &str = "INSERT INTO sharetokens (contract, servicekey, signature,
+             settlement_open, settlement_close, body, admitted_at, next_attempt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (contract, servicekey, signature) DO NOTHING";
+    /// The statement a version 2 relay admits a token with.
+    const V2_ADMIT: &str = "INSERT INTO tokens (body, settlement_open, settlement_close,
+             admitted_at, next_attempt)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING";
+
+    fn v1_admit(conn: &Connection, contract: &str, n: u64) -> usize {
+        let (sig, json) = token(contract, n);
+        let sk = b64(n + 2000, 43);
+        conn.execute(
+            V1_ADMIT,
+            params![
+                contract, sk, sig, 1795312840, 1795316380, json, 1, 1795312841
+            ],
+        )
+        .unwrap()
+    }
+
+    fn v2_admit(conn: &Connection, contract: &str, n: u64) -> usize {
+        let (_, json) = token(contract, n);
+        conn.execute(
+            V2_ADMIT,
+            params![json, 1795312840, 1795316380, 1, 1795312841],
+        )
+        .unwrap()
+    }
+
+    /// Every token as version 1 spells it, whichever table holds it, sorted.
+    fn v1_rows(conn: &Connection) -> Vec<(String, String, String, String, i64, Option<String>)> {
+        let v2: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tokens'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let tokens = format!(
+            "UNION ALL
+             SELECT json_extract(body, '$.contract.public_key'),
+                    json_extract(body, '$.public_key'), json_extract(body, '$.signature'),
+                    {STATE_AS_TEXT}, attempts, last_error
+             FROM tokens"
+        );
+        let mut rows: Vec<_> = conn
+            .prepare(&format!(
+                "SELECT contract, servicekey, signature, state, attempts, last_error
+                 FROM sharetokens {}",
+                if v2 == 1 { tokens.as_str() } else { "" }
+            ))
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        rows
+    }
+
+    fn table_count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn ledger_compact_rows_up_and_down_keep_every_token_with_its_state() {
+        use crate::{Context, Migration as _};
+        let home = tempfile::tempdir().unwrap();
+        let ctx = Context::new(home.path(), "config.json");
+        let m = crate::m0005_ledger_compact_rows::LedgerCompactRows;
+        // No ledger yet: nothing to do, nothing created.
+        m.up(&ctx).unwrap();
+        m.down(&ctx).unwrap();
+        assert!(!home.path().join(DB_FILE).exists());
+        // A version 1 ledger with a token in every state, as a 0.7.0 relay left it.
+        let conn = open(&home.path().join(DB_FILE)).unwrap();
+        ensure_schema_v1(&conn).unwrap();
+        let c = b64(1, 43);
+        for n in 0..8 {
+            assert_eq!(v1_admit(&conn, &c, n), 1);
+        }
+        conn.execute_batch(
+            "UPDATE sharetokens SET state = 'submitted', attempts = 1 WHERE id = 2;
+             UPDATE sharetokens SET state = 'archived', attempts = 2 WHERE id = 3;
+             UPDATE sharetokens SET state = 'expired', attempts = 3,
+                 last_error = 'settlement window closed' WHERE id = 4;
+             UPDATE sharetokens SET attempts = 4, last_error = 'refused' WHERE id = 5;",
+        )
+        .unwrap();
+        let before = v1_rows(&conn);
+        m.up(&ctx).unwrap();
+        m.up(&ctx).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION);
+        assert_eq!(table_count(&conn, "sharetokens"), 0);
+        assert_eq!(table_count(&conn, "tokens"), 8);
+        assert_eq!(v1_rows(&conn), before);
+        m.down(&ctx).unwrap();
+        m.down(&ctx).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_V1_VERSION);
+        assert_eq!(table_count(&conn, "tokens"), 0);
+        assert_eq!(table_count(&conn, "sharetokens"), 8);
+        assert_eq!(v1_rows(&conn), before);
+        m.up(&ctx).unwrap();
+        assert_eq!(v1_rows(&conn), before);
+    }
+
+    #[test]
+    fn ledger_compact_rows_a_version_1_relay_writing_meanwhile_loses_nothing_and_admits_no_replay()
+    {
+        let home = tempfile::tempdir().unwrap();
+        let db = home.path().join(DB_FILE);
+        // The previous generation's connection, opened before the upgrade.
+        let old = open(&db).unwrap();
+        ensure_schema_v1(&old).unwrap();
+        let c = b64(1, 43);
+        assert_eq!(v1_admit(&old, &c, 0), 1);
+        // The next generation starts: version 2.
+        let new = open(&db).unwrap();
+        ensure_schema(&new).unwrap();
+        assert_eq!(schema_version(&new).unwrap(), SCHEMA_VERSION);
+        // The old one admits a new token: it sees one row inserted, the token is in `tokens`.
+        assert_eq!(v1_admit(&old, &c, 1), 1);
+        // Replays are refused on both sides, whichever generation admitted the token first.
+        assert_eq!(v1_admit(&old, &c, 0), 0, "replay of a moved token");
+        assert_eq!(v1_admit(&old, &c, 1), 0, "replay of a forwarded token");
+        assert_eq!(v2_admit(&new, &c, 1), 0);
+        assert_eq!(v2_admit(&new, &c, 2), 1);
+        assert_eq!(
+            v1_admit(&old, &c, 2),
+            0,
+            "replay of the new generation's token"
+        );
+        assert_eq!(table_count(&new, "sharetokens"), 0);
+        assert_eq!(table_count(&new, "tokens"), 3);
+
+        // Rollback: `down` while the failed version 2 generation still drains.
+        downgrade_schema_v2(&old).unwrap();
+        assert_eq!(schema_version(&old).unwrap(), SCHEMA_V1_VERSION);
+        assert_eq!(v2_admit(&new, &c, 3), 1, "its token lands in sharetokens");
+        assert_eq!(v2_admit(&new, &c, 0), 0);
+        assert_eq!(v1_admit(&old, &c, 3), 0);
+        assert_eq!(v1_admit(&old, &c, 4), 1);
+        assert_eq!(v2_admit(&new, &c, 4), 0);
+        assert_eq!(table_count(&old, "tokens"), 0);
+        assert_eq!(table_count(&old, "sharetokens"), 5);
+        // The pending tokens a reference relay would need are all in its layout.
+        drop((old, new));
+        assert_eq!(export_pending(home.path()).unwrap(), 5);
+    }
+
+    #[test]
+    fn ledger_compact_rows_take_less_room_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let size_of = |name: &str, v2: bool| {
+            let db = dir.path().join(name);
+            let conn = open(&db).unwrap();
+            ensure_schema_v1(&conn).unwrap();
+            if v2 {
+                ensure_schema_v2(&conn).unwrap();
+            }
+            conn.execute_batch("BEGIN").unwrap();
+            let c = b64(1, 43);
+            for n in 0..3000 {
+                let added = if v2 {
+                    v2_admit(&conn, &c, n)
+                } else {
+                    v1_admit(&conn, &c, n)
+                };
+                assert_eq!(added, 1);
+            }
+            conn.execute_batch("COMMIT").unwrap();
+            checkpoint_truncate(&conn).unwrap();
+            std::fs::metadata(&db).unwrap().len() / 3000
+        };
+        let (v1, v2) = (size_of("v1.db", false), size_of("v2.db", true));
+        assert!(
+            v2 * 10 <= v1 * 7,
+            "bytes per token: version 1 {v1}, version 2 {v2}"
+        );
     }
 
     #[test]

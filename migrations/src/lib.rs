@@ -21,6 +21,7 @@ mod m0001_upgrade_channel;
 mod m0002_ledger_schema;
 mod m0003_import_sharetokens;
 mod m0004_ledger_prune_index;
+mod m0005_ledger_compact_rows;
 
 pub use wireleap_home::durable::write_atomic;
 
@@ -129,6 +130,7 @@ pub fn registry() -> Vec<Box<dyn Migration>> {
         Box::new(m0002_ledger_schema::LedgerSchema),
         Box::new(m0003_import_sharetokens::ImportSharetokens),
         Box::new(m0004_ledger_prune_index::LedgerPruneIndex),
+        Box::new(m0005_ledger_compact_rows::LedgerCompactRows),
     ]
 }
 

@@ -30,7 +30,7 @@ impl LedgerPruneIndex {
             why: e.to_string(),
         };
         let conn = ledger::open(&db).map_err(sql)?;
-        if ledger::schema_version(&conn).map_err(sql)? < 1 {
+        if ledger::schema_version(&conn).map_err(sql)? < ledger::SCHEMA_V1_VERSION {
             return Ok(());
         }
         f(&conn).map_err(sql)

@@ -13,9 +13,12 @@
 //! the next group waiting for this one's flush.
 //!
 //! # Replay protection
-//! `UNIQUE (contract, servicekey, signature)` (spec §5.4 rule 5). Inserts run inside
+//! A unique index on the token's signature, read from its body (spec §5.4 rule 5; why the
+//! signature alone is the whole key: `relay_migrations::ledger::SCHEMA_V2`). Inserts run inside
 //! `BEGIN IMMEDIATE`, so two processes sharing the file (hot upgrade) serialize on SQLite's write
 //! lock and the second one sees the first one's row: a token is admitted by exactly one of them.
+//! A previous generation that knows only schema version 1 is held to the same rule by the
+//! triggers of migration m0005.
 //!
 //! # States
 //! `pending` (admitted, not yet accepted by the contract) → `submitted` (accepted; no archive
@@ -45,9 +48,9 @@ pub use relay_migrations::ledger::{BUSY_TIMEOUT, DB_FILE, SCHEMA_VERSION};
 /// (`relay_migrations::ledger::PRUNE_WHERE`) word for word, which SQLite requires to use that
 /// partial index, and it names the index: the planner would otherwise pick `sharetokens_due`
 /// (by state) and walk every settled row, window open or not.
-const PRUNE_SQL: &str = "DELETE FROM sharetokens WHERE id IN (
-    SELECT id FROM sharetokens INDEXED BY sharetokens_settled
-    WHERE state IN ('submitted', 'archived') AND settlement_close <= ?1 AND settlement_open <= ?1
+const PRUNE_SQL: &str = "DELETE FROM tokens WHERE id IN (
+    SELECT id FROM tokens INDEXED BY tokens_settled
+    WHERE state IN (1, 2) AND settlement_close <= ?1 AND settlement_open <= ?1
     LIMIT ?2)";
 
 /// A storage failure.
@@ -99,7 +102,30 @@ pub enum State {
 }
 
 impl State {
-    /// The text stored in the `state` column.
+    /// The number stored in the `state` column.
+    pub fn code(self) -> i64 {
+        use relay_migrations::ledger as l;
+        match self {
+            State::Pending => l::STATE_PENDING,
+            State::Submitted => l::STATE_SUBMITTED,
+            State::Archived => l::STATE_ARCHIVED,
+            State::Expired => l::STATE_EXPIRED,
+        }
+    }
+
+    /// The state of a `state` column's number (`None` for a number no state has).
+    pub fn from_code(code: i64) -> Option<Self> {
+        [
+            State::Pending,
+            State::Submitted,
+            State::Archived,
+            State::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+    }
+
+    /// Its name, as `status` and the REST API show it.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Pending => "pending",
@@ -316,20 +342,18 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(rows.len());
         {
+            // The replay key is the body's signature (`tokens_key`); a conflict is a replay.
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
-                     settlement_close, body, admitted_at, next_attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (contract, servicekey, signature) DO NOTHING",
+                "INSERT INTO tokens (body, settlement_open, settlement_close, admitted_at,
+                     next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
             )?;
             for r in rows {
                 let n = stmt.execute(params![
-                    r.contract,
-                    r.servicekey,
-                    r.signature,
+                    r.body,
                     r.settlement_open,
                     r.settlement_close,
-                    r.body,
                     now,
                     r.settlement_open.saturating_add(1),
                 ])?;
@@ -356,18 +380,19 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
-            "UPDATE sharetokens SET state = 'expired', settled_at = ?1,
+            "UPDATE tokens SET state = 3, settled_at = ?1,
                  last_error = coalesce(last_error, 'settlement window closed before submission')
-             WHERE state = 'pending' AND settlement_close <= ?1",
+             WHERE state = 0 AND settlement_close <= ?1",
             params![now],
         )?;
         let due = {
             let mut stmt = tx.prepare_cached(
-                "UPDATE sharetokens SET next_attempt = ?2
-                 WHERE id IN (SELECT id FROM sharetokens
-                              WHERE state = 'pending' AND next_attempt <= ?1
+                "UPDATE tokens SET next_attempt = ?2
+                 WHERE id IN (SELECT id FROM tokens
+                              WHERE state = 0 AND next_attempt <= ?1
                               ORDER BY next_attempt LIMIT ?3)
-                 RETURNING id, contract, signature, settlement_close, body",
+                 RETURNING id, json_extract(body, '$.contract.public_key'),
+                     json_extract(body, '$.signature'), settlement_close, body",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(params![now, now.saturating_add(lease), limit], |r| {
@@ -403,10 +428,10 @@ impl Store {
                         State::Submitted
                     };
                     tx.execute(
-                        "UPDATE sharetokens SET state = ?2, settled_at = ?3,
+                        "UPDATE tokens SET state = ?2, settled_at = ?3,
                              attempts = attempts + 1, last_error = NULL
-                         WHERE id = ?1 AND state = 'pending'",
-                        params![id, state.as_str(), now],
+                         WHERE id = ?1 AND state = 0",
+                        params![id, state.code(), now],
                     )?;
                 }
                 Outcome::Retry {
@@ -414,24 +439,24 @@ impl Store {
                     error,
                 } => {
                     tx.execute(
-                        "UPDATE sharetokens SET next_attempt = ?2, attempts = attempts + 1,
+                        "UPDATE tokens SET next_attempt = ?2, attempts = attempts + 1,
                              last_error = ?3
-                         WHERE id = ?1 AND state = 'pending'",
+                         WHERE id = ?1 AND state = 0",
                         params![id, next_attempt, error],
                     )?;
                 }
                 Outcome::Expire { error } => {
                     tx.execute(
-                        "UPDATE sharetokens SET state = 'expired', settled_at = ?2,
+                        "UPDATE tokens SET state = 3, settled_at = ?2,
                              attempts = attempts + 1, last_error = ?3
-                         WHERE id = ?1 AND state = 'pending'",
+                         WHERE id = ?1 AND state = 0",
                         params![id, now, error],
                     )?;
                 }
                 Outcome::Postpone { next_attempt } => {
                     tx.execute(
-                        "UPDATE sharetokens SET next_attempt = ?2
-                         WHERE id = ?1 AND state = 'pending'",
+                        "UPDATE tokens SET next_attempt = ?2
+                         WHERE id = ?1 AND state = 0",
                         params![id, next_attempt],
                     )?;
                 }
@@ -465,18 +490,18 @@ impl Store {
     pub fn counts(&self) -> Result<Counts, Error> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT state, count(*) FROM sharetokens GROUP BY state")?;
+            .prepare_cached("SELECT state, count(*) FROM tokens GROUP BY state")?;
         let mut counts = Counts::default();
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (state, n) = row?;
             let n = u64::try_from(n).unwrap_or(0);
-            match state.as_str() {
-                "pending" => counts.pending = n,
-                "submitted" => counts.submitted = n,
-                "expired" => counts.expired = n,
-                "archived" => counts.archived = n,
-                _ => {}
+            match State::from_code(state) {
+                Some(State::Pending) => counts.pending = n,
+                Some(State::Submitted) => counts.submitted = n,
+                Some(State::Expired) => counts.expired = n,
+                Some(State::Archived) => counts.archived = n,
+                None => {}
             }
         }
         Ok(counts)
@@ -495,12 +520,16 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT state FROM sharetokens
-                 WHERE contract = ?1 AND servicekey = ?2 AND signature = ?3",
+                "SELECT state FROM tokens
+                 WHERE json_extract(body, '$.signature') = ?3
+                   AND json_extract(body, '$.contract.public_key') = ?1
+                   AND json_extract(body, '$.public_key') = ?2",
                 params![contract, servicekey, signature],
-                |r| r.get(0),
+                |r| r.get::<_, i64>(0),
             )
-            .optional()?)
+            .optional()?
+            .and_then(State::from_code)
+            .map(|s| s.as_str().to_owned()))
     }
 
     /// Folds the WAL into the main file and truncates the WAL to nothing (used at a graceful
@@ -549,7 +578,9 @@ mod tests {
             signature: sig.into(),
             settlement_open: open,
             settlement_close: close,
-            body: format!("{{\"sig\":\"{sig}\"}}"),
+            body: format!(
+                r#"{{"public_key":"sk","signature":"{sig}","contract":{{"public_key":"c"}}}}"#
+            ),
         }
     }
 
@@ -642,8 +673,8 @@ mod tests {
         s.insert_batch(&[row(sig, open, close)], 0).unwrap();
         s.conn
             .execute(
-                "UPDATE sharetokens SET state = ?2 WHERE signature = ?1",
-                params![sig, state.as_str()],
+                "UPDATE tokens SET state = ?2 WHERE json_extract(body, '$.signature') = ?1",
+                params![sig, state.code()],
             )
             .unwrap();
     }
@@ -664,7 +695,7 @@ mod tests {
         let left: Vec<String> = {
             let mut stmt = s
                 .conn
-                .prepare("SELECT signature FROM sharetokens ORDER BY signature")
+                .prepare("SELECT json_extract(body, '$.signature') FROM tokens ORDER BY 1")
                 .unwrap();
             stmt.query_map([], |r| r.get(0))
                 .unwrap()
@@ -690,7 +721,7 @@ mod tests {
     #[test]
     fn ledger_prune_uses_the_partial_index() {
         let s = Store::in_memory().unwrap();
-        assert!(PRUNE_SQL.contains(relay_migrations::ledger::PRUNE_WHERE));
+        assert!(PRUNE_SQL.contains(relay_migrations::ledger::SETTLED_WHERE));
         let plan: Vec<String> = {
             let mut stmt = s
                 .conn
@@ -702,7 +733,7 @@ mod tests {
                 .unwrap()
         };
         assert!(
-            plan.iter().any(|d| d.contains("sharetokens_settled")),
+            plan.iter().any(|d| d.contains("tokens_settled")),
             "{plan:?}"
         );
     }

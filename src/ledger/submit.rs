@@ -330,7 +330,7 @@ mod tests {
             signature: "sig".into(),
             settlement_open: now - 10,
             settlement_close: now + 100,
-            body: "{}".into(),
+            body: r#"{"public_key":"sk","signature":"sig","contract":{"public_key":"ctr"}}"#.into(),
         };
         store.insert_batch(&[row], now).unwrap();
         let writer = Writer::spawn(store).unwrap();

@@ -46,7 +46,12 @@ fn ledger_rows(home: &Path) -> Vec<(String, String)> {
         Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut stmt = conn
-        .prepare("SELECT signature, state FROM sharetokens ORDER BY id")
+        .prepare(
+            "SELECT json_extract(body, '$.signature'),
+                    CASE state WHEN 0 THEN 'pending' WHEN 1 THEN 'submitted'
+                               WHEN 2 THEN 'archived' ELSE 'expired' END
+             FROM tokens ORDER BY id",
+        )
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -63,7 +68,7 @@ fn last_errors(home: &Path) -> Vec<Option<String>> {
     .unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     let mut stmt = conn
-        .prepare("SELECT last_error FROM sharetokens ORDER BY id")
+        .prepare("SELECT last_error FROM tokens ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| r.get(0))
         .unwrap()

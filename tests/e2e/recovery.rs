@@ -45,7 +45,7 @@ fn token_rows(home: &Path) -> u64 {
     .unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM sharetokens", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))
         .unwrap();
     u64::try_from(n).unwrap_or(0)
 }
