@@ -405,9 +405,6 @@ pub struct ImportReport {
 
 /// The fields of a store file the ledger needs.
 struct Parsed {
-    contract: String,
-    servicekey: String,
-    signature: String,
     settlement_open: i64,
     settlement_close: i64,
     body: String,
@@ -475,24 +472,23 @@ fn import_store_settled(home: &Path, settle: Duration) -> Result<ImportReport, E
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
     {
+        // Schema version 2 (`ensure_schema` above): a token already there is a conflict on its
+        // signature.
         let mut stmt = tx
             .prepare(
-                "INSERT INTO sharetokens (contract, servicekey, signature, settlement_open,
-                     settlement_close, body, admitted_at, next_attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (contract, servicekey, signature) DO NOTHING",
+                "INSERT INTO tokens (body, settlement_open, settlement_close, admitted_at,
+                     next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
             )
             .map_err(sql)?;
         let now = unix_now();
         for t in &tokens {
             let n = stmt
                 .execute(params![
-                    t.contract,
-                    t.servicekey,
-                    t.signature,
+                    t.body,
                     t.settlement_open,
                     t.settlement_close,
-                    t.body,
                     now,
                     t.settlement_open.saturating_add(1),
                 ])
@@ -709,11 +705,12 @@ fn read_token(path: &Path) -> Option<Parsed> {
             .map(str::to_owned)
     };
     let contract = v.get("contract")?;
+    // The replay key's parts, as the relay reads them from the body: base64url without padding,
+    // 32-byte keys are 43 characters, 64-byte signatures 86.
+    key(contract, "public_key", 43)?;
+    key(&v, "public_key", 43)?;
+    key(&v, "signature", 86)?;
     Some(Parsed {
-        // base64url without padding: 32-byte keys are 43 characters, 64-byte signatures 86.
-        contract: key(contract, "public_key", 43)?,
-        servicekey: key(&v, "public_key", 43)?,
-        signature: key(&v, "signature", 86)?,
         settlement_open: contract.get("settlement_open").and_then(Value::as_i64)?,
         settlement_close: contract.get("settlement_close").and_then(Value::as_i64)?,
         body: text.trim_end().to_owned(),

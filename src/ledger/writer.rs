@@ -193,15 +193,26 @@ fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>) {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal = std::path::PathBuf::from(wal);
+    // The WAL as the last checkpoint left it: while nothing is committed, nothing is copied (an
+    // idle relay neither wakes the disk nor runs SQLite's code 40 times a second).
+    let mut seen = None;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        let now = std::fs::metadata(&wal)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()));
+        if now.is_some() && now == seen {
+            continue;
+        }
         let mut done = relay_migrations::ledger::checkpoint(&conn);
         if done.is_ok() && std::fs::metadata(&wal).is_ok_and(|m| m.len() >= WAL_RESTART_BYTES) {
             // The passive one just copied nearly everything: what is left for the one that
             // holds the writer back is the commits made meanwhile, and the database's fsync.
             done = relay_migrations::ledger::checkpoint_restart(&conn);
         }
-        if let Err(e) = done {
-            debug!(error = %e, "ledger: checkpoint skipped");
+        match done {
+            // As read before it ran: a commit made meanwhile makes the next tick run again.
+            Ok(()) => seen = now,
+            Err(e) => debug!(error = %e, "ledger: checkpoint skipped"),
         }
     }
 }
