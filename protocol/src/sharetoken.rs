@@ -11,6 +11,45 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{self, PublicKey, Signature};
 use crate::servicekey::{Contract, ContractError, Servicekey};
 
+/// The contract activations whose signature a relay has verified, so each is checked once.
+///
+/// A token carries its servicekey's activation: the contract's signature over its own key and
+/// the settlement window (spec §5.2), the same for every token of every client of that window.
+/// Verifying the same bytes again gives the same answer, so an activation equal in every field
+/// (key, window and signature) to one that verified is not verified again: one signature check
+/// per stream instead of two. A small number of the latest are kept (a contract has one
+/// window at a time, a relay a few contracts); anything else is verified as before.
+#[derive(Debug, Default)]
+pub struct VerifiedContracts {
+    recent: std::sync::Mutex<std::collections::VecDeque<Contract>>,
+}
+
+impl VerifiedContracts {
+    /// How many activations are remembered (the oldest goes first).
+    pub const CAPACITY: usize = 16;
+
+    fn contains(&self, contract: &Contract) -> bool {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(contract)
+    }
+
+    fn insert(&self, contract: &Contract) {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.contains(contract) {
+            return;
+        }
+        if recent.len() == Self::CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(contract.clone());
+    }
+}
+
 /// The only sharetoken format version.
 pub const SHARETOKEN_VERSION: i64 = 0;
 
@@ -146,14 +185,29 @@ impl Sharetoken {
     /// # Errors
     /// A distinct [`VerifyError`] variant per failure.
     pub fn verify(&self) -> Result<(), VerifyError> {
+        self.verify_with(&VerifiedContracts::default())
+    }
+
+    /// [`Sharetoken::verify`], checking the contract's signature only if `verified` has not
+    /// seen this exact activation verify before (and remembering it when it does).
+    ///
+    /// # Errors
+    /// As [`Sharetoken::verify`].
+    pub fn verify_with(&self, verified: &VerifiedContracts) -> Result<(), VerifyError> {
         if !self
             .public_key
             .verify(self.signing_string().as_bytes(), &self.signature)
         {
             return Err(VerifyError::ClientSignatureInvalid);
         }
+        if verified.contains(&self.contract) {
+            return Ok(());
+        }
         match self.contract.verify() {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                verified.insert(&self.contract);
+                Ok(())
+            }
             Err(ContractError::MissingPublicKey) => Err(VerifyError::ContractKeyMissing),
             Err(e) => Err(VerifyError::ContractSignatureInvalid(e)),
         }
@@ -171,6 +225,21 @@ impl Sharetoken {
         now: i64,
         trusted: &[PublicKey],
     ) -> Result<(), AcceptError> {
+        self.accept_with(relay, now, trusted, &VerifiedContracts::default())
+    }
+
+    /// [`Sharetoken::accept`] with the contract activations a relay already verified (see
+    /// [`VerifiedContracts`]): the same rules, the same order, the same errors.
+    ///
+    /// # Errors
+    /// As [`Sharetoken::accept`].
+    pub fn accept_with(
+        &self,
+        relay: &PublicKey,
+        now: i64,
+        trusted: &[PublicKey],
+        verified: &VerifiedContracts,
+    ) -> Result<(), AcceptError> {
         if self.relay_pubkey != *relay {
             return Err(AcceptError::RelayMismatch {
                 expected: *relay,
@@ -184,7 +253,7 @@ impl Sharetoken {
             Some(k) if trusted.contains(&k) => {}
             _ => return Err(AcceptError::UntrustedContract),
         }
-        self.verify()?;
+        self.verify_with(verified)?;
         Ok(())
     }
 
@@ -256,6 +325,44 @@ mod tests {
             "023220f555d688a4ea0e552dab2d478d".into(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_verified_activation_is_trusted_only_for_exactly_its_bytes() {
+        let verified = VerifiedContracts::default();
+        let good = fixed_token();
+        good.verify_with(&verified).unwrap();
+        assert!(verified.contains(&good.contract));
+        // Same activation, a wrong client signature: still refused.
+        let mut bad_client = good.clone();
+        bad_client.timestamp += 1;
+        assert_eq!(
+            bad_client.verify_with(&verified),
+            Err(VerifyError::ClientSignatureInvalid)
+        );
+        // The activation changed in any field (here its window; the token re-signed by the
+        // client, so only the contract's signature is wrong): checked, and refused.
+        let contract = Contract {
+            settlement_close: good.contract.settlement_close + 1,
+            ..good.contract.clone()
+        };
+        let sk = Servicekey::from_signing_key(key(2), Some(contract));
+        let forged =
+            Sharetoken::sign(&sk, good.relay_pubkey, good.timestamp, good.nonce.clone()).unwrap();
+        assert!(matches!(
+            forged.verify_with(&verified),
+            Err(VerifyError::ContractSignatureInvalid(_))
+        ));
+        assert!(!verified.contains(&forged.contract));
+        // Bounded: the oldest goes.
+        for i in 0..(VerifiedContracts::CAPACITY as i64 + 4) {
+            verified.insert(&Contract::sign(&key(1), 1_795_312_840 + i, 1_795_316_380));
+        }
+        assert_eq!(
+            verified.recent.lock().unwrap().len(),
+            VerifiedContracts::CAPACITY
+        );
+        assert!(!verified.contains(&good.contract));
     }
 
     /// Known answer: keys from seeds [1;32] (contract), [2;32] (servicekey), [3;32] (relay).

@@ -118,6 +118,7 @@ impl Transport {
                 draining: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 counters: Counters::default(),
+                contracts: Default::default(),
             }),
         })
     }

@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Live counts.
     pub(crate) counters: Counters,
+    /// Contract activations already verified (one signature check per stream, not two).
+    pub(crate) contracts: wireleap_protocol::sharetoken::VerifiedContracts,
 }
 
 /// One live connection or stream in the counters: counted from before its task is spawned (so a

@@ -105,7 +105,7 @@ pub(crate) async fn handle(
         .iter()
         .filter_map(|id| PublicKey::try_from_b64(id).ok())
         .collect();
-    if let Err(e) = token.accept(&shared.relay, unix_now(), &trusted) {
+    if let Err(e) = token.accept_with(&shared.relay, unix_now(), &trusted, &shared.contracts) {
         refuse(shared, &mut respond, 400, e.to_string(), origin_relay);
         return;
     }
