@@ -289,9 +289,16 @@ fn main() {
     });
 
     let wal = std::fs::metadata(dir.path().join("ledger.db-wal")).map_or(0, |m| m.len());
+    let db = dir.path().join(relay_migrations::ledger::DB_FILE);
+    let stored: i64 = relay_migrations::ledger::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
+        .unwrap();
     println!(
-        "WAL file at the end: {:.1} MiB",
-        wal as f64 / (1 << 20) as f64
+        "after the flush of a graceful stop: WAL {:.1} MiB (target ≤ 4 MiB); ledger.db {} tokens, {} bytes per token",
+        wal as f64 / (1 << 20) as f64,
+        stored,
+        std::fs::metadata(&db).map_or(0, |m| m.len()) / stored.max(1) as u64
     );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

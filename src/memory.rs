@@ -10,8 +10,8 @@
 //!   kernel honours `MADV_RANDOM` for the executable's mappings (it does for the read-only
 //!   data; recent kernels read executable code in windows regardless);
 //! - [`release_startup_code`] (once the relay is serving): the executable's pages are unmapped
-//!   and reclaimed, and only what serving uses comes back. Measured: 12.4 MB → 8.2 MB resident
-//!   at start, about 4.5 MB of it code (the figure `benches/transport.rs` prints).
+//!   and reclaimed, and only what serving uses comes back. Measured: 12.4 MB → 7.4–7.8 MiB
+//!   resident 2 s after `ready`, about 4.5 MiB of it code (`benches/transport.rs` prints it).
 //!
 //! The rest, and where each is bounded:
 //! - the heap: glibc's settings for the data path (`transport::alloc`), which keep freed

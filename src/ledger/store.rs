@@ -72,6 +72,14 @@ pub enum Error {
         /// Its version.
         found: i64,
     },
+    /// The database has an older schema, which only the relay converts (at its start).
+    #[error("the ledger {} has schema version {found}; this relay reads version {SCHEMA_VERSION}, which it converts it to when it starts", path.display())]
+    OtherSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+    },
     /// A statement failed.
     #[error("ledger database: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -295,10 +303,13 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens `<home>/ledger.db` only if it exists (commands that read it must not create it).
+    /// Opens `<home>/ledger.db` to read it, only if it exists and has this relay's schema:
+    /// commands that read it neither create it nor convert it (a relay of an older version may
+    /// be running on it, and could not start again on a converted one).
     ///
     /// # Errors
-    /// [`Error::Open`] when it is missing or unreadable.
+    /// [`Error::Open`] when it is missing or unreadable, [`Error::OtherSchema`] or
+    /// [`Error::NewerSchema`] when its schema is not this relay's.
     pub fn open_existing(home: &Path) -> Result<Self, Error> {
         let path = home.join(DB_FILE);
         if !path.exists() {
@@ -307,7 +318,16 @@ impl Store {
                 source: rusqlite::Error::InvalidPath(home.join(DB_FILE)),
             });
         }
-        Self::open(&path)
+        let conn = relay_migrations::ledger::open(&path).map_err(|source| Error::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Self { conn };
+        match store.schema_version()? {
+            SCHEMA_VERSION => Ok(store),
+            found if found > SCHEMA_VERSION => Err(Error::NewerSchema { path, found }),
+            found => Err(Error::OtherSchema { path, found }),
+        }
     }
 
     /// A private in-memory ledger (tests, and a relay without a home).
@@ -781,5 +801,37 @@ mod tests {
             Store::open(&path),
             Err(Error::NewerSchema { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn ledger_store_read_by_a_command_is_never_converted() {
+        // A version 1 ledger, as an older relay still running on this home keeps it.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = relay_migrations::ledger::open(&dir.path().join(DB_FILE)).unwrap();
+        relay_migrations::ledger::ensure_schema_v1(&conn).unwrap();
+        assert!(matches!(
+            Store::open_existing(dir.path()),
+            Err(Error::OtherSchema { found: 1, .. })
+        ));
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1, "a reading command converted the ledger");
+        // The relay itself converts it at its start; then commands read it.
+        drop(Store::open(&dir.path().join(DB_FILE)).unwrap());
+        assert_eq!(
+            Store::open_existing(dir.path())
+                .unwrap()
+                .counts()
+                .unwrap()
+                .pending,
+            0
+        );
+        let missing = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open_existing(missing.path()),
+            Err(Error::Open { .. })
+        ));
+        assert!(!missing.path().join(DB_FILE).exists());
     }
 }
