@@ -945,72 +945,82 @@ fn bytes_per_token(db: &std::path::Path) -> u64 {
     std::fs::metadata(db).map_or(0, |m| m.len()) / n.max(1) as u64
 }
 
-/// Set-up latencies of the baseline: a new TLS connection to the target and a 1-byte echo.
-async fn direct_one_at_a_time(direct: &Direct, n: usize) -> Vec<Duration> {
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let mut d = direct.connect().await;
-        echo1(&mut d).await;
-        lat.push(t.elapsed());
-    }
-    lat
+/// Set-up latencies of the baseline: a new TLS connection to the target and a 1-byte echo,
+/// `n` one after the other.
+async fn direct_one_at_a_time(direct: &Arc<Direct>, n: usize) -> Vec<Duration> {
+    sequential(n, direct_setup(direct)).await
 }
 
-/// The baseline under the same load as [`tiny_load`]: 64 workers, each a new TLS connection
-/// and a 1-byte echo after the other, for `d`.
+/// The baseline under the same load as [`tiny_load`].
 async fn direct_load(direct: &Arc<Direct>, d: Duration) -> Vec<Duration> {
-    let deadline = Instant::now() + d;
-    let workers: Vec<_> = (0..64)
-        .map(|_| {
-            let direct = direct.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let mut d = direct.connect().await;
-                    echo1(&mut d).await;
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.unwrap());
-    }
-    all
+    loaded(d, direct_setup(direct)).await
 }
 
 /// Set-up latencies (open + 1-byte echo) of `n` streams opened one after the other.
 async fn one_at_a_time(c: &Arc<CircuitClient>, target: &str, n: usize) -> Vec<Duration> {
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let mut s = c.open(target, Network::Tcp).await.unwrap();
-        echo1(&mut s).await;
-        lat.push(t.elapsed());
-        s.finish();
-    }
-    lat
+    sequential(n, stream_setup(c, target)).await
 }
 
 /// Set-up latencies of every stream 64 workers open (open + 1-byte echo, then the next) for
 /// `d`: the highest load this client offers.
 async fn tiny_load(c: &Arc<CircuitClient>, target: &str, d: Duration) -> Vec<Duration> {
+    loaded(d, stream_setup(c, target)).await
+}
+
+/// A set-up to time: a boxed future per run.
+type Setup = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One stream's set-up through `c`: open, a 1-byte echo, the end.
+fn stream_setup(
+    c: &Arc<CircuitClient>,
+    target: &str,
+) -> impl Fn() -> Setup + Clone + Send + 'static {
+    let (c, target) = (c.clone(), target.to_owned());
+    move || {
+        let (c, target) = (c.clone(), target.clone());
+        Box::pin(async move {
+            let mut s = c.open(&target, Network::Tcp).await.unwrap();
+            echo1(&mut s).await;
+            s.finish();
+        })
+    }
+}
+
+/// One baseline set-up: a new TLS connection to the target and a 1-byte echo.
+fn direct_setup(direct: &Arc<Direct>) -> impl Fn() -> Setup + Clone + Send + 'static {
+    let direct = direct.clone();
+    move || {
+        let direct = direct.clone();
+        Box::pin(async move {
+            let mut d = direct.connect().await;
+            echo1(&mut d).await;
+        })
+    }
+}
+
+/// How long each of `n` runs of `setup`, one after the other, took.
+async fn sequential(n: usize, setup: impl Fn() -> Setup) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        setup().await;
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
+/// How long each run of `setup` took, 64 workers running it one after the other for `d`.
+async fn loaded(d: Duration, setup: impl Fn() -> Setup + Clone + Send + 'static) -> Vec<Duration> {
     let deadline = Instant::now() + d;
     let workers: Vec<_> = (0..64)
         .map(|_| {
-            let (c, target) = (c.clone(), target.to_owned());
+            let setup = setup.clone();
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let mut s = c.open(&target, Network::Tcp).await.unwrap();
-                    echo1(&mut s).await;
+                    setup().await;
                     lat.push(t.elapsed());
-                    s.finish();
                 }
                 lat
             })

@@ -251,6 +251,31 @@ pub fn checkpoint_truncate(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }
 
+/// Runs `f` on `<home>/ledger.db` when there is one with a schema (what the ledger migrations
+/// after m0002 work on); a home without one (m0002 not applied, or moved aside by its `down`)
+/// is left alone.
+///
+/// # Errors
+/// [`Error::Content`] with the SQLite error.
+pub(crate) fn with_existing(
+    home: &Path,
+    f: impl FnOnce(&Connection) -> Result<(), rusqlite::Error>,
+) -> Result<(), Error> {
+    let db = home.join(DB_FILE);
+    if !db.exists() {
+        return Ok(());
+    }
+    let sql = |e: rusqlite::Error| Error::Content {
+        path: db.clone(),
+        why: e.to_string(),
+    };
+    let conn = open(&db).map_err(sql)?;
+    if schema_version(&conn).map_err(sql)? < SCHEMA_V1_VERSION {
+        return Ok(());
+    }
+    f(&conn).map_err(sql)
+}
+
 /// `PRAGMA user_version`.
 ///
 /// # Errors

@@ -8,34 +8,12 @@
 
 use semver::Version;
 
-use crate::ledger::{self, DB_FILE};
+use crate::ledger;
 use crate::{Context, Error, Migration};
 
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct LedgerPruneIndex;
-
-impl LedgerPruneIndex {
-    fn with_ledger(
-        ctx: &Context,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<(), rusqlite::Error>,
-    ) -> Result<(), Error> {
-        let db = ctx.home.join(DB_FILE);
-        if !db.exists() {
-            // m0002 not applied (or moved aside by its `down`): nothing to index.
-            return Ok(());
-        }
-        let sql = |e: rusqlite::Error| Error::Content {
-            path: db.clone(),
-            why: e.to_string(),
-        };
-        let conn = ledger::open(&db).map_err(sql)?;
-        if ledger::schema_version(&conn).map_err(sql)? < ledger::SCHEMA_V1_VERSION {
-            return Ok(());
-        }
-        f(&conn).map_err(sql)
-    }
-}
 
 impl Migration for LedgerPruneIndex {
     fn id(&self) -> u32 {
@@ -48,9 +26,9 @@ impl Migration for LedgerPruneIndex {
         Version::new(0, 7, 0)
     }
     fn up(&self, ctx: &Context) -> Result<(), Error> {
-        Self::with_ledger(ctx, ledger::ensure_prune_index)
+        ledger::with_existing(&ctx.home, ledger::ensure_prune_index)
     }
     fn down(&self, ctx: &Context) -> Result<(), Error> {
-        Self::with_ledger(ctx, ledger::drop_prune_index)
+        ledger::with_existing(&ctx.home, ledger::drop_prune_index)
     }
 }

@@ -12,34 +12,12 @@
 
 use semver::Version;
 
-use crate::ledger::{self, DB_FILE};
+use crate::ledger;
 use crate::{Context, Error, Migration};
 
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct LedgerCompactRows;
-
-impl LedgerCompactRows {
-    fn with_ledger(
-        ctx: &Context,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<(), rusqlite::Error>,
-    ) -> Result<(), Error> {
-        let db = ctx.home.join(DB_FILE);
-        if !db.exists() {
-            // m0002 not applied (or moved aside by its `down`): nothing to convert.
-            return Ok(());
-        }
-        let sql = |e: rusqlite::Error| Error::Content {
-            path: db.clone(),
-            why: e.to_string(),
-        };
-        let conn = ledger::open(&db).map_err(sql)?;
-        if ledger::schema_version(&conn).map_err(sql)? < ledger::SCHEMA_V1_VERSION {
-            return Ok(());
-        }
-        f(&conn).map_err(sql)
-    }
-}
 
 impl Migration for LedgerCompactRows {
     fn id(&self) -> u32 {
@@ -52,9 +30,9 @@ impl Migration for LedgerCompactRows {
         Version::new(0, 7, 0)
     }
     fn up(&self, ctx: &Context) -> Result<(), Error> {
-        Self::with_ledger(ctx, ledger::ensure_schema_v2)
+        ledger::with_existing(&ctx.home, ledger::ensure_schema_v2)
     }
     fn down(&self, ctx: &Context) -> Result<(), Error> {
-        Self::with_ledger(ctx, ledger::downgrade_schema_v2)
+        ledger::with_existing(&ctx.home, ledger::downgrade_schema_v2)
     }
 }
