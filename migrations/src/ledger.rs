@@ -190,10 +190,13 @@ pub const WAL_AUTOCHECKPOINT: i64 = 32_000;
 /// of the longest stretch between two restarts.
 pub const JOURNAL_SIZE_LIMIT: i64 = 4 << 20;
 /// The WAL size (bytes) from which the relay's background checkpoint makes the WAL start over
-/// ([`checkpoint_restart`]) after a passive one ([`checkpoint`]): under continuous intake a
-/// passive checkpoint never catches up with the last commit, and the WAL would grow without
-/// end (66 MB after 100 000 tokens, measured).
-pub const WAL_RESTART_BYTES: u64 = 3 << 20;
+/// ([`checkpoint_restart`]) after a passive one ([`checkpoint`]) when intake pauses: under
+/// continuous intake a passive checkpoint never catches up with the last commit, and the WAL
+/// would grow without end (66 MB after 100 000 tokens, measured).
+pub const WAL_RESTART_BYTES: u64 = 4 << 20;
+/// The WAL size (bytes) from which the background checkpoint makes the WAL start over even
+/// while tokens keep coming (holding their admissions back for the few milliseconds it takes).
+pub const WAL_MAX_BYTES: u64 = 32 << 20;
 
 /// Opens (creating) a ledger database with the ledger's settings: WAL, `synchronous=FULL`
 /// (every commit is fsynced: a token survives power loss once admitted), a busy timeout, a
@@ -245,10 +248,15 @@ pub fn checkpoint_restart(conn: &Connection) -> Result<(), rusqlite::Error> {
 /// hand-over) writes, it waits for that transaction to end and holds new ones back for the
 /// copy, which the background checkpoints keep short.
 ///
+/// Answers whether it completed: `false` when another connection's checkpoint was running or a
+/// reader kept the WAL past the busy timeout (the WAL is then as it was; try again).
+///
 /// # Errors
-/// The SQLite error (`SQLITE_BUSY` when another process kept the WAL past the busy timeout).
-pub fn checkpoint_truncate(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+/// The SQLite error.
+pub fn checkpoint_truncate(conn: &Connection) -> Result<bool, rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        Ok(r.get::<_, i64>(0)? == 0)
+    })
 }
 
 /// Runs `f` on `<home>/ledger.db` when there is one with a schema (what the ledger migrations

@@ -53,6 +53,10 @@ const PRUNE_SQL: &str = "DELETE FROM tokens WHERE id IN (
     WHERE state IN (1, 2) AND settlement_close <= ?1 AND settlement_open <= ?1
     LIMIT ?2)";
 
+/// How many times [`Store::checkpoint`] tries to empty the WAL, [`TRUNCATE_PAUSE`] apart.
+const TRUNCATE_TRIES: usize = 100;
+const TRUNCATE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -80,6 +84,9 @@ pub enum Error {
         /// Its version.
         found: i64,
     },
+    /// The WAL could not be emptied: another connection kept using it.
+    #[error("could not empty the ledger's WAL: another connection kept it in use for a second")]
+    WalInUse,
     /// A statement failed.
     #[error("ledger database: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -558,8 +565,15 @@ impl Store {
     /// # Errors
     /// [`Error::Sql`].
     pub fn checkpoint(&self) -> Result<(), Error> {
-        relay_migrations::ledger::checkpoint_truncate(&self.conn)?;
-        Ok(())
+        // The background checkpoint may be running on its own connection: then this one is
+        // refused at once, and tried again once that one is done (milliseconds).
+        for _ in 0..TRUNCATE_TRIES {
+            if relay_migrations::ledger::checkpoint_truncate(&self.conn)? {
+                return Ok(());
+            }
+            std::thread::sleep(TRUNCATE_PAUSE);
+        }
+        Err(Error::WalInUse)
     }
 
     /// Commits stop syncing the WAL (`synchronous=NORMAL`): the caller takes over, and must
