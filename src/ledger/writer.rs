@@ -226,8 +226,7 @@ impl Writer {
 /// followed at once by one that makes the WAL start over, once the WAL reached
 /// [`WAL_RESTART_BYTES`] and the writer has been idle for [`RESTART_WHEN_IDLE`], or once it
 /// reached [`WAL_MAX_BYTES`] whatever the writer does. That one holds the writer back while it
-/// copies the frames committed during the passive one and syncs the database file (a few
-/// milliseconds under load: done every 4 MiB, it put a stall in the p99 of steady intake), and
+/// copies the frames committed during the passive one and syncs the database file, and
 /// `journal_size_limit` then truncates the file.
 fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>, activity: &Activity) {
     let conn = match relay_migrations::ledger::open(path) {
