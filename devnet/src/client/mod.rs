@@ -245,6 +245,7 @@ impl CircuitClient {
         &self.servicekey
     }
 
+    /// The HTTP/2 settings of every connection to a hop.
     fn h2_builder(&self) -> h2::client::Builder {
         let mut b = h2::client::Builder::new();
         b.initial_window_size(self.cfg.stream_window)
@@ -347,6 +348,9 @@ impl CircuitClient {
                 .timed("stream slot", sender.ready())
                 .await?
                 .map_err(|source| ClientError::H2 { hop: i, source })?;
+            if i + 1 == n && network == Network::Udp {
+                peer_settings(&ready, self.cfg.connect_timeout).await;
+            }
             let (resp, send) = ready
                 .send_request(req, false)
                 .map_err(|source| self.hop_error(i, source, outer_end.as_ref()))?;
@@ -605,3 +609,16 @@ pub fn servicekey_signed_by(
 
 /// Keeps `Arc` in the public vocabulary for callers sharing one client across tasks.
 pub type SharedClient = Arc<CircuitClient>;
+
+/// Waits (at most `within`, checking every millisecond) until the hop's HTTP/2 SETTINGS have
+/// arrived on the connection behind `sender`. Until then frames go out at the protocol's
+/// default 16 KiB at most, and a larger UDP datagram, which must be one DATA frame, would go
+/// out split. The connection's own task reads the SETTINGS; they are known once the hop's
+/// stream limit replaced the unlimited default.
+async fn peer_settings(sender: &h2::client::SendRequest<Bytes>, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while sender.current_max_send_streams() == usize::MAX && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
