@@ -44,10 +44,10 @@ use wireleap_protocol::Sharetoken;
 
 pub use relay_migrations::ledger::{BUSY_TIMEOUT, DB_FILE, SCHEMA_VERSION};
 
-/// [`Store::prune_settled`]'s statement. Its condition repeats the prune index's
-/// (`relay_migrations::ledger::PRUNE_WHERE`) word for word, which SQLite requires to use that
-/// partial index, and it names the index: the planner would otherwise pick `sharetokens_due`
-/// (by state) and walk every settled row, window open or not.
+/// [`Store::prune_settled`]'s statement. Its condition repeats the index `tokens_settled`'s
+/// (`relay_migrations::ledger::SETTLED_WHERE`) word for word, which SQLite requires to use that
+/// partial index, and it names the index: the planner would otherwise pick `tokens_due` (by
+/// state) and walk every settled row, window open or not.
 const PRUNE_SQL: &str = "DELETE FROM tokens WHERE id IN (
     SELECT id FROM tokens INDEXED BY tokens_settled
     WHERE state IN (1, 2) AND settlement_close <= ?1 AND settlement_open <= ?1
@@ -151,15 +151,9 @@ impl State {
     }
 }
 
-/// A token ready to be written: the replay key, the window, and the JSON body.
+/// A token ready to be written: its window and its JSON body (which holds the replay key).
 #[derive(Clone)]
 pub struct Row {
-    /// Contract id, base64url.
-    pub contract: String,
-    /// Servicekey public key, base64url.
-    pub servicekey: String,
-    /// Token signature, base64url (the token's id).
-    pub signature: String,
     /// Unix seconds.
     pub settlement_open: i64,
     /// Unix seconds.
@@ -172,10 +166,10 @@ impl std::fmt::Debug for Row {
     // The body is a bearer proof of payment: never print it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Row")
-            .field("contract", &self.contract)
-            .field("signature", &self.signature)
+            .field("settlement_open", &self.settlement_open)
+            .field("settlement_close", &self.settlement_close)
             .field("body", &"<redacted>")
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -185,23 +179,11 @@ impl Row {
     /// # Errors
     /// [`Error::Encode`] if the token does not serialize (never for a parsed token).
     pub fn try_from_token(token: &Sharetoken) -> Result<Self, Error> {
-        Ok(Self::with_body(token, serde_json::to_string(token)?))
-    }
-
-    /// The row of a token with its body as found on disk (import keeps the bytes).
-    pub fn with_body(token: &Sharetoken, body: String) -> Self {
-        Self {
-            contract: token
-                .contract
-                .public_key
-                .map(|k| k.to_b64())
-                .unwrap_or_default(),
-            servicekey: token.public_key.to_b64(),
-            signature: token.signature.to_b64(),
+        Ok(Self {
             settlement_open: token.contract.settlement_open,
             settlement_close: token.contract.settlement_close,
-            body,
-        }
+            body: serde_json::to_string(token)?,
+        })
     }
 }
 
@@ -363,11 +345,15 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Sql`] if the transaction fails; then none of the batch is stored.
-    pub fn insert_batch(&mut self, rows: &[Row], now: i64) -> Result<Vec<Inserted>, Error> {
+    pub fn insert_batch<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = &'a Row>,
+        now: i64,
+    ) -> Result<Vec<Inserted>, Error> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = Vec::new();
         {
             // The replay key is the body's signature (`tokens_key`); a conflict is a replay.
             let mut stmt = tx.prepare_cached(
@@ -607,9 +593,6 @@ mod tests {
 
     fn row(sig: &str, open: i64, close: i64) -> Row {
         Row {
-            contract: "c".into(),
-            servicekey: "sk".into(),
-            signature: sig.into(),
             settlement_open: open,
             settlement_close: close,
             body: format!(

@@ -325,9 +325,6 @@ mod tests {
         let now = unix_now();
         let mut store = Store::in_memory().unwrap();
         let row = Row {
-            contract: "ctr".into(),
-            servicekey: "sk".into(),
-            signature: "sig".into(),
             settlement_open: now - 10,
             settlement_close: now + 100,
             body: r#"{"public_key":"sk","signature":"sig","contract":{"public_key":"ctr"}}"#.into(),

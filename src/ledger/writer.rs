@@ -313,8 +313,7 @@ fn commit_admits(
     admits: &mut Vec<(Row, Reply<Inserted>)>,
     durable: Option<&Durable>,
 ) {
-    let rows: Vec<Row> = admits.iter().map(|(r, _)| r.clone()).collect();
-    match store.insert_batch(&rows, unix_now()) {
+    match store.insert_batch(admits.iter().map(|(r, _)| r), unix_now()) {
         Ok(results) => {
             let acks = admits.drain(..).map(|(_, reply)| reply).zip(results);
             match durable {
@@ -328,7 +327,7 @@ fn commit_admits(
         }
         Err(e) => {
             // Nothing of the batch is stored: refuse every stream of it.
-            warn!(error = %e, tokens = rows.len(), "ledger: could not store sharetokens");
+            warn!(error = %e, tokens = admits.len(), "ledger: could not store sharetokens");
             let why = e.to_string();
             for (_, reply) in admits.drain(..) {
                 let _ = reply.send(Err(why.clone()));
@@ -379,9 +378,6 @@ mod tests {
             (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060)
         );
         Row {
-            contract: "c".into(),
-            servicekey: format!("sk{i}"),
-            signature: sig.clone(),
             settlement_open: 10,
             settlement_close: 20,
             body: format!(

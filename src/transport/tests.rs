@@ -698,3 +698,74 @@ async fn transport_tls_follows_the_clients_cipher_suite_order() {
         assert_eq!(got.suite(), want.suite());
     }
 }
+
+/// The token is stored while the target is dialled, but no byte of a stream reaches its target
+/// unless its token was admitted: a replay, sent with its data at once, leaves the target with
+/// the first use's bytes only (at most a connection it closes without reading anything).
+#[actix_rt::test]
+async fn transport_a_replayed_token_sends_no_byte_to_the_target() {
+    let net = Net::new();
+    let relay = net.relay().await;
+    // A target that keeps every byte it receives, on any connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let token = Sharetoken::new(&net.servicekey(), relay.pubkey, unix_now()).unwrap();
+    let payload = connect_payload(Some(token), &format!("target://{target}")).to_header_value();
+    let conn = h2_conn(relay.addr).await;
+    let send = |data: &'static [u8]| {
+        let (conn, payload) = (conn.clone(), payload.clone());
+        async move {
+            let req = http::Request::builder()
+                .method(Method::PUT)
+                .uri("https://wireleap.com/")
+                .header("wl-payload", payload)
+                .body(())
+                .unwrap();
+            let mut ready = conn.ready().await.unwrap();
+            let (resp, mut body) = ready.send_request(req, false).unwrap();
+            body.send_data(Bytes::from_static(data), true).unwrap();
+            let mut body = tokio::time::timeout(WAIT, resp)
+                .await
+                .unwrap()
+                .unwrap()
+                .into_body();
+            while let Some(c) = body.data().await {
+                let _ = body.flow_control().release_capacity(c.unwrap().len());
+            }
+            body.trailers().await.unwrap().and_then(|t| {
+                t.get("wl-status")
+                    .map(|v| Status::from_json(v.as_bytes()).unwrap())
+            })
+        }
+    };
+    let first = send(b"paid").await;
+    assert!(first.as_ref().is_none_or(|s| s.code == 200), "{first:?}");
+    let replay = send(b"REPLAY").await.expect("the replay is refused");
+    assert_eq!(
+        (replay.code, replay.description.as_str()),
+        (400, "duplicate sharetoken")
+    );
+    // Whatever the target could still receive has arrived once the first stream's bytes did.
+    let deadline = std::time::Instant::now() + WAIT;
+    while received.lock().unwrap().len() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(received.lock().unwrap().as_slice(), b"paid");
+}
