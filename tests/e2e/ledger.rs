@@ -786,3 +786,69 @@ fn ledger_prunes_settled_tokens_once_their_window_closed_and_a_pruned_token_stay
     assert_eq!(ledger_rows(home.path()).len(), 3);
     drop(r);
 }
+
+/// Tokens in `tokens` and folders in the import's fingerprint (read-only, beside the daemon).
+fn imported(home: &Path) -> (i64, i64) {
+    let path = home.join("ledger.db");
+    if !path.exists() {
+        return (0, 0);
+    }
+    let conn =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let count = |table: &str| -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    (count("tokens"), count("store_imports"))
+}
+
+/// A kill -9 while the relay imports a reference store leaves all of it or none of it (never a
+/// fingerprint without its tokens), the next start imports the whole store, and the start after
+/// that one does not import again.
+#[test]
+fn ledger_import_is_all_or_nothing_under_kill_nine_and_happens_once() {
+    let s = Standin::start();
+    let home = Home::with_config(&config(s.net.contract_url(), "0"));
+    let relay = relay_key(&home);
+    let sks: Vec<_> = (0..4).map(|_| s.net.mint_servicekey()).collect();
+    const N: usize = 20_000;
+    write_store(home.path(), &tokens(&sks, relay, N));
+    // The import trusts a store left alone for this long (its fingerprint is recorded then).
+    std::thread::sleep(relay_migrations::ledger::SETTLE);
+    let mut child = home
+        .command(&["start", "--fg"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed as soon as the ledger exists: the import runs right after it is opened.
+    let deadline = Instant::now() + WAIT;
+    while !home.path().join("ledger.db").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (count, folders) = imported(home.path());
+    assert!(
+        (count == 0 && folders == 0) || (count == N as i64 && folders > 0),
+        "after the kill: {count} tokens, {folders} folders fingerprinted"
+    );
+    // The next start imports everything.
+    home.ok(&["start"]);
+    eventually(WAIT, "the import", || {
+        imported(home.path()) == (N as i64, 2)
+    });
+    home.ok(&["stop"]);
+    // And the one after does not read the store again.
+    home.ok(&["start"]);
+    home.ok(&["stop"]);
+    // (The killed run logged to its own stderr: if it finished the import, no start here did.)
+    let log = home.read("wireleap-relay.log");
+    assert_eq!(
+        log.matches("imported the sharetokens/ store").count(),
+        usize::from(count == 0),
+        "{log}"
+    );
+    assert_eq!(imported(home.path()).0, N as i64);
+}
