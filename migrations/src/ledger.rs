@@ -96,19 +96,31 @@ pub const STATE_EXPIRED: i64 = 3;
 /// The condition of `tokens_settled`, verbatim.
 pub const SETTLED_WHERE: &str = "state IN (1, 2)";
 
-/// Version 1's `state` text of a version 2 `state` (SQL over a column named `state`).
-const STATE_AS_TEXT: &str = "CASE state WHEN 0 THEN 'pending' WHEN 1 THEN 'submitted' \
-    WHEN 2 THEN 'archived' ELSE 'expired' END";
-/// Version 2's `state` of a version 1 `state` text (SQL over a column named `state`).
-const STATE_AS_INT: &str = "CASE state WHEN 'pending' THEN 0 WHEN 'submitted' THEN 1 \
-    WHEN 'archived' THEN 2 ELSE 3 END";
+/// Version 1's `state` text of the version 2 `state` in `column` (SQL).
+fn state_as_text(column: &str) -> String {
+    format!(
+        "CASE {column} WHEN {STATE_PENDING} THEN 'pending' WHEN {STATE_SUBMITTED} THEN 'submitted' \
+         WHEN {STATE_ARCHIVED} THEN 'archived' ELSE 'expired' END"
+    )
+}
+
+/// Version 2's `state` of the version 1 `state` text in `column` (SQL).
+fn state_as_int(column: &str) -> String {
+    format!(
+        "CASE {column} WHEN 'pending' THEN {STATE_PENDING} WHEN 'submitted' THEN {STATE_SUBMITTED} \
+         WHEN 'archived' THEN {STATE_ARCHIVED} ELSE {STATE_EXPIRED} END"
+    )
+}
 
 /// While the schema is version 2, a relay that knows only version 1 may still write (the
 /// previous generation during a hand-over): its insert into `sharetokens` is refused as a
 /// duplicate if the token is in `tokens` (`RAISE(IGNORE)`: it sees no row inserted, which it
 /// reports as "duplicate sharetoken"), and otherwise moved into `tokens` at once, so `tokens`
 /// is the only place a token is, and the only one the replay check and submission read.
-const V2_FORWARD: &str = "
+fn v2_forward() -> String {
+    let state = state_as_int("NEW.state");
+    format!(
+        "
 CREATE TRIGGER IF NOT EXISTS v1_insert_is_a_replay BEFORE INSERT ON sharetokens
 WHEN EXISTS (SELECT 1 FROM tokens WHERE json_extract(body, '$.signature') = NEW.signature)
 BEGIN SELECT RAISE(IGNORE); END;
@@ -116,20 +128,23 @@ CREATE TRIGGER IF NOT EXISTS v1_insert_moves_to_tokens AFTER INSERT ON sharetoke
 BEGIN
     INSERT INTO tokens (body, settlement_open, settlement_close, state, admitted_at,
                         next_attempt, attempts, last_error, settled_at)
-    VALUES (NEW.body, NEW.settlement_open, NEW.settlement_close,
-            CASE NEW.state WHEN 'pending' THEN 0 WHEN 'submitted' THEN 1
-                           WHEN 'archived' THEN 2 ELSE 3 END,
+    VALUES (NEW.body, NEW.settlement_open, NEW.settlement_close, {state},
             NEW.admitted_at, NEW.next_attempt, NEW.attempts, NEW.last_error, NEW.settled_at);
     DELETE FROM sharetokens WHERE id = NEW.id;
 END;
-";
+"
+    )
+}
 const V2_FORWARD_DROP: &str = "
 DROP TRIGGER IF EXISTS v1_insert_is_a_replay;
 DROP TRIGGER IF EXISTS v1_insert_moves_to_tokens;
 ";
 /// The same the other way, after a `down` to version 1 while a version 2 relay still writes
 /// (the failed generation draining during a rollback): its tokens land in `sharetokens`.
-const V1_FORWARD: &str = "
+fn v1_forward() -> String {
+    let state = state_as_text("NEW.state");
+    format!(
+        "
 CREATE TRIGGER IF NOT EXISTS v2_insert_is_a_replay BEFORE INSERT ON tokens
 WHEN EXISTS (SELECT 1 FROM sharetokens
              WHERE contract = json_extract(NEW.body, '$.contract.public_key')
@@ -143,13 +158,13 @@ BEGIN
                              settled_at)
     VALUES (json_extract(NEW.body, '$.contract.public_key'), json_extract(NEW.body, '$.public_key'),
             json_extract(NEW.body, '$.signature'), NEW.settlement_open, NEW.settlement_close,
-            NEW.body,
-            CASE NEW.state WHEN 0 THEN 'pending' WHEN 1 THEN 'submitted'
-                           WHEN 2 THEN 'archived' ELSE 'expired' END,
+            NEW.body, {state},
             NEW.admitted_at, NEW.next_attempt, NEW.attempts, NEW.last_error, NEW.settled_at);
     DELETE FROM tokens WHERE id = NEW.id;
 END;
-";
+"
+    )
+}
 const V1_FORWARD_DROP: &str = "
 DROP TRIGGER IF EXISTS v2_insert_is_a_replay;
 DROP TRIGGER IF EXISTS v2_insert_moves_to_sharetokens;
@@ -346,15 +361,16 @@ pub fn ensure_schema_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
             &format!(
                 "INSERT INTO tokens (body, settlement_open, settlement_close, state, admitted_at,
                                      next_attempt, attempts, last_error, settled_at)
-                 SELECT body, settlement_open, settlement_close, {STATE_AS_INT}, admitted_at,
+                 SELECT body, settlement_open, settlement_close, {}, admitted_at,
                         next_attempt, attempts, last_error, settled_at
                  FROM sharetokens WHERE true
-                 ON CONFLICT DO NOTHING"
+                 ON CONFLICT DO NOTHING",
+                state_as_int("state")
             ),
             [],
         )?;
         conn.execute("DELETE FROM sharetokens", [])?;
-        conn.execute_batch(V2_FORWARD)?;
+        conn.execute_batch(&v2_forward())?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
     })
 }
@@ -383,15 +399,16 @@ pub fn downgrade_schema_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
                                           next_attempt, attempts, last_error, settled_at)
                  SELECT json_extract(body, '$.contract.public_key'),
                         json_extract(body, '$.public_key'), json_extract(body, '$.signature'),
-                        settlement_open, settlement_close, body, {STATE_AS_TEXT}, admitted_at,
+                        settlement_open, settlement_close, body, {}, admitted_at,
                         next_attempt, attempts, last_error, settled_at
                  FROM tokens WHERE true
-                 ON CONFLICT DO NOTHING"
+                 ON CONFLICT DO NOTHING",
+                state_as_text("state")
             ),
             [],
         )?;
         conn.execute("DELETE FROM tokens", [])?;
-        conn.execute_batch(V1_FORWARD)?;
+        conn.execute_batch(&v1_forward())?;
         conn.pragma_update(None, "user_version", SCHEMA_V1_VERSION)
     })
 }
@@ -1054,8 +1071,9 @@ mod tests {
             "UNION ALL
              SELECT json_extract(body, '$.contract.public_key'),
                     json_extract(body, '$.public_key'), json_extract(body, '$.signature'),
-                    {STATE_AS_TEXT}, attempts, last_error
-             FROM tokens"
+                    {}, attempts, last_error
+             FROM tokens",
+            state_as_text("state")
         );
         let mut rows: Vec<_> = conn
             .prepare(&format!(
