@@ -288,8 +288,8 @@ fn main() {
         (mem_sat, dur_sat, latency)
     });
 
-    let wal = std::fs::metadata(dir.path().join("ledger.db-wal")).map_or(0, |m| m.len());
     let db = dir.path().join(relay_migrations::ledger::DB_FILE);
+    let wal = std::fs::metadata(relay_migrations::ledger::wal_path(&db)).map_or(0, |m| m.len());
     let stored: i64 = relay_migrations::ledger::open(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))

@@ -292,7 +292,8 @@ impl RelayProc {
 
     /// Its `ledger.db-wal` now (0 when there is none).
     fn wal_bytes(&self) -> u64 {
-        std::fs::metadata(self.home.path().join("ledger.db-wal")).map_or(0, |m| m.len())
+        let db = self.home.path().join(relay_migrations::ledger::DB_FILE);
+        std::fs::metadata(relay_migrations::ledger::wal_path(&db)).map_or(0, |m| m.len())
     }
 
     fn stop(&mut self) {
@@ -307,13 +308,18 @@ impl RelayProc {
     }
 
     fn status_kib(&self, key: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        status_kib(self.child.id(), key)
     }
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of `/proc/PID/status`; 0 when it cannot be read.
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for RelayProc {
@@ -357,14 +363,7 @@ impl RssSampler {
         let (s, p) = (stop.clone(), peak.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if let Some(kib) = st
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    p.fetch_max(kib, Ordering::Relaxed);
-                }
+                p.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
@@ -1121,12 +1120,7 @@ impl DaemonProc {
     }
 
     fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        status_kib(self.child.id(), "VmRSS:")
     }
 
     /// SIGTERM, and the wait for the exit (at most a minute).
@@ -1236,7 +1230,7 @@ async fn daemon_memory(target: &str, soak: u64) {
     drop(client);
     daemon.stop();
     let db = home.path().join(relay_migrations::ledger::DB_FILE);
-    let wal = std::fs::metadata(home.path().join("ledger.db-wal")).map_or(0, |m| m.len());
+    let wal = std::fs::metadata(relay_migrations::ledger::wal_path(&db)).map_or(0, |m| m.len());
     println!(
         "  after a graceful stop: WAL {wal} bytes (target ≤ 4 MiB), {} bytes per token in ledger.db",
         bytes_per_token(&db)

@@ -200,6 +200,13 @@ pub const PAGE_SIZE: i64 = 2048;
 /// every admission of its group; this is the bound if that thread falls behind.
 pub const WAL_AUTOCHECKPOINT: i64 = 32_000;
 
+/// The write-ahead log of the database at `db` (`<db>-wal`, SQLite's name for it).
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
 /// The largest `ledger.db-wal` kept once a checkpoint has emptied it (`journal_size_limit`,
 /// bytes): the file is truncated to this when the WAL starts over, instead of keeping the size
 /// of the longest stretch between two restarts.

@@ -177,11 +177,9 @@ struct WalFile {
 
 impl WalFile {
     fn new(db: &Path) -> Self {
-        let mut name = db.as_os_str().to_owned();
-        name.push("-wal");
         Self {
             db: db.to_owned(),
-            path: PathBuf::from(name),
+            path: relay_migrations::ledger::wal_path(db),
             open: None,
         }
     }

@@ -236,9 +236,7 @@ fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>, activity: 
             return;
         }
     };
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = std::path::PathBuf::from(wal);
+    let wal = relay_migrations::ledger::wal_path(path);
     // The WAL as the last checkpoint left it: while nothing is committed, nothing is copied (an
     // idle relay neither wakes the disk nor runs SQLite's code 40 times a second).
     let mut seen = None;
@@ -391,7 +389,7 @@ mod tests {
     async fn ledger_wal_stays_bounded_under_continuous_intake_and_is_empty_after_a_flush() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("ledger.db");
-        let wal = dir.path().join("ledger.db-wal");
+        let wal = relay_migrations::ledger::wal_path(&db);
         let writer = Writer::spawn(Store::open(&db).unwrap()).unwrap();
         let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
         // Continuous intake: 64 admissions in flight at every moment, 30 000 tokens (about
