@@ -89,6 +89,9 @@ pub enum Command {
         /// Undo this version's migrations down to VERSION.
         #[arg(long)]
         down: bool,
+        /// With --down: copy config.json to config.json.next first and undo on the copy.
+        #[arg(long, requires = "down")]
+        copy_config: bool,
     },
     /// Upgrade to the newest version of the update channel, or to VERSION: shows the changelog,
     /// asks, downloads and verifies the signed release, and has the supervisor hand over to it.

@@ -107,7 +107,8 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
         Command::Migrate {
             version: other,
             down,
-        } => wireleap_relay::migrate::command(home, version, &other, down),
+            copy_config,
+        } => wireleap_relay::migrate::command(home, version, &other, down, copy_config),
         Command::Start { fg: true } => match daemon::run(home, &ProcessEnv, version) {
             Ok(code) => code,
             Err(e) => {

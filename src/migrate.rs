@@ -7,7 +7,10 @@
 //!   `config.json.next` exists afterwards even when nothing applied, as in the reference.
 //! - `migrate --down TO`: undoes every migration with TO < version ≤ this binary's version, in
 //!   reverse order, on `config.json.next` if it exists (a failed upgrade), else on `config.json`
-//!   (an operator's rollback).
+//!   (an operator's offline rollback).
+//! - `migrate --down --copy-config TO`: copies `config.json` to `config.json.next` first and
+//!   undoes on the copy (the supervisor's rollback: the old generation keeps its config until
+//!   the commit, and the copy is the relay user's own file).
 //!
 //! A failing step undoes the steps before it; the command prints what failed and exits 1.
 
@@ -19,12 +22,12 @@ use crate::exit;
 use crate::home::files;
 
 /// Runs the command; returns the exit code.
-pub fn command(home: &Path, own: &Version, other: &str, down: bool) -> u8 {
+pub fn command(home: &Path, own: &Version, other: &str, down: bool, copy_config: bool) -> u8 {
     let Ok(other) = Version::parse(other.trim_start_matches('v')) else {
         eprintln!("migrate: {other:?} is not a version (expected e.g. 0.7.0)");
         return exit::USAGE;
     };
-    let config = if down {
+    let config = if down && !copy_config {
         if home.join(files::CONFIG_NEXT).exists() {
             files::CONFIG_NEXT
         } else {

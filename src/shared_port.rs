@@ -9,8 +9,8 @@
 //!
 //! 1. A plain bind of the same address (without `SO_REUSEPORT`): it succeeds when nobody listens
 //!    there; it is closed again and the shared bind follows.
-//! 2. When it fails with `EADDRINUSE`, every listening socket on the port (`/proc/net/tcp`,
-//!    `/proc/net/tcp6`, addresses that overlap) must be held by one of this home's other
+//! 2. When it fails with `EADDRINUSE`, every listening socket on the port (`/proc/self/net/tcp`,
+//!    `tcp6`, addresses that overlap) must be held by one of this home's other
 //!    generations: a pid the supervisor lists in `wireleap-relay-supervisor.children` whose
 //!    working directory is this home (the supervisor starts every generation there) and whose
 //!    `/proc/<pid>/fd` holds the socket. The holder is not asked anything, so a hung generation
@@ -301,7 +301,7 @@ impl Listening {
 /// The listening sockets whose address overlaps `address` (same port).
 fn listening(address: SocketAddr) -> Vec<Listening> {
     let mut out = Vec::new();
-    for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+    for (path, v6) in [("/proc/self/net/tcp", false), ("/proc/self/net/tcp6", true)] {
         let Ok(text) = std::fs::read_to_string(path) else {
             continue;
         };

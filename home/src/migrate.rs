@@ -16,6 +16,31 @@ pub const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How much of a bounded child's output is kept.
 pub const MAX_OUTPUT: u64 = 64 * 1024;
 
+/// Which way a `migrate` run goes, and on which config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `migrate FROM`: the binary's migrations above FROM; the config ones on a copy of
+    /// `config.json` (`config.json.next`).
+    Up,
+    /// `migrate --down TO`: undone down to TO, on `config.json.next` if it exists (a failed
+    /// upgrade), else on `config.json`.
+    Down,
+    /// `migrate --down --copy-config TO`: `config.json` is copied to `config.json.next` first
+    /// and the copy is migrated down (a rollback, whose generation starts on the copy). The
+    /// relay's user writes the copy, so the supervisor needs no right to give it a file.
+    DownOnCopy,
+}
+
+impl Direction {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Up => &[],
+            Self::Down => &["--down"],
+            Self::DownOnCopy => &["--down", "--copy-config"],
+        }
+    }
+}
+
 /// Runs `<binary> migrate [--down] <version>` in `home`, at most `timeout`.
 ///
 /// # Errors
@@ -24,14 +49,14 @@ pub fn run(
     home: &Path,
     binary: &Path,
     version: &str,
-    down: bool,
+    direction: Direction,
     timeout: Duration,
 ) -> Result<(), String> {
     run_with(
         Command::new(binary),
         home,
         version,
-        down,
+        direction,
         timeout,
         &mut |_| {},
     )
@@ -45,15 +70,15 @@ pub fn run_with(
     mut cmd: Command,
     home: &Path,
     version: &str,
-    down: bool,
+    direction: Direction,
     timeout: Duration,
     on_start: &mut dyn FnMut(u32),
 ) -> Result<(), String> {
-    cmd.arg("migrate");
-    if down {
-        cmd.arg("--down");
-    }
-    cmd.arg(version).current_dir(home).env(HOME_ENV, home);
+    cmd.arg("migrate")
+        .args(direction.args())
+        .arg(version)
+        .current_dir(home)
+        .env(HOME_ENV, home);
     let out = bounded_with(cmd, timeout, on_start).map_err(|e| format!("migrate {e}"))?;
     if out.status.success() {
         return Ok(());
@@ -182,7 +207,7 @@ mod tests {
             dir.path(),
             &relay,
             "0.7.0",
-            false,
+            Direction::Up,
             Duration::from_millis(500),
         )
         .unwrap_err();
@@ -203,9 +228,16 @@ mod tests {
     fn a_failed_migration_says_what_it_printed() {
         let dir = tempfile::tempdir().unwrap();
         let relay = script(dir.path(), "echo 'migration 7: no' >&2\nexit 3");
-        let err = run(dir.path(), &relay, "0.7.0", true, MIGRATE_TIMEOUT).unwrap_err();
+        let err = run(
+            dir.path(),
+            &relay,
+            "0.7.0",
+            Direction::Down,
+            MIGRATE_TIMEOUT,
+        )
+        .unwrap_err();
         assert!(err.contains("migration 7: no"), "{err}");
         let ok = script(dir.path(), "exit 0");
-        run(dir.path(), &ok, "0.7.0", false, MIGRATE_TIMEOUT).unwrap();
+        run(dir.path(), &ok, "0.7.0", Direction::Up, MIGRATE_TIMEOUT).unwrap();
     }
 }

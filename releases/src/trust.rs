@@ -465,10 +465,15 @@ impl Trust {
                 if !staged.is_dir() {
                     use std::os::unix::fs::DirBuilderExt as _;
                     std::fs::DirBuilder::new()
-                        .mode(0o755)
+                        .mode(0o770)
                         .create(&staged)
                         .map_err(|e| Error::io("create", &staged, e))?;
                 }
+                // Whatever the umask it was made with: the supervisor (in this user's group,
+                // not root) reads what is staged and removes it. Not this user's folder: the
+                // write below says what is wrong.
+                use std::os::unix::fs::PermissionsExt as _;
+                let _ = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o770));
                 let path = staged.join(format!("{}{ROOT_SUFFIX}", root.version()));
                 let bytes = root.signed_bytes().ok_or_else(|| Error::Trust {
                     reason: "an unsigned root cannot be trusted".to_owned(),
@@ -661,13 +666,6 @@ fn safe_dir(dir: &Path) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Reads a trust file safely: opened without following a symbolic link, checked on the open
-/// handle (so what is checked is what is read), at most `cap` bytes.
-///
-/// # Errors
-///
-/// [`Error::UnsafeTrustFile`] (a link, unsafe mode or owner), [`Error::Io`], [`Error::Trust`]
-/// when it is larger than `cap`.
 /// A staged root: anyone may have written it (its signatures vouch for it), so only its size
 /// is bounded and a link is not followed.
 fn read_staged(path: &Path) -> Result<Vec<u8>, Error> {
@@ -682,6 +680,13 @@ fn read_staged(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// Reads a trust file safely: opened without following a symbolic link, checked on the open
+/// handle (so what is checked is what is read), at most `cap` bytes.
+///
+/// # Errors
+///
+/// [`Error::UnsafeTrustFile`] (a link, unsafe mode or owner), [`Error::Io`], [`Error::Trust`]
+/// when it is larger than `cap`.
 fn read_safe(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -719,8 +724,20 @@ fn read_safe(path: &Path, cap: u64) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// Refuses a trust file or folder that someone other than this process's user or root may
-/// change: group- or world-writable, or owned by another user.
+/// The owner of the home directory `path` lies in (the folder holding [`TRUST_DIR`]). Under
+/// privilege separation that is the supervisor's user, which owns the trust files; whoever owns
+/// the home can replace its `trusted-keys/` anyway, so trusting their files adds no one.
+fn home_owner(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let home = path
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == TRUST_DIR))?
+        .parent()?;
+    std::fs::metadata(home).ok().map(|m| m.uid())
+}
+
+/// Refuses a trust file or folder that someone other than this process's user, the home's
+/// owner or root may change: group- or world-writable, or owned by another user.
 fn check_meta(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt as _;
     let mode = meta.mode() & 0o7777;
@@ -740,9 +757,9 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
             path.display()
         )));
     }
-    if meta.uid() != me && meta.uid() != 0 {
+    if meta.uid() != me && meta.uid() != 0 && Some(meta.uid()) != home_owner(path) {
         return Err(unsafe_file(format!(
-            "it is owned by uid {}, not by this relay's user (uid {me}) or root",
+            "it is owned by uid {}, not by this relay's user (uid {me}), the home's owner or root",
             meta.uid()
         )));
     }

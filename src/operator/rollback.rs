@@ -119,7 +119,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
             home,
             &current,
             to,
-            true,
+            wireleap_home::migrate::Direction::Down,
             wireleap_home::migrate::MIGRATE_TIMEOUT,
         )
         .map_err(|e| Error::Io {

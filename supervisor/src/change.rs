@@ -13,6 +13,7 @@ use crate::machine::{Cause, Done, Job, Kind, Versions};
 use crate::run::log;
 use crate::upgrade::{self, journal};
 use crate::verified::Verified;
+use wireleap_home::migrate::Direction;
 
 /// The verified copies a job may use.
 #[derive(Debug, Clone)]
@@ -237,7 +238,7 @@ fn prepare_upgrade(
             }
         }
     }
-    if let Err(e) = upgrade::migrate(home, &staged, &from, false) {
+    if let Err(e) = upgrade::migrate(home, &staged, &from, Direction::Up) {
         let why = format!("migration failed: {e}");
         log(&format!("upgrade to {v}: {why}; {v} will be skipped"));
         // A migration that failed by itself undid its own steps, but one killed on its
@@ -273,16 +274,9 @@ fn prepare_rollback(
     };
     let v = to.to_string();
     step(home, &v, Step::RollbackStarted, &format!("from {from}"));
-    // config.json is the relay's: read without following a link or waiting on a FIFO, and
-    // the copy given to the relay's user, whose `migrate --down` rewrites it.
-    let next = home.join(upgrade::CONFIG_NEXT);
-    let copied = wireleap_home::durable::read_regular(&home.join(upgrade::CONFIG), 1 << 20, None)
-        .and_then(|bytes| wireleap_home::durable::write_atomic(&next, &bytes, 0o644))
-        .and_then(|()| crate::privsep::give_to_relay(&next));
-    let migrated = copied
-        .map_err(|e| format!("could not copy config.json: {e}"))
-        .and_then(|()| upgrade::migrate(home, current, &v, true));
-    if let Err(e) = migrated {
+    // config.json is the relay's: its own user copies it to config.json.next and migrates the
+    // copy down (the supervisor needs no right to give it a file).
+    if let Err(e) = upgrade::migrate(home, current, &v, Direction::DownOnCopy) {
         let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));
         journal(home, &v, Step::RollbackFailed, &e);
         return Err(e);
@@ -346,7 +340,7 @@ fn undo(home: &Path, kind: Kind, versions: &Versions, why: &str, cause: Cause, c
         }
         (Kind::Rollback, _) => {
             // Redo what `migrate --down` undid; `config.json.next` goes.
-            if let Err(e) = upgrade::migrate(home, &copies.current, v, false) {
+            if let Err(e) = upgrade::migrate(home, &copies.current, v, Direction::Up) {
                 log(&format!("redoing the migrations of {}: {e}", versions.from));
             }
             let _ = std::fs::remove_file(home.join(upgrade::CONFIG_NEXT));

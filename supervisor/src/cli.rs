@@ -28,8 +28,9 @@ pub struct Cli {
     /// process group) and the release rolled back, same syntax.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "2m")]
     pub migrate_timeout: Duration,
-    /// Run every relay process as this user (name or uid; its primary group), the supervisor
-    /// staying root: a compromised relay cannot change what runs next (docs/install.md).
+    /// Run every relay process as this user (name or uid; its primary group), without
+    /// capabilities: a compromised relay cannot change what runs next (docs/install.md). The
+    /// supervisor needs root, or CAP_SETUID, CAP_SETGID and CAP_KILL and the user's group.
     #[arg(long, value_name = "USER")]
     pub relay_user: Option<String>,
     /// How long a serving relay may go without its liveness ping before a new generation

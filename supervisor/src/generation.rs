@@ -151,21 +151,6 @@ pub fn exit_of(status: ExitStatus) -> Exit {
     }
 }
 
-/// The resident memory of `pid`, in bytes (`VmRSS` in `/proc/<pid>/status`).
-#[must_use]
-pub fn resident(pid: Pid) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib << 10)
-}
-
 /// Sends `sig` to `pid`.
 pub fn signal(pid: Pid, sig: Sig) {
     let sig = match sig {

@@ -17,13 +17,14 @@
 //! | [`exit`] | exit codes (the systemd unit uses them) |
 //! | [`machine`] | the state machine: states, events, actions, one transition function, no I/O |
 //! | [`run`] | the loop: performs the machine's actions, turns what happens into events |
-//! | [`listener`] | the listening socket (socket activation, a predecessor's, or bound) |
+//! | [`listener`] | the listening socket (from systemd, a predecessor's, or bound); kept in systemd's store |
 //! | [`generation`] | starting generations; the bounded `version`, `check-config`, settings |
 //! | [`verified`] | private copies of the binaries: what is verified is what runs |
 //! | [`change`] | the slow steps of an upgrade or rollback, run as jobs beside the loop |
 //! | [`upgrade`] | verify a staged release, journal, migrate, commit or roll back |
 //! | [`recover`] | crash recovery from the journal; taking over a predecessor's generations |
 //! | [`privsep`] | privilege separation: relay processes as the relay's user; the home checked |
+//! | [`procfs`] | what it reads of other processes in `/proc` (the relay user's too) |
 //! | [`swap`] | the supervisor replacing itself with the release's own, on trial |
 //! | [`failpoint`] | the fault-injection hook of the crash-recovery tests |
 //! | [`notify`] | `sd_notify`: receiving the relay's readiness, telling systemd ours |
@@ -41,6 +42,7 @@ pub mod listener;
 pub mod machine;
 pub mod notify;
 pub mod privsep;
+pub mod procfs;
 pub mod recover;
 pub mod run;
 pub mod swap;

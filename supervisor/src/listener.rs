@@ -1,37 +1,76 @@
-//! The listening socket the supervisor owns: from systemd socket activation, from a generation
-//! a crashed predecessor left serving, or bound to config.json's address.
+//! The listening socket the supervisor owns: from systemd (socket activation, or its file
+//! descriptor store after a crash), from a generation a crashed predecessor left serving, or
+//! bound to config.json's address.
 
 use std::net::TcpListener;
 use std::path::Path;
 
-use crate::recover;
-use crate::run::{Error, io, log};
+use crate::run::{Error, io, log, warn};
+use crate::{notify, recover};
 
-/// The listener: the one a predecessor handed over ([`crate::swap`]); from systemd socket
-/// activation if given; else the socket of a generation a crashed predecessor left serving;
-/// else bound to config.json's address (with `SO_REUSEPORT`,
-/// so that a successor can bind beside generations it could not take the socket from).
+/// The listener: the one a predecessor handed over ([`crate::swap`]); from systemd if given
+/// (socket activation, or the file descriptor store); else the socket of a generation a crashed
+/// predecessor left serving; else bound to config.json's address (with `SO_REUSEPORT`, so that
+/// a successor can bind beside generations it could not take the socket from).
+///
+/// Under systemd, a listener systemd does not hold yet goes into the unit's file descriptor
+/// store ([`notify::store_fd`]): a supervisor systemd restarts after a crash gets it
+/// back, even when it may not take it from the generations that kept serving (a supervisor that
+/// is not root holds no `CAP_SYS_PTRACE` for `pidfd_getfd`).
 ///
 /// # Errors
 /// [`Error::Address`] or [`Error::Io`].
-pub fn listener(home: &Path, orphans: &[u32]) -> Result<TcpListener, Error> {
+pub fn listener(
+    home: &Path,
+    orphans: &[u32],
+    notify_socket: Option<&str>,
+) -> Result<TcpListener, Error> {
+    let (listener, held_by_systemd) = take(home, orphans)?;
+    if !held_by_systemd
+        && let Err(e) = notify::store_fd(
+            notify_socket,
+            notify::STORED_LISTENER,
+            std::os::fd::AsFd::as_fd(&listener),
+        )
+    {
+        warn(&format!(
+            "could not give the listening socket to systemd's store: a supervisor restarted after a crash may not take it over ({e})"
+        ));
+    }
+    Ok(listener)
+}
+
+/// The listener, and whether systemd holds it already (the socket unit's, or the stored one;
+/// what a predecessor that exec'd this image stored).
+fn take(home: &Path, orphans: &[u32]) -> Result<(TcpListener, bool), Error> {
     if let Some(l) = crate::swap::inherited_listener() {
         log("using the listening socket the previous supervisor handed over");
-        return Ok(l);
+        // The same process (an exec in place): what it stored, systemd still holds.
+        return Ok((l, true));
     }
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() > 0
         && let Some(l) = fds.take_tcp_listener(0).map_err(io("inherited socket"))?
     {
-        log("using the socket passed by systemd");
-        return Ok(l);
+        // `LISTEN_FDNAMES` names each descriptor: the socket unit's by its unit, the stored
+        // one by the name it was stored under.
+        let stored = std::env::var("LISTEN_FDNAMES")
+            .is_ok_and(|names| names.split(':').next() == Some(notify::STORED_LISTENER));
+        log(if stored {
+            "using the listening socket systemd kept for this unit (its previous supervisor stopped)"
+        } else {
+            "using the socket passed by systemd"
+        });
+        return Ok((l, true));
     }
     if let Some((pid, fd)) = recover::adopt_listener(orphans) {
         log(&format!("took over the listening socket of pid {pid}"));
-        return Ok(TcpListener::from(fd));
+        return Ok((TcpListener::from(fd), false));
     }
     let address = address(&home.join(wireleap_home::files::CONFIG))?;
-    bind_reuseport(&address).map_err(io(format!("could not listen on {address}")))
+    let listener =
+        bind_reuseport(&address).map_err(io(format!("could not listen on {address}")))?;
+    Ok((listener, false))
 }
 
 fn bind_reuseport(address: &str) -> std::io::Result<TcpListener> {

@@ -147,6 +147,47 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec / 3))
 }
 
+/// The name the listening socket is kept under in systemd's file descriptor store.
+pub const STORED_LISTENER: &str = "listener";
+
+/// Asks systemd to keep `fd` for the unit under `name` (`FDSTORE=1`), if it asked for
+/// notifications: a supervisor systemd restarts after a crash gets it back in `LISTEN_FDS`
+/// (the unit's `FileDescriptorStoreMax=`). systemd keeps one copy of a socket however often it
+/// is sent.
+///
+/// # Errors
+/// The message could not be sent.
+pub fn store_fd(
+    socket: Option<&str>,
+    name: &str,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix};
+    let Some(path) = socket.filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let addr = match path.strip_prefix('@') {
+        Some(abstract_name) => SocketAddrUnix::new_abstract_name(abstract_name.as_bytes()),
+        None => SocketAddrUnix::new(path),
+    }?;
+    let sock = UnixDatagram::unbound()?;
+    let message = format!("FDSTORE=1\nFDNAME={name}");
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the descriptor"));
+    }
+    rustix::net::sendmsg_addr(
+        &sock,
+        &addr,
+        &[io::IoSlice::new(message.as_bytes())],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    Ok(())
+}
+
 /// Sends `message` to systemd if it asked for notifications (best effort).
 pub fn to_systemd(socket: Option<&str>, message: &str) {
     let Some(name) = socket.filter(|s| !s.is_empty()) else {

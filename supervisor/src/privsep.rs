@@ -1,13 +1,21 @@
-//! Privilege separation: the supervisor (root) runs every relay process it starts — the
-//! generations, `version`, `migrate`, `check-config` — as the relay's own user
-//! (`--relay-user`), so that a compromised relay cannot change which binary the supervisor runs
-//! next, nor which keys it trusts (OpenSSH's privileged monitor and unprivileged child).
+//! Privilege separation: the supervisor runs every relay process it starts — the generations,
+//! `version`, `migrate`, `check-config` — as the relay's own user (`--relay-user`), so that a
+//! compromised relay cannot change which binary the supervisor runs next, nor which keys it
+//! trusts (OpenSSH's privileged monitor and unprivileged child).
 //!
-//! The home directory is the supervisor's (root) with the relay's group allowed to create files
+//! The supervisor itself need not be root: the systemd unit runs it as its own system user
+//! (`wireleap-supervisor`) in the relay's group, with the capabilities to start the relay as its
+//! user (`CAP_SETUID`, `CAP_SETGID`) and to stop it (`CAP_KILL`), and nothing else. Root works
+//! too (a supervisor started by hand). Each relay process starts with no supplementary group
+//! and no capability, whichever the supervisor holds.
+//!
+//! The home directory is the supervisor user's, with the relay's group allowed to create files
 //! and the sticky bit set (mode 1770): the relay writes its own files (ledger, keys, the staged
 //! release) but can neither replace nor remove the supervisor's (the binaries, their
 //! statements, `trusted-keys/`, the journal, the skip list, the committed state). The
 //! supervisor refuses to start when the relay's user could change any of those, naming each.
+//! It reads what the relay's user wrote for it (`config.json`, the staged release and roots)
+//! through the relay's group.
 //!
 //! Without `--relay-user` everything runs as one user, as `wireleap-relay start` does: it works,
 //! and the supervisor says what it cannot protect then.
@@ -46,7 +54,7 @@ impl RelayUser {
         .ok_or_else(|| format!("--relay-user {name}: no such user"))?;
         if user.uid.is_root() {
             return Err(format!(
-                "--relay-user {name}: the relay may not run as root (that is the supervisor's user)"
+                "--relay-user {name}: the relay may not run as root (it would have every right the supervisor keeps from it)"
             ));
         }
         Ok(Self {
@@ -68,18 +76,83 @@ pub fn user() -> Option<&'static RelayUser> {
     USER.get()
 }
 
-/// Makes `cmd` run as the relay's user (its uid, its primary group, no supplementary groups),
-/// if one is set.
+/// Makes `cmd` run as the relay's user (its uid, its primary group, no supplementary groups,
+/// no capabilities), if one is set.
 pub fn apply(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     if let Some(u) = user() {
-        // std drops the supplementary groups when it changes the uid as root.
         cmd.uid(u.uid).gid(u.gid);
+        // Only root loses its groups (std drops them) and capabilities with the uid change.
+        let not_root = !rustix::process::geteuid().is_root();
+        #[allow(unsafe_code)]
+        // SAFETY: the closure makes raw system calls only (async-signal-safe, no allocation),
+        // in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || drop_privileges(not_root));
+        }
     }
 }
 
+/// Runs in the child once std changed its uid and gid: a supervisor that is not root keeps its
+/// supplementary groups and its capabilities across `setuid`, so both go here, before the
+/// relay's binary runs (a root parent lost both already; lowering what is gone is a no-op).
+fn drop_privileges(not_root: bool) -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets, set_capabilities, set_thread_groups};
+    if not_root {
+        set_thread_groups(&[])?;
+    }
+    // Lowering is always allowed; the ambient set follows the permitted and inheritable ones.
+    set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
+/// The capabilities a supervisor that is not root needs to separate privileges: start relay
+/// processes as the relay's user, and signal them.
+const NEEDED: [(rustix::thread::CapabilitySet, &str); 3] = [
+    (rustix::thread::CapabilitySet::SETUID, "CAP_SETUID"),
+    (rustix::thread::CapabilitySet::SETGID, "CAP_SETGID"),
+    (rustix::thread::CapabilitySet::KILL, "CAP_KILL"),
+];
+
+/// The capabilities of [`NEEDED`] this process lacks (none for root).
+fn missing_capabilities() -> Vec<&'static str> {
+    if rustix::process::geteuid().is_root() {
+        return Vec::new();
+    }
+    let effective = rustix::thread::capabilities(None)
+        .map(|sets| sets.effective)
+        .unwrap_or(rustix::thread::CapabilitySet::empty());
+    NEEDED
+        .iter()
+        .filter(|(cap, _)| !effective.contains(*cap))
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// Whether this process is in group `gid` (primary or supplementary).
+fn in_group(gid: u32) -> bool {
+    rustix::process::getegid().as_raw() == gid
+        || rustix::process::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+}
+
+/// The name of this process's user (its uid if it has none), for the fixes it suggests.
+fn own_user() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
 /// Lets the relay's group reach a socket of the supervisor's (mode 0660), if privileges are
-/// separated.
+/// separated. The supervisor is in that group (checked at start), so no capability is needed.
 ///
 /// # Errors
 /// An I/O error.
@@ -90,18 +163,6 @@ pub fn share_socket(path: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     }
     Ok(())
-}
-
-/// Gives a file the supervisor made for the relay (the config a rollback migrates down) to the
-/// relay's user, if privileges are separated.
-///
-/// # Errors
-/// An I/O error.
-pub fn give_to_relay(path: &Path) -> std::io::Result<()> {
-    match user() {
-        Some(u) => std::os::unix::fs::lchown(path, Some(u.uid), Some(u.gid)),
-        None => Ok(()),
-    }
 }
 
 /// The files the relay's user must not be able to change: what decides which binary runs next
@@ -161,8 +222,9 @@ fn exposed(path: &Path, user: &RelayUser) -> Option<String> {
     }
     if meta.uid() == user.uid {
         return Some(format!(
-            "is owned by {} (chown root {})",
+            "is owned by {} (chown {} {})",
             user.name,
+            own_user(),
             path.display()
         ));
     }
@@ -193,20 +255,43 @@ pub fn exposures(home: &Path, relay: &Path, user: &RelayUser) -> Vec<String> {
 /// Checks the home and logs the mode the supervisor runs in.
 ///
 /// # Errors
-/// Privileges are to be separated but the supervisor is not root, or the relay's user could
-/// change what runs next (each path named).
+/// Privileges are to be separated but the supervisor may not start the relay as its user, is
+/// not in its group or cannot read its config, or the relay's user could change what runs next
+/// (each path named).
 pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
     let Some(user) = user() else {
         crate::run::warn(&format!(
-            "the relay runs as this supervisor's own user (uid {}): a compromised relay process could change the binary that runs next and the keys it trusts. Run the supervisor as root with --relay-user (docs/install.md) to prevent it",
+            "the relay runs as this supervisor's own user (uid {}): a compromised relay process could change the binary that runs next and the keys it trusts. Run the supervisor with --relay-user (the systemd unit does; docs/install.md) to prevent it",
             rustix::process::geteuid().as_raw()
         ));
         return Ok(());
     };
-    if !rustix::process::geteuid().is_root() {
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
         return Err(format!(
-            "--relay-user {}: the supervisor must run as root to start the relay as another user",
-            user.name
+            "--relay-user {}: to start the relay as another user and stop it, the supervisor must run as root or hold {} (it lacks {}; the systemd unit gives them with AmbientCapabilities=)",
+            user.name,
+            NEEDED.map(|(_, name)| name).join(", "),
+            missing.join(", ")
+        ));
+    }
+    if !in_group(user.gid) {
+        return Err(format!(
+            "--relay-user {}: the supervisor ({}) must be in the relay's group (gid {}) to read its config.json and share its sockets with it (the systemd unit: Group=)",
+            user.name,
+            own_user(),
+            user.gid
+        ));
+    }
+    let config = home.join(files::CONFIG);
+    if let Err(e) = std::fs::File::open(&config)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(format!(
+            "{}: {e}: the supervisor ({}) reads it through the relay's group (chmod 0640 {0}; chgrp {} {0})",
+            config.display(),
+            own_user(),
+            user.gid
         ));
     }
     // The supervisor's passing state: whatever the relay's user put at these names goes (the
@@ -245,8 +330,11 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
         ));
     }
     crate::run::log(&format!(
-        "privilege separation: relay processes run as {} (uid {}, gid {}); it cannot change the binaries, their statements or the trusted keys",
-        user.name, user.uid, user.gid
+        "privilege separation: relay processes run as {} (uid {}, gid {}, no capabilities); it cannot change the binaries, their statements or the trusted keys, which are {}'s",
+        user.name,
+        user.uid,
+        user.gid,
+        own_user()
     ));
     Ok(())
 }

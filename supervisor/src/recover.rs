@@ -18,12 +18,13 @@
 //! own generation from the committed binary and, once that is ready, has them drain and exit.
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::run::{log, warn};
 use wireleap_home::journal::{Entry, Step};
 
 use crate::upgrade::{self, journal};
+use wireleap_home::migrate::Direction;
 
 /// The pids of the supervisor's relay generations, rewritten whenever they change.
 pub use wireleap_home::files::CHILDREN;
@@ -140,7 +141,7 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
                     &home.join(upgrade::CURRENT_STATEMENT),
                     None,
                 )
-                .and_then(|(current, _)| upgrade::migrate(home, &current, v, false));
+                .and_then(|(current, _)| upgrade::migrate(home, &current, v, Direction::Up));
                 if let Err(e) = redone {
                     log(&format!(
                         "redoing the migrations after an unfinished rollback: {e}"
@@ -215,15 +216,9 @@ pub fn leftover_migration(home: &Path) -> usize {
     };
     let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
     let mut killed = 0;
-    for pid in std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-    {
-        let in_group = process_group(pid) == Some(group);
-        let in_home = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == home);
-        if in_group
-            && in_home
+    for pid in crate::procfs::pids() {
+        if crate::procfs::stat(pid).is_some_and(|s| s.pgrp == group)
+            && crate::procfs::cwd(pid).is_some_and(|cwd| cwd == home)
             && let Ok(p) = i32::try_from(pid)
         {
             let _ = nix::sys::signal::kill(
@@ -240,12 +235,6 @@ pub fn leftover_migration(home: &Path) -> usize {
         ));
     }
     killed
-}
-
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    rest.split(' ').nth(2)?.parse().ok()
 }
 
 /// Removes the partial downloads (`.<name>.*.part`) a relay killed mid-download left in `home`,
@@ -322,30 +311,10 @@ pub fn orphans(home: &Path) -> Vec<u32> {
 }
 
 fn is_relay_in(pid: u32, home: &Path) -> bool {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let cwd_ok = std::fs::read_link(proc.join("cwd"))
-        .ok()
-        .zip(std::fs::canonicalize(home).ok())
-        .is_some_and(|(a, b)| a == b);
-    let args = std::fs::read(proc.join("cmdline")).unwrap_or_default();
-    let args: Vec<&[u8]> = args.split(|&b| b == 0).collect();
-    cwd_ok && alive(pid) && args.get(1..3) == Some(&[b"start".as_slice(), b"--fg".as_slice()][..])
-}
-
-/// The state letter and the parent pid of `pid`, from `/proc/<pid>/stat` (`pid (comm) state
-/// ppid ...`; the command may hold spaces and parentheses, so the fields follow the last `)`).
-pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(") ")?;
-    let mut fields = rest.split(' ');
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Whether `pid` still runs (and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
+    let args = crate::procfs::cmdline(pid);
+    std::fs::canonicalize(home).is_ok_and(|home| crate::procfs::cwd(pid) == Some(home))
+        && crate::procfs::alive(pid)
+        && args.get(1..3) == Some(&[b"start".to_vec(), b"--fg".to_vec()][..])
 }
 
 /// The listening socket of a surviving generation: its descriptor 3 (the `LISTEN_FDS` socket),

@@ -184,7 +184,7 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
     generation::check_config(&current, home).map_err(|(code, why)| Error::Config(code, why))?;
     let timing = timing(opts, &current);
     let orphans = recover::orphans(home);
-    let listener = listener::listener(home, &orphans)?;
+    let listener = listener::listener(home, &orphans, opts.notify_socket.as_deref())?;
     let local = listener.local_addr().map_err(io("listener address"))?;
     log(&format!("listening on {local}"));
     change::set_probe(local, timing.probe_count, timing.health_window);
@@ -478,7 +478,7 @@ impl<'a> World<'a> {
                 && last_memory.elapsed() >= Duration::from_secs(1)
             {
                 last_memory = Instant::now();
-                if let Some(bytes) = generation::resident(pid) {
+                if let Some(bytes) = crate::procfs::resident(pid) {
                     events.push(Event::Memory { pid, bytes });
                 }
             }
@@ -491,7 +491,7 @@ impl<'a> World<'a> {
                         Some(nix::sys::wait::WaitPidFlag::WNOHANG),
                     );
                 }
-                if !recover::alive(pid) {
+                if !crate::procfs::alive(pid) {
                     events.push(Event::Exited {
                         pid,
                         how: crate::machine::Exit::Failed("gone".to_owned()),
@@ -836,10 +836,10 @@ fn sent_by(sender: u32, pid: u32) -> bool {
         if at == pid {
             return true;
         }
-        let Some((_, ppid)) = recover::proc_stat(at) else {
+        let Some(stat) = crate::procfs::stat(at) else {
             return false;
         };
-        at = ppid;
+        at = stat.ppid;
     }
     false
 }

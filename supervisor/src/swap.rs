@@ -427,7 +427,7 @@ fn kill_and_wait(pid: i32) {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid = u32::try_from(pid).unwrap_or_default();
-    while crate::recover::alive(pid) && Instant::now() < deadline {
+    while crate::procfs::alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -545,7 +545,7 @@ impl Takeover {
                 Ok(WaitStatus::StillAlive) => false,
                 Ok(_) => true,
                 // Not this process's child: a predecessor that waited as its parent is gone.
-                Err(_) => !crate::recover::alive(u32::try_from(self.guardian).unwrap_or_default()),
+                Err(_) => !crate::procfs::alive(u32::try_from(self.guardian).unwrap_or_default()),
             }
         };
         self.gone

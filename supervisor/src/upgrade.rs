@@ -23,6 +23,7 @@ use relay_release::{Expected, Trust, TrustedKeys, parse_version};
 use crate::verified::Verified;
 use semver::Version;
 use wireleap_home::journal::Step;
+use wireleap_home::migrate::Direction;
 use wireleap_home::skip::SkipList;
 
 pub use wireleap_home::files::{
@@ -189,13 +190,18 @@ fn check_staged_supervisor(
 ///
 /// # Errors
 /// What the command printed on stderr when it fails, exits non-zero or times out.
-pub fn migrate(home: &Path, binary: &Verified, version: &str, down: bool) -> Result<(), String> {
+pub fn migrate(
+    home: &Path,
+    binary: &Verified,
+    version: &str,
+    direction: Direction,
+) -> Result<(), String> {
     let group = home.join(MIGRATION_GROUP);
     let result = wireleap_home::migrate::run_with(
         binary.command(Vec::new())?,
         home,
         version,
-        down,
+        direction,
         *MIGRATE_BOUND.get().unwrap_or(&MIGRATE_TIMEOUT),
         &mut |pid| {
             if let Err(e) =
@@ -283,7 +289,7 @@ fn remove(path: &Path) -> Result<(), Error> {
 /// §10 #8), and `skip` joins the skip list.
 pub fn roll_back(home: &Path, version: &str, undo: Option<(&Verified, &str)>, skip_it: bool) {
     if let Some((binary, from)) = undo
-        && let Err(e) = migrate(home, binary, from, true)
+        && let Err(e) = migrate(home, binary, from, Direction::Down)
     {
         crate::run::log(&format!(
             "undoing the migrations of {version} failed: {e}; the home directory needs a look"

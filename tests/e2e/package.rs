@@ -26,6 +26,7 @@ use crate::support::{eventually, runtime};
 
 const HOME: &str = "/opt/wireleap-relay";
 const USER: &str = "wireleap";
+const SUPERVISOR_USER: &str = "wireleap-supervisor";
 const UNIT: &str = "/lib/systemd/system/wireleap-relay.service";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -55,7 +56,7 @@ fn unsuitable() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("installing a package needs root".into());
     }
-    for tool in ["dpkg", "dpkg-deb", "useradd", "runuser"] {
+    for tool in ["dpkg", "dpkg-deb", "useradd", "runuser", "setpriv"] {
         if run("sh", &["-c", &format!("command -v {tool}")])
             .status
             .success()
@@ -70,21 +71,27 @@ fn unsuitable() -> Option<String> {
     if Path::new(HOME).exists() {
         return Some(format!("{HOME} exists already"));
     }
-    if run("getent", &["passwd", USER]).status.success() {
-        return Some(format!("the user {USER} exists already"));
+    for user in [USER, SUPERVISOR_USER] {
+        if run("getent", &["passwd", user]).status.success() {
+            return Some(format!("the user {user} exists already"));
+        }
     }
     None
 }
 
-/// Leaves the machine as the test found it, whatever happened: no process of the relay's user
-/// left (the package's prerm stops only the systemd unit), no package, home or user.
+/// Leaves the machine as the test found it, whatever happened: no process of the package's
+/// users left (the package's prerm stops only the systemd unit), no package, home or users.
 struct Cleanup;
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("id").args(["-u", USER]).output()
-            && let Ok(uid) = String::from_utf8_lossy(&out.stdout).trim().parse::<u32>()
-        {
+        for user in [SUPERVISOR_USER, USER] {
+            let Ok(out) = Command::new("id").args(["-u", user]).output() else {
+                continue;
+            };
+            let Ok(uid) = String::from_utf8_lossy(&out.stdout).trim().parse::<u32>() else {
+                continue;
+            };
             for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
                 let pid = entry.file_name().to_string_lossy().parse::<i32>();
                 if let Ok(pid) = pid
@@ -96,6 +103,7 @@ impl Drop for Cleanup {
         }
         let _ = run("dpkg", &["--purge", "wireleap-relay"]);
         let _ = std::fs::remove_dir_all(HOME);
+        let _ = run("userdel", &[SUPERVISOR_USER]);
         let _ = run("userdel", &[USER]);
         let _ = run("groupdel", &[USER]);
         let _ = std::fs::remove_file(
@@ -179,32 +187,38 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     );
     assert!(info.contains("libc6 (>= 2."), "{info}");
 
-    // Installed: the user, the home, the identity, the binaries, the unit enabled but not started.
+    // Installed: the users, the home, the identity, the binaries, the unit enabled but not
+    // started.
     let installed = ok("dpkg", &["-i", deb]);
     assert!(
         installed.contains("write /opt/wireleap-relay/config.json"),
         "the operator is told what to do next: {installed}"
     );
     let (uid, gid) = uid_gid(USER);
-    assert!(
-        ok("getent", &["passwd", USER])
-            .trim()
-            .ends_with(":/usr/sbin/nologin"),
-        "a system user without a shell"
-    );
+    let (sv_uid, sv_gid) = uid_gid(SUPERVISOR_USER);
+    assert_eq!(sv_gid, gid, "the supervisor's user is in the relay's group");
+    assert_ne!(sv_uid, 0);
+    for user in [USER, SUPERVISOR_USER] {
+        assert!(
+            ok("getent", &["passwd", user])
+                .trim()
+                .ends_with(":/usr/sbin/nologin"),
+            "{user}: a system user without a shell"
+        );
+    }
     let home = std::fs::metadata(HOME).unwrap();
     assert_eq!(
         (home.uid(), home.gid(), home.mode() & 0o7777),
-        (0, gid, 0o1770)
+        (sv_uid, gid, 0o1770)
     );
     let seed = std::fs::metadata(format!("{HOME}/key.seed")).unwrap();
     assert_eq!((seed.uid(), seed.mode() & 0o777), (uid, 0o600), "key.seed");
     for bin in ["wireleap-relay", "wireleap-relay-supervisor"] {
         let m = std::fs::metadata(format!("{HOME}/{bin}")).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755), "{bin}");
+        assert_eq!((m.uid(), m.mode() & 0o7777), (sv_uid, 0o755), "{bin}");
     }
     let trusted = std::fs::metadata(format!("{HOME}/trusted-keys/roots")).unwrap();
-    assert_eq!((trusted.uid(), trusted.mode() & 0o777), (0, 0o755));
+    assert_eq!((trusted.uid(), trusted.mode() & 0o777), (sv_uid, 0o755));
     let version = format!("{}\n", env!("CARGO_PKG_VERSION"));
     assert!(ok("/usr/bin/wireleap-relay", &["--version"]).ends_with(&version));
     assert!(ok("/usr/sbin/wireleap-relay-supervisor", &["--version"]).ends_with(&version));
@@ -243,11 +257,21 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success(), "systemd-analyze verify: {stderr}");
     assert!(!stderr.contains("wireleap-relay"), "warnings: {stderr}");
+    // The exposure systemd rates the unit at, 0 (none) to 10, at most 2.0.
     let security = run("systemd-analyze", &["security", "--offline=yes", UNIT]);
-    let score = String::from_utf8_lossy(&security.stdout);
-    if let Some(line) = score.lines().find(|l| l.contains("Overall exposure level")) {
-        eprintln!("{line}");
-    }
+    let report = String::from_utf8_lossy(&security.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure in: {report}"));
+    eprintln!("{line}");
+    let score: f64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line:?}"));
+    assert!(score <= 2.0, "{report}");
 
     // The example config passes check-config as it is (the operator edits its values).
     let seed_before = sha(&format!("{HOME}/key.seed"));
@@ -289,9 +313,40 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
         .split_whitespace()
         .collect();
     let log = dir.path().join("supervisor.log");
+    // As systemd runs it: the unit's user and group, its ambient capabilities and bounding set,
+    // no new privileges, its umask.
+    let setting = |key: &str| -> String {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .next_back()
+            .unwrap_or_else(|| panic!("the unit sets no {key}="))
+            .to_owned()
+    };
+    assert_eq!(setting("User"), SUPERVISOR_USER);
+    assert_eq!(setting("Group"), USER);
+    let caps = |key: &str| -> String {
+        setting(key)
+            .split_whitespace()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let umask = u32::from_str_radix(&setting("UMask"), 8).unwrap();
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     let mut supervisor = Supervisor(
-        Command::new(exec_start[0])
-            .args(&exec_start[1..])
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", setting("User")))
+            .arg(format!("--regid={}", setting("Group")))
+            .arg("--init-groups")
+            .arg(format!("--inh-caps={}", caps("AmbientCapabilities")))
+            .arg(format!("--ambient-caps={}", caps("AmbientCapabilities")))
+            .arg(format!(
+                "--bounding-set=-all,{}",
+                caps("CapabilityBoundingSet")
+            ))
+            .arg("--no-new-privs")
+            .arg("--")
+            .args(&exec_start)
             .current_dir(HOME)
             .env_remove("WIRELEAP_RELAY_HOME")
             .stdin(Stdio::null())
@@ -300,6 +355,7 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
             .spawn()
             .unwrap(),
     );
+    nix::sys::stat::umask(umask);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     eventually(WAIT, "the packaged relay to be ready", || {
         read_log().contains("relay ready")
@@ -321,9 +377,17 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     });
     let relays = relay_pids_in(Path::new(HOME));
     assert!(!relays.is_empty());
+    let sv_pid = supervisor.0.id();
+    let sv_creds = crate::support::process::credentials(sv_pid);
+    assert!(
+        sv_creds.contains(&("Uid".into(), format!("{sv_uid} {sv_uid} {sv_uid} {sv_uid}"))),
+        "the supervisor runs as {SUPERVISOR_USER}: {sv_creds:?}"
+    );
     for pid in relays {
         let owner = std::fs::metadata(format!("/proc/{pid}")).unwrap().uid();
         assert_eq!(owner, uid, "the relay (pid {pid}) runs as {USER}");
+        // With none of the supervisor's capabilities or groups.
+        crate::support::process::assert_unprivileged(pid, uid, gid);
         // Named for ps and pgrep, though it runs its verified copy through /proc/self/fd.
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "wireleap-relay");
@@ -354,7 +418,7 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     });
     assert_eq!(exited.unwrap().code(), Some(0), "{}", read_log());
 
-    // A relay that upgraded itself past the package (root's, with its signed statement) is
+    // A relay that upgraded itself past the package (the supervisor's, with its signed statement) is
     // kept, statement and all; one the relay's user could have written is replaced, and its
     // statement goes with it.
     let relay = format!("{HOME}/wireleap-relay");
@@ -368,13 +432,39 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     std::os::unix::fs::chown(&relay, Some(uid), None).unwrap();
     let replaced = ok("dpkg", &["-i", deb]);
     assert!(
-        replaced.contains(&format!("{relay} is not root's alone")),
+        replaced.contains(&format!("{relay} is not {SUPERVISOR_USER}'s alone")),
         "{replaced}"
     );
     assert!(ok(&relay, &["--version"]).ends_with(&version));
     let m = std::fs::metadata(&relay).unwrap();
-    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
+    assert_eq!((m.uid(), m.mode() & 0o7777), (sv_uid, 0o755));
     assert!(!Path::new(&format!("{relay}.hash")).exists());
+
+    // A home laid out by an earlier package, whose supervisor ran as root: the supervisor's
+    // files become its user's; the relay's stay the relay's.
+    let supervisors = [
+        "wireleap-relay",
+        "wireleap-relay-supervisor",
+        "trusted-keys",
+        "trusted-keys/roots",
+        "upgrade-state.json",
+        "upgrade-journal.jsonl",
+        ".skip-upgrade-version",
+    ];
+    for name in supervisors {
+        std::os::unix::fs::lchown(format!("{HOME}/{name}"), Some(0), Some(0)).unwrap();
+    }
+    std::os::unix::fs::chown(HOME, Some(0), None).unwrap();
+    ok("dpkg", &["-i", deb]);
+    for name in supervisors {
+        let m = std::fs::symlink_metadata(format!("{HOME}/{name}")).unwrap();
+        assert_eq!(m.uid(), sv_uid, "{name}");
+    }
+    assert_eq!(std::fs::metadata(HOME).unwrap().uid(), sv_uid);
+    assert_eq!(
+        std::fs::metadata(format!("{HOME}/key.seed")).unwrap().uid(),
+        uid
+    );
 
     // Removed: the package's files go, the relay's earnings stay; purged: the same, said.
     ok("dpkg", &["-r", "wireleap-relay"]);

@@ -1,7 +1,9 @@
 //! Privilege separation (issue: a supervisor you can trust): with `--relay-user`, the supervisor
-//! (root) runs every relay process as the relay's user, in a home laid out as
-//! `docs/install.md` says; that user cannot change the binary that runs next nor the keys it
-//! trusts, and its upgrades still commit. A home where it could is refused, naming the paths.
+//! runs every relay process as the relay's user, in a home laid out as `docs/install.md` says;
+//! that user cannot change the binary that runs next nor the keys it trusts, and its upgrades
+//! still commit. The supervisor runs as the systemd unit runs it: its own user (not root) in the
+//! relay's group, with three ambient capabilities, which no relay process keeps; or as root.
+//! A home where the relay's user could change what runs next is refused, naming the paths.
 //! These tests need root (as CI runs them); run as another user they say so and pass.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -18,6 +20,36 @@ use crate::support::{Home, eventually};
 
 /// The unprivileged user relay processes run as here.
 const NOBODY: u32 = 65534;
+/// The supervisor's user here (no name needed).
+const SUPERVISOR: u32 = 64_999;
+
+/// `setpriv` running what follows as systemd runs the unit's supervisor: its user, the relay's
+/// group, no supplementary group, the unit's ambient capabilities and bounding set, no new
+/// privileges.
+fn as_the_unit(caps: &str, gid: u32) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--reuid={SUPERVISOR}"),
+        format!("--regid={gid}"),
+        "--clear-groups".into(),
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+        format!("--bounding-set=-all,{caps}"),
+        "--no-new-privs".into(),
+        "--".into(),
+    ]
+}
+
+/// The unit's capabilities.
+const UNIT_CAPS: &str = "+setuid,+setgid,+kill";
+
+/// This thread's supervisors start as the unit starts them.
+fn launch_as_the_unit() {
+    let argv = as_the_unit(UNIT_CAPS, NOBODY);
+    crate::support::supervised::launch_through(
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+}
 
 fn root() -> bool {
     let root = nix::unistd::geteuid().is_root();
@@ -27,25 +59,49 @@ fn root() -> bool {
     root
 }
 
-/// The layout of docs/install.md: the home is root's, the relay's group may create files in it
-/// (sticky: nobody replaces another's files); the relay's own files are its; the binaries and
-/// the trusted keys stay root's.
-fn lay_out(home: &Home) {
+/// The layout of docs/install.md: the home is the supervisor's (`owner`), the relay's group may
+/// create files in it (sticky: nobody replaces another's files); the relay's own files are its;
+/// the binaries and the trusted keys are the supervisor's.
+fn lay_out(home: &Home, owner: u32) {
     let keep = ["wireleap-relay", "trusted-keys"];
     for entry in std::fs::read_dir(home.path()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !keep.contains(&name.as_str()) {
+        if keep.contains(&name.as_str()) {
+            give(&path, owner);
+        } else {
             std::os::unix::fs::lchown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
         }
     }
-    std::os::unix::fs::chown(home.path(), Some(0), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(home.path(), Some(owner), Some(NOBODY)).unwrap();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o1770)).unwrap();
     // The supervisor, started next, inherits the unit's `UMask=0077` and `Group=` (the relay's
     // group; each test is its own process): what it creates for the relay's user must still be
     // usable by it, and no more.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     nix::unistd::setgid(nix::unistd::Gid::from_raw(NOBODY)).unwrap();
+}
+
+/// Gives `path` and all below it to `owner` (group: the relay's), links not followed.
+fn give(path: &std::path::Path, owner: u32) {
+    std::os::unix::fs::lchown(path, Some(owner), Some(NOBODY)).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            give(&entry.unwrap().path(), owner);
+        }
+    }
+}
+
+/// A home with the relay binary, laid out for the supervisor's user `owner`, whose supervisor
+/// is not started (its contract is unreachable).
+fn unstarted_home(owner: u32) -> Home {
+    let home = Home::with_config(
+        r#"{"address": "127.0.0.1:0",
+            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
+    );
+    std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
+    lay_out(&home, owner);
+    home
 }
 
 /// `sh -c script` in `home` as the relay's user; whether it succeeded.
@@ -63,8 +119,13 @@ fn as_relay_user(home: &Home, script: &str) -> bool {
 
 /// `wireleap-relay upgrade --yes VERSION` as the relay's user: it stages, the supervisor installs.
 fn upgrade_as_relay_user(home: &Home, version: &str) -> std::process::Output {
+    relay_command_as_relay_user(home, &["upgrade", "--yes", version])
+}
+
+/// `wireleap-relay ARGS` as the relay's user.
+fn relay_command_as_relay_user(home: &Home, args: &[&str]) -> std::process::Output {
     Command::new(home.file("wireleap-relay"))
-        .args(["upgrade", "--yes", version])
+        .args(args)
         .env("WIRELEAP_RELAY_HOME", home.path())
         .uid(NOBODY)
         .gid(NOBODY)
@@ -91,6 +152,7 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     if !root() {
         return;
     }
+    launch_as_the_unit();
     // With metrics on a fixed port: the new generation (the relay's user, like the old one)
     // must recognise the old one as its own to share the port (issue #18).
     let port = crate::support::webserver::free_port();
@@ -106,7 +168,7 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
             );
             assert_ne!(config, with_metrics);
             home.write("config.json", &with_metrics);
-            lay_out(home);
+            lay_out(home, SUPERVISOR);
         },
     );
     let home = &s.home;
@@ -123,7 +185,11 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     for &pid in &relays {
         assert_eq!(uid_of(pid), NOBODY, "relay pid {pid}");
     }
-    assert_eq!(uid_of(s.supervisor.id()), 0);
+    assert_eq!(uid_of(s.supervisor.id()), SUPERVISOR);
+    // The relay keeps none of the supervisor's capabilities, nor any supplementary group.
+    for &pid in &relays {
+        crate::support::process::assert_unprivileged(pid, NOBODY, NOBODY);
+    }
 
     // What the relay's user can and cannot do in its home.
     assert!(
@@ -146,12 +212,15 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     }
 
     // An upgrade the relay's user stages (`wireleap-relay upgrade`) commits; the committed
-    // binary is root's again, and the new generation runs as the relay's user.
+    // binary is the supervisor's, and the new generation runs as the relay's user.
     let (asset, _) = publish(releases.path(), "9.0.0", &relay_bin());
     let out = upgrade_as_relay_user(home, "9.0.0");
     assert_ok(&out, &s.log());
     let installed = std::fs::metadata(home.file("wireleap-relay")).unwrap();
-    assert_eq!((installed.uid(), installed.mode() & 0o7777), (0, 0o755));
+    assert_eq!(
+        (installed.uid(), installed.mode() & 0o7777),
+        (SUPERVISOR, 0o755)
+    );
     assert_eq!(
         std::fs::read(home.file("wireleap-relay")).unwrap(),
         std::fs::read(&asset).unwrap()
@@ -172,6 +241,25 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     assert!(!log.contains("could not start the metrics server"), "{log}");
     assert_eq!(log.matches(crate::metrics::SHARING).count(), 1, "{log}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+
+    // A rollback the relay's user asks for: the config is migrated down on a copy the relay's
+    // user makes (the supervisor gives no file away), and the old version serves again.
+    let running = env!("CARGO_PKG_VERSION");
+    let back = relay_command_as_relay_user(home, &["rollback"]);
+    assert_ok(&back, &s.log());
+    let status = crate::cli_upgrade::cli(home, &["status"], "");
+    assert_eq!(status_field(&status, "version"), running, "{status}");
+    assert!(!home.file("config.json.next").exists());
+    let config = std::fs::metadata(home.file("config.json")).unwrap();
+    assert_eq!(config.uid(), NOBODY, "config.json stays the relay's");
+    eventually(
+        Duration::from_secs(30),
+        "one relay process, the old version",
+        || relay_pids_in(home.path()).len() == 1,
+    );
+    for pid in relay_pids_in(home.path()) {
+        crate::support::process::assert_unprivileged(pid, NOBODY, NOBODY);
+    }
 }
 
 #[test]
@@ -179,12 +267,7 @@ fn a_home_the_relay_user_could_change_is_refused_with_each_path() {
     if !root() {
         return;
     }
-    let home = Home::with_config(
-        r#"{"address": "127.0.0.1:0",
-            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
-    );
-    std::fs::copy(relay_bin(), home.file("wireleap-relay")).unwrap();
-    lay_out(&home);
+    let home = unstarted_home(0);
     // Mistakes: the binary given to the relay's user, the trust folder writable by its group.
     std::os::unix::fs::chown(home.file("wireleap-relay"), Some(NOBODY), None).unwrap();
     std::os::unix::fs::chown(home.file("trusted-keys"), None, Some(NOBODY)).unwrap();
@@ -225,6 +308,58 @@ fn a_home_the_relay_user_could_change_is_refused_with_each_path() {
     }
 }
 
+/// A supervisor that is not root refuses to start (exit 78, so systemd does not restart it)
+/// when it lacks a capability of the unit, is not in the relay's group, or cannot read
+/// config.json through that group, and says which and how to fix it.
+#[test]
+fn a_supervisor_that_cannot_separate_privileges_says_what_it_lacks() {
+    if !root() {
+        return;
+    }
+    let home = unstarted_home(SUPERVISOR);
+    std::fs::set_permissions(
+        home.file("config.json"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let refusal = |launcher: Vec<String>| {
+        let direct = supervisor_command(&home);
+        let out = Command::new(&launcher[0])
+            .args(&launcher[1..])
+            .arg(direct.get_program())
+            .args(["--relay-user", "nobody"])
+            .env("WIRELEAP_RELAY_HOME", home.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(
+            relay_pids_in(home.path()).is_empty(),
+            "a relay started anyway: {err}"
+        );
+        err
+    };
+    let err = refusal(as_the_unit("+setuid,+setgid", NOBODY));
+    assert!(err.contains("(it lacks CAP_KILL;"), "{err}");
+    let err = refusal(as_the_unit(UNIT_CAPS, SUPERVISOR));
+    assert!(
+        err.contains("must be in the relay's group (gid 65534)"),
+        "{err}"
+    );
+    std::fs::set_permissions(
+        home.file("config.json"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let err = refusal(as_the_unit(UNIT_CAPS, NOBODY));
+    assert!(
+        err.contains("reads it through the relay's group (chmod 0640"),
+        "{err}"
+    );
+}
+
 /// The relay's user may not write the trusted roots, so a rotation it fetches is staged for the
 /// supervisor, which moves it in only as a valid rotation of the root it trusts: a release
 /// signed by the rotated-in key then commits, and a forged root staged beside it is refused.
@@ -244,8 +379,9 @@ fn a_root_rotation_fetched_by_the_relay_user_reaches_the_supervisor_and_a_forged
         untrust(home);
         std::fs::create_dir_all(home.file("trusted-keys/roots")).unwrap();
         std::fs::copy(&root1, home.file("trusted-keys/roots/1.root")).unwrap();
-        lay_out(home);
+        lay_out(home, SUPERVISOR);
     };
+    launch_as_the_unit();
     let (sv, tree) = supervised_with_releases_full(
         &["--health-window", "1", "--relay-user", &NOBODY.to_string()],
         &[],
@@ -275,7 +411,7 @@ fn a_root_rotation_fetched_by_the_relay_user_reaches_the_supervisor_and_a_forged
         std::fs::read(&accepted).unwrap(),
         std::fs::read(&root2).unwrap()
     );
-    assert_eq!(std::fs::metadata(&accepted).unwrap().uid(), 0);
+    assert_eq!(std::fs::metadata(&accepted).unwrap().uid(), SUPERVISOR);
     assert!(
         !home.file("trusted-keys/roots/3.root").exists(),
         "a forged root was trusted"

@@ -218,3 +218,39 @@ pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The credentials of `pid` that say what it may do: its `Uid`, `Gid`, `Groups` and capability
+/// sets, as `/proc/<pid>/status` gives them (`name: value`, values trimmed).
+pub fn credentials(pid: u32) -> Vec<(String, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| ["Uid", "Gid", "Groups"].contains(k) || k.starts_with("Cap"))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that `pid` runs as `uid`/`gid` (real, effective, saved, file system), without
+/// supplementary groups and without any capability it could use or pass on.
+pub fn assert_unprivileged(pid: u32, uid: u32, gid: u32) {
+    let creds = credentials(pid);
+    let get = |key: &str| {
+        creds
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("(none)", |(_, v)| v.as_str())
+    };
+    let zero = "0000000000000000";
+    assert_eq!(get("Uid"), format!("{uid} {uid} {uid} {uid}"), "{creds:?}");
+    assert_eq!(get("Gid"), format!("{gid} {gid} {gid} {gid}"), "{creds:?}");
+    assert_eq!(get("Groups"), "", "{creds:?}");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(get(set), zero, "pid {pid} {set}: {creds:?}");
+    }
+}

@@ -212,13 +212,42 @@ pub fn supervisor_command(home: &Home) -> Command {
     command
 }
 
+thread_local! {
+    static LAUNCHER: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Starts the supervisors of this thread through `argv` (`setpriv` with a user and
+/// capabilities, as systemd starts it), which runs the supervisor's own command line.
+pub fn launch_through(argv: &[&str]) {
+    LAUNCHER.with(|l| *l.borrow_mut() = argv.iter().map(|&a| a.to_owned()).collect());
+}
+
 fn spawn_supervisor(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(home.file("supervisor.log"))
         .unwrap();
-    supervisor_command(home)
+    let direct = supervisor_command(home);
+    let launcher = LAUNCHER.with(|l| l.borrow().clone());
+    let mut command = match launcher.split_first() {
+        None => direct,
+        Some((program, first)) => {
+            let mut through = Command::new(program);
+            through
+                .args(first)
+                .arg(direct.get_program())
+                .args(direct.get_args());
+            for (key, value) in direct.get_envs() {
+                match value {
+                    Some(v) => through.env(key, v),
+                    None => through.env_remove(key),
+                };
+            }
+            through
+        }
+    };
+    command
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
