@@ -275,7 +275,8 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
             missing.join(", ")
         ));
     }
-    if !in_group(user.gid) {
+    // Root reads and shares without the group.
+    if !rustix::process::geteuid().is_root() && !in_group(user.gid) {
         return Err(format!(
             "--relay-user {}: the supervisor ({}) must be in the relay's group (gid {}) to read its config.json and share its sockets with it (the systemd unit: Group=)",
             user.name,
