@@ -295,6 +295,29 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
             user.gid
         ));
     }
+    // What the supervisor writes in place must be its own: a home laid out for a supervisor
+    // that ran as root, by hand, would fail its first upgrade step instead.
+    if !rustix::process::geteuid().is_root() {
+        let keys = home.join("trusted-keys");
+        let unwritable: Vec<String> = [
+            home.to_owned(),
+            home.join(files::JOURNAL),
+            keys.join("roots"),
+            keys,
+        ]
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .filter(|p| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_err())
+        .map(|p| p.display().to_string())
+        .collect();
+        if !unwritable.is_empty() {
+            return Err(format!(
+                "the supervisor ({0}) cannot write {1}, which it keeps up to date (chown {0} each; a home laid out for a supervisor running as root: docs/install.md)",
+                own_user(),
+                unwritable.join(", ")
+            ));
+        }
+    }
     // The supervisor's passing state: whatever the relay's user put at these names goes (the
     // supervisor owns the folder).
     for name in [

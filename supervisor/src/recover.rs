@@ -13,9 +13,11 @@
 //! | anything else | nothing in progress | nothing |
 //!
 //! Every step of both tables is idempotent, so a supervisor killed during recovery recovers
-//! again. Surviving generations are listed in [`CHILDREN`]; the new supervisor takes their
-//! listening socket (`pidfd_getfd`, so not one connection waits on a closed socket), starts its
-//! own generation from the committed binary and, once that is ready, has them drain and exit.
+//! again. Surviving generations are listed in [`CHILDREN`]; the new supervisor takes over their
+//! listening socket, so not one connection waits on a closed socket (under systemd from the
+//! unit's file descriptor store, where its predecessor put it; else with `pidfd_getfd` from
+//! them, [`adopt_listener`]), starts its own generation from the committed binary and, once that
+//! is ready, has them drain and exit.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;

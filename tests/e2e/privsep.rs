@@ -358,6 +358,26 @@ fn a_supervisor_that_cannot_separate_privileges_says_what_it_lacks() {
         err.contains("reads it through the relay's group (chmod 0640"),
         "{err}"
     );
+    // A journal root made (a home laid out for a supervisor that ran as root).
+    std::fs::set_permissions(
+        home.file("config.json"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::fs::write(home.file("upgrade-journal.jsonl"), "").unwrap();
+    std::fs::set_permissions(
+        home.file("upgrade-journal.jsonl"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let err = refusal(as_the_unit(UNIT_CAPS, NOBODY));
+    assert!(
+        err.contains(&format!(
+            "cannot write {}, which it keeps up to date (chown {SUPERVISOR} each",
+            home.file("upgrade-journal.jsonl").display()
+        )),
+        "{err}"
+    );
 }
 
 /// The relay's user may not write the trusted roots, so a rotation it fetches is staged for the
