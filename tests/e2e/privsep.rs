@@ -14,7 +14,8 @@ use std::time::Duration;
 use crate::cli_upgrade::status_field;
 use crate::cli_upgrade::supervised_with_releases_full;
 use crate::support::process::relay_bin;
-use crate::support::releases::publish;
+use crate::support::process::sibling_bin;
+use crate::support::releases::{publish_release, release_key};
 use crate::support::supervised::{relay_pids_in, supervisor_command};
 use crate::support::{Home, eventually};
 
@@ -63,7 +64,11 @@ fn root() -> bool {
 /// create files in it (sticky: nobody replaces another's files); the relay's own files are its;
 /// the binaries and the trusted keys are the supervisor's.
 fn lay_out(home: &Home, owner: u32) {
-    let keep = ["wireleap-relay", "trusted-keys"];
+    let keep = [
+        "wireleap-relay",
+        "wireleap-relay-supervisor",
+        "trusted-keys",
+    ];
     for entry in std::fs::read_dir(home.path()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -168,6 +173,12 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
             );
             assert_ne!(config, with_metrics);
             home.write("config.json", &with_metrics);
+            // Installed in the home, as the package installs it: a release replaces it.
+            std::fs::copy(
+                sibling_bin("wireleap-relay-supervisor"),
+                home.file("wireleap-relay-supervisor"),
+            )
+            .unwrap();
             lay_out(home, SUPERVISOR);
         },
     );
@@ -211,11 +222,48 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
         );
     }
 
-    // An upgrade the relay's user stages (`wireleap-relay upgrade`) commits; the committed
-    // binary is the supervisor's, and the new generation runs as the relay's user.
-    let (asset, _) = publish(releases.path(), "9.0.0", &relay_bin());
+    // An upgrade the relay's user stages (`wireleap-relay upgrade`) commits, the release's own
+    // supervisor included (exec'd in place: the same process, its user and capabilities
+    // kept); the committed binaries are the supervisor's, and the new generation runs as the
+    // relay's user.
+    let supervisor = sibling_bin("wireleap-relay-supervisor");
+    let (asset, _) = publish_release(
+        releases.path(),
+        "9.0.0",
+        &relay_bin(),
+        &[release_key()],
+        Some(&supervisor),
+    );
     let out = upgrade_as_relay_user(home, "9.0.0");
     assert_ok(&out, &s.log());
+    eventually(
+        Duration::from_secs(30),
+        "the release's supervisor to take over and commit",
+        || {
+            home.journal_steps("9.0.0")
+                .contains(&"supervisor-committed".to_owned())
+        },
+    );
+    let installed = std::fs::metadata(home.file("wireleap-relay-supervisor")).unwrap();
+    assert_eq!(
+        (installed.uid(), installed.mode() & 0o7777),
+        (SUPERVISOR, 0o755)
+    );
+    let creds = crate::support::process::credentials(s.supervisor.id());
+    for (key, want) in [
+        (
+            "Uid",
+            format!("{SUPERVISOR} {SUPERVISOR} {SUPERVISOR} {SUPERVISOR}"),
+        ),
+        // CAP_KILL (5), CAP_SETGID (6), CAP_SETUID (7): the unit's three, nothing more.
+        ("CapEff", "00000000000000e0".to_owned()),
+        ("CapAmb", "00000000000000e0".to_owned()),
+    ] {
+        assert!(
+            creds.contains(&(key.to_owned(), want.clone())),
+            "the supervisor after its own upgrade: {key} is not {want}: {creds:?}"
+        );
+    }
     let installed = std::fs::metadata(home.file("wireleap-relay")).unwrap();
     assert_eq!(
         (installed.uid(), installed.mode() & 0o7777),
@@ -236,10 +284,12 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
         assert_eq!(uid_of(pid), NOBODY);
     }
     assert!(!as_relay_user(home, "echo x >> wireleap-relay"));
+    // Three generations shared the metrics port in turn: the first, the release's relay, and
+    // the one the release's supervisor started once it took over.
     let log = s.log();
-    assert_eq!(log.matches(&metrics_line).count(), 2, "{log}");
+    assert_eq!(log.matches(&metrics_line).count(), 3, "{log}");
     assert!(!log.contains("could not start the metrics server"), "{log}");
-    assert_eq!(log.matches(crate::metrics::SHARING).count(), 1, "{log}");
+    assert_eq!(log.matches(crate::metrics::SHARING).count(), 2, "{log}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
 
     // A rollback the relay's user asks for: the config is migrated down on a copy the relay's
