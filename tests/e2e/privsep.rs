@@ -312,6 +312,29 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     }
 }
 
+/// Started by hand as root (no unit), the supervisor separates privileges the same way: the
+/// relay runs as its user without capabilities or groups, and cannot change the binary.
+#[test]
+fn a_supervisor_run_as_root_separates_privileges_too() {
+    if !root() {
+        return;
+    }
+    let (s, _releases) = supervised_with_releases_full(
+        &["--relay-user", &NOBODY.to_string()],
+        &[],
+        &|home: &Home| lay_out(home, 0),
+    );
+    let home = &s.home;
+    assert_eq!(uid_of(s.supervisor.id()), 0);
+    let relays = relay_pids_in(home.path());
+    assert!(!relays.is_empty());
+    for pid in relays {
+        crate::support::process::assert_unprivileged(pid, NOBODY, NOBODY);
+    }
+    assert!(!as_relay_user(home, "echo x >> wireleap-relay"));
+    assert!(as_relay_user(home, "echo x > its-own-file"));
+}
+
 #[test]
 fn a_home_the_relay_user_could_change_is_refused_with_each_path() {
     if !root() {

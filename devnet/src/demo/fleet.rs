@@ -168,8 +168,72 @@ pub(crate) struct Relay {
 }
 
 /// Who the relays run as when the demo runs as root: privilege separation as
-/// `docs/install.md` lays it out (the supervisor root, the relay this user).
+/// `docs/install.md` lays it out (the supervisor its own user, the relay this user).
 pub(crate) const RELAY_USER: &str = "nobody";
+
+/// The uid the supervisors run as when the demo runs as root, as the systemd unit runs them
+/// (`wireleap-supervisor`): no user of that id needs to exist.
+pub(crate) const SUPERVISOR_UID: u32 = 64_999;
+
+/// The capabilities the systemd unit gives the supervisor, as `setpriv` names them.
+const SUPERVISOR_CAPS: &str = "+setuid,+setgid,+kill";
+
+/// The command that starts a supervisor as the systemd unit does (its own user, the relay's
+/// group, the unit's three ambient capabilities, no new privileges), when the demo separates
+/// privileges and `setpriv` is installed; the supervisor's command line follows it.
+pub(crate) fn supervisor_launcher() -> Option<Vec<String>> {
+    let (_, gid) = relay_user()?;
+    let found = Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then(|| {
+        vec![
+            "setpriv".to_owned(),
+            format!("--reuid={SUPERVISOR_UID}"),
+            format!("--regid={gid}"),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={SUPERVISOR_CAPS}"),
+            format!("--ambient-caps={SUPERVISOR_CAPS}"),
+            format!("--bounding-set=-all,{SUPERVISOR_CAPS}"),
+            "--no-new-privs".to_owned(),
+            "--".to_owned(),
+        ]
+    })
+}
+
+/// Who owns what the supervisor trusts and writes: its own user when it runs as the unit runs
+/// it ([`supervisor_launcher`]), else whoever runs the demo.
+fn supervisor_owner() -> u32 {
+    if supervisor_launcher().is_some() {
+        SUPERVISOR_UID
+    } else {
+        nix::unistd::geteuid().as_raw()
+    }
+}
+
+/// Gives `path`, and all below it, to the supervisor's user (group: the relay's) when the demo
+/// separates privileges; links are changed, never followed.
+///
+/// # Errors
+/// The change of owner failed.
+pub(crate) fn give_to_supervisor(path: &Path) -> anyhow::Result<()> {
+    let Some((_, gid)) = relay_user() else {
+        return Ok(());
+    };
+    std::os::unix::fs::lchown(path, Some(supervisor_owner()), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            give_to_supervisor(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
 
 /// The relay user's uid and gid, when the demo runs as root and the user exists.
 pub(crate) fn relay_user() -> Option<(u32, u32)> {
@@ -181,20 +245,22 @@ pub(crate) fn relay_user() -> Option<(u32, u32)> {
 }
 
 /// Lays `home` out for privilege separation: the relay's own files are its user's, the home is
-/// root's with the relay's group allowed to create files (sticky, mode 1770), the binary stays
-/// root's; `dir` (the demo's folder) may be passed through.
+/// the supervisor's with the relay's group allowed to create files (sticky, mode 1770), the
+/// binaries are the supervisor's; `dir` (the demo's folder) may be passed through.
 fn separate(dir: &Path, home: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     for entry in std::fs::read_dir(home).with_context(|| format!("reading {}", home.display()))? {
         let path = entry?.path();
-        if path.file_name() != Some(std::ffi::OsStr::new(CURRENT))
-            && path.file_name() != Some(std::ffi::OsStr::new(SUPERVISOR_BIN))
+        if path.file_name() == Some(std::ffi::OsStr::new(CURRENT))
+            || path.file_name() == Some(std::ffi::OsStr::new(SUPERVISOR_BIN))
         {
+            give_to_supervisor(&path)?;
+        } else {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
                 .with_context(|| format!("giving {} to {RELAY_USER}", path.display()))?;
         }
     }
-    std::os::unix::fs::chown(home, Some(0), Some(gid))
+    std::os::unix::fs::chown(home, Some(supervisor_owner()), Some(gid))
         .with_context(|| format!("chown {}", home.display()))?;
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o1770))
         .with_context(|| format!("chmod {}", home.display()))?;
@@ -305,6 +371,7 @@ impl Relay {
             .with_context(|| format!("writing {}", key.display()))?;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
             .with_context(|| format!("setting the mode of {}", key.display()))?;
+        give_to_supervisor(&dir)?;
         let out = Command::new(&bins.relay)
             .args(["version", "-v"])
             .env("WIRELEAP_RELAY_HOME", home)
@@ -340,7 +407,14 @@ impl Relay {
         health_window: Duration,
     ) -> anyhow::Result<Starting> {
         let log = std::fs::File::create(home.join(LOG)).context("creating the supervisor log")?;
-        let mut cmd = Command::new(home.join(SUPERVISOR_BIN));
+        let mut cmd = match supervisor_launcher() {
+            Some(launcher) => {
+                let mut cmd = Command::new(&launcher[0]);
+                cmd.args(&launcher[1..]).arg(home.join(SUPERVISOR_BIN));
+                cmd
+            }
+            None => Command::new(home.join(SUPERVISOR_BIN)),
+        };
         if relay_user().is_some() {
             cmd.args(["--relay-user", RELAY_USER]);
         }

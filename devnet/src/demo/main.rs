@@ -253,12 +253,17 @@ fn demo(
     out.say(format!(
         "▸ starting three relays, each under wireleap-relay-supervisor (health window {HEALTH_WINDOW:?})"
     ));
-    out.say(match fleet::relay_user() {
-        Some(_) => format!(
-            "  privilege separation: each supervisor runs as root and its relay as {} (docs/install.md): a relay cannot change the binary that runs next nor the keys it trusts",
+    out.say(match (fleet::relay_user(), fleet::supervisor_launcher()) {
+        (Some(_), Some(_)) => format!(
+            "  privilege separation as the systemd unit sets it up: each supervisor runs as uid {} (not root; CAP_SETUID, CAP_SETGID, CAP_KILL) and its relay as {} (no capability; docs/install.md): a relay cannot change the binary that runs next nor the keys it trusts",
+            fleet::SUPERVISOR_UID,
             fleet::RELAY_USER
         ),
-        None => "  one user for the supervisors and their relays (not root: no privilege separation; docs/install.md)".to_owned(),
+        (Some(_), None) => format!(
+            "  privilege separation: each supervisor runs as root (setpriv, to run it as the systemd unit does, is not installed) and its relay as {} (docs/install.md): a relay cannot change the binary that runs next nor the keys it trusts",
+            fleet::RELAY_USER
+        ),
+        (None, _) => "  one user for the supervisors and their relays (not root: no privilege separation; docs/install.md)".to_owned(),
     });
     let mut relays = Vec::new();
     for role in ROLES {

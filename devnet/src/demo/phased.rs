@@ -559,8 +559,8 @@ fn fleet_demo(
     Ok(summary)
 }
 
-/// Installs `root1` as the relay's trusted root (owned by whoever runs the demo: root under
-/// privilege separation, so the relay's user cannot change it).
+/// Installs `root1` as the relay's trusted root (owned by the supervisor's user under privilege
+/// separation, so the relay's user cannot change it).
 fn install_root(home: &Path, root1: &Path) -> anyhow::Result<()> {
     let dir = home.join("trusted-keys");
     let roots = dir.join("roots");
@@ -571,6 +571,7 @@ fn install_root(home: &Path, root1: &Path) -> anyhow::Result<()> {
     let to = roots.join("1.root");
     std::fs::copy(root1, &to).with_context(|| format!("copying the root to {}", to.display()))?;
     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
+    super::fleet::give_to_supervisor(&dir)?;
     Ok(())
 }
 
