@@ -58,7 +58,7 @@ pub fn release_startup_code() -> usize {
     // pieces below, which would make it a hundred times longer.
     let libraries = std::fs::read_to_string("/proc/self/smaps")
         .map(|smaps| {
-            droppable_library_mappings(&smaps, executable_file().as_ref())
+            droppable_library_mappings(&smaps, executable_in(&smaps))
                 .into_iter()
                 .filter(|&(start, len)| advise(start, len, Advice::DontNeed))
                 .count()
@@ -104,7 +104,7 @@ fn cut_into_pieces(start: usize, len: usize) {
 /// be unmapped and mapped again from their file without changing what they hold: private,
 /// neither writable nor ever written (no anonymous page: relocated data, which the loader
 /// wrote before making it read-only, has its own copies and is kept).
-fn droppable_library_mappings(smaps: &str, exe: Option<&(String, String)>) -> Vec<(usize, usize)> {
+fn droppable_library_mappings(smaps: &str, exe: Option<(&str, &str)>) -> Vec<(usize, usize)> {
     let mut found = Vec::new();
     let mut current: Option<(Mapping<'_>, &str)> = None;
     for line in smaps.lines() {
@@ -120,7 +120,7 @@ fn droppable_library_mappings(smaps: &str, exe: Option<&(String, String)>) -> Ve
             continue;
         };
         let unwritten = kib.trim().trim_end_matches("kB").trim() == "0";
-        let is_exe = exe.is_some_and(|(dev, inode)| m.file == (dev.as_str(), inode.as_str()));
+        let is_exe = exe == Some(m.file);
         if unwritten && !is_exe && perms.len() == 4 && perms.ends_with('p') && !perms.contains('w')
         {
             found.push((m.start, m.end - m.start));
@@ -145,12 +145,8 @@ fn executable_mappings() -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// `(device, inode)` of the file this function's code lives in, as `/proc/self/maps` names it.
-fn executable_file() -> Option<(String, String)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    executable_in(&maps).map(|(dev, inode)| (dev.to_owned(), inode.to_owned()))
-}
-
+/// `(device, inode)` of the file this function's code lives in, as `maps` (the text of
+/// `/proc/self/maps` or `/proc/self/smaps`) names it.
 fn executable_in(maps: &str) -> Option<(&str, &str)> {
     let here = executable_mappings as fn() -> Vec<(usize, usize)> as usize;
     maps.lines()
@@ -269,9 +265,8 @@ Anonymous:            80 kB
 c000-d000 r--p 00000000 fe:01 43 /usr/lib/x86_64-linux-gnu/libm.so.6
 Anonymous:             0 kB
 ";
-        let exe = ("fe:01".to_owned(), "7".to_owned());
         assert_eq!(
-            droppable_library_mappings(smaps, Some(&exe)),
+            droppable_library_mappings(smaps, Some(("fe:01", "7"))),
             vec![(0x3000, 0x2000), (0xc000, 0x1000)]
         );
         // Not knowing the executable, its unwritten code is a candidate like any other.
