@@ -25,9 +25,7 @@ pub struct Stat {
 /// Reads `pid`'s `/proc/<pid>/<file>` as this process, then as the relay's user.
 fn read(pid: u32, file: &str) -> Option<Vec<u8>> {
     let path = format!("/proc/{pid}/{file}");
-    std::fs::read(&path)
-        .ok()
-        .or_else(|| as_relay_user(|| std::fs::read(&path).ok()).flatten())
+    as_self_then_relay_user(|| std::fs::read(&path).ok())
 }
 
 /// `pid`'s state, parent and process group (the command may hold spaces and parentheses, so
@@ -78,9 +76,7 @@ pub fn cmdline(pid: u32) -> Vec<Vec<u8>> {
 #[must_use]
 pub fn cwd(pid: u32) -> Option<PathBuf> {
     let path = format!("/proc/{pid}/cwd");
-    std::fs::read_link(&path)
-        .ok()
-        .or_else(|| as_relay_user(|| std::fs::read_link(&path).ok()).flatten())
+    as_self_then_relay_user(|| std::fs::read_link(&path).ok())
 }
 
 /// Every pid this process can see, and those the relay's user can.
@@ -98,6 +94,11 @@ pub fn pids() -> Vec<u32> {
     pids.sort_unstable();
     pids.dedup();
     pids
+}
+
+/// `look` as this process, and when it finds nothing, once more as the relay's user.
+fn as_self_then_relay_user<T>(look: impl Fn() -> Option<T>) -> Option<T> {
+    look().or_else(|| as_relay_user(&look).flatten())
 }
 
 /// Runs `f` with this thread's file-system uid and gid set to the relay's (privilege

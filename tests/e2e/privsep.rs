@@ -390,11 +390,10 @@ fn a_supervisor_that_cannot_separate_privileges_says_what_it_lacks() {
         return;
     }
     let home = unstarted_home(SUPERVISOR);
-    std::fs::set_permissions(
-        home.file("config.json"),
-        std::fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
+    let chmod = |name: &str, mode: u32| {
+        std::fs::set_permissions(home.file(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod("config.json", 0o640);
     let refusal = |launcher: Vec<String>| {
         let direct = supervisor_command(&home);
         let out = Command::new(&launcher[0])
@@ -421,28 +420,16 @@ fn a_supervisor_that_cannot_separate_privileges_says_what_it_lacks() {
         err.contains("must be in the relay's group (gid 65534)"),
         "{err}"
     );
-    std::fs::set_permissions(
-        home.file("config.json"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    chmod("config.json", 0o600);
     let err = refusal(as_the_unit(UNIT_CAPS, NOBODY));
     assert!(
         err.contains("reads it through the relay's group (chmod 0640"),
         "{err}"
     );
     // A journal root made (a home laid out for a supervisor that ran as root).
-    std::fs::set_permissions(
-        home.file("config.json"),
-        std::fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
+    chmod("config.json", 0o640);
     std::fs::write(home.file("upgrade-journal.jsonl"), "").unwrap();
-    std::fs::set_permissions(
-        home.file("upgrade-journal.jsonl"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    chmod("upgrade-journal.jsonl", 0o644);
     let err = refusal(as_the_unit(UNIT_CAPS, NOBODY));
     assert!(
         err.contains(&format!(
