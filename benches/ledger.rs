@@ -14,6 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "common/disk.rs"]
+mod disk;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -230,28 +233,6 @@ fn raw_insert(home: &std::path::Path, tokens: &[Sharetoken], budget: Duration) -
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The disk's own floor, measured in the same run: `fdatasync` after a 4 KiB overwrite (what a
-/// commit must at least wait for), `n` times, 1 ms apart. Returns the sorted latencies.
-fn fdatasync_floor(home: &std::path::Path, n: usize) -> Vec<Duration> {
-    use std::io::{Seek as _, SeekFrom, Write as _};
-    let path = home.join("floor.bin");
-    let mut f = std::fs::File::create(&path).unwrap();
-    f.write_all(&vec![0u8; 1 << 20]).unwrap();
-    f.sync_all().unwrap();
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n {
-        f.seek(SeekFrom::Start(((i * 4096) % (1 << 20)) as u64))
-            .unwrap();
-        f.write_all(&[0x5a; 4096]).unwrap();
-        let t0 = Instant::now();
-        f.sync_data().unwrap();
-        lat.push(t0.elapsed());
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    lat.sort_unstable();
-    lat
-}
-
 fn line(name: &str, r: &Run) {
     println!(
         "{name:<28} {:>9.0} tokens/s ({:>7.0}/CPU-s)   p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
@@ -270,7 +251,7 @@ fn main() {
         .unwrap();
     let paced_n = |rate: usize| rate * (PACED_FOR.as_secs() as usize + 1);
     let raw_rate = raw_insert(dir.path(), &tokens(20_000), Duration::from_secs(2));
-    let floor = fdatasync_floor(dir.path(), 500);
+    let floor = disk::fdatasync_floor(dir.path(), 500, 4096, true);
 
     let sys = actix_rt::System::new();
     let (mem_sat, dur_sat, latency) = sys.block_on(async {

@@ -40,6 +40,9 @@
     missing_debug_implementations
 )]
 
+#[path = "common/disk.rs"]
+mod disk;
+
 use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -831,8 +834,8 @@ async fn parent() {
     for d in &mut durables {
         d.stop();
     }
-    let floor = fdatasync_floor(durables[0].home.path(), 500, false);
-    let floor_in_place = fdatasync_floor(durables[0].home.path(), 500, true);
+    let floor = disk::fdatasync_floor(durables[0].home.path(), 500, 8192, false);
+    let floor_in_place = disk::fdatasync_floor(durables[0].home.path(), 500, 8192, true);
     // Tokens the durable relays admitted: one per stream and hop, the warm-up's included.
     let admitted_durable =
         alone[2].len() + loaded[2].len() + 20 + 3 * (alone[4].len() + loaded[4].len() + 20);
@@ -914,35 +917,6 @@ async fn parent() {
 
 /// `fdatasync` after an 8 KiB append to a file in `dir` (a single-token commit's WAL frames),
 /// `n` times, 1 ms apart; sorted.
-/// `fdatasync` after each of `n` 8 KiB writes to a file in `dir`: appended (the file grows, so
-/// its size goes to disk too), or `in_place` over the first 2 MiB of a file already that long
-/// (as a WAL that starts over within its file is written).
-fn fdatasync_floor(dir: &std::path::Path, n: usize, in_place: bool) -> Vec<Duration> {
-    use std::os::unix::fs::FileExt as _;
-    const SPAN: u64 = 2 << 20;
-    let path = dir.join("floor.bin");
-    let mut f = std::fs::File::create(&path).unwrap();
-    if in_place {
-        f.write_all(&vec![0; SPAN as usize]).unwrap();
-        f.sync_all().unwrap();
-    }
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        if in_place {
-            f.write_all_at(&[0x5a; 8192], i * 8192 % SPAN).unwrap();
-        } else {
-            f.write_all(&[0x5a; 8192]).unwrap();
-        }
-        let t = Instant::now();
-        f.sync_data().unwrap();
-        lat.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let _ = std::fs::remove_file(&path);
-    lat.sort();
-    lat
-}
-
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
