@@ -8,7 +8,10 @@
 //!   must be on disk before its stream is admitted, so no durable ledger can add less than this
 //!   to the p99 on this disk; on a shared machine it moves with everyone else's I/O.
 //!
-//! Run: `cargo bench --bench ledger` (release). The temp dir is on the disk the tests use.
+//! - `one at a time`: a lone stream's token, nothing to group it with, against the memory set.
+//!
+//! Run: `cargo bench --bench ledger` (release); `BENCH_QUICK=1` for the one-at-a-time run and
+//! two paced rates only (about 30 s). The temp dir is on the disk the tests use.
 //! Target (issue #5): ≥ 20 000 tokens/s, p99 added delay < 5 ms (shown at offered loads of
 //! 2 000 to 20 000 tokens/s; on 2 cores the tail grows with the CPU the ledger takes).
 
@@ -34,6 +37,10 @@ const N: usize = 100_000;
 const CONCURRENCY: usize = 256;
 /// Offered loads of the latency runs, tokens per second, highest first.
 const PACED_RATES: [usize; 4] = [20_000, 10_000, 5_000, 2_000];
+/// Tokens of the one-at-a-time run.
+const ONE_AT_A_TIME: usize = 3_000;
+/// Between two tokens of that run: about the rest of one stream's set-up through a relay.
+const ONE_GAP: Duration = Duration::from_micros(300);
 /// Length of the latency run.
 const PACED_FOR: Duration = Duration::from_secs(3);
 
@@ -154,6 +161,25 @@ async fn saturate(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>) -> Run {
     summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
 }
 
+/// One admission at a time, `gap` apart (the rest of a stream's set-up between two tokens): the
+/// delay a lone stream's token adds, with nothing to group it with.
+async fn one_at_a_time(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>, gap: Duration) -> Run {
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let mut lat = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        let t0 = Instant::now();
+        r.send(AdmitToken(t)).await.unwrap().unwrap();
+        lat.push(t0.elapsed());
+        let until = Instant::now() + gap;
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+    let elapsed = start.elapsed();
+    summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
+}
+
 /// Open loop at `rate`: a batch every millisecond, each admission its own task, as the
 /// transport's stream tasks do.
 async fn paced(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>, rate: usize) -> Run {
@@ -244,29 +270,72 @@ fn line(name: &str, r: &Run) {
     );
 }
 
+fn print_floor(floor: &[Duration]) {
+    println!(
+        "disk floor: fdatasync of a 4 KiB overwrite, {} times: p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
+        floor.len(),
+        percentile(floor, 0.50).as_secs_f64() * 1e3,
+        percentile(floor, 0.99).as_secs_f64() * 1e3,
+        floor.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+}
+
+fn print_one(mem: &Run, dur: &Run) {
+    println!("one admission at a time, {ONE_AT_A_TIME} tokens, {ONE_GAP:?} apart:");
+    line("  memory set (baseline)", mem);
+    line("  durable ledger", dur);
+    println!(
+        "  added by durability: p50 {:.3} ms   p99 {:.3} ms",
+        dur.p50.saturating_sub(mem.p50).as_secs_f64() * 1e3,
+        dur.p99.saturating_sub(mem.p99).as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
+    // `BENCH_QUICK=1`: the one-at-a-time run and two paced rates only (about 30 s, for A/B
+    // comparisons of the durable path; no saturation or raw INSERT figures).
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
     let dir = tempfile::Builder::new()
         .prefix("ledger-bench")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let paced_n = |rate: usize| rate * (PACED_FOR.as_secs() as usize + 1);
-    let raw_rate = raw_insert(dir.path(), &tokens(20_000), Duration::from_secs(2));
+    let raw_rate =
+        (!quick).then(|| raw_insert(dir.path(), &tokens(20_000), Duration::from_secs(2)));
     let floor = disk::fdatasync_floor(dir.path(), 500, 4096, true);
+    let rates: &[usize] = if quick {
+        &[10_000, 5_000]
+    } else {
+        &PACED_RATES
+    };
 
     let sys = actix_rt::System::new();
-    let (mem_sat, dur_sat, latency) = sys.block_on(async {
+    let (mem_one, dur_one, saturation, latency) = sys.block_on(async {
         let mem = MemoryLedger(HashSet::new()).start();
-        let mem_sat = saturate(mem.clone().recipient(), tokens(N)).await;
         let ledger = durable_ledger(dir.path()).start();
-        let dur_sat = saturate(ledger.clone().recipient(), tokens(N)).await;
+        let mut ones = Vec::new();
+        // Two interleaved rounds, so both see the same machine; the first warms both up.
+        for _ in 0..2 {
+            let m = one_at_a_time(mem.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
+            let d = one_at_a_time(ledger.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
+            ones.push((m, d));
+        }
+        let (mem_one, dur_one) = ones.pop().unwrap();
+        let saturation = if quick {
+            None
+        } else {
+            let m = saturate(mem.clone().recipient(), tokens(N)).await;
+            let d = saturate(ledger.clone().recipient(), tokens(N)).await;
+            Some((m, d))
+        };
         let mut latency = Vec::new();
-        for rate in PACED_RATES {
+        for &rate in rates {
             let m = paced(mem.clone().recipient(), tokens(paced_n(rate)), rate).await;
             let d = paced(ledger.clone().recipient(), tokens(paced_n(rate)), rate).await;
             latency.push((rate, m, d));
         }
         ledger.send(Flush).await.unwrap();
-        (mem_sat, dur_sat, latency)
+        (mem_one, dur_one, saturation, latency)
     });
 
     let db = dir.path().join(relay_migrations::ledger::DB_FILE);
@@ -290,21 +359,19 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!(
-        "disk floor: fdatasync of a 4 KiB overwrite, 500 times: p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
-        percentile(&floor, 0.50).as_secs_f64() * 1e3,
-        percentile(&floor, 0.99).as_secs_f64() * 1e3,
-        floor.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
-    println!("ledger intake, {N} tokens at {CONCURRENCY} in flight (saturation):");
-    line("  memory set (baseline)", &mem_sat);
-    line("  durable ledger", &dur_sat);
-    println!("  raw INSERT, 1 fsync/token  {raw_rate:>9.0} tokens/s");
-    println!(
-        "  durable / raw INSERT: {:.1}x   durable / memory: {:.3}x",
-        dur_sat.rate / raw_rate,
-        dur_sat.rate / mem_sat.rate
-    );
+    print_floor(&floor);
+    print_one(&mem_one, &dur_one);
+    if let (Some((mem_sat, dur_sat)), Some(raw_rate)) = (&saturation, raw_rate) {
+        println!("ledger intake, {N} tokens at {CONCURRENCY} in flight (saturation):");
+        line("  memory set (baseline)", mem_sat);
+        line("  durable ledger", dur_sat);
+        println!("  raw INSERT, 1 fsync/token  {raw_rate:>9.0} tokens/s");
+        println!(
+            "  durable / raw INSERT: {:.1}x   durable / memory: {:.3}x",
+            dur_sat.rate / raw_rate,
+            dur_sat.rate / mem_sat.rate
+        );
+    }
     for (rate, mem, dur) in &latency {
         println!("admission delay at an offered {rate} tokens/s for {PACED_FOR:?}:");
         line("  memory set (baseline)", mem);
@@ -324,12 +391,14 @@ fn main() {
         Some(rate) => println!("p99 added delay under 5 ms up to an offered {rate} tokens/s"),
         None => println!("p99 added delay under 5 ms: at none of the offered rates"),
     }
-    println!(
-        "throughput target 20000/s: {}",
-        if dur_sat.rate >= 20_000.0 {
-            "met"
-        } else {
-            "NOT met on this run"
-        }
-    );
+    if let Some((_, dur_sat)) = &saturation {
+        println!(
+            "throughput target 20000/s: {}",
+            if dur_sat.rate >= 20_000.0 {
+                "met"
+            } else {
+                "NOT met on this run"
+            }
+        );
+    }
 }

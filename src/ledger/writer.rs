@@ -247,15 +247,19 @@ fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>, activity: 
         if now.is_some() && now == seen {
             continue;
         }
-        let mut done = relay_migrations::ledger::checkpoint(&conn);
-        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-        let restart = size >= WAL_MAX_BYTES
-            || (size >= WAL_RESTART_BYTES && activity.idle_for() >= RESTART_WHEN_IDLE);
-        if done.is_ok() && restart {
-            // The passive one just copied nearly everything: what is left for the one that
-            // holds the writer back is the commits made meanwhile, and the database's fsync.
-            done = relay_migrations::ledger::checkpoint_restart(&conn);
-        }
+        // How far the WAL has grown since it last started over (not the file's length, which
+        // stays at up to `journal_size_limit` once reached, so it would call for a restart,
+        // which holds the writer back, after every checkpoint).
+        let done = relay_migrations::ledger::checkpoint(&conn).and_then(|in_use| {
+            let restart = in_use >= WAL_MAX_BYTES
+                || (in_use >= WAL_RESTART_BYTES && activity.idle_for() >= RESTART_WHEN_IDLE);
+            if restart {
+                // The passive one just copied nearly everything: what is left for the one that
+                // holds the writer back is the commits made meanwhile, and the database's fsync.
+                relay_migrations::ledger::checkpoint_restart(&conn)?;
+            }
+            Ok(())
+        });
         match done {
             // As read before it ran: a commit made meanwhile makes the next tick run again.
             Ok(()) => seen = now,
