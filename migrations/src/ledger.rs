@@ -1284,12 +1284,19 @@ mod tests {
         assert_eq!(count(home.path()), 20);
     }
 
-    #[test]
-    fn ledger_checkpoint_answers_the_wal_in_use_not_the_length_of_its_file() {
+    /// A new ledger database with its schema: the directory (kept alive), the file, a
+    /// connection.
+    fn new_ledger() -> (tempfile::TempDir, PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join(DB_FILE);
         let conn = open(&db).unwrap();
         ensure_schema(&conn).unwrap();
+        (dir, db, conn)
+    }
+
+    #[test]
+    fn ledger_checkpoint_answers_the_wal_in_use_not_the_length_of_its_file() {
+        let (_dir, db, conn) = new_ledger();
         // Accounting, not durability, is under test: no fsync per commit.
         conn.pragma_update(None, "synchronous", "OFF").unwrap();
         let wal_len = || std::fs::metadata(wal_path(&db)).unwrap().len();
@@ -1321,10 +1328,7 @@ mod tests {
 
     #[test]
     fn ledger_connection_waits_for_another_ones_write_lock_then_gets_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join(DB_FILE);
-        let holder = open(&db).unwrap();
-        ensure_schema(&holder).unwrap();
+        let (_dir, db, holder) = new_ledger();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
         assert_eq!(v2_admit(&holder, "c", 1), 1);
         let db2 = db.clone();
