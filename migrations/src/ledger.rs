@@ -227,10 +227,9 @@ pub const WAL_RESTART_BYTES: u64 = 2 << 20;
 pub const WAL_MAX_BYTES: u64 = JOURNAL_SIZE_LIMIT as u64;
 
 /// Opens (creating) a ledger database with the ledger's settings: WAL, `synchronous=FULL`
-/// (every commit is fsynced: a token survives power loss once admitted), a busy handler
-/// ([`wait_while_busy`]), a
-/// large page cache and a high auto-checkpoint bound (measured: 2.5× the intake of the
-/// defaults, see `benches/ledger.rs`).
+/// (every commit is fsynced: a token survives power loss once admitted), a busy handler that
+/// waits for a lock in short steps (`wait_while_busy`), a large page cache and a high
+/// auto-checkpoint bound (measured: 2.5× the intake of the defaults, see `benches/ledger.rs`).
 ///
 /// # Errors
 /// The SQLite error.
