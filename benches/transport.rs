@@ -915,8 +915,6 @@ async fn parent() {
     adopted_home_start(env_num("BENCH_ADOPTED", 100_000) as usize).await;
 }
 
-/// `fdatasync` after an 8 KiB append to a file in `dir` (a single-token commit's WAL frames),
-/// `n` times, 1 ms apart; sorted.
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }

@@ -55,24 +55,33 @@ pub fn map_code_on_demand() -> usize {
 /// many mappings were released.
 pub fn release_startup_code() -> usize {
     // The libraries first: `/proc/self/smaps` is read before the executable is cut into
-    // pieces below, which would make it a hundred times longer.
-    let libraries = std::fs::read_to_string("/proc/self/smaps")
-        .map(|smaps| {
-            droppable_library_mappings(&smaps, executable_in(&smaps))
-                .into_iter()
-                .filter(|&(start, len)| advise(start, len, Advice::DontNeed))
-                .count()
-        })
-        .unwrap_or(0);
-    let own = executable_mappings();
+    // pieces below, which would make it a hundred times longer. Its mapping lines are those of
+    // `/proc/self/maps`, so the executable's mappings are found in it too.
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return release_own(&executable_mappings());
+    };
+    let exe = executable_in(&smaps);
+    let libraries = droppable_library_mappings(&smaps, exe)
+        .into_iter()
+        .filter(|&(start, len)| advise(start, len, Advice::DontNeed))
+        .count();
+    let own = exe
+        .map(|file| mappings_of(&smaps, file))
+        .unwrap_or_default();
+    release_own(&own) + libraries
+}
+
+/// Pages out the executable's mappings `own` and cuts them into pieces; how many were paged
+/// out.
+fn release_own(own: &[(usize, usize)]) -> usize {
     let released = own
         .iter()
         .filter(|&&(start, len)| advise(start, len, Advice::PageOut))
         .count();
-    for &(start, len) in &own {
+    for &(start, len) in own {
         cut_into_pieces(start, len);
     }
-    released + libraries
+    released
 }
 
 /// The size of the pieces [`cut_into_pieces`] cuts the executable's mappings into: a page of
@@ -135,9 +144,14 @@ fn executable_mappings() -> Vec<(usize, usize)> {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return Vec::new();
     };
-    let Some(file) = executable_in(&maps) else {
-        return Vec::new();
-    };
+    executable_in(&maps)
+        .map(|file| mappings_of(&maps, file))
+        .unwrap_or_default()
+}
+
+/// `(start, length)` of every mapping of `file` in `maps` (the text of `/proc/self/maps` or
+/// `/proc/self/smaps`).
+fn mappings_of(maps: &str, file: (&str, &str)) -> Vec<(usize, usize)> {
     maps.lines()
         .filter_map(Mapping::parse)
         .filter(|m| m.file == file)

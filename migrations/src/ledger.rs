@@ -260,17 +260,19 @@ const BUSY_SHORT_TRIES: i32 = 200;
 const BUSY_STEP_SHORT: Duration = Duration::from_micros(50);
 /// A long wait, once the lock has been held for more than a few milliseconds.
 const BUSY_STEP_LONG: Duration = Duration::from_millis(1);
+/// Retries of [`wait_while_busy`] that wait [`BUSY_STEP_LONG`]: together about
+/// [`BUSY_TIMEOUT`].
+#[allow(clippy::cast_possible_truncation)] // 5 000
+const BUSY_LONG_TRIES: i32 = (BUSY_TIMEOUT.as_millis() / BUSY_STEP_LONG.as_millis()) as i32;
 
 /// The busy handler of every ledger connection, in place of SQLite's `busy_timeout`, whose
 /// waits of 1, 2, 5, 10 … ms make an admission that meets a lock held for 0.2 ms wait 1 ms or
 /// more. Gives up after about [`BUSY_TIMEOUT`].
 fn wait_while_busy(tries: i32) -> bool {
-    let long_tries = i32::try_from(BUSY_TIMEOUT.as_millis() / BUSY_STEP_LONG.as_millis().max(1))
-        .unwrap_or(i32::MAX);
     if tries < BUSY_SHORT_TRIES {
         std::thread::sleep(BUSY_STEP_SHORT);
         true
-    } else if tries < BUSY_SHORT_TRIES.saturating_add(long_tries) {
+    } else if tries < BUSY_SHORT_TRIES + BUSY_LONG_TRIES {
         std::thread::sleep(BUSY_STEP_LONG);
         true
     } else {
@@ -1346,10 +1348,9 @@ mod tests {
 
     #[test]
     fn ledger_busy_handler_gives_up_after_the_busy_timeout() {
-        let long = i32::try_from(BUSY_TIMEOUT.as_millis() / BUSY_STEP_LONG.as_millis()).unwrap();
-        let last = BUSY_SHORT_TRIES + long;
+        let last = BUSY_SHORT_TRIES + BUSY_LONG_TRIES;
         let waited = BUSY_STEP_SHORT * BUSY_SHORT_TRIES.unsigned_abs()
-            + BUSY_STEP_LONG * long.unsigned_abs();
+            + BUSY_STEP_LONG * BUSY_LONG_TRIES.unsigned_abs();
         assert!(waited >= BUSY_TIMEOUT, "waits {waited:?} in all");
         assert!(wait_while_busy(last - 1));
         assert!(!wait_while_busy(last));
