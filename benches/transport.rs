@@ -32,7 +32,8 @@
 //! Environment knobs: `BENCH_MB` (single-stream size, default 128), `BENCH_STREAMS` (concurrent
 //! streams, default 1000), `BENCH_SETUPS` (set-up samples, default 2000), `BENCH_SECS` (tiny
 //! stream phase, default 3), `BENCH_SOAK` (tiny streams through the daemon, default 1 000 000),
-//! `BENCH_ADOPTED` (reference token files of the adopted home, default 100 000).
+//! `BENCH_ADOPTED` (reference token files of the adopted home, default 100 000), `BENCH_ONLY=setup`
+//! (section 4 alone).
 
 #![allow(
     clippy::unwrap_used,
@@ -624,159 +625,165 @@ async fn parent() {
     }
     println!();
 
-    // 1. Single-stream throughput: relay and baseline interleaved, three rounds, best of each
-    //    (the machine is shared; the best round is the least disturbed one). Two byte copiers
-    //    run in the same rounds and show what any relay process can reach on this machine.
-    let n = single_mb << 20;
-    let c = new_client(&contract);
-    let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
-    let mut d = direct.connect().await;
-    let tls_copier = CopierProc::start(target, true);
-    let copier = CopierProc::start(direct.addr, false);
-    let mut t = Direct {
-        addr: tls_copier.addr,
-        tls: direct.tls.clone(),
-    }
-    .connect()
-    .await;
-    let mut f = Direct {
-        addr: copier.addr,
-        tls: direct.tls.clone(),
-    }
-    .connect()
-    .await;
-    // Warm-up.
-    upload(&mut s, 1 << 20).await;
-    upload(&mut d, 1 << 20).await;
-    upload(&mut t, 1 << 20).await;
-    upload(&mut f, 1 << 20).await;
-    let mut relay_path = PathStats::new(Some(relay.child.id()));
-    let mut base_path = PathStats::new(None);
-    let mut tls_copier_path = PathStats::new(Some(tls_copier.child.id()));
-    let mut copier_path = PathStats::new(Some(copier.child.id()));
-    for _round in 0..3 {
-        relay_path.round(&mut s, n).await;
-        base_path.round(&mut d, n).await;
-        tls_copier_path.round(&mut t, n).await;
-        copier_path.round(&mut f, n).await;
-    }
-    let per_mib = |d: Duration| d.as_secs_f64() * 1e3 / (3 * single_mb) as f64;
-    s.finish();
-    drop((s, d, t, f, tls_copier, copier));
-    let (r, b) = (&relay_path, &base_path);
-    println!("single stream, {single_mb} MiB, best of 3 interleaved rounds:");
-    println!(
-        "  upload    relay {:8.1} MB/s   baseline {:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
-        r.best[0],
-        b.best[0],
-        r.best[0] / b.best[0]
-    );
-    println!(
-        "  download  relay {:8.1} MB/s   baseline {:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
-        r.best[1],
-        b.best[1],
-        r.best[1] / b.best[1]
-    );
-    println!(
-        "  CPU per MiB, all processes: upload relay {:.3} ms  baseline {:.3} ms  (baseline/relay {:.2});  download relay {:.3} ms  baseline {:.3} ms  ({:.2})",
-        per_mib(r.cpu[0]),
-        per_mib(b.cpu[0]),
-        b.cpu[0].as_secs_f64() / r.cpu[0].as_secs_f64().max(1e-9),
-        per_mib(r.cpu[1]),
-        per_mib(b.cpu[1]),
-        b.cpu[1].as_secs_f64() / r.cpu[1].as_secs_f64().max(1e-9),
-    );
-    println!(
-        "  of which the relay process: upload {:.3} ms, download {:.3} ms per MiB (the rest: client and target, as in the baseline)",
-        per_mib(r.own[0]),
-        per_mib(r.own[1]),
-    );
-    println!(
-        "  what a relay process can reach here, same rounds (a copier process, 64 KiB reads, no HTTP/2, no sharetoken):"
-    );
-    for (what, p) in [
-        (
-            "TLS terminated, bytes copied to the target",
-            &tls_copier_path,
-        ),
-        ("bytes copied, the client's TLS to the target", &copier_path),
-    ] {
+    // `BENCH_ONLY=setup`: section 4 alone (set-up latency), to iterate on the set-up path.
+    let only_setup = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "setup");
+    if !only_setup {
+        // 1. Single-stream throughput: relay and baseline interleaved, three rounds, best of each
+        //    (the machine is shared; the best round is the least disturbed one). Two byte copiers
+        //    run in the same rounds and show what any relay process can reach on this machine.
+        let n = single_mb << 20;
+        let c = new_client(&contract);
+        let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
+        let mut d = direct.connect().await;
+        let tls_copier = CopierProc::start(target, true);
+        let copier = CopierProc::start(direct.addr, false);
+        let mut t = Direct {
+            addr: tls_copier.addr,
+            tls: direct.tls.clone(),
+        }
+        .connect()
+        .await;
+        let mut f = Direct {
+            addr: copier.addr,
+            tls: direct.tls.clone(),
+        }
+        .connect()
+        .await;
+        // Warm-up.
+        upload(&mut s, 1 << 20).await;
+        upload(&mut d, 1 << 20).await;
+        upload(&mut t, 1 << 20).await;
+        upload(&mut f, 1 << 20).await;
+        let mut relay_path = PathStats::new(Some(relay.child.id()));
+        let mut base_path = PathStats::new(None);
+        let mut tls_copier_path = PathStats::new(Some(tls_copier.child.id()));
+        let mut copier_path = PathStats::new(Some(copier.child.id()));
+        for _round in 0..3 {
+            relay_path.round(&mut s, n).await;
+            base_path.round(&mut d, n).await;
+            tls_copier_path.round(&mut t, n).await;
+            copier_path.round(&mut f, n).await;
+        }
+        let per_mib = |d: Duration| d.as_secs_f64() * 1e3 / (3 * single_mb) as f64;
+        s.finish();
+        drop((s, d, t, f, tls_copier, copier));
+        let (r, b) = (&relay_path, &base_path);
+        println!("single stream, {single_mb} MiB, best of 3 interleaved rounds:");
         println!(
-            "    {what:<46} upload ratio {:.2}, download ratio {:.2}; the copier {:.3} / {:.3} ms per MiB",
-            p.best[0] / b.best[0],
-            p.best[1] / b.best[1],
-            per_mib(p.own[0]),
-            per_mib(p.own[1]),
+            "  upload    relay {:8.1} MB/s   baseline {:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
+            r.best[0],
+            b.best[0],
+            r.best[0] / b.best[0]
         );
-    }
+        println!(
+            "  download  relay {:8.1} MB/s   baseline {:8.1} MB/s   ratio {:.2} (target ≥ 0.70)",
+            r.best[1],
+            b.best[1],
+            r.best[1] / b.best[1]
+        );
+        println!(
+            "  CPU per MiB, all processes: upload relay {:.3} ms  baseline {:.3} ms  (baseline/relay {:.2});  download relay {:.3} ms  baseline {:.3} ms  ({:.2})",
+            per_mib(r.cpu[0]),
+            per_mib(b.cpu[0]),
+            b.cpu[0].as_secs_f64() / r.cpu[0].as_secs_f64().max(1e-9),
+            per_mib(r.cpu[1]),
+            per_mib(b.cpu[1]),
+            b.cpu[1].as_secs_f64() / r.cpu[1].as_secs_f64().max(1e-9),
+        );
+        println!(
+            "  of which the relay process: upload {:.3} ms, download {:.3} ms per MiB (the rest: client and target, as in the baseline)",
+            per_mib(r.own[0]),
+            per_mib(r.own[1]),
+        );
+        println!(
+            "  what a relay process can reach here, same rounds (a copier process, 64 KiB reads, no HTTP/2, no sharetoken):"
+        );
+        for (what, p) in [
+            (
+                "TLS terminated, bytes copied to the target",
+                &tls_copier_path,
+            ),
+            ("bytes copied, the client's TLS to the target", &copier_path),
+        ] {
+            println!(
+                "    {what:<46} upload ratio {:.2}, download ratio {:.2}; the copier {:.3} / {:.3} ms per MiB",
+                p.best[0] / b.best[0],
+                p.best[1] / b.best[1],
+                per_mib(p.own[0]),
+                per_mib(p.own[1]),
+            );
+        }
 
-    // 2. Concurrent streams of 1 MiB each (download), 250 streams per client connection.
-    let per = 1u64 << 20;
-    let clients: Vec<_> = (0..streams.div_ceil(250))
-        .map(|_| new_client(&contract))
-        .collect();
-    let before = relay.status_kib("VmRSS:");
-    let sampler = RssSampler::start(relay.child.id());
-    let t = Instant::now();
-    let mut opened = Vec::new();
-    for i in 0..streams {
-        let c = clients[i % clients.len()].clone();
-        let target_s = target_s.clone();
-        opened.push(tokio::spawn(async move {
-            let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
-            download(&mut s, per).await;
-            s.finish();
-        }));
-    }
-    for h in opened {
-        h.await.unwrap();
-    }
-    let conc_relay = mbps(per * streams as u64, t.elapsed());
-    let peak = sampler.finish();
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let direct = direct.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut d = direct.connect().await;
-            download(&mut d, per).await;
-        }));
-    }
-    for h in tasks {
-        h.await.unwrap();
-    }
-    let conc_base = mbps(per * streams as u64, t.elapsed());
-    let per_stream = peak.saturating_sub(before) as f64 / streams as f64;
-    println!("{streams} concurrent streams × 1 MiB (download):");
-    println!(
-        "  aggregate relay {conc_relay:8.1} MB/s   baseline {conc_base:8.1} MB/s   ratio {:.2}",
-        conc_relay / conc_base
-    );
-    println!(
-        "  relay RSS before {before} KiB, peak {peak} KiB → {per_stream:.1} KiB per stream (target < 64 KiB)"
-    );
-    drop(clients);
+        // 2. Concurrent streams of 1 MiB each (download), 250 streams per client connection.
+        let per = 1u64 << 20;
+        let clients: Vec<_> = (0..streams.div_ceil(250))
+            .map(|_| new_client(&contract))
+            .collect();
+        let before = relay.status_kib("VmRSS:");
+        let sampler = RssSampler::start(relay.child.id());
+        let t = Instant::now();
+        let mut opened = Vec::new();
+        for i in 0..streams {
+            let c = clients[i % clients.len()].clone();
+            let target_s = target_s.clone();
+            opened.push(tokio::spawn(async move {
+                let mut s = c.open(&target_s, Network::Tcp).await.unwrap();
+                download(&mut s, per).await;
+                s.finish();
+            }));
+        }
+        for h in opened {
+            h.await.unwrap();
+        }
+        let conc_relay = mbps(per * streams as u64, t.elapsed());
+        let peak = sampler.finish();
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let direct = direct.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut d = direct.connect().await;
+                download(&mut d, per).await;
+            }));
+        }
+        for h in tasks {
+            h.await.unwrap();
+        }
+        let conc_base = mbps(per * streams as u64, t.elapsed());
+        let per_stream = peak.saturating_sub(before) as f64 / streams as f64;
+        println!("{streams} concurrent streams × 1 MiB (download):");
+        println!(
+            "  aggregate relay {conc_relay:8.1} MB/s   baseline {conc_base:8.1} MB/s   ratio {:.2}",
+            conc_relay / conc_base
+        );
+        println!(
+            "  relay RSS before {before} KiB, peak {peak} KiB → {per_stream:.1} KiB per stream (target < 64 KiB)"
+        );
+        drop(clients);
 
-    // 3. Admitted streams per second with tiny streams (64 workers on 1 connection).
-    let c = new_client(&contract);
-    one_at_a_time(&c, &target_s, 20).await;
-    let cpu_before = relay.cpu();
-    let admitted = tiny_load(&c, &target_s, Duration::from_secs(secs))
-        .await
-        .len() as u64;
-    let relay_rate = admitted as f64 / secs as f64;
-    let cpu_per_stream = relay.cpu().saturating_sub(cpu_before) / admitted.max(1) as u32;
-    let base_rate =
-        direct_load(&direct, Duration::from_secs(secs)).await.len() as f64 / secs as f64;
-    println!("tiny streams (open + 1-byte echo), 64 concurrent workers, {secs} s:");
-    println!(
-        "  relay {relay_rate:8.0} admitted streams/s   baseline {base_rate:8.0} TLS connections/s"
-    );
-    println!(
-        "  relay CPU per admitted stream: {} µs (parse, 2 signature checks, ledger, dial, splice)",
-        cpu_per_stream.as_micros()
-    );
-    println!("relay peak RSS (VmHWM): {} KiB", relay.status_kib("VmHWM:"));
+        // 3. Admitted streams per second with tiny streams (64 workers on 1 connection).
+        let c = new_client(&contract);
+        one_at_a_time(&c, &target_s, 20).await;
+        let cpu_before = relay.cpu();
+        let admitted = tiny_load(&c, &target_s, Duration::from_secs(secs))
+            .await
+            .len() as u64;
+        let relay_rate = admitted as f64 / secs as f64;
+        let cpu_per_stream = relay.cpu().saturating_sub(cpu_before) / admitted.max(1) as u32;
+        let base_rate =
+            direct_load(&direct, Duration::from_secs(secs)).await.len() as f64 / secs as f64;
+        println!("tiny streams (open + 1-byte echo), 64 concurrent workers, {secs} s:");
+        println!(
+            "  relay {relay_rate:8.0} admitted streams/s   baseline {base_rate:8.0} TLS connections/s"
+        );
+        println!(
+            "  relay CPU per admitted stream: {} µs (parse, 2 signature checks, ledger, dial, splice)",
+            cpu_per_stream.as_micros()
+        );
+        println!("relay peak RSS (VmHWM): {} KiB", relay.status_kib("VmHWM:"));
+
+        drop(c);
+    }
 
     // 4. Stream set-up latency through one relay and through a 3-hop circuit, with the durable
     //    ledger beside the in-memory one, and the direct-TLS baseline, in interleaved rounds.
@@ -798,7 +805,6 @@ async fn parent() {
         let sk = client::servicekey_signed_by(&contract, now + 3600, now + 7200);
         Arc::new(CircuitClient::new(sk, hops, ClientConfig::default()).unwrap())
     };
-    drop(c);
     let paths = [
         ("1 hop, in-memory ledger", circuit(&[&relay])),
         ("1 hop, durable ledger", circuit(&[&durables[0]])),
@@ -905,6 +911,9 @@ async fn parent() {
         durables.iter().map(RelayProc::wal_bytes).max().unwrap_or(0),
     );
     drop((paths, extra, durables, relay));
+    if only_setup {
+        return;
+    }
 
     // 5. The relay daemon itself (the release binary, durable ledger, REST and metrics on,
     //    enrolled at a stand-in network in this process): memory at start, under 200 concurrent
