@@ -32,8 +32,8 @@
 //! Environment knobs: `BENCH_MB` (single-stream size, default 128), `BENCH_STREAMS` (concurrent
 //! streams, default 1000), `BENCH_SETUPS` (set-up samples, default 2000), `BENCH_SECS` (tiny
 //! stream phase, default 3), `BENCH_SOAK` (tiny streams through the daemon, default 1 000 000),
-//! `BENCH_ADOPTED` (reference token files of the adopted home, default 100 000), `BENCH_ONLY=setup`
-//! (section 4 alone).
+//! `BENCH_ADOPTED` (reference token files of the adopted home, default 100 000), `BENCH_ONLY` (one
+//! section alone: `throughput` for 1–3, `setup`, `daemon` or `adopted`).
 
 #![allow(
     clippy::unwrap_used,
@@ -625,9 +625,10 @@ async fn parent() {
     }
     println!();
 
-    // `BENCH_ONLY=setup`: section 4 alone (set-up latency), to iterate on the set-up path.
-    let only_setup = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "setup");
-    if !only_setup {
+    // `BENCH_ONLY=<section>`: that section alone, to iterate on one path.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    if run("throughput") {
         // 1. Single-stream throughput: relay and baseline interleaved, three rounds, best of each
         //    (the machine is shared; the best round is the least disturbed one). Two byte copiers
         //    run in the same rounds and show what any relay process can reach on this machine.
@@ -785,143 +786,147 @@ async fn parent() {
         drop(c);
     }
 
-    // 4. Stream set-up latency through one relay and through a 3-hop circuit, with the durable
-    //    ledger beside the in-memory one, and the direct-TLS baseline, in interleaved rounds.
-    let extra = [
-        RelayProc::start(&contract_id, false),
-        RelayProc::start(&contract_id, false),
-    ];
-    let mut durables = [
-        RelayProc::start(&contract_id, true),
-        RelayProc::start(&contract_id, true),
-        RelayProc::start(&contract_id, true),
-    ];
-    let circuit = |relays: &[&RelayProc]| {
-        let hops = relays
-            .iter()
-            .map(|r| Hop::new(format!("wireleap://{}", r.addr), r.pubkey))
-            .collect();
-        let now = unix_now();
-        let sk = client::servicekey_signed_by(&contract, now + 3600, now + 7200);
-        Arc::new(CircuitClient::new(sk, hops, ClientConfig::default()).unwrap())
-    };
-    let paths = [
-        ("1 hop, in-memory ledger", circuit(&[&relay])),
-        ("1 hop, durable ledger", circuit(&[&durables[0]])),
-        (
-            "3 hops, in-memory ledgers",
-            circuit(&[&relay, &extra[0], &extra[1]]),
-        ),
-        (
-            "3 hops, durable ledgers",
-            circuit(&[&durables[0], &durables[1], &durables[2]]),
-        ),
-    ];
-    let rounds = 3;
-    let mut alone: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
-    let mut loaded: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
-    for (_, c) in &paths {
-        // Warm-up: every hop's connection is open before anything is measured.
-        one_at_a_time(c, &target_s, 20).await;
-    }
-    for _round in 0..rounds {
-        alone[0].extend(direct_one_at_a_time(&direct, setups / rounds).await);
-        for (i, (_, c)) in paths.iter().enumerate() {
-            alone[i + 1].extend(one_at_a_time(c, &target_s, setups / rounds).await);
-        }
-        loaded[0].extend(direct_load(&direct, Duration::from_secs(secs)).await);
-        for (i, (_, c)) in paths.iter().enumerate() {
-            loaded[i + 1].extend(tiny_load(c, &target_s, Duration::from_secs(secs)).await);
-        }
-    }
-    for v in alone.iter_mut().chain(loaded.iter_mut()) {
-        v.sort();
-    }
-    for d in &mut durables {
-        d.stop();
-    }
-    let floor = disk::fdatasync_floor(durables[0].home.path(), 500, 8192, false);
-    let floor_in_place = disk::fdatasync_floor(durables[0].home.path(), 500, 8192, true);
-    // Tokens the durable relays admitted: one per stream and hop, the warm-up's included.
-    let admitted_durable =
-        alone[2].len() + loaded[2].len() + 20 + 3 * (alone[4].len() + loaded[4].len() + 20);
-    println!(
-        "stream set-up latency (open + 1-byte echo), {rounds} interleaved rounds; durable = the SQLite ledger, the token on disk before any byte moves:"
-    );
-    for (title, lat) in [
-        (
-            format!(
-                "one stream at a time ({} streams each)",
-                setups / rounds * rounds
+    if run("setup") {
+        // 4. Stream set-up latency through one relay and through a 3-hop circuit, with the durable
+        //    ledger beside the in-memory one, and the direct-TLS baseline, in interleaved rounds.
+        let extra = [
+            RelayProc::start(&contract_id, false),
+            RelayProc::start(&contract_id, false),
+        ];
+        let mut durables = [
+            RelayProc::start(&contract_id, true),
+            RelayProc::start(&contract_id, true),
+            RelayProc::start(&contract_id, true),
+        ];
+        let circuit = |relays: &[&RelayProc]| {
+            let hops = relays
+                .iter()
+                .map(|r| Hop::new(format!("wireleap://{}", r.addr), r.pubkey))
+                .collect();
+            let now = unix_now();
+            let sk = client::servicekey_signed_by(&contract, now + 3600, now + 7200);
+            Arc::new(CircuitClient::new(sk, hops, ClientConfig::default()).unwrap())
+        };
+        let paths = [
+            ("1 hop, in-memory ledger", circuit(&[&relay])),
+            ("1 hop, durable ledger", circuit(&[&durables[0]])),
+            (
+                "3 hops, in-memory ledgers",
+                circuit(&[&relay, &extra[0], &extra[1]]),
             ),
-            &alone,
-        ),
-        (
-            format!("under load (64 workers, {secs} s per round)"),
-            &loaded,
-        ),
-    ] {
-        println!("  {title}:");
-        let base = &lat[0];
-        println!(
-            "    {:<28} p50 {}  p99 {}   ({:.0}/s)",
-            "direct TLS (baseline)",
-            ms(pct(base, 0.5)),
-            ms(pct(base, 0.99)),
-            base.len() as f64 / (rounds as u64 * secs) as f64
-        );
-        for (i, (name, _)) in paths.iter().enumerate() {
-            let v = &lat[i + 1];
-            let mut extra_text = format!(
-                "p99 / baseline p99 {:.2}{}",
-                ratio(pct(v, 0.99), pct(base, 0.99)),
-                if i == 1 { " (target ≤ 1.50)" } else { "" }
-            );
-            if i % 2 == 1 {
-                // Signed: on a shared machine the durable run can come out ahead.
-                let mem = &lat[i];
-                extra_text.push_str(&format!(
-                    "; durable adds p50 {:+.3} ms (target ≤ 0.1), p99 {:+.3} ms (target ≤ 0.5)",
-                    added_ms(pct(v, 0.5), pct(mem, 0.5)),
-                    added_ms(pct(v, 0.99), pct(mem, 0.99)),
-                ));
-            }
-            println!(
-                "    {name:<28} p50 {}  p99 {}   {extra_text}",
-                ms(pct(v, 0.5)),
-                ms(pct(v, 0.99)),
-            );
+            (
+                "3 hops, durable ledgers",
+                circuit(&[&durables[0], &durables[1], &durables[2]]),
+            ),
+        ];
+        let rounds = 3;
+        let mut alone: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
+        let mut loaded: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
+        for (_, c) in &paths {
+            // Warm-up: every hop's connection is open before anything is measured.
+            one_at_a_time(c, &target_s, 20).await;
         }
+        for _round in 0..rounds {
+            alone[0].extend(direct_one_at_a_time(&direct, setups / rounds).await);
+            for (i, (_, c)) in paths.iter().enumerate() {
+                alone[i + 1].extend(one_at_a_time(c, &target_s, setups / rounds).await);
+            }
+            loaded[0].extend(direct_load(&direct, Duration::from_secs(secs)).await);
+            for (i, (_, c)) in paths.iter().enumerate() {
+                loaded[i + 1].extend(tiny_load(c, &target_s, Duration::from_secs(secs)).await);
+            }
+        }
+        for v in alone.iter_mut().chain(loaded.iter_mut()) {
+            v.sort();
+        }
+        for d in &mut durables {
+            d.stop();
+        }
+        let floor = disk::fdatasync_floor(durables[0].home.path(), 500, 8192, false);
+        let floor_in_place = disk::fdatasync_floor(durables[0].home.path(), 500, 8192, true);
+        // Tokens the durable relays admitted: one per stream and hop, the warm-up's included.
+        let admitted_durable =
+            alone[2].len() + loaded[2].len() + 20 + 3 * (alone[4].len() + loaded[4].len() + 20);
+        println!(
+            "stream set-up latency (open + 1-byte echo), {rounds} interleaved rounds; durable = the SQLite ledger, the token on disk before any byte moves:"
+        );
+        for (title, lat) in [
+            (
+                format!(
+                    "one stream at a time ({} streams each)",
+                    setups / rounds * rounds
+                ),
+                &alone,
+            ),
+            (
+                format!("under load (64 workers, {secs} s per round)"),
+                &loaded,
+            ),
+        ] {
+            println!("  {title}:");
+            let base = &lat[0];
+            println!(
+                "    {:<28} p50 {}  p99 {}   ({:.0}/s)",
+                "direct TLS (baseline)",
+                ms(pct(base, 0.5)),
+                ms(pct(base, 0.99)),
+                base.len() as f64 / (rounds as u64 * secs) as f64
+            );
+            for (i, (name, _)) in paths.iter().enumerate() {
+                let v = &lat[i + 1];
+                let mut extra_text = format!(
+                    "p99 / baseline p99 {:.2}{}",
+                    ratio(pct(v, 0.99), pct(base, 0.99)),
+                    if i == 1 { " (target ≤ 1.50)" } else { "" }
+                );
+                if i % 2 == 1 {
+                    // Signed: on a shared machine the durable run can come out ahead.
+                    let mem = &lat[i];
+                    extra_text.push_str(&format!(
+                        "; durable adds p50 {:+.3} ms (target ≤ 0.1), p99 {:+.3} ms (target ≤ 0.5)",
+                        added_ms(pct(v, 0.5), pct(mem, 0.5)),
+                        added_ms(pct(v, 0.99), pct(mem, 0.99)),
+                    ));
+                }
+                println!(
+                    "    {name:<28} p50 {}  p99 {}   {extra_text}",
+                    ms(pct(v, 0.5)),
+                    ms(pct(v, 0.99)),
+                );
+            }
+        }
+        println!(
+            "  the disk's floor, same run: fdatasync after an 8 KiB write (what a token's commit waits for at least): appended p50 {}  p99 {}; in place (a WAL that starts over within its file) p50 {}  p99 {}",
+            ms(pct(&floor, 0.5)),
+            ms(pct(&floor, 0.99)),
+            ms(pct(&floor_in_place, 0.5)),
+            ms(pct(&floor_in_place, 0.99)),
+        );
+        let db = durables[0]
+            .home
+            .path()
+            .join(relay_migrations::ledger::DB_FILE);
+        let stored: i64 = durables.iter().map(RelayProc::tokens_stored).sum();
+        println!(
+            "  durable ledgers after a graceful stop: {stored} tokens stored (admitted: {admitted_durable}), {} bytes per token in ledger.db, largest WAL left {} bytes (target ≤ 4 MiB)",
+            bytes_per_token(&db),
+            durables.iter().map(RelayProc::wal_bytes).max().unwrap_or(0),
+        );
+        drop((paths, extra, durables));
     }
-    println!(
-        "  the disk's floor, same run: fdatasync after an 8 KiB write (what a token's commit waits for at least): appended p50 {}  p99 {}; in place (a WAL that starts over within its file) p50 {}  p99 {}",
-        ms(pct(&floor, 0.5)),
-        ms(pct(&floor, 0.99)),
-        ms(pct(&floor_in_place, 0.5)),
-        ms(pct(&floor_in_place, 0.99)),
-    );
-    let db = durables[0]
-        .home
-        .path()
-        .join(relay_migrations::ledger::DB_FILE);
-    let stored: i64 = durables.iter().map(RelayProc::tokens_stored).sum();
-    println!(
-        "  durable ledgers after a graceful stop: {stored} tokens stored (admitted: {admitted_durable}), {} bytes per token in ledger.db, largest WAL left {} bytes (target ≤ 4 MiB)",
-        bytes_per_token(&db),
-        durables.iter().map(RelayProc::wal_bytes).max().unwrap_or(0),
-    );
-    drop((paths, extra, durables, relay));
-    if only_setup {
-        return;
-    }
+    drop(relay);
 
     // 5. The relay daemon itself (the release binary, durable ledger, REST and metrics on,
     //    enrolled at a stand-in network in this process): memory at start, under 200 concurrent
     //    1 MiB streams, and over a soak of tiny streams; then the WAL after a graceful stop.
-    daemon_memory(&target_s, env_num("BENCH_SOAK", 1_000_000)).await;
+    if run("daemon") {
+        daemon_memory(&target_s, env_num("BENCH_SOAK", 1_000_000)).await;
+    }
 
     // 6. Start time of a home adopted from a reference relay with a large sharetokens/ store.
-    adopted_home_start(env_num("BENCH_ADOPTED", 100_000) as usize).await;
+    if run("adopted") {
+        adopted_home_start(env_num("BENCH_ADOPTED", 100_000) as usize).await;
+    }
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
