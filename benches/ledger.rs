@@ -8,7 +8,9 @@
 //!   must be on disk before its stream is admitted, so no durable ledger can add less than this
 //!   to the p99 on this disk; on a shared machine it moves with everyone else's I/O.
 //!
-//! - `one at a time`: a lone stream's token, nothing to group it with, against the memory set.
+//! - `one at a time`: a lone stream's token, nothing to group it with, against the memory set;
+//!   with a new ledger, and again after the saturation run, the ledger then holding 106 000
+//!   tokens (its page cache full, the replay index larger than the cache).
 //!
 //! Run: `cargo bench --bench ledger` (release); `BENCH_QUICK=1` for the one-at-a-time run and
 //! two paced rates only (about 30 s). The temp dir is on the disk the tests use.
@@ -280,8 +282,8 @@ fn print_floor(floor: &[Duration]) {
     );
 }
 
-fn print_one(mem: &Run, dur: &Run) {
-    println!("one admission at a time, {ONE_AT_A_TIME} tokens, {ONE_GAP:?} apart:");
+fn print_one(ledger: &str, mem: &Run, dur: &Run) {
+    println!("one admission at a time, {ONE_AT_A_TIME} tokens, {ONE_GAP:?} apart, {ledger}:");
     line("  memory set (baseline)", mem);
     line("  durable ledger", dur);
     println!(
@@ -326,7 +328,12 @@ fn main() {
         } else {
             let m = saturate(mem.clone().recipient(), tokens(N)).await;
             let d = saturate(ledger.clone().recipient(), tokens(N)).await;
-            Some((m, d))
+            // Again one at a time, now that the ledger holds what a busy relay's does: its page
+            // cache full, the replay index larger than the cache.
+            let m1 = one_at_a_time(mem.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
+            let d1 =
+                one_at_a_time(ledger.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
+            Some((m, d, m1, d1))
         };
         let mut latency = Vec::new();
         for &rate in rates {
@@ -360,8 +367,9 @@ fn main() {
             .join(" ")
     );
     print_floor(&floor);
-    print_one(&mem_one, &dur_one);
-    if let (Some((mem_sat, dur_sat)), Some(raw_rate)) = (&saturation, raw_rate) {
+    print_one("a new ledger", &mem_one, &dur_one);
+    if let (Some((mem_sat, dur_sat, mem_full, dur_full)), Some(raw_rate)) = (&saturation, raw_rate)
+    {
         println!("ledger intake, {N} tokens at {CONCURRENCY} in flight (saturation):");
         line("  memory set (baseline)", mem_sat);
         line("  durable ledger", dur_sat);
@@ -370,6 +378,11 @@ fn main() {
             "  durable / raw INSERT: {:.1}x   durable / memory: {:.3}x",
             dur_sat.rate / raw_rate,
             dur_sat.rate / mem_sat.rate
+        );
+        print_one(
+            &format!("the ledger holding {} tokens", ONE_AT_A_TIME * 2 + N),
+            mem_full,
+            dur_full,
         );
     }
     for (rate, mem, dur) in &latency {
@@ -391,7 +404,7 @@ fn main() {
         Some(rate) => println!("p99 added delay under 5 ms up to an offered {rate} tokens/s"),
         None => println!("p99 added delay under 5 ms: at none of the offered rates"),
     }
-    if let Some((_, dur_sat)) = &saturation {
+    if let Some((_, dur_sat, _, _)) = &saturation {
         println!(
             "throughput target 20000/s: {}",
             if dur_sat.rate >= 20_000.0 {
