@@ -589,6 +589,16 @@ fn ms(d: Duration) -> String {
 }
 
 async fn parent() {
+    // `BENCH_ONLY=<section>`: that section alone, to iterate on one path.
+    let only = std::env::var("BENCH_ONLY").ok();
+    const SECTIONS: [&str; 4] = ["throughput", "setup", "daemon", "adopted"];
+    if let Some(o) = only.as_deref().filter(|o| !SECTIONS.contains(o)) {
+        eprintln!(
+            "BENCH_ONLY={o}: no such section; one of {}",
+            SECTIONS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let single_mb = env_num("BENCH_MB", 128);
     let streams = env_num("BENCH_STREAMS", 1000) as usize;
     let setups = env_num("BENCH_SETUPS", 2000) as usize;
@@ -625,8 +635,6 @@ async fn parent() {
     }
     println!();
 
-    // `BENCH_ONLY=<section>`: that section alone, to iterate on one path.
-    let only = std::env::var("BENCH_ONLY").ok();
     let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     if run("throughput") {
         // 1. Single-stream throughput: relay and baseline interleaved, three rounds, best of each
