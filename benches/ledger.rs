@@ -163,23 +163,30 @@ async fn saturate(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>) -> Run {
     summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
 }
 
-/// One admission at a time, `gap` apart (the rest of a stream's set-up between two tokens): the
-/// delay a lone stream's token adds, with nothing to group it with.
-async fn one_at_a_time(r: Recipient<AdmitToken>, tokens: Vec<Sharetoken>, gap: Duration) -> Run {
+/// One admission at a time, [`ONE_GAP`] apart (the rest of a stream's set-up between two
+/// tokens): the delay a lone stream's token adds, with nothing to group it with.
+async fn one_at_a_time(r: Recipient<AdmitToken>) -> Run {
     let start = Instant::now();
     let cpu0 = cpu_time();
-    let mut lat = Vec::with_capacity(tokens.len());
-    for t in tokens {
+    let mut lat = Vec::with_capacity(ONE_AT_A_TIME);
+    for t in tokens(ONE_AT_A_TIME) {
         let t0 = Instant::now();
         r.send(AdmitToken(t)).await.unwrap().unwrap();
         lat.push(t0.elapsed());
-        let until = Instant::now() + gap;
+        let until = Instant::now() + ONE_GAP;
         while Instant::now() < until {
             std::hint::spin_loop();
         }
     }
     let elapsed = start.elapsed();
     summarize(lat, elapsed, cpu_time().saturating_sub(cpu0))
+}
+
+/// [`one_at_a_time`] through the memory set, then through the durable ledger.
+async fn one_at_a_time_each(mem: &Addr<MemoryLedger>, ledger: &Addr<Ledger>) -> (Run, Run) {
+    let m = one_at_a_time(mem.clone().recipient()).await;
+    let d = one_at_a_time(ledger.clone().recipient()).await;
+    (m, d)
 }
 
 /// Open loop at `rate`: a batch every millisecond, each admission its own task, as the
@@ -315,14 +322,9 @@ fn main() {
     let (mem_one, dur_one, saturation, latency) = sys.block_on(async {
         let mem = MemoryLedger(HashSet::new()).start();
         let ledger = durable_ledger(dir.path()).start();
-        let mut ones = Vec::new();
         // Two interleaved rounds, so both see the same machine; the first warms both up.
-        for _ in 0..2 {
-            let m = one_at_a_time(mem.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
-            let d = one_at_a_time(ledger.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
-            ones.push((m, d));
-        }
-        let (mem_one, dur_one) = ones.pop().unwrap();
+        one_at_a_time_each(&mem, &ledger).await;
+        let (mem_one, dur_one) = one_at_a_time_each(&mem, &ledger).await;
         let saturation = if quick {
             None
         } else {
@@ -330,9 +332,7 @@ fn main() {
             let d = saturate(ledger.clone().recipient(), tokens(N)).await;
             // Again one at a time, now that the ledger holds what a busy relay's does: its page
             // cache full, the replay index larger than the cache.
-            let m1 = one_at_a_time(mem.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
-            let d1 =
-                one_at_a_time(ledger.clone().recipient(), tokens(ONE_AT_A_TIME), ONE_GAP).await;
+            let (m1, d1) = one_at_a_time_each(&mem, &ledger).await;
             Some((m, d, m1, d1))
         };
         let mut latency = Vec::new();

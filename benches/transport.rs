@@ -635,7 +635,10 @@ async fn parent() {
     }
     println!();
 
-    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    let run = |section: &str| {
+        assert!(SECTIONS.contains(&section), "{section} is not in SECTIONS");
+        only.as_deref().is_none_or(|o| o == section)
+    };
     if run("throughput") {
         // 1. Single-stream throughput: relay and baseline interleaved, three rounds, best of each
         //    (the machine is shared; the best round is the least disturbed one). Two byte copiers
@@ -790,8 +793,6 @@ async fn parent() {
             cpu_per_stream.as_micros()
         );
         println!("relay peak RSS (VmHWM): {} KiB", relay.status_kib("VmHWM:"));
-
-        drop(c);
     }
 
     if run("setup") {
