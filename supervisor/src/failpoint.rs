@@ -20,6 +20,11 @@ pub fn step(home: &Path, version: &str, name: Step, detail: &str) {
     pass(name.as_str());
 }
 
+/// Passes a failpoint that is not a journal step (a point inside one, e.g. between two renames).
+pub fn point(name: &str) {
+    pass(name);
+}
+
 fn pass(step: &str) {
     let Ok(spec) = std::env::var(FAILPOINT_ENV) else {
         return;

@@ -243,6 +243,12 @@ pub fn commit(home: &Path, version: &Version, staged: Option<&Verified>) -> Resu
         staged
             .install(&current, &home.join(CURRENT_STATEMENT))
             .map_err(io("putting the new binary in place"))?;
+    } else if let Some(staged) = staged {
+        // The bytes are in place already (a commit cut short after the binary's rename): the
+        // statement beside them may still be the old one.
+        staged
+            .install_statement(&home.join(CURRENT_STATEMENT))
+            .map_err(io("putting the new binary's statement in place"))?;
     }
     remove(&home.join(NEXT))?;
     remove(&home.join(NEXT_STATEMENT))?;
@@ -318,7 +324,11 @@ pub fn commit_rollback(home: &Path, prev: Option<&Verified>) -> Result<(), Error
     if let Some(prev) = prev
         && home.join(PREV).exists()
     {
-        if !prev.same_as(&home.join(CURRENT)) {
+        if prev.same_as(&home.join(CURRENT)) {
+            // Its bytes are back in place already (cut short after the binary's rename).
+            prev.install_statement(&home.join(CURRENT_STATEMENT))
+                .map_err(io("putting wireleap-relay.prev's statement back in place"))?;
+        } else {
             prev.install(&home.join(CURRENT), &home.join(CURRENT_STATEMENT))
                 .map_err(io("putting wireleap-relay.prev back in place"))?;
         }
@@ -443,5 +453,40 @@ pub fn skip(home: &Path, version: &str) {
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A rollback cut short after `.prev`'s bytes were renamed into place, before the statement
+    /// beside them was dealt with: finishing it must not leave the new version's statement beside
+    /// the old bytes (a supervisor would refuse that binary on every start).
+    #[test]
+    fn a_rollback_cut_short_between_its_renames_is_finished_with_the_right_statement() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let old = b"#!/bin/sh\necho 0.7.0\n";
+        // `.prev` was installed by hand (no statement); its bytes are already in place, and the
+        // statement of the version rolled back from is still there.
+        for name in [PREV, CURRENT] {
+            std::fs::write(h.join(name), old).unwrap();
+            std::fs::set_permissions(h.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(h.join(CURRENT_STATEMENT), "the 9.0.0 statement").unwrap();
+        let prev = Verified::copy(h, &h.join(PREV)).unwrap();
+        commit_rollback(h, Some(&prev)).unwrap();
+        assert_eq!(std::fs::read(h.join(CURRENT)).unwrap(), old);
+        assert!(
+            !h.join(CURRENT_STATEMENT).exists(),
+            "a stale statement stayed beside the rolled-back binary"
+        );
+        assert!(!h.join(PREV).exists());
+        // Finishing it again changes nothing.
+        commit_rollback(h, None).unwrap();
+        assert_eq!(std::fs::read(h.join(CURRENT)).unwrap(), old);
     }
 }

@@ -234,13 +234,25 @@ impl Verified {
     }
 
     /// Writes exactly these bytes to `dest` (durably, mode 0755), and the statement they
-    /// matched to `statement` (or removes a stale one).
+    /// matched to `statement` (or removes a stale one). Two renames: a crash between them
+    /// leaves the new bytes beside the old statement, which [`Verified::install_statement`]
+    /// repairs (the commit calls it again even when the bytes are already in place).
     ///
     /// # Errors
     /// An I/O error.
     pub fn install(&self, dest: &Path, statement: &Path) -> std::io::Result<()> {
         let mut bytes = File::open(self.path())?;
         wireleap_home::durable::write_atomic_from(dest, &mut bytes, 0o755)?;
+        crate::failpoint::point("binary-installed");
+        self.install_statement(statement)
+    }
+
+    /// Writes the statement these bytes matched to `statement` (durably), or removes a stale
+    /// one when they matched none (installed by hand).
+    ///
+    /// # Errors
+    /// An I/O error.
+    pub fn install_statement(&self, statement: &Path) -> std::io::Result<()> {
         match &self.statement {
             Some(s) => wireleap_home::durable::write_atomic(statement, s, 0o644),
             None => match std::fs::remove_file(statement) {

@@ -174,6 +174,12 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
                 "{spec}: 9.0.0 runs from other bytes"
             );
             assert!(
+                std::fs::read(home.join("wireleap-relay.hash")).ok()
+                    == std::fs::read(&release.1).ok(),
+                "{spec}: 9.0.0 is installed beside another statement\n{}",
+                s.log()
+            );
+            assert!(
                 std::fs::read_to_string(home.join("upgrade-state.json"))
                     .unwrap_or_default()
                     .contains("\"9.0.0\""),
@@ -254,6 +260,8 @@ fn kill_nine_after_every_journal_step_converges() {
         ("committing", "supervisor", "9.0.0"),
         ("committing", "old", "9.0.0"),
         ("committing", "new", "9.0.0"),
+        // Inside the commit: the new binary renamed into place, its statement not yet.
+        ("binary-installed", "supervisor", "9.0.0"),
         ("committed", "supervisor", "9.0.0"),
         ("committed", "old", "9.0.0"),
         ("committed", "new", "9.0.0"),
@@ -282,12 +290,12 @@ fn kill_nine_after_every_journal_step_converges() {
         assert_eq!(o.version, *want, "{at}:{victim} converged to {}", o.version);
     }
     println!(
-        "{:<11} {:<10} {:<8} {:<20} {:>6} {:>6} {:>4} {:>10}",
+        "{:<16} {:<10} {:<8} {:<20} {:>6} {:>6} {:>4} {:>10}",
         "killed at", "victim", "runs", "journal", "opens", "failed", "cut", "converged"
     );
     for (at, victim, version, step, opened, failed, cut, took) in &table {
         println!(
-            "{at:<11} {victim:<10} {version:<8} {step:<20} {opened:>6} {failed:>6} {cut:>4} {:>9.1}s",
+            "{at:<16} {victim:<10} {version:<8} {step:<20} {opened:>6} {failed:>6} {cut:>4} {:>9.1}s",
             took.as_secs_f64()
         );
     }
