@@ -7,7 +7,7 @@
 //! guard of §6.3 step 9 is [`Remote::check_loopback`]; the relay decides when to call it.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -244,9 +244,14 @@ impl fmt::Display for Remote {
     }
 }
 
-/// `localhost`, a loopback IP (incl. IPv4-mapped IPv6) or an unspecified address.
+/// `localhost`, a loopback IP (incl. IPv4-mapped IPv6) or an unspecified address. An IPv4
+/// address counts in every form the system resolver reads as one (`127.1`, `2130706433`,
+/// `0x7f000001`, `0`: see [`numeric_ipv4`]), since the dial resolves the host with it.
 pub fn is_loopback_host(host: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if numeric_ipv4(host).is_some_and(|ip| ip.is_loopback() || ip.is_unspecified()) {
         return true;
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -261,6 +266,50 @@ pub fn is_loopback_host(host: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// An IPv4 address in the numbers-and-dots forms of `inet_aton(3)`, which the system resolver
+/// tries before anything else: one to four parts, each decimal, octal (a leading `0`) or hex
+/// (`0x`); the last part fills the bytes the others leave (`127.1` is 127.0.0.1, `2130706433`
+/// and `0x7f000001` too, `0` is 0.0.0.0). `None` for anything else (a name, an IPv6 address).
+pub fn numeric_ipv4(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        // `0x` alone is 0 to inet_aton; an empty part otherwise is not a number.
+        let value = if digits.is_empty() && radix == 16 {
+            0
+        } else if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        values.push(value);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|&v| v > 0xff) {
+        return None;
+    }
+    let room = 32 - 8 * u32::try_from(leading.len()).ok()?;
+    if room < 32 && *last >> room != 0 {
+        return None;
+    }
+    let high = leading
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, &v)| acc | (v << (24 - 8 * i)));
+    Some(Ipv4Addr::from(high | last))
 }
 
 fn join_host_port(host: &str, port: u16) -> String {
@@ -374,6 +423,50 @@ mod tests {
     use super::*;
     use crate::keys::{PublicKey, SigningKey};
     use crate::servicekey::{Contract, Servicekey};
+
+    #[test]
+    fn payload_loopback_guard_knows_every_numeric_form_the_resolver_reads() {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.1",
+            "127.0.1",
+            "2130706433",
+            "0x7f000001",
+            "0X7F.1",
+            "0177.0.0.1",
+            "017700000001",
+            "0",
+            "0.0",
+            "0x",
+            "0.0.0.0",
+            "[::1]",
+            "[::]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback_host(host), "{host} passed the guard");
+        }
+        for host in [
+            "example.com",
+            "127.example",
+            "1.2.3.4",
+            "16909060",
+            "08",
+            "127.0.0.256",
+            "127.0.0.0.1",
+            "1..2",
+            "",
+            "[2001:db8::1]",
+            "localhost.example",
+        ] {
+            assert!(!is_loopback_host(host), "{host} refused");
+        }
+        assert_eq!(numeric_ipv4("1.2.772"), Some(Ipv4Addr::new(1, 2, 3, 4)));
+        assert_eq!(numeric_ipv4("1.66052"), Some(Ipv4Addr::new(1, 1, 2, 4)));
+        assert_eq!(numeric_ipv4("1.2.65536"), None);
+        assert_eq!(numeric_ipv4("256.1"), None);
+        assert_eq!(numeric_ipv4("4294967296"), None);
+    }
 
     fn token() -> Sharetoken {
         let c = Contract::sign(&SigningKey::from_bytes(&[1; 32]), 100, 200);

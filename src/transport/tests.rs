@@ -505,6 +505,18 @@ async fn transport_hostile_inputs_get_their_documented_answers() {
         "loopback address '127.0.0.1' requested, refusing to dial",
         "target",
     );
+    // A shorthand the system resolver reads as 127.0.0.1 is loopback too.
+    for host in ["127.1", "2130706433", "0x7f000001", "0"] {
+        let gtoken = Sharetoken::new(&sk, guarded.pubkey, unix_now()).unwrap();
+        let p = connect_payload(Some(gtoken), &format!("target://{host}:{}", target.port()));
+        let a = ask(&gconn, Method::PUT, Some(&p.to_header_value())).await;
+        assert_refused(
+            &a,
+            400,
+            &format!("loopback address '{host}' requested, refusing to dial"),
+            "target",
+        );
+    }
     let gtoken = Sharetoken::new(&sk, guarded.pubkey, unix_now()).unwrap();
     let p = connect_payload(Some(gtoken), "wireleap://localhost:13499");
     let a = ask(&gconn, Method::PUT, Some(&p.to_header_value())).await;
