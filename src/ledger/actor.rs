@@ -247,12 +247,36 @@ impl Admitter {
     /// [`AdmitError::Duplicate`] for a replay, [`AdmitError::Store`] when it could not be
     /// stored (the stream must then be refused).
     pub async fn admit(&self, token: &Sharetoken) -> Result<(), AdmitError> {
+        self.store(token).await?.durable().await
+    }
+
+    /// Stores a verified sharetoken, refusing a replay; resolves once it is committed, before
+    /// it is durable ([`Pending::durable`]): the replay check is exact by then, so a stream may
+    /// dial its target while the flush runs, and move bytes only after it.
+    ///
+    /// # Errors
+    /// As [`Admitter::admit`].
+    pub async fn store(&self, token: &Sharetoken) -> Result<Pending, AdmitError> {
         let row = Row::try_from_token(token).map_err(|e| AdmitError::Store(e.to_string()))?;
-        match self.writer.admit(row).await {
-            Ok(Inserted::New) => Ok(()),
-            Ok(Inserted::Duplicate) => Err(AdmitError::Duplicate),
+        match self.writer.store(row).await {
+            Ok(stored) if stored.inserted == Inserted::New => Ok(Pending(stored)),
+            Ok(_) => Err(AdmitError::Duplicate),
             Err(e) => Err(AdmitError::Store(e)),
         }
+    }
+}
+
+/// A sharetoken stored, not yet known to be on disk.
+#[derive(Debug)]
+pub struct Pending(crate::ledger::writer::Stored);
+
+impl Pending {
+    /// Resolves once the token is on disk.
+    ///
+    /// # Errors
+    /// [`AdmitError::Store`] when the flush failed (the stream must then be refused).
+    pub async fn durable(self) -> Result<(), AdmitError> {
+        self.0.durable().await.map_err(AdmitError::Store)
     }
 }
 

@@ -27,14 +27,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tracing::{error, warn};
 
-use super::store::Inserted;
 use super::writer::Reply;
 
 /// Threads that flush the WAL.
 pub(crate) const SYNC_THREADS: usize = 2;
 
-/// Answers waiting for a flush, by group.
-type Acks = Vec<(Reply<Inserted>, Inserted)>;
+/// Answers waiting for a flush, by group: one per token the group stored.
+pub(crate) type Acks = Vec<Reply<()>>;
 
 /// Shared between the writer (which queues committed groups) and the flushers.
 #[derive(Debug)]
@@ -145,8 +144,8 @@ impl Durable {
             match flushed {
                 Ok(()) => {
                     for (_, acks) in ready {
-                        for (reply, inserted) in acks {
-                            let _ = reply.send(Ok(inserted));
+                        for reply in acks {
+                            let _ = reply.send(Ok(()));
                         }
                     }
                 }
@@ -156,7 +155,7 @@ impl Durable {
                     error!(error = %e, "ledger: could not flush the WAL; refusing its admissions");
                     let why = format!("could not flush the ledger to disk: {e}");
                     for (_, acks) in ready {
-                        for (reply, _) in acks {
+                        for reply in acks {
                             let _ = reply.send(Err(why.clone()));
                         }
                     }
@@ -226,14 +225,14 @@ mod tests {
                 .map(|_| {
                     let (tx, rx) = oneshot::channel();
                     rxs.push(rx);
-                    (tx, Inserted::New)
+                    tx
                 })
                 .collect();
             d.committed(acks);
         }
         d.close();
         for rx in rxs {
-            assert_eq!(rx.blocking_recv().unwrap(), Ok(Inserted::New));
+            assert_eq!(rx.blocking_recv().unwrap(), Ok(()));
         }
         assert!(d.lock().queue.is_empty());
     }

@@ -26,7 +26,9 @@ pub mod store;
 pub mod submit;
 pub mod writer;
 
-pub use actor::{AdmitError, AdmitToken, Admitter, Flush, Ledger, LedgerCounts, TokenCounts};
+pub use actor::{
+    AdmitError, AdmitToken, Admitter, Flush, Ledger, LedgerCounts, Pending, TokenCounts,
+};
 pub use store::{DB_FILE, Store};
 
 /// Why the ledger could not start.

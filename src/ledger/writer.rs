@@ -3,9 +3,11 @@
 //! The actor hands it jobs over a channel and awaits the reply on a oneshot, so disk I/O never
 //! runs on an async thread. Admissions are grouped: the thread takes every job that queued up
 //! while it was busy (up to [`MAX_BATCH`]) and inserts all their tokens in one transaction
-//! (group commit). Each admission is answered only after that transaction committed *and* the
-//! WAL holding it was flushed to disk; the flush runs on threads of its own
-//! ([`super::durable`]), so the writer commits the next group meanwhile.
+//! (group commit). Each admission is answered twice: once that transaction committed (stored,
+//! or a replay: [`Writer::store`]), and once the WAL holding it was flushed to disk
+//! ([`Stored::durable`]); the flush runs on threads of its own ([`super::durable`]), so the
+//! writer commits the next group meanwhile, and a stream's target is dialled only for a token
+//! that is not a replay, while its flush runs.
 //!
 //! If the thread is gone (it panicked, or the database failed to open), every job fails with a
 //! storage error: streams are then refused rather than relayed unpaid.
@@ -73,10 +75,41 @@ impl Activity {
 /// A reply channel.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, String>>;
 
+/// The two answers of an admission.
+#[derive(Debug)]
+struct AdmitReply {
+    /// At commit: stored, or a replay (or the commit failed).
+    stored: Reply<Inserted>,
+    /// Once a stored token's WAL is on disk (at once for a replay, or a ledger in memory).
+    durable: Reply<()>,
+}
+
+/// A token the writer has committed (or found to be a replay); its flush may still run.
+#[derive(Debug)]
+pub struct Stored {
+    /// Stored now, or a replay of a token stored before.
+    pub inserted: Inserted,
+    durable: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Stored {
+    /// Resolves once the token is on disk (at once for a replay, or a ledger in memory).
+    ///
+    /// # Errors
+    /// The flush's error as text.
+    pub async fn durable(self) -> Result<(), String> {
+        self.durable.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> String {
+    "the ledger thread has stopped".to_owned()
+}
+
 /// Work for the writer thread.
 #[derive(Debug)]
 enum Job {
-    Admit(Row, Reply<Inserted>),
+    Admit(Row, AdmitReply),
     Claim {
         now: i64,
         lease: i64,
@@ -154,12 +187,33 @@ impl Writer {
         Self { jobs }
     }
 
-    /// Stores a token; resolves once it is committed (or found to be a replay).
+    /// Stores a token; resolves once it is committed and on disk (or found to be a replay).
     ///
     /// # Errors
     /// The storage error as text.
     pub async fn admit(&self, row: Row) -> Result<Inserted, String> {
-        self.ask(|tx| Job::Admit(row, tx)).await
+        let stored = self.store(row).await?;
+        let inserted = stored.inserted;
+        stored.durable().await?;
+        Ok(inserted)
+    }
+
+    /// Stores a token; resolves once it is committed (or found to be a replay), before the
+    /// flush that makes it durable has finished: [`Stored::durable`] waits for that.
+    ///
+    /// # Errors
+    /// The storage error as text.
+    pub async fn store(&self, row: Row) -> Result<Stored, String> {
+        let (stored, stored_rx) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Admit(row, AdmitReply { stored, durable }))
+            .map_err(|_| stopped())?;
+        let inserted = stored_rx.await.map_err(|_| stopped())??;
+        Ok(Stored {
+            inserted,
+            durable: durable_rx,
+        })
     }
 
     /// See [`Store::claim_due`].
@@ -210,11 +264,8 @@ impl Writer {
 
     async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(job(tx))
-            .map_err(|_| "the ledger thread has stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the ledger thread has stopped".to_owned())?
+        self.jobs.send(job(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 
@@ -271,7 +322,7 @@ fn checkpointer(path: &std::path::Path, stopped: &mpsc::Receiver<()>, activity: 
 fn fail(job: Job, why: &str) {
     let why = why.to_owned();
     match job {
-        Job::Admit(_, r) => drop(r.send(Err(why))),
+        Job::Admit(_, r) => drop(r.stored.send(Err(why))),
         Job::Claim { reply, .. } => drop(reply.send(Err(why))),
         Job::Record(_, r) | Job::Flush(r) => drop(r.send(Err(why))),
         Job::Counts(r) => drop(r.send(Err(why))),
@@ -283,7 +334,7 @@ fn fail(job: Job, why: &str) {
 /// transaction, then run the other jobs in order. With `durable`, admissions are answered by the
 /// flushers once the WAL is on disk; without (a database in memory), at commit.
 fn run(mut store: Store, rx: mpsc::Receiver<Job>, durable: Option<&Durable>, activity: &Activity) {
-    let mut admits: Vec<(Row, Reply<Inserted>)> = Vec::new();
+    let mut admits: Vec<(Row, AdmitReply)> = Vec::new();
     let mut others: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
         activity.set_busy(true);
@@ -312,19 +363,29 @@ fn run(mut store: Store, rx: mpsc::Receiver<Job>, durable: Option<&Durable>, act
 
 fn commit_admits(
     store: &mut Store,
-    admits: &mut Vec<(Row, Reply<Inserted>)>,
+    admits: &mut Vec<(Row, AdmitReply)>,
     durable: Option<&Durable>,
 ) {
     match store.insert_batch(admits.iter().map(|(r, _)| r), unix_now()) {
         Ok(results) => {
-            let acks = admits.drain(..).map(|(_, reply)| reply).zip(results);
-            match durable {
-                Some(d) => d.committed(acks.collect()),
-                None => {
-                    for (reply, result) in acks {
-                        let _ = reply.send(Ok(result));
-                    }
+            let mut answers = Vec::with_capacity(results.len());
+            let mut acks = Vec::new();
+            for ((_, reply), result) in admits.drain(..).zip(results) {
+                match (result, durable) {
+                    (Inserted::New, Some(_)) => acks.push(reply.durable),
+                    // A replay stores nothing; in memory there is nothing to flush.
+                    _ => drop(reply.durable.send(Ok(()))),
                 }
+                answers.push((reply.stored, result));
+            }
+            // The flush first (the longer wait), then the answers that let streams dial.
+            if let Some(d) = durable
+                && !acks.is_empty()
+            {
+                d.committed(acks);
+            }
+            for (stored, result) in answers {
+                let _ = stored.send(Ok(result));
             }
         }
         Err(e) => {
@@ -332,7 +393,7 @@ fn commit_admits(
             warn!(error = %e, tokens = admits.len(), "ledger: could not store sharetokens");
             let why = e.to_string();
             for (_, reply) in admits.drain(..) {
-                let _ = reply.send(Err(why.clone()));
+                let _ = reply.stored.send(Err(why.clone()));
             }
         }
     }

@@ -115,12 +115,19 @@ pub(crate) async fn handle(
     } else {
         origin_relay
     };
-    // §5.4 rule 5 and §6.3 steps 9-11: the token is stored (and replay-checked) while the
-    // target is dialled, and nothing moves until both are done: no byte reaches the target
-    // before its token is durable, and a refused token (a replay, a storage failure) drops the
-    // dialled connection unused. The refusals keep their order: the ledger's first, then the
-    // loopback guard's, then the dial's, so a failed dial still earns its token.
-    let admit = tokio::time::timeout(LEDGER_TIMEOUT, shared.deps.ledger.admit(&token));
+    // §5.4 rule 5 and §6.3 steps 9-11: the token is stored first, so a replay (or a storage
+    // failure) is refused before anything is dialled; the target is then dialled while the
+    // flush that makes the token durable runs, and nothing moves until both are done: no byte
+    // reaches the target before its token is durable, and a flush that fails drops the dialled
+    // connection unused. The refusals keep their order: the ledger's first, then the loopback
+    // guard's, then the dial's, so a failed dial still earns its token.
+    let deadline = tokio::time::Instant::now() + LEDGER_TIMEOUT;
+    let pending = match tokio::time::timeout_at(deadline, shared.deps.ledger.store(&token)).await {
+        Ok(Ok(pending)) => pending,
+        Ok(Err(e)) => return refuse_ledger(shared, &mut respond, Ok(Err(e)), origin_relay),
+        Err(elapsed) => return refuse_ledger(shared, &mut respond, Err(elapsed), origin_relay),
+    };
+    let durable = tokio::time::timeout_at(deadline, pending.durable());
     let dial = async {
         // §6.3 step 9: the loopback guard.
         if !shared.limits.allow_loopback
@@ -141,35 +148,17 @@ pub(crate) async fn handle(
             (if e.is_timeout() { 408 } else { 502 }, e.to_string())
         })
     };
-    let (mut admit, mut dial) = (std::pin::pin!(admit), std::pin::pin!(dial));
+    let (mut durable, mut dial) = (std::pin::pin!(durable), std::pin::pin!(dial));
     let mut dialed = None;
-    let admitted = loop {
+    let on_disk = loop {
         tokio::select! {
             biased;
-            a = &mut admit => break a,
+            a = &mut durable => break a,
             d = &mut dial, if dialed.is_none() => dialed = Some(d),
         }
     };
-    match admitted {
-        Ok(Ok(())) => {}
-        Ok(Err(e @ AdmitError::Duplicate)) => {
-            refuse(shared, &mut respond, 400, e.to_string(), origin_relay);
-            return;
-        }
-        Ok(Err(e)) => {
-            debug!(error = %e, "ledger refused the sharetoken");
-            refuse(shared, &mut respond, 500, e.to_string(), origin_relay);
-            return;
-        }
-        Err(_) => {
-            debug!("ledger did not answer");
-            let why = format!(
-                "could not store sharetoken: ledger unavailable (no answer within {} s)",
-                LEDGER_TIMEOUT.as_secs()
-            );
-            refuse(shared, &mut respond, 500, why, origin_relay);
-            return;
-        }
+    if !matches!(on_disk, Ok(Ok(()))) {
+        return refuse_ledger(shared, &mut respond, on_disk, origin_relay);
     }
     shared.counters.admitted.fetch_add(1, Ordering::Relaxed);
     crate::metrics::token_admitted();
@@ -210,6 +199,34 @@ pub(crate) async fn handle(
             let code = if timeout { 408 } else { 410 };
             crate::metrics::stream_failed(code);
             let _ = send.send_trailers(status_trailer(&Status::new(code, why).with_origin(origin)));
+        }
+    }
+}
+
+/// Refuses a stream whose token the ledger did not admit (`outcome` is not `Ok(Ok(()))`): a
+/// replay is the client's 400; a storage failure or no answer in time is the relay's 500.
+fn refuse_ledger(
+    shared: &Shared,
+    respond: &mut SendResponse<Chunk>,
+    outcome: Result<Result<(), AdmitError>, tokio::time::error::Elapsed>,
+    origin_relay: &str,
+) {
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ AdmitError::Duplicate)) => {
+            refuse(shared, respond, 400, e.to_string(), origin_relay);
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "ledger refused the sharetoken");
+            refuse(shared, respond, 500, e.to_string(), origin_relay);
+        }
+        Err(_) => {
+            debug!("ledger did not answer");
+            let why = format!(
+                "could not store sharetoken: ledger unavailable (no answer within {} s)",
+                LEDGER_TIMEOUT.as_secs()
+            );
+            refuse(shared, respond, 500, why, origin_relay);
         }
     }
 }

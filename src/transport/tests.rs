@@ -713,7 +713,8 @@ async fn transport_tls_follows_the_clients_cipher_suite_order() {
 
 /// The token is stored while the target is dialled, but no byte of a stream reaches its target
 /// unless its token was admitted: a replay, sent with its data at once, leaves the target with
-/// the first use's bytes only (at most a connection it closes without reading anything).
+/// the first use's bytes only, and is refused before its target is even dialled (a replayed token
+/// must not buy connections to wherever its payload names).
 #[actix_rt::test]
 async fn transport_a_replayed_token_sends_no_byte_to_the_target() {
     let net = Net::new();
@@ -722,9 +723,11 @@ async fn transport_a_replayed_token_sends_no_byte_to_the_target() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let sink = received.clone();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (sink, count) = (received.clone(), accepted.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let sink = sink.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
@@ -780,4 +783,9 @@ async fn transport_a_replayed_token_sends_no_byte_to_the_target() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(received.lock().unwrap().as_slice(), b"paid");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the replay's target was dialled"
+    );
 }
