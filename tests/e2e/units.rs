@@ -45,4 +45,15 @@ fn the_units_verify() {
         !stderr.contains("wireleap-relay"),
         "warnings about our units:\n{stderr}"
     );
+    // systemd itself cannot run here: what keeps it restarting a failing supervisor is read
+    // from the unit. Its default start limit would leave the unit failed after 5 quick tries.
+    let service = std::fs::read_to_string(units.join("wireleap-relay.service")).unwrap();
+    let unit_section = service.split("[Service]").next().unwrap_or_default();
+    assert!(
+        unit_section
+            .lines()
+            .any(|l| l.trim() == "StartLimitIntervalSec=0"),
+        "the service gives up after systemd's default start limit"
+    );
+    assert!(service.lines().any(|l| l.trim() == "Restart=on-failure"));
 }
