@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "wireleap-relay",
     disable_version_flag = true,
-    after_help = "The home directory is the folder of the executable (symlinks resolved), or $WIRELEAP_RELAY_HOME.\n`wireleap-relay --version` prints the version (as `version` does)."
+    after_help = "The home directory is the folder of the executable (symlinks resolved), or $WIRELEAP_RELAY_HOME.\n`wireleap-relay --version` prints `wireleap-relay <version>`; `version` prints the version alone."
 )]
 pub struct Cli {
     /// The command to run.

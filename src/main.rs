@@ -9,7 +9,7 @@ use wireleap_relay::cli::{self, Cli, Command};
 use wireleap_relay::home::{self, ProcessEnv};
 use wireleap_relay::identity::Identity;
 use wireleap_relay::operator::{control, rollback, supervised, upgrade};
-use wireleap_relay::{config, daemon, exit, ledger, telemetry, version};
+use wireleap_relay::{config, daemon, exit, ledger, out, outp, telemetry, version};
 
 fn main() -> ExitCode {
     // Under the supervisor this runs as a verified copy through /proc/self/fd/<n>, which names
@@ -17,12 +17,12 @@ fn main() -> ExitCode {
     let _ = nix::sys::prctl::set_name(c"wireleap-relay");
     // Code pages are mapped as they are used, not 64 KiB around each (most of the resident set).
     wireleap_relay::memory::map_code_on_demand();
-    // `--version` (and `-V`) print what `version` prints: the version stamped into this binary.
+    // `--version` (and `-V`) print the name and the version stamped into this binary.
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag] = args.as_slice()
         && matches!(flag.as_str(), "--version" | "-V" | "-version")
     {
-        println!("wireleap-relay {}", version::software_str());
+        out!("wireleap-relay {}", version::software_str());
         return ExitCode::SUCCESS;
     }
     let cli = match Cli::try_parse_from(cli::normalize(std::env::args())) {
@@ -60,20 +60,20 @@ fn main() -> ExitCode {
 fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
     match command {
         Command::Version { verbose } => {
-            println!("{version}");
+            out!("{version}");
             if verbose {
                 for (name, v) in version::INTERFACES {
-                    println!("{name} interface version {v}");
+                    out!("{name} interface version {v}");
                 }
                 match relay_release::Trust::load(home) {
                     Ok(trust) => {
                         for line in trust.describe() {
-                            println!("{line}");
+                            out!("{line}");
                         }
                     }
                     Err(e) => {
-                        println!("release trust: unusable: {e}");
-                        println!("trusted release keys: none");
+                        out!("release trust: unusable: {e}");
+                        out!("trusted release keys: none");
                     }
                 }
             }
@@ -82,7 +82,7 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
         Command::Init { force } => match Identity::generate().write_all(home, force) {
             Ok(paths) => {
                 for p in paths {
-                    println!("wrote {}", p.display());
+                    out!("wrote {}", p.display());
                 }
                 exit::OK
             }
@@ -187,7 +187,7 @@ fn check_config(home: &Path) -> u8 {
                     );
                 }
             }
-            println!("OK");
+            out!("OK");
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),
@@ -240,7 +240,7 @@ fn probe(
         address, &origin, count, timeout, interval,
     )) {
         Ok(slowest) => {
-            println!(
+            out!(
                 "{count} PONG from {origin} through {address}; the slowest took {} ms",
                 slowest.as_millis()
             );
@@ -256,7 +256,7 @@ fn probe(
 fn supervisor_settings(home: &Path) -> u8 {
     match config::load(&home.join(home::files::CONFIG)) {
         Ok(loaded) => {
-            println!("{}", loaded.config.supervisor.to_json());
+            out!("{}", loaded.config.supervisor.to_json());
             exit::OK
         }
         Err(e) => fail(&e, exit::CONFIG),
@@ -266,7 +266,7 @@ fn supervisor_settings(home: &Path) -> u8 {
 fn payout_result(r: Result<String, ledger::payout::Error>) -> u8 {
     match r {
         Ok(text) => {
-            print!("{text}");
+            outp!("{text}");
             exit::OK
         }
         Err(e @ ledger::payout::Error::Config(_)) => fail(&e, exit::CONFIG),

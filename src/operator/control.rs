@@ -97,12 +97,12 @@ pub fn status(home: &Path, json: bool) -> u8 {
     let now = std::time::SystemTime::now();
     if !home.is_dir() {
         if json {
-            println!(
+            crate::out!(
                 "{}",
                 serde_json::json!({"running": false, "pid": null, "error": format!("no home directory {}", home.display())})
             );
         } else {
-            println!(
+            crate::out!(
                 "wireleap-relay is not running (there is no home directory {})",
                 home.display()
             );
@@ -120,39 +120,39 @@ pub fn status(home: &Path, json: bool) -> u8 {
             State::Unreadable(_) => (false, None, 2),
             _ => (false, None, 1),
         };
-        println!("{}", super::report::json(home, running, pid, None, now));
+        crate::out!("{}", super::report::json(home, running, pid, None, now));
         return code;
     }
     match state {
         // The supervisor died without cleaning up (killed) and took no relay with it to report.
         State::Absent if matches!(supervisor, State::Stale(_)) => {
-            println!(
+            crate::out!(
                 "wireleap-relay is not running (might have crashed, see {})",
                 files::LOG
             );
             1
         }
         State::Running(pid) => {
-            println!("wireleap-relay is running, pid {pid}");
-            print!(
+            crate::out!("wireleap-relay is running, pid {pid}");
+            crate::outp!(
                 "{}",
                 super::report::lines(super::report::relay_state(home, Some(pid)).as_ref(), now)
             );
             0
         }
         State::Absent => {
-            println!("wireleap-relay is not running");
+            crate::out!("wireleap-relay is not running");
             1
         }
         State::Stale(_) => {
-            println!(
+            crate::out!(
                 "wireleap-relay is not running (might have crashed, see {})",
                 files::LOG
             );
             1
         }
         State::Unreadable(e) => {
-            println!("could not read wireleap-relay status");
+            crate::out!("could not read wireleap-relay status");
             eprintln!("{e}");
             2
         }
@@ -192,12 +192,12 @@ pub fn start(home: &Path, exe: &Path) -> Result<i32, Error> {
         .spawn()
         .map_err(io_err(format!("could not run {}", exe.display())))?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    println!(
+    crate::out!(
         "starting wireleap-relay with pid {pid}, writing to {}...",
         log_path.display()
     );
     wait_ready(&listener, &mut child, &log_path, offset)?;
-    println!("successfully spawned wireleap-relay daemon (pid {pid})");
+    crate::out!("successfully spawned wireleap-relay daemon (pid {pid})");
     Ok(pid)
 }
 
@@ -278,7 +278,7 @@ pub fn stop(home: &Path) -> Result<i32, Error> {
         std::thread::sleep(STOP_POLL);
         if !pidfile::is_alive(pid) {
             pidfile::remove_if_own(&path, pid);
-            println!("stopped wireleap-relay daemon (was pid {pid})");
+            crate::out!("stopped wireleap-relay daemon (was pid {pid})");
             return Ok(pid);
         }
     }
@@ -288,7 +288,7 @@ pub fn stop(home: &Path) -> Result<i32, Error> {
         std::thread::sleep(STOP_POLL);
         if !pidfile::is_alive(pid) {
             pidfile::remove_if_own(&path, pid);
-            println!("stopped wireleap-relay daemon (was pid {pid}, killed after 3s)");
+            crate::out!("stopped wireleap-relay daemon (was pid {pid}, killed after 3s)");
             return Ok(pid);
         }
     }
@@ -305,7 +305,7 @@ pub fn reload(home: &Path) -> Result<i32, Error> {
     }
     let pid = running_pid(&home.join(files::PID))?;
     signal(pid, Signal::SIGUSR1)?;
-    println!("reloaded wireleap-relay daemon (pid {pid})");
+    crate::out!("reloaded wireleap-relay daemon (pid {pid})");
     Ok(pid)
 }
 

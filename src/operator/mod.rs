@@ -4,6 +4,7 @@
 //! `crate::lifecycle`.
 
 pub mod control;
+pub mod output;
 pub mod report;
 pub mod rollback;
 pub mod supervised;

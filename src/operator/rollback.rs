@@ -61,15 +61,15 @@ pub fn run(home: &Path) -> u8 {
 }
 
 fn through_supervisor(home: &Path, spid: i32) -> u8 {
-    println!(
+    crate::out!(
         "asking {SUPERVISOR_BIN} (pid {spid}) to roll back: it starts the previous version beside the running one and hands over..."
     );
     match ctl::call(home, &Request::Rollback, SUPERVISOR_WAIT) {
         Ok(reply) if reply.ok => {
             let to = reply.version.as_deref().unwrap_or("the previous version");
             match &reply.from {
-                Some(from) => println!("rolled back to wireleap-relay {to} (was {from})"),
-                None => println!("rolled back to wireleap-relay {to}"),
+                Some(from) => crate::out!("rolled back to wireleap-relay {to} (was {from})"),
+                None => crate::out!("rolled back to wireleap-relay {to}"),
             }
             crate::exit::OK
         }
@@ -126,7 +126,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
             what: format!("could not undo the migrations down to {to}"),
             source: std::io::Error::other(e),
         })?;
-        println!("migrations undone down to {to}");
+        crate::out!("migrations undone down to {to}");
     }
     std::fs::rename(&prev, &current).map_err(|source| Error::Io {
         what: format!(
@@ -136,7 +136,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
         ),
         source,
     })?;
-    println!(
+    crate::out!(
         "restored {} (version {}) from {} (was {})",
         sv::CURRENT,
         to.as_deref().unwrap_or("unknown"),
@@ -154,9 +154,9 @@ pub fn offline(home: &Path) -> Result<(), Error> {
             ),
             source,
         })?;
-        println!("restored {} from {}", files::CONFIG, files::CONFIG_PREV);
+        crate::out!("restored {} from {}", files::CONFIG, files::CONFIG_PREV);
     } else {
-        println!(
+        crate::out!(
             "{} unchanged (there is no {})",
             files::CONFIG,
             files::CONFIG_PREV
@@ -164,7 +164,7 @@ pub fn offline(home: &Path) -> Result<(), Error> {
     }
     for name in LEFTOVERS {
         match std::fs::remove_file(home.join(name)) {
-            Ok(()) => println!("removed {name}"),
+            Ok(()) => crate::out!("removed {name}"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(Error::Io {

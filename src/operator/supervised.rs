@@ -102,7 +102,7 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
         .spawn()
         .map_err(io_err(format!("could not run {}", exe.display())))?;
     let spid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    println!(
+    crate::out!(
         "starting {SUPERVISOR_BIN} with pid {spid}, writing to {}...",
         log_path.display()
     );
@@ -118,7 +118,7 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
             && reply.state == Some(Doing::Serving)
         {
             let pid = relay_pid(&reply).unwrap_or(0);
-            println!(
+            crate::out!(
                 "successfully spawned wireleap-relay daemon (pid {pid}) under {SUPERVISOR_BIN} (pid {spid})"
             );
             return Ok(pid);
@@ -168,8 +168,8 @@ pub fn stop(home: &Path, spid: i32) -> Result<i32, Error> {
     }
     let relay_shown = relay.unwrap_or(spid);
     let how = if killed { ", killed after 15s" } else { "" };
-    println!("stopped wireleap-relay daemon (was pid {relay_shown}{how})");
-    println!("stopped {SUPERVISOR_BIN} (was pid {spid})");
+    crate::out!("stopped wireleap-relay daemon (was pid {relay_shown}{how})");
+    crate::out!("stopped {SUPERVISOR_BIN} (was pid {spid})");
     Ok(relay_shown)
 }
 
@@ -208,7 +208,9 @@ pub fn reload(home: &Path, spid: i32) -> Result<i32, Error> {
         .and_then(|r| relay_pid(&r))
         .or_else(|| pidfile::read(&home.join(files::PID)).ok().flatten())
         .unwrap_or(spid);
-    println!("reloaded wireleap-relay daemon (pid {relay}) through {SUPERVISOR_BIN} (pid {spid})");
+    crate::out!(
+        "reloaded wireleap-relay daemon (pid {relay}) through {SUPERVISOR_BIN} (pid {spid})"
+    );
     Ok(relay)
 }
 
@@ -220,12 +222,12 @@ pub fn status(home: &Path, spid: i32, json: bool) -> u8 {
         Ok(r) => r,
         Err(e) => {
             if json {
-                println!(
+                crate::out!(
                     "{}",
                     serde_json::json!({"running": null, "error": format!("{SUPERVISOR_BIN} (pid {spid}) did not answer on its control socket: {e}")})
                 );
             } else {
-                println!("could not read wireleap-relay status");
+                crate::out!("could not read wireleap-relay status");
                 eprintln!(
                     "{SUPERVISOR_BIN} (pid {spid}) did not answer on its control socket: {e}"
                 );
@@ -239,13 +241,13 @@ pub fn status(home: &Path, spid: i32, json: bool) -> u8 {
         if let Some(map) = supervisor.as_object_mut() {
             map.insert("supervisor_pid".into(), spid.into());
         }
-        println!(
+        crate::out!(
             "{}",
             super::report::json(home, true, relay_pid(&reply), Some(supervisor), now)
         );
         return 0;
     }
-    print!("{}", describe(home, spid, &reply, now));
+    crate::outp!("{}", describe(home, spid, &reply, now));
     0
 }
 

@@ -139,7 +139,7 @@ pub fn run(home: &Path, own: &Version, yes: bool, version: Option<&str>) -> u8 {
         Ok(Done::Upgraded(_) | Done::UpToDate) => crate::exit::OK,
         Ok(Done::Declined) => crate::exit::FAILURE,
         Err(e @ Error::Unanswered) => {
-            println!("{e}");
+            crate::out!("{e}");
             crate::exit::FAILURE
         }
         Err(e) => {
@@ -180,7 +180,7 @@ pub fn upgrade(
         if version.is_some() && target < current {
             return Err(Error::Downgrade { target, current });
         }
-        println!(
+        crate::out!(
             "Your wireleap-relay is up to date (version {current}, {target} available), nothing to do."
         );
         return Ok(Done::UpToDate);
@@ -223,7 +223,7 @@ pub fn upgrade(
         .block_on(fetcher.update_root(&mut trust))
         .map_err(|e| trust_error(e, "release root"))?
     {
-        println!("Followed the release root's rotation to version {version}.");
+        crate::out!("Followed the release root's rotation to version {version}.");
     }
     let (keys, expected) = relay_release::trust::release_check(&trust, home, &target, &current)
         .map_err(|e| trust_error(e, ""))?;
@@ -232,15 +232,15 @@ pub fn upgrade(
     let statement = rt
         .block_on(fetcher.fetch_statement(&keys, &expected))
         .map_err(release)?;
-    println!(
+    crate::out!(
         "Release {target} for {} verified (signed by {}).",
         statement.asset,
         statement.signers.join(", ")
     );
-    println!("Changelog for version {target}:");
+    crate::out!("Changelog for version {target}:");
     match rt.block_on(fetcher.fetch_changelog(&statement)) {
-        Ok(text) => println!("{}", text.trim_end()),
-        Err(e) => println!("-- error getting changelog: {e} --"),
+        Ok(text) => crate::out!("{}", text.trim_end()),
+        Err(e) => crate::out!("-- error getting changelog: {e} --"),
     }
     match SkipList::load(home) {
         Ok(list) => {
@@ -251,7 +251,7 @@ pub fn upgrade(
                 );
             }
             if list.contains(&target) {
-                println!(
+                crate::out!(
                     "-- NOTE: upgrading to version {target} seems to have failed the last time --"
                 );
             }
@@ -263,7 +263,7 @@ pub fn upgrade(
         match confirm(input, &mut std::io::stdout(), &question) {
             Answer::Yes => {}
             Answer::No => {
-                println!("OK, aborting.");
+                crate::out!("OK, aborting.");
                 return Ok(Done::Declined);
             }
             Answer::Unanswered => return Err(Error::Unanswered),
@@ -275,14 +275,16 @@ pub fn upgrade(
     let staged = rt.block_on(fetcher.stage_release(&keys, &expected, &dest, |p| bar.draw(p)));
     bar.finish();
     staged.map_err(release)?;
-    println!(
+    crate::out!(
         "Staged {target} as {}; {SUPERVISOR_BIN} verifies it again, starts it beside the running relay, and commits it after its health window...",
         NEXT
     );
     match hand_over(home, &target) {
         Handover::Committed => {
-            println!("wireleap-relay successfully upgraded to version {target} (was {current}).");
-            println!(
+            crate::out!(
+                "wireleap-relay successfully upgraded to version {target} (was {current})."
+            );
+            crate::out!(
                 "NOTE: The old ({current}) binary can be restored: cd {} && ./wireleap-relay rollback",
                 home.display()
             );
@@ -346,7 +348,7 @@ async fn latest(home: &Path, config: &Config, software: &Version) -> Result<Vers
     };
     match from_releases.await {
         Ok(v) => {
-            println!(
+            crate::out!(
                 "note: the directory did not say ({directory_error}); the release server's channel '{channel}' names {v}"
             );
             Ok(v)

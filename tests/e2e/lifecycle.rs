@@ -34,6 +34,19 @@ fn start_status_reload_stop() {
         (0, format!("wireleap-relay is running, pid {pid}").as_str()),
         "{status}"
     );
+    // A reader that has gone (`status | head -1`, `status | grep -q running`): the command ends
+    // quietly, as SIGPIPE ends the reference, with no panic on stderr.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let gone = home
+        .command(&["status"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!(gone.status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // Supervised: the details follow the reference's line.
     let supervisor: i32 = home
         .read("wireleap-relay-supervisor.pid")
