@@ -1260,7 +1260,7 @@ async fn adopted_home_start(n: usize) {
     };
     let listen_once = |home: &std::path::Path| {
         let d = DaemonProc::start(home);
-        let t = d.wait_for("listening for H/2 requests", Duration::from_secs(120));
+        let t = d.wait_for("Listening for H/2 requests", Duration::from_secs(120));
         d.stop();
         t
     };

@@ -262,7 +262,7 @@ impl Daemon {
         };
         let transport = Transport::bind(&self.config, tls, deps).await?;
         let bound = transport.local_addr();
-        info!(address = %bound, "listening for H/2 requests on https://{bound}");
+        info!(address = %bound, "Listening for H/2 requests on https://{bound}");
         log_release_trust(&self.home, self.config.auto_upgrade);
         let upgrader = Upgrader::new(
             self.home.clone(),

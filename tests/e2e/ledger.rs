@@ -435,7 +435,7 @@ fn ledger_imports_a_reference_store_in_both_layouts_and_a_second_import_changes_
     home.ok(&["start"]);
     eventually(WAIT, "the second start", || {
         home.read("wireleap-relay.log")
-            .matches("listening for H/2 requests")
+            .matches("Listening for H/2 requests")
             .count()
             >= 2
     });
@@ -479,7 +479,7 @@ impl FgRelay {
         let mut addr = None;
         eventually(WAIT, "the listen address", || {
             addr = std::fs::read_to_string(&log_path).ok().and_then(|l| {
-                l.split("listening for H/2 requests on https://")
+                l.split("Listening for H/2 requests on https://")
                     .nth(1)
                     .and_then(|r| r.split_whitespace().next())
                     .and_then(|a| a.parse().ok())

@@ -226,7 +226,7 @@ fn a_rest_socket_folder_that_is_missing_is_named() {
         )),
         "{run}"
     );
-    assert!(!run.all().contains("listening for H/2 requests"), "{run}");
+    assert!(!run.all().contains("Listening for H/2 requests"), "{run}");
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn foreground_daemon_writes_pid_serves_tls13_h2_and_exits_128_plus_signal() {
     let pid = child.id() as i32;
     eventually(Duration::from_secs(20), "the daemon to listen", || {
         home.read("wireleap-relay.log")
-            .contains("listening for H/2")
+            .contains("Listening for H/2")
     });
     assert_eq!(home.pid(), Some(pid));
 

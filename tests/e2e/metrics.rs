@@ -315,7 +315,7 @@ fn metrics_off_by_default_and_a_bad_address_is_a_config_error_with_its_key() {
     home.ok(&["start"]);
     eventually(WAIT, "the relay to listen", || {
         home.read("wireleap-relay.log")
-            .contains("listening for H/2 requests")
+            .contains("Listening for H/2 requests")
     });
     assert!(
         !home.read("wireleap-relay.log").contains("metrics on"),
@@ -534,7 +534,7 @@ fn a_relay_of_another_home_on_the_same_metrics_or_rest_port_is_refused() {
             assert!(said.contains(expected), "{expected:?} not in:\n{run}");
         }
         // Refused before it enrolled or listened.
-        assert!(!said.contains("listening for H/2 requests"), "{run}");
+        assert!(!said.contains("Listening for H/2 requests"), "{run}");
     }
 
     // A kept serving its own metrics and API.

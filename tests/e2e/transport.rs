@@ -47,7 +47,7 @@ impl Relay {
         home.ok(&["start"]);
         eventually(WAIT, "the listen address in the log", || {
             home.read("wireleap-relay.log")
-                .contains("listening for H/2 requests on https://")
+                .contains("Listening for H/2 requests on https://")
         });
         let addr = home.listen_addr();
         s.wait_enrolled(&key, WAIT);

@@ -131,7 +131,7 @@ impl Home {
         let line = log
             .lines()
             .rev()
-            .find_map(|l| l.split("listening for H/2 requests on https://").nth(1))
+            .find_map(|l| l.split("Listening for H/2 requests on https://").nth(1))
             .unwrap_or_else(|| panic!("no listen address in the log:\n{log}"));
         line.split_whitespace().next().unwrap().parse().unwrap()
     }

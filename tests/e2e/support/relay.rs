@@ -37,7 +37,7 @@ pub fn start(s: &Standin, role: &str, extra: &str) -> StartedRelay {
     home.ok(&["start"]);
     eventually(WAIT, "the listen address in the log", || {
         home.read("wireleap-relay.log")
-            .contains("listening for H/2 requests on https://")
+            .contains("Listening for H/2 requests on https://")
     });
     s.wait_enrolled(&key, WAIT);
     let hop = Hop::new(
