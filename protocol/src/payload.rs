@@ -57,9 +57,6 @@ pub enum PayloadError {
     /// A CONNECT without `token` (spec §10 #3).
     #[error("no sharetoken in payload")]
     MissingToken,
-    /// `command` is neither CONNECT nor PING.
-    #[error("unknown command in payload: {0}")]
-    UnknownCommand(String),
     /// `protocol` is not `tcp*`/`udp*`.
     #[error("unknown protocol in payload: {0}")]
     UnknownProtocol(String),
@@ -75,9 +72,6 @@ pub enum PayloadError {
     /// `remote` has no host.
     #[error("missing host in remote address: {0}")]
     MissingHost(String),
-    /// `remote` has no port.
-    #[error("missing port in remote address: {0}")]
-    MissingPort(String),
     /// The loopback guard refused the remote (spec §6.3 step 9).
     #[error("loopback address '{0}' requested, refusing to dial")]
     Loopback(String),
@@ -151,15 +145,16 @@ pub enum RemoteKind {
     Target,
 }
 
-/// A parsed `remote`: scheme, host and port (port required).
+/// A parsed `remote`: scheme, host and port. A remote without a port parses (the reference
+/// finds out when it dials: 502 "missing port in address", the token stored first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remote {
     /// Which kind of remote.
     pub kind: RemoteKind,
     /// Host name or IP literal, without IPv6 brackets.
     pub host: String,
-    /// Port.
-    pub port: u16,
+    /// Port, when the remote names one.
+    pub port: Option<u16>,
     /// The full URL as sent.
     pub url: Url,
 }
@@ -169,7 +164,7 @@ impl Remote {
     ///
     /// # Errors
     /// [`PayloadError::RemoteUrl`], [`PayloadError::UnknownScheme`],
-    /// [`PayloadError::MissingHost`] or [`PayloadError::MissingPort`].
+    /// [`PayloadError::MissingHost`].
     pub fn parse(text: &str) -> Result<Self, PayloadError> {
         let url = Url::parse(text).map_err(|e| PayloadError::RemoteUrl(format!("{text}: {e}")))?;
         let kind = match url.scheme() {
@@ -184,10 +179,9 @@ impl Remote {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             _ => return Err(PayloadError::MissingHost(text.to_owned())),
         };
-        // For `https` the url crate hides an explicit `:443`; accept the known default there.
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| PayloadError::MissingPort(text.to_owned()))?;
+        // For `https` the url crate hides an explicit `:443`: read it from the text then. The
+        // scheme's default is not used (the reference dials host:port as written).
+        let port = url.port().or_else(|| explicit_port(text));
         Ok(Self {
             kind,
             host,
@@ -204,9 +198,13 @@ impl Remote {
         Self::parse(&format!("target://{}", join_host_port(host, port)))
     }
 
-    /// The dial address `host:port` (IPv6 in brackets).
+    /// The dial address `host:port` (IPv6 in brackets); the host alone without a port.
     pub fn host_port(&self) -> String {
-        join_host_port(&self.host, self.port)
+        match self.port {
+            Some(port) => join_host_port(&self.host, port),
+            None if self.host.contains(':') => format!("[{}]", self.host),
+            None => self.host.clone(),
+        }
     }
 
     /// The host as an IP address, when it is an IP literal.
@@ -312,6 +310,17 @@ pub fn numeric_ipv4(host: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(high | last))
 }
 
+/// The port written in `text`'s authority (`scheme://[user@]host:port/...`), if any.
+fn explicit_port(text: &str) -> Option<u16> {
+    let rest = text.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hostport.ends_with(']') {
+        return None;
+    }
+    hostport.rsplit_once(':')?.1.parse().ok()
+}
+
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
@@ -345,13 +354,28 @@ pub enum Request {
 impl Request {
     /// Parses and validates a `wl-payload` header value.
     ///
-    /// Order: JSON shape; PING (no further checks, as in the reference); command; token
-    /// present; version minor; protocol; remote scheme, host and port.
+    /// Order: JSON shape; PING (no further checks, as in the reference: a PING whose other
+    /// fields do not parse is still answered); token present; version minor; protocol; remote
+    /// scheme and host. Any command other than PING is a CONNECT (the reference checks no other
+    /// value).
     ///
     /// # Errors
     /// The first failing check as a [`PayloadError`].
     pub fn parse(header: &[u8]) -> Result<Self, PayloadError> {
-        InitPayload::from_header(header)?.validate()
+        match InitPayload::from_header(header) {
+            Ok(payload) => payload.validate(),
+            Err(e) => {
+                /// Only the command, every other field ignored.
+                #[derive(Deserialize)]
+                struct CommandOnly {
+                    command: String,
+                }
+                match serde_json::from_slice::<CommandOnly>(header) {
+                    Ok(c) if c.command == COMMAND_PING => Ok(Self::Ping),
+                    _ => Err(e),
+                }
+            }
+        }
     }
 }
 
@@ -397,10 +421,8 @@ impl InitPayload {
     /// # Errors
     /// The first failing check as a [`PayloadError`].
     pub fn validate(self) -> Result<Request, PayloadError> {
-        match self.command.as_str() {
-            COMMAND_PING => return Ok(Request::Ping),
-            COMMAND_CONNECT => {}
-            other => return Err(PayloadError::UnknownCommand(other.to_owned())),
+        if self.command == COMMAND_PING {
+            return Ok(Request::Ping);
         }
         let token = self.token.ok_or(PayloadError::MissingToken)?;
         let version = semver::Version::parse(self.version.trim())
@@ -521,12 +543,24 @@ mod tests {
         let mut p = ok.clone();
         p.token = None;
         assert_eq!(p.validate(), Err(PayloadError::MissingToken));
-        let mut p = ok.clone();
-        p.command = "BIND".into();
-        assert_eq!(
-            p.validate(),
-            Err(PayloadError::UnknownCommand("BIND".into()))
-        );
+        // Any command but PING is a CONNECT (spec §6.3 step 11).
+        for command in ["BIND", "", "connect"] {
+            let mut p = ok.clone();
+            p.command = command.into();
+            assert!(
+                matches!(p.validate(), Ok(Request::Connect(_))),
+                "{command:?}"
+            );
+        }
+        // A PING is answered whatever else its payload holds (spec §6.3 step 4).
+        for header in [
+            &br#"{"command":"PING","token":{}}"#[..],
+            br#"{"command":"PING","protocol":null,"version":7}"#,
+            br#"{"command":"PING"}"#,
+        ] {
+            assert_eq!(Request::parse(header), Ok(Request::Ping));
+        }
+        assert!(Request::parse(br#"{"command":"CONNECT","token":{}}"#).is_err());
         let mut p = ok.clone();
         p.version = "0.3.0".into();
         assert_eq!(p.validate(), Err(PayloadError::Version("0.3.0".into())));
@@ -542,9 +576,17 @@ mod tests {
         let mut p = ok.clone();
         p.remote = "ftp://x:1".into();
         assert_eq!(p.validate(), Err(PayloadError::UnknownScheme("ftp".into())));
-        let mut p = ok.clone();
-        p.remote = "target://example.org".into();
-        assert!(matches!(p.validate(), Err(PayloadError::MissingPort(_))));
+        // No port: parsed; the dial refuses it (502, as the reference's dial does).
+        for (remote, host_port) in [
+            ("target://example.org", "example.org"),
+            ("https://127.0.0.1", "127.0.0.1"),
+            ("https://127.0.0.1:443/x", "127.0.0.1:443"),
+            ("https://u@[::1]:443", "[::1]:443"),
+            ("target://[::1]", "[::1]"),
+        ] {
+            let r = Remote::parse(remote).unwrap();
+            assert_eq!(r.host_port(), host_port, "{remote}");
+        }
         let mut p = ok;
         p.remote = "target://:80".into();
         assert!(p.validate().is_err());

@@ -92,6 +92,14 @@ pub(crate) enum DialError {
         /// `host:port`.
         addr: String,
     },
+    /// The remote names no port (Go's `SplitHostPort` error).
+    #[error("dial {network} {addr}: address {addr}: missing port in address")]
+    MissingPort {
+        /// Network name.
+        network: Network,
+        /// The host as written.
+        addr: String,
+    },
     /// Name resolution found no address of the wanted family.
     #[error("dial {network} {addr}: no suitable address found")]
     NoAddress {
@@ -118,7 +126,7 @@ impl DialError {
         match self {
             DialError::Timeout { .. } => true,
             DialError::Io { source, .. } => source.kind() == io::ErrorKind::TimedOut,
-            DialError::NoAddress { .. } => false,
+            DialError::NoAddress { .. } | DialError::MissingPort { .. } => false,
         }
     }
 }
@@ -130,6 +138,9 @@ pub(crate) async fn dial(
     timeout: Duration,
 ) -> Result<RemoteConn, DialError> {
     let addr = remote.host_port();
+    if remote.port.is_none() {
+        return Err(DialError::MissingPort { network, addr });
+    }
     match tokio::time::timeout(timeout, dial_inner(network, &addr)).await {
         Ok(r) => r,
         Err(_) => Err(DialError::Timeout { network, addr }),

@@ -345,6 +345,14 @@ async fn transport_ping_answers_pong_in_the_body() {
         r#"{{"code":200,"description":"PONG","origin":"{}"}}"#,
         relay.origin()
     );
+    assert_eq!(String::from_utf8(a.body).unwrap(), want.clone() + "\n");
+    // Whatever else a PING's payload holds, it is answered (no token check, spec §6.3 step 4).
+    let a = ask(
+        &conn,
+        Method::PUT,
+        Some(r#"{"command":"PING","token":{},"protocol":null}"#),
+    )
+    .await;
     assert_eq!(String::from_utf8(a.body).unwrap(), want + "\n");
     let pong = net.client(&[&relay]).ping().await.unwrap();
     assert_eq!(pong, Status::pong(relay.origin()));
@@ -526,11 +534,31 @@ async fn transport_hostile_inputs_get_their_documented_answers() {
         "loopback address 'localhost' requested",
         &guarded.origin(),
     );
-    // A closed port: 502 from the target.
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     };
+    // No port: the dial's 502, the token stored first (its replay is a duplicate).
+    let portless = token(&sk);
+    let p = connect_payload(Some(portless.clone()), "target://example.invalid");
+    assert_refused(
+        &put(p.to_header_value()).await,
+        502,
+        "dial tcp example.invalid: address example.invalid: missing port in address",
+        "target",
+    );
+    let p = connect_payload(Some(portless), "target://example.invalid");
+    assert_refused(
+        &put(p.to_header_value()).await,
+        400,
+        "duplicate sharetoken",
+        &me,
+    );
+    // A command other than PING is a CONNECT (the reference checks no other value).
+    let mut p = connect_payload(Some(token(&sk)), &format!("target://{closed}"));
+    p.command = String::new();
+    assert_refused(&put(p.to_header_value()).await, 502, "dial tcp ", "target");
+    // A closed port: 502 from the target.
     let p = connect_payload(Some(token(&sk)), &format!("target://{closed}"));
     assert_refused(&put(p.to_header_value()).await, 502, "dial tcp ", "target");
     // A next relay that is not there: 502 from this relay.
@@ -540,7 +568,7 @@ async fn transport_hostile_inputs_get_their_documented_answers() {
     // Still serving, on the same connection and on new ones.
     round_trip(&net.client(&[&relay]), target, b"still here").await;
     let s = relay.transport.send(TransportStatus).await.unwrap();
-    assert_eq!(s.streams_refused, 16, "{s:?}");
+    assert_eq!(s.streams_refused, 19, "{s:?}");
 }
 
 #[actix_rt::test]
