@@ -11,5 +11,7 @@ pub const USAGE: u8 = 2;
 pub const DATAERR: u8 = 65;
 /// Temporary failure: try again later.
 pub const TEMPFAIL: u8 = 75;
-/// Invalid configuration.
+/// Invalid configuration or identity when the daemon starts (`start --fg`): restarting does not
+/// help. The commands that only read the config (`check-config`, `reload`, `balance`,
+/// `withdraw`) exit 1 for it, as the reference does.
 pub const CONFIG: u8 = 78;

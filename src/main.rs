@@ -122,7 +122,7 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
         Command::Reload => {
             // Refuse a config the daemon would refuse, and say why here rather than in its log.
             if let Err(e) = config::load(&home.join(home::files::CONFIG)) {
-                return fail(&e, exit::CONFIG);
+                return fail(&e, exit::FAILURE);
             }
             control_result(control::reload(home))
         }
@@ -190,7 +190,8 @@ fn check_config(home: &Path) -> u8 {
             out!("OK");
             exit::OK
         }
-        Err(e) => fail(&e, exit::CONFIG),
+        // The reference's check-config exits 1 (spec §1.2); 78 is the daemon's, for systemd.
+        Err(e) => fail(&e, exit::FAILURE),
     }
 }
 
@@ -269,7 +270,6 @@ fn payout_result(r: Result<String, ledger::payout::Error>) -> u8 {
             outp!("{text}");
             exit::OK
         }
-        Err(e @ ledger::payout::Error::Config(_)) => fail(&e, exit::CONFIG),
         Err(e) => fail(&e, exit::FAILURE),
     }
 }

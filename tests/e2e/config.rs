@@ -20,7 +20,7 @@ fn every_mistake_is_printed_with_its_key_path() {
 }"#,
     );
     let run = home.run(&["check-config"]);
-    assert_eq!(run.code, 78, "{run}");
+    assert_eq!(run.code, 1, "{run}");
     let expected = [
         ("address", "has to be set"),
         ("auto_submit_interval", "invalid duration \"5 minutes\""),
@@ -92,7 +92,7 @@ fn json_syntax_errors_name_line_and_column() {
     let home = Home::new();
     home.write("config.json", "{\n  \"address\": \"127.0.0.1:1\",\n}\n");
     let run = home.run(&["check-config"]);
-    assert_eq!(run.code, 78, "{run}");
+    assert_eq!(run.code, 1, "{run}");
     assert!(run.stderr.contains("line 3, column 1"), "{run}");
 }
 
@@ -100,7 +100,7 @@ fn json_syntax_errors_name_line_and_column() {
 fn missing_config_is_a_clear_error() {
     let home = Home::new();
     let run = home.run(&["check-config"]);
-    assert_eq!(run.code, 78, "{run}");
+    assert_eq!(run.code, 1, "{run}");
     assert!(
         run.stderr.contains("config.json") && run.stderr.contains("No such file"),
         "{run}"

@@ -299,7 +299,7 @@ fn metrics_off_by_default_and_a_bad_address_is_a_config_error_with_its_key() {
             "contracts": {"https://c.example": {"address": "wireleap://127.0.0.1:13499", "role": "backing"}}}"#,
     );
     let run = home.run(&["check-config"]);
-    assert_eq!(run.code, 78, "{run}");
+    assert_eq!(run.code, 1, "{run}");
     assert!(
         run.all().contains(
             r#"metrics.address: expected an IP address and port such as "127.0.0.1:9101""#
