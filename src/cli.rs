@@ -84,8 +84,9 @@ pub enum Command {
     /// undoes them back to TO. Run by the supervisor during upgrades and rollbacks.
     #[command(hide = true)]
     Migrate {
-        /// The version migrated from (up), or back to (with --down).
-        version: String,
+        /// The version migrated from (up), or back to (with --down). Missing: the reference's
+        /// message, exit 1.
+        version: Option<String>,
         /// Undo this version's migrations down to VERSION.
         #[arg(long)]
         down: bool,

@@ -27,6 +27,12 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse_from(cli::normalize(std::env::args())) {
         Ok(cli) => cli,
+        // `help [COMMAND]` prints on stderr and exits 2, as the reference's does (spec §1.1);
+        // `--help` and `-h` print on stdout and exit 0.
+        Err(e) if args.get(1).is_some_and(|a| a == "help") => {
+            eprint!("{}", e.render());
+            return ExitCode::from(exit::USAGE);
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
@@ -104,8 +110,12 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
                 Duration::from_millis(interval_ms),
             ),
         ),
+        Command::Migrate { version: None, .. } => {
+            eprintln!("which version to migrate from? usage: `wireleap-relay migrate 1.2.3`");
+            exit::FAILURE
+        }
         Command::Migrate {
-            version: other,
+            version: Some(other),
             down,
             copy_config,
         } => wireleap_relay::migrate::command(home, version, &other, down, copy_config),

@@ -374,6 +374,23 @@ fn version_and_usage() {
     );
     assert_eq!(home.run(&["no-such-command"]).code, 2);
     assert_eq!(home.run(&[]).code, 2);
+    // `help` and `help COMMAND` print the usage on stderr and exit 2, as the reference's
+    // (spec §1.1); `--help` is the usual 0 on stdout.
+    for args in [&["help"][..], &["help", "start"]] {
+        let run = home.run(args);
+        assert_eq!(run.code, 2, "{run}");
+        assert!(run.stderr.contains("Usage"), "{run}");
+    }
+    let run = home.run(&["--help"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("Usage"), "{run}");
+    // The hidden `migrate` without its version: the reference's message and 1 (spec §1.2).
+    let run = home.run(&["migrate"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.stderr.contains("which version to migrate from? usage:"),
+        "{run}"
+    );
 }
 
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
