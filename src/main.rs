@@ -287,6 +287,11 @@ fn payout_result(r: Result<String, ledger::payout::Error>) -> u8 {
 fn control_result<T>(r: Result<T, control::Error>) -> u8 {
     match r {
         Ok(_) => exit::OK,
+        // As the reference's `start`: the line and the daemon's log on stdout (spec §1.2).
+        Err(e @ control::Error::DiedAtStart { .. }) => {
+            out!("{e}");
+            exit::FAILURE
+        }
         Err(e) => fail(&e, exit::FAILURE),
     }
 }

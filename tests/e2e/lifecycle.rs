@@ -151,10 +151,15 @@ fn start_fails_with_the_reason_when_the_port_is_taken() {
     let run = home.run(&["start"]);
     assert_eq!(run.code, 1, "{run}");
     assert!(!run.stdout.contains("successfully"), "{run}");
-    assert!(run.all().contains("wireleap-relay is not running"), "{run}");
+    // As the reference: the line, then the daemon's log, on stdout.
     assert!(
-        run.all().contains(&format!("could not listen on {addr}"))
-            && run.all().contains("Address already in use"),
+        run.stdout.contains("wireleap-relay is not running, ")
+            && run.stdout.contains("wireleap-relay.log follows:"),
+        "{run}"
+    );
+    assert!(
+        run.stdout.contains(&format!("could not listen on {addr}"))
+            && run.stdout.contains("Address already in use"),
         "the reason is missing:\n{run}"
     );
     assert_eq!(home.run(&["status"]).code, 1);
