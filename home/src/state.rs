@@ -8,20 +8,45 @@ use semver::Version;
 
 use crate::files::STATE;
 
-/// The highest committed version, if any (a missing or unreadable file: none).
-#[must_use]
-pub fn highest_committed(home: &Path) -> Option<Version> {
-    let text = std::fs::read_to_string(home.join(STATE)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Version::parse(v.get("highest_committed")?.as_str()?).ok()
+/// The highest committed version: `None` when nothing was committed here (no file).
+///
+/// # Errors
+/// The file exists but cannot be read or holds no version: the floor is unknown, and a caller
+/// that protects against rollbacks must refuse rather than take it for "none" (which would let
+/// any older signed release in). The text names the file and says how to repair it.
+pub fn highest_committed(home: &Path) -> Result<Option<Version>, String> {
+    let path = home.join(STATE);
+    let unusable = |why: String| {
+        format!(
+            "{}: {why}; the highest committed version (the floor for upgrades) is unknown, so no \
+             release is accepted until the file is repaired (write {{\"highest_committed\": \"<the \
+             highest version this relay ran>\"}}) or removed",
+            path.display()
+        )
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unusable(e.to_string())),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| unusable(e.to_string()))?;
+    let field = v
+        .get("highest_committed")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| unusable("no \"highest_committed\" version".to_owned()))?;
+    Version::parse(field)
+        .map(Some)
+        .map_err(|e| unusable(format!("{field:?}: {e}")))
 }
 
 /// Records `version` as committed: the highest committed version rises to it if it is higher.
+/// An unreadable file is replaced (a commit is the one moment the floor is known again: what
+/// runs now).
 ///
 /// # Errors
 /// An I/O error writing the file.
 pub fn record_committed(home: &Path, version: &Version) -> std::io::Result<()> {
-    if highest_committed(home).is_some_and(|h| *version <= h) {
+    if highest_committed(home).is_ok_and(|h| h.is_some_and(|h| *version <= h)) {
         return Ok(());
     }
     let state = serde_json::json!({"highest_committed": version.to_string()}).to_string();
@@ -85,11 +110,43 @@ mod tests {
     #[test]
     fn the_floor_only_rises() {
         let home = tempfile::tempdir().unwrap();
-        assert_eq!(highest_committed(home.path()), None);
+        assert_eq!(highest_committed(home.path()), Ok(None));
         record_committed(home.path(), &Version::new(0, 9, 0)).unwrap();
         record_committed(home.path(), &Version::new(0, 8, 0)).unwrap();
-        assert_eq!(highest_committed(home.path()), Some(Version::new(0, 9, 0)));
+        assert_eq!(
+            highest_committed(home.path()),
+            Ok(Some(Version::new(0, 9, 0)))
+        );
         record_committed(home.path(), &Version::new(1, 0, 0)).unwrap();
-        assert_eq!(highest_committed(home.path()), Some(Version::new(1, 0, 0)));
+        assert_eq!(
+            highest_committed(home.path()),
+            Ok(Some(Version::new(1, 0, 0)))
+        );
+    }
+
+    /// A file that exists but says no version is an unknown floor, never "none": a caller would
+    /// otherwise let any older signed release in. A commit writes it again.
+    #[test]
+    fn an_unreadable_floor_is_an_error_until_a_commit_rewrites_it() {
+        let home = tempfile::tempdir().unwrap();
+        for bad in [
+            "",
+            "{",
+            "{}",
+            r#"{"highest_committed": 7}"#,
+            r#"{"highest_committed": "x"}"#,
+        ] {
+            std::fs::write(home.path().join(STATE), bad).unwrap();
+            let e = highest_committed(home.path()).unwrap_err();
+            assert!(
+                e.contains("upgrade-state.json") && e.contains("repaired"),
+                "{bad:?}: {e}"
+            );
+        }
+        record_committed(home.path(), &Version::new(0, 9, 0)).unwrap();
+        assert_eq!(
+            highest_committed(home.path()),
+            Ok(Some(Version::new(0, 9, 0)))
+        );
     }
 }

@@ -604,7 +604,7 @@ pub fn release_check(
         Product::relay(),
         version.clone(),
         running.clone(),
-        wireleap_home::state::highest_committed(home),
+        wireleap_home::state::highest_committed(home).map_err(|reason| Error::Trust { reason })?,
     )?;
     let keys = trust.release_keys(expected.expiry)?;
     Ok((keys, expected))

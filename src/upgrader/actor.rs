@@ -9,7 +9,7 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::job::{self, Outcome};
-use super::policy::{Decision, decide};
+use super::policy::{Decision, Ignored, decide};
 use super::rollout::{self, Check};
 use crate::identity::Identity;
 use relay_release::rollout::Gate;
@@ -285,7 +285,9 @@ impl Upgrader {
     /// Checks a held-back version again.
     fn recheck(&mut self, ctx: &mut Context<Self>) {
         if let Some(version) = self.rollouts.pending.clone()
-            && !self.skip_list().versions.contains(&version)
+            && self
+                .skip_list()
+                .is_ok_and(|list| !list.versions.contains(&version))
         {
             self.consider(version, ctx);
         }
@@ -305,7 +307,7 @@ impl Upgrader {
         let running = self.running.clone();
         // Only a version this home upgraded to can be recalled to `.prev`.
         let upgraded = home.join(wireleap_home::files::PREV).exists()
-            && highest_committed(&home).as_ref() == Some(&running);
+            && highest_committed(&home).ok().flatten().as_ref() == Some(&running);
         let work = async move {
             rollout::queue_from_journal(&home, &identity);
             let fresh = rollout::channels_fresh(&base, &identity).await;
@@ -474,19 +476,16 @@ impl Upgrader {
         }));
     }
 
-    fn skip_list(&self) -> SkipList {
-        match SkipList::load(&self.home) {
-            Ok(list) => {
-                for (line, text) in &list.unreadable {
-                    warn!(line, text = %text, "ignoring an unreadable line of .skip-upgrade-version");
-                }
-                list
-            }
-            Err(e) => {
-                warn!(error = %e, "could not read .skip-upgrade-version");
-                SkipList::default()
-            }
+    /// The skip list, its unreadable lines logged. An error is not an empty list: a caller
+    /// deciding on a version must then keep it out.
+    fn skip_list(&self) -> std::io::Result<SkipList> {
+        let list = SkipList::load(&self.home).inspect_err(|e| {
+            warn!(error = %e, "could not read .skip-upgrade-version");
+        })?;
+        for (line, text) in &list.unreadable {
+            warn!(line, text = %text, "ignoring an unreadable line of .skip-upgrade-version");
         }
+        Ok(list)
     }
 }
 
@@ -541,15 +540,29 @@ impl Handler<UpgradeNotice> for Upgrader {
             info!(version = %msg.version, busy = %v, "upgrade notice dropped: an upgrade is in progress");
             return;
         }
-        let skipped = self.skip_list().versions;
-        let committed = highest_committed(&self.home);
-        let decision = decide(
-            &msg.version,
-            self.auto_upgrade,
-            &skipped,
-            &self.running,
-            committed.as_ref(),
-        );
+        // An unreadable skip list is not an empty one: the version it may hold stays out.
+        let skipped = match self.skip_list() {
+            Ok(list) => list.versions,
+            Err(e) => {
+                let why = format!(
+                    "could not read {}: {e}; no version installs until it can be",
+                    wireleap_home::files::SKIP_VERSION
+                );
+                self.last_decision = Some(format!("ignored {}: {why}", msg.version));
+                warn!(version = %msg.version, reason = %why, "upgrade notice ignored");
+                return;
+            }
+        };
+        let decision = match highest_committed(&self.home) {
+            Ok(committed) => decide(
+                &msg.version,
+                self.auto_upgrade,
+                &skipped,
+                &self.running,
+                committed.as_ref(),
+            ),
+            Err(why) => Decision::Ignore(Ignored::FloorUnknown(why)),
+        };
         match &decision {
             Decision::Upgrade(v) => info!(version = %v, "upgrade accepted"),
             Decision::Ignore(why) => {
@@ -631,11 +644,15 @@ impl Handler<UpgraderStatus> for Upgrader {
             last_decision: self.last_decision.clone(),
             skipped: self
                 .skip_list()
+                .unwrap_or_default()
                 .versions
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            highest_committed: highest_committed(&self.home).map(|v| v.to_string()),
+            highest_committed: highest_committed(&self.home)
+                .ok()
+                .flatten()
+                .map(|v| v.to_string()),
             in_progress: self.in_progress.as_ref().map(ToString::to_string),
             last_outcome: self.last_outcome.clone(),
             rollout: self.rollouts.last.clone(),
@@ -679,6 +696,47 @@ mod tests {
         );
         assert_eq!(state.announced, None);
         assert_eq!(state.in_progress, None);
+    }
+
+    /// A skip list or a floor that cannot be read is not an empty one: an announced version is
+    /// ignored (it may be the skipped one, or below the floor), the reason names the file.
+    #[actix_rt::test]
+    async fn an_unreadable_skip_list_or_floor_keeps_an_announced_version_out() {
+        for (file, text, says) in [
+            (
+                wireleap_home::files::SKIP_VERSION,
+                &b"\xff\xfe not text"[..],
+                "could not read .skip-upgrade-version",
+            ),
+            (
+                wireleap_home::files::STATE,
+                b"{\"highest_committed\": 1}",
+                "upgrade-state.json",
+            ),
+        ] {
+            let home = tempfile::tempdir().unwrap();
+            std::fs::write(home.path().join(file), text).unwrap();
+            let up = Upgrader::new(
+                home.path().to_path_buf(),
+                true,
+                semver::Version::new(1, 0, 0),
+                None,
+            )
+            .start();
+            up.send(UpgradeNotice {
+                version: semver::Version::new(2, 0, 0),
+                contract: "https://contract.example".into(),
+            })
+            .await
+            .unwrap();
+            let state = up.send(UpgraderStatus).await.unwrap();
+            let decision = state.last_decision.unwrap_or_default();
+            assert!(
+                decision.starts_with("ignored 2.0.0: ") && decision.contains(says),
+                "{file}: {decision}"
+            );
+            assert_eq!(state.in_progress, None, "{file}");
+        }
     }
 
     #[test]

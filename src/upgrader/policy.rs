@@ -37,6 +37,9 @@ pub enum Ignored {
         /// The highest committed version.
         committed: Version,
     },
+    /// The highest committed version cannot be read: no floor, so nothing installs.
+    #[error("{0}")]
+    FloorUnknown(String),
 }
 
 /// Decides on a notice for `offered`.

@@ -730,8 +730,10 @@ impl<'a> World<'a> {
                 reply.version = v.current;
                 reply.prev_version = v.prev;
                 reply.draining = machine.draining().to_vec();
-                reply.highest_committed =
-                    upgrade::highest_committed(self.home()).map(|v| v.to_string());
+                reply.highest_committed = upgrade::highest_committed(self.home())
+                    .ok()
+                    .flatten()
+                    .map(|v| v.to_string());
                 reply.skipped = Some(upgrade::skipped(self.home()));
                 reply.last = recover::last_entry(self.home());
                 reply

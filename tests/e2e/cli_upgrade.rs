@@ -206,6 +206,29 @@ fn upgrade_asks_aborts_on_no_and_commits_with_yes() {
     );
 }
 
+/// An `upgrade-state.json` that cannot be read leaves the floor unknown: nothing installs, not
+/// even by hand, and the refusal names the file and how to repair it; once it is removed the
+/// upgrade goes through.
+#[test]
+fn an_unreadable_floor_refuses_upgrades_until_repaired() {
+    let (s, root) = supervised_with_releases();
+    let home = &s.home;
+    publish_on_channel(root.path(), "9.0.0");
+    home.write("upgrade-state.json", "{\"highest_committed\": ");
+    let run = cli(home, &["upgrade", "--yes"], "");
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.all().contains("upgrade-state.json") && run.all().contains("repaired"),
+        "{run}"
+    );
+    assert_nothing_staged(home);
+    assert_eq!(cli(home, &["version"], "").stdout.trim(), RUNNING);
+    std::fs::remove_file(home.file("upgrade-state.json")).unwrap();
+    let run = cli(home, &["upgrade", "--yes"], "");
+    assert_eq!(run.code, 0, "{run}\n{}", s.log());
+    assert_eq!(cli(home, &["version"], "").stdout.trim(), "9.0.0");
+}
+
 #[test]
 fn upgrade_to_a_skipped_version_warns_and_works_with_y() {
     let (s, root) = supervised_with_releases();
