@@ -122,6 +122,7 @@ impl Trust {
         };
         let mut key_paths = Vec::new();
         let mut chain: Vec<(Root, PathBuf)> = Vec::new();
+        safe_home(home)?;
         if safe_dir(&dir)? {
             let roots_dir = dir.join(ROOTS_DIR);
             for path in list(&dir)? {
@@ -666,6 +667,47 @@ fn safe_dir(dir: &Path) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// The home holds the trust folder: whoever may rename entries in it may put a trust folder of
+/// their own in its place. Refused when it is group- or world-writable without the sticky bit
+/// (with it, as under privilege separation's 1770, only an entry's owner may rename it), or is a
+/// folder others may change higher up (a world-writable ancestor without the sticky bit).
+fn safe_home(home: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    const STICKY: u32 = 0o1000;
+    let refuse = |path: &Path, mode: u32, who: &str| Error::UnsafeTrustFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "its mode {mode:04o} lets {who} replace the trust folder in it (chmod go-w {}, or \
+             chmod +t to let only each file's owner rename it)",
+            path.display()
+        ),
+    };
+    let meta = match std::fs::metadata(home) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("stat", home, e)),
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & STICKY == 0 {
+        let who = if mode & 0o002 != 0 {
+            "everyone"
+        } else {
+            "its group"
+        };
+        return Err(refuse(home, mode, who));
+    }
+    for dir in home.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o002 != 0 && mode & STICKY == 0 {
+            return Err(refuse(dir, mode, "everyone"));
+        }
+    }
+    Ok(())
+}
+
 /// A staged root: anyone may have written it (its signatures vouch for it), so only its size
 /// is bounded and a link is not followed.
 fn read_staged(path: &Path) -> Result<Vec<u8>, Error> {
@@ -770,6 +812,38 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    /// A home others may change lets them replace the trust folder in it: refused, naming it;
+    /// the sticky bit (privilege separation's 1770) makes it safe.
+    #[test]
+    fn a_home_others_may_change_is_refused_unless_sticky() {
+        let home = tempfile::tempdir().unwrap();
+        for (mode, ok) in [(0o700, true), (0o755, true), (0o775, false), (0o777, false)] {
+            std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let loaded = Trust::load(home.path());
+            assert_eq!(loaded.is_ok(), ok, "{mode:o}: {loaded:?}");
+            if let Err(e) = loaded {
+                assert!(
+                    matches!(&e, Error::UnsafeTrustFile { path, .. } if path == home.path()),
+                    "{e}"
+                );
+                assert!(e.to_string().contains("replace the trust folder"), "{e}");
+            }
+        }
+        for mode in [0o1770, 0o1777] {
+            std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(Trust::load(home.path()).is_ok(), "{mode:o}");
+        }
+        // A world-writable folder above it (not sticky) is refused too.
+        let outer = tempfile::tempdir().unwrap();
+        let inner = outer.path().join("home");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            matches!(Trust::load(&inner), Err(Error::UnsafeTrustFile { path, .. }) if path == outer.path())
+        );
+        std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
 
     #[test]
     fn nothing_is_trusted_by_default() {
