@@ -30,10 +30,16 @@ pub fn highest_committed(home: &Path) -> Result<Option<Version>, String> {
         Err(e) => return Err(unusable(e.to_string())),
     };
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| unusable(e.to_string()))?;
-    let field = v
-        .get("highest_committed")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| unusable("no \"highest_committed\" version".to_owned()))?;
+    let Some(object) = v.as_object() else {
+        return Err(unusable("not a JSON object".to_owned()));
+    };
+    // `{}`: nothing committed yet (privilege separation creates the file so).
+    let Some(field) = object.get("highest_committed") else {
+        return Ok(None);
+    };
+    let field = field
+        .as_str()
+        .ok_or_else(|| unusable(format!("\"highest_committed\" is {field}, not a version")))?;
     Version::parse(field)
         .map(Some)
         .map_err(|e| unusable(format!("{field:?}: {e}")))
@@ -124,15 +130,21 @@ mod tests {
         );
     }
 
-    /// A file that exists but says no version is an unknown floor, never "none": a caller would
-    /// otherwise let any older signed release in. A commit writes it again.
+    /// A file that exists but cannot be read as a floor is an unknown one, never "none" (a caller
+    /// would otherwise let any older signed release in); `{}` is "none". A commit writes it.
     #[test]
     fn an_unreadable_floor_is_an_error_until_a_commit_rewrites_it() {
         let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join(STATE), "{}").unwrap();
+        assert_eq!(
+            highest_committed(home.path()),
+            Ok(None),
+            "privsep's empty state"
+        );
         for bad in [
             "",
             "{",
-            "{}",
+            "[]",
             r#"{"highest_committed": 7}"#,
             r#"{"highest_committed": "x"}"#,
         ] {
