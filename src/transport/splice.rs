@@ -298,7 +298,9 @@ async fn upload_tcp(body: &mut RecvStream, w: &mut OwnedWriteHalf, meter: &Meter
     }
 }
 
-/// Client → remote over UDP: one DATA frame is one datagram (spec §6.6).
+/// Client → remote over UDP: one DATA frame is one datagram (spec §6.6). A frame larger than a
+/// datagram can be (`EMSGSIZE`) is dropped, as the network drops an oversized datagram: the
+/// flow goes on.
 async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket, meter: &Meter) -> Half {
     loop {
         match body.data().await {
@@ -308,7 +310,10 @@ async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket, meter: &Meter) -> H
                 if n > 0
                     && let Err(e) = sock.send(&chunk).await
                 {
-                    return Half::Remote(e);
+                    if e.raw_os_error() != Some(libc::EMSGSIZE) {
+                        return Half::Remote(e);
+                    }
+                    tracing::debug!(bytes = n, "dropped a DATA frame too large for a datagram");
                 }
                 crate::metrics::bytes_to_remote(n);
                 let _ = body.flow_control().release_capacity(n);

@@ -317,6 +317,37 @@ async fn transport_tcp_round_trip_through_1_2_3_relays() {
     }
 }
 
+/// A DATA frame larger than any datagram is dropped; the UDP flow goes on.
+#[actix_rt::test]
+async fn transport_udp_an_oversized_frame_is_dropped_and_the_flow_goes_on() {
+    let net = Net::new();
+    let target = udp_echo().await;
+    let relay = net.relay().await;
+    let client = net.client(&[&relay]);
+    let mut s = tokio::time::timeout(WAIT, client.open(&target.to_string(), Network::Udp))
+        .await
+        .unwrap()
+        .unwrap();
+    let echo = async |s: &mut client::H2Stream, d: &[u8]| {
+        s.send_chunk(Bytes::from(d.to_vec())).await.unwrap();
+        let back = tokio::time::timeout(WAIT, s.recv_chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(back == d, "a datagram did not come back");
+    };
+    echo(&mut s, &pattern(100, 1)).await;
+    // One byte more than an IPv4 datagram can carry (65 507).
+    s.send_chunk(Bytes::from(pattern(65_508, 2))).await.unwrap();
+    echo(&mut s, &pattern(100, 3)).await;
+    s.finish();
+    assert_eq!(
+        tokio::time::timeout(WAIT, s.wait_end()).await.unwrap(),
+        StreamEnd::Clean
+    );
+}
+
 #[actix_rt::test]
 async fn transport_udp_round_trip_through_1_2_3_relays() {
     let net = Net::new();
