@@ -24,6 +24,8 @@ pub struct Control {
     /// Requests read by their connection's own thread.
     read: Receiver<(Request, Pending)>,
     reader: Sender<(Request, Pending)>,
+    /// Connections being read now (at most [`MAX_READERS`]).
+    readers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A request's connection, waiting for its reply.
@@ -34,6 +36,13 @@ pub struct Pending {
 
 /// How long a client has to send its whole request.
 pub const READ_WAIT: Duration = Duration::from_secs(2);
+
+/// Connections taken per turn of the loop: a flood of them cannot keep the loop in `poll`.
+pub const ACCEPT_PER_TURN: usize = 16;
+
+/// Connections read at once, each on a thread of its own; more are closed unread (their client
+/// sees the connection end without an answer, and may ask again).
+pub const MAX_READERS: usize = 32;
 
 impl Control {
     /// Binds the socket in `home` (replacing a stale one) with mode 0600.
@@ -58,6 +67,7 @@ impl Control {
             path,
             read,
             reader,
+            readers: std::sync::Arc::default(),
         })
     }
 
@@ -65,14 +75,32 @@ impl Control {
     /// [`READ_WAIT`] in all, so a slow or silent client never holds the loop. A request that is
     /// not one (malformed, unknown, of a newer protocol, an upgrade naming no plain version) is
     /// answered with why and dropped there.
+    ///
+    /// At most [`ACCEPT_PER_TURN`] connections are taken per call and [`MAX_READERS`] read at
+    /// once, so a flood of connections neither holds the loop nor piles up threads; a thread the
+    /// OS refuses drops its connection, never the loop.
     pub fn poll(&self) -> Option<(Request, Pending)> {
-        while let Ok((conn, _)) = self.listener.accept() {
-            let tx = self.reader.clone();
-            std::thread::spawn(move || {
-                if let Some(request) = read_request(conn) {
-                    let _ = tx.send(request);
-                }
-            });
+        use std::sync::atomic::Ordering::SeqCst;
+        for _ in 0..ACCEPT_PER_TURN {
+            let Ok((conn, _)) = self.listener.accept() else {
+                break;
+            };
+            if self.readers.fetch_add(1, SeqCst) >= MAX_READERS {
+                self.readers.fetch_sub(1, SeqCst);
+                continue;
+            }
+            let (tx, readers) = (self.reader.clone(), self.readers.clone());
+            let spawned = std::thread::Builder::new()
+                .name("control-read".into())
+                .spawn(move || {
+                    if let Some(request) = read_request(conn) {
+                        let _ = tx.send(request);
+                    }
+                    readers.fetch_sub(1, SeqCst);
+                });
+            if spawned.is_err() {
+                self.readers.fetch_sub(1, SeqCst);
+            }
         }
         self.read.try_recv().ok()
     }
@@ -126,5 +154,54 @@ impl Pending {
     /// Sends the reply and closes the connection.
     pub fn reply(mut self, reply: &Reply) {
         let _ = writeln!(self.conn, "{}", reply.to_line());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    /// A flood of silent connections neither keeps `poll` taking them nor piles up reader
+    /// threads past [`MAX_READERS`]; once they are gone, a request is read and answered.
+    #[test]
+    fn a_flood_of_silent_connections_is_bounded_and_requests_still_get_through() {
+        let home = tempfile::tempdir().unwrap();
+        let control = Control::bind(home.path()).unwrap();
+        let flood: Vec<UnixStream> = (0..3 * MAX_READERS)
+            .map(|_| UnixStream::connect(home.path().join(SOCKET)).unwrap())
+            .collect();
+        // Each turn takes at most ACCEPT_PER_TURN of them.
+        assert!(control.poll().is_none());
+        assert!(control.readers.load(SeqCst) <= ACCEPT_PER_TURN);
+        for _ in 0..2 * MAX_READERS / ACCEPT_PER_TURN + 2 {
+            assert!(control.poll().is_none());
+        }
+        assert_eq!(control.readers.load(SeqCst), MAX_READERS);
+        // The silent clients go: their readers end, and a request is served again.
+        drop(flood);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while control.readers.load(SeqCst) > 0 {
+            assert!(std::time::Instant::now() < deadline, "readers did not end");
+            let _ = control.poll();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let h = home.path().to_path_buf();
+        let asker = std::thread::spawn(move || call(&h, &Request::Status, Duration::from_secs(10)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (request, pending) = loop {
+            if let Some(got) = control.poll() {
+                break got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the request was not read"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(request, Request::Status);
+        pending.reply(&Reply::error("answered"));
+        let reply = asker.join().unwrap().unwrap();
+        assert_eq!(reply.error.as_deref(), Some("answered"));
     }
 }
