@@ -481,7 +481,10 @@ impl Walker {
 
         let address = match get("address") {
             None => {
-                self.problem("address", "has to be set (the host:port to listen on)");
+                self.problem(
+                    "address",
+                    "'address' has to be set (the host:port to listen on)",
+                );
                 None
             }
             Some(v) => self
@@ -574,7 +577,7 @@ impl Walker {
             None => {
                 self.problem(
                     "contracts",
-                    "have to be set (at least one service contract)",
+                    "'contracts' have to be set (at least one service contract)",
                 );
                 None
             }
@@ -841,7 +844,7 @@ impl Walker {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
                     self.problem(
                         key,
-                        "file path must start with \"file:///\" (an absolute path)",
+                        "restapi address failed to validate: file path must start by \"file:///\" (an absolute path)",
                     );
                     return None;
                 }
@@ -888,7 +891,7 @@ impl Walker {
         if map.is_empty() {
             self.problem(
                 "contracts",
-                "have to be set (at least one service contract)",
+                "'contracts' have to be set (at least one service contract)",
             );
             return None;
         }
@@ -930,7 +933,7 @@ impl Walker {
                 self.problem(
                     "contracts",
                     format!(
-                        "only 1 contract can have an 'upgrade_channel' field set, found {}: {}",
+                        "only 1 contract in 'contracts' can have an 'upgrade_channel' field set, found {}: {}",
                         names.len(),
                         names.join(", ")
                     ),
@@ -939,7 +942,7 @@ impl Walker {
             } else if with_channel.is_empty() {
                 self.problem(
                     "contracts",
-                    "no contract has an 'upgrade_channel' field set to watch for upgrades (set it on exactly one)",
+                    "no contract in 'contracts' has an 'upgrade_channel' field set to watch for upgrades (set it on exactly one)",
                 );
                 complete = false;
             }
@@ -969,7 +972,7 @@ impl Walker {
                     self.problem(
                         &join(path, "role"),
                         format!(
-                            "invalid relay role {other:?} (expected fronting, entropic or backing)"
+                            "invalid relay role: {other} (expected fronting, entropic or backing)"
                         ),
                     );
                     None
@@ -979,7 +982,7 @@ impl Walker {
         let address_key = join(path, "address");
         let address = match get("address") {
             None => {
-                self.problem(&address_key, "has to be set (the relay's public wireleap://host:port address)");
+                self.problem(&address_key, "relay entry address is null (set the relay's public wireleap://host:port address)");
                 None
             }
             Some(v) => self.string(&address_key, v).and_then(|s| match Url::parse(s) {
@@ -995,7 +998,7 @@ impl Walker {
                 Ok(u) => {
                     self.problem(
                         &address_key,
-                        format!("invalid relay URL scheme {:?} (expected wireleap://host:port)", u.scheme()),
+                        format!("invalid relay URL scheme: {} (expected wireleap://host:port)", u.scheme()),
                     );
                     None
                 }

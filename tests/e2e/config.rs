@@ -22,7 +22,7 @@ fn every_mistake_is_printed_with_its_key_path() {
     let run = home.run(&["check-config"]);
     assert_eq!(run.code, 1, "{run}");
     let expected = [
-        ("address", "has to be set"),
+        ("address", "'address' has to be set"),
         ("auto_submit_interval", "invalid duration \"5 minutes\""),
         (
             "network_usage.global_limit",
@@ -31,13 +31,16 @@ fn every_mistake_is_printed_with_its_key_path() {
         ("rest_api.adress", "did you mean \"address\""),
         (
             r#"contracts["https://c1.example.com"].role"#,
-            "invalid relay role \"middle\"",
+            "invalid relay role: middle",
         ),
         (
             r#"contracts["https://c2.example.com"].address"#,
-            "invalid relay URL scheme \"http\"",
+            "invalid relay URL scheme: http",
         ),
-        ("contracts", "only 1 contract can have an 'upgrade_channel'"),
+        (
+            "contracts",
+            "only 1 contract in 'contracts' can have an 'upgrade_channel' field set",
+        ),
     ];
     for (path, message) in expected {
         let line = format!("  - {path}: ");

@@ -243,7 +243,10 @@ fn start_with_a_bad_config_fails_with_every_problem() {
         run.all().contains("timeout: invalid duration \"soon\""),
         "{run}"
     );
-    assert!(run.all().contains("contracts: have to be set"), "{run}");
+    assert!(
+        run.all().contains("contracts: 'contracts' have to be set"),
+        "{run}"
+    );
 }
 
 #[test]
