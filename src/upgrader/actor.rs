@@ -669,24 +669,30 @@ impl Handler<UpgraderStatus> for Upgrader {
 mod tests {
     use super::*;
 
-    #[actix_rt::test]
-    async fn an_announced_version_too_long_is_ignored_and_never_downloaded() {
-        let home = tempfile::tempdir().unwrap();
+    /// What an Upgrader running 1.0.0 with automatic upgrades in `home` makes of a notice for
+    /// `version`.
+    async fn after_notice(home: &std::path::Path, version: semver::Version) -> UpgraderState {
         let up = Upgrader::new(
-            home.path().to_path_buf(),
+            home.to_path_buf(),
             true,
             semver::Version::new(1, 0, 0),
             None,
         )
         .start();
-        let long = semver::Version::parse(&format!("2.0.0-{}", "x".repeat(200))).unwrap();
         up.send(UpgradeNotice {
-            version: long,
+            version,
             contract: "https://contract.example".into(),
         })
         .await
         .unwrap();
-        let state = up.send(UpgraderStatus).await.unwrap();
+        up.send(UpgraderStatus).await.unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn an_announced_version_too_long_is_ignored_and_never_downloaded() {
+        let home = tempfile::tempdir().unwrap();
+        let long = semver::Version::parse(&format!("2.0.0-{}", "x".repeat(200))).unwrap();
+        let state = after_notice(home.path(), long).await;
         assert!(
             state
                 .last_decision
@@ -716,20 +722,7 @@ mod tests {
         ] {
             let home = tempfile::tempdir().unwrap();
             std::fs::write(home.path().join(file), text).unwrap();
-            let up = Upgrader::new(
-                home.path().to_path_buf(),
-                true,
-                semver::Version::new(1, 0, 0),
-                None,
-            )
-            .start();
-            up.send(UpgradeNotice {
-                version: semver::Version::new(2, 0, 0),
-                contract: "https://contract.example".into(),
-            })
-            .await
-            .unwrap();
-            let state = up.send(UpgraderStatus).await.unwrap();
+            let state = after_notice(home.path(), semver::Version::new(2, 0, 0)).await;
             let decision = state.last_decision.unwrap_or_default();
             assert!(
                 decision.starts_with("ignored 2.0.0: ") && decision.contains(says),
