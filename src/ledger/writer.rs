@@ -331,8 +331,9 @@ fn fail(job: Job, why: &str) {
 }
 
 /// The thread's loop: block for one job, take whatever else queued, admit the group in one
-/// transaction, then run the other jobs in order. With `durable`, admissions are answered by the
-/// flushers once the WAL is on disk; without (a database in memory), at commit.
+/// transaction, then run the other jobs in order. Admissions are answered at commit (stored or
+/// a replay), and a second time once durable: by the flushers once the WAL is on disk with
+/// `durable`, at commit without (a database in memory).
 fn run(mut store: Store, rx: mpsc::Receiver<Job>, durable: Option<&Durable>, activity: &Activity) {
     let mut admits: Vec<(Row, AdmitReply)> = Vec::new();
     let mut others: Vec<Job> = Vec::new();

@@ -124,8 +124,10 @@ pub(crate) async fn handle(
     let deadline = tokio::time::Instant::now() + LEDGER_TIMEOUT;
     let pending = match tokio::time::timeout_at(deadline, shared.deps.ledger.store(&token)).await {
         Ok(Ok(pending)) => pending,
-        Ok(Err(e)) => return refuse_ledger(shared, &mut respond, Ok(Err(e)), origin_relay),
-        Err(elapsed) => return refuse_ledger(shared, &mut respond, Err(elapsed), origin_relay),
+        refused => {
+            let refused = refused.map(|r| r.map(drop));
+            return refuse_ledger(shared, &mut respond, refused, origin_relay);
+        }
     };
     let durable = tokio::time::timeout_at(deadline, pending.durable());
     let dial = async {
