@@ -208,6 +208,9 @@ fn check_config(home: &Path) -> u8 {
 /// What `check-config` says about release trust: nothing trusted while `auto_upgrade` is on,
 /// unusable trust files, public test keys, an expired root.
 fn trust_warnings(home: &Path, auto_upgrade: bool) -> Vec<String> {
+    if let Err(e) = relay_release::trust::check_home(home) {
+        return vec![format!("upgrades will be refused: {e}")];
+    }
     match relay_release::Trust::load(home) {
         Ok(trust) if trust.is_empty() && auto_upgrade => vec![format!(
             "auto_upgrade is on but no release key is trusted: every upgrade will be refused; put the network's root in {} or its key in {} (docs/releasing.md)",

@@ -122,7 +122,6 @@ impl Trust {
         };
         let mut key_paths = Vec::new();
         let mut chain: Vec<(Root, PathBuf)> = Vec::new();
-        safe_home(home)?;
         if safe_dir(&dir)? {
             let roots_dir = dir.join(ROOTS_DIR);
             for path in list(&dir)? {
@@ -601,6 +600,7 @@ pub fn release_check(
     version: &semver::Version,
     running: &semver::Version,
 ) -> Result<(TrustedKeys, Expected), Error> {
+    check_home(home)?;
     let expected = Expected::for_host(
         Product::relay(),
         version.clone(),
@@ -671,7 +671,14 @@ fn safe_dir(dir: &Path) -> Result<bool, Error> {
 /// their own in its place. Refused when it is group- or world-writable without the sticky bit
 /// (with it, as under privilege separation's 1770, only an entry's owner may rename it), or is a
 /// folder others may change higher up (a world-writable ancestor without the sticky bit).
-fn safe_home(home: &Path) -> Result<(), Error> {
+///
+/// Checked before a new release is accepted ([`release_check`]), and reported by
+/// `check-config`; not when the installed binary is checked against its statement at start, so
+/// such a home refuses upgrades but never stops a relay that already runs.
+///
+/// # Errors
+/// [`Error::UnsafeTrustFile`] naming the folder and the fix.
+pub fn check_home(home: &Path) -> Result<(), Error> {
     use std::os::unix::fs::MetadataExt as _;
     const STICKY: u32 = 0o1000;
     let refuse = |path: &Path, mode: u32, who: &str| Error::UnsafeTrustFile {
@@ -820,8 +827,10 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         for (mode, ok) in [(0o700, true), (0o755, true), (0o775, false), (0o777, false)] {
             std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-            let loaded = Trust::load(home.path());
+            let loaded = check_home(home.path());
             assert_eq!(loaded.is_ok(), ok, "{mode:o}: {loaded:?}");
+            // The trust itself still loads: a relay that runs is not stopped by it.
+            assert!(Trust::load(home.path()).is_ok(), "{mode:o}");
             if let Err(e) = loaded {
                 assert!(
                     matches!(&e, Error::UnsafeTrustFile { path, .. } if path == home.path()),
@@ -832,7 +841,7 @@ mod tests {
         }
         for mode in [0o1770, 0o1777] {
             std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-            assert!(Trust::load(home.path()).is_ok(), "{mode:o}");
+            assert!(check_home(home.path()).is_ok(), "{mode:o}");
         }
         // A world-writable folder above it (not sticky) is refused too.
         let outer = tempfile::tempdir().unwrap();
@@ -840,7 +849,7 @@ mod tests {
         std::fs::create_dir(&inner).unwrap();
         std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(
-            matches!(Trust::load(&inner), Err(Error::UnsafeTrustFile { path, .. }) if path == outer.path())
+            matches!(check_home(&inner), Err(Error::UnsafeTrustFile { path, .. }) if path == outer.path())
         );
         std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     }

@@ -229,6 +229,31 @@ fn an_unreadable_floor_refuses_upgrades_until_repaired() {
     assert_eq!(cli(home, &["version"], "").stdout.trim(), "9.0.0");
 }
 
+/// A home its group may change lets its members replace `trusted-keys/`: new releases are
+/// refused, naming the home and the fix, and `check-config` warns; the relay that runs goes on.
+#[test]
+fn a_group_writable_home_refuses_new_releases_but_keeps_serving() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (s, root) = supervised_with_releases();
+    let home = &s.home;
+    publish_on_channel(root.path(), "9.0.0");
+    let mode = |m| std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(m));
+    mode(0o775).unwrap();
+    let run = cli(home, &["upgrade", "--yes"], "");
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.all().contains("replace the trust folder"), "{run}");
+    let check = cli(home, &["check-config"], "");
+    assert_eq!(check.code, 0, "{check}");
+    assert!(check.stderr.contains("upgrades will be refused"), "{check}");
+    assert_nothing_staged(home);
+    let status = cli(home, &["status"], "");
+    assert_eq!(status.code, 0, "{status}");
+    assert_eq!(status_field(&status, "version"), RUNNING, "{status}");
+    mode(0o700).unwrap();
+    let run = cli(home, &["upgrade", "--yes"], "");
+    assert_eq!(run.code, 0, "{run}\n{}", s.log());
+}
+
 #[test]
 fn upgrade_to_a_skipped_version_warns_and_works_with_y() {
     let (s, root) = supervised_with_releases();
