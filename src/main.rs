@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         && matches!(flag.as_str(), "--version" | "-V" | "-version")
     {
         out!("wireleap-relay {}", version::software_str());
-        return ExitCode::SUCCESS;
+        return ExitCode::from(wireleap_relay::operator::output::exit_code(exit::OK));
     }
     let cli = match Cli::try_parse_from(cli::normalize(std::env::args())) {
         Ok(cli) => cli,
@@ -60,7 +60,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    ExitCode::from(dispatch(cli.command, &home, &version))
+    let code = dispatch(cli.command, &home, &version);
+    ExitCode::from(wireleap_relay::operator::output::exit_code(code))
 }
 
 fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {

@@ -1,13 +1,22 @@
 //! A command's output on stdout. `println!` panics when stdout is a pipe whose reader has gone
 //! (`wireleap-relay status | head -1`); a Go program, the reference, is ended by SIGPIPE there
-//! instead. [`out!`](crate::out) and [`outp!`](crate::outp) end the command quietly with 141
-//! (128 + SIGPIPE, what a shell reports for it), and any other error writing stdout with a line
-//! on stderr and 1. The daemon does not use them: nothing on its stdout may end it.
+//! instead. [`out!`](crate::out) and [`outp!`](crate::outp) never end a command in the middle of
+//! its work (a rollback half done, a withdrawal sent): once stdout fails they write nothing more,
+//! and the command finishes; [`exit_code`] then turns its success into 141 (128 + SIGPIPE, what a
+//! shell reports for a reader that went away) or 1 (any other error, said once on stderr). The
+//! daemon does not use them: nothing on its stdout may change how it ends.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0 while stdout works; else the exit code its failure calls for.
+static FAILED: AtomicU8 = AtomicU8::new(0);
 
 /// Writes `args` (and a newline with `newline`) to stdout; see the module docs.
 pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
+    if FAILED.load(Ordering::Relaxed) != 0 {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let written = out
         .write_fmt(args)
@@ -21,11 +30,24 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
         .and_then(|()| out.flush());
     match written {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            FAILED.store(141, Ordering::Relaxed)
+        }
         Err(e) => {
             eprintln!("error: could not write to stdout: {e}");
-            std::process::exit(1);
+            FAILED.store(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The command's exit code `code`, or, when it succeeded but its output could not all be
+/// written, 141 (the reader went away) or 1.
+#[must_use]
+pub fn exit_code(code: u8) -> u8 {
+    match FAILED.load(Ordering::Relaxed) {
+        0 => code,
+        failed if code == 0 => failed,
+        _ => code,
     }
 }
 
