@@ -307,15 +307,18 @@ async fn upload_udp(body: &mut RecvStream, sock: &UdpSocket, meter: &Meter) -> H
             Some(Ok(chunk)) => {
                 let n = chunk.len();
                 meter.add(n);
-                if n > 0
-                    && let Err(e) = sock.send(&chunk).await
-                {
-                    if e.raw_os_error() != Some(libc::EMSGSIZE) {
-                        return Half::Remote(e);
+                let sent = if n == 0 {
+                    Ok(0)
+                } else {
+                    sock.send(&chunk).await
+                };
+                match sent {
+                    Ok(_) => crate::metrics::bytes_to_remote(n),
+                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                        tracing::debug!(bytes = n, "dropped a DATA frame too large for a datagram");
                     }
-                    tracing::debug!(bytes = n, "dropped a DATA frame too large for a datagram");
+                    Err(e) => return Half::Remote(e),
                 }
-                crate::metrics::bytes_to_remote(n);
                 let _ = body.flow_control().release_capacity(n);
             }
             Some(Err(_)) => return Half::Client,
