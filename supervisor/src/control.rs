@@ -93,10 +93,17 @@ impl Control {
             let spawned = std::thread::Builder::new()
                 .name("control-read".into())
                 .spawn(move || {
+                    // Gives the slot back however the thread ends.
+                    struct Slot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Slot {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, SeqCst);
+                        }
+                    }
+                    let _slot = Slot(readers);
                     if let Some(request) = read_request(conn) {
                         let _ = tx.send(request);
                     }
-                    readers.fetch_sub(1, SeqCst);
                 });
             if spawned.is_err() {
                 self.readers.fetch_sub(1, SeqCst);
