@@ -202,8 +202,7 @@ impl Remote {
     pub fn host_port(&self) -> String {
         match self.port {
             Some(port) => join_host_port(&self.host, port),
-            None if self.host.contains(':') => format!("[{}]", self.host),
-            None => self.host.clone(),
+            None => bracketed(&self.host),
         }
     }
 
@@ -321,12 +320,17 @@ fn explicit_port(text: &str) -> Option<u16> {
     hostport.rsplit_once(':')?.1.parse().ok()
 }
 
-fn join_host_port(host: &str, port: u16) -> String {
+/// `host`, an IPv6 address in brackets.
+fn bracketed(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
+        format!("[{host}]")
     } else {
-        format!("{host}:{port}")
+        host.to_owned()
     }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    format!("{}:{port}", bracketed(host))
 }
 
 /// A validated CONNECT.

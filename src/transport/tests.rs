@@ -189,21 +189,25 @@ async fn round_trip(client: &CircuitClient, target: SocketAddr, data: &[u8]) {
     assert_eq!(end, StreamEnd::Clean);
 }
 
+/// Sends `d` as one datagram and waits for it back, whole, as one frame.
+async fn udp_echo_one(s: &mut client::H2Stream, d: &[u8]) {
+    s.send_chunk(Bytes::copy_from_slice(d)).await.unwrap();
+    let back = tokio::time::timeout(WAIT, s.recv_chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.len(), d.len(), "one datagram is one frame");
+    assert!(back == d, "a datagram did not come back");
+}
+
 async fn udp_round_trip(client: &CircuitClient, target: SocketAddr) {
     let mut s = tokio::time::timeout(WAIT, client.open(&target.to_string(), Network::Udp))
         .await
         .unwrap()
         .unwrap();
     for len in [1usize, 1200, 9000, 65_507] {
-        let d = pattern(len, len as u8);
-        s.send_chunk(Bytes::from(d.clone())).await.unwrap();
-        let back = tokio::time::timeout(WAIT, s.recv_chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back.len(), len, "one datagram is one frame");
-        assert!(back == d);
+        udp_echo_one(&mut s, &pattern(len, len as u8)).await;
     }
     s.finish();
     assert_eq!(
@@ -328,19 +332,10 @@ async fn transport_udp_an_oversized_frame_is_dropped_and_the_flow_goes_on() {
         .await
         .unwrap()
         .unwrap();
-    let echo = async |s: &mut client::H2Stream, d: &[u8]| {
-        s.send_chunk(Bytes::from(d.to_vec())).await.unwrap();
-        let back = tokio::time::timeout(WAIT, s.recv_chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(back == d, "a datagram did not come back");
-    };
-    echo(&mut s, &pattern(100, 1)).await;
+    udp_echo_one(&mut s, &pattern(100, 1)).await;
     // One byte more than an IPv4 datagram can carry (65 507).
     s.send_chunk(Bytes::from(pattern(65_508, 2))).await.unwrap();
-    echo(&mut s, &pattern(100, 3)).await;
+    udp_echo_one(&mut s, &pattern(100, 3)).await;
     s.finish();
     assert_eq!(
         tokio::time::timeout(WAIT, s.wait_end()).await.unwrap(),

@@ -540,28 +540,20 @@ impl Handler<UpgradeNotice> for Upgrader {
             info!(version = %msg.version, busy = %v, "upgrade notice dropped: an upgrade is in progress");
             return;
         }
-        // An unreadable skip list is not an empty one: the version it may hold stays out.
-        let skipped = match self.skip_list() {
-            Ok(list) => list.versions,
-            Err(e) => {
-                let why = format!(
-                    "could not read {}: {e}; no version installs until it can be",
-                    wireleap_home::files::SKIP_VERSION
-                );
-                self.last_decision = Some(format!("ignored {}: {why}", msg.version));
-                warn!(version = %msg.version, reason = %why, "upgrade notice ignored");
-                return;
-            }
-        };
-        let decision = match highest_committed(&self.home) {
-            Ok(committed) => decide(
+        // An unreadable skip list or floor is not an empty one: the version stays out.
+        let decision = match (self.skip_list(), highest_committed(&self.home)) {
+            (Ok(skipped), Ok(committed)) => decide(
                 &msg.version,
                 self.auto_upgrade,
-                &skipped,
+                &skipped.versions,
                 &self.running,
                 committed.as_ref(),
             ),
-            Err(why) => Decision::Ignore(Ignored::FloorUnknown(why)),
+            (Err(e), _) => Decision::Ignore(Ignored::StateUnreadable(format!(
+                "could not read {}: {e}; no version installs until it can be",
+                wireleap_home::files::SKIP_VERSION
+            ))),
+            (_, Err(why)) => Decision::Ignore(Ignored::StateUnreadable(why)),
         };
         match &decision {
             Decision::Upgrade(v) => info!(version = %v, "upgrade accepted"),

@@ -37,9 +37,9 @@ pub enum Ignored {
         /// The highest committed version.
         committed: Version,
     },
-    /// The highest committed version cannot be read: no floor, so nothing installs.
+    /// The skip list or the highest committed version cannot be read: nothing installs.
     #[error("{0}")]
-    FloorUnknown(String),
+    StateUnreadable(String),
 }
 
 /// Decides on a notice for `offered`.
