@@ -7,6 +7,8 @@
 //! | `{"cmd":"status","protocol":1}` | `{"ok":true,"protocol":1,"pid":N,"state":"serving"\|"starting"\|"upgrading"\|"rolling-back","version":V,"prev_version":A,"highest_committed":H,"skipped":[..],"last":{journal entry},"draining":[pids]}` |
 //! | `{"cmd":"upgrade","version":"V","protocol":1}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}` |
 //! | `{"cmd":"rollback","protocol":1}` | when `wireleap-relay.prev` serves again (or could not): `{"ok":bool,"version":A,"from":B,"error"?}` |
+//! | `{"cmd":"rollback","recall":"<rollout document>","protocol":1}` | the same, for a recall: the signed rollout document recalling the running version, which the supervisor verifies |
+//! | `{"cmd":"skip","version":"V","protocol":1}` | once `V` is in `.skip-upgrade-version` (or could not be added): `{"ok":bool,"error"?}` |
 //!
 //! Versioning: a request without `protocol` is protocol 1; the supervisor refuses, with a reply
 //! that says so, a request of a protocol newer than its own. Replies only gain fields: a reader
@@ -26,8 +28,9 @@ use crate::journal::Entry;
 /// The protocol this build speaks.
 pub const PROTOCOL: u32 = 1;
 
-/// The longest request line a supervisor reads.
-pub const MAX_REQUEST: u64 = 4096;
+/// The longest request line a supervisor reads: room for a recall's rollout document (at most
+/// 64 KiB as a relay fetches it) escaped in JSON.
+pub const MAX_REQUEST: u64 = 256 * 1024;
 
 /// What a generation tells the supervisor (on the readiness socket) once its heartbeats are
 /// paused and no directory call of its own is in flight.
@@ -167,8 +170,21 @@ pub enum Request {
         /// The staged version: a plain version, checked when the request is read.
         version: String,
     },
-    /// Go back to `wireleap-relay.prev`.
-    Rollback,
+    /// Go back to `wireleap-relay.prev`: the operator's, or a recall's.
+    Rollback {
+        /// A recall: the rollout document of the running version that recalls it, as the
+        /// release server served it (clear-signed text). The supervisor verifies it itself;
+        /// under privilege separation the relay's user may roll back only with one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recall: Option<String>,
+    },
+    /// Add `version` to `.skip-upgrade-version`, for a relay that may not write it (the
+    /// supervisor's file under privilege separation): a release that can never install here
+    /// (forged, no binary for this host) is not fetched again.
+    Skip {
+        /// The version: a plain version, checked when the request is read.
+        version: String,
+    },
 }
 
 /// What the supervisor is doing.
@@ -271,8 +287,8 @@ impl Request {
             ));
         }
         let request: Self = serde_json::from_value(value)
-            .map_err(|e| format!("not a request (status, upgrade, rollback): {e}"))?;
-        if let Self::Upgrade { version } = &request
+            .map_err(|e| format!("not a request (status, upgrade, rollback, skip): {e}"))?;
+        if let Self::Upgrade { version } | Self::Skip { version } = &request
             && !is_plain_version(version)
         {
             return Err("the request names no plain version (MAJOR.MINOR.PATCH[-PRE])".to_owned());
@@ -341,9 +357,16 @@ impl Reply {
 /// # Errors
 /// An I/O error (no supervisor, a timeout) or a reply that is not one.
 pub fn call(home: &Path, request: &Request, wait: Duration) -> std::io::Result<Reply> {
+    let line = request.to_line();
+    if line.len() as u64 >= MAX_REQUEST {
+        return Err(std::io::Error::other(format!(
+            "the request is {} bytes long; a supervisor reads at most {MAX_REQUEST}",
+            line.len()
+        )));
+    }
     let mut conn = UnixStream::connect(home.join(CONTROL_SOCKET))?;
     conn.set_read_timeout(Some(wait))?;
-    writeln!(conn, "{}", request.to_line())?;
+    writeln!(conn, "{line}")?;
     let mut line = String::new();
     BufReader::new(conn).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
@@ -380,6 +403,27 @@ mod tests {
             version: "0.8.0".to_owned(),
         };
         assert_eq!(Request::parse(&round.to_line()), Ok(round));
+        assert_eq!(
+            Request::parse(r#"{"cmd":"skip","version":"1.2.3"}"#),
+            Ok(Request::Skip {
+                version: "1.2.3".to_owned()
+            })
+        );
+        // The operator's rollback is the line it always was; a recall carries its document.
+        let operator = Request::Rollback { recall: None };
+        assert_eq!(
+            Request::parse(r#"{"cmd":"rollback"}"#),
+            Ok(operator.clone())
+        );
+        assert!(
+            !operator.to_line().contains("recall"),
+            "{}",
+            operator.to_line()
+        );
+        let recall = Request::Rollback {
+            recall: Some("-----BEGIN PGP SIGNED MESSAGE-----\n\"quoted\"\n".to_owned()),
+        };
+        assert_eq!(Request::parse(&recall.to_line()), Ok(recall));
         for (line, says) in [
             ("not json", "JSON"),
             (r#"{"cmd":"reboot"}"#, "not a request"),
@@ -396,6 +440,11 @@ mod tests {
                 "no plain version",
             ),
             (r#"{"cmd":"upgrade"}"#, "not a request"),
+            (
+                r#"{"cmd":"skip","version":"1.0.0\n2.0.0"}"#,
+                "no plain version",
+            ),
+            (r#"{"cmd":"skip"}"#, "not a request"),
             (r#"{"cmd":"status","protocol":2}"#, "protocol 2"),
         ] {
             let err = Request::parse(line).unwrap_err();

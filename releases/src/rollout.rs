@@ -135,6 +135,9 @@ pub struct VerifiedRollout {
     pub expires: SystemTime,
     /// Who signed it (uppercase hex fingerprints).
     pub signers: Vec<String>,
+    /// The document as served (its clear-signed text): a relay passes a recall on to its
+    /// supervisor, which verifies it again.
+    pub served: String,
 }
 
 /// A relay's position in the rollout of `version`: a number in [0, 100) from SHA-512 of a
@@ -388,6 +391,8 @@ pub fn verify(
         return Err(Error::NoRolloutRole);
     }
     let signed = crate::verify::signed_text(bytes, keys, now)?;
+    let served = String::from_utf8(bytes.to_vec())
+        .map_err(|_| malformed("the signed document is not UTF-8 text".to_owned()))?;
     let document = Document::parse(&signed.text)?;
     let (signed_version, issued, expires, start) = document.checked()?;
     if signed_version != *version {
@@ -425,6 +430,7 @@ pub fn verify(
         expires,
         signers: signed.signers,
         document,
+        served,
     })
 }
 

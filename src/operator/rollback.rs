@@ -64,7 +64,7 @@ fn through_supervisor(home: &Path, spid: i32) -> u8 {
     crate::out!(
         "asking {SUPERVISOR_BIN} (pid {spid}) to roll back: it starts the previous version beside the running one and hands over..."
     );
-    match ctl::call(home, &Request::Rollback, SUPERVISOR_WAIT) {
+    match ctl::call(home, &Request::Rollback { recall: None }, SUPERVISOR_WAIT) {
         Ok(reply) if reply.ok => {
             let to = reply.version.as_deref().unwrap_or("the previous version");
             match &reply.from {

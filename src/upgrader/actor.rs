@@ -334,8 +334,10 @@ impl Upgrader {
                     recall, serial, issued, ..
                 })) => {
                     act.fresh(issued);
-                    if recall && !act.rollouts.recalling {
-                        act.recall(serial, ctx);
+                    if let Some(document) = recall
+                        && !act.rollouts.recalling
+                    {
+                        act.recall(serial, document, ctx);
                     }
                 }
                 Some(Err(e)) => info!(version = %act.running, error = %e, "rollout document of the running version not fetched"),
@@ -347,23 +349,24 @@ impl Upgrader {
         }));
     }
 
-    /// The running version is recalled: skip it and ask the supervisor to go back to `.prev`.
-    fn recall(&mut self, serial: u64, ctx: &mut Context<Self>) {
+    /// The running version is recalled: ask the supervisor to go back to `.prev`, with the
+    /// signed `document` that says so (the supervisor verifies it, skips the version and rolls
+    /// back: under privilege separation a rollback the relay's user asks for needs it).
+    fn recall(&mut self, serial: u64, document: String, ctx: &mut Context<Self>) {
         self.rollouts.recalling = true;
         let version = self.running.clone();
         warn!(version = %version, serial, "the running version is recalled by its rollout: rolling back to the previous version");
         self.rollouts.last = Some(format!(
             "{version}: recalled (rollout serial {serial}); rolling back"
         ));
-        if let Err(e) = SkipList::add(&self.home, &version) {
-            warn!(version = %version, error = %e, "could not add the recalled version to the skip list");
-        }
         let home = self.home.clone();
         let asked = async move {
             let asked = tokio::task::spawn_blocking(move || {
                 wireleap_home::control::call(
                     &home,
-                    &wireleap_home::control::Request::Rollback,
+                    &wireleap_home::control::Request::Rollback {
+                        recall: Some(document),
+                    },
                     super::handover::SUPERVISOR_WAIT,
                 )
             })

@@ -197,8 +197,8 @@ pub async fn run(
         Ok(()) => {}
         Err(e) => {
             let skip = e.rules_out_version();
-            if skip && let Err(e) = wireleap_home::skip::SkipList::add(&home, &version) {
-                warn!(version = %version, error = %e, "could not add the version to the skip list");
+            if skip {
+                skip_version(home.clone(), version.clone()).await;
             }
             return Outcome::Failed {
                 version: version.clone(),
@@ -314,6 +314,45 @@ async fn stage(
         Err(_) => warn!(version = %version, "no changelog: not fetched within {CHANGELOG_WAIT:?}"),
     }
     Ok(())
+}
+
+/// How long the supervisor has to answer a skip (it adds a line to a file at once).
+const SKIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Adds `version` to the skip list: written here when this process may, else (privilege
+/// separation: the list is the supervisor's) asked of the supervisor.
+async fn skip_version(home: PathBuf, version: Version) {
+    use wireleap_home::control::{Request, call};
+    let v = version.clone();
+    let done =
+        tokio::task::spawn_blocking(
+            move || match wireleap_home::skip::SkipList::add(&home, &v) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    let asked = Request::Skip {
+                        version: v.to_string(),
+                    };
+                    match call(&home, &asked, SKIP_WAIT) {
+                        Ok(reply) if reply.ok => Ok(()),
+                        Ok(reply) => Err(format!(
+                            "{e}; the supervisor did not add it either: {}",
+                            reply.error.unwrap_or_default()
+                        )),
+                        Err(asked) => Err(format!("{e}; no supervisor answered: {asked}")),
+                    }
+                }
+                done => done.map_err(|e| e.to_string()),
+            },
+        )
+        .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            warn!(version = %version, error = %why, "could not add the version to the skip list");
+        }
+        Err(e) => {
+            warn!(version = %version, error = %e, "could not add the version to the skip list")
+        }
+    }
 }
 
 async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {

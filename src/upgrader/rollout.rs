@@ -45,8 +45,9 @@ pub enum Check {
         position: f64,
         /// The document's serial.
         serial: u64,
-        /// Whether the version is recalled.
-        recall: bool,
+        /// The document as served when it recalls the version (what the supervisor verifies
+        /// before it rolls back).
+        recall: Option<String>,
         /// When the document was issued.
         issued: SystemTime,
     },
@@ -100,7 +101,7 @@ pub async fn check(
                 gate: doc.gate(at, now),
                 position: at,
                 serial: doc.document.serial,
-                recall: doc.document.recall,
+                recall: doc.document.recall.then_some(doc.served),
                 issued: doc.issued,
             })
         }

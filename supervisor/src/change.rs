@@ -9,7 +9,7 @@ use wireleap_home::journal::Step;
 
 use crate::failpoint::step;
 use crate::generation::version_of;
-use crate::machine::{Cause, Done, Job, Kind, Versions};
+use crate::machine::{Cause, Done, Job, Kind, Recall, Versions};
 use crate::run::log;
 use crate::upgrade::{self, journal};
 use crate::verified::Verified;
@@ -43,12 +43,15 @@ pub struct Outcome {
 #[must_use]
 pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
     match job {
-        Job::Prepare { kind, asked } => {
+        Job::Prepare {
+            kind,
+            asked,
+            recall,
+        } => {
             let prepared = match kind {
                 Kind::Upgrade => prepare_upgrade(home, relay, &copies.current, asked.as_deref()),
-                Kind::Rollback => {
-                    prepare_rollback(home, relay, &copies.current).map(|(v, c)| (v, c, None))
-                }
+                Kind::Rollback => prepare_rollback(home, relay, &copies.current, recall.as_ref())
+                    .map(|(v, c)| (v, c, None)),
             };
             match prepared {
                 Ok((versions, copy, supervisor)) => Outcome {
@@ -255,10 +258,13 @@ fn prepare_upgrade(
 /// The operator's rollback, up to starting the previous binary: `.prev` is copied and checked
 /// against its statement; the config is the current one migrated down by the current binary
 /// (`config.json.next`, which the new generation reads).
+/// A rollback to `.prev`: the operator's, or a recall's once the recall verified (the recalled
+/// version is then skipped).
 fn prepare_rollback(
     home: &Path,
     relay: &Path,
     current: &Verified,
+    recall: Option<&Recall>,
 ) -> Result<(Versions, Verified), String> {
     upgrade::runs_from_home(home, relay)?;
     let prev_path = home.join(upgrade::PREV);
@@ -272,8 +278,17 @@ fn prepare_rollback(
         Some(v) => v.clone(),
         None => version_of(current)?,
     };
+    let mut started = format!("from {from}");
+    if let Some(recall) = recall {
+        let serial = upgrade::verify_recall(home, recall, &from)?;
+        log(&format!(
+            "{from} is recalled (rollout serial {serial}, verified): skipping it and rolling back to {to}"
+        ));
+        upgrade::skip(home, &from.to_string());
+        started = format!("{started}, recalled (rollout serial {serial})");
+    }
     let v = to.to_string();
-    step(home, &v, Step::RollbackStarted, &format!("from {from}"));
+    step(home, &v, Step::RollbackStarted, &started);
     // config.json is the relay's: its own user copies it to config.json.next and migrates the
     // copy down (the supervisor needs no right to give it a file).
     if let Err(e) = upgrade::migrate(home, current, &v, Direction::DownOnCopy) {

@@ -1,7 +1,13 @@
 //! The control socket's server side: `<home>/wireleap-relay-supervisor.sock`, a unix stream
-//! socket with mode 0600 (only the relay's user may steer it), speaking the typed protocol of
-//! [`wireleap_home::control`]. The supervision loop polls it without blocking; a request that
-//! needs time (an upgrade) keeps its connection until the reply.
+//! socket with mode 0600 (only the relay's user may steer it; 0660 with the relay's group under
+//! privilege separation), speaking the typed protocol of [`wireleap_home::control`]. The
+//! supervision loop polls it without blocking; a request that needs time (an upgrade) keeps its
+//! connection until the reply.
+//!
+//! Who asks matters under privilege separation: the relay's user (a relay process, or anyone
+//! who can act as it) may ask for status and upgrades (the supervisor verifies the release
+//! itself) and for a rollback only with a signed recall of the running version ([`authorize`]);
+//! a rollback without one is the operator's, asked as root or as the supervisor's user.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -32,6 +38,8 @@ pub struct Control {
 #[derive(Debug)]
 pub struct Pending {
     conn: UnixStream,
+    /// The uid of the process that connected (`SO_PEERCRED`), if the kernel said.
+    peer: Option<u32>,
 }
 
 /// How long a client has to send its whole request.
@@ -118,8 +126,11 @@ fn read_request(conn: UnixStream) -> Option<(Request, Pending)> {
     use std::io::Read as _;
     let deadline = std::time::Instant::now() + READ_WAIT;
     let _ = conn.set_nonblocking(false);
+    let peer = rustix::net::sockopt::socket_peercred(&conn)
+        .ok()
+        .map(|c| c.uid.as_raw());
     let mut line = Vec::new();
-    let mut byte = [0u8; 512];
+    let mut byte = [0u8; 4096];
     let mut reader = &conn;
     let read = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -131,14 +142,14 @@ fn read_request(conn: UnixStream) -> Option<(Request, Pending)> {
             Ok(0) => break Ok(()),
             Ok(n) => {
                 line.extend_from_slice(&byte[..n]);
-                if line.contains(&b'\n') || line.len() as u64 >= MAX_REQUEST {
+                if byte[..n].contains(&b'\n') || line.len() as u64 >= MAX_REQUEST {
                     break Ok(());
                 }
             }
             Err(e) => break Err(e.to_string()),
         }
     };
-    let pending = Pending { conn };
+    let pending = Pending { conn, peer };
     let text = String::from_utf8_lossy(&line);
     let first = text.split_inclusive('\n').next().unwrap_or("").to_owned();
     match read.and_then(|()| Request::parse(&first)) {
@@ -158,9 +169,45 @@ impl Drop for Control {
 }
 
 impl Pending {
+    /// The uid of the process that asked, if known.
+    #[must_use]
+    pub fn peer(&self) -> Option<u32> {
+        self.peer
+    }
+
     /// Sends the reply and closes the connection.
     pub fn reply(mut self, reply: &Reply) {
         let _ = writeln!(self.conn, "{}", reply.to_line());
+    }
+}
+
+/// Whether the process of uid `peer` may ask for `request`: under privilege separation
+/// (`relay`: the relay's user), a rollback without a recall is the operator's, so the relay's
+/// user (or an asker whose uid is unknown) is refused, with what to do instead; anyone else
+/// who can reach the socket (root, the supervisor's user `own`, the group's members) may. Run
+/// as one user, everyone who can reach the socket is that user: all may ask.
+///
+/// # Errors
+/// Why the request is refused, for the reply.
+pub fn authorize(
+    request: &Request,
+    peer: Option<u32>,
+    relay: Option<&crate::privsep::RelayUser>,
+    own: u32,
+) -> Result<(), String> {
+    let Some(relay) = relay else {
+        return Ok(());
+    };
+    let operator = peer.is_some_and(|uid| uid != relay.uid || uid == own || uid == 0);
+    match request {
+        Request::Rollback { recall: None } if !operator => Err(format!(
+            "a rollback is the operator's: this request came from {}, which may ask for one only with a signed recall of the running version; ask as root (sudo wireleap-relay rollback) or as the supervisor's user",
+            match peer {
+                Some(_) => format!("the relay's user {} (uid {})", relay.name, relay.uid),
+                None => "a process whose user the kernel did not name".to_owned(),
+            }
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -168,6 +215,82 @@ impl Pending {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::SeqCst;
+
+    /// Under privilege separation the relay's user may steer upgrades and ask for a recall, but
+    /// only the operator (root, the supervisor's user, any other user who can reach the socket)
+    /// rolls back without one; run as one user, everyone may.
+    #[test]
+    fn a_rollback_without_a_recall_is_refused_to_the_relays_user_only() {
+        let relay = crate::privsep::RelayUser {
+            name: "wireleap".to_owned(),
+            uid: 1001,
+            gid: 1001,
+        };
+        let own = 998;
+        let operator = Request::Rollback { recall: None };
+        let recall = Request::Rollback {
+            recall: Some("signed".to_owned()),
+        };
+        let upgrade = Request::Upgrade {
+            version: "1.0.0".to_owned(),
+        };
+        for (request, peer, relay, allowed) in [
+            (&operator, Some(1001), Some(&relay), false),
+            (&operator, None, Some(&relay), false),
+            (&operator, Some(0), Some(&relay), true),
+            (&operator, Some(own), Some(&relay), true),
+            (&operator, Some(1002), Some(&relay), true),
+            (&recall, Some(1001), Some(&relay), true),
+            (&recall, None, Some(&relay), true),
+            (&upgrade, Some(1001), Some(&relay), true),
+            (&Request::Status, None, Some(&relay), true),
+            (&operator, Some(1001), None, true),
+            (&operator, None, None, true),
+        ] {
+            let got = authorize(request, peer, relay, own);
+            assert_eq!(got.is_ok(), allowed, "{request:?} from {peer:?}: {got:?}");
+            if let Err(why) = got {
+                assert!(why.contains("signed recall"), "{why}");
+                assert!(why.contains("sudo wireleap-relay rollback"), "{why}");
+            }
+        }
+        let why = authorize(&operator, Some(1001), Some(&relay), own).unwrap_err();
+        assert!(why.contains("wireleap (uid 1001)"), "{why}");
+    }
+
+    /// A client thread asking `status`, and the request as `control` read it (within 10 s).
+    fn ask_status(
+        home: &Path,
+        control: &Control,
+    ) -> (
+        std::thread::JoinHandle<std::io::Result<Reply>>,
+        (Request, Pending),
+    ) {
+        let h = home.to_path_buf();
+        let asker = std::thread::spawn(move || call(&h, &Request::Status, Duration::from_secs(10)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(got) = control.poll() {
+                return (asker, got);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the request was not read"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The kernel names the asker's uid: here, this test's own.
+    #[test]
+    fn a_request_carries_the_uid_of_whoever_asked() {
+        let home = tempfile::tempdir().unwrap();
+        let control = Control::bind(home.path()).unwrap();
+        let (asker, (_, pending)) = ask_status(home.path(), &control);
+        assert_eq!(pending.peer(), Some(rustix::process::geteuid().as_raw()));
+        pending.reply(&Reply::ok());
+        assert!(asker.join().unwrap().unwrap().ok);
+    }
 
     /// A flood of silent connections neither keeps `poll` taking them nor piles up reader
     /// threads past [`MAX_READERS`]; once they are gone, a request is read and answered.
@@ -193,19 +316,7 @@ mod tests {
             let _ = control.poll();
             std::thread::sleep(Duration::from_millis(5));
         }
-        let h = home.path().to_path_buf();
-        let asker = std::thread::spawn(move || call(&h, &Request::Status, Duration::from_secs(10)));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let (request, pending) = loop {
-            if let Some(got) = control.poll() {
-                break got;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the request was not read"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let (asker, (request, pending)) = ask_status(home.path(), &control);
         assert_eq!(request, Request::Status);
         pending.reply(&Reply::error("answered"));
         let reply = asker.join().unwrap().unwrap();

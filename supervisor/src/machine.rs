@@ -106,8 +106,20 @@ pub enum Request {
     Status,
     /// Install the staged release of this version.
     Upgrade(String),
-    /// Go back to `wireleap-relay.prev`.
-    Rollback,
+    /// Go back to `wireleap-relay.prev`: the operator's (`None`), or a recall's, with the signed
+    /// rollout document [`Job::Prepare`] verifies.
+    Rollback(Option<Recall>),
+}
+
+/// A recall's rollout document, as the relay passed it on (clear-signed text, not verified
+/// yet). Shown by its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Recall(pub String);
+
+impl std::fmt::Debug for Recall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recall({} bytes)", self.0.len())
+    }
 }
 
 /// How a process ended.
@@ -156,6 +168,8 @@ pub enum Job {
         kind: Kind,
         /// The version asked for (an upgrade).
         asked: Option<String>,
+        /// A rollback's recall, verified before anything is done.
+        recall: Option<Recall>,
     },
     /// The renames of a commit.
     Commit {
@@ -1479,7 +1493,7 @@ impl Machine {
     }
 
     fn request(&mut self, id: RequestId, request: Request, out: &mut Out) {
-        let (kind, asked) = match request {
+        let (kind, asked, recall) = match request {
             Request::Status => {
                 out.0.push(Action::Reply {
                     id,
@@ -1487,8 +1501,8 @@ impl Machine {
                 });
                 return;
             }
-            Request::Upgrade(v) => (Kind::Upgrade, v),
-            Request::Rollback => (Kind::Rollback, String::new()),
+            Request::Upgrade(v) => (Kind::Upgrade, v, None),
+            Request::Rollback(recall) => (Kind::Rollback, String::new(), recall),
         };
         let busy = if self.exiting.is_some() {
             Some("the supervisor is stopping")
@@ -1522,6 +1536,7 @@ impl Machine {
         out.0.push(Action::Job(Job::Prepare {
             kind,
             asked: Some(asked).filter(|_| kind == Kind::Upgrade),
+            recall,
         }));
     }
 

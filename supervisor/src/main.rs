@@ -126,7 +126,7 @@ fn ctl_command(home: &std::path::Path, request: &Ctl) -> ExitCode {
         Ctl::Upgrade { version } => Request::Upgrade {
             version: version.clone(),
         },
-        Ctl::Rollback => Request::Rollback,
+        Ctl::Rollback => Request::Rollback { recall: None },
     };
     // An upgrade answers after the new version's start and health window.
     let wait = std::time::Duration::from_secs(600);

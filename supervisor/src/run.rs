@@ -406,27 +406,12 @@ impl<'a> World<'a> {
                 );
             }
             let mut events = Vec::new();
-            if let Some((request, conn)) = self.control.poll() {
-                if self
-                    .takeover
-                    .as_ref()
-                    .is_some_and(crate::swap::Takeover::pending)
-                    && !matches!(request, crate::control::Request::Status)
-                {
-                    conn.reply(&Reply::error(
-                        "busy: this supervisor is on trial, taking over from the previous one",
-                    ));
-                    continue;
-                }
-                let id = self.next_id;
-                self.next_id += 1;
-                self.pending.insert(id, conn);
-                let request = match request {
-                    crate::control::Request::Status => Request::Status,
-                    crate::control::Request::Upgrade { version } => Request::Upgrade(version),
-                    crate::control::Request::Rollback => Request::Rollback,
-                };
-                events.push(Event::Request { id, request });
+            // One request per turn; whatever becomes of it, the turn goes on (a flood of refused
+            // requests cannot keep the loop from its readiness socket and signals).
+            if let Some((request, conn)) = self.control.poll()
+                && let Some(event) = self.admit(request, conn)
+            {
+                events.push(event);
             }
             for sig in signals.pending() {
                 events.push(Event::Signal(match sig {
@@ -676,6 +661,57 @@ impl<'a> World<'a> {
             }
             Err(why) => Event::SpawnFailed { role, why },
         }
+    }
+
+    /// A control request read: refused (on trial, not the asker's to ask), done at once (a
+    /// skip), or passed to the machine as an event, its connection kept for the reply.
+    fn admit(
+        &mut self,
+        request: crate::control::Request,
+        conn: crate::control::Pending,
+    ) -> Option<Event> {
+        use crate::control::Request as Asked;
+        if self
+            .takeover
+            .as_ref()
+            .is_some_and(crate::swap::Takeover::pending)
+            && !matches!(request, Asked::Status | Asked::Skip { .. })
+        {
+            conn.reply(&Reply::error(
+                "busy: this supervisor is on trial, taking over from the previous one",
+            ));
+            return None;
+        }
+        if let Err(why) = crate::control::authorize(
+            &request,
+            conn.peer(),
+            crate::privsep::user(),
+            rustix::process::geteuid().as_raw(),
+        ) {
+            warn(&format!("control request refused: {why}"));
+            conn.reply(&Reply::error(why));
+            return None;
+        }
+        let request = match request {
+            Asked::Status => Request::Status,
+            Asked::Upgrade { version } => Request::Upgrade(version),
+            Asked::Rollback { recall } => Request::Rollback(recall.map(crate::machine::Recall)),
+            // A skip changes no state of the machine's: done here, at once.
+            Asked::Skip { version } => {
+                conn.reply(&match crate::upgrade::skip_asked(self.home(), &version) {
+                    Ok(()) => Reply::ok(),
+                    Err(why) => {
+                        warn(&format!("skip of {version} refused: {why}"));
+                        Reply::error(why)
+                    }
+                });
+                return None;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, conn);
+        Some(Event::Request { id, request })
     }
 
     /// Keeps the copy a job verified, and moves the copies along when a change commits.

@@ -20,6 +20,7 @@ use std::path::Path;
 
 use relay_release::{Expected, Trust, TrustedKeys, parse_version};
 
+use crate::machine::Recall;
 use crate::verified::Verified;
 use semver::Version;
 use wireleap_home::journal::Step;
@@ -113,6 +114,37 @@ pub fn trust(home: &Path) -> Result<Trust, relay_release::Error> {
         ));
     }
     Ok(trust)
+}
+
+/// Verifies a recall of `running`: a rollout document of that version, signed by the rollout
+/// role of the home's trust, not expired, that recalls it. Returns its serial.
+///
+/// # Errors
+/// Why the recall is refused, for the reply and the log.
+pub fn verify_recall(home: &Path, recall: &Recall, running: &Version) -> Result<u64, String> {
+    let now = std::time::SystemTime::now();
+    let keys = trust(home)
+        .and_then(|t| t.rollout_keys(now))
+        .map_err(|e| format!("the recall cannot be checked: {e}"))?;
+    recall_of(recall.0.as_bytes(), &keys, running, now)
+}
+
+/// [`verify_recall`] with the rollout role's `keys` at `now`.
+fn recall_of(
+    document: &[u8],
+    keys: &TrustedKeys,
+    running: &Version,
+    now: std::time::SystemTime,
+) -> Result<u64, String> {
+    let verified = relay_release::rollout::verify(document, keys, running, now, None)
+        .map_err(|e| format!("the recall of {running} does not verify: {e}"))?;
+    if !verified.document.recall {
+        return Err(format!(
+            "the rollout document of {running} (serial {}) does not recall it",
+            verified.document.serial
+        ));
+    }
+    Ok(verified.document.serial)
 }
 
 /// Step 1: copies the staged binary and verifies the copy as the release `version` above
@@ -450,6 +482,34 @@ pub fn skip(home: &Path, version: &str) {
     }
 }
 
+/// The most versions a relay's skip requests may leave in the skip list, so that they cannot
+/// grow it without bound (the supervisor's own skips, of failed versions, are never refused).
+pub const MAX_ASKED_SKIPS: usize = 64;
+
+/// A skip a relay asked for (`version` is plain: the request's parser checked it): added unless
+/// the list already holds [`MAX_ASKED_SKIPS`] versions.
+///
+/// # Errors
+/// Why it was not added.
+pub fn skip_asked(home: &Path, version: &str) -> Result<(), String> {
+    let version = parse_version(version).map_err(|e| e.to_string())?;
+    let list = SkipList::load(home).map_err(|e| format!("{SKIP} cannot be read: {e}"))?;
+    if list.contains(&version) {
+        return Ok(());
+    }
+    if list.versions.len() >= MAX_ASKED_SKIPS {
+        return Err(format!(
+            "{SKIP} already lists {} versions: more are not added on request",
+            list.versions.len()
+        ));
+    }
+    SkipList::add(home, &version).map_err(|e| format!("{SKIP}: {e}"))?;
+    crate::run::log(&format!(
+        "{version} added to {SKIP} at the relay's request: it cannot install here"
+    ));
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -461,6 +521,97 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// A recall is taken only as a document of the running version, signed by the rollout role,
+    /// in force, and recalling it; anything else (forged, another version's, expired, a plain
+    /// schedule, not a document at all, a root without a rollout role) says why.
+    #[test]
+    fn a_recall_must_be_a_signed_unexpired_recall_of_the_running_version() {
+        use relay_release::rollout::{Document, steps};
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::now();
+        let made = now - Duration::from_secs(24 * 3600);
+        let rollout =
+            relay_release::SigningKey::generate_at("rollout <r@example.test>", made).unwrap();
+        let other = relay_release::SigningKey::generate_at("other <o@example.test>", made).unwrap();
+        let keys = rollout
+            .trusted()
+            .unwrap()
+            .with_role(relay_release::Role::Rollout);
+        let running = Version::new(0, 9, 0);
+        let doc = |version: &Version, recall: bool, by: &relay_release::SigningKey| {
+            Document::new(
+                version,
+                7,
+                now - Duration::from_secs(60),
+                Duration::from_secs(3600),
+                now - Duration::from_secs(600),
+                steps(&[(0, 100.0)]),
+                false,
+                recall,
+            )
+            .unwrap()
+            .sign(std::slice::from_ref(by), now - Duration::from_secs(60))
+            .unwrap()
+        };
+        let good = doc(&running, true, &rollout);
+        assert_eq!(recall_of(&good, &keys, &running, now), Ok(7));
+        for (bytes, keys, at, says) in [
+            (
+                doc(&running, false, &rollout),
+                &keys,
+                now,
+                "does not recall it",
+            ),
+            (
+                doc(&Version::new(0, 8, 0), true, &rollout),
+                &keys,
+                now,
+                "does not verify",
+            ),
+            (doc(&running, true, &other), &keys, now, "does not verify"),
+            (
+                good.clone(),
+                &keys,
+                now + Duration::from_secs(7200),
+                "does not verify",
+            ),
+            (
+                b"a recall, trust me".to_vec(),
+                &keys,
+                now,
+                "does not verify",
+            ),
+            (
+                good.clone(),
+                &TrustedKeys::empty().with_role(relay_release::Role::Rollout),
+                now,
+                "does not verify",
+            ),
+        ] {
+            let why = recall_of(&bytes, keys, &running, at).unwrap_err();
+            assert!(why.contains(says), "{why}");
+        }
+    }
+
+    /// A relay's skip requests are added once each, and stop at [`MAX_ASKED_SKIPS`] versions.
+    #[test]
+    fn skips_asked_for_are_added_once_and_bounded() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        skip_asked(h, "1.0.0").unwrap();
+        skip_asked(h, "1.0.0").unwrap();
+        assert_eq!(skipped(h), vec!["1.0.0".to_owned()]);
+        for minor in 1..MAX_ASKED_SKIPS {
+            skip_asked(h, &format!("1.{minor}.0")).unwrap();
+        }
+        let why = skip_asked(h, "9.0.0").unwrap_err();
+        assert!(why.contains("already lists 64 versions"), "{why}");
+        assert_eq!(skipped(h).len(), MAX_ASKED_SKIPS);
+        // The supervisor's own skip of a failed version still goes in.
+        skip(h, "9.0.1");
+        assert!(skipped(h).contains(&"9.0.1".to_owned()));
+    }
 
     /// A rollback cut short after `.prev`'s bytes were renamed into place, before the statement
     /// beside them was dealt with: finishing it must not leave the new version's statement beside

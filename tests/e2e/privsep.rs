@@ -292,10 +292,31 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     assert_eq!(log.matches(crate::metrics::SHARING).count(), 2, "{log}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
 
-    // A rollback the relay's user asks for: the config is migrated down on a copy the relay's
+    // A rollback is the operator's: the relay's user (a compromised relay, say) is refused
+    // one without a signed recall, and nothing changes.
+    let refused = relay_command_as_relay_user(home, &["rollback"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("a rollback is the operator's") && said.contains("signed recall"),
+        "{said}"
+    );
+    let status = crate::cli_upgrade::cli(home, &["status"], "");
+    assert_eq!(status_field(&status, "version"), "9.0.0", "{status}");
+    assert!(
+        !home
+            .journal_steps(env!("CARGO_PKG_VERSION"))
+            .contains(&"rollback-started".to_owned())
+    );
+
+    // The operator's rollback (here root's): the config is migrated down on a copy the relay's
     // user makes (the supervisor gives no file away), and the old version serves again.
     let running = env!("CARGO_PKG_VERSION");
-    let back = relay_command_as_relay_user(home, &["rollback"]);
+    let back = Command::new(home.file("wireleap-relay"))
+        .arg("rollback")
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .output()
+        .unwrap();
     assert_ok(&back, &s.log());
     let status = crate::cli_upgrade::cli(home, &["status"], "");
     assert_eq!(status_field(&status, "version"), running, "{status}");
@@ -310,6 +331,54 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     for pid in relay_pids_in(home.path()) {
         crate::support::process::assert_unprivileged(pid, NOBODY, NOBODY);
     }
+}
+
+/// A release that can never install here (its signed statement lists no binary for this host)
+/// is skipped although the relay's user may not write the skip list: the relay asks its
+/// supervisor, which adds it (and nothing is staged or journaled).
+#[test]
+fn a_release_ruled_out_for_this_host_is_skipped_through_the_supervisor() {
+    if !root() {
+        return;
+    }
+    launch_as_the_unit();
+    let (s, releases) = supervised_with_releases_full(
+        &["--relay-user", &NOBODY.to_string()],
+        &[],
+        &|home: &Home| {
+            let config = home.read("config.json");
+            let automatic =
+                config.replacen(r#""auto_upgrade": false"#, r#""auto_upgrade": true"#, 1);
+            assert_ne!(config, automatic);
+            home.write("config.json", &automatic);
+            lay_out(home, SUPERVISOR);
+        },
+    );
+    let home = &s.home;
+    assert!(!as_relay_user(home, "echo 9.9.9 >> .skip-upgrade-version"));
+    crate::support::releases::publish_unchecked(releases.path(), "9.5.0", None);
+    crate::support::releases::set_channel(releases.path(), "9.5.0");
+    eventually(
+        Duration::from_secs(60),
+        "the supervisor to skip 9.5.0 at the relay's request",
+        || home.read(".skip-upgrade-version").contains("9.5.0"),
+    );
+    let skip = std::fs::metadata(home.file(".skip-upgrade-version")).unwrap();
+    assert_eq!(
+        skip.uid(),
+        SUPERVISOR,
+        "the skip list stays the supervisor's"
+    );
+    let log = s.log();
+    assert!(
+        log.contains("9.5.0 added to .skip-upgrade-version at the relay's request"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("could not add the version to the skip list"),
+        "{log}"
+    );
+    assert!(home.journal_steps("9.5.0").is_empty());
 }
 
 /// Started by hand as root (no unit), the supervisor separates privileges the same way: the

@@ -3,55 +3,10 @@
 //! migrates; a binary whose `version` hangs is bounded; a control request that names no plain
 //! version changes nothing.
 
-use std::path::Path;
-use std::time::SystemTime;
-
-use relay_release::layout::{CHANGELOG_NAME, asset_name, statement_name};
-use relay_release::manifest::whole_seconds;
-use relay_release::{FileEntry, Product, SigningKey, Statement, Target, parse_version, sign};
-
 use crate::cli_upgrade::{assert_nothing_staged, cli, status_field, supervised_with_releases};
 use crate::support::process::relay_bin;
-use crate::support::releases::{release_key, stamped};
+use crate::support::releases::{publish_unchecked, stamped};
 use crate::support::supervised::supervisor_command;
-
-/// Publishes `binary` as `version` for this host signed by the test key, without the release
-/// tool's check that the binary reports that version (what a careless or hostile signer could
-/// publish).
-fn publish_unchecked(root: &Path, version: &str, binary: &[u8]) {
-    let v = parse_version(version).unwrap();
-    let target = Target::host().unwrap();
-    let asset = asset_name(&Product::relay(), &target);
-    let dir = root.join(format!("v{version}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let changelog = format!("# {version}\n");
-    std::fs::write(dir.join(CHANGELOG_NAME), &changelog).unwrap();
-    std::fs::write(dir.join(&asset), binary).unwrap();
-    let issued = whole_seconds(SystemTime::now());
-    let statement = Statement {
-        product: Product::relay(),
-        version: v,
-        target,
-        issued,
-        expires: issued + std::time::Duration::from_secs(86_400),
-        files: vec![
-            FileEntry::digest(&asset, binary, Path::new(&asset)).unwrap(),
-            FileEntry::digest(
-                CHANGELOG_NAME,
-                changelog.as_bytes(),
-                Path::new(CHANGELOG_NAME),
-            )
-            .unwrap(),
-        ],
-    };
-    let name = statement_name(&asset);
-    let key = SigningKey::from_file(&release_key()).unwrap();
-    std::fs::write(
-        dir.join(&name),
-        sign::sign_statement(&key, &statement, &name).unwrap(),
-    )
-    .unwrap();
-}
 
 #[test]
 fn a_binary_that_reports_another_version_than_signed_is_refused_before_migrating() {
@@ -59,7 +14,7 @@ fn a_binary_that_reports_another_version_than_signed_is_refused_before_migrating
     let home = &s.home;
     // Signed as 9.0.0, but the binary says it is 9.0.1.
     let liar = stamped(root.path(), &relay_bin(), "9.0.1");
-    publish_unchecked(root.path(), "9.0.0", &std::fs::read(&liar).unwrap());
+    publish_unchecked(root.path(), "9.0.0", Some(&std::fs::read(&liar).unwrap()));
     let up = cli(home, &["upgrade", "--yes", "9.0.0"], "");
     assert_ne!(up.code, 0, "{up}");
     assert!(
@@ -87,7 +42,7 @@ fn a_binary_that_reports_another_version_than_signed_is_refused_before_migrating
 fn a_binary_whose_version_hangs_is_bounded_and_supervision_goes_on() {
     let (s, root) = supervised_with_releases();
     let home = &s.home;
-    publish_unchecked(root.path(), "9.0.0", b"#!/bin/sh\nexec sleep 617\n");
+    publish_unchecked(root.path(), "9.0.0", Some(b"#!/bin/sh\nexec sleep 617\n"));
     let started = std::time::Instant::now();
     let up = cli(home, &["upgrade", "--yes", "9.0.0"], "");
     assert_ne!(up.code, 0, "{up}");

@@ -485,7 +485,7 @@ fn heartbeat_notice_upgrades_under_load() {
     std::thread::sleep(Duration::from_millis(300));
     let reply = wireleap_home::control::call(
         home.path(),
-        &wireleap_home::control::Request::Rollback,
+        &wireleap_home::control::Request::Rollback { recall: None },
         WAIT,
     )
     .unwrap();

@@ -88,7 +88,8 @@ impl Drive {
             a,
             vec![Action::Job(Job::Prepare {
                 kind: Kind::Upgrade,
-                asked: Some("0.8.0".into())
+                asked: Some("0.8.0".into()),
+                recall: None
             })]
         );
         assert_eq!(self.m.shown(), Shown::Upgrading);
@@ -359,7 +360,7 @@ fn stop_terminates_everyone_kills_the_slow_and_exits_once_all_are_gone() {
     assert!(d.on(Event::Signal(OsSignal::Stop)).is_empty());
     let a = d.on(Event::Request {
         id: 3,
-        request: Request::Rollback,
+        request: Request::Rollback(None),
     });
     assert!(refused(&a).is_some_and(|w| w.contains("stopping")));
     let a = d.after(STOP);
@@ -564,7 +565,7 @@ fn an_upgrade_commits_after_the_health_window() {
     // Requests meanwhile are refused as busy.
     let busy = d.on(Event::Request {
         id: 2,
-        request: Request::Rollback,
+        request: Request::Rollback(None),
     });
     assert!(refused(&busy).is_some_and(|w| w.contains("busy")));
     let a = d.on(Event::Done(Done::Committed(Ok(()))));
@@ -910,13 +911,14 @@ fn a_rollback_commits_as_soon_as_the_previous_version_serves() {
     let mut d = Drive::serving();
     let a = d.on(Event::Request {
         id: 4,
-        request: Request::Rollback,
+        request: Request::Rollback(None),
     });
     assert_eq!(
         a,
         vec![Action::Job(Job::Prepare {
             kind: Kind::Rollback,
-            asked: None
+            asked: None,
+            recall: None
         })]
     );
     assert_eq!(d.m.shown(), Shown::RollingBack);
@@ -948,12 +950,42 @@ fn a_rollback_commits_as_soon_as_the_previous_version_serves() {
     assert_eq!(replies(&a), vec![&Answer::Ok(back)]);
 }
 
+/// A recall reaches the prepare, which verifies it; one that does not verify changes nothing.
+#[test]
+fn a_recall_is_verified_by_the_prepare_and_a_refused_one_changes_nothing() {
+    let mut d = Drive::serving();
+    let recall = crate::machine::Recall("signed recall".into());
+    let a = d.on(Event::Request {
+        id: 4,
+        request: Request::Rollback(Some(recall.clone())),
+    });
+    assert_eq!(
+        a,
+        vec![Action::Job(Job::Prepare {
+            kind: Kind::Rollback,
+            asked: None,
+            recall: Some(recall)
+        })]
+    );
+    assert_eq!(d.m.shown(), Shown::RollingBack);
+    let a = d.on(Event::Done(Done::Prepared(Err(
+        "the recall of 0.7.0 does not verify".into(),
+    ))));
+    assert_eq!(
+        refused(&a).as_deref(),
+        Some("the recall of 0.7.0 does not verify")
+    );
+    assert!(d.m.change().is_none());
+    assert!(d.m.successor().is_none());
+    assert_eq!(d.m.shown(), Shown::Serving);
+}
+
 #[test]
 fn a_rollback_whose_generation_fails_is_undone_and_the_current_version_serves_on() {
     let mut d = Drive::serving();
     d.on(Event::Request {
         id: 4,
-        request: Request::Rollback,
+        request: Request::Rollback(None),
     });
     d.on(Event::Done(Done::Prepared(Ok(versions()))));
     d.on(Event::Paused(100));

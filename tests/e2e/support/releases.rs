@@ -170,3 +170,48 @@ pub fn set_channel(root: &Path, version: &str) {
         version,
     ]);
 }
+
+/// Publishes `binary` as `version` for this host, signed by the test key, without the release
+/// tool's checks (what a careless or hostile signer could publish): a binary that reports
+/// another version, or (`None`) a statement for this host that lists no binary at all.
+pub fn publish_unchecked(root: &Path, version: &str, binary: Option<&[u8]>) {
+    use relay_release::layout::{CHANGELOG_NAME, asset_name, statement_name};
+    use relay_release::{FileEntry, Product, SigningKey, Statement, Target, sign};
+    let target = Target::host().unwrap();
+    let asset = asset_name(&Product::relay(), &target);
+    let dir = root.join(format!("v{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let changelog = format!("# {version}\n");
+    std::fs::write(dir.join(CHANGELOG_NAME), &changelog).unwrap();
+    let mut files = vec![
+        FileEntry::digest(
+            CHANGELOG_NAME,
+            changelog.as_bytes(),
+            Path::new(CHANGELOG_NAME),
+        )
+        .unwrap(),
+    ];
+    if let Some(binary) = binary {
+        std::fs::write(dir.join(&asset), binary).unwrap();
+        files.insert(
+            0,
+            FileEntry::digest(&asset, binary, Path::new(&asset)).unwrap(),
+        );
+    }
+    let issued = relay_release::manifest::whole_seconds(std::time::SystemTime::now());
+    let statement = Statement {
+        product: Product::relay(),
+        version: relay_release::parse_version(version).unwrap(),
+        target,
+        issued,
+        expires: issued + std::time::Duration::from_secs(86_400),
+        files,
+    };
+    let name = statement_name(&asset);
+    let key = SigningKey::from_file(&release_key()).unwrap();
+    std::fs::write(
+        dir.join(&name),
+        sign::sign_statement(&key, &statement, &name).unwrap(),
+    )
+    .unwrap();
+}
