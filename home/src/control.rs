@@ -1,6 +1,8 @@
 //! The supervisor's control protocol, typed: what the relay's commands, the supervisor's `ctl`
 //! and the supervisor itself send and read on `<home>/wireleap-relay-supervisor.sock` (a unix
-//! stream socket, mode 0600). One JSON object per line each way:
+//! stream socket, mode 0600; 0660 with the relay's group under privilege separation, where a
+//! `rollback` without a recall is refused unless root or the supervisor's user asks). One JSON
+//! object per line each way:
 //!
 //! | request | reply |
 //! | --- | --- |
@@ -8,12 +10,15 @@
 //! | `{"cmd":"upgrade","version":"V","protocol":1}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}` |
 //! | `{"cmd":"rollback","protocol":1}` | when `wireleap-relay.prev` serves again (or could not): `{"ok":bool,"version":A,"from":B,"error"?}` |
 //! | `{"cmd":"rollback","recall":"<rollout document>","protocol":1}` | the same, for a recall: the signed rollout document recalling the running version, which the supervisor verifies |
-//! | `{"cmd":"skip","version":"V","protocol":1}` | once `V` is in `.skip-upgrade-version` (or could not be added): `{"ok":bool,"error"?}` |
+//! | `{"cmd":"skip","version":"V","statement":"<signed statement>","protocol":1}` | once `V` is in `.skip-upgrade-version` (or was refused): `{"ok":bool,"error"?}`; the statement must verify and list no binary for this host |
 //!
 //! Versioning: a request without `protocol` is protocol 1; the supervisor refuses, with a reply
 //! that says so, a request of a protocol newer than its own. Replies only gain fields: a reader
 //! ignores the fields it does not know and takes a missing one as absent, so an older relay and a
-//! newer supervisor (or the reverse) still talk.
+//! newer supervisor (or the reverse) still talk, with two limits: under privilege separation a
+//! recall from a relay older than its supervisor carries no document and is refused, and a
+//! supervisor older than its relay answers `skip` as "not a request" (the relay then retries the
+//! version after a backoff) and reads at most 4096 bytes of a recall.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
@@ -179,11 +184,14 @@ pub enum Request {
         recall: Option<String>,
     },
     /// Add `version` to `.skip-upgrade-version`, for a relay that may not write it (the
-    /// supervisor's file under privilege separation): a release that can never install here
-    /// (forged, no binary for this host) is not fetched again.
+    /// supervisor's file under privilege separation): a release that can never install here is
+    /// not fetched again.
     Skip {
         /// The version: a plain version, checked when the request is read.
         version: String,
+        /// The proof: the version's signed release statement for this host, as served, which
+        /// lists no binary for it. The supervisor verifies it with its own trust.
+        statement: String,
     },
 }
 
@@ -288,7 +296,7 @@ impl Request {
         }
         let request: Self = serde_json::from_value(value)
             .map_err(|e| format!("not a request (status, upgrade, rollback, skip): {e}"))?;
-        if let Self::Upgrade { version } | Self::Skip { version } = &request
+        if let Self::Upgrade { version } | Self::Skip { version, .. } = &request
             && !is_plain_version(version)
         {
             return Err("the request names no plain version (MAJOR.MINOR.PATCH[-PRE])".to_owned());
@@ -404,9 +412,10 @@ mod tests {
         };
         assert_eq!(Request::parse(&round.to_line()), Ok(round));
         assert_eq!(
-            Request::parse(r#"{"cmd":"skip","version":"1.2.3"}"#),
+            Request::parse(r#"{"cmd":"skip","version":"1.2.3","statement":"signed"}"#),
             Ok(Request::Skip {
-                version: "1.2.3".to_owned()
+                version: "1.2.3".to_owned(),
+                statement: "signed".to_owned()
             })
         );
         // The operator's rollback is the line it always was; a recall carries its document.
@@ -441,10 +450,10 @@ mod tests {
             ),
             (r#"{"cmd":"upgrade"}"#, "not a request"),
             (
-                r#"{"cmd":"skip","version":"1.0.0\n2.0.0"}"#,
+                r#"{"cmd":"skip","version":"1.0.0\n2.0.0","statement":""}"#,
                 "no plain version",
             ),
-            (r#"{"cmd":"skip"}"#, "not a request"),
+            (r#"{"cmd":"skip","version":"1.0.0"}"#, "not a request"),
             (r#"{"cmd":"status","protocol":2}"#, "protocol 2"),
         ] {
             let err = Request::parse(line).unwrap_err();

@@ -200,6 +200,9 @@ pub enum Error {
     AssetNotListed {
         /// The asset name.
         asset: String,
+        /// The signed statement that says so, as served: a relay that may not skip the
+        /// version itself hands it to its supervisor, which verifies it before it skips.
+        statement: String,
     },
 
     // === step 11: the file ===
@@ -571,7 +574,8 @@ mod rules_out_tests {
     fn only_a_signed_statement_without_this_platform_rules_a_version_out() {
         assert!(
             Error::AssetNotListed {
-                asset: "wireleap-relay_linux-x86_64".into()
+                asset: "wireleap-relay_linux-x86_64".into(),
+                statement: String::new(),
             }
             .rules_out_version()
         );

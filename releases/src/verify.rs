@@ -149,6 +149,7 @@ impl VerifiedStatement {
             .file(&self.asset)
             .ok_or_else(|| Error::AssetNotListed {
                 asset: self.asset.clone(),
+                statement: String::from_utf8_lossy(&self.raw).into_owned(),
             })
     }
 }
@@ -167,7 +168,13 @@ pub fn verify_statement(
     let signed = signed_text(bytes, keys, expected.expiry.now())?;
     // Step 4: only the signed text is parsed.
     let statement = Statement::parse(&signed.text)?;
-    check_fields(&statement, expected)?;
+    check_fields(&statement, expected).map_err(|e| match e {
+        Error::AssetNotListed { asset, .. } => Error::AssetNotListed {
+            asset,
+            statement: String::from_utf8_lossy(bytes).into_owned(),
+        },
+        e => e,
+    })?;
     Ok(VerifiedStatement {
         asset: expected.asset(),
         statement,
@@ -203,6 +210,7 @@ pub fn signed_text(
 }
 
 /// Steps 5-10 on a parsed statement.
+/// ([`Error::AssetNotListed`] leaves its statement empty: [`verify_statement`] adds the bytes.)
 fn check_fields(s: &Statement, expected: &Expected) -> Result<(), Error> {
     // Step 5: product.
     if s.product != expected.product {
@@ -240,7 +248,10 @@ fn check_fields(s: &Statement, expected: &Expected) -> Result<(), Error> {
     let asset = expected.asset();
     check_file_name(&asset)?;
     if s.file(&asset).is_none() {
-        return Err(Error::AssetNotListed { asset });
+        return Err(Error::AssetNotListed {
+            asset,
+            statement: String::new(),
+        });
     }
     Ok(())
 }
@@ -258,6 +269,7 @@ pub fn verify_file(path: &Path, statement: &VerifiedStatement, name: &str) -> Re
         .file(name)
         .ok_or_else(|| Error::AssetNotListed {
             asset: name.to_owned(),
+            statement: String::from_utf8_lossy(&statement.raw).into_owned(),
         })?;
     let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut check = FileCheck::new(entry);

@@ -196,10 +196,12 @@ pub async fn run(
     match stage(&home, &base, relay, &trust, &running, &version).await {
         Ok(()) => {}
         Err(e) => {
-            let skip = e.rules_out_version();
-            if skip {
-                skip_version(home.clone(), version.clone()).await;
-            }
+            let skip = match &e {
+                relay_release::Error::AssetNotListed { statement, .. } => {
+                    skip_version(home.clone(), version.clone(), statement.clone()).await
+                }
+                _ => false,
+            };
             return Outcome::Failed {
                 version: version.clone(),
                 why: e.to_string(),
@@ -316,12 +318,14 @@ async fn stage(
     Ok(())
 }
 
-/// How long the supervisor has to answer a skip (it adds a line to a file at once).
+/// How long the supervisor has to answer a skip (it checks a signature and adds a line).
 const SKIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Adds `version` to the skip list: written here when this process may, else (privilege
-/// separation: the list is the supervisor's) asked of the supervisor.
-async fn skip_version(home: PathBuf, version: Version) {
+/// Adds `version` to the skip list, its signed `statement` (listing no binary for this host)
+/// the reason: written here when this process may, else (privilege separation: the list is the
+/// supervisor's) asked of the supervisor, which verifies the statement itself. Whether it is
+/// skipped now.
+async fn skip_version(home: PathBuf, version: Version, statement: String) -> bool {
     use wireleap_home::control::{Request, call};
     let v = version.clone();
     let done =
@@ -330,6 +334,7 @@ async fn skip_version(home: PathBuf, version: Version) {
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     let asked = Request::Skip {
                         version: v.to_string(),
+                        statement,
                     };
                     match call(&home, &asked, SKIP_WAIT) {
                         Ok(reply) if reply.ok => Ok(()),
@@ -344,15 +349,13 @@ async fn skip_version(home: PathBuf, version: Version) {
             },
         )
         .await;
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => {
-            warn!(version = %version, error = %why, "could not add the version to the skip list");
-        }
-        Err(e) => {
-            warn!(version = %version, error = %e, "could not add the version to the skip list")
-        }
-    }
+    let why = match done {
+        Ok(Ok(())) => return true,
+        Ok(Err(why)) => why,
+        Err(e) => e.to_string(),
+    };
+    warn!(version = %version, error = %why, "could not add the version to the skip list");
+    false
 }
 
 async fn ask_supervisor(home: PathBuf, version: Version) -> Outcome {

@@ -182,10 +182,11 @@ impl Pending {
 }
 
 /// Whether the process of uid `peer` may ask for `request`: under privilege separation
-/// (`relay`: the relay's user), a rollback without a recall is the operator's, so the relay's
-/// user (or an asker whose uid is unknown) is refused, with what to do instead; anyone else
-/// who can reach the socket (root, the supervisor's user `own`, the group's members) may. Run
-/// as one user, everyone who can reach the socket is that user: all may ask.
+/// (`relay`: the relay's user), a rollback without a recall is the operator's: root's or the
+/// supervisor's own user's (`own`). Anyone else who can reach the socket (the relay's user, the
+/// members of its group, who are trusted as much and no more, an asker whose uid is unknown) is
+/// refused, with what to do instead. Run as one user, everyone who can reach the socket is that
+/// user: all may ask.
 ///
 /// # Errors
 /// Why the request is refused, for the reply.
@@ -198,12 +199,15 @@ pub fn authorize(
     let Some(relay) = relay else {
         return Ok(());
     };
-    let operator = peer.is_some_and(|uid| uid != relay.uid || uid == own || uid == 0);
+    let operator = peer.is_some_and(|uid| uid == own || uid == 0);
     match request {
         Request::Rollback { recall: None } if !operator => Err(format!(
             "a rollback is the operator's: this request came from {}, which may ask for one only with a signed recall of the running version; ask as root (sudo wireleap-relay rollback) or as the supervisor's user",
             match peer {
-                Some(_) => format!("the relay's user {} (uid {})", relay.name, relay.uid),
+                Some(uid) if uid == relay.uid => {
+                    format!("the relay's user {} (uid {uid})", relay.name)
+                }
+                Some(uid) => format!("uid {uid}, neither root nor the supervisor's user"),
                 None => "a process whose user the kernel did not name".to_owned(),
             }
         )),
@@ -217,8 +221,8 @@ mod tests {
     use std::sync::atomic::Ordering::SeqCst;
 
     /// Under privilege separation the relay's user may steer upgrades and ask for a recall, but
-    /// only the operator (root, the supervisor's user, any other user who can reach the socket)
-    /// rolls back without one; run as one user, everyone may.
+    /// only the operator (root, the supervisor's user) rolls back without one; run as one user,
+    /// everyone may.
     #[test]
     fn a_rollback_without_a_recall_is_refused_to_the_relays_user_only() {
         let relay = crate::privsep::RelayUser {
@@ -239,7 +243,7 @@ mod tests {
             (&operator, None, Some(&relay), false),
             (&operator, Some(0), Some(&relay), true),
             (&operator, Some(own), Some(&relay), true),
-            (&operator, Some(1002), Some(&relay), true),
+            (&operator, Some(1002), Some(&relay), false),
             (&recall, Some(1001), Some(&relay), true),
             (&recall, None, Some(&relay), true),
             (&upgrade, Some(1001), Some(&relay), true),

@@ -696,15 +696,31 @@ impl<'a> World<'a> {
             Asked::Status => Request::Status,
             Asked::Upgrade { version } => Request::Upgrade(version),
             Asked::Rollback { recall } => Request::Rollback(recall.map(crate::machine::Recall)),
-            // A skip changes no state of the machine's: done here, at once.
-            Asked::Skip { version } => {
-                conn.reply(&match crate::upgrade::skip_asked(self.home(), &version) {
-                    Ok(()) => Reply::ok(),
-                    Err(why) => {
-                        warn(&format!("skip of {version} refused: {why}"));
-                        Reply::error(why)
-                    }
-                });
+            // A skip changes no state of the machine's: its proof is checked on a thread of its
+            // own (the trust is read and a signature verified), which answers.
+            Asked::Skip { version, statement } => {
+                let (home, current) = (self.home().to_path_buf(), self.copies.current.clone());
+                let checked = std::thread::Builder::new()
+                    .name("skip".into())
+                    .spawn(move || {
+                        let asked = match &current.version {
+                            Some(v) => Ok(v.clone()),
+                            None => crate::generation::version_of(&current),
+                        }
+                        .and_then(|running| {
+                            crate::upgrade::skip_asked(&home, &version, &statement, &running)
+                        });
+                        conn.reply(&match asked {
+                            Ok(()) => Reply::ok(),
+                            Err(why) => {
+                                warn(&format!("skip of {version} refused: {why}"));
+                                Reply::error(why)
+                            }
+                        });
+                    });
+                if let Err(e) = checked {
+                    warn(&format!("a skip request was dropped: {e}"));
+                }
                 return None;
             }
         };

@@ -201,6 +201,7 @@ fn check_staged_supervisor(
                 &relay_release::Product::supervisor(),
                 &verified.statement.target,
             ),
+            statement: String::from_utf8_lossy(&verified.raw).into_owned(),
         })
     })?;
     let name = entry.name.clone();
@@ -474,6 +475,9 @@ pub fn skipped(home: &Path) -> Vec<String> {
 /// Adds `version` to `.skip-upgrade-version` (spec §10 #15), once. Only a plain version ever goes
 /// in: anything else (a newline, a comment) could add others.
 pub fn skip(home: &Path, version: &str) {
+    let _one = SKIPPING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let added = parse_version(version)
         .map_err(|e| e.to_string())
         .and_then(|v| SkipList::add(home, &v).map_err(|e| e.to_string()));
@@ -482,32 +486,41 @@ pub fn skip(home: &Path, version: &str) {
     }
 }
 
-/// The most versions a relay's skip requests may leave in the skip list, so that they cannot
-/// grow it without bound (the supervisor's own skips, of failed versions, are never refused).
-pub const MAX_ASKED_SKIPS: usize = 64;
+/// One writer of the skip list at a time in this process (the loop's, a job's, a skip asked).
+static SKIPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A skip a relay asked for (`version` is plain: the request's parser checked it): added unless
-/// the list already holds [`MAX_ASKED_SKIPS`] versions.
+/// A skip the relay asked for (it may not write the list: privilege separation), with its
+/// proof: `statement` must be the signed release statement of `version` for this host, checked
+/// with this supervisor's own trust up to the listing (signature, product, target, version,
+/// above `running` and the highest committed, not expired), and list no binary for this host.
 ///
 /// # Errors
 /// Why it was not added.
-pub fn skip_asked(home: &Path, version: &str) -> Result<(), String> {
+pub fn skip_asked(
+    home: &Path,
+    version: &str,
+    statement: &str,
+    running: &Version,
+) -> Result<(), String> {
     let version = parse_version(version).map_err(|e| e.to_string())?;
-    let list = SkipList::load(home).map_err(|e| format!("{SKIP} cannot be read: {e}"))?;
-    if list.contains(&version) {
-        return Ok(());
+    let (keys, expected) = release_check(home, &version, running)
+        .map_err(|e| format!("the statement of {version} cannot be checked: {e}"))?;
+    match relay_release::verify::verify_statement(statement.as_bytes(), &keys, &expected) {
+        Err(relay_release::Error::AssetNotListed { asset, .. }) => {
+            let _one = SKIPPING
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            SkipList::add(home, &version).map_err(|e| format!("{SKIP}: {e}"))?;
+            crate::run::log(&format!(
+                "{version} added to {SKIP} at the relay's request: its signed statement lists no {asset}"
+            ));
+            Ok(())
+        }
+        Ok(_) => Err(format!(
+            "the statement of {version} lists this host's binary: not skipped"
+        )),
+        Err(e) => Err(format!("the statement of {version} does not verify: {e}")),
     }
-    if list.versions.len() >= MAX_ASKED_SKIPS {
-        return Err(format!(
-            "{SKIP} already lists {} versions: more are not added on request",
-            list.versions.len()
-        ));
-    }
-    SkipList::add(home, &version).map_err(|e| format!("{SKIP}: {e}"))?;
-    crate::run::log(&format!(
-        "{version} added to {SKIP} at the relay's request: it cannot install here"
-    ));
-    Ok(())
 }
 
 fn sync_dir(dir: &Path) {
@@ -594,23 +607,79 @@ mod tests {
         }
     }
 
-    /// A relay's skip requests are added once each, and stop at [`MAX_ASKED_SKIPS`] versions.
+    /// A relay's skip is taken only with its proof: a statement of the version for this host,
+    /// signed by a trusted key, that lists no binary for it. A statement that lists it, one of
+    /// another version, one no trusted key signed, or one at or below the running version is
+    /// refused, and nothing is skipped.
     #[test]
-    fn skips_asked_for_are_added_once_and_bounded() {
+    fn a_skip_asked_for_needs_a_signed_statement_without_this_hosts_binary() {
+        use relay_release::layout::{CHANGELOG_NAME, asset_name, statement_name};
+        use relay_release::{FileEntry, Product, SigningKey, Statement, Target, sign};
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../releases/testdata/keys");
         let home = tempfile::tempdir().unwrap();
         let h = home.path();
-        skip_asked(h, "1.0.0").unwrap();
-        skip_asked(h, "1.0.0").unwrap();
-        assert_eq!(skipped(h), vec!["1.0.0".to_owned()]);
-        for minor in 1..MAX_ASKED_SKIPS {
-            skip_asked(h, &format!("1.{minor}.0")).unwrap();
+        std::fs::create_dir(h.join("trusted-keys")).unwrap();
+        std::fs::copy(
+            keys.join("test-only-project.pub"),
+            h.join("trusted-keys/test-only-project.pub"),
+        )
+        .unwrap();
+        let asset = asset_name(&Product::relay(), &Target::host().unwrap());
+        let statement = |version: &str, key: &str, with_binary: bool| {
+            let now = relay_release::manifest::whole_seconds(std::time::SystemTime::now());
+            let mut files = vec![
+                FileEntry::digest(CHANGELOG_NAME, &b"# notes\n"[..], Path::new(CHANGELOG_NAME))
+                    .unwrap(),
+            ];
+            if with_binary {
+                files.push(FileEntry::digest(&asset, &b"binary"[..], Path::new(&asset)).unwrap());
+            }
+            let statement = Statement {
+                product: Product::relay(),
+                version: parse_version(version).unwrap(),
+                target: Target::host().unwrap(),
+                issued: now,
+                expires: now + std::time::Duration::from_secs(3600),
+                files,
+            };
+            let key = SigningKey::from_file(&keys.join(format!("test-only-{key}.key"))).unwrap();
+            let signed = sign::sign_statement(&key, &statement, &statement_name(&asset)).unwrap();
+            String::from_utf8(signed).unwrap()
+        };
+        let running = Version::new(0, 7, 0);
+        for (version, proof, says) in [
+            (
+                "9.0.0",
+                statement("9.0.0", "project", true),
+                "lists this host's binary",
+            ),
+            (
+                "9.0.0",
+                statement("9.0.1", "project", false),
+                "does not verify",
+            ),
+            (
+                "9.0.0",
+                statement("9.0.0", "unknown", false),
+                "does not verify",
+            ),
+            (
+                "0.6.0",
+                statement("0.6.0", "project", false),
+                "does not verify",
+            ),
+            (
+                "9.0.0",
+                "a statement, trust me".to_owned(),
+                "does not verify",
+            ),
+        ] {
+            let why = skip_asked(h, version, &proof, &running).unwrap_err();
+            assert!(why.contains(says), "{version}: {why}");
+            assert!(skipped(h).is_empty(), "{why}");
         }
-        let why = skip_asked(h, "9.0.0").unwrap_err();
-        assert!(why.contains("already lists 64 versions"), "{why}");
-        assert_eq!(skipped(h).len(), MAX_ASKED_SKIPS);
-        // The supervisor's own skip of a failed version still goes in.
-        skip(h, "9.0.1");
-        assert!(skipped(h).contains(&"9.0.1".to_owned()));
+        skip_asked(h, "9.0.0", &statement("9.0.0", "project", false), &running).unwrap();
+        assert_eq!(skipped(h), vec!["9.0.0".to_owned()]);
     }
 
     /// A rollback cut short after `.prev`'s bytes were renamed into place, before the statement

@@ -226,6 +226,21 @@ fn twenty_relays_take_a_good_release_in_step_order_a_bad_one_halts_after_its_fir
             "{} is not back on {original}",
             m.name
         );
+        // Its supervisor verified the recall (the journal names its serial) and skipped the
+        // recalled version (under privilege separation the relay may not write the list).
+        let recalled = m.journal.iter().any(|e| {
+            e.version == original
+                && e.step == Kind::RollbackStarted
+                && e.detail
+                    .contains(&format!("from {good}, recalled (rollout serial "))
+        });
+        assert!(recalled, "{}: {:?}", m.name, m.journal);
+        let skipped = wireleap_home::skip::SkipList::load(&home).unwrap();
+        assert!(
+            skipped.contains(&semver::Version::parse(&good).unwrap()),
+            "{}: {skipped:?}",
+            m.name
+        );
     }
     let recall = run
         .stdout
