@@ -181,36 +181,73 @@ impl Pending {
     }
 }
 
-/// Whether the process of uid `peer` may ask for `request`: under privilege separation
-/// (`relay`: the relay's user), a rollback without a recall is the operator's: root's or the
-/// supervisor's own user's (`own`). Anyone else who can reach the socket (the relay's user, the
-/// members of its group, who are trusted as much and no more, an asker whose uid is unknown) is
-/// refused, with what to do instead. Run as one user, everyone who can reach the socket is that
-/// user: all may ask.
+/// Who asks, as far as the supervisor can tell.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    /// The asking process's uid (`SO_PEERCRED`), if the kernel said.
+    pub peer: Option<u32>,
+    /// The relay's user, under privilege separation.
+    pub relay: Option<&'a crate::privsep::RelayUser>,
+    /// The supervisor's own uid.
+    pub own: u32,
+}
+
+impl Asker<'_> {
+    /// Whether the asker holds the operator's authority: under privilege separation only root
+    /// and the supervisor's own user do; the relay's user, the members of its group (trusted as
+    /// much as it and no more) and an asker whose uid is unknown do not. Run as one user,
+    /// everyone who can reach the socket is that user.
+    #[must_use]
+    pub fn is_operator(&self) -> bool {
+        self.relay.is_none() || self.peer.is_some_and(|uid| uid == self.own || uid == 0)
+    }
+
+    /// The asker, named for a refusal.
+    fn named(&self) -> String {
+        match (self.peer, self.relay) {
+            (Some(uid), Some(relay)) if uid == relay.uid => {
+                format!("the relay's user {} (uid {uid})", relay.name)
+            }
+            (Some(uid), _) => format!("uid {uid}, neither root nor the supervisor's user"),
+            (None, _) => "a process whose user the kernel did not name".to_owned(),
+        }
+    }
+}
+
+/// Whether `asker` may ask for `request` in `home`. What only the operator may do (invariants
+/// 6 and 7): roll back without a signed recall of the running version, and retry a version of
+/// the skip list (`skipped` says whether a version is on it; a list that cannot be read counts
+/// as holding it). Everything else anyone who can reach the socket may ask; the supervisor
+/// verifies what it installs itself.
 ///
 /// # Errors
-/// Why the request is refused, for the reply.
+/// Why the request is refused, with what to do instead, for the reply.
 pub fn authorize(
     request: &Request,
-    peer: Option<u32>,
-    relay: Option<&crate::privsep::RelayUser>,
-    own: u32,
+    asker: &Asker<'_>,
+    home: &Path,
+    skipped: impl FnOnce(&str) -> Result<bool, String>,
 ) -> Result<(), String> {
-    let Some(relay) = relay else {
+    if asker.is_operator() {
         return Ok(());
-    };
-    let operator = peer.is_some_and(|uid| uid == own || uid == 0);
+    }
     match request {
-        Request::Rollback { recall: None } if !operator => Err(format!(
+        Request::Rollback { recall: None } => Err(format!(
             "a rollback is the operator's: this request came from {}, which may ask for one only with a signed recall of the running version; ask as root (sudo wireleap-relay rollback) or as the supervisor's user",
-            match peer {
-                Some(uid) if uid == relay.uid => {
-                    format!("the relay's user {} (uid {uid})", relay.name)
-                }
-                Some(uid) => format!("uid {uid}, neither root nor the supervisor's user"),
-                None => "a process whose user the kernel did not name".to_owned(),
-            }
+            asker.named()
         )),
+        Request::Upgrade { version } => {
+            let why = match skipped(version) {
+                Ok(false) => return Ok(()),
+                Ok(true) => format!("{version} is on the skip list (it failed here before)"),
+                Err(e) => format!("the skip list cannot be read ({e})"),
+            };
+            Err(format!(
+                "{why}: retrying it is the operator's, and this request came from {}; the staged release stays: ask as root: sudo {} ctl upgrade {version}",
+                asker.named(),
+                home.join(wireleap_home::files::SUPERVISOR_BIN).display()
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -221,45 +258,73 @@ mod tests {
     use std::sync::atomic::Ordering::SeqCst;
 
     /// Under privilege separation the relay's user may steer upgrades and ask for a recall, but
-    /// only the operator (root, the supervisor's user) rolls back without one; run as one user,
-    /// everyone may.
+    /// only the operator (root, the supervisor's user) rolls back without one or retries a
+    /// skipped version; run as one user, everyone may.
     #[test]
-    fn a_rollback_without_a_recall_is_refused_to_the_relays_user_only() {
+    fn what_is_the_operators_is_refused_to_the_relays_user_only() {
         let relay = crate::privsep::RelayUser {
             name: "wireleap".to_owned(),
             uid: 1001,
             gid: 1001,
         };
         let own = 998;
+        let home = Path::new("/opt/wireleap-relay");
         let operator = Request::Rollback { recall: None };
         let recall = Request::Rollback {
             recall: Some("signed".to_owned()),
         };
-        let upgrade = Request::Upgrade {
-            version: "1.0.0".to_owned(),
+        let upgrade = |v: &str| Request::Upgrade {
+            version: v.to_owned(),
+        };
+        // 1.0.0 is skipped; the list holds nothing else; for 3.0.0 it cannot be read.
+        let skipped = |v: &str| match v {
+            "1.0.0" => Ok(true),
+            "3.0.0" => Err("Permission denied".to_owned()),
+            _ => Ok(false),
         };
         for (request, peer, relay, allowed) in [
             (&operator, Some(1001), Some(&relay), false),
             (&operator, None, Some(&relay), false),
+            (&operator, Some(1002), Some(&relay), false),
             (&operator, Some(0), Some(&relay), true),
             (&operator, Some(own), Some(&relay), true),
-            (&operator, Some(1002), Some(&relay), false),
             (&recall, Some(1001), Some(&relay), true),
             (&recall, None, Some(&relay), true),
-            (&upgrade, Some(1001), Some(&relay), true),
+            (&upgrade("2.0.0"), Some(1001), Some(&relay), true),
+            (&upgrade("1.0.0"), Some(1001), Some(&relay), false),
+            (&upgrade("3.0.0"), Some(1001), Some(&relay), false),
+            (&upgrade("1.0.0"), Some(0), Some(&relay), true),
             (&Request::Status, None, Some(&relay), true),
             (&operator, Some(1001), None, true),
-            (&operator, None, None, true),
+            (&upgrade("1.0.0"), None, None, true),
         ] {
-            let got = authorize(request, peer, relay, own);
+            let asker = Asker { peer, relay, own };
+            let got = authorize(request, &asker, home, skipped);
             assert_eq!(got.is_ok(), allowed, "{request:?} from {peer:?}: {got:?}");
-            if let Err(why) = got {
-                assert!(why.contains("signed recall"), "{why}");
-                assert!(why.contains("sudo wireleap-relay rollback"), "{why}");
-            }
         }
-        let why = authorize(&operator, Some(1001), Some(&relay), own).unwrap_err();
-        assert!(why.contains("wireleap (uid 1001)"), "{why}");
+        let relays = Asker {
+            peer: Some(1001),
+            relay: Some(&relay),
+            own,
+        };
+        let why = authorize(&operator, &relays, home, skipped).unwrap_err();
+        for says in [
+            "wireleap (uid 1001)",
+            "signed recall",
+            "sudo wireleap-relay rollback",
+        ] {
+            assert!(why.contains(says), "{why}");
+        }
+        let why = authorize(&upgrade("1.0.0"), &relays, home, skipped).unwrap_err();
+        for says in [
+            "1.0.0 is on the skip list",
+            "the staged release stays",
+            "sudo /opt/wireleap-relay/wireleap-relay-supervisor ctl upgrade 1.0.0",
+        ] {
+            assert!(why.contains(says), "{why}");
+        }
+        let why = authorize(&upgrade("3.0.0"), &relays, home, skipped).unwrap_err();
+        assert!(why.contains("cannot be read (Permission denied)"), "{why}");
     }
 
     /// A client thread asking `status`, and the request as `control` read it (within 10 s).

@@ -682,12 +682,17 @@ impl<'a> World<'a> {
             ));
             return None;
         }
-        if let Err(why) = crate::control::authorize(
-            &request,
-            conn.peer(),
-            crate::privsep::user(),
-            rustix::process::geteuid().as_raw(),
-        ) {
+        let asker = crate::control::Asker {
+            peer: conn.peer(),
+            relay: crate::privsep::user(),
+            own: rustix::process::geteuid().as_raw(),
+        };
+        let home = self.home();
+        let skipped = |v: &str| {
+            let list = wireleap_home::skip::SkipList::load(home).map_err(|e| e.to_string())?;
+            Ok(semver::Version::parse(v).is_ok_and(|v| list.contains(&v)))
+        };
+        if let Err(why) = crate::control::authorize(&request, &asker, home, skipped) {
             warn(&format!("control request refused: {why}"));
             conn.reply(&Reply::error(why));
             return None;

@@ -331,6 +331,38 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     for pid in relay_pids_in(home.path()) {
         crate::support::process::assert_unprivileged(pid, NOBODY, NOBODY);
     }
+
+    // Retrying a skipped version is the operator's too: the relay's user stages it, is refused
+    // with what to do, and the staged release stays for root's `ctl upgrade`, which installs it.
+    std::fs::write(home.file(".skip-upgrade-version"), "9.1.0\n").unwrap();
+    publish_release(
+        releases.path(),
+        "9.1.0",
+        &relay_bin(),
+        &[release_key()],
+        None,
+    );
+    let refused = upgrade_as_relay_user(home, "9.1.0");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("9.1.0 is on the skip list")
+            && said.contains("wireleap-relay-supervisor ctl upgrade 9.1.0"),
+        "{said}"
+    );
+    assert!(
+        home.file("wireleap-relay.next").exists(),
+        "the staged release was removed"
+    );
+    assert!(home.journal_steps("9.1.0").is_empty());
+    let ctl = Command::new(home.file("wireleap-relay-supervisor"))
+        .args(["ctl", "upgrade", "9.1.0"])
+        .env("WIRELEAP_RELAY_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_ok(&ctl, &s.log());
+    let status = crate::cli_upgrade::cli(home, &["status"], "");
+    assert_eq!(status_field(&status, "version"), "9.1.0", "{status}");
 }
 
 /// A release that can never install here (its signed statement lists no binary for this host)

