@@ -7,7 +7,7 @@
 //! | request | reply |
 //! | --- | --- |
 //! | `{"cmd":"status","protocol":1}` | `{"ok":true,"protocol":1,"pid":N,"state":"serving"\|"starting"\|"upgrading"\|"rolling-back","version":V,"prev_version":A,"highest_committed":H,"skipped":[..],"last":{journal entry},"draining":[pids]}` |
-//! | `{"cmd":"upgrade","version":"V","protocol":1}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}` |
+//! | `{"cmd":"upgrade","version":"V","protocol":1}` | when the staged `V` is committed or rolled back: `{"ok":bool,"version":V,"from":A,"error"?}`; under privilege separation a `V` on the skip list is refused unless root or the supervisor's user asks |
 //! | `{"cmd":"rollback","protocol":1}` | when `wireleap-relay.prev` serves again (or could not): `{"ok":bool,"version":A,"from":B,"error"?}` |
 //! | `{"cmd":"rollback","recall":"<rollout document>","protocol":1}` | the same, for a recall: the signed rollout document recalling the running version, which the supervisor verifies |
 //! | `{"cmd":"skip","version":"V","statement":"<signed statement>","protocol":1}` | once `V` is in `.skip-upgrade-version` (or was refused): `{"ok":bool,"error"?}`; the statement must verify and list no binary for this host |

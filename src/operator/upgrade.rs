@@ -14,7 +14,9 @@
 //! Differences from the reference, on purpose: the outcome printed is the real one (committed,
 //! or rolled back and why), not "the supervisor was launched"; without a supervisor nothing is
 //! installed (a hot upgrade needs one) and nothing is left staged; a version in
-//! `.skip-upgrade-version` is upgraded to after a warning and a "yes", as there. Exit codes:
+//! `.skip-upgrade-version` is upgraded to after a warning and a "yes", as there (under privilege
+//! separation only when root or the supervisor's user asks: the relay's user stages it and the
+//! supervisor's refusal names the `ctl upgrade` that installs it). Exit codes:
 //! 0 upgraded or up to date, 1 otherwise. Who calls it: `main`. It never runs in the daemon.
 
 use std::io::{BufRead, Write};

@@ -197,7 +197,9 @@ pub async fn run(
         Ok(()) => {}
         Err(e) => {
             let skip = match &e {
-                relay_release::Error::AssetNotListed { statement, .. } => {
+                relay_release::Error::AssetNotListed { statement, .. }
+                    if e.rules_out_version() && !statement.is_empty() =>
+                {
                     skip_version(home.clone(), version.clone(), statement.clone()).await
                 }
                 _ => false,

@@ -4,10 +4,12 @@
 //! supervision loop polls it without blocking; a request that needs time (an upgrade) keeps its
 //! connection until the reply.
 //!
-//! Who asks matters under privilege separation: the relay's user (a relay process, or anyone
-//! who can act as it) may ask for status and upgrades (the supervisor verifies the release
-//! itself) and for a rollback only with a signed recall of the running version ([`authorize`]);
-//! a rollback without one is the operator's, asked as root or as the supervisor's user.
+//! Who asks matters under privilege separation ([`authorize`]): the relay's user (a relay
+//! process, or anyone who can act as it) may ask for status, upgrades to versions not on the
+//! skip list (the supervisor verifies the release itself), a rollback only with a signed recall
+//! of the running version, and a skip only with the version's signed statement listing no
+//! binary for this host (both verified). A rollback without a recall and a retry of a skipped
+//! version are the operator's, asked as root or as the supervisor's user.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -214,9 +216,9 @@ impl Asker<'_> {
     }
 }
 
-/// Whether `asker` may ask for `request` in `home`. What only the operator may do (invariants
-/// 6 and 7): roll back without a signed recall of the running version, and retry a version of
-/// the skip list (`skipped` says whether a version is on it; a list that cannot be read counts
+/// Whether `asker` may ask for `request` in `home`. What only the operator may do (no downgrade
+/// but the operator's; a failed version is retried only by the operator): roll back without a
+/// signed recall of the running version, and retry a version of the skip list (`skipped` says whether a version is on it; a list that cannot be read counts
 /// as holding it). Everything else anyone who can reach the socket may ask; the supervisor
 /// verifies what it installs itself.
 ///
@@ -243,7 +245,7 @@ pub fn authorize(
                 Err(e) => format!("the skip list cannot be read ({e})"),
             };
             Err(format!(
-                "{why}: retrying it is the operator's, and this request came from {}; the staged release stays: ask as root: sudo {} ctl upgrade {version}",
+                "{why}: retrying it is the operator's, and this request came from {}; it stays staged until another release is: ask as root: sudo {} ctl upgrade {version}",
                 asker.named(),
                 home.join(wireleap_home::files::SUPERVISOR_BIN).display()
             ))
@@ -318,7 +320,7 @@ mod tests {
         let why = authorize(&upgrade("1.0.0"), &relays, home, skipped).unwrap_err();
         for says in [
             "1.0.0 is on the skip list",
-            "the staged release stays",
+            "it stays staged",
             "sudo /opt/wireleap-relay/wireleap-relay-supervisor ctl upgrade 1.0.0",
         ] {
             assert!(why.contains(says), "{why}");

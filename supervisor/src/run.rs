@@ -704,10 +704,25 @@ impl<'a> World<'a> {
             // A skip changes no state of the machine's: its proof is checked on a thread of its
             // own (the trust is read and a signature verified), which answers.
             Asked::Skip { version, statement } => {
+                use std::sync::atomic::Ordering::SeqCst;
+                /// Skip checks running (each loads the trust and checks a signature).
+                static CHECKING: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if CHECKING.swap(true, SeqCst) {
+                    conn.reply(&Reply::error("busy: another skip is being checked"));
+                    return None;
+                }
                 let (home, current) = (self.home().to_path_buf(), self.copies.current.clone());
                 let checked = std::thread::Builder::new()
                     .name("skip".into())
                     .spawn(move || {
+                        struct Done;
+                        impl Drop for Done {
+                            fn drop(&mut self) {
+                                CHECKING.store(false, SeqCst);
+                            }
+                        }
+                        let _done = Done;
                         let asked = match &current.version {
                             Some(v) => Ok(v.clone()),
                             None => crate::generation::version_of(&current),
@@ -724,6 +739,7 @@ impl<'a> World<'a> {
                         });
                     });
                 if let Err(e) = checked {
+                    CHECKING.store(false, SeqCst);
                     warn(&format!("a skip request was dropped: {e}"));
                 }
                 return None;

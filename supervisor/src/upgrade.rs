@@ -100,6 +100,11 @@ pub fn release_check(
 /// # Errors
 /// The trust's errors.
 pub fn trust(home: &Path) -> Result<Trust, relay_release::Error> {
+    // One at a time in this process: loading moves staged roots in and removes what it read.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut trust = Trust::load(home)?;
     if let Err(e) = trust.persist_embedded() {
         crate::run::warn(&format!("could not keep the embedded release root: {e}"));
@@ -625,8 +630,12 @@ mod tests {
         )
         .unwrap();
         let asset = asset_name(&Product::relay(), &Target::host().unwrap());
-        let statement = |version: &str, key: &str, with_binary: bool| {
-            let now = relay_release::manifest::whole_seconds(std::time::SystemTime::now());
+        // Issued `age` seconds ago, valid for an hour.
+        let issued = |age: u64| {
+            relay_release::manifest::whole_seconds(std::time::SystemTime::now())
+                - std::time::Duration::from_secs(age)
+        };
+        let dated = |version: &str, key: &str, with_binary: bool, now| {
             let mut files = vec![
                 FileEntry::digest(CHANGELOG_NAME, &b"# notes\n"[..], Path::new(CHANGELOG_NAME))
                     .unwrap(),
@@ -645,6 +654,9 @@ mod tests {
             let key = SigningKey::from_file(&keys.join(format!("test-only-{key}.key"))).unwrap();
             let signed = sign::sign_statement(&key, &statement, &statement_name(&asset)).unwrap();
             String::from_utf8(signed).unwrap()
+        };
+        let statement = |version: &str, key: &str, with_binary: bool| {
+            dated(version, key, with_binary, issued(0))
         };
         let running = Version::new(0, 7, 0);
         for (version, proof, says) in [
@@ -666,6 +678,11 @@ mod tests {
             (
                 "0.6.0",
                 statement("0.6.0", "project", false),
+                "does not verify",
+            ),
+            (
+                "9.0.0",
+                dated("9.0.0", "project", false, issued(7200)),
                 "does not verify",
             ),
             (

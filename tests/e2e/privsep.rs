@@ -333,7 +333,7 @@ fn the_relay_runs_as_its_own_user_cannot_change_what_runs_next_and_still_upgrade
     }
 
     // Retrying a skipped version is the operator's too: the relay's user stages it, is refused
-    // with what to do, and the staged release stays for root's `ctl upgrade`, which installs it.
+    // with what to do, and the release stays staged for root's `ctl upgrade`, which installs it.
     std::fs::write(home.file(".skip-upgrade-version"), "9.1.0\n").unwrap();
     publish_release(
         releases.path(),

@@ -198,7 +198,13 @@ fn unsafe_version_is_refused() {
 #[test]
 fn mix_and_match_unlisted_asset_is_refused() {
     let err = check_default("mix-and-match").unwrap_err();
-    assert!(matches!(err, Error::AssetNotListed { .. }), "{err:?}");
+    // The error carries the signed statement as served: a relay's proof for its supervisor.
+    let served =
+        std::fs::read_to_string(scenario_dir("mix-and-match").join(statement_name(ASSET))).unwrap();
+    assert!(
+        matches!(&err, Error::AssetNotListed { statement, .. } if *statement == served),
+        "{err:?}"
+    );
 }
 
 #[test]
