@@ -701,47 +701,9 @@ impl<'a> World<'a> {
             Asked::Status => Request::Status,
             Asked::Upgrade { version } => Request::Upgrade(version),
             Asked::Rollback { recall } => Request::Rollback(recall.map(crate::machine::Recall)),
-            // A skip changes no state of the machine's: its proof is checked on a thread of its
-            // own (the trust is read and a signature verified), which answers.
+            // A skip changes no state of the machine's: done beside the loop, which answers.
             Asked::Skip { version, statement } => {
-                use std::sync::atomic::Ordering::SeqCst;
-                /// Skip checks running (each loads the trust and checks a signature).
-                static CHECKING: std::sync::atomic::AtomicBool =
-                    std::sync::atomic::AtomicBool::new(false);
-                if CHECKING.swap(true, SeqCst) {
-                    conn.reply(&Reply::error("busy: another skip is being checked"));
-                    return None;
-                }
-                let (home, current) = (self.home().to_path_buf(), self.copies.current.clone());
-                let checked = std::thread::Builder::new()
-                    .name("skip".into())
-                    .spawn(move || {
-                        struct Done;
-                        impl Drop for Done {
-                            fn drop(&mut self) {
-                                CHECKING.store(false, SeqCst);
-                            }
-                        }
-                        let _done = Done;
-                        let asked = match &current.version {
-                            Some(v) => Ok(v.clone()),
-                            None => crate::generation::version_of(&current),
-                        }
-                        .and_then(|running| {
-                            crate::upgrade::skip_asked(&home, &version, &statement, &running)
-                        });
-                        conn.reply(&match asked {
-                            Ok(()) => Reply::ok(),
-                            Err(why) => {
-                                warn(&format!("skip of {version} refused: {why}"));
-                                Reply::error(why)
-                            }
-                        });
-                    });
-                if let Err(e) = checked {
-                    CHECKING.store(false, SeqCst);
-                    warn(&format!("a skip request was dropped: {e}"));
-                }
+                check_skip(self.home(), &self.copies.current, version, statement, conn);
                 return None;
             }
         };
@@ -955,6 +917,53 @@ impl Drop for PidFile {
 /// This process's effective uid.
 fn own_uid() -> u32 {
     rustix::process::geteuid().as_raw()
+}
+
+/// A skip the relay asked for: its proof is checked on a thread of its own (the trust is read
+/// and a signature verified), one at a time (another is answered busy), which answers `conn`.
+fn check_skip(
+    home: &Path,
+    current: &Arc<Verified>,
+    version: String,
+    statement: String,
+    conn: crate::control::Pending,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    /// Whether a check runs.
+    static CHECKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    /// Lets the next check run, however this one ends.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            CHECKING.store(false, SeqCst);
+        }
+    }
+    if CHECKING.swap(true, SeqCst) {
+        conn.reply(&Reply::error("busy: another skip is being checked"));
+        return;
+    }
+    let (home, current) = (home.to_path_buf(), current.clone());
+    let checked = std::thread::Builder::new()
+        .name("skip".into())
+        .spawn(move || {
+            let _done = Done;
+            let asked = match &current.version {
+                Some(v) => Ok(v.clone()),
+                None => crate::generation::version_of(&current),
+            }
+            .and_then(|running| crate::upgrade::skip_asked(&home, &version, &statement, &running));
+            conn.reply(&match asked {
+                Ok(()) => Reply::ok(),
+                Err(why) => {
+                    warn(&format!("skip of {version} refused: {why}"));
+                    Reply::error(why)
+                }
+            });
+        });
+    if let Err(e) = checked {
+        CHECKING.store(false, SeqCst);
+        warn(&format!("a skip request was dropped: {e}"));
+    }
 }
 
 #[cfg(test)]
