@@ -450,6 +450,16 @@ fn a_hung_relay_is_replaced_within_the_liveness_bound_and_no_open_is_refused() {
     // Only the opens the hung relay had taken when it stopped may fail (a new one every 10 ms,
     // each in flight for a handshake: a few, more on a loaded machine); the ~200 that arrive
     // during the hang must wait for the new generation.
+    let after: Vec<_> = counts
+        .failed
+        .iter()
+        .zip(&counts.failed_began)
+        .filter(|(_, began)| **began > stopped)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "opens begun after the SIGSTOP failed: {after:?}"
+    );
     assert!(
         counts.failed.len() <= 20,
         "more failed opens than were in flight: {:?}",

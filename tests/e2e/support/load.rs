@@ -37,7 +37,7 @@ pub async fn short_stream(sk: &Servicekey, hop: &Hop, target: SocketAddr) -> Res
 pub struct Load {
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
+    failures: Arc<Mutex<Vec<(String, std::time::Instant)>>>,
     /// The slowest successful short stream, in microseconds.
     slowest: Arc<AtomicU64>,
     opener: JoinHandle<()>,
@@ -51,6 +51,8 @@ pub struct Counts {
     pub opened: u64,
     /// Short streams that failed, with why.
     pub failed: Vec<String>,
+    /// When each of [`Self::failed`] began.
+    pub failed_began: Vec<std::time::Instant>,
     /// Long-lived streams that were cut, with why.
     pub cut: Vec<String>,
     /// Long-lived streams in all.
@@ -169,7 +171,7 @@ impl Load {
                                     u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
                                 slowest.fetch_max(took, Ordering::Relaxed);
                             }
-                            other => failures.lock().unwrap().push(format!("{other:?}")),
+                            other => failures.lock().unwrap().push((format!("{other:?}"), began)),
                         }
                     }));
                 }
@@ -198,9 +200,11 @@ impl Load {
             .into_iter()
             .filter_map(|t| rt.block_on(t).unwrap().err())
             .collect();
+        let (failed, failed_began) = self.failures.lock().unwrap().iter().cloned().unzip();
         Counts {
             opened: self.opened.load(Ordering::Relaxed),
-            failed: self.failures.lock().unwrap().clone(),
+            failed,
+            failed_began,
             cut,
             long,
             slowest: Duration::from_micros(self.slowest.load(Ordering::Relaxed)),
