@@ -329,16 +329,17 @@ mod tests {
         assert!(why.contains("cannot be read (Permission denied)"), "{why}");
     }
 
-    /// A client thread asking `status`, and the request as `control` read it (within 10 s).
-    fn ask_status(
+    /// A client thread asking `request`, and the request as `control` read it (within 10 s).
+    fn ask(
         home: &Path,
         control: &Control,
+        request: Request,
     ) -> (
         std::thread::JoinHandle<std::io::Result<Reply>>,
         (Request, Pending),
     ) {
         let h = home.to_path_buf();
-        let asker = std::thread::spawn(move || call(&h, &Request::Status, Duration::from_secs(10)));
+        let asker = std::thread::spawn(move || call(&h, &request, Duration::from_secs(10)));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(got) = control.poll() {
@@ -352,12 +353,36 @@ mod tests {
         }
     }
 
+    /// A recall's rollout document (up to 64 KiB as a relay fetches it) is read whole, escapes
+    /// and all; a request longer than a supervisor reads is refused by the client before it
+    /// connects.
+    #[test]
+    fn a_long_recall_is_read_whole_and_an_overlong_request_is_not_sent() {
+        let home = tempfile::tempdir().unwrap();
+        let control = Control::bind(home.path()).unwrap();
+        let document: String = (0..64 * 1024)
+            .map(|i| ["a", "\n", "\"", "é"][i % 4])
+            .collect();
+        let recall = Request::Rollback {
+            recall: Some(document),
+        };
+        let (asker, (request, pending)) = ask(home.path(), &control, recall.clone());
+        assert_eq!(request, recall);
+        pending.reply(&Reply::ok());
+        assert!(asker.join().unwrap().unwrap().ok);
+        let overlong = Request::Rollback {
+            recall: Some("x".repeat(MAX_REQUEST as usize)),
+        };
+        let err = call(home.path(), &overlong, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("reads at most"), "{err}");
+    }
+
     /// The kernel names the asker's uid: here, this test's own.
     #[test]
     fn a_request_carries_the_uid_of_whoever_asked() {
         let home = tempfile::tempdir().unwrap();
         let control = Control::bind(home.path()).unwrap();
-        let (asker, (_, pending)) = ask_status(home.path(), &control);
+        let (asker, (_, pending)) = ask(home.path(), &control, Request::Status);
         assert_eq!(pending.peer(), Some(rustix::process::geteuid().as_raw()));
         pending.reply(&Reply::ok());
         assert!(asker.join().unwrap().unwrap().ok);
@@ -387,7 +412,7 @@ mod tests {
             let _ = control.poll();
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (asker, (request, pending)) = ask_status(home.path(), &control);
+        let (asker, (request, pending)) = ask(home.path(), &control, Request::Status);
         assert_eq!(request, Request::Status);
         pending.reply(&Reply::error("answered"));
         let reply = asker.join().unwrap().unwrap();
