@@ -482,6 +482,15 @@ pub enum Error {
 // === impl Error ===
 
 impl Error {
+    /// [`Error::AssetNotListed`] for `asset`, with the statement that says so as `served`.
+    #[must_use]
+    pub fn asset_not_listed(asset: impl Into<String>, served: &[u8]) -> Self {
+        Self::AssetNotListed {
+            asset: asset.into(),
+            statement: String::from_utf8_lossy(served).into_owned(),
+        }
+    }
+
     /// Whether trying the same download again later may succeed (network trouble, a server
     /// error). Verification failures are never retryable: the same bytes fail the same way.
     #[must_use]

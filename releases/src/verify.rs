@@ -147,10 +147,7 @@ impl VerifiedStatement {
     pub fn asset_entry(&self) -> Result<&FileEntry, Error> {
         self.statement
             .file(&self.asset)
-            .ok_or_else(|| Error::AssetNotListed {
-                asset: self.asset.clone(),
-                statement: String::from_utf8_lossy(&self.raw).into_owned(),
-            })
+            .ok_or_else(|| Error::asset_not_listed(self.asset.clone(), &self.raw))
     }
 }
 
@@ -168,13 +165,7 @@ pub fn verify_statement(
     let signed = signed_text(bytes, keys, expected.expiry.now())?;
     // Step 4: only the signed text is parsed.
     let statement = Statement::parse(&signed.text)?;
-    check_fields(&statement, expected).map_err(|e| match e {
-        Error::AssetNotListed { asset, .. } => Error::AssetNotListed {
-            asset,
-            statement: String::from_utf8_lossy(bytes).into_owned(),
-        },
-        e => e,
-    })?;
+    check_fields(&statement, expected, bytes)?;
     Ok(VerifiedStatement {
         asset: expected.asset(),
         statement,
@@ -209,9 +200,8 @@ pub fn signed_text(
     check_signature(block, keys, time)
 }
 
-/// Steps 5-10 on a parsed statement.
-/// ([`Error::AssetNotListed`] leaves its statement empty: [`verify_statement`] adds the bytes.)
-fn check_fields(s: &Statement, expected: &Expected) -> Result<(), Error> {
+/// Steps 5-10 on a parsed statement, `served` as it came (for [`Error::AssetNotListed`]).
+fn check_fields(s: &Statement, expected: &Expected, served: &[u8]) -> Result<(), Error> {
     // Step 5: product.
     if s.product != expected.product {
         return Err(Error::ProductMismatch {
@@ -248,10 +238,7 @@ fn check_fields(s: &Statement, expected: &Expected) -> Result<(), Error> {
     let asset = expected.asset();
     check_file_name(&asset)?;
     if s.file(&asset).is_none() {
-        return Err(Error::AssetNotListed {
-            asset,
-            statement: String::new(),
-        });
+        return Err(Error::asset_not_listed(asset, served));
     }
     Ok(())
 }
@@ -267,10 +254,7 @@ pub fn verify_file(path: &Path, statement: &VerifiedStatement, name: &str) -> Re
     let entry = statement
         .statement
         .file(name)
-        .ok_or_else(|| Error::AssetNotListed {
-            asset: name.to_owned(),
-            statement: String::from_utf8_lossy(&statement.raw).into_owned(),
-        })?;
+        .ok_or_else(|| Error::asset_not_listed(name, &statement.raw))?;
     let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut check = FileCheck::new(entry);
     let mut buf = vec![0u8; 1 << 20];

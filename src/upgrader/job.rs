@@ -344,7 +344,9 @@ async fn skip_version(home: PathBuf, version: Version, statement: String) -> boo
                             "{e}; the supervisor did not add it either: {}",
                             reply.error.unwrap_or_default()
                         )),
-                        Err(asked) => Err(format!("{e}; no supervisor answered: {asked}")),
+                        Err(unanswered) => {
+                            Err(format!("{e}; no supervisor answered: {unanswered}"))
+                        }
                     }
                 }
                 done => done.map_err(|e| e.to_string()),

@@ -201,13 +201,13 @@ fn check_staged_supervisor(
         return Ok(None);
     }
     let entry = verified.supervisor_entry().ok_or_else(|| {
-        Error::Verify(relay_release::Error::AssetNotListed {
-            asset: relay_release::layout::asset_name(
+        Error::Verify(relay_release::Error::asset_not_listed(
+            relay_release::layout::asset_name(
                 &relay_release::Product::supervisor(),
                 &verified.statement.target,
             ),
-            statement: String::from_utf8_lossy(&verified.raw).into_owned(),
-        })
+            &verified.raw,
+        ))
     })?;
     let name = entry.name.clone();
     let copy = Verified::copy(home, &path).map_err(|e| Error::Io {
