@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use nix::fcntl::{Flock, FlockArg};
 use semver::Version;
 
 /// The skip list, and the lines that could not be read.
@@ -75,6 +76,7 @@ impl SkipList {
                 ),
             ));
         }
+        let _writers = lock_writers(home);
         let path = home.join(crate::files::SKIP_VERSION);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -94,6 +96,52 @@ impl SkipList {
     }
 }
 
+/// The lock file of the skip list's writers (see [`lock_writers`]).
+pub const WRITERS_LOCK: &str = ".skip-upgrade-version.lock";
+
+/// How long a writer waits for another to finish before it writes anyway.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serialises the writers of the list across processes: the relay and its supervisor, or a
+/// supervisor on trial and the one guarding it, may add a version at the same moment, and each
+/// reads the file, adds its line and replaces the file whole, so one line would be lost.
+///
+/// Best effort, so the list can always be written as before: a lock file that cannot be opened
+/// (a home shared with another user, a read-only home) or a lock held longer than [`LOCK_WAIT`]
+/// (nothing holds it for more than a read and a write) leaves the writer unlocked. `None` then.
+/// So under privilege separation the relay's user, which may create files in the home, can at
+/// worst delay a supervisor's write by [`LOCK_WAIT`], never stop it.
+fn lock_writers(home: &Path) -> Option<Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(crate::durable::NO_FOLLOW_NO_BLOCK)
+        .open(home.join(WRITERS_LOCK))
+        .ok()?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(lock),
+            Err((_, e)) if e != nix::errno::Errno::EWOULDBLOCK && e != nix::errno::Errno::EINTR => {
+                return None;
+            }
+            Err((back, _)) if std::time::Instant::now() < until => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// The longest version acted on, announced or skipped (in bytes, as written): the relay ignores
 /// a longer announced version, and the skip list takes none.
 pub const MAX_VERSION_LEN: usize = 64;
@@ -101,6 +149,61 @@ pub const MAX_VERSION_LEN: usize = 64;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writers_at_the_same_moment_lose_no_version() {
+        let home = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (home, start) = (home.path(), &start);
+                s.spawn(move || {
+                    start.wait();
+                    for i in 0..25 {
+                        SkipList::add(home, &Version::new(1, t, i)).unwrap();
+                    }
+                });
+            }
+        });
+        let list = SkipList::load(home.path()).unwrap();
+        assert_eq!(list.versions.len(), 200, "{:?}", list.versions);
+    }
+
+    #[test]
+    fn a_held_or_unusable_lock_delays_a_writer_but_never_stops_it() {
+        let home = tempfile::tempdir().unwrap();
+        let lock = home.path().join(WRITERS_LOCK);
+        let held = Flock::lock(
+            std::fs::File::create(&lock).unwrap(),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        let began = std::time::Instant::now();
+        SkipList::add(home.path(), &Version::new(1, 0, 0)).unwrap();
+        assert!(began.elapsed() >= LOCK_WAIT, "{:?}", began.elapsed());
+        drop(held);
+        // Not a file: written unlocked.
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::create_dir(&lock).unwrap();
+        SkipList::add(home.path(), &Version::new(1, 0, 1)).unwrap();
+        let list = SkipList::load(home.path()).unwrap();
+        assert_eq!(
+            list.versions,
+            vec![Version::new(1, 0, 0), Version::new(1, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn the_lock_file_is_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let home = tempfile::tempdir().unwrap();
+        SkipList::add(home.path(), &Version::new(1, 0, 0)).unwrap();
+        let mode = std::fs::metadata(home.path().join(WRITERS_LOCK))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn a_version_too_long_is_not_added() {
