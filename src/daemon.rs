@@ -167,6 +167,7 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
     let system = actix_rt::System::with_tokio_rt(move || runtime);
     let notify_socket = env.var(notify::NOTIFY_SOCKET);
     let restarts = env.var(metrics::SUPERVISOR_RESTARTS_ENV);
+    let supervised = restarts.is_some();
     let metrics_facts = metrics::Facts::new(&version.to_string(), restarts.as_deref())
         .with_crash_streak(env.var(wireleap_home::files::CRASH_STREAK_ENV).as_deref())
         .with_hung_replaced(env.var(wireleap_home::files::HUNG_REPLACED_ENV).as_deref())
@@ -192,6 +193,7 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
         ),
         notify_socket,
         metrics_facts,
+        supervised,
     };
     let result = system.block_on(daemon.serve(tls));
     if result.is_err() {
@@ -221,6 +223,9 @@ struct Daemon {
     watchdog: Option<Duration>,
     /// Version and supervisor restarts, for `/metrics`.
     metrics_facts: metrics::Facts,
+    /// Whether a supervisor runs this relay (it passes [`metrics::SUPERVISOR_RESTARTS_ENV`] to
+    /// every generation): SIGHUP, SIGWINCH and SIGCONT are then its (see [`Signals`]).
+    supervised: bool,
 }
 
 struct Actors {
@@ -234,7 +239,7 @@ struct Actors {
 
 impl Daemon {
     async fn serve(self, tls: std::sync::Arc<rustls::ServerConfig>) -> Result<u8, Error> {
-        let mut signals = Signals::install().map_err(Error::Runtime)?;
+        let mut signals = Signals::install(self.supervised).map_err(Error::Runtime)?;
         let usage = match &self.config.network_usage {
             Some(n) => Usage::load(&self.home, &self.relay_pubkey, n)?,
             None => Usage::disabled(),

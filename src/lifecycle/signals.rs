@@ -11,6 +11,12 @@
 //!
 //! SIGWINCH and SIGCONT are harmless to a process that does not handle them (ignored, and
 //! "continue"), so a supervisor may send them to a relay of any version.
+//!
+//! The last three mean that only from a supervisor. A relay started without one (`start --fg`
+//! in a terminal, or its own systemd unit) gets them from elsewhere: SIGHUP when its terminal
+//! hangs up (the reference relay then dies of it), SIGWINCH when that terminal is resized,
+//! SIGCONT after a `kill -STOP`. There SIGHUP shuts down like SIGTERM (disenrolled, exit 129)
+//! rather than draining for a successor that will never come, and the other two are ignored.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -44,14 +50,17 @@ pub struct Signals {
     hup: Signal,
     winch: Signal,
     cont: Signal,
+    /// Whether a supervisor runs this relay (the last three signals are its, see above).
+    supervised: bool,
 }
 
 impl Signals {
-    /// Installs the handlers. Must run inside a tokio runtime.
+    /// Installs the handlers, for a relay that a supervisor runs (`supervised`) or not. Must run
+    /// inside a tokio runtime.
     ///
     /// # Errors
     /// An I/O error if a handler cannot be installed.
-    pub fn install() -> std::io::Result<Self> {
+    pub fn install(supervised: bool) -> std::io::Result<Self> {
         Ok(Self {
             usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
@@ -63,20 +72,73 @@ impl Signals {
             cont: signal(SignalKind::from_raw(
                 nix::sys::signal::Signal::SIGCONT as i32,
             ))?,
+            supervised,
         })
     }
 
     /// The next signal.
     pub async fn next(&mut self) -> SignalEvent {
-        tokio::select! {
-            _ = self.usr1.recv() => SignalEvent::Reload,
-            _ = self.usr2.recv() => SignalEvent::DumpStatus,
-            _ = self.term.recv() => SignalEvent::Terminate(libc_signal::SIGTERM),
-            _ = self.int.recv() => SignalEvent::Terminate(libc_signal::SIGINT),
-            _ = self.quit.recv() => SignalEvent::Terminate(libc_signal::SIGQUIT),
-            _ = self.hup.recv() => SignalEvent::HandOver,
-            _ = self.winch.recv() => SignalEvent::Pause,
-            _ = self.cont.recv() => SignalEvent::Resume,
+        loop {
+            let event = tokio::select! {
+                _ = self.usr1.recv() => SignalEvent::Reload,
+                _ = self.usr2.recv() => SignalEvent::DumpStatus,
+                _ = self.term.recv() => SignalEvent::Terminate(libc_signal::SIGTERM),
+                _ = self.int.recv() => SignalEvent::Terminate(libc_signal::SIGINT),
+                _ = self.quit.recv() => SignalEvent::Terminate(libc_signal::SIGQUIT),
+                _ = self.hup.recv() => SignalEvent::HandOver,
+                _ = self.winch.recv() => SignalEvent::Pause,
+                _ = self.cont.recv() => SignalEvent::Resume,
+            };
+            if let Some(event) = meant(event, self.supervised) {
+                return event;
+            }
+        }
+    }
+}
+
+/// What `event` means to a relay that a supervisor runs (`supervised`) or not: `None` to ignore.
+fn meant(event: SignalEvent, supervised: bool) -> Option<SignalEvent> {
+    match event {
+        SignalEvent::HandOver | SignalEvent::Pause | SignalEvent::Resume if supervised => {
+            Some(event)
+        }
+        SignalEvent::HandOver => Some(SignalEvent::Terminate(libc_signal::SIGHUP)),
+        SignalEvent::Pause | SignalEvent::Resume => {
+            tracing::debug!(
+                signal = ?event,
+                "signal ignored: it is the supervisor's, and no supervisor runs this relay"
+            );
+            None
+        }
+        other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_supervisors_signals_mean_nothing_else_without_one() {
+        use SignalEvent::{DumpStatus, HandOver, Pause, Reload, Resume, Terminate};
+        let hup = Terminate(libc_signal::SIGHUP);
+        for (event, supervised, want) in [
+            (HandOver, true, Some(HandOver)),
+            (Pause, true, Some(Pause)),
+            (Resume, true, Some(Resume)),
+            (HandOver, false, Some(hup)),
+            (Pause, false, None),
+            (Resume, false, None),
+            (Reload, false, Some(Reload)),
+            (DumpStatus, true, Some(DumpStatus)),
+            (Terminate(15), false, Some(Terminate(15))),
+            (Terminate(15), true, Some(Terminate(15))),
+        ] {
+            assert_eq!(
+                meant(event, supervised),
+                want,
+                "{event:?}, supervised {supervised}"
+            );
         }
     }
 }
@@ -86,4 +148,5 @@ mod libc_signal {
     pub(super) const SIGTERM: i32 = nix::sys::signal::Signal::SIGTERM as i32;
     pub(super) const SIGINT: i32 = nix::sys::signal::Signal::SIGINT as i32;
     pub(super) const SIGQUIT: i32 = nix::sys::signal::Signal::SIGQUIT as i32;
+    pub(super) const SIGHUP: i32 = nix::sys::signal::Signal::SIGHUP as i32;
 }

@@ -420,3 +420,53 @@ fn the_rest_api_shows_the_relay_enrolled_on_a_unix_socket_and_over_http() {
     assert_eq!(code, 200, "{body}");
     home.ok(&["stop"]);
 }
+
+/// A relay started without a supervisor gets SIGHUP, SIGWINCH and SIGCONT from its terminal (a
+/// hang-up, a resize) or from `kill`, never from a supervisor: a resize must not pause its
+/// heartbeats, and a hang-up is a graceful shutdown that disenrolls (not a handover that drains
+/// for a successor that never comes and leaves the directory listing a dead relay).
+#[test]
+fn without_a_supervisor_a_resize_changes_nothing_and_a_hang_up_disenrolls() {
+    use nix::sys::signal::{Signal, kill};
+    let s = Standin::start();
+    let home = Home::with_config(&config(&[(s.net.contract_url(), None)]));
+    let key = pubkey(&home);
+    let log = std::fs::File::create(home.file("wireleap-relay.log")).unwrap();
+    let mut child = home
+        .command(&["start", "--fg"])
+        .stderr(log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    s.wait_enrolled(&key, Duration::from_secs(30));
+
+    // A resize: heartbeats go on (a pause would hold them for 90 s). Then a continue.
+    kill(pid, Signal::SIGWINCH).unwrap();
+    let beats = || {
+        s.relays_requests("POST")
+            .iter()
+            .filter(|r| r.header("wireleap-relay-dir-version").is_none())
+            .count()
+    };
+    let before = beats();
+    eventually(
+        Duration::from_secs(10),
+        "three heartbeats after SIGWINCH",
+        || beats() >= before + 3,
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the relay exited");
+
+    // A hang-up: disenrolled, exit 128 + 1.
+    kill(pid, Signal::SIGHUP).unwrap();
+    let mut status = None;
+    eventually(Duration::from_secs(20), "the relay to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(129));
+    assert_eq!(s.relays_requests("DELETE").len(), 1, "not disenrolled");
+    assert!(!s.is_enrolled(&key));
+    assert!(home.pid().is_none(), "pid file left behind");
+}
