@@ -44,6 +44,12 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// `key.seed` does not exist.
+    #[error("{} does not exist: run `wireleap-relay init` to create the relay's identity", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// `key.seed` does not hold a valid seed.
     #[error("{} is not a valid key seed: {why}", path.display())]
     BadSeed {
@@ -55,6 +61,15 @@ pub enum Error {
     /// The certificate could not be made.
     #[error("could not create the TLS certificate: {0}")]
     Certificate(String),
+}
+
+/// What [`Identity::init`] did.
+#[derive(Debug)]
+pub struct Initialized {
+    /// `key.seed`, when it existed and was kept.
+    pub kept: Option<PathBuf>,
+    /// The files written, in order.
+    pub written: Vec<PathBuf>,
 }
 
 /// The relay's ed25519 identity. `Debug` never shows the secret.
@@ -97,9 +112,15 @@ impl Identity {
     /// [`Error::Io`] if unreadable, [`Error::BadSeed`] if malformed.
     pub fn load(home: &Path) -> Result<Self, Error> {
         let path = home.join(files::SEED);
-        let text = fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
+        let text = fs::read_to_string(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                Error::Missing { path: path.clone() }
+            } else {
+                Error::Io {
+                    path: path.clone(),
+                    source,
+                }
+            }
         })?;
         let trimmed = text.trim();
         let (b64, legacy) = match serde_json::from_str::<String>(trimmed) {
@@ -135,6 +156,31 @@ impl Identity {
         format!("\"{}\"", URL_SAFE_NO_PAD.encode(self.key.to_bytes()))
     }
 
+    /// `init` in `home`: a new identity's four files (see [`Self::write_all`]). Without `force`,
+    /// when `key.seed` exists but `relay-cert.pem` or `relay-key.pem` does not (a home restored
+    /// from a backup of the key alone, a file removed), the existing key is kept and the rest is
+    /// made from it: the relay keeps its identity, which `--force` would replace.
+    ///
+    /// # Errors
+    /// As [`Self::write_all`]; those of [`Self::load`] for an existing `key.seed`.
+    pub fn init(home: &Path, force: bool) -> Result<Initialized, Error> {
+        let seed = home.join(files::SEED);
+        let pair_incomplete = [files::CERT, files::TLS_KEY]
+            .iter()
+            .any(|name| fs::symlink_metadata(home.join(name)).is_err());
+        if !force && fs::symlink_metadata(&seed).is_ok() && pair_incomplete {
+            let written = Self::load(home)?.write_derived(home)?;
+            return Ok(Initialized {
+                kept: Some(seed),
+                written,
+            });
+        }
+        Ok(Initialized {
+            kept: None,
+            written: Self::generate().write_all(home, force)?,
+        })
+    }
+
     /// Writes `key.seed`, `key.pub`, `relay-cert.pem` and `relay-key.pem` into `home`.
     ///
     /// With `force` false, nothing is written when `key.seed` or `relay-key.pem` exists.
@@ -151,16 +197,23 @@ impl Identity {
                 }
             }
         }
-        let (cert_pem, key_pem) = self.certificate()?;
         let seed = home.join(files::SEED);
+        write_secret(&seed, &self.seed_json())?;
+        let mut written = vec![seed];
+        written.extend(self.write_derived(home)?);
+        Ok(written)
+    }
+
+    /// Writes what is made from the key: `key.pub`, `relay-cert.pem` and `relay-key.pem`.
+    fn write_derived(&self, home: &Path) -> Result<Vec<PathBuf>, Error> {
+        let (cert_pem, key_pem) = self.certificate()?;
         let public = home.join(files::PUB);
         let cert = home.join(files::CERT);
         let tls_key = home.join(files::TLS_KEY);
-        write_secret(&seed, &self.seed_json())?;
         write_file(&public, &format!("\"{}\"", self.public_key_b64()), 0o644)?;
         write_secret(&tls_key, &key_pem)?;
         write_file(&cert, &cert_pem, 0o644)?;
-        Ok(vec![seed, public, cert, tls_key])
+        Ok(vec![public, cert, tls_key])
     }
 
     /// A self-signed certificate as the reference makes it (spec §6.1): subject `O=Wireleap`,

@@ -86,9 +86,12 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
             }
             exit::OK
         }
-        Command::Init { force } => match Identity::generate().write_all(home, force) {
-            Ok(paths) => {
-                for p in paths {
+        Command::Init { force } => match Identity::init(home, force) {
+            Ok(done) => {
+                if let Some(seed) = done.kept {
+                    out!("kept {} (the relay's identity)", seed.display());
+                }
+                for p in done.written {
                     out!("wrote {}", p.display());
                 }
                 exit::OK

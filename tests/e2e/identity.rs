@@ -136,3 +136,67 @@ fn legacy_go_style_flag_is_accepted() {
     home.ok(&["init"]);
     home.ok(&["init", "-force"]);
 }
+
+/// A home restored from a backup of `key.seed` alone (or with a TLS file removed): `start` says
+/// to run `init`, and `init` then makes the TLS pair from the existing key, keeping the relay's
+/// identity (what its earnings are bound to), instead of refusing unless `--force` replaces it.
+#[test]
+fn init_completes_a_home_that_has_the_key_but_not_the_tls_pair() {
+    let home = Home::new();
+    home.ok(&["init"]);
+    let seed = home.read("key.seed");
+    let public = home.read("key.pub");
+    std::fs::remove_file(home.file("relay-cert.pem")).unwrap();
+    std::fs::remove_file(home.file("key.pub")).unwrap();
+    home.write(
+        "config.json",
+        r#"{"address": "127.0.0.1:0", "contracts": {"http://127.0.0.1:9":
+            {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
+    );
+    let start = home.run(&["start", "--fg"]);
+    assert_ne!(start.code, 0, "{start}");
+    assert!(
+        start.stderr.contains("relay-cert.pem") && start.stderr.contains("wireleap-relay init"),
+        "{start}"
+    );
+
+    let init = home.ok(&["init"]);
+    assert!(
+        init.stdout.contains("kept") && init.stdout.contains("key.seed"),
+        "{init}"
+    );
+    assert!(
+        init.stdout.contains("wrote") && init.stdout.contains("relay-cert.pem"),
+        "{init}"
+    );
+    assert_eq!(home.read("key.seed"), seed, "the identity was replaced");
+    assert_eq!(home.read("key.pub"), public);
+    assert_eq!(mode(&home, "relay-key.pem"), 0o600);
+    // The certificate is the key's: openssl reads the pair and their public keys agree.
+    let pubkey_of = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}");
+        out.stdout
+    };
+    let cert = home.file("relay-cert.pem");
+    let key = home.file("relay-key.pem");
+    assert_eq!(
+        pubkey_of(&["x509", "-noout", "-pubkey", "-in", cert.to_str().unwrap()]),
+        pubkey_of(&["pkey", "-pubout", "-in", key.to_str().unwrap()]),
+    );
+    // Complete now: a further init refuses as before.
+    let again = home.run(&["init"]);
+    assert!(again.stderr.contains("already exists"), "{again}");
+
+    // No key at all: `start` says what to run.
+    std::fs::remove_file(home.file("key.seed")).unwrap();
+    let start = home.run(&["start", "--fg"]);
+    assert!(
+        start.stderr.contains("key.seed does not exist")
+            && start.stderr.contains("wireleap-relay init"),
+        "{start}"
+    );
+}
