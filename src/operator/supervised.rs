@@ -102,10 +102,17 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
         .spawn()
         .map_err(io_err(format!("could not run {}", exe.display())))?;
     let spid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    crate::out!(
-        "starting {SUPERVISOR_BIN} with pid {spid}, writing to {}...",
-        log_path.display()
-    );
+    // The reference's first line names the relay's pid (the one in `wireleap-relay.pid`), so it
+    // waits until the supervisor has started its relay; the supervisor is named on the next.
+    let mut announced = false;
+    let mut announce = |pid: i32| {
+        if !std::mem::replace(&mut announced, true) {
+            crate::out!(
+                "starting wireleap-relay with pid {pid}, writing to {}...",
+                log_path.display()
+            );
+        }
+    };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(_)) = child.try_wait() {
@@ -114,14 +121,18 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
                 log: read_from(&log_path, offset),
             });
         }
-        if let Ok(reply) = status_reply(home)
-            && reply.state == Some(Doing::Serving)
-        {
-            let pid = relay_pid(&reply).unwrap_or(0);
-            crate::out!(
-                "successfully spawned wireleap-relay daemon (pid {pid}) under {SUPERVISOR_BIN} (pid {spid})"
-            );
-            return Ok(pid);
+        if let Ok(reply) = status_reply(home) {
+            if let Some(pid) = relay_pid(&reply) {
+                announce(pid);
+            }
+            if reply.state == Some(Doing::Serving) {
+                let pid = relay_pid(&reply).unwrap_or(0);
+                announce(pid);
+                crate::out!(
+                    "successfully spawned wireleap-relay daemon (pid {pid}) under {SUPERVISOR_BIN} (pid {spid})"
+                );
+                return Ok(pid);
+            }
         }
         if Instant::now() >= deadline {
             let _ = terminate(spid, None);
