@@ -143,19 +143,87 @@ pub enum Command {
     },
 }
 
-/// Rewrites Go-style single-dash long flags (`-fg`) to the double-dash form clap expects.
+/// Rewrites flags the way Go's `flag` package reads them into the form clap expects, so
+/// scripts written for the Go relay keep working: one dash or two before any flag (`-fg`,
+/// `--fg`, `--v`), a boolean flag with a value (`-fg=true`, `--force=false`: `1`, `t`, `true`,
+/// `0`, `f`, `false` in Go's spellings; false drops the flag), and the argument after a flag
+/// that takes a value is that value even when it starts with a dash (`--destination -acct`).
+/// What is not a flag of the command is left for clap to report.
 pub fn normalize<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
-    args.into_iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let single_long = i > 0
+    use clap::CommandFactory as _;
+    let cli = Cli::command();
+    let mut command: Option<&clap::Command> = None;
+    let mut out = Vec::new();
+    let mut args = args.into_iter().enumerate();
+    while let Some((i, a)) = args.next() {
+        if i == 0 || a == "--" {
+            out.push(a);
+            if i > 0 {
+                out.extend(args.by_ref().map(|(_, a)| a));
+            }
+            continue;
+        }
+        let Some(flag) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            if command.is_none() {
+                command = cli.find_subcommand(&a);
+            }
+            out.push(a);
+            continue;
+        };
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (flag, None),
+        };
+        let known = command.and_then(|c| {
+            c.get_arguments().find(|arg| {
+                arg.get_long() == Some(name)
+                    || (name.chars().count() == 1 && arg.get_short() == name.chars().next())
+            })
+        });
+        let Some(arg) = known else {
+            // Not a flag of the command (or no command yet): a single-dash long flag gets its
+            // second dash, the rest goes to clap as it is.
+            let single_long = !a.starts_with("--")
                 && a.len() > 2
-                && a.starts_with('-')
-                && !a.starts_with("--")
                 && a[1..].starts_with(|c: char| c.is_ascii_alphabetic());
-            if single_long { format!("-{a}") } else { a }
-        })
-        .collect()
+            out.push(if single_long { format!("-{a}") } else { a });
+            continue;
+        };
+        let spelled = match (arg.get_long(), arg.get_short()) {
+            (Some(long), _) => format!("--{long}"),
+            (None, Some(short)) => format!("-{short}"),
+            (None, None) => a.clone(),
+        };
+        let boolean = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        match (boolean, value) {
+            (true, None) => out.push(spelled),
+            (true, Some(v)) => match go_bool(v) {
+                Some(true) => out.push(spelled),
+                Some(false) => {}
+                // clap says the flag takes no value, as Go says the value is not a boolean.
+                None => out.push(format!("{spelled}={v}")),
+            },
+            (false, Some(v)) => out.push(format!("{spelled}={v}")),
+            (false, None) => {
+                out.push(spelled);
+                if let Some((_, value)) = args.next() {
+                    // `=` keeps clap from reading a value that starts with a dash as a flag.
+                    let last = out.len() - 1;
+                    out[last] = format!("{}={value}", out[last]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A boolean as Go's `strconv.ParseBool` spells it.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +244,78 @@ mod tests {
         let args = normalize(["wireleap-relay", "version", "-v"].map(String::from));
         let cli = Cli::try_parse_from(args).unwrap();
         assert!(matches!(cli.command, Command::Version { verbose: true }));
+    }
+
+    #[test]
+    fn flags_read_as_go_reads_them() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(normalize(
+                std::iter::once("wireleap-relay")
+                    .chain(args.iter().copied())
+                    .map(str::to_owned),
+            ))
+            .map(|c| c.command)
+        };
+        for fg in [
+            &["start", "--fg"][..],
+            &["start", "-fg=true"],
+            &["start", "--fg=1"],
+            &["start", "-fg=T"],
+        ] {
+            assert!(
+                matches!(parse(fg), Ok(Command::Start { fg: true })),
+                "{fg:?}"
+            );
+        }
+        for bg in [
+            &["start", "-fg=false"][..],
+            &["start", "--fg=0"],
+            &["start"],
+        ] {
+            assert!(
+                matches!(parse(bg), Ok(Command::Start { fg: false })),
+                "{bg:?}"
+            );
+        }
+        assert!(parse(&["start", "--fg=maybe"]).is_err());
+        for v in [
+            &["version", "-v"][..],
+            &["version", "--v"],
+            &["version", "-v=true"],
+        ] {
+            assert!(
+                matches!(parse(v), Ok(Command::Version { verbose: true })),
+                "{v:?}"
+            );
+        }
+        assert!(matches!(
+            parse(&["init", "-force=false"]),
+            Ok(Command::Init { force: false })
+        ));
+        // A value that starts with a dash is the flag's value, with or without `=`.
+        for w in [
+            &["withdraw", "-destination", "-acct1", "-amount", "5"][..],
+            &["withdraw", "--destination=-acct1", "--amount=5"],
+        ] {
+            match parse(w) {
+                Ok(Command::Withdraw {
+                    destination,
+                    amount: 5,
+                    ..
+                }) => assert_eq!(destination, "-acct1", "{w:?}"),
+                other => panic!("{w:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&["withdraw", "--destination", "x", "--amount", "-5"]),
+            Ok(Command::Withdraw { amount: -5, .. })
+        ));
+        // The version positional and the global help are not touched.
+        assert!(matches!(
+            parse(&["upgrade", "-yes=true", "1.2.3"]),
+            Ok(Command::Upgrade { yes: true, version: Some(v) }) if v == "1.2.3"
+        ));
+        assert!(parse(&["start", "-nope"]).is_err());
     }
 
     #[test]
