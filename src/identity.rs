@@ -268,6 +268,23 @@ impl Identity {
     }
 }
 
+/// The license the relay is distributed under, as `init` puts it in the home (spec §1.2).
+const LICENSE: &str = include_str!("../LICENSE");
+
+/// Writes `LICENSE` into `home` as `init` does (spec §1.2: the one file it unpacks), unless a
+/// file of that name is there already (it is never overwritten). Returns its path when written.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn unpack_license(home: &Path) -> Result<Option<PathBuf>, Error> {
+    let path = home.join("LICENSE");
+    if fs::symlink_metadata(&path).is_ok() {
+        return Ok(None);
+    }
+    write_file(&path, LICENSE, 0o644)?;
+    Ok(Some(path))
+}
+
 /// Writes a file readable only by its owner (0600), replacing it atomically.
 fn write_secret(path: &Path, text: &str) -> Result<(), Error> {
     write_file(path, text, 0o600)

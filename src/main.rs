@@ -94,6 +94,12 @@ fn dispatch(command: Command, home: &Path, version: &semver::Version) -> u8 {
                 for p in done.written {
                     out!("wrote {}", p.display());
                 }
+                match wireleap_relay::identity::unpack_license(home) {
+                    Ok(Some(p)) => out!("wrote {}", p.display()),
+                    Ok(None) => {}
+                    // The identity is what init is for: a license it could not add is a warning.
+                    Err(e) => tracing::warn!("{e}"),
+                }
                 exit::OK
             }
             Err(e) => fail(&e, exit::FAILURE),

@@ -40,6 +40,12 @@ fn init_writes_the_four_files_with_modes_and_formats() {
     assert_eq!(mode(&home, "relay-key.pem"), 0o600);
     assert_eq!(mode(&home, "key.pub"), 0o644);
     assert_eq!(mode(&home, "relay-cert.pem"), 0o644);
+    // The one embedded file the reference unpacks (spec §1.2), never overwritten.
+    assert!(run.stdout.contains("LICENSE"), "{run}");
+    assert!(home.read("LICENSE").contains("MIT License"));
+    home.write("LICENSE", "the operator's own");
+    home.ok(&["init", "--force"]);
+    assert_eq!(home.read("LICENSE"), "the operator's own");
 
     let seed: [u8; 32] = json_b64(&home, "key.seed").try_into().unwrap();
     let public = json_b64(&home, "key.pub");

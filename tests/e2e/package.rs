@@ -395,8 +395,11 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     let status = run("/usr/bin/wireleap-relay", &["status"]);
     assert!(status.status.success(), "{status:?}\n{}", read_log());
 
-    // A reinstall over the running relay keeps the operator's files and its identity.
+    // A reinstall over the running relay keeps the operator's files and its identity; a TLS
+    // certificate gone missing (a home restored from a backup of key.seed alone) is made again
+    // from that key.
     let config_before = sha(&format!("{HOME}/config.json"));
+    std::fs::remove_file(format!("{HOME}/relay-cert.pem")).unwrap();
     let again = ok("dpkg", &["-i", deb]);
     assert!(
         again.contains("kept /opt/wireleap-relay/wireleap-relay"),
@@ -404,6 +407,8 @@ fn the_package_installs_starts_the_relay_keeps_the_operators_files_and_purges() 
     );
     assert_eq!(sha(&format!("{HOME}/config.json")), config_before);
     assert_eq!(sha(&format!("{HOME}/key.seed")), seed_before);
+    let cert = std::fs::metadata(format!("{HOME}/relay-cert.pem")).unwrap();
+    assert_eq!(cert.uid(), uid, "relay-cert.pem is not the relay user's");
     assert!(rt.block_on(short_stream(&sk, &hop, target)).is_ok());
 
     kill(
