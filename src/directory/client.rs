@@ -36,12 +36,14 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// The server answered with an error status.
-    #[error("{url}: {status}")]
+    #[error("{url}: {status}{}", if *.sent { "" } else { " (the reply was not a status object)" })]
     Status {
         /// The URL called.
         url: String,
         /// The status object (or one made from the HTTP status when the body was not one).
         status: Status,
+        /// Whether the server sent `status` as a status object (not, say, a proxy's HTML page).
+        sent: bool,
     },
     /// The server speaks another minor version of the interface.
     #[error("{url}: {source}")]
@@ -103,11 +105,14 @@ impl Error {
         matches!(self, Error::Network { source, .. } if source.is_connect())
     }
 
-    /// Whether the same call may succeed later (network trouble, 500, 502, 503).
+    /// Whether the same call may succeed later (spec §4.2: network trouble, a reply that is not
+    /// a status object, 500 and 502; and 503).
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Network { .. } | Error::Decode { .. } => true,
-            Error::Status { status, .. } => status.is_retryable() || status.code == 503,
+            Error::Status { status, sent, .. } => {
+                !sent || status.is_retryable() || status.code == 503
+            }
             _ => false,
         }
     }
@@ -409,9 +414,16 @@ impl Client {
         interfaces: &[Interface],
         retry: Retry,
     ) -> Result<Reply, Error> {
+        // Every attempt is the same request: a POST keeps its Idempotency-Key (spec §4.2), so
+        // a server that carried out an attempt whose reply was lost answers the next from its
+        // cache instead of doing it twice.
+        let key = (method == Method::POST).then(signed::idempotency_key);
         let mut attempt = 1;
         loop {
-            match self.call(method.clone(), url, body, interfaces, &[]).await {
+            match self
+                .send(method.clone(), url, body, interfaces, &[], key.clone())
+                .await
+            {
                 Err(e) if e.is_retryable() && attempt < retry.attempts => {
                     tracing::debug!(error = %e, attempt, "retrying");
                     attempt += 1;
@@ -422,6 +434,7 @@ impl Client {
         }
     }
 
+    /// One request; a POST gets a new Idempotency-Key.
     async fn call(
         &self,
         method: Method,
@@ -430,10 +443,24 @@ impl Client {
         interfaces: &[Interface],
         extra: &[(&str, String)],
     ) -> Result<Reply, Error> {
+        let key = (method == Method::POST).then(signed::idempotency_key);
+        self.send(method, url, body, interfaces, extra, key).await
+    }
+
+    /// One request with `idempotency_key`.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: &[u8],
+        interfaces: &[Interface],
+        extra: &[(&str, String)],
+        idempotency_key: Option<String>,
+    ) -> Result<Reply, Error> {
         let opts = RequestOptions {
             software_version: Some(self.software.clone()),
             interfaces: interfaces.to_vec(),
-            idempotency_key: (method == Method::POST).then(signed::idempotency_key),
+            idempotency_key,
         };
         let mut req = self.http.request(method, url).body(body.to_vec());
         for (name, value) in signed::request_headers(&self.key, body, &opts)
@@ -472,12 +499,17 @@ impl Client {
                 body: body.into(),
             });
         }
-        let status = serde_json::from_slice::<Status>(&body).unwrap_or_else(|_| {
-            Status::new(code.as_u16(), code.canonical_reason().unwrap_or("error"))
-        });
+        let (status, sent) = match serde_json::from_slice::<Status>(&body) {
+            Ok(status) => (status, true),
+            Err(_) => (
+                Status::new(code.as_u16(), code.canonical_reason().unwrap_or("error")),
+                false,
+            ),
+        };
         Err(Error::Status {
             url: url.to_owned(),
             status,
+            sent,
         })
     }
 }
@@ -500,4 +532,32 @@ fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, Error> {
         url: url.to_owned(),
         why: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retried_as_perform_retries() {
+        let err = |code, description: &str, sent| Error::Status {
+            url: "u".into(),
+            status: Status::new(code, description),
+            sent,
+        };
+        // A status object: only 500 and 502 as the catalogue spells them (and 503).
+        assert!(err(500, "internal server error", true).is_retryable());
+        assert!(err(502, "gateway is unreachable or down", true).is_retryable());
+        assert!(err(503, "unavailable", true).is_retryable());
+        assert!(!err(500, "something else", true).is_retryable());
+        assert!(!err(404, "resource not found", true).is_retryable());
+        // Not a status object (a proxy's page): retried whatever the code.
+        assert!(err(500, "Internal Server Error", false).is_retryable());
+        assert!(err(404, "Not Found", false).is_retryable());
+        assert!(
+            err(404, "Not Found", false)
+                .to_string()
+                .contains("not a status object")
+        );
+    }
 }

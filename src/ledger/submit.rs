@@ -34,6 +34,36 @@ const CLAIM_LIMIT: usize = 256;
 const MAX_BATCHES: usize = 64;
 /// Submissions in flight at once.
 const CONCURRENCY: usize = 16;
+/// The shortest lease: a submission's retries (spec §4.2, [`Retry::PERFORM`]: two pauses of
+/// 5 s) fit in it, so a short `auto_submit_interval` does not have the next round claim a token
+/// the last one is still retrying.
+const LEASE_MIN_SECS: i64 = 15;
+
+/// The contracts whose submissions failed in this round after their retries (spec §4.2: three
+/// attempts, 5 s apart), with the error: the round submits nothing more to them, so a contract
+/// that is down costs a round about one submission's retries, not every due token's.
+#[derive(Debug, Default)]
+struct Unavailable(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Unavailable {
+    fn of(&self, url: &str) -> Option<String> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(url)
+            .map(|e| format!("not submitted: the contract failed earlier in this round ({e})"))
+    }
+
+    fn mark(&self, url: &str, error: &client::Error) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(url.to_owned())
+            .or_insert_with(|| error.to_string());
+    }
+}
 
 /// What a submission round needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -54,7 +84,7 @@ impl Submitter {
     /// process died mid-submission is retried soon.
     fn lease(&self) -> i64 {
         let secs = i64::try_from(self.interval.as_secs()).unwrap_or(i64::MAX);
-        secs.saturating_mul(2).clamp(2, 60)
+        secs.saturating_mul(2).clamp(LEASE_MIN_SECS, 60)
     }
 
     fn interval_secs(&self) -> i64 {
@@ -64,6 +94,7 @@ impl Submitter {
     /// One round: submit every due token. Returns how many were accepted.
     pub async fn round(&self, writer: &Writer) -> usize {
         let mut accepted = 0;
+        let down = Unavailable::default();
         for _ in 0..MAX_BATCHES {
             let due = match writer.claim(unix_now(), self.lease(), CLAIM_LIMIT).await {
                 Ok(d) => d,
@@ -76,7 +107,10 @@ impl Submitter {
                 break;
             }
             let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(due)
-                .map(|d| async move { (d.id, self.submit_one(&d).await) })
+                .map(|d| {
+                    let down = &down;
+                    async move { (d.id, self.submit_one(&d, down).await) }
+                })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
@@ -97,7 +131,7 @@ impl Submitter {
         accepted
     }
 
-    async fn submit_one(&self, due: &Due) -> Outcome {
+    async fn submit_one(&self, due: &Due, down: &Unavailable) -> Outcome {
         let now = unix_now();
         let Some(url) = self.admission.url_of(&due.contract) else {
             // The contract's id is not known yet (discovery pending) or it was removed.
@@ -105,10 +139,22 @@ impl Submitter {
                 next_attempt: now.saturating_add(self.interval_secs()),
             };
         };
+        if let Some(error) = down.of(&url) {
+            // Its retries already failed in this round: the rest wait for the next one.
+            return Outcome::Retry {
+                next_attempt: now.saturating_add(self.interval_secs()),
+                error,
+            };
+        }
         let result = self
             .client
-            .submit(&url, due.body.as_bytes(), Retry::ONCE)
+            .submit(&url, due.body.as_bytes(), Retry::PERFORM)
             .await;
+        if let Err(e) = &result
+            && e.is_retryable()
+        {
+            down.mark(&url, e);
+        }
         let outcome = classify(result, now, due.settlement_close, self.interval_secs());
         match &outcome {
             Outcome::Accepted { .. } => self.archive(due).await,
@@ -228,6 +274,7 @@ mod tests {
         Err(client::Error::Status {
             url: "u".into(),
             status: s,
+            sent: true,
         })
     }
 

@@ -852,3 +852,44 @@ fn ledger_import_is_all_or_nothing_under_kill_nine_and_happens_once() {
     );
     assert_eq!(imported(home.path()).0, N as i64);
 }
+
+/// A submission that meets a passing 500 is retried as the reference's client does (spec §4.2,
+/// §5.6): 5 s later, as the same request with the same Idempotency-Key (a contract that carried
+/// out the first and lost its reply answers the second from its cache), not a round later as a
+/// new one.
+#[test]
+fn a_submission_that_meets_a_500_is_retried_5_s_later_with_the_same_idempotency_key() {
+    let s = Standin::start();
+    s.net.with_switches(|w| {
+        w.servicekey_duration_secs = 8;
+        w.submission_window_secs = 300;
+    });
+    let home = Home::with_config(&config(s.net.contract_url(), "1s"));
+    let relay = relay_key(&home);
+    let toks = tokens(&[s.net.mint_servicekey()], relay, 1);
+    write_store(home.path(), &toks);
+    home.ok(&["start"]);
+    s.wait_enrolled(&relay.to_b64(), WAIT);
+    s.net.set_contract_500(1);
+    assert!(
+        unix_now() < toks[0].contract.settlement_open,
+        "the relay enrolled after the token fell due: the 500 may have come too late"
+    );
+    eventually(WAIT, "the token archived", || {
+        states(home.path()).get("archived") == Some(&1)
+    });
+    let submits: Vec<_> = s
+        .net
+        .requests_to(Server::Contract)
+        .into_iter()
+        .filter(|r| r.path == "/submit")
+        .collect();
+    assert_eq!(submits.len(), 2, "{submits:?}");
+    assert_eq!(submits[0].body, submits[1].body);
+    let key = |i: usize| submits[i].header("idempotency-key").map(str::to_owned);
+    assert!(key(0).is_some());
+    assert_eq!(key(0), key(1), "a retry is the same request");
+    let gap = submits[1].time_ms - submits[0].time_ms;
+    assert!((4500..9000).contains(&gap), "retried {gap} ms later");
+    assert_eq!(s.net.balance(&relay), 1);
+}
