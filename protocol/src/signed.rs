@@ -33,6 +33,8 @@ pub const GET_BODY: &[u8] = b"null";
 pub const MAX_CHALLENGE_COST: u32 = 20;
 /// Lowest bcrypt cost.
 pub const MIN_CHALLENGE_COST: u32 = 4;
+/// The cost Go's bcrypt uses for one below [`MIN_CHALLENGE_COST`] (its `DefaultCost`).
+const GO_DEFAULT_COST: u32 = 10;
 
 /// Which interface version headers a request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,7 +276,12 @@ pub fn challenge_cost(challenge: &str) -> Result<u32, PowError> {
 /// # Errors
 /// [`PowError`] for a malformed challenge, a cost out of range, or a bcrypt failure.
 pub fn answer_challenge(challenge: &str) -> Result<String, PowError> {
-    let cost = challenge_cost(challenge)?;
+    let cost = match challenge_cost(challenge) {
+        // Below bcrypt's least cost the reference's bcrypt computes at its default cost, which
+        // a directory's check (the cost read from the answer) accepts.
+        Err(PowError::Cost(low)) if low < MIN_CHALLENGE_COST => GO_DEFAULT_COST,
+        other => other?,
+    };
     bcrypt::hash_with_result(challenge.as_bytes(), cost)
         .map(|parts| parts.format_for_version(bcrypt::Version::TwoA))
         .map_err(|e| PowError::Bcrypt(e.to_string()))
@@ -417,7 +424,11 @@ mod tests {
             Err(PowError::Malformed(_))
         ));
         assert_eq!(answer_challenge("31~y"), Err(PowError::Cost(31)));
-        assert_eq!(answer_challenge("3~y"), Err(PowError::Cost(3)));
+        // As Go's bcrypt: a cost below 4 is answered at its default, 10.
+        let low = answer_challenge("3~y").unwrap();
+        assert!(low.starts_with("$2a$10$"), "{low}");
+        assert!(bcrypt::verify("3~y", &low).unwrap());
+        assert!(answer_challenge("0~y").unwrap().starts_with("$2a$10$"));
         assert!(new_challenge(40).is_err());
     }
 }

@@ -154,6 +154,38 @@ impl Catalogued {
 }
 
 impl Status {
+    /// Reads the status a directory sends with a 2xx reply (spec §4.4 steps 2 and 4) as the
+    /// reference's client does: the body must be JSON, and what it lacks is the zero value
+    /// (`{}`, `null` or `{"code":200}` are a plain success, code 0 or no description).
+    ///
+    /// # Errors
+    /// The body is not JSON, or a field has the wrong type.
+    pub fn from_reply(body: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Partial {
+            code: u16,
+            description: String,
+            origin: String,
+            cause: String,
+        }
+        let p = match serde_json::from_slice::<serde_json::Value>(body)? {
+            serde_json::Value::Null => Partial::default(),
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v)?,
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "expected a status object, found {other}"
+                )));
+            }
+        };
+        Ok(Self {
+            code: p.code,
+            description: p.description,
+            origin: p.origin,
+            cause: p.cause,
+        })
+    }
+
     /// A status with code and description.
     pub fn new(code: u16, description: impl Into<String>) -> Self {
         Self {
@@ -239,6 +271,27 @@ impl std::error::Error for Status {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_directory_reply_reads_as_gos_zero_values_fill_it() {
+        use super::Status;
+        for body in ["{}", "null", " {\"extra\": [1]} "] {
+            assert_eq!(
+                Status::from_reply(body.as_bytes()).unwrap(),
+                Status::new(0, ""),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            Status::from_reply(br#"{"code":200}"#).unwrap(),
+            Status::new(200, "")
+        );
+        let notice = br#"{"code":202,"description":"d","cause":"1.2.3"}"#;
+        assert_eq!(Status::from_reply(notice).unwrap().cause, "1.2.3");
+        for bad in ["", "not json", r#"{"code":"200"}"#, "[1]"] {
+            assert!(Status::from_reply(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -257,7 +257,7 @@ impl Client {
         let first = self
             .call(Method::POST, relays_url, &body, interfaces, &[])
             .await?;
-        let first_status: Status = decode(relays_url, &first.body)?;
+        let first_status = decode_status(relays_url, &first.body)?;
         if !first_status.is(status::CHALLENGE) {
             return Ok(first_status);
         }
@@ -292,7 +292,7 @@ impl Client {
         let second = self
             .call(Method::POST, relays_url, &body, interfaces, &extra)
             .await?;
-        decode(relays_url, &second.body)
+        decode_status(relays_url, &second.body)
     }
 
     /// Disenroll: `DELETE <dir>/relays` with the entry, single attempt, body not decoded.
@@ -525,6 +525,14 @@ pub struct Balance {
     pub tokens: serde_json::Value,
     /// `GET /payout/withdrawals`, as sent.
     pub withdrawal: serde_json::Value,
+}
+
+/// The status of a directory's 2xx reply ([`Status::from_reply`]).
+fn decode_status(url: &str, body: &[u8]) -> Result<Status, Error> {
+    Status::from_reply(body).map_err(|e| Error::Decode {
+        url: url.to_owned(),
+        why: e.to_string(),
+    })
 }
 
 fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, Error> {

@@ -131,7 +131,8 @@ impl DialError {
     }
 }
 
-/// Dials `remote` over `network` within `timeout` (every resolved address in turn).
+/// Dials `remote` over `network` within `timeout` (every resolved address in turn); a zero
+/// `timeout` sets no bound of its own, as with the reference (the system's connect timeout).
 pub(crate) async fn dial(
     network: Network,
     remote: &Remote,
@@ -140,6 +141,9 @@ pub(crate) async fn dial(
     let addr = remote.host_port();
     if remote.port.is_none() {
         return Err(DialError::MissingPort { network, addr });
+    }
+    if timeout.is_zero() {
+        return dial_inner(network, &addr).await;
     }
     match tokio::time::timeout(timeout, dial_inner(network, &addr)).await {
         Ok(r) => r,
@@ -429,5 +433,23 @@ async fn download_udp(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Half::Remote(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `"timeout": "0s"` means no bound of the relay's own (the reference's `DialTimeout` with
+    /// 0), not a bound that every dial misses.
+    #[tokio::test]
+    async fn a_zero_dial_timeout_sets_no_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A name: its lookup runs on another thread, so the dial cannot finish on its first poll.
+        let remote = Remote::target("localhost", port).unwrap();
+        let dialed = dial(Network::Tcp, &remote, Duration::ZERO).await;
+        assert!(dialed.is_ok(), "{:?}", dialed.err());
+        drop(listener);
     }
 }
