@@ -141,10 +141,28 @@ fn h2_builder() -> h2::server::Builder {
     b
 }
 
+/// How long a TCP connection (a client's, or one the relay dialled) may be silent before the
+/// kernel probes it, and the time between probes: the reference's (Go's listener and dialer
+/// default). A peer that vanished without a FIN or RST (a NAT that forgot the flow, a machine
+/// that slept) is found after about 2.5 min (nine unanswered probes), so its stream, socket and
+/// descriptor go, where without probes they stayed for good.
+pub(crate) const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Sets what every TCP connection of the relay has: no Nagle delay, and keepalive probes after
+/// [`KEEPALIVE`]. Best effort: a socket option the system refuses changes nothing else.
+pub(crate) fn tune(tcp: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = tcp.set_nodelay(true);
+    let secs = u32::try_from(KEEPALIVE.as_secs()).unwrap_or(u32::MAX);
+    let _ = setsockopt(tcp, sockopt::KeepAlive, &true);
+    let _ = setsockopt(tcp, sockopt::TcpKeepIdle, &secs);
+    let _ = setsockopt(tcp, sockopt::TcpKeepInterval, &secs);
+}
+
 /// Serves one accepted TCP connection until it closes. Never panics on peer input.
 pub(crate) async fn serve(slot: Slot, acceptor: TlsAcceptor, tcp: TcpStream) {
     let shared = slot.shared();
-    let _ = tcp.set_nodelay(true);
+    tune(&tcp);
     let setup = async {
         let tls = acceptor
             .accept(tcp)

@@ -173,7 +173,7 @@ async fn dial_inner(network: Network, addr: &str) -> Result<RemoteConn, DialErro
             dial_udp(a).await.map(RemoteConn::Udp)
         } else {
             TcpStream::connect(a).await.map(|t| {
-                let _ = t.set_nodelay(true);
+                super::conn::tune(&t);
                 RemoteConn::Tcp(t)
             })
         };
@@ -451,5 +451,29 @@ mod tests {
         let dialed = dial(Network::Tcp, &remote, Duration::ZERO).await;
         assert!(dialed.is_ok(), "{:?}", dialed.err());
         drop(listener);
+    }
+
+    /// A dialled connection is probed when silent (the accepted ones get the same `tune`).
+    #[tokio::test]
+    async fn dialled_connections_have_keepalive() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let remote = Remote::target("127.0.0.1", port).unwrap();
+        let Ok(RemoteConn::Tcp(t)) = dial(Network::Tcp, &remote, Duration::from_secs(5)).await
+        else {
+            panic!("not dialled");
+        };
+        assert!(getsockopt(&t, sockopt::KeepAlive).unwrap());
+        let secs = super::super::conn::KEEPALIVE.as_secs();
+        assert_eq!(
+            u64::from(getsockopt(&t, sockopt::TcpKeepIdle).unwrap()),
+            secs
+        );
+        assert_eq!(
+            u64::from(getsockopt(&t, sockopt::TcpKeepInterval).unwrap()),
+            secs
+        );
+        assert!(getsockopt(&t, sockopt::TcpNoDelay).unwrap());
     }
 }
