@@ -108,8 +108,18 @@ pub(crate) enum DialError {
         /// `host:port`.
         addr: String,
     },
-    /// Resolution or connection failed.
-    #[error("dial {network} {addr}: {source}")]
+    /// The name did not resolve.
+    #[error("dial {network}: lookup {host}: {}", lookup_text(source))]
+    Lookup {
+        /// Network name.
+        network: Network,
+        /// The name looked up.
+        host: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
+    /// The connection failed.
+    #[error("dial {network} {addr}: connect: {}", errno_text(source))]
     Io {
         /// Network name.
         network: Network,
@@ -120,13 +130,36 @@ pub(crate) enum DialError {
     },
 }
 
+/// An OS error as Go's `syscall.Errno` spells it (`connection refused`, `no route to host`):
+/// the C library's text in lower case, without Rust's `(os error N)`.
+fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_lowercase(),
+        None => e.to_string(),
+    }
+}
+
+/// A failed lookup as Go says it: `no such host` for a name that does not exist.
+fn lookup_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    let unknown = ["not known", "No address associated", "no such host"];
+    if unknown.iter().any(|u| text.contains(u)) {
+        "no such host".to_owned()
+    } else {
+        text.trim_start_matches("failed to lookup address information: ")
+            .to_lowercase()
+    }
+}
+
 impl DialError {
     /// Whether it is a timeout (status 408) rather than another failure (502).
     pub(crate) fn is_timeout(&self) -> bool {
         match self {
             DialError::Timeout { .. } => true,
             DialError::Io { source, .. } => source.kind() == io::ErrorKind::TimedOut,
-            DialError::NoAddress { .. } | DialError::MissingPort { .. } => false,
+            DialError::Lookup { .. }
+            | DialError::NoAddress { .. }
+            | DialError::MissingPort { .. } => false,
         }
     }
 }
@@ -164,7 +197,16 @@ async fn dial_inner(network: Network, addr: &str) -> Result<RemoteConn, DialErro
     };
     let candidates: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
-        .map_err(io_err)?
+        .map_err(|source| DialError::Lookup {
+            network,
+            host: addr
+                .rsplit_once(':')
+                .map_or(addr, |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            source,
+        })?
         .filter(wanted)
         .collect();
     let mut last = None;
@@ -451,6 +493,42 @@ mod tests {
         let dialed = dial(Network::Tcp, &remote, Duration::ZERO).await;
         assert!(dialed.is_ok(), "{:?}", dialed.err());
         drop(listener);
+    }
+
+    /// Errors read as the reference's: `dial tcp 127.0.0.1:P: connect: connection refused`,
+    /// `dial tcp: lookup NAME: no such host`.
+    #[tokio::test]
+    async fn dial_errors_read_as_gos() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let refused = dial(
+            Network::Tcp,
+            &Remote::target("127.0.0.1", port).unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!("dial tcp 127.0.0.1:{port}: connect: connection refused")
+        );
+        let unknown = dial(
+            Network::Tcp,
+            &Remote::target("nosuch.invalid", 80).unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_err();
+        // "no such host" where the resolver answers; a machine without one says so instead.
+        let text = unknown.to_string();
+        assert!(
+            text.starts_with("dial tcp: lookup nosuch.invalid: ")
+                && !text.contains("os error")
+                && !text.contains("failed to lookup"),
+            "{text}"
+        );
+        assert!(!unknown.is_timeout());
     }
 
     /// A dialled connection is probed when silent (the accepted ones get the same `tune`).
