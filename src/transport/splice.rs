@@ -130,7 +130,7 @@ pub(crate) enum DialError {
     },
 }
 
-/// An OS error as Go's `syscall.Errno` spells it (`connection refused`, `no route to host`):
+/// An OS error as Go's `syscall.Errno` spells it (for a dial and for a failed splice) (`connection refused`, `no route to host`):
 /// the C library's text in lower case, without Rust's `(os error N)`.
 fn errno_text(e: &io::Error) -> String {
     match e.raw_os_error() {
@@ -312,7 +312,7 @@ pub(crate) async fn run(
             Half::Client => SpliceEnd::ClientGone,
             Half::Remote(e) => SpliceEnd::Failed {
                 timeout: e.kind() == io::ErrorKind::TimedOut,
-                why: e.to_string(),
+                why: errno_text(&e),
             },
         },
         // A cut contract ends its streams without an error (spec §6.5).
