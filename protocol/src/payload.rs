@@ -358,10 +358,11 @@ pub enum Request {
 impl Request {
     /// Parses and validates a `wl-payload` header value.
     ///
-    /// Order: JSON shape; PING (no further checks, as in the reference: a PING whose other
-    /// fields do not parse is still answered); token present; version minor; protocol; remote
-    /// scheme and host. Any command other than PING is a CONNECT (the reference checks no other
-    /// value).
+    /// Order: JSON shape; PING (no further checks); token present; version minor; protocol;
+    /// remote scheme and host. Any command other than PING is a CONNECT (the reference checks no
+    /// other value). The shape is Go's: a field of the wrong JSON type (`"version": 7`) fails the
+    /// parse, a PING's included; a PING's token is not looked into (the reference's decoder
+    /// leaves what a token object lacks at zero and never checks it for a PING).
     ///
     /// # Errors
     /// The first failing check as a [`PayloadError`].
@@ -369,13 +370,24 @@ impl Request {
         match InitPayload::from_header(header) {
             Ok(payload) => payload.validate(),
             Err(e) => {
-                /// Only the command, every other field ignored.
+                /// The payload's fields with their JSON types, the token's content unread.
                 #[derive(Deserialize)]
-                struct CommandOnly {
-                    command: String,
+                struct Shape {
+                    #[serde(default)]
+                    command: Option<String>,
+                    #[serde(default)]
+                    protocol: Option<String>,
+                    #[serde(default)]
+                    remote: Option<String>,
+                    #[serde(default)]
+                    version: Option<String>,
+                    #[serde(default)]
+                    token: Option<serde_json::Map<String, serde_json::Value>>,
                 }
-                match serde_json::from_slice::<CommandOnly>(header) {
-                    Ok(c) if c.command == COMMAND_PING => Ok(Self::Ping),
+                match serde_json::from_slice::<Shape>(header) {
+                    Ok(Shape {
+                        command: Some(c), ..
+                    }) if c == COMMAND_PING => Ok(Self::Ping),
                     _ => Err(e),
                 }
             }
@@ -556,13 +568,27 @@ mod tests {
                 "{command:?}"
             );
         }
-        // A PING is answered whatever else its payload holds (spec §6.3 step 4).
+        // A PING needs nothing else (spec §6.3 step 4), its token is not looked into, and
+        // nulls are Go's zero values; but a field of the wrong JSON type fails the parse
+        // (step 3), as Go's decoder does.
         for header in [
             &br#"{"command":"PING","token":{}}"#[..],
-            br#"{"command":"PING","protocol":null,"version":7}"#,
+            br#"{"command":"PING","token":{"contract":7}}"#,
+            br#"{"command":"PING","protocol":null,"version":null,"extra":[1]}"#,
             br#"{"command":"PING"}"#,
         ] {
             assert_eq!(Request::parse(header), Ok(Request::Ping));
+        }
+        for header in [
+            &br#"{"command":"PING","version":7}"#[..],
+            br#"{"command":"PING","remote":["x"]}"#,
+            br#"{"command":"PING","token":"t"}"#,
+        ] {
+            assert!(
+                matches!(Request::parse(header), Err(PayloadError::Parse(_))),
+                "{}",
+                String::from_utf8_lossy(header)
+            );
         }
         assert!(Request::parse(br#"{"command":"CONNECT","token":{}}"#).is_err());
         let mut p = ok.clone();
