@@ -372,6 +372,7 @@ impl Request {
             Err(e) => {
                 /// The payload's fields with their JSON types, the token's content unread.
                 #[derive(Deserialize)]
+                #[allow(dead_code, reason = "only their JSON types are checked")]
                 struct Shape {
                     #[serde(default)]
                     command: Option<String>,
