@@ -210,8 +210,12 @@ fn check_config(home: &Path) -> u8 {
             out!("OK");
             exit::OK
         }
-        // The reference's check-config exits 1 (spec §1.2); 78 is the daemon's, for systemd.
-        Err(e) => fail(&e, exit::FAILURE),
+        // As the reference's check-config (spec §1.2): the error on stdout, where `OK` goes,
+        // and exit 1 (78 is the daemon's, for systemd).
+        Err(e) => {
+            out!("{e}");
+            exit::FAILURE
+        }
     }
 }
 

@@ -193,11 +193,14 @@ pub fn check_config(binary: &Verified, home: &Path) -> Result<(), (i32, String)>
     if out.status.success() {
         return Ok(());
     }
-    let mut said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    if said.is_empty() {
-        said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    }
-    Err((out.status.code().unwrap_or(-1), said))
+    // The problems are on stdout (as the reference prints them; earlier relays of ours printed them
+    // on stderr), anything else on stderr: both, in that order.
+    let said: Vec<String> = [&out.stdout, &out.stderr]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    Err((out.status.code().unwrap_or(-1), said.join("\n")))
 }
 
 /// `binary supervisor-settings` (config.json parsed by the relay's own parser); `None` when it
