@@ -72,10 +72,14 @@ pub enum Command {
         /// How much, in the contract's smallest unit (> 0).
         #[arg(long, allow_negative_numbers = true)]
         amount: i64,
-        /// Print the contract's reply as indented JSON.
-        #[arg(long)]
+        /// A one-line summary for people instead of the contract's JSON reply as it sent it
+        /// (the reference's output).
+        #[arg(long, conflicts_with = "json")]
+        human: bool,
+        /// Print the contract's JSON reply (the default; kept for scripts that pass it).
+        #[arg(long, hide = true)]
         json: bool,
-        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        /// Do not ask for confirmation at a terminal (a script is never asked).
         #[arg(long, short = 'y')]
         yes: bool,
     },

@@ -354,6 +354,14 @@ impl Devnet {
             .unwrap_or(0)
     }
 
+    /// Credits `amount` to a relay's available balance, as accepted sharetokens would (for
+    /// tests of withdrawals that need no tokens).
+    pub fn credit(&self, relay: &PublicKey, amount: i64) {
+        let mut s = self.shared.lock();
+        let acct = s.accounts.entry(*relay).or_default();
+        acct.available = acct.available.saturating_add(amount);
+    }
+
     /// Reads and edits the switches atomically.
     pub fn with_switches<T>(&self, f: impl FnOnce(&mut Switches) -> T) -> T {
         self.shared.edit_switches(f)

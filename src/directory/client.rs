@@ -369,7 +369,8 @@ impl Client {
     }
 
     /// `POST <contract>/payout/withdrawals` with `{"amount","type","destination"}` (spec §5.7;
-    /// `type` is [`signed::WITHDRAWAL_TYPE`] as in the reference), relay-contract header only. Returns the reply.
+    /// `type` is [`signed::WITHDRAWAL_TYPE`] as in the reference), relay-contract header only. Returns the reply,
+    /// parsed and as sent.
     ///
     /// # Errors
     /// Any [`Error`].
@@ -379,7 +380,7 @@ impl Client {
         amount: u64,
         destination: &str,
         retry: Retry,
-    ) -> Result<serde_json::Value, Error> {
+    ) -> Result<(serde_json::Value, String), Error> {
         let url = format!("{contract}/payout/withdrawals");
         let body = serde_json::json!({"amount": amount, "type": signed::WITHDRAWAL_TYPE, "destination": destination});
         let body = serde_json::to_vec(&body).map_err(|e| Error::Decode {
@@ -403,7 +404,9 @@ impl Client {
                 other => break other?,
             }
         };
-        decode(&url, &reply.body)
+        // The reply as the contract sent it (the reference prints it so), once it is JSON.
+        decode::<serde_json::Value>(&url, &reply.body)
+            .map(|value| (value, String::from_utf8_lossy(&reply.body).into_owned()))
     }
 
     async fn call_retrying(

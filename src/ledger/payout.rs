@@ -97,7 +97,7 @@ pub fn withdraw(
     contract: Option<&str>,
     destination: &str,
     amount: i64,
-    json: bool,
+    human: bool,
     yes: bool,
     software: &str,
 ) -> Result<String, Error> {
@@ -120,6 +120,7 @@ pub fn withdraw(
         },
     };
     if !yes
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
         && !confirm(&format!(
             "withdraw {amount} to {destination:?} from {contract}?"
         ))?
@@ -127,9 +128,10 @@ pub fn withdraw(
         return Err(Error::Usage("not confirmed: nothing was sent".into()));
     }
     let client = signed_client(home, software)?;
-    let reply = block_on(client.withdraw(&contract, amount, destination, Retry::PERFORM))??;
-    if json {
-        return Ok(format!("{}\n", pretty(&reply)));
+    let (reply, raw) = block_on(client.withdraw(&contract, amount, destination, Retry::PERFORM))??;
+    if !human {
+        // The reference's output: the contract's reply as it sent it.
+        return Ok(format!("{}\n", raw.trim_end()));
     }
     let field = |k: &str| reply.get(k).map(plain).unwrap_or_else(|| "?".into());
     Ok(format!(
@@ -141,18 +143,13 @@ pub fn withdraw(
     ))
 }
 
-/// Asks `question` on the terminal; only "y" or "yes" confirms.
+/// Asks `question` on the terminal; only "y" or "yes" confirms. Only asked at a terminal: a
+/// script (stdin not a terminal) has decided already, as with the reference, which never asks.
 ///
 /// # Errors
-/// [`Error::Usage`] when stdin is not a terminal (a script must say `--yes`).
+/// The answer could not be read.
 fn confirm(question: &str) -> Result<bool, Error> {
-    use std::io::{BufRead as _, IsTerminal as _, Write as _};
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(
-            "withdraw moves money and stdin is not a terminal to ask on: pass --yes to confirm"
-                .into(),
-        ));
-    }
+    use std::io::{BufRead as _, Write as _};
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{question} [y/N] ");
     let _ = stderr.flush();

@@ -238,10 +238,11 @@ fn ledger_retries_through_a_contract_outage_then_submits_archives_and_pays_out_o
     home.ok(&["stop"]);
 }
 
-/// A withdrawal moves money: it is not sent without confirmation, and once its POST may have
-/// reached the contract (here a 500 after the contract read it) it is never sent again.
+/// A withdrawal moves money: once its POST may have reached the contract (here a 500 after the
+/// contract read it) it is never sent again. A script (no terminal) is not asked, as with the
+/// reference, and gets the contract's reply as it was sent.
 #[test]
-fn a_withdrawal_is_confirmed_and_its_post_is_never_sent_twice() {
+fn a_scripted_withdrawal_prints_the_reply_and_its_post_is_never_sent_twice() {
     let s = Standin::start();
     let home = Home::with_config(&config(s.net.contract_url(), "1s"));
     let posts = || {
@@ -251,11 +252,37 @@ fn a_withdrawal_is_confirmed_and_its_post_is_never_sent_twice() {
             .filter(|r| r.method == "POST" && r.path == "/payout/withdrawals")
             .count()
     };
-    // No terminal to ask on, no --yes: refused, nothing sent.
-    let run = home.run(&["withdraw", "--destination", "acct_x", "--amount", "5"]);
-    assert_ne!(run.code, 0, "{run}");
-    assert!(run.stderr.contains("pass --yes"), "{run}");
-    assert_eq!(posts(), 0);
+    // The reference's command line, from a script: sent once, the reply printed as sent.
+    s.net.credit(&relay_key(&home), 100);
+    let url = s.net.contract_url();
+    let run = home.run(&[
+        "withdraw",
+        "-contract",
+        url,
+        "-destination",
+        "acct_x",
+        "-amount",
+        "5",
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(posts(), 1);
+    let reply: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(reply["amount"], 5, "{run}");
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "not the reply as sent: {run}"
+    );
+    let run = home.run(&[
+        "withdraw",
+        "--destination",
+        "acct_x",
+        "--amount",
+        "5",
+        "--human",
+    ]);
+    assert!(run.stdout.starts_with("withdrawal "), "{run}");
+    let sent = posts();
     // The contract fails the request after reading it: the relay does not send it again (the
     // reference retries it, twice, 5 s apart).
     let withdraw = |more: &[&str]| {
@@ -273,7 +300,11 @@ fn a_withdrawal_is_confirmed_and_its_post_is_never_sent_twice() {
     let run = withdraw(&[]);
     assert_ne!(run.code, 0, "{run}");
     assert!(run.stderr.contains("500"), "{run}");
-    assert_eq!(posts(), 1, "the withdrawal POST was sent more than once");
+    assert_eq!(
+        posts(),
+        sent + 1,
+        "the withdrawal POST was sent more than once"
+    );
     // A contract that cannot be reached at all: the error says why (the cause, not only
     // "error sending request").
     let run = withdraw(&["--contract", "http://127.0.0.1:9"]);
