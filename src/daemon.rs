@@ -79,6 +79,11 @@ pub enum Error {
     /// Another process holds the home: a supervisor, or another relay without one.
     #[error("{0}")]
     AlreadyRunning(String),
+    /// A contract or its directory refused to enroll the relay for good at start.
+    #[error(
+        "could not enroll: {0} (fix config.json or ask the network's operator; the relay does not start)"
+    )]
+    Refused(String),
     /// The runtime could not be built or signals could not be installed.
     #[error("could not start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -321,7 +326,16 @@ impl Daemon {
             .timeout(FIRST_ROUND_BUDGET)
             .await
         {
-            Ok(()) => info!("first enrollment round done"),
+            Ok(refusals) if refusals.is_empty() => info!("first enrollment round done"),
+            Ok(refusals) => {
+                // Refused for good (spec §4.4: fatal at start). What did enroll is withdrawn, so
+                // the directory lists no relay that is not running.
+                let _ = enrollment
+                    .send(directory::DisenrollAll)
+                    .timeout(DEREGISTER_BUDGET)
+                    .await;
+                return Err(Error::Refused(refusals.join("; ")));
+            }
             Err(_) => {
                 warn!(budget = ?FIRST_ROUND_BUDGET, "first enrollment round still running; accepting anyway")
             }

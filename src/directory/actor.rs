@@ -4,8 +4,10 @@
 //! `<contract>/info`, enrolls (answering the proof-of-work challenge), then sends a heartbeat
 //! every `heartbeat_interval`. A contract or directory that is down is retried with capped
 //! backoff; the relay keeps running and serves nothing for that contract until it is enrolled
-//! (the reference exits instead). Tasks report back by message, so the actor's state only
-//! changes inside its handlers.
+//! (the reference exits instead). One that refuses the relay for good in the first round (a
+//! wrong enrollment key, another interface version) is reported to the daemon, which exits, as
+//! the reference does. Tasks report back by message, so the actor's state only changes inside
+//! its handlers.
 //!
 //! Network caps (spec §2.5) are enforced here too: a contract over 90 % of its cap is
 //! disenrolled (its gate closes, running streams go on), over 93 % (or at 93 % of the global
@@ -59,6 +61,9 @@ pub struct Enrollment {
     first_round: std::collections::BTreeSet<ContractUrl>,
     /// Becomes true when every contract had its first attempt: the daemon starts accepting then.
     first_round_done: tokio::sync::watch::Sender<bool>,
+    /// What refused the relay for good in the first round (`<contract>: <error>`), for
+    /// [`WaitFirstRound`].
+    refusals: Vec<String>,
     /// Held shared by every `POST` in flight (in a task of its own, so cancelling a contract's
     /// task does not cut it off mid-request); taken exclusively to wait until none is.
     speaking: Arc<tokio::sync::RwLock<()>>,
@@ -151,6 +156,7 @@ impl Enrollment {
             upgrader,
             first_round,
             first_round_done: tokio::sync::watch::Sender::new(false),
+            refusals: Vec::new(),
             speaking: Arc::new(tokio::sync::RwLock::new(())),
             quiet: Quiet::No,
         }
@@ -365,7 +371,11 @@ impl ContractTask {
             attempt += 1;
             match self.client.contract_info(url, Retry::ONCE).await {
                 Ok(info) => break (info.pubkey.to_b64(), info.relays_url()),
-                Err(e) => self.failed(attempt, format!("contract info: {e}")).await,
+                Err(e) => {
+                    let refused = e.is_refusal();
+                    self.failed(attempt, format!("contract info: {e}"), refused)
+                        .await;
+                }
             }
         };
         let proceed = self
@@ -387,7 +397,11 @@ impl ContractTask {
             attempt += 1;
             match self.post(&relays_url, true).await {
                 Ok(_) => break,
-                Err(e) => self.failed(attempt, format!("enrollment: {e}")).await,
+                Err(e) => {
+                    let refused = e.is_refusal();
+                    self.failed(attempt, format!("enrollment: {e}"), refused)
+                        .await;
+                }
             }
         }
         self.me.do_send(Enrolled {
@@ -419,14 +433,16 @@ impl ContractTask {
         }
     }
 
-    /// Reports a failure and sleeps the backoff for `attempt`.
-    async fn failed(&self, attempt: u32, error: String) {
+    /// Reports a failure (`refused`: for good, see [`client::Error::is_refusal`]) and sleeps
+    /// the backoff for `attempt`.
+    async fn failed(&self, attempt: u32, error: String, refused: bool) {
         let jitter = f64::from(rand::random::<u8>()) / 255.0;
         let delay = backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, jitter);
         warn!(contract = %self.url, error = %error, retry_in = ?delay, "not enrolled yet");
         self.me.do_send(Failed {
             url: self.url.clone(),
             error,
+            refused,
         });
         tokio::time::sleep(delay).await;
     }
@@ -528,12 +544,17 @@ impl Handler<Enrolled> for Enrollment {
 struct Failed {
     url: ContractUrl,
     error: String,
+    /// The contract or its directory refused for good (not an outage).
+    refused: bool,
 }
 
 impl Handler<Failed> for Enrollment {
     type Result = ();
 
     fn handle(&mut self, msg: Failed, _ctx: &mut Self::Context) {
+        if msg.refused && self.first_round.contains(&msg.url) {
+            self.refusals.push(format!("{}: {}", msg.url, msg.error));
+        }
         if let Some(slot) = self.contracts.get_mut(&msg.url) {
             slot.state.last_error = Some(msg.error);
         }
@@ -658,19 +679,25 @@ impl Handler<ApplyConfig> for Enrollment {
 }
 
 /// Wait until every contract had its first enrollment attempt (enrolled or failed once), so a
-/// new generation does not accept streams it would refuse as "not available".
+/// new generation does not accept streams it would refuse as "not available". Answers what
+/// refused the relay for good in that round (empty when nothing did): at start that is fatal,
+/// as with the reference (spec §4.4), while an outage is ridden out.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Vec<String>")]
 pub struct WaitFirstRound;
 
 impl Handler<WaitFirstRound> for Enrollment {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, Vec<String>>;
 
     fn handle(&mut self, _msg: WaitFirstRound, _ctx: &mut Self::Context) -> Self::Result {
         let mut done = self.first_round_done.subscribe();
-        Box::pin(async move {
-            let _ = done.wait_for(|d| *d).await;
-        })
+        Box::pin(
+            async move {
+                let _ = done.wait_for(|d| *d).await;
+            }
+            .into_actor(self)
+            .map(|(), act, _| act.refusals.clone()),
+        )
     }
 }
 

@@ -117,6 +117,18 @@ impl Error {
         }
     }
 
+    /// Whether the server refused the call for good: it said so with a status object (400 bad
+    /// request, 401, 402, 403 "enrollment key is incorrect", 404 "resource not found", 405) or
+    /// speaks another interface version. Trying again cannot help; a network failure, a 5xx, a
+    /// 409 or a reply that is not a status object might.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::Version { .. } => true,
+            Error::Status { status, sent, .. } => *sent && (400..=405).contains(&status.code),
+            _ => false,
+        }
+    }
+
     /// The server's status, if it sent one.
     pub fn status(&self) -> Option<&Status> {
         match self {
@@ -570,5 +582,11 @@ mod tests {
                 .to_string()
                 .contains("not a status object")
         );
+        // Refused for good: a status object with a client error; a proxy's 403 page is not.
+        assert!(err(403, "action not allowed", true).is_refusal());
+        assert!(err(404, "resource not found", true).is_refusal());
+        assert!(!err(403, "Forbidden", false).is_refusal());
+        assert!(!err(409, "action conflicts with existing resource", true).is_refusal());
+        assert!(!err(500, "internal server error", true).is_refusal());
     }
 }

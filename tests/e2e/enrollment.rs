@@ -191,22 +191,52 @@ fn directory_down_at_start_the_relay_keeps_retrying_and_enrolls_when_it_returns(
     home.ok(&["stop"]);
 }
 
+/// A directory of another minor version refuses the relay for good: at start that is fatal, as
+/// with the reference (spec §4.4, §7), with an error that names both versions.
 #[test]
 fn another_minor_version_is_a_clear_error_naming_both() {
     let s = Standin::start();
     s.net.set_version(Server::Directory, Some("0.3.0"));
     let home = Home::with_config(&config(&[(s.net.contract_url(), None)]));
-    home.ok(&["start"]);
-    eventually(
-        Duration::from_secs(20),
-        "the version error in the log",
-        || {
-            home.read("wireleap-relay.log")
-                .contains("expecting version 0.2.x, got 0.3.0")
-        },
+    let run = home.command(&["start", "--fg"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("could not enroll")
+            && stderr.contains("expecting version 0.2.x, got 0.3.0"),
+        "{stderr}"
     );
     assert!(!s.is_enrolled(&pubkey(&home)));
-    home.ok(&["stop"]);
+    assert!(home.pid().is_none(), "pid file left behind");
+}
+
+/// A wrong enrollment key is refused for good (400 "enrollment key is incorrect"): `start` says
+/// so and exits 1, as the reference's does, instead of a relay that retries unenrolled forever;
+/// a contract it did enroll in meanwhile is withdrawn.
+#[test]
+fn a_refused_enrollment_at_start_is_fatal_and_withdraws_the_others() {
+    let (good, bad) = (Standin::start(), Standin::start());
+    bad.net.with_switches(|w| {
+        w.enrollment_keys.insert(
+            wireleap_protocol::Role::Fronting,
+            vec!["fronting:right".to_owned()],
+        );
+    });
+    let text = config(&[
+        (good.net.contract_url(), Some("default")),
+        (bad.net.contract_url(), None),
+    ]);
+    let home = Home::with_config(&text);
+    let key = pubkey(&home);
+    let run = home.run(&["start"]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.all().contains("could not enroll") && run.all().contains("enrollment key"),
+        "{run}"
+    );
+    assert!(!bad.is_enrolled(&key));
+    assert!(!good.is_enrolled(&key), "left enrolled where it enrolled");
+    assert_eq!(home.run(&["status"]).code, 1);
 }
 
 /// A reload with an unchanged config.json re-announces the relay at once to every contract it is
