@@ -80,6 +80,7 @@ impl Ledger {
             admission,
             interval,
             archive_dir: config.archive_dir.as_ref().map(|d| home.join(d)),
+            retry: crate::directory::client::Retry::PERFORM,
         });
         Ok(Self {
             writer,

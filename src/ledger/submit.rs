@@ -76,6 +76,8 @@ pub struct Submitter {
     pub interval: Duration,
     /// `<home>/<archive_dir>`, if configured.
     pub archive_dir: Option<PathBuf>,
+    /// How one submission is retried within a round ([`Retry::PERFORM`], spec §4.2).
+    pub retry: Retry,
 }
 
 impl Submitter {
@@ -148,7 +150,7 @@ impl Submitter {
         }
         let result = self
             .client
-            .submit(&url, due.body.as_bytes(), Retry::PERFORM)
+            .submit(&url, due.body.as_bytes(), self.retry)
             .await;
         if let Err(e) = &result
             && e.is_retryable()
@@ -386,15 +388,20 @@ mod tests {
             admission,
             interval: Duration::from_secs(1),
             archive_dir: None,
+            retry: Retry {
+                attempts: 3,
+                delay: Duration::from_millis(10),
+            },
         };
 
-        // 500: a failure that is retried one interval later; the token stays pending.
+        // 500: tried three times (spec §4.2), then again one interval later; the token stays
+        // pending.
         assert_eq!(sub.round(&writer).await, 0);
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
         assert_eq!(writer.counts().await.unwrap().pending, 1);
         // Not due again before the interval passed.
         assert_eq!(sub.round(&writer).await, 0);
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
         tokio::time::sleep(Duration::from_millis(2100)).await;
 
         // "settlement window already closed": expired, final.
@@ -405,7 +412,7 @@ mod tests {
                 .to_json(),
         );
         sub.round(&writer).await;
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(hits.load(Ordering::SeqCst), 4, "a refusal is not retried");
         let c = writer.counts().await.unwrap();
         assert_eq!((c.pending, c.expired), (0, 1));
         tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -413,9 +420,56 @@ mod tests {
         sub.round(&writer).await;
         assert_eq!(
             hits.load(Ordering::SeqCst),
-            2,
+            4,
             "an expired token is never retried"
         );
+    }
+
+    /// A contract whose submissions keep failing after their retries ends its part of the
+    /// round: only those already in flight pay the retries, the rest wait for the next round.
+    #[tokio::test]
+    async fn a_contract_that_keeps_failing_costs_a_round_one_batch_of_retries() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        use crate::ledger::store::{Row, Store};
+
+        let answer = Arc::new(Mutex::new((500, status::INTERNAL.status().to_json())));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = stub(answer, hits.clone()).await;
+        let now = unix_now();
+        let mut store = Store::in_memory().unwrap();
+        let rows: Vec<Row> = (0..64)
+            .map(|i| Row {
+                settlement_open: now - 10,
+                settlement_close: now + 100,
+                body: format!(
+                    r#"{{"public_key":"sk","signature":"sig{i}","contract":{{"public_key":"ctr"}}}}"#
+                ),
+            })
+            .collect();
+        store.insert_batch(&rows, now).unwrap();
+        let writer = Writer::spawn(store).unwrap();
+        let admission = Admission::new();
+        admission.register("ctr", &url);
+        let sub = Submitter {
+            client: Client::try_new(wireleap_protocol::keys::generate_signing_key(), "t").unwrap(),
+            admission,
+            interval: Duration::from_secs(60),
+            archive_dir: None,
+            retry: Retry {
+                attempts: 3,
+                delay: Duration::from_millis(20),
+            },
+        };
+        assert_eq!(sub.round(&writer).await, 0);
+        let tried = hits.load(Ordering::SeqCst);
+        assert!(
+            tried <= 3 * CONCURRENCY,
+            "{tried} submissions for 64 tokens of a failing contract"
+        );
+        let c = writer.counts().await.unwrap();
+        assert_eq!(c.pending, 64, "every token stays pending");
     }
 
     #[test]
