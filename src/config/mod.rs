@@ -3,9 +3,8 @@
 //! The file is read as JSON, then walked key by key. Every problem is collected with its key
 //! path before anything is returned, so an operator fixes them all in one edit. The walker knows
 //! every key the reference relay writes (its migrations write out every defaulted key, often as
-//! `null`), so a config written by a reference relay loads unchanged. An unknown key is ignored,
-//! as by the reference, with a warning that names it and, when one is close, the valid key that
-//! was probably meant; when the config has errors too, it is listed with them.
+//! `null`), so a config written by a reference relay loads unchanged. An unknown key is an error
+//! that names it and, when one is close, the valid key that was probably meant.
 //!
 //! [`load`] is the only entry point: `start`, `check-config`, `reload` and the supervisor all call
 //! it, so they agree on what is valid. A [`Config`] only holds valid states: nothing downstream
@@ -344,13 +343,9 @@ pub fn parse(text: &[u8]) -> Result<Loaded, Error> {
     let mut walker = Walker::default();
     let config = walker.config(&value);
     match config {
-        // Unknown keys are ignored, as by the reference (and by an older relay reading a newer
-        // one's config after a rollback), with a warning that names each and the key it is
-        // probably a typo of. Beside real problems they are listed with them: "adress" is why
-        // "address" is missing.
-        Some(config) if walker.problems.len() == walker.unknown_keys => Ok(Loaded {
+        Some(config) if walker.problems.is_empty() => Ok(Loaded {
             config,
-            warnings: walker.problems.into_iter().chain(walker.warnings).collect(),
+            warnings: walker.warnings,
         }),
         _ => Err(Error::Invalid {
             path: PathBuf::new(),
@@ -439,8 +434,6 @@ const CONTRACT_KEYS: &[&str] = &[
 struct Walker {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
-    /// How many of `problems` are unknown keys: alone, they are warnings (see [`parse`]).
-    unknown_keys: usize,
 }
 
 impl Walker {
@@ -473,14 +466,10 @@ impl Walker {
             if !known.contains(&key.as_str()) {
                 let at = join(path, key);
                 let message = match nearest(key, known) {
-                    Some(near) => format!("unknown key (did you mean \"{near}\"?), ignored"),
-                    None => format!(
-                        "unknown key (valid keys here: {}), ignored",
-                        known.join(", ")
-                    ),
+                    Some(near) => format!("unknown key (did you mean \"{near}\"?)"),
+                    None => format!("unknown key (valid keys here: {})", known.join(", ")),
                 };
                 self.problem(&at, message);
-                self.unknown_keys += 1;
             }
         }
         Some(map)

@@ -110,30 +110,3 @@ fn missing_config_is_a_clear_error() {
         "{run}"
     );
 }
-
-/// Spec §2: unknown keys are ignored. `check-config` says OK and names the key in a warning
-/// (with the key it probably misspells); the relay starts with such a config.
-#[test]
-fn an_unknown_key_is_ignored_with_a_warning() {
-    let home = Home::with_config(
-        r#"{"address": "127.0.0.1:0", "_comment": "set up by ops", "timeuot": "9s",
-            "contracts": {"http://127.0.0.1:9": {"address": "wireleap://127.0.0.1:13499", "role": "fronting"}}}"#,
-    );
-    let run = home.run(&["check-config"]);
-    assert_eq!((run.code, run.stdout.trim()), (0, "OK"), "{run}");
-    assert!(
-        run.stderr
-            .contains(r#"warning: timeuot: unknown key (did you mean "timeout"?), ignored"#),
-        "{run}"
-    );
-    assert!(
-        run.stderr.contains("warning: _comment: unknown key"),
-        "{run}"
-    );
-    home.ok(&["start"]);
-    assert!(
-        home.read("wireleap-relay.log").contains("timeuot"),
-        "the daemon did not log the warning"
-    );
-    home.ok(&["stop"]);
-}
