@@ -44,6 +44,19 @@ const DEREGISTER_BUDGET: Duration = Duration::from_millis(1000);
 /// Every request to an actor has a timeout.
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SIGHUP's number: to a relay without a supervisor, a hang-up ([`Signals`]).
+const SIGHUP: i32 = nix::sys::signal::Signal::SIGHUP as i32;
+
+/// Whether `event`, arriving during a shutdown, means "now" (its signal number). A hang-up does
+/// not: it comes more than once (the shell passes it on to its jobs, the kernel sends it to the
+/// old foreground group), and the first one already asked for the shutdown under way.
+fn forces_exit(event: SignalEvent) -> Option<i32> {
+    match event {
+        SignalEvent::Terminate(sig) if sig != SIGHUP => Some(sig),
+        _ => None,
+    }
+}
+
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -327,6 +340,13 @@ impl Daemon {
             .await
         {
             Ok(refusals) if refusals.is_empty() => info!("first enrollment round done"),
+            Ok(refusals) if self.supervised => {
+                // A supervised generation may be a successor whose predecessor is listed under
+                // the same key: it neither withdraws that listing nor fails the release for a
+                // refusal the release did not cause (a rotated enrollment key). It serves the
+                // other contracts and keeps asking; `status` names the refusal.
+                warn!(refused = %refusals.join("; "), "enrollment refused; retrying with backoff");
+            }
             Ok(refusals) => {
                 // Refused for good (spec §4.4: fatal at start). What did enroll is withdrawn, so
                 // the directory lists no relay that is not running.
@@ -412,7 +432,8 @@ impl Daemon {
         tokio::spawn(async move {
             loop {
                 match signals.next().await {
-                    SignalEvent::Terminate(sig) => {
+                    event if forces_exit(event).is_some() => {
+                        let sig = forces_exit(event).unwrap_or_default();
                         warn!(
                             signal = sig,
                             "second signal: exiting without finishing the shutdown"
@@ -780,5 +801,19 @@ pub(crate) mod fault {
             std::thread::park();
             drop(kept);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn during_a_shutdown_a_second_terminating_signal_is_now_but_a_hang_up_is_not() {
+        assert_eq!(forces_exit(SignalEvent::Terminate(15)), Some(15));
+        assert_eq!(forces_exit(SignalEvent::Terminate(2)), Some(2));
+        assert_eq!(forces_exit(SignalEvent::Terminate(SIGHUP)), None);
+        assert_eq!(forces_exit(SignalEvent::Pause), None);
+        assert_eq!(forces_exit(SignalEvent::HandOver), None);
     }
 }

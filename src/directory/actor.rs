@@ -5,9 +5,9 @@
 //! every `heartbeat_interval`. A contract or directory that is down is retried with capped
 //! backoff; the relay keeps running and serves nothing for that contract until it is enrolled
 //! (the reference exits instead). One that refuses the relay for good in the first round (a
-//! wrong enrollment key, another interface version) is reported to the daemon, which exits, as
-//! the reference does. Tasks report back by message, so the actor's state only changes inside
-//! its handlers.
+//! wrong enrollment key, another interface version) is reported to the daemon, which exits as
+//! the reference does when no supervisor runs it. Tasks report back by message, so the actor's
+//! state only changes inside its handlers.
 //!
 //! Network caps (spec §2.5) are enforced here too: a contract over 90 % of its cap is
 //! disenrolled (its gate closes, running streams go on), over 93 % (or at 93 % of the global
@@ -59,7 +59,8 @@ pub struct Enrollment {
     upgrader: Recipient<UpgradeNotice>,
     /// Contracts whose first enrollment attempt has not finished yet (started with all of them).
     first_round: std::collections::BTreeSet<ContractUrl>,
-    /// Becomes true when every contract had its first attempt: the daemon starts accepting then.
+    /// Becomes true when every contract had its first attempt, or one refused the relay for
+    /// good: the daemon starts accepting then (or, refused, stops).
     first_round_done: tokio::sync::watch::Sender<bool>,
     /// What refused the relay for good in the first round (`<contract>: <error>`), for
     /// [`WaitFirstRound`].
@@ -554,6 +555,8 @@ impl Handler<Failed> for Enrollment {
     fn handle(&mut self, msg: Failed, _ctx: &mut Self::Context) {
         if msg.refused && self.first_round.contains(&msg.url) {
             self.refusals.push(format!("{}: {}", msg.url, msg.error));
+            // The daemon hears of it now, not once the slowest contract answered.
+            self.first_round_done.send_replace(true);
         }
         if let Some(slot) = self.contracts.get_mut(&msg.url) {
             slot.state.last_error = Some(msg.error);

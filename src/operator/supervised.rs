@@ -114,7 +114,6 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
         }
     };
     let deadline = Instant::now() + START_TIMEOUT;
-    let mut first: Option<i32> = None;
     loop {
         if let Ok(Some(_)) = child.try_wait() {
             return Err(Error::DiedAtStart {
@@ -125,20 +124,6 @@ pub fn start(home: &Path, exe: &Path, supervisor: &Path) -> Result<i32, Error> {
         if let Ok(reply) = status_reply(home) {
             if let Some(pid) = relay_pid(&reply) {
                 announce(pid);
-                first.get_or_insert(pid);
-            }
-            // The relay died before it served (the supervisor, meant never to give up, would
-            // start it again): as the reference's `start`, say why and leave nothing running.
-            if let Some(pid) = first
-                && reply.state == Some(Doing::Starting)
-                && !pidfile::is_alive(pid)
-            {
-                let _ = terminate(spid, None);
-                let _ = child.wait();
-                return Err(Error::DiedAtStart {
-                    path: log_path.clone(),
-                    log: read_from(&log_path, offset),
-                });
             }
             if reply.state == Some(Doing::Serving) {
                 let pid = relay_pid(&reply).unwrap_or(0);

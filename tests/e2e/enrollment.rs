@@ -210,9 +210,9 @@ fn another_minor_version_is_a_clear_error_naming_both() {
     assert!(home.pid().is_none(), "pid file left behind");
 }
 
-/// A wrong enrollment key is refused for good (400 "enrollment key is incorrect"): `start` says
-/// so and exits 1, as the reference's does, instead of a relay that retries unenrolled forever;
-/// a contract it did enroll in meanwhile is withdrawn.
+/// A wrong enrollment key is refused for good (400 "enrollment key is incorrect"): a relay
+/// without a supervisor says so and exits 1, as the reference's does, instead of retrying
+/// unenrolled forever; a contract it did enroll in meanwhile is withdrawn.
 #[test]
 fn a_refused_enrollment_at_start_is_fatal_and_withdraws_the_others() {
     let (good, bad) = (Standin::start(), Standin::start());
@@ -228,14 +228,19 @@ fn a_refused_enrollment_at_start_is_fatal_and_withdraws_the_others() {
     ]);
     let home = Home::with_config(&text);
     let key = pubkey(&home);
-    let run = home.run(&["start"]);
-    assert_eq!(run.code, 1, "{run}");
+    let run = home.command(&["start", "--fg"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(
-        run.all().contains("could not enroll") && run.all().contains("enrollment key"),
-        "{run}"
+        stderr.contains("could not enroll") && stderr.contains("enrollment key"),
+        "{stderr}"
     );
     assert!(!bad.is_enrolled(&key));
     assert!(!good.is_enrolled(&key), "left enrolled where it enrolled");
+    assert!(
+        !good.relays_requests("DELETE").is_empty() || good.relays_requests("POST").is_empty(),
+        "enrolled at the good contract and never withdrawn"
+    );
     assert_eq!(home.run(&["status"]).code, 1);
 }
 
@@ -488,7 +493,12 @@ fn without_a_supervisor_a_resize_changes_nothing_and_a_hang_up_disenrolls() {
     kill(pid, Signal::SIGCONT).unwrap();
     assert!(child.try_wait().unwrap().is_none(), "the relay exited");
 
-    // A hang-up: disenrolled, exit 128 + 1.
+    // A hang-up, which comes twice (the shell passes it on, the kernel sends it to the
+    // foreground group): disenrolled all the same, exit 128 + 1.
+    kill(pid, Signal::SIGHUP).unwrap();
+    eventually(Duration::from_secs(10), "the shutdown to begin", || {
+        home.read("wireleap-relay.log").contains("shutting down")
+    });
     kill(pid, Signal::SIGHUP).unwrap();
     let mut status = None;
     eventually(Duration::from_secs(20), "the relay to exit", || {
@@ -496,6 +506,10 @@ fn without_a_supervisor_a_resize_changes_nothing_and_a_hang_up_disenrolls() {
         status.is_some()
     });
     assert_eq!(status.unwrap().code(), Some(129));
+    assert!(
+        !home.read("wireleap-relay.log").contains("second signal"),
+        "the second hang-up cut the shutdown short"
+    );
     assert_eq!(s.relays_requests("DELETE").len(), 1, "not disenrolled");
     assert!(!s.is_enrolled(&key));
     assert!(home.pid().is_none(), "pid file left behind");
