@@ -113,14 +113,23 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// worst delay a supervisor's write by [`LOCK_WAIT`], never stop it.
 fn lock_writers(home: &Path) -> Option<Flock<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    let path = home.join(WRITERS_LOCK);
+    // Readable by all (it is empty): `flock` needs only a read handle, so a writer that is not
+    // the file's owner (the supervisor's user, after the relay's made it) still takes the lock.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(0o644)
         .custom_flags(crate::durable::NO_FOLLOW_NO_BLOCK)
-        .open(home.join(WRITERS_LOCK))
+        .open(&path)
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(crate::durable::NO_FOLLOW_NO_BLOCK)
+                .open(&path)
+        })
         .ok()?;
     if !file.metadata().is_ok_and(|m| m.is_file()) {
         return None;
@@ -193,16 +202,36 @@ mod tests {
         );
     }
 
+    /// Another user's lock file (the relay's, under privilege separation) is still taken:
+    /// read-only is enough for `flock`, so a writer that may not write the file waits as well.
     #[test]
-    fn the_lock_file_is_the_owners_alone() {
+    fn a_lock_file_the_writer_may_only_read_still_serialises() {
         use std::os::unix::fs::PermissionsExt as _;
         let home = tempfile::tempdir().unwrap();
         SkipList::add(home.path(), &Version::new(1, 0, 0)).unwrap();
-        let mode = std::fs::metadata(home.path().join(WRITERS_LOCK))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let lock = home.path().join(WRITERS_LOCK);
+        let mode = std::fs::metadata(&lock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644 & !umask());
+        // Read-only for everyone (as root, write permission would not be checked: the test
+        // then only shows that the read-only path is taken when writing is refused).
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(lock_writers(home.path()).is_some());
+        let held = lock_writers(home.path()).unwrap();
+        assert!(
+            Flock::lock(
+                std::fs::File::open(&lock).unwrap(),
+                FlockArg::LockExclusiveNonblock
+            )
+            .is_err(),
+            "not held"
+        );
+        drop(held);
+    }
+
+    fn umask() -> u32 {
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        nix::sys::stat::umask(old);
+        old.bits()
     }
 
     #[test]

@@ -324,6 +324,7 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
         files::SUPERVISOR_PID,
         files::CHILDREN,
         files::MIGRATION_GROUP,
+        wireleap_home::skip::WRITERS_LOCK,
     ] {
         let path = home.join(name);
         if exposed(&path, user).is_some() {
@@ -337,6 +338,7 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
         (files::STATE, "{}"),
         (files::JOURNAL, ""),
         (files::SKIP_VERSION, ""),
+        (wireleap_home::skip::WRITERS_LOCK, ""),
     ] {
         let path = home.join(name);
         if std::fs::symlink_metadata(&path).is_err() {

@@ -401,6 +401,14 @@ fn a_release_ruled_out_for_this_host_is_skipped_through_the_supervisor() {
         SUPERVISOR,
         "the skip list stays the supervisor's"
     );
+    // Its writers' lock too (the relay's first try, which the supervisor then answers, must
+    // not have made it the relay user's, out of the supervisor's reach).
+    let lock = std::fs::metadata(home.file(".skip-upgrade-version.lock")).unwrap();
+    assert_eq!(
+        lock.uid(),
+        SUPERVISOR,
+        "the skip list's lock is not the supervisor's"
+    );
     let log = s.log();
     assert!(
         log.contains("9.5.0 added to .skip-upgrade-version at the relay's request"),
