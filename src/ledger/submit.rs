@@ -11,9 +11,9 @@
 //! - any other failure: retried one `auto_submit_interval` later, until `settlement_close`,
 //!   when the token is expired (and kept).
 //!
-//! The round makes one attempt per token: the ledger's own schedule is the retry, so a contract
-//! that is down does not hold a round for the reference's 3 × 5 s. Who calls it: the
-//! [`super::Ledger`] actor, once per `auto_submit_interval`.
+//! Each submission is retried as the reference's client retries it (spec §4.2: three attempts,
+//! 5 s apart, as the same request); once a contract failed so, the round leaves its other tokens
+//! for the next one. Who calls it: the [`super::Ledger`] actor, once per `auto_submit_interval`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,40 +28,35 @@ use super::writer::Writer;
 use crate::directory::Admission;
 use crate::directory::client::{self, Client, Retry};
 
-/// Tokens claimed per batch of a round.
-const CLAIM_LIMIT: usize = 256;
-/// Batches per round at most (the next tick picks up the rest).
-const MAX_BATCHES: usize = 64;
 /// Submissions in flight at once.
 const CONCURRENCY: usize = 16;
-/// The shortest lease: a submission's retries (spec §4.2, [`Retry::PERFORM`]: two pauses of
-/// 5 s) fit in it, so a short `auto_submit_interval` does not have the next round claim a token
-/// the last one is still retrying.
-const LEASE_MIN_SECS: i64 = 15;
+/// Tokens claimed per batch of a round: as many as are submitted at once, so every claimed
+/// token's submission starts at its claim and ends within its lease (see `lease`).
+const CLAIM_LIMIT: usize = CONCURRENCY;
+/// Batches per round at most (the next tick picks up the rest).
+const MAX_BATCHES: usize = 1024;
 
 /// The contracts whose submissions failed in this round after their retries (spec §4.2: three
-/// attempts, 5 s apart), with the error: the round submits nothing more to them, so a contract
-/// that is down costs a round about one submission's retries, not every due token's.
+/// attempts, 5 s apart): the round submits nothing more to them, so a contract that is down
+/// costs a round about one submission's retries, not every due token's.
 #[derive(Debug, Default)]
-struct Unavailable(std::sync::Mutex<std::collections::HashMap<String, String>>);
+struct Unavailable(std::sync::Mutex<std::collections::HashSet<String>>);
 
 impl Unavailable {
-    fn of(&self, url: &str) -> Option<String> {
-        let map = self
+    fn failed(&self, url: &str) -> bool {
+        let set = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(url)
-            .map(|e| format!("not submitted: the contract failed earlier in this round ({e})"))
+        set.contains(url)
     }
 
-    fn mark(&self, url: &str, error: &client::Error) {
-        let mut map = self
+    fn mark(&self, url: &str) {
+        let mut set = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(url.to_owned())
-            .or_insert_with(|| error.to_string());
+        set.insert(url.to_owned());
     }
 }
 
@@ -82,11 +77,21 @@ pub struct Submitter {
 
 impl Submitter {
     /// How long a claimed token stays invisible to other rounds (and to another process
-    /// sharing the ledger): long enough for one submission, short enough that a token whose
-    /// process died mid-submission is retried soon.
+    /// sharing the ledger, the other generation during a handover): long enough for one
+    /// submission and its retries' pauses (spec §4.2), short enough that a token whose process
+    /// died mid-submission (kill -9) is submitted again soon. A submission whose attempts each
+    /// run into the request timeout can outlast it, and another process may then submit the
+    /// token as well: the contract answers that one 409, which counts as accepted.
     fn lease(&self) -> i64 {
         let secs = i64::try_from(self.interval.as_secs()).unwrap_or(i64::MAX);
-        secs.saturating_mul(2).clamp(LEASE_MIN_SECS, 60)
+        let pauses = self
+            .retry
+            .delay
+            .saturating_mul(self.retry.attempts.saturating_sub(1));
+        let pauses = i64::try_from(pauses.as_secs()).unwrap_or(i64::MAX);
+        secs.saturating_mul(2)
+            .clamp(2, 60)
+            .max(pauses.saturating_add(5))
     }
 
     fn interval_secs(&self) -> i64 {
@@ -141,21 +146,24 @@ impl Submitter {
                 next_attempt: now.saturating_add(self.interval_secs()),
             };
         };
-        if let Some(error) = down.of(&url) {
-            // Its retries already failed in this round: the rest wait for the next one.
-            return Outcome::Retry {
+        if down.failed(&url) {
+            // Its retries already failed in this round: the rest wait for the next one, with
+            // no attempt counted (none was made).
+            return Outcome::Postpone {
                 next_attempt: now.saturating_add(self.interval_secs()),
-                error,
             };
         }
         let result = self
             .client
             .submit(&url, due.body.as_bytes(), self.retry)
             .await;
+        // The contract is unavailable, not this token refused: network trouble, a 5xx, or a
+        // reply that is not a status object (a 2xx that is not JSON is about this reply).
         if let Err(e) = &result
             && e.is_retryable()
+            && !matches!(e, client::Error::Decode { .. })
         {
-            down.mark(&url, e);
+            down.mark(&url);
         }
         let outcome = classify(result, now, due.settlement_close, self.interval_secs());
         match &outcome {
