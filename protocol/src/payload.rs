@@ -360,9 +360,10 @@ impl Request {
     ///
     /// Order: JSON shape; PING (no further checks); token present; version minor; protocol;
     /// remote scheme and host. Any command other than PING is a CONNECT (the reference checks no
-    /// other value). The shape is Go's: a field of the wrong JSON type (`"version": 7`) fails the
-    /// parse, a PING's included; a PING's token is not looked into (the reference's decoder
-    /// leaves what a token object lacks at zero and never checks it for a PING).
+    /// other value). A field of the wrong JSON type (`"version": 7`) fails the parse, a PING's
+    /// included, as it fails Go's decoder; what Go's decoder checks beyond that for a PING (a
+    /// version or remote that does not parse, a token's own fields) is not checked here: such a
+    /// PING is answered.
     ///
     /// # Errors
     /// The first failing check as a [`PayloadError`].
