@@ -431,17 +431,16 @@ impl Daemon {
         let notify_socket = self.notify_socket.clone();
         tokio::spawn(async move {
             loop {
-                match signals.next().await {
-                    event if forces_exit(event).is_some() => {
-                        let sig = forces_exit(event).unwrap_or_default();
-                        warn!(
-                            signal = sig,
-                            "second signal: exiting without finishing the shutdown"
-                        );
-                        std::process::exit(128 + sig);
-                    }
-                    SignalEvent::Pause => pause(&enrollment, notify_socket.as_deref()).await,
-                    _ => {}
+                let event = signals.next().await;
+                if let Some(sig) = forces_exit(event) {
+                    warn!(
+                        signal = sig,
+                        "second signal: exiting without finishing the shutdown"
+                    );
+                    std::process::exit(128 + sig);
+                }
+                if event == SignalEvent::Pause {
+                    pause(&enrollment, notify_socket.as_deref()).await;
                 }
             }
         });
