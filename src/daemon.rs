@@ -44,19 +44,6 @@ const DEREGISTER_BUDGET: Duration = Duration::from_millis(1000);
 /// Every request to an actor has a timeout.
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// SIGHUP's number: to a relay without a supervisor, a hang-up ([`Signals`]).
-const SIGHUP: i32 = nix::sys::signal::Signal::SIGHUP as i32;
-
-/// Whether `event`, arriving during a shutdown, means "now" (its signal number). A hang-up does
-/// not: it comes more than once (the shell passes it on to its jobs, the kernel sends it to the
-/// old foreground group), and the first one already asked for the shutdown under way.
-fn forces_exit(event: SignalEvent) -> Option<i32> {
-    match event {
-        SignalEvent::Terminate(sig) if sig != SIGHUP => Some(sig),
-        _ => None,
-    }
-}
-
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -432,7 +419,7 @@ impl Daemon {
         tokio::spawn(async move {
             loop {
                 let event = signals.next().await;
-                if let Some(sig) = forces_exit(event) {
+                if let Some(sig) = event.forces_exit() {
                     warn!(
                         signal = sig,
                         "second signal: exiting without finishing the shutdown"
@@ -800,19 +787,5 @@ pub(crate) mod fault {
             std::thread::park();
             drop(kept);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn during_a_shutdown_a_second_terminating_signal_is_now_but_a_hang_up_is_not() {
-        assert_eq!(forces_exit(SignalEvent::Terminate(15)), Some(15));
-        assert_eq!(forces_exit(SignalEvent::Terminate(2)), Some(2));
-        assert_eq!(forces_exit(SignalEvent::Terminate(SIGHUP)), None);
-        assert_eq!(forces_exit(SignalEvent::Pause), None);
-        assert_eq!(forces_exit(SignalEvent::HandOver), None);
     }
 }

@@ -25,6 +25,8 @@ pub mod files {
     pub const CERT: &str = "relay-cert.pem";
     /// The TLS private key.
     pub const TLS_KEY: &str = "relay-key.pem";
+    /// The license, unpacked by `init`.
+    pub const LICENSE: &str = "LICENSE";
 }
 
 /// Errors reading or writing identity files.
@@ -277,7 +279,7 @@ const LICENSE: &str = include_str!("../LICENSE");
 /// # Errors
 /// [`Error::Io`].
 pub fn unpack_license(home: &Path) -> Result<Option<PathBuf>, Error> {
-    let path = home.join("LICENSE");
+    let path = home.join(files::LICENSE);
     if fs::symlink_metadata(&path).is_ok() {
         return Ok(None);
     }

@@ -116,7 +116,7 @@ fn lock_writers(home: &Path) -> Option<Flock<std::fs::File>> {
     let path = home.join(WRITERS_LOCK);
     // Readable by all (it is empty): `flock` needs only a read handle, so a writer that is not
     // the file's owner (the supervisor's user, after the relay's made it) still takes the lock.
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -135,7 +135,6 @@ fn lock_writers(home: &Path) -> Option<Flock<std::fs::File>> {
         return None;
     }
     let until = std::time::Instant::now() + LOCK_WAIT;
-    let mut file = file;
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Some(lock),

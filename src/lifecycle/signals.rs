@@ -39,6 +39,20 @@ pub enum SignalEvent {
     Resume,
 }
 
+impl SignalEvent {
+    /// Whether this event, arriving during a shutdown, means "now" (its signal number). A
+    /// hang-up does not: it comes more than once (the shell passes it on to its jobs, the
+    /// kernel sends it to the old foreground group), and the first one already asked for the
+    /// shutdown under way.
+    #[must_use]
+    pub fn forces_exit(self) -> Option<i32> {
+        match self {
+            SignalEvent::Terminate(sig) if sig != libc_signal::SIGHUP => Some(sig),
+            _ => None,
+        }
+    }
+}
+
 /// The daemon's signal handlers, installed once.
 #[derive(Debug)]
 pub struct Signals {
@@ -140,6 +154,16 @@ mod tests {
                 "{event:?}, supervised {supervised}"
             );
         }
+    }
+
+    #[test]
+    fn during_a_shutdown_a_second_terminating_signal_is_now_but_a_hang_up_is_not() {
+        use SignalEvent::{HandOver, Pause, Terminate};
+        assert_eq!(Terminate(15).forces_exit(), Some(15));
+        assert_eq!(Terminate(2).forces_exit(), Some(2));
+        assert_eq!(Terminate(libc_signal::SIGHUP).forces_exit(), None);
+        assert_eq!(Pause.forces_exit(), None);
+        assert_eq!(HandOver.forces_exit(), None);
     }
 }
 
