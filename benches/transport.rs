@@ -20,7 +20,9 @@
 //! a 3-hop circuit, each with the in-memory ledger and with the durable one (relay processes
 //! whose Ledger is the SQLite file, its WAL flushed before a stream's bytes move, in homes under
 //! the target dir), beside the direct-TLS baseline (a new TLS connection and the same echo), one
-//! stream at a time and under the highest load the client offers, in interleaved rounds.
+//! stream at a time and under the highest load the client offers, in interleaved rounds. Beside
+//! them it prints the disk's own `fdatasync` latency (the least a durable admission waits) and,
+//! under load, the CPU per stream of the two 1-hop relays with how busy the machine's CPUs were.
 //!
 //! Section 5 runs the relay daemon itself (the release `wireleap-relay`, enrolled at a stand-in
 //! network started in this process, durable ledger, REST and metrics on): its memory at start,
@@ -351,6 +353,23 @@ fn proc_cpu(pid: &str) -> Duration {
         .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
         .unwrap_or(0);
     Duration::from_millis(ticks * 10)
+}
+
+/// The machine's busy and total CPU time so far, in clock ticks (`/proc/stat`, all CPUs; busy
+/// is everything but idle and iowait).
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// Samples a process' VmRSS until stopped; returns the peak in KiB.
@@ -831,6 +850,9 @@ async fn parent() {
         let rounds = 3;
         let mut alone: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
         let mut loaded: Vec<Vec<Duration>> = vec![Vec::new(); paths.len() + 1];
+        // Under load, for the in-memory and the durable 1-hop relay: its CPU, its streams, and
+        // the machine's busy and total CPU ticks meanwhile.
+        let mut load_cpu = [(Duration::ZERO, 0u32, 0u64, 0u64); 2];
         for (_, c) in &paths {
             // Warm-up: every hop's connection is open before anything is measured.
             one_at_a_time(c, &target_s, 20).await;
@@ -842,7 +864,18 @@ async fn parent() {
             }
             loaded[0].extend(direct_load(&direct, Duration::from_secs(secs)).await);
             for (i, (_, c)) in paths.iter().enumerate() {
-                loaded[i + 1].extend(tiny_load(c, &target_s, Duration::from_secs(secs)).await);
+                // The 1-hop relays' CPU and the machine's, during their loaded phases only.
+                let one_hop = [&relay, &durables[0]].get(i).copied();
+                let before = (one_hop.map(RelayProc::cpu), machine_cpu());
+                let got = tiny_load(c, &target_s, Duration::from_secs(secs)).await;
+                if let Some(r) = one_hop {
+                    load_cpu[i].0 += r.cpu().saturating_sub(before.0.unwrap_or_default());
+                    load_cpu[i].1 += got.len() as u32;
+                    let (busy, total) = machine_cpu();
+                    load_cpu[i].2 += busy - before.1.0;
+                    load_cpu[i].3 += total - before.1.1;
+                }
+                loaded[i + 1].extend(got);
             }
         }
         for v in alone.iter_mut().chain(loaded.iter_mut()) {
@@ -910,6 +943,17 @@ async fn parent() {
             ms(pct(&floor, 0.99)),
             ms(pct(&floor_in_place, 0.5)),
             ms(pct(&floor_in_place, 0.99)),
+        );
+        let per_stream = |(cpu, n, ..): (Duration, u32, u64, u64)| cpu / n.max(1);
+        let busy = |(_, _, b, t): (Duration, u32, u64, u64)| 100.0 * b as f64 / t.max(1) as f64;
+        println!(
+            "  under load, 1 hop: relay CPU per stream in-memory {} µs, durable {} µs (durable adds {:+} µs); the machine's CPUs busy {:.0} % / {:.0} % meanwhile (client, relay and target share them)",
+            per_stream(load_cpu[0]).as_micros(),
+            per_stream(load_cpu[1]).as_micros(),
+            per_stream(load_cpu[1]).as_micros() as i128
+                - per_stream(load_cpu[0]).as_micros() as i128,
+            busy(load_cpu[0]),
+            busy(load_cpu[1]),
         );
         let db = durables[0]
             .home
