@@ -576,7 +576,8 @@ async fn liveness(transport: Addr<Transport>, notify_socket: Option<String>, per
 ///   ([`wireleap_home::control::ENROLLED`]; a contract whose usage cap was reached counts as
 ///   enrolled: it is out by design);
 /// - its counts of streams admitted, and refused for its own failure, since it started
-///   ([`wireleap_home::control::STREAMS`]).
+///   ([`wireleap_home::control::STREAMS`]), with every stream it refused
+///   ([`wireleap_home::control::STREAMS_REFUSED`]).
 async fn report(
     enrollment: Addr<Enrollment>,
     transport: Addr<Transport>,
@@ -590,11 +591,20 @@ async fn report(
         if let Ok(t) = transport.send(transport::TransportStatus).await {
             // The relay's own failures only: a client's mistakes (or a stranger's junk) must not
             // decide whether a version stays.
-            let now = (t.streams_admitted, t.streams_failed);
+            // Every refusal too, on a line of its own: a version that refuses every stream with
+            // a client's code is judged by it.
+            let now = (t.streams_admitted, t.streams_failed, t.streams_refused);
             if last_streams != Some(now) {
                 notify::send(
                     notify_socket.as_deref(),
-                    &format!("{}{}/{}", wireleap_home::control::STREAMS, now.0, now.1),
+                    &format!(
+                        "{}{}/{}\n{}{}",
+                        wireleap_home::control::STREAMS,
+                        now.0,
+                        now.1,
+                        wireleap_home::control::STREAMS_REFUSED,
+                        now.2
+                    ),
                 );
                 last_streams = Some(now);
             }
@@ -746,11 +756,12 @@ pub(crate) mod fault {
         *NO_ENROLL.get_or_init(|| std::env::var(FAULT_ENV).as_deref() == Ok("no-enroll"))
     }
 
-    static REFUSE: AtomicBool = AtomicBool::new(false);
+    /// The code every stream is refused with (0: none is).
+    static REFUSE: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-    /// Whether streams are refused.
-    pub(crate) fn refuse() -> bool {
-        REFUSE.load(Ordering::Relaxed)
+    /// The code every stream is refused with, if they are.
+    pub(crate) fn refuse() -> Option<u16> {
+        Some(REFUSE.load(Ordering::Relaxed)).filter(|&c| c != 0)
     }
 
     /// Whether streams go unanswered.
@@ -760,11 +771,18 @@ pub(crate) mod fault {
 
     pub(super) fn after_ready() {
         let fault = std::env::var(FAULT_ENV).unwrap_or_default();
-        if fault == "refuse" {
+        // `refuse`: as a relay that fails (503); `refuse-400`: as one that wrongly finds every
+        // token bad (a client's code).
+        let code = match fault.as_str() {
+            "refuse" => 503,
+            "refuse-400" => 400,
+            _ => 0,
+        };
+        if code != 0 {
             tracing::warn!(
-                "{FAULT_ENV}=refuse: this relay now refuses every stream (a test fault)"
+                "{FAULT_ENV}={fault}: this relay now refuses every stream with {code} (a test fault)"
             );
-            REFUSE.store(true, Ordering::Relaxed);
+            REFUSE.store(code, Ordering::Relaxed);
             return;
         }
         if fault == "blackhole" {

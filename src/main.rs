@@ -244,14 +244,12 @@ fn probe(
     count: u32,
     (timeout, interval): (Duration, Duration),
 ) -> u8 {
-    let path = home.join(wireleap_relay::identity::files::PUB);
-    let origin = match std::fs::read_to_string(&path) {
-        // key.pub is a JSON string (spec §1.3), as the reference writes it.
-        Ok(text) => {
-            serde_json::from_str::<String>(text.trim()).unwrap_or_else(|_| text.trim().to_owned())
-        }
+    // The key the relay answers with is key.seed's (key.pub may be stale: a seed restored from
+    // a backup over a fresh install's).
+    let origin = match wireleap_relay::identity::Identity::load(home) {
+        Ok(id) => id.public_key_b64(),
         Err(e) => {
-            eprintln!("wireleap-relay probe: {}: {e}", path.display());
+            eprintln!("wireleap-relay probe: {e}");
             return exit::FAILURE;
         }
     };

@@ -213,7 +213,12 @@ async fn serve(listener: Listener, source: Arc<StatusSource>, stop: Cancellation
         let io = match accepted {
             Ok(io) => io,
             Err(e) => {
+                // Out of descriptors, say: a pause, not a loop that spins beside the data path.
                 debug!(error = %e, "REST API accept failed");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
                 continue;
             }
         };

@@ -50,11 +50,23 @@ pub const ENROLLED: &str = "WIRELEAP_ENROLLED=";
 /// refused for its own failure (a 5xx other than the target's), not a client's mistake.
 pub const STREAMS: &str = "WIRELEAP_STREAMS=";
 
-/// Reads a [`STREAMS`] line: `(admitted, refused)`.
+/// Sent in the same datagram as [`STREAMS`], on a line of its own:
+/// `WIRELEAP_STREAMS_REFUSED=<refused>`, every stream refused since the generation started,
+/// whatever the reason (a client's mistake included). A line of its own, so that a supervisor
+/// that does not know it still reads [`STREAMS`].
+pub const STREAMS_REFUSED: &str = "WIRELEAP_STREAMS_REFUSED=";
+
+/// Reads a [`STREAMS`] line: `(admitted, failed)`.
 #[must_use]
 pub fn parse_streams(line: &str) -> Option<(u64, u64)> {
     let (a, r) = line.strip_prefix(STREAMS)?.split_once('/')?;
     Some((a.parse().ok()?, r.parse().ok()?))
+}
+
+/// Reads a [`STREAMS_REFUSED`] line.
+#[must_use]
+pub fn parse_streams_refused(line: &str) -> Option<u64> {
+    line.strip_prefix(STREAMS_REFUSED)?.parse().ok()
 }
 
 /// Reads an [`ENROLLED`] line: `(enrolled, contracts)`.

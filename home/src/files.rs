@@ -51,6 +51,11 @@ pub const ROOTS_STAGED: &str = "trusted-keys.staged";
 /// The folder where the supervisor keeps the copies of the binaries it verified and runs (each
 /// copy is opened, then its name removed: only the supervisor's descriptor reaches it).
 pub const VERIFIED_DIR: &str = "wireleap-relay-supervisor.verified";
+/// The signed statement of the staged release as the supervisor verified it, kept in
+/// [`VERIFIED_DIR`] (the supervisor's own folder) from the upgrade's `verified` step until its
+/// commit or undo: a supervisor that recovers an unfinished upgrade checks the staged bytes
+/// against this copy, never against [`NEXT_STATEMENT`], which the relay may change or remove.
+pub const STAGED_STATEMENT_KEPT: &str = "staged.hash";
 /// The supervisor's binary, beside the relay's.
 pub const SUPERVISOR_BIN: &str = "wireleap-relay-supervisor";
 

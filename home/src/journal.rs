@@ -128,6 +128,7 @@ pub fn append(home: &Path, version: &str, step: Step, detail: &str) -> std::io::
     let line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
     let path = home.join(JOURNAL);
     let mut file = match std::fs::OpenOptions::new()
+        .read(true)
         .append(true)
         .create_new(true)
         .mode(0o644)
@@ -138,12 +139,26 @@ pub fn append(home: &Path, version: &str, step: Step, detail: &str) -> std::io::
             file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
             file
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::OpenOptions::new().append(true).open(&path)?
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)?,
         Err(e) => return Err(e),
     };
-    writeln!(file, "{line}")?;
+    // A line cut short by a crash or a full disk gets its end first, so that it does not take
+    // this one down with it; then the whole line in one write.
+    let len = file.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, len - 1)?;
+    }
+    let mut text = String::with_capacity(line.len() + 2);
+    if last[0] != b'\n' {
+        text.push('\n');
+    }
+    text.push_str(&line);
+    text.push('\n');
+    file.write_all(text.as_bytes())?;
     file.sync_all()
 }
 
@@ -190,6 +205,14 @@ mod tests {
         assert_eq!(all[0].detail, "from 0.7.0");
         assert_eq!(all[2].step, Step::Other);
         assert_eq!(last(home.path()).unwrap().version, "0.9.0");
+        // The next step after the cut line is read: the cut one alone is lost.
+        append(home.path(), "0.9.1", Step::Committing, "").unwrap();
+        let after = last(home.path()).unwrap();
+        assert_eq!(
+            (after.version.as_str(), after.step),
+            ("0.9.1", Step::Committing)
+        );
+        assert_eq!(read(home.path()).len(), 4);
         for step in [
             Step::VerifyFailed,
             Step::MigrateDownFailed,

@@ -66,11 +66,11 @@ pub(crate) async fn handle(
             pong(&mut respond, origin_relay);
             return;
         }
-        Ok(wireleap_protocol::Request::Connect(_)) if crate::daemon::fault::refuse() => {
+        Ok(wireleap_protocol::Request::Connect(_)) if crate::daemon::fault::refuse().is_some() => {
             refuse(
                 shared,
                 &mut respond,
-                503,
+                crate::daemon::fault::refuse().unwrap_or(503),
                 "test fault".to_owned(),
                 origin_relay,
             );

@@ -184,17 +184,48 @@ pub fn queue_from_journal(home: &Path, identity: &Identity) {
     let now = wireleap_home::time::now_ms();
     let relay = wireleap_protocol::PublicKey::from(identity.signing_key());
     let mut until = reports.journal_ms;
+    // A version the supervisor skipped failed by its own fault.
+    let skipped = wireleap_home::skip::SkipList::load(home).unwrap_or_default();
+    let skipped = |v: &str| Version::parse(v).is_ok_and(|v| skipped.contains(&v));
     for (i, entry) in journal.iter().enumerate() {
         if entry.time_ms <= reports.journal_ms {
             continue;
         }
         until = until.max(entry.time_ms);
+        // The step before this one of the same version: what the change was doing.
+        let before = journal[..i]
+            .iter()
+            .rev()
+            .find(|e| e.version == entry.version)
+            .map(|e| e.step);
         let (outcome, criterion) = match entry.step {
             Kind::Committed => (Outcome::Committed, None),
             Kind::RolledBack => (
                 Outcome::RolledBack,
                 Some(wireleap_home::control::failed_criterion(&entry.detail).unwrap_or("failed")),
             ),
+            // The release's own supervisor failed its preflight or its trial (after the relay's
+            // commit, which this report then replaces at the service).
+            Kind::SupervisorRolledBack if skipped(&entry.version) => {
+                (Outcome::RolledBack, Some("supervisor"))
+            }
+            // An upgrade its supervisor died in, undone and skipped at its next start (not one
+            // a stop interrupted, nor an operator's rollback).
+            Kind::Recovered
+                if skipped(&entry.version)
+                    && matches!(
+                        before,
+                        Some(
+                            Kind::Verified
+                                | Kind::Migrated
+                                | Kind::Swapped
+                                | Kind::Committing
+                                | Kind::CommitFailed
+                        )
+                    ) =>
+            {
+                (Outcome::RolledBack, Some("recovered"))
+            }
             _ => continue,
         };
         if now.saturating_sub(entry.time_ms) > REPORT_AGE_MS {
@@ -326,5 +357,54 @@ mod tests {
         let second = Report::verify(queued[1].as_bytes()).unwrap();
         assert_eq!(second.outcome, Outcome::RolledBack);
         assert_eq!(second.criterion.as_deref(), Some("probe"));
+    }
+
+    #[test]
+    fn a_release_undone_at_a_restart_or_by_its_own_supervisor_is_reported_rolled_back() {
+        let home = tempfile::tempdir().unwrap();
+        let journal = |version: &str, step: Kind, detail: &str| {
+            wireleap_home::journal::append(home.path(), version, step, detail).unwrap();
+        };
+        // Undone at the supervisor's next start, skipped: the release's.
+        journal("1.1.0", Kind::Verified, "from 1.0.0");
+        journal("1.1.0", Kind::Swapped, "");
+        journal(
+            "1.1.0",
+            Kind::Recovered,
+            "unfinished upgrade undone and skipped",
+        );
+        // Interrupted by a stop, not skipped: nobody's fault, not reported.
+        journal("1.2.0", Kind::Verified, "from 1.0.0");
+        journal("1.2.0", Kind::Recovered, "undone, not skipped: stopped");
+        // Committed, then its own supervisor failed its trial: the report replaces "committed".
+        journal("1.3.0", Kind::Verified, "from 1.0.0");
+        journal("1.3.0", Kind::Committed, "");
+        journal("1.3.0", Kind::SupervisorRolledBack, "no READY within 30s");
+        for v in ["1.1.0", "1.3.0"] {
+            wireleap_home::skip::SkipList::add(home.path(), &Version::parse(v).unwrap()).unwrap();
+        }
+        queue_from_journal(home.path(), &Identity::generate());
+        let got: Vec<_> = load_reports(home.path())
+            .queue
+            .iter()
+            .map(|r| Report::verify(r.as_bytes()).unwrap())
+            .map(|r| (r.version, r.outcome, r.criterion))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "1.1.0".into(),
+                    Outcome::RolledBack,
+                    Some("recovered".into())
+                ),
+                ("1.3.0".into(), Outcome::Committed, None),
+                (
+                    "1.3.0".into(),
+                    Outcome::RolledBack,
+                    Some("supervisor".into())
+                ),
+            ]
+        );
     }
 }

@@ -217,6 +217,13 @@ fn prepare_upgrade(
             return Err(why);
         }
     }
+    // Recovery checks the staged bytes against this copy of their statement, never against
+    // the relay's `wireleap-relay.next.hash`.
+    if let Err(why) = upgrade::keep_statement(home, &staged) {
+        journal(home, &v, Step::VerifyFailed, &why);
+        upgrade::roll_back(home, &v, None, false);
+        return Err(why);
+    }
     step(home, &v, Step::Verified, &format!("from {from}"));
     // The release's own supervisor must start here before anything changes: one that cannot
     // (it crashes, hangs, or refuses this home) would fail its trial after the relay's commit.

@@ -182,14 +182,27 @@ pub fn version_of(binary: &Verified) -> Result<semver::Version, String> {
         .map_err(|e| format!("{name} version said {:?}: {e}", text.trim()))
 }
 
-/// `binary check-config` in `home`: `Ok` or the exit code and what it printed.
+/// Why `check-config` did not say the config is good.
+#[derive(Debug)]
+pub enum CheckConfigError {
+    /// The relay ran and refused the config: its exit code and what it printed.
+    Refused(i32, String),
+    /// The relay could not be asked, or gave no answer: it could not start, was killed (by a
+    /// signal: the OOM killer, say) or did not finish in time. Nothing is known of the config.
+    NotAsked(String),
+}
+
+/// `binary check-config` in `home`.
 ///
 /// # Errors
-/// The relay refused the config (its code and reason), or could not be asked.
-pub fn check_config(binary: &Verified, home: &Path) -> Result<(), (i32, String)> {
-    let mut cmd = binary.command(Vec::new()).map_err(|e| (-1, e))?;
+/// The relay refused the config, or could not be asked.
+pub fn check_config(binary: &Verified, home: &Path) -> Result<(), CheckConfigError> {
+    let mut cmd = binary
+        .command(Vec::new())
+        .map_err(CheckConfigError::NotAsked)?;
     cmd.arg("check-config").env(HOME_ENV, home);
-    let out = bounded(cmd, CHECK_TIMEOUT).map_err(|e| (-1, format!("check-config {e}")))?;
+    let out = bounded(cmd, CHECK_TIMEOUT)
+        .map_err(|e| CheckConfigError::NotAsked(format!("check-config {e}")))?;
     if out.status.success() {
         return Ok(());
     }
@@ -200,7 +213,14 @@ pub fn check_config(binary: &Verified, home: &Path) -> Result<(), (i32, String)>
         .map(|b| String::from_utf8_lossy(b).trim().to_owned())
         .filter(|t| !t.is_empty())
         .collect();
-    Err((out.status.code().unwrap_or(-1), said.join("\n")))
+    match out.status.code() {
+        Some(code) => Err(CheckConfigError::Refused(code, said.join("\n"))),
+        None => Err(CheckConfigError::NotAsked(format!(
+            "check-config ended by {}: {}",
+            out.status,
+            said.join("\n")
+        ))),
+    }
 }
 
 /// `binary supervisor-settings` (config.json parsed by the relay's own parser); `None` when it

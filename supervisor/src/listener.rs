@@ -94,13 +94,25 @@ fn bind_reuseport(address: &str) -> std::io::Result<TcpListener> {
 /// config.json's `address`, as a socket address to bind.
 ///
 /// # Errors
-/// [`Error::Address`]: the file cannot be read, or names no address.
+/// [`Error::Address`]: the file is missing, or names no address; [`Error::Io`]: it cannot be
+/// read.
 pub fn address(path: &Path) -> Result<String, Error> {
     let err = |why: String| Error::Address {
         path: path.display().to_string(),
         why,
     };
-    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    // A file that is not there is the operator's to fix (the unit stops for good); another
+    // read error may pass (the unit restarts).
+    let text = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            err(e.to_string())
+        } else {
+            Error::Io {
+                what: format!("reading {}", path.display()),
+                source: e,
+            }
+        }
+    })?;
     let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
     value
         .get("address")

@@ -256,10 +256,8 @@ pub enum Event {
     Streams {
         /// Its pid.
         pid: Pid,
-        /// Admitted.
-        admitted: u64,
-        /// Refused for its own failure (a 5xx other than the target's).
-        refused: u64,
+        /// Its counts.
+        counts: StreamCounts,
     },
     /// A generation's count of contracts it is enrolled in changed.
     Enrolled {
@@ -426,9 +424,20 @@ pub const MIN_STREAMS_JUDGED: u64 = 20;
 /// default, in percentage points (clients' own mistakes are refused by both alike).
 pub const REFUSED_MARGIN_PERCENT: u32 = 10;
 
+/// A generation's counts of streams since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Admitted.
+    pub admitted: u64,
+    /// Refused for its own failure (a 5xx other than the target's).
+    pub failed: u64,
+    /// Refused at all, a client's mistake included (`None`: an older relay does not say).
+    pub refused: Option<u64>,
+}
+
 /// Keeps `report` as the latest of its generation's, and only the reports of `live` ones.
-fn latest<T>(reports: &mut Vec<(Pid, T, T)>, live: [Option<Pid>; 2], report: (Pid, T, T)) {
-    reports.retain(|(p, _, _)| *p != report.0 && live.contains(&Some(*p)));
+fn latest<T>(reports: &mut Vec<(Pid, T)>, live: [Option<Pid>; 2], report: (Pid, T)) {
+    reports.retain(|(p, _)| *p != report.0 && live.contains(&Some(*p)));
     if live.contains(&Some(report.0)) {
         reports.push(report);
     }
@@ -608,15 +617,15 @@ pub struct Machine {
     /// The probe of the new version being watched: `(pid, passed)`, `passed` false while it
     /// runs.
     probe: Option<(Pid, bool)>,
-    /// The last enrollment count each live generation reported: `(pid, enrolled, contracts)`.
-    enrolled: Vec<(Pid, u32, u32)>,
+    /// The last enrollment count each live generation reported: `(pid, (enrolled, contracts))`.
+    enrolled: Vec<(Pid, (u32, u32))>,
     /// Whether the generation that handed over to the one serving was enrolled in all its
     /// contracts then.
     old_enrolled_all: bool,
-    /// The last counts of streams each live generation reported: `(pid, admitted, refused)`.
-    streams: Vec<(Pid, u64, u64)>,
-    /// The share of streams the generation that handed over had refused, over its life.
-    old_refused: Option<f64>,
+    /// The last counts of streams each live generation reported.
+    streams: Vec<(Pid, StreamCounts)>,
+    /// The counts of streams of the generation that handed over, over its life.
+    old_streams: Option<StreamCounts>,
     /// A hung generation being replaced: killed once its successor is ready.
     hung: Option<Pid>,
     /// No hung generation is replaced before then (past the crash budget).
@@ -647,7 +656,7 @@ impl Machine {
             enrolled: Vec::new(),
             old_enrolled_all: false,
             streams: Vec::new(),
-            old_refused: None,
+            old_streams: None,
             hung: None,
             hung_hold: None,
             ready_since: None,
@@ -778,13 +787,9 @@ impl Machine {
                     self.pinged(pid, Some(now));
                 }
             }
-            Event::Streams {
-                pid,
-                admitted,
-                refused,
-            } => {
+            Event::Streams { pid, counts } => {
                 let live = [self.serving.pid(), self.successor_pid()];
-                latest(&mut self.streams, live, (pid, admitted, refused));
+                latest(&mut self.streams, live, (pid, counts));
             }
             Event::Enrolled {
                 pid,
@@ -792,7 +797,7 @@ impl Machine {
                 contracts,
             } => {
                 let live = [self.serving.pid(), self.successor_pid()];
-                latest(&mut self.enrolled, live, (pid, enrolled, contracts));
+                latest(&mut self.enrolled, live, (pid, (enrolled, contracts)));
             }
             Event::Memory { pid, bytes } => {
                 if let Some(bound) = self.timing.max_memory
@@ -884,8 +889,7 @@ impl Machine {
         // the old one was not either when it handed over (the directory's trouble, not the
         // release's): a version that reports no count (an older relay) is not judged.
         if let Some((pid, _)) = self.window_over(now)
-            && let Some(&(_, enrolled, contracts)) =
-                self.enrolled.iter().find(|(p, _, _)| *p == pid)
+            && let Some(&(_, (enrolled, contracts))) = self.enrolled.iter().find(|(p, _)| *p == pid)
             && enrolled < contracts
             && self.old_enrolled_all
             && self.timing.require_enrollment
@@ -898,22 +902,56 @@ impl Machine {
             );
             return;
         }
-        // Nor may it refuse a larger share of its streams than the old one did (judged once it
+        // Nor may it fail a larger share of its streams than the old one did (judged once it
         // saw enough of them to tell).
-        if let Some((pid, _)) = self.window_over(now)
-            && let Some(&(_, admitted, refused)) = self.streams.iter().find(|(p, _, _)| *p == pid)
-            && let Some(share) = refused_share(admitted, refused)
-            && admitted + refused >= MIN_STREAMS_JUDGED
-            && share
-                > self.old_refused.unwrap_or(0.0)
-                    + f64::from(self.timing.refused_margin_percent) / 100.0
+        let new_streams = self
+            .window_over(now)
+            .and_then(|(pid, _)| self.streams.iter().find(|(p, _)| *p == pid))
+            .map(|&(_, counts)| counts);
+        let old_failed = self
+            .old_streams
+            .and_then(|o| refused_share(o.admitted, o.failed))
+            .unwrap_or(0.0);
+        if let Some(StreamCounts {
+            admitted, failed, ..
+        }) = new_streams
+            && let Some(share) = refused_share(admitted, failed)
+            && admitted + failed >= MIN_STREAMS_JUDGED
+            && share > old_failed + f64::from(self.timing.refused_margin_percent) / 100.0
         {
             self.unhealthy(
                 format!(
-                    "streams: refused {refused} of {} ({:.0} %), the previous version {:.0} %",
-                    admitted + refused,
+                    "streams: refused {failed} of {} for its own failure ({:.0} %), the previous version {:.0} %",
+                    admitted + failed,
                     share * 100.0,
-                    self.old_refused.unwrap_or(0.0) * 100.0
+                    old_failed * 100.0
+                ),
+                out,
+            );
+            return;
+        }
+        // Nor may it turn away every stream it saw, whatever the code (a release that refuses
+        // valid tokens says 400, one that cannot dial says 502: the client's codes), where the
+        // old one admitted most of its own: a stranger's junk alone could only look so on a
+        // relay that no real client reached in the whole window.
+        if let Some(StreamCounts {
+            admitted: 0,
+            refused: Some(refused),
+            ..
+        }) = new_streams
+            && refused >= MIN_STREAMS_JUDGED
+            && let Some(StreamCounts {
+                admitted: old_admitted,
+                refused: Some(old_refused),
+                ..
+            }) = self.old_streams
+            && old_admitted >= MIN_STREAMS_JUDGED
+            && old_admitted >= old_refused
+        {
+            self.unhealthy(
+                format!(
+                    "streams: refused all {refused} streams it saw, the previous version admitted {old_admitted} of {}",
+                    old_admitted.saturating_add(old_refused)
                 ),
                 out,
             );
@@ -1079,9 +1117,23 @@ impl Machine {
         let Some(at) = self.last_ping(pid) else {
             return;
         };
+        // During a change the generations are the change's to judge, but for a commit that
+        // waits to be tried again (a full disk): the new version serves then, for as long as
+        // the disk takes, and is replaced from the same verified bytes should it hang.
+        let binary = match &self.change {
+            None => Binary::Current,
+            Some(Change {
+                phase: Phase::CommitRetry { .. },
+                kind,
+                ..
+            }) => match kind {
+                Kind::Upgrade => Binary::Staged,
+                Kind::Rollback => Binary::Prev,
+            },
+            Some(_) => return,
+        };
         if now.saturating_duration_since(at) <= bound
             || self.successor.is_some()
-            || self.change.is_some()
             || self.exiting.is_some()
             || self.hung_hold.is_some_and(|until| now < until)
         {
@@ -1104,10 +1156,8 @@ impl Machine {
         out.0.push(Action::CountHung);
         self.pinged(pid, None);
         self.hung = Some(pid);
-        self.successor = Some(Successor::Launching {
-            binary: Binary::Current,
-        });
-        out.spawn(Role::Successor, Binary::Current);
+        self.successor = Some(Successor::Launching { binary });
+        out.spawn(Role::Successor, binary);
     }
 
     fn spawned(&mut self, now: Instant, role: Role, pid: Pid, out: &mut Out) {
@@ -1184,16 +1234,16 @@ impl Machine {
     fn take_over(&mut self, now: Instant, pid: Pid, out: &mut Out) {
         // Whether the generation handing over was enrolled in all its contracts (unknown: an
         // older relay that does not say; the new one is then not judged by it).
-        self.old_refused = self.serving.pid().and_then(|old| {
+        self.old_streams = self.serving.pid().and_then(|old| {
             self.streams
                 .iter()
-                .find(|&&(p, _, _)| p == old)
-                .and_then(|&(_, a, r)| refused_share(a, r))
+                .find(|&&(p, _)| p == old)
+                .map(|&(_, counts)| counts)
         });
         self.old_enrolled_all = self
             .serving
             .pid()
-            .is_some_and(|old| self.enrolled.iter().any(|&(p, k, n)| p == old && k == n));
+            .is_some_and(|old| self.enrolled.iter().any(|&(p, (k, n))| p == old && k == n));
         self.successor = None;
         self.ready_since = Some((pid, now));
         if let Some(hung) = self.hung.take()

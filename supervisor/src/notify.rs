@@ -86,8 +86,11 @@ impl ReadySocket {
             Kind::Ready
         } else if text.lines().any(|l| l == "WATCHDOG=1") {
             Kind::Watchdog
-        } else if let Some((a, r)) = text.lines().find_map(wireleap_home::control::parse_streams) {
-            Kind::Streams(a, r)
+        } else if let Some((a, f)) = text.lines().find_map(wireleap_home::control::parse_streams) {
+            let refused = text
+                .lines()
+                .find_map(wireleap_home::control::parse_streams_refused);
+            Kind::Streams(a, f, refused)
         } else if text.lines().any(|l| l == PAUSED) {
             Kind::Paused
         } else if let Some((k, n)) = text
@@ -125,8 +128,10 @@ pub enum Kind {
     Paused,
     /// `WATCHDOG=1`: the generation's liveness ping.
     Watchdog,
-    /// `WIRELEAP_STREAMS=a/r`: its counts of streams admitted and refused since it started.
-    Streams(u64, u64),
+    /// `WIRELEAP_STREAMS=a/f` (with `WIRELEAP_STREAMS_REFUSED=r`): its counts of streams
+    /// admitted, refused for its own failure, and refused at all (`None` from a relay that does
+    /// not say), since it started.
+    Streams(u64, u64, Option<u64>),
     /// `WIRELEAP_ENROLLED=k/n`: enrolled in `k` of its `n` contracts.
     Enrolled(u32, u32),
     /// Anything else (`STATUS=`, `STOPPING=1`, ...).

@@ -94,38 +94,26 @@ pub fn journal_steps(home: &Path, relay: &Path) -> Option<String> {
         }
         Step::Committing | Step::CommitFailed => {
             let version = version.clone()?;
-            let copy = if home.join(upgrade::NEXT).exists() {
-                match staged() {
-                    Ok(copy) => Some(copy),
-                    Err(e) => {
+            let copy = match staged() {
+                Ok(copy) => Some(copy),
+                Err(e) => {
+                    // Finished already only if `wireleap-relay` is that version by its own
+                    // statement (the commit got past both renames).
+                    let installed = upgrade::installed_copy(
+                        home,
+                        &home.join(upgrade::CURRENT),
+                        &home.join(upgrade::CURRENT_STATEMENT),
+                        None,
+                    );
+                    if !matches!(&installed, Ok((_, Some(iv))) if *iv == version) {
                         upgrade::roll_back(home, v, None, true);
                         journal(home, v, Step::Recovered, &format!("not committed: {e}"));
                         return Some(format!(
                             "the commit of {v} was under way, but the staged release no longer verifies ({e}): undone, and {v} is skipped"
                         ));
                     }
+                    None
                 }
-            } else {
-                // `wireleap-relay.next` is gone (the relay could remove it too): finished only
-                // if `wireleap-relay` is that version by its own statement.
-                let installed = upgrade::installed_copy(
-                    home,
-                    &home.join(upgrade::CURRENT),
-                    &home.join(upgrade::CURRENT_STATEMENT),
-                    None,
-                );
-                if !matches!(&installed, Ok((_, Some(v))) if *v == version) {
-                    journal(
-                        home,
-                        v,
-                        Step::Recovered,
-                        "not committed: the staged release is gone and wireleap-relay is not it",
-                    );
-                    return Some(format!(
-                        "the commit of {v} was under way, but the staged release is gone and wireleap-relay is not {v}: not finished; the home directory needs a look"
-                    ));
-                }
-                None
             };
             match upgrade::commit(home, &version, copy.as_ref()) {
                 Ok(()) => {

@@ -18,7 +18,8 @@ use crate::change::{self, Copies, Outcome};
 use crate::control::{Control, Pending, Reply};
 use crate::generation::{self, Children, RESTARTS};
 use crate::machine::{
-    Action, Answer, Binary, Done, Event, Kind, Machine, Notify, OsSignal, Request, Role, Timing,
+    Action, Answer, Binary, Done, Event, Kind, Machine, Notify, OsSignal, Request, Role,
+    StreamCounts, Timing,
 };
 use crate::notify::{self, ReadySocket};
 use crate::verified::Verified;
@@ -181,7 +182,15 @@ pub fn run(opts: &Options) -> Result<u8, Error> {
             "no signed statement beside it (installed by hand)"
         }
     ));
-    generation::check_config(&current, home).map_err(|(code, why)| Error::Config(code, why))?;
+    // Only a refusal stops the unit for good (exit 78); a relay that could not be asked (no
+    // process, killed, too slow on a loaded host) is a failure systemd restarts.
+    generation::check_config(&current, home).map_err(|e| match e {
+        generation::CheckConfigError::Refused(code, why) => Error::Config(code, why),
+        generation::CheckConfigError::NotAsked(why) => Error::Io {
+            what: "asking the relay to check its config".into(),
+            source: std::io::Error::other(why),
+        },
+    })?;
     let timing = timing(opts, &current);
     let orphans = recover::orphans(home);
     let listener = listener::listener(home, &orphans, opts.notify_socket.as_deref())?;
@@ -432,11 +441,14 @@ impl<'a> World<'a> {
                         notify::Kind::Ready => events.push(Event::Ready(pid)),
                         notify::Kind::Paused => events.push(Event::Paused(pid)),
                         notify::Kind::Watchdog => events.push(Event::Alive(pid)),
-                        notify::Kind::Streams(admitted, refused) => {
+                        notify::Kind::Streams(admitted, failed, refused) => {
                             events.push(Event::Streams {
                                 pid,
-                                admitted,
-                                refused,
+                                counts: StreamCounts {
+                                    admitted,
+                                    failed,
+                                    refused,
+                                },
                             });
                         }
                         notify::Kind::Enrolled(enrolled, contracts) => {

@@ -291,9 +291,16 @@ pub fn commit(home: &Path, version: &Version, staged: Option<&Verified>) -> Resu
     remove(&home.join(NEXT))?;
     remove(&home.join(NEXT_STATEMENT))?;
     remove(&home.join(SUPERVISOR_NEXT))?;
+    remove(&kept_statement(home))?;
     if home.join(CONFIG_NEXT).exists() {
+        // As the binary: the old config gets its second name first, then the migrated one
+        // replaces it in one rename, so there is a `config.json` at every moment (the unit does
+        // not start without one, and then nothing would finish this commit).
+        // A file the supervisor may not link (another user's, with `protected_hardlinks`) is
+        // renamed, as before.
         if home.join(CONFIG).exists() {
-            std::fs::rename(home.join(CONFIG), home.join(CONFIG_PREV))
+            link_as(&home.join(CONFIG), &home.join(CONFIG_PREV))
+                .or_else(|_| std::fs::rename(home.join(CONFIG), home.join(CONFIG_PREV)))
                 .map_err(io("keeping the old config as config.json.prev"))?;
         }
         std::fs::rename(home.join(CONFIG_NEXT), home.join(CONFIG))
@@ -344,6 +351,7 @@ pub fn roll_back(home: &Path, version: &str, undo: Option<(&Verified, &str)>, sk
     let _ = std::fs::remove_file(home.join(NEXT));
     let _ = std::fs::remove_file(home.join(NEXT_STATEMENT));
     let _ = std::fs::remove_file(home.join(SUPERVISOR_NEXT));
+    let _ = std::fs::remove_file(kept_statement(home));
     if skip_it {
         skip(home, version);
     }
@@ -398,17 +406,6 @@ pub fn installed_copy(
 ) -> Result<(Verified, Option<Version>), String> {
     crate::privsep::trusted_file(binary)?;
     crate::privsep::trusted_file(statement)?;
-    copy_checked(home, binary, statement, version)
-}
-
-/// [`installed_copy`] of a file anyone may have written (the staged release, written by the
-/// relay): only its statement vouches for it.
-fn copy_checked(
-    home: &Path,
-    binary: &Path,
-    statement: &Path,
-    version: Option<&Version>,
-) -> Result<(Verified, Option<Version>), String> {
     let mut copy = Verified::copy(home, binary)?;
     let signed = if statement.exists() {
         let trust = trust(home).map_err(|e| e.to_string())?;
@@ -452,22 +449,85 @@ pub fn signed_version(home: &Path, statement: &Path) -> Option<Version> {
     crate::verified::signed_version(statement, &keys).ok()
 }
 
-/// A fresh verified copy of `wireleap-relay.next` as the release `version` (during recovery: no
-/// floor, no expiry; the version was checked when it was staged).
+/// Where the supervisor keeps the staged release's statement as it verified it
+/// ([`wireleap_home::files::STAGED_STATEMENT_KEPT`], in its own folder).
+fn kept_statement(home: &Path) -> std::path::PathBuf {
+    home.join(crate::verified::VERIFIED_DIR)
+        .join(wireleap_home::files::STAGED_STATEMENT_KEPT)
+}
+
+/// Keeps the statement the staged copy `staged` verified against, in the supervisor's own
+/// folder, until the commit or the undo (for [`staged_copy`]).
+///
+/// # Errors
+/// Why it could not be written.
+pub fn keep_statement(home: &Path, staged: &Verified) -> Result<(), String> {
+    let bytes = staged
+        .statement
+        .as_deref()
+        .ok_or("the staged release has no verified statement")?;
+    crate::verified::private_dir(&home.join(crate::verified::VERIFIED_DIR))?;
+    let path = kept_statement(home);
+    wireleap_home::durable::write_atomic(&path, bytes, 0o600).map_err(|e| {
+        format!(
+            "could not keep the staged statement in {}: {e}",
+            path.display()
+        )
+    })
+}
+
+/// A fresh verified copy of the release `version` staged for an unfinished upgrade (during
+/// recovery: no floor, no expiry; the version was checked when it was staged). Its statement is
+/// the one the supervisor kept when it verified the release ([`keep_statement`]); only a home
+/// left by a supervisor that kept none falls back to `wireleap-relay.next.hash`. Either way a
+/// statement is required: bytes without one never run. The bytes are `wireleap-relay.next`'s,
+/// or `wireleap-relay`'s when a commit cut short had already put them in place.
 ///
 /// # Errors
 /// Why it may not run.
 pub fn staged_copy(home: &Path, version: &Version) -> Result<Verified, String> {
-    if !home.join(NEXT_STATEMENT).exists() {
-        return Err(format!("{NEXT_STATEMENT} is missing"));
+    let kept = kept_statement(home);
+    // The kept one is in the supervisor's own folder: nobody else makes or removes it.
+    let from = if std::fs::symlink_metadata(&kept).is_ok() {
+        kept
+    } else {
+        home.join(NEXT_STATEMENT)
+    };
+    let bytes = relay_release::verify::read_statement(&from).map_err(|e| e.to_string())?;
+    let keys = trust(home)
+        .and_then(|t| t.release_keys(relay_release::ExpiryCheck::UnsafeIgnore))
+        .map_err(|e| e.to_string())?;
+    let expected = Expected {
+        product: relay_release::Product::relay(),
+        version: version.clone(),
+        target: relay_release::Target::host().map_err(|e| e.to_string())?,
+        floor: relay_release::VersionFloor::UnsafeAllowAny,
+        expiry: relay_release::ExpiryCheck::UnsafeIgnore,
+    };
+    let mut refused = Vec::new();
+    for name in [NEXT, CURRENT] {
+        let path = home.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            refused.push(format!("{name} is missing"));
+            continue;
+        }
+        let mut copy = Verified::copy(home, &path)?;
+        if let Err(e) = copy.check_bytes(bytes.clone(), &keys, &expected) {
+            refused.push(format!("{name} does not match {}: {e}", from.display()));
+            continue;
+        }
+        match crate::generation::version_of(&copy) {
+            Ok(reported) if reported != *version => {
+                return Err(format!("{name} reports version {reported}, not {version}"));
+            }
+            Ok(_) => {}
+            // Signed as `version`: it runs as that (a loaded host may be slow to answer).
+            Err(e) => crate::run::warn(&e),
+        }
+        copy.version = Some(version.clone());
+        return Ok(copy);
     }
-    let (copy, _) = copy_checked(
-        home,
-        &home.join(NEXT),
-        &home.join(NEXT_STATEMENT),
-        Some(version),
-    )?;
-    Ok(copy)
+    Err(refused.join("; "))
 }
 
 /// The versions in `.skip-upgrade-version` ([`wireleap_home::skip`]).

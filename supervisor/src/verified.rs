@@ -225,7 +225,19 @@ impl Verified {
         keys: &relay_release::TrustedKeys,
         expected: &Expected,
     ) -> Result<relay_release::VerifiedStatement, relay_release::Error> {
-        let bytes = read_statement(statement)?;
+        self.check_bytes(read_statement(statement)?, keys, expected)
+    }
+
+    /// [`Verified::check`] against a statement already read.
+    ///
+    /// # Errors
+    /// The verification's error.
+    pub fn check_bytes(
+        &mut self,
+        bytes: Vec<u8>,
+        keys: &relay_release::TrustedKeys,
+        expected: &Expected,
+    ) -> Result<relay_release::VerifiedStatement, relay_release::Error> {
         let verified = verify_statement(&bytes, keys, expected)?;
         let asset = verified.asset.clone();
         verify_file(&self.path(), &verified, &asset)?;

@@ -160,6 +160,14 @@ fn a_release_that_refuses_streams_is_rolled_back_at_the_end_of_its_window() {
     a_faulty_release_is_rolled_back(&["--health-window", "3"], "9.6.0", "refuse", "streams");
 }
 
+/// A release that finds every token bad (400, a client's code: no failure of its own) but
+/// otherwise serves: only its admitting none of its streams, where the old one admitted most,
+/// shows it.
+#[test]
+fn a_release_that_refuses_every_stream_with_a_client_code_is_rolled_back() {
+    a_faulty_release_is_rolled_back(&["--health-window", "3"], "9.7.0", "refuse-400", "streams");
+}
+
 #[test]
 fn a_good_release_passes_its_probe_and_commits() {
     let (s, root) = supervised_with_releases_full(&["--health-window", "1"], &[], &|_| {});

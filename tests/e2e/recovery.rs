@@ -59,14 +59,17 @@ struct Outcome {
     converged_in: Duration,
 }
 
-/// One run: an upgrade to the staged 9.0.0 with the failpoint `at:victim`.
-fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
-    let spec = format!("{at}:{victim}");
+/// One run: an upgrade to the staged 9.0.0 with the failpoint `at:victim`; with `tamper`, the
+/// staged statement `wireleap-relay.next.hash` (the relay's to write) is removed while the
+/// supervisor is down.
+fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str, tamper: bool) -> Outcome {
+    let failpoint = format!("{at}:{victim}");
+    let spec = format!("{failpoint}{}", if tamper { " (tampered)" } else { "" });
     let mut s = Supervised::start_full(
         Standin::start(),
         "",
         ARGS,
-        &[("WIRELEAP_SUPERVISOR_FAILPOINT", spec.as_str())],
+        &[("WIRELEAP_SUPERVISOR_FAILPOINT", failpoint.as_str())],
     );
     let home = s.home.path().to_path_buf();
     let original = std::fs::read(home.join("wireleap-relay")).unwrap();
@@ -94,6 +97,9 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
             "{spec}: the supervisor exited cleanly?\n{}",
             s.log()
         );
+        if tamper {
+            let _ = std::fs::remove_file(home.join("wireleap-relay.next.hash"));
+        }
         s.restart_supervisor(ARGS);
     }
     let _ = asker.join();
@@ -247,36 +253,40 @@ fn run_one(release: &(PathBuf, PathBuf), at: &str, victim: &str) -> Outcome {
 fn kill_nine_after_every_journal_step_converges() {
     let work = tempfile::tempdir().unwrap();
     let release = release(work.path());
-    let cases: &[(&str, &str, &str)] = &[
+    let cases: &[(&str, &str, &str, bool)] = &[
         // step, victim, the version it must converge to
-        ("verified", "supervisor", "0.7.0"),
-        ("verified", "old", "9.0.0"),
-        ("migrated", "supervisor", "0.7.0"),
-        ("migrated", "old", "9.0.0"),
-        ("migrated", "new", "0.7.0"),
-        ("swapped", "supervisor", "0.7.0"),
-        ("swapped", "old", "9.0.0"),
-        ("swapped", "new", "0.7.0"),
-        ("committing", "supervisor", "9.0.0"),
-        ("committing", "old", "9.0.0"),
-        ("committing", "new", "9.0.0"),
+        ("verified", "supervisor", "0.7.0", false),
+        ("verified", "old", "9.0.0", false),
+        ("migrated", "supervisor", "0.7.0", false),
+        ("migrated", "old", "9.0.0", false),
+        ("migrated", "new", "0.7.0", false),
+        ("swapped", "supervisor", "0.7.0", false),
+        ("swapped", "old", "9.0.0", false),
+        ("swapped", "new", "0.7.0", false),
+        ("committing", "supervisor", "9.0.0", false),
+        ("committing", "old", "9.0.0", false),
+        ("committing", "new", "9.0.0", false),
         // Inside the commit: the new binary renamed into place, its statement not yet.
-        ("binary-installed", "supervisor", "9.0.0"),
-        ("committed", "supervisor", "9.0.0"),
-        ("committed", "old", "9.0.0"),
-        ("committed", "new", "9.0.0"),
+        ("binary-installed", "supervisor", "9.0.0", false),
+        // The relay's user removes the staged statement while the supervisor is down: the
+        // supervisor's own copy of it finishes the commit.
+        ("committing", "supervisor", "9.0.0", true),
+        ("binary-installed", "supervisor", "9.0.0", true),
+        ("committed", "supervisor", "9.0.0", false),
+        ("committed", "old", "9.0.0", false),
+        ("committed", "new", "9.0.0", false),
     ];
     let mut table = Vec::new();
     // WIRELEAP_RECOVERY_CASE=<step>:<victim> runs one case (for debugging).
     let only = std::env::var("WIRELEAP_RECOVERY_CASE").ok();
-    for (at, victim, want) in cases {
+    for &(at, victim, want, tamper) in cases {
         if only
             .as_ref()
             .is_some_and(|o| *o != format!("{at}:{victim}"))
         {
             continue;
         }
-        let o = run_one(&release, at, victim);
+        let o = run_one(&release, at, victim, tamper);
         table.push((
             at,
             victim,
@@ -287,7 +297,11 @@ fn kill_nine_after_every_journal_step_converges() {
             o.cut,
             o.converged_in,
         ));
-        assert_eq!(o.version, *want, "{at}:{victim} converged to {}", o.version);
+        assert_eq!(
+            o.version, want,
+            "{at}:{victim} (tamper {tamper}) converged to {}",
+            o.version
+        );
     }
     println!(
         "{:<16} {:<10} {:<8} {:<20} {:>6} {:>6} {:>4} {:>10}",

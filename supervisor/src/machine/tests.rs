@@ -788,6 +788,40 @@ fn a_failed_commit_is_journaled_answered_and_tried_again_while_the_new_version_s
 }
 
 #[test]
+fn a_new_version_that_hangs_while_its_commit_waits_is_replaced_from_its_verified_copy() {
+    let mut d = Drive::serving();
+    d.upgrade_watching();
+    d.after(HEALTH);
+    d.on(Event::Done(Done::Committed(Err("disk full".into()))));
+    d.on(Event::Alive(200));
+    let a = d.after(LIVE + Duration::from_millis(1));
+    assert!(a.contains(&Action::CountHung), "{a:?}");
+    assert!(
+        a.contains(&Action::Spawn {
+            role: Role::Successor,
+            binary: Binary::Staged
+        }),
+        "the same verified bytes, not the old binary: {a:?}"
+    );
+    d.spawned(Role::Successor, 201);
+    let a = d.on(Event::Ready(201));
+    assert!(
+        a.contains(&Action::Signal {
+            pid: 200,
+            sig: Sig::Hup
+        }),
+        "{a:?}"
+    );
+    assert_eq!(d.m.serving(), &Serving::Ready { pid: 201 });
+    // The commit is still tried again, and finishes the change.
+    let a = d.after(crate::machine::COMMIT_RETRY);
+    assert!(a.contains(&journal(Step::Committing)), "{a:?}");
+    let a = d.on(Event::Done(Done::Committed(Ok(()))));
+    assert!(a.contains(&journal(Step::Committed)), "{a:?}");
+    assert!(d.m.change().is_none());
+}
+
+#[test]
 fn a_stop_while_a_commit_waits_for_its_retry_exits_and_leaves_it_to_the_next_start() {
     let mut d = Drive::serving();
     d.upgrade_watching();
@@ -1335,11 +1369,14 @@ fn a_new_version_not_enrolled_everywhere_at_the_end_of_its_window_is_rolled_back
 
 #[test]
 fn a_new_version_refusing_more_of_its_streams_than_the_old_one_is_rolled_back() {
-    let streams = |d: &mut Drive, pid, admitted, refused| {
+    let streams = |d: &mut Drive, pid, admitted, failed| {
         d.on(Event::Streams {
             pid,
-            admitted,
-            refused,
+            counts: StreamCounts {
+                admitted,
+                failed,
+                refused: Some(failed),
+            },
         })
     };
     // The old one refused 5 %; the new one 50 % of 40.
@@ -1358,6 +1395,45 @@ fn a_new_version_refusing_more_of_its_streams_than_the_old_one_is_rolled_back() 
         streams(&mut d, 200, admitted, refused);
         let a = d.after(HEALTH);
         assert!(commits(&a), "{admitted}/{refused}: {a:?}");
+    }
+}
+
+#[test]
+fn a_new_version_that_turns_away_every_stream_with_a_client_code_is_rolled_back() {
+    let streams = |d: &mut Drive, pid, admitted, refused: Option<u64>| {
+        d.on(Event::Streams {
+            pid,
+            counts: StreamCounts {
+                admitted,
+                failed: 0,
+                refused,
+            },
+        })
+    };
+    // The old one admitted 900 of 1000; the new one refused all 25 it saw (none a 5xx).
+    let mut d = Drive::serving();
+    streams(&mut d, 100, 900, Some(100));
+    d.upgrade_watching();
+    streams(&mut d, 200, 0, Some(25));
+    let a = d.after(HEALTH);
+    assert_unhealthy(&mut d, &a, "streams");
+
+    // Committed: it admitted one; too few to tell; the old one refused most of its own (a
+    // relay mostly reached by junk); the old one saw too few; a relay that does not say.
+    for (old, new) in [
+        ((900, Some(100)), (1, Some(40))),
+        ((900, Some(100)), (0, Some(19))),
+        ((900, Some(1000)), (0, Some(40))),
+        ((19, Some(0)), (0, Some(40))),
+        ((900, None), (0, Some(40))),
+        ((900, Some(100)), (0, None)),
+    ] {
+        let mut d = Drive::serving();
+        streams(&mut d, 100, old.0, old.1);
+        d.upgrade_watching();
+        streams(&mut d, 200, new.0, new.1);
+        let a = d.after(HEALTH);
+        assert!(commits(&a), "old {old:?}, new {new:?}: {a:?}");
     }
 }
 
