@@ -121,10 +121,18 @@ fn a_release_that_hangs_after_ready_is_rolled_back_inside_its_window() {
 fn a_faulty_release_is_rolled_back(args: &[&str], version: &str, fault: &str, criterion: &str) {
     let (s, root) = supervised_with_releases_full(args, &[], &|_| {});
     let load = Load::start(&s.rt, &s.sk, &s.hop, s.target, 0);
+    // The old version has served real streams (what the new one is compared with).
+    eventually(
+        Duration::from_secs(30),
+        "40 streams before the upgrade",
+        || load.opened() >= 40,
+    );
+    // The relay tells the supervisor its counts once a second: they reach it before the upgrade.
+    std::thread::sleep(Duration::from_millis(1500));
     let work = tempfile::tempdir().unwrap();
     publish(root.path(), version, &faulty(work.path(), fault));
     let out = cli(&s.home, &["upgrade", "--yes", version], "");
-    assert_ne!(out.code, 0, "{out}");
+    assert_ne!(out.code, 0, "{out}\n{}", s.log());
     assert_rolled_back(&s, version, criterion, load);
 }
 

@@ -191,6 +191,11 @@ impl Load {
     }
 
     /// Stops the load and waits for every stream to end.
+    /// Short streams opened so far.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
     pub fn finish(self, rt: &tokio::runtime::Runtime) -> Counts {
         self.stop.store(true, Ordering::Relaxed);
         rt.block_on(self.opener).unwrap();
