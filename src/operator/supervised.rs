@@ -252,14 +252,16 @@ pub fn status(home: &Path, spid: i32, json: bool) -> u8 {
         if let Some(map) = supervisor.as_object_mut() {
             map.insert("supervisor_pid".into(), spid.into());
         }
+        // No generation serving (starting, or restarting after a crash): not running.
+        let pid = relay_pid(&reply);
         crate::out!(
             "{}",
-            super::report::json(home, true, relay_pid(&reply), Some(supervisor), now)
+            super::report::json(home, pid.is_some(), pid, Some(supervisor), now)
         );
-        return 0;
+        return if pid.is_some() { 0 } else { 1 };
     }
     crate::outp!("{}", describe(home, spid, &reply, now));
-    0
+    if relay_pid(&reply).is_some() { 0 } else { 1 }
 }
 
 /// The text of `status` for a supervisor's reply.
@@ -272,7 +274,11 @@ fn describe(home: &Path, spid: i32, reply: &Reply, now: SystemTime) -> String {
             let _ = writeln!(t, "wireleap-relay is running, pid {pid}");
         }
         None => {
-            let _ = writeln!(t, "wireleap-relay is running");
+            // Starting, or waiting to restart after a crash: nothing serves now.
+            let _ = writeln!(
+                t,
+                "wireleap-relay is not running ({SUPERVISOR_BIN}, pid {spid}, is starting it; its log says why it stopped)"
+            );
         }
     }
     let _ = writeln!(
@@ -429,6 +435,18 @@ mod tests {
         assert!(text.contains("  skipped versions:  1.2.3"), "{text}");
         assert!(text.contains("  last upgrade step: none"), "{text}");
         assert!(text.contains("  channel:           unknown ("), "{text}");
+        // No generation (restarting after a crash): not running, whatever the supervisor.
+        let reply = serde_json::json!({"ok": true, "state": "starting"});
+        let text = describe(
+            home.path(),
+            4,
+            &serde_json::from_value(reply).unwrap(),
+            SystemTime::now(),
+        );
+        assert!(
+            text.starts_with("wireleap-relay is not running (wireleap-relay-supervisor, pid 4,"),
+            "{text}"
+        );
     }
 
     #[test]
