@@ -69,7 +69,13 @@ pub fn run(home: &Path, relay: &Path, job: Job, copies: &Copies) -> Outcome {
         Job::Probe { pid } => Outcome {
             done: Done::Probed {
                 pid,
-                outcome: probe(copies.staged.as_deref()),
+                // The committed binary's probe judges the new version (a release's own probe
+                // could be as broken as the release); a binary too old to know the command
+                // leaves it to the new one's.
+                outcome: match probe(Some(&copies.current)) {
+                    crate::machine::Probe::Unavailable(_) => probe(copies.staged.as_deref()),
+                    judged => judged,
+                },
             },
             copy: None,
             supervisor: None,
@@ -120,7 +126,7 @@ pub fn set_probe(listening: std::net::SocketAddr, count: u32, window: std::time:
     let _ = PROBE.set((at, count, interval));
 }
 
-/// The new version's own `probe` through the public socket (it is the only generation that
+/// `binary probe` through the public socket (the new version is the only generation that
 /// accepts while its window runs), bounded.
 fn probe(staged: Option<&Verified>) -> crate::machine::Probe {
     use crate::machine::Probe;

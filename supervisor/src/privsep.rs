@@ -332,6 +332,21 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
             std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
         }
     }
+    // Names only the supervisor makes, where the relay's user may put a file (it may create
+    // files in the home) while there is none: a statement beside a binary installed by hand, a
+    // `.prev` after a rollback. What it put there goes, rather than the supervisor refusing to
+    // start for good; the binary itself is guarded below.
+    for name in [files::CURRENT_STATEMENT, files::PREV, files::PREV_STATEMENT] {
+        let path = home.join(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == user.uid) {
+            crate::run::warn(&format!(
+                "{} was made by the relay's user {}: removed",
+                path.display(),
+                user.name
+            ));
+            std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+    }
     // The supervisor's own files are made now, so that the relay's user cannot be the one to
     // create them (it may create files in the home).
     for (name, empty) in [

@@ -458,12 +458,21 @@ fn a_home_the_relay_user_could_change_is_refused_with_each_path() {
         std::fs::Permissions::from_mode(0o775),
     )
     .unwrap();
+    // Not a mistake but the relay user's doing: a file at a name only the supervisor makes. It
+    // is removed, not a reason to stay down for good.
+    std::fs::write(home.file("wireleap-relay.prev"), b"planted").unwrap();
+    std::os::unix::fs::chown(home.file("wireleap-relay.prev"), Some(NOBODY), Some(NOBODY)).unwrap();
     let out = supervisor_command(&home)
         .args(["--relay-user", "nobody"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("wireleap-relay.prev was made by the relay's user nobody: removed")
+            && !home.file("wireleap-relay.prev").exists(),
+        "{err}"
+    );
     for want in [
         format!(
             "{} is owned by nobody",
