@@ -458,7 +458,7 @@ impl Upgrader {
                 .as_ref()
                 .map(Identity::public_key_b64),
         );
-        ctx.spawn(job.into_actor(self).map(|outcome, act, _| {
+        ctx.spawn(job.into_actor(self).map(|outcome, act, ctx| {
             match &outcome {
                 Outcome::Committed(_) => info!("{outcome}"),
                 _ => warn!("{outcome}"),
@@ -476,6 +476,11 @@ impl Upgrader {
             };
             act.note_outcome(&outcome, waits);
             act.last_outcome = Some(outcome.to_string());
+            // A rollback this generation outlived is reported now, not at the next poll (up to
+            // `release_check_interval` later, when a rollout's next step may already be open).
+            if matches!(outcome, Outcome::RolledBack(..)) {
+                act.poll(ctx);
+            }
         }));
     }
 

@@ -131,15 +131,29 @@ pub fn verify_recall(home: &Path, recall: &Recall, running: &Version) -> Result<
     let keys = trust(home)
         .and_then(|t| t.rollout_keys(now))
         .map_err(|e| format!("the recall cannot be checked: {e}"))?;
-    recall_of(recall.0.as_bytes(), &keys, running, now)
+    // When this home last committed the version (its own journal): a recall issued before that
+    // was overridden (an operator who upgrades to a recalled version again means it).
+    let running_text = running.to_string();
+    let committed = wireleap_home::journal::read(home)
+        .into_iter()
+        .rev()
+        .find(|e| e.version == running_text && e.step == Step::Committed)
+        .map(|e| wireleap_home::time::at_ms(e.time_ms));
+    recall_of(recall.0.as_bytes(), &keys, running, now, committed)
 }
 
-/// [`verify_recall`] with the rollout role's `keys` at `now`.
+/// How much earlier than the release server's clock this host's may be for a recall issued
+/// after a commit to still count as issued after it.
+const RECALL_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// [`verify_recall`] with the rollout role's `keys` at `now`, the version committed here at
+/// `committed`.
 fn recall_of(
     document: &[u8],
     keys: &TrustedKeys,
     running: &Version,
     now: std::time::SystemTime,
+    committed: Option<std::time::SystemTime>,
 ) -> Result<u64, String> {
     let verified = relay_release::rollout::verify(document, keys, running, now, None)
         .map_err(|e| format!("the recall of {running} does not verify: {e}"))?;
@@ -147,6 +161,14 @@ fn recall_of(
         return Err(format!(
             "the rollout document of {running} (serial {}) does not recall it",
             verified.document.serial
+        ));
+    }
+    if let Some(committed) = committed
+        && verified.issued + RECALL_CLOCK_SKEW < committed
+    {
+        return Err(format!(
+            "the recall of {running} (serial {}, issued {}) is older than its commit here: an upgrade made after a recall overrides it",
+            verified.document.serial, verified.document.issued
         ));
     }
     Ok(verified.document.serial)
@@ -633,7 +655,18 @@ mod tests {
             .unwrap()
         };
         let good = doc(&running, true, &rollout);
-        assert_eq!(recall_of(&good, &keys, &running, now), Ok(7));
+        assert_eq!(recall_of(&good, &keys, &running, now, None), Ok(7));
+        // Issued a minute ago: it counts against a commit made before it, or made just after it
+        // by a clock a little ahead; a commit made well after it (an operator who upgraded to
+        // the recalled version again) overrides it.
+        for (committed, counts) in [
+            (now - Duration::from_secs(3600), true),
+            (now, true),
+            (now + Duration::from_secs(3600), false),
+        ] {
+            let got = recall_of(&good, &keys, &running, now, Some(committed));
+            assert_eq!(got.is_ok(), counts, "{got:?}");
+        }
         for (bytes, keys, at, says) in [
             (
                 doc(&running, false, &rollout),
@@ -667,7 +700,7 @@ mod tests {
                 "does not verify",
             ),
         ] {
-            let why = recall_of(&bytes, keys, &running, at).unwrap_err();
+            let why = recall_of(&bytes, keys, &running, at, None).unwrap_err();
             assert!(why.contains(says), "{why}");
         }
     }
