@@ -500,22 +500,34 @@ pub fn keep_statement(home: &Path, staged: &Verified) -> Result<(), String> {
 
 /// A fresh verified copy of the release `version` staged for an unfinished upgrade (during
 /// recovery: no floor, no expiry; the version was checked when it was staged). Its statement is
-/// the one the supervisor kept when it verified the release ([`keep_statement`]); only a home
-/// left by a supervisor that kept none falls back to `wireleap-relay.next.hash`. Either way a
-/// statement is required: bytes without one never run. The bytes are `wireleap-relay.next`'s,
-/// or `wireleap-relay`'s when a commit cut short had already put them in place.
+/// the one the supervisor kept when it verified the release ([`keep_statement`]), else the
+/// staged `wireleap-relay.next.hash` (a home left by a supervisor that kept none): either must
+/// verify, and bytes without a statement never run. The bytes are `wireleap-relay.next`'s, or
+/// `wireleap-relay`'s when a commit cut short had already put them in place.
 ///
 /// # Errors
 /// Why it may not run.
 pub fn staged_copy(home: &Path, version: &Version) -> Result<Verified, String> {
-    let kept = kept_statement(home);
-    // The kept one is in the supervisor's own folder: nobody else makes or removes it.
-    let from = if std::fs::symlink_metadata(&kept).is_ok() {
-        kept
-    } else {
-        home.join(NEXT_STATEMENT)
-    };
-    let bytes = relay_release::verify::read_statement(&from).map_err(|e| e.to_string())?;
+    let mut refused = Vec::new();
+    // The kept one first: it is in the supervisor's own folder, nobody else makes or removes it.
+    let statements: Vec<(std::path::PathBuf, Vec<u8>)> =
+        [kept_statement(home), home.join(NEXT_STATEMENT)]
+            .into_iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_ok())
+            .filter_map(|p| match relay_release::verify::read_statement(&p) {
+                Ok(bytes) => Some((p, bytes)),
+                Err(e) => {
+                    refused.push(e.to_string());
+                    None
+                }
+            })
+            .collect();
+    if statements.is_empty() {
+        refused.push(format!(
+            "no statement of {version} (neither kept nor {NEXT_STATEMENT})"
+        ));
+        return Err(refused.join("; "));
+    }
     let keys = trust(home)
         .and_then(|t| t.release_keys(relay_release::ExpiryCheck::UnsafeIgnore))
         .map_err(|e| e.to_string())?;
@@ -526,7 +538,6 @@ pub fn staged_copy(home: &Path, version: &Version) -> Result<Verified, String> {
         floor: relay_release::VersionFloor::UnsafeAllowAny,
         expiry: relay_release::ExpiryCheck::UnsafeIgnore,
     };
-    let mut refused = Vec::new();
     for name in [NEXT, CURRENT] {
         let path = home.join(name);
         if std::fs::symlink_metadata(&path).is_err() {
@@ -534,8 +545,17 @@ pub fn staged_copy(home: &Path, version: &Version) -> Result<Verified, String> {
             continue;
         }
         let mut copy = Verified::copy(home, &path)?;
-        if let Err(e) = copy.check_bytes(bytes.clone(), &keys, &expected) {
-            refused.push(format!("{name} does not match {}: {e}", from.display()));
+        let mut matched = false;
+        for (from, bytes) in &statements {
+            match copy.check_bytes(bytes.clone(), &keys, &expected) {
+                Ok(_) => {
+                    matched = true;
+                    break;
+                }
+                Err(e) => refused.push(format!("{name} does not match {}: {e}", from.display())),
+            }
+        }
+        if !matched {
             continue;
         }
         match crate::generation::version_of(&copy) {
