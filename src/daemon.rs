@@ -133,6 +133,9 @@ pub fn run(home: &Path, env: &dyn Environment, version: &semver::Version) -> Res
     }
     let config = loaded.config;
     let identity = Identity::load(home)?;
+    if let Some(said) = identity.repair_public(home) {
+        warn!("{said}");
+    }
     let tls = transport::tls::server_config(home).map_err(transport::Error::from)?;
     // A relay that binds for itself holds the home, as a supervisor does, before it writes its
     // pid file; the generations a supervisor starts (inheriting its listener) do not: their

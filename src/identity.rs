@@ -206,6 +206,33 @@ impl Identity {
         Ok(written)
     }
 
+    /// Makes `key.pub` say this key when it says another (a `key.seed` restored from a backup
+    /// over a fresh install's) or is missing: operators and their tools read the relay's id from
+    /// it. Returns what was done, for the log, or why it could not be (`None`: it was right).
+    pub fn repair_public(&self, home: &Path) -> Option<String> {
+        let path = home.join(files::PUB);
+        let want = self.public_key_b64();
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let says =
+            serde_json::from_str::<String>(text.trim()).unwrap_or_else(|_| text.trim().to_owned());
+        if says == want {
+            return None;
+        }
+        Some(match write_file(&path, &format!("\"{want}\""), 0o644) {
+            Ok(()) => format!(
+                "{} said {:?}, not this relay's key {want} (from {}): rewritten",
+                path.display(),
+                says,
+                files::SEED
+            ),
+            Err(e) => format!(
+                "{} does not say this relay's key {want} (from {}), and could not be rewritten: {e}",
+                path.display(),
+                files::SEED
+            ),
+        })
+    }
+
     /// Writes what is made from the key: `key.pub`, `relay-cert.pem` and `relay-key.pem`.
     fn write_derived(&self, home: &Path) -> Result<Vec<PathBuf>, Error> {
         let (cert_pem, key_pem) = self.certificate()?;
@@ -303,6 +330,26 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_or_missing_key_pub_is_rewritten_from_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::generate();
+        id.write_all(dir.path(), false).unwrap();
+        assert_eq!(id.repair_public(dir.path()), None);
+        let other = Identity::generate();
+        let public = dir.path().join(files::PUB);
+        std::fs::write(&public, format!("\"{}\"", other.public_key_b64())).unwrap();
+        let said = id.repair_public(dir.path()).unwrap();
+        assert!(said.contains("rewritten"), "{said}");
+        assert_eq!(
+            std::fs::read_to_string(&public).unwrap(),
+            format!("\"{}\"", id.public_key_b64())
+        );
+        std::fs::remove_file(&public).unwrap();
+        assert!(id.repair_public(dir.path()).is_some());
+        assert_eq!(id.repair_public(dir.path()), None);
+    }
 
     #[test]
     fn seed_round_trips_and_legacy_form_is_rewritten() {
