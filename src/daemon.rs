@@ -592,10 +592,9 @@ async fn report(
     loop {
         tick.tick().await;
         if let Ok(t) = transport.send(transport::TransportStatus).await {
-            // The relay's own failures only: a client's mistakes (or a stranger's junk) must not
-            // decide whether a version stays.
-            // Every refusal too, on a line of its own: a version that refuses every stream with
-            // a client's code is judged by it.
+            // The relay's own failures apart (a client's mistakes, or a stranger's junk, must not
+            // decide whether a version stays), and every refusal on a line of its own (a version
+            // that admits nothing, refusing with a client's code, is judged by it).
             let now = (t.streams_admitted, t.streams_failed, t.streams_refused);
             if last_streams != Some(now) {
                 notify::send(

@@ -247,21 +247,22 @@ pub fn status(home: &Path, spid: i32, json: bool) -> u8 {
         }
     };
     let now = SystemTime::now();
+    // No generation serving (starting, or restarting after a crash): not running.
+    let pid = relay_pid(&reply);
+    let code = if pid.is_some() { 0 } else { 1 };
     if json {
         let mut supervisor = serde_json::to_value(&reply).unwrap_or_default();
         if let Some(map) = supervisor.as_object_mut() {
             map.insert("supervisor_pid".into(), spid.into());
         }
-        // No generation serving (starting, or restarting after a crash): not running.
-        let pid = relay_pid(&reply);
         crate::out!(
             "{}",
             super::report::json(home, pid.is_some(), pid, Some(supervisor), now)
         );
-        return if pid.is_some() { 0 } else { 1 };
+        return code;
     }
     crate::outp!("{}", describe(home, spid, &reply, now));
-    if relay_pid(&reply).is_some() { 0 } else { 1 }
+    code
 }
 
 /// The text of `status` for a supervisor's reply.

@@ -192,12 +192,13 @@ pub fn queue_from_journal(home: &Path, identity: &Identity) {
             continue;
         }
         until = until.max(entry.time_ms);
-        // The step before this one of the same version: what the change was doing.
-        let before = journal[..i]
-            .iter()
-            .rev()
-            .find(|e| e.version == entry.version)
-            .map(|e| e.step);
+        // The earlier steps of the same version, newest first.
+        let earlier = || {
+            journal[..i]
+                .iter()
+                .rev()
+                .filter(|e| e.version == entry.version)
+        };
         let (outcome, criterion) = match entry.step {
             Kind::Committed => (Outcome::Committed, None),
             Kind::RolledBack => (
@@ -214,7 +215,7 @@ pub fn queue_from_journal(home: &Path, identity: &Identity) {
             Kind::Recovered
                 if skipped(&entry.version)
                     && matches!(
-                        before,
+                        earlier().next().map(|e| e.step),
                         Some(
                             Kind::Verified
                                 | Kind::Migrated
@@ -232,10 +233,8 @@ pub fn queue_from_journal(home: &Path, identity: &Identity) {
             continue;
         }
         // The change's first step names the version it started from.
-        let from = journal[..i]
-            .iter()
-            .rev()
-            .find(|e| e.version == entry.version && e.step == Kind::Verified)
+        let from = earlier()
+            .find(|e| e.step == Kind::Verified)
             .and_then(|e| e.detail.strip_prefix("from "))
             .and_then(|v| Version::parse(v.trim()).ok());
         let (Ok(version), Some(from)) = (Version::parse(&entry.version), from) else {

@@ -128,9 +128,9 @@ pub fn set_probe(listening: std::net::SocketAddr, count: u32, window: std::time:
 
 /// `binary probe` through the public socket (the new version is the only generation that
 /// accepts while its window runs), bounded.
-fn probe(staged: Option<&Verified>) -> crate::machine::Probe {
+fn probe(binary: Option<&Verified>) -> crate::machine::Probe {
     use crate::machine::Probe;
-    let (Some(&(address, count, interval)), Some(binary)) = (PROBE.get(), staged) else {
+    let (Some(&(address, count, interval)), Some(binary)) = (PROBE.get(), binary) else {
         return Probe::Unavailable("nothing to probe with".into());
     };
     let mut cmd = match binary.command(Vec::new()) {

@@ -58,6 +58,17 @@ pub enum Kind {
     Rollback,
 }
 
+impl Kind {
+    /// The verified copy the change's new generation runs from until the commit.
+    #[must_use]
+    pub fn binary(self) -> Binary {
+        match self {
+            Kind::Upgrade => Binary::Staged,
+            Kind::Rollback => Binary::Prev,
+        }
+    }
+}
+
 /// Which slot a started process fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -1126,10 +1137,7 @@ impl Machine {
                 phase: Phase::CommitRetry { .. },
                 kind,
                 ..
-            }) => match kind {
-                Kind::Upgrade => Binary::Staged,
-                Kind::Rollback => Binary::Prev,
-            },
+            }) => kind.binary(),
             Some(_) => return,
         };
         if now.saturating_duration_since(at) <= bound
@@ -1479,10 +1487,7 @@ impl Machine {
         {
             // Not committed yet: the new version starts again from its verified copy, after
             // the backoff.
-            let binary = match c.kind {
-                Kind::Upgrade => Binary::Staged,
-                Kind::Rollback => Binary::Prev,
-            };
+            let binary = c.kind.binary();
             self.crashed_restart(
                 now,
                 &format!(
@@ -1688,11 +1693,7 @@ impl Machine {
                             versions.to, versions.from
                         ),
                     });
-                    let binary = match kind {
-                        Kind::Upgrade => Binary::Staged,
-                        Kind::Rollback => Binary::Prev,
-                    };
-                    self.begin_succession(now, binary, out);
+                    self.begin_succession(now, kind.binary(), out);
                 }
             }
             (Done::Committed(result), Phase::Committing) => {
@@ -1745,13 +1746,7 @@ impl Machine {
                         if self.serving == Serving::Waiting && self.exiting.is_none() {
                             // Not committed: the new version, from its verified copy.
                             self.serving = Serving::Launching;
-                            out.spawn(
-                                Role::Serving,
-                                match kind {
-                                    Kind::Upgrade => Binary::Staged,
-                                    Kind::Rollback => Binary::Prev,
-                                },
-                            );
+                            out.spawn(Role::Serving, kind.binary());
                         }
                     }
                 }

@@ -318,32 +318,36 @@ pub fn check(home: &Path, relay: &Path) -> Result<(), String> {
             ));
         }
     }
-    // The supervisor's passing state: whatever the relay's user put at these names goes (the
-    // supervisor owns the folder).
-    for name in [
-        files::SUPERVISOR_PID,
-        files::CHILDREN,
-        files::MIGRATION_GROUP,
-        wireleap_home::skip::WRITERS_LOCK,
+    // Names only the supervisor makes, where the relay's user may put a file (it may create
+    // files in the home): whatever it put there goes, rather than the supervisor refusing to
+    // start for good. The supervisor's passing state goes when the relay's user could change
+    // it at all; a statement (beside a binary installed by hand) or a `.prev` (after a
+    // rollback) when that user made it (the binary itself is guarded below).
+    for (name, passing) in [
+        (files::SUPERVISOR_PID, true),
+        (files::CHILDREN, true),
+        (files::MIGRATION_GROUP, true),
+        (wireleap_home::skip::WRITERS_LOCK, true),
+        (files::CURRENT_STATEMENT, false),
+        (files::PREV, false),
+        (files::PREV_STATEMENT, false),
     ] {
         let path = home.join(name);
-        if exposed(&path, user).is_some() {
-            crate::run::warn(&format!("{} was the relay user's: removed", path.display()));
-            std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
-        }
-    }
-    // Names only the supervisor makes, where the relay's user may put a file (it may create
-    // files in the home) while there is none: a statement beside a binary installed by hand, a
-    // `.prev` after a rollback. What it put there goes, rather than the supervisor refusing to
-    // start for good; the binary itself is guarded below.
-    for name in [files::CURRENT_STATEMENT, files::PREV, files::PREV_STATEMENT] {
-        let path = home.join(name);
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == user.uid) {
-            crate::run::warn(&format!(
-                "{} was made by the relay's user {}: removed",
-                path.display(),
-                user.name
-            ));
+        let planted = if passing {
+            exposed(&path, user).is_some()
+        } else {
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == user.uid)
+        };
+        if planted {
+            crate::run::warn(&if passing {
+                format!("{} was the relay user's: removed", path.display())
+            } else {
+                format!(
+                    "{} was made by the relay's user {}: removed",
+                    path.display(),
+                    user.name
+                )
+            });
             std::fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
         }
     }
